@@ -1,0 +1,122 @@
+"""The one activity that runs a plan step: ``execute_step``.
+
+The workflow renders the step's params, then hands this activity a :class:`StepTask`.
+Here the params are checked again against the tool's schema (templates are only known
+now), the tool runs with a heartbeat kept alive in the background, and every error
+becomes an ``ApplicationError`` whose ``non_retryable`` flag says whether Temporal's
+retry policy may try again. The attempt number travels in the error details so the
+workflow can show how many attempts a failed step took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.tools import ToolContext, ToolError, get_tool
+from plans.expressions import ExpressionError, evaluate
+from plans.models import StepKind
+from plans.validation import params_errors
+
+EXECUTE_STEP = "execute_step"
+HEARTBEAT_EVERY_S = 2.0
+
+
+class StepTask(BaseModel):
+    plan_id: str
+    step_id: str
+    kind: StepKind
+    tool: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+    step_version: int = 1
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepOutcome(BaseModel):
+    output: Any = None
+    attempt: int = 1
+
+
+def _fail(message: str, kind: str, retryable: bool) -> ApplicationError:
+    attempt = activity.info().attempt
+    return ApplicationError(message, {"attempt": attempt}, type=kind, non_retryable=not retryable)
+
+
+@activity.defn(name=EXECUTE_STEP)
+async def execute_step(task: StepTask) -> StepOutcome:
+    info = activity.info()
+    beat = asyncio.create_task(_keep_heartbeating())
+    try:
+        output = await _dispatch(task, info.attempt)
+    except ToolError as e:
+        raise _fail(str(e), e.kind, e.retryable) from None
+    except ApplicationError:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # a bug or an unexpected failure in a tool: retry per policy
+        raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+    return StepOutcome(output=output, attempt=info.attempt)
+
+
+async def _keep_heartbeating() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+async def _dispatch(task: StepTask, attempt: int) -> Any:
+    if task.kind == StepKind.TOOL:
+        return await _run_tool(task, attempt)
+    if task.kind == StepKind.VALIDATION:
+        return _run_checks(task)
+    raise ToolError(
+        f"step kind {task.kind.value!r} needs the LLM layer, which this worker does not host",
+        retryable=False,
+        kind="UnsupportedStep",
+    )
+
+
+async def _run_tool(task: StepTask, attempt: int) -> Any:
+    registered = get_tool(task.tool or "")
+    problems = params_errors(registered.spec.params_schema, task.params)
+    if problems:
+        text = "; ".join(f"params{path}: {msg}" for path, msg in problems)
+        raise ToolError(f"invalid params for tool {registered.spec.name}: {text}", retryable=False, kind="InvalidParams")
+    ctx = ToolContext(
+        plan_id=task.plan_id,
+        step_id=task.step_id,
+        idempotency_key=task.idempotency_key,
+        attempt=attempt,
+        heartbeat=activity.heartbeat,
+        extra=task.context,
+    )
+    return await registered.fn(task.params, ctx)
+
+
+def _run_checks(task: StepTask) -> Any:
+    results = []
+    failed = []
+    for i, check in enumerate(task.params.get("checks", [])):
+        name = check.get("name") or f"check {i + 1}"
+        try:
+            ok = bool(evaluate(check["expr"], task.context))
+            error = None
+        except ExpressionError as e:
+            ok, error = False, str(e)
+        results.append({"name": name, "expr": check["expr"], "passed": ok, "error": error})
+        if not ok:
+            failed.append(f"{name} ({check.get('message') or check['expr']})" + (f": {error}" if error else ""))
+    if failed:
+        raise ToolError(f"{len(failed)} check(s) failed: " + "; ".join(failed), retryable=False, kind="ValidationFailed")
+    return {"passed": True, "checks": results}

@@ -1,0 +1,781 @@
+"""The plan run state machine: every decision about a plan, as pure code.
+
+``PlanRun`` is the whole state of one run. The workflow keeps one instance, calls
+:func:`advance` to learn which steps to start, reports activity outcomes with
+:func:`record_success` / :func:`record_failure`, and routes every control through
+:func:`check_control` and :func:`apply_control`. Nothing here does I/O or reads a clock:
+``now`` is always passed in, so the same calls give the same state on replay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from plans.controls import (
+    CONTROL_MODELS,
+    AnswerClarificationInput,
+    ApplyCorrectionInput,
+    ApproveInput,
+    ApproveStepInput,
+    CancelInput,
+    Control,
+    PauseInput,
+    RejectInput,
+    RejectStepInput,
+    ResumeInput,
+    RetryStepInput,
+    SkipStepInput,
+)
+from plans.expressions import ExpressionError, evaluate_condition
+from plans.models import OnError, Plan, PlanStatus, Step, StepKind, StepStatus, ToolSpec
+from plans.validation import PlanInvalid, parse_plan, validate_plan
+
+MAX_LOG_ENTRIES = 1000
+MAX_AUDIT_ENTRIES = 2000
+PREVIEW_CHARS = 2000
+
+
+class Refused(ValueError):
+    """A control that is not allowed in the current state; the message says why."""
+
+
+class SkipReason(StrEnum):
+    CONDITION = "condition"  # its `when` was false, or its whole branch was not taken
+    UPSTREAM = "upstream"  # a dependency failed or was rejected
+    REJECTED = "rejected"  # a person rejected its gate
+    STOPPED = "stopped"  # on_error=stop or a total timeout stopped the plan
+    OPERATOR = "operator"  # skip_step: dependents go on
+
+
+class StepRun(BaseModel):
+    id: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    version: int = 1
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    waiting_since: datetime | None = None
+    error: str | None = None
+    output: Any = None
+    skip_reason: SkipReason | None = None
+    skip_detail: str | None = None
+    failed_before_skip: bool = False
+    gate_approved_by: str | None = None
+    answer: Any = None
+    answered: bool = False
+    awaiting_decision: bool = False  # on_error=ask: failed, a person decides what next
+    runs: int = 0  # how many times an activity was started for this step in this run
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    by: str
+    action: str
+    accepted: bool
+    version: int
+    step_id: str | None = None
+    detail: str = ""
+    via: Literal["signal", "update", "system"] = "system"
+
+
+class LogEntry(BaseModel):
+    at: datetime
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str
+    step_id: str | None = None
+
+
+class Approval(BaseModel):
+    by: str
+    at: datetime
+    comment: str | None = None
+    version: int
+    timed_out: bool = False
+
+
+class Pause(BaseModel):
+    by: str
+    since: datetime
+    reason: str | None = None
+    step_id: str | None = None
+    question: str | None = None
+    answer: Any = None
+    answered: bool = False
+    answered_by: str | None = None
+
+
+class WaitingFor(BaseModel):
+    kind: Literal["plan_approval", "step_approval", "clarification", "correction", "resume"]
+    step_id: str | None = None
+    question: str | None = None
+    since: datetime | None = None
+    who: str = "an operator"
+
+
+class PlanVersion(BaseModel):
+    version: int
+    plan: Plan
+    by: str
+    at: datetime
+    step_id: str | None = None
+    change: str = ""
+
+
+class PlanRun(BaseModel):
+    plan: Plan
+    version: int = 1
+    versions: list[PlanVersion] = Field(default_factory=list)
+    steps: dict[str, StepRun] = Field(default_factory=dict)
+    approval: Approval | None = None
+    final_status: PlanStatus | None = None
+    outcome: str | None = None
+    stopping: str | None = None  # why no new step may start
+    cancel_requested: str | None = None
+    pause: Pause | None = None
+    feedback: list[str] = Field(default_factory=list)
+    audit: list[AuditEntry] = Field(default_factory=list)
+    logs: list[LogEntry] = Field(default_factory=list)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    approval_required: bool = False
+    approval_policy: str = ""  # why the plan did or did not wait for a person
+
+    @property
+    def status(self) -> PlanStatus:
+        return derive_status(self)
+
+
+# --- construction --------------------------------------------------------------------
+
+
+def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = None) -> PlanRun:
+    """A fresh run; ``carried`` holds completed steps of an earlier run (never re-run)."""
+    run = PlanRun(plan=plan, created_at=now)
+    run.versions.append(PlanVersion(version=1, plan=plan, by=plan.agent_id or "author", at=now, change="created"))
+    for step in plan.steps:
+        prev = (carried or {}).get(step.id)
+        if prev is not None and prev.status == StepStatus.COMPLETED:
+            run.steps[step.id] = prev.model_copy()
+        else:
+            run.steps[step.id] = StepRun(id=step.id)
+    return run
+
+
+def needs_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool, str]:
+    """Whether the plan must wait for a person before it runs, and why."""
+    opts = run.plan.options
+    if opts.auto_approve:
+        return False, "auto_approve is set"
+    if opts.require_approval is True:
+        return True, "require_approval is true"
+    if opts.require_approval is False:
+        return False, "require_approval is false"
+    risky = []
+    for s in run.plan.steps:
+        spec = catalog.get(s.tool or "")
+        if spec and spec.risk in ("high", "critical"):
+            risky.append(f"{s.id} uses {spec.risk}-risk tool {spec.name}")
+        if not s.idempotent:
+            risky.append(f"{s.id} is not idempotent")
+    if risky:
+        return True, "auto: " + "; ".join(risky)
+    return False, "auto: every step is low or medium risk and idempotent"
+
+
+# --- logs and audit ------------------------------------------------------------------
+
+
+def log(run: PlanRun, now: datetime, message: str, level: str = "info", step_id: str | None = None) -> None:
+    run.logs.append(LogEntry(at=now, level=level, message=message, step_id=step_id))  # type: ignore[arg-type]
+    if len(run.logs) > MAX_LOG_ENTRIES:
+        del run.logs[: len(run.logs) - MAX_LOG_ENTRIES]
+
+
+def audit(
+    run: PlanRun,
+    now: datetime,
+    by: str,
+    action: str,
+    accepted: bool,
+    detail: str = "",
+    step_id: str | None = None,
+    via: Literal["signal", "update", "system"] = "system",
+) -> None:
+    run.audit.append(
+        AuditEntry(
+            at=now, by=by, action=action, accepted=accepted, version=run.version,
+            step_id=step_id, detail=detail, via=via,
+        )
+    )
+    if len(run.audit) > MAX_AUDIT_ENTRIES:
+        del run.audit[: len(run.audit) - MAX_AUDIT_ENTRIES]
+
+
+# --- status --------------------------------------------------------------------------
+
+
+def derive_status(run: PlanRun) -> PlanStatus:
+    if run.final_status is not None:
+        return run.final_status
+    if run.approval is None:
+        return PlanStatus.PENDING_APPROVAL if run.approval_required else PlanStatus.DRAFT
+    if run.started_at is None:
+        return PlanStatus.APPROVED
+    if run.pause is not None:
+        if run.pause.question and not run.pause.answered:
+            return PlanStatus.WAITING_CLARIFICATION
+        return PlanStatus.PAUSED
+    states = [s for s in run.steps.values()]
+    if any(s.awaiting_decision for s in states):
+        return PlanStatus.WAITING_CORRECTION
+    if any(s.status == StepStatus.WAITING_CLARIFICATION for s in states):
+        return PlanStatus.WAITING_CLARIFICATION
+    if any(s.status == StepStatus.WAITING_APPROVAL for s in states):
+        return PlanStatus.WAITING_APPROVAL
+    return PlanStatus.EXECUTING
+
+
+def waits(run: PlanRun) -> list[WaitingFor]:
+    """Everything the run is waiting on a person for, oldest first."""
+    if run.final_status is not None:
+        return []
+    out: list[WaitingFor] = []
+    if run.approval is None and run.approval_required:
+        out.append(WaitingFor(kind="plan_approval", since=run.created_at, who="an approver"))
+    if run.pause is not None:
+        if run.pause.question and not run.pause.answered:
+            out.append(
+                WaitingFor(kind="clarification", step_id=run.pause.step_id, question=run.pause.question,
+                           since=run.pause.since, who=f"an answer to {run.pause.by}")
+            )
+        else:
+            out.append(WaitingFor(kind="resume", step_id=run.pause.step_id, since=run.pause.since,
+                                  who=f"a resume (paused by {run.pause.by})"))
+    for sid, s in run.steps.items():
+        step = run.plan.step(sid)
+        if s.awaiting_decision:
+            out.append(WaitingFor(kind="correction", step_id=sid, question=s.error, since=s.completed_at,
+                                  who="an operator: apply_correction + retry_step, skip_step or cancel"))
+        elif s.status == StepStatus.WAITING_CLARIFICATION:
+            out.append(WaitingFor(kind="clarification", step_id=sid, question=step.clarification_question,
+                                  since=s.waiting_since, who="an answer"))
+        elif s.status == StepStatus.WAITING_APPROVAL:
+            out.append(WaitingFor(kind="step_approval", step_id=sid, question=step.description or None,
+                                  since=s.waiting_since, who="an approver"))
+    return out
+
+
+def progress(run: PlanRun) -> float:
+    if not run.steps:
+        return 1.0
+    done = sum(1 for s in run.steps.values() if s.status.terminal)
+    return round(done / len(run.steps), 4)
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """A bounded preview of an output: small values as they are, large ones as text."""
+    if value is None:
+        return None
+    text = json.dumps(value, default=str, sort_keys=True)
+    if len(text) <= limit:
+        return value
+    return text[:limit] + f"... [truncated, {len(text)} chars]"
+
+
+# --- scheduling ----------------------------------------------------------------------
+
+
+def context(run: PlanRun) -> dict[str, Any]:
+    """The names that conditions and templates see."""
+    return {
+        "inputs": run.plan.inputs,
+        "steps": {
+            sid: {"output": s.output, "status": s.status.value, "error": s.error}
+            for sid, s in run.steps.items()
+        },
+    }
+
+
+def _dependency_state(run: PlanRun, step: Step) -> tuple[str, str | None]:
+    """'wait' | 'blocked' | 'inactive' | 'ok', and which dependency decided it."""
+    inactive = 0
+    for dep in step.depends_on:
+        d = run.steps[dep]
+        if d.status == StepStatus.COMPLETED:
+            continue
+        if d.status == StepStatus.SKIPPED and d.skip_reason == SkipReason.OPERATOR:
+            continue
+        if d.status == StepStatus.SKIPPED and d.skip_reason == SkipReason.CONDITION:
+            inactive += 1
+            continue
+        if d.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
+            if d.awaiting_decision:
+                return "wait", dep
+            return "blocked", dep
+        return "wait", dep
+    if step.depends_on and inactive == len(step.depends_on):
+        return "inactive", step.depends_on[0]
+    return "ok", None
+
+
+def _skip(run: PlanRun, sid: str, reason: SkipReason, detail: str, now: datetime) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.SKIPPED
+    s.skip_reason = reason
+    s.skip_detail = detail
+    s.completed_at = now
+    s.waiting_since = None
+    log(run, now, f"step {sid} skipped: {detail}", "info", sid)
+
+
+def running_steps(run: PlanRun) -> list[str]:
+    return [sid for sid, s in run.steps.items() if s.status == StepStatus.RUNNING]
+
+
+def advance(run: PlanRun, now: datetime) -> list[str]:
+    """Settle skips and gates, then pick the steps to start now (marked running).
+
+    A step starts the moment its own dependencies are done: there is no batch barrier.
+    """
+    if run.final_status is not None or run.approval is None:
+        return []
+    if run.started_at is None:
+        run.started_at = now
+        log(run, now, "plan execution started")
+    changed = True
+    while changed:
+        changed = False
+        for step in run.plan.steps:
+            s = run.steps[step.id]
+            if s.status != StepStatus.PENDING:
+                continue
+            if run.stopping and not running_steps(run):
+                reason = SkipReason.STOPPED
+                if run.cancel_requested:
+                    s.status = StepStatus.CANCELLED
+                    s.completed_at = now
+                    s.skip_detail = run.stopping
+                    changed = True
+                    continue
+                _skip(run, step.id, reason, run.stopping, now)
+                changed = True
+                continue
+            state, dep = _dependency_state(run, step)
+            if state == "wait":
+                continue
+            if state == "blocked":
+                d = run.steps[dep or ""]
+                _skip(run, step.id, SkipReason.UPSTREAM, f"dependency {dep} ended {d.status.value}", now)
+                changed = True
+                continue
+            if state == "inactive":
+                _skip(run, step.id, SkipReason.CONDITION, f"branch not taken (dependency {dep} was skipped)", now)
+                changed = True
+                continue
+            if step.when is not None:
+                try:
+                    ok = evaluate_condition(step.when, context(run))
+                except ExpressionError as e:
+                    s.status = StepStatus.FAILED
+                    s.error = f"condition could not be evaluated: {e}"
+                    s.completed_at = now
+                    _after_failure(run, step.id, now)
+                    changed = True
+                    continue
+                if not ok:
+                    _skip(run, step.id, SkipReason.CONDITION, f"condition is false: {step.when}", now)
+                    changed = True
+                    continue
+            if run.stopping:
+                continue  # running steps are finishing; the rest is skipped after them
+            if step.requires_clarification and not s.answered:
+                s.status = StepStatus.WAITING_CLARIFICATION
+                s.waiting_since = now
+                log(run, now, f"step {step.id} waits for an answer: {step.clarification_question}", "info", step.id)
+                changed = True
+                continue
+            if (step.requires_approval or step.kind == StepKind.APPROVAL) and s.gate_approved_by is None:
+                s.status = StepStatus.WAITING_APPROVAL
+                s.waiting_since = now
+                log(run, now, f"step {step.id} waits for approval", "info", step.id)
+                changed = True
+                continue
+            if step.kind == StepKind.APPROVAL:
+                s.status = StepStatus.COMPLETED
+                s.output = {"approved_by": s.gate_approved_by}
+                s.completed_at = now
+                changed = True
+                continue
+
+    if run.stopping or run.pause is not None:
+        return []
+    capacity = run.plan.options.parallel_limit - len(running_steps(run))
+    started: list[str] = []
+    for step in run.plan.steps:
+        if capacity <= 0:
+            break
+        s = run.steps[step.id]
+        if s.status != StepStatus.PENDING or _dependency_state(run, step)[0] != "ok":
+            continue
+        if step.requires_clarification and not s.answered:
+            continue
+        if (step.requires_approval or step.kind == StepKind.APPROVAL) and s.gate_approved_by is None:
+            continue
+        s.status = StepStatus.RUNNING
+        s.started_at = now
+        s.completed_at = None
+        s.error = None
+        s.runs += 1
+        started.append(step.id)
+        capacity -= 1
+        log(run, now, f"step {step.id} started", "info", step.id)
+    return started
+
+
+def record_success(run: PlanRun, sid: str, output: Any, attempts: int, now: datetime) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.COMPLETED
+    s.output = output
+    s.attempts = attempts
+    s.completed_at = now
+    s.error = None
+    log(run, now, f"step {sid} completed after {attempts} attempt(s)", "info", sid)
+
+
+def record_failure(run: PlanRun, sid: str, error: str, attempts: int, now: datetime) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.FAILED
+    s.error = error
+    s.attempts = attempts
+    s.completed_at = now
+    log(run, now, f"step {sid} failed after {attempts} attempt(s): {error}", "error", sid)
+    _after_failure(run, sid, now)
+
+
+def record_cancelled(run: PlanRun, sid: str, now: datetime, why: str) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.CANCELLED
+    s.error = why
+    s.completed_at = now
+    log(run, now, f"step {sid} cancelled: {why}", "warning", sid)
+
+
+def _after_failure(run: PlanRun, sid: str, now: datetime) -> None:
+    mode = run.plan.options.on_error
+    if mode == OnError.STOP and not run.stopping:
+        run.stopping = f"step {sid} failed and on_error is stop"
+        log(run, now, f"no new steps will start: {run.stopping}", "warning", sid)
+    elif mode == OnError.ASK:
+        run.steps[sid].awaiting_decision = True
+        log(run, now, f"step {sid} waits for a correction, a retry, a skip or a cancel", "warning", sid)
+
+
+def stop(run: PlanRun, why: str, now: datetime) -> None:
+    if not run.stopping:
+        run.stopping = why
+        log(run, now, f"no new steps will start: {why}", "warning")
+
+
+def is_finished(run: PlanRun) -> bool:
+    if run.final_status is not None:
+        return True
+    if run.approval is None:
+        return False
+    return all(s.status.terminal and not s.awaiting_decision for s in run.steps.values())
+
+
+def finish(run: PlanRun, now: datetime) -> PlanStatus:
+    """Set and return the final status once :func:`is_finished` holds."""
+    if run.final_status is not None:
+        return run.final_status
+    steps = list(run.steps.values())
+    failed = [s for s in steps if s.status == StepStatus.FAILED]
+    incomplete = [
+        s for s in steps
+        if s.status == StepStatus.FAILED
+        or (s.status == StepStatus.SKIPPED and s.skip_reason not in (SkipReason.CONDITION, None))
+        or s.status == StepStatus.CANCELLED
+    ]
+    completed = [s for s in steps if s.status == StepStatus.COMPLETED]
+    if run.cancel_requested:
+        status, outcome = PlanStatus.CANCELLED, run.cancel_requested
+    elif not incomplete:
+        status, outcome = PlanStatus.COMPLETED, f"all {len(completed)} step(s) done"
+    elif run.stopping:
+        status, outcome = PlanStatus.FAILED, run.stopping
+    elif failed and run.plan.options.on_error == OnError.STOP:
+        status, outcome = PlanStatus.FAILED, f"step {failed[0].id} failed"
+    elif completed:
+        names = ", ".join(s.id for s in incomplete)
+        status, outcome = PlanStatus.PARTIAL, f"{len(completed)} step(s) done; not done: {names}"
+    else:
+        status, outcome = PlanStatus.FAILED, "no step completed"
+    run.final_status = status
+    run.outcome = run.outcome or outcome
+    run.finished_at = now
+    run.pause = None
+    log(run, now, f"plan ended {status.value}: {run.outcome}", "info" if status == PlanStatus.COMPLETED else "warning")
+    return status
+
+
+def end(run: PlanRun, status: PlanStatus, outcome: str, now: datetime) -> None:
+    """End the run now with ``status`` (reject, cancel before start, timeouts)."""
+    for s in run.steps.values():
+        if not s.status.terminal:
+            s.status = StepStatus.CANCELLED if status == PlanStatus.CANCELLED else StepStatus.SKIPPED
+            if s.status == StepStatus.SKIPPED:
+                s.skip_reason = SkipReason.STOPPED
+            s.skip_detail = outcome
+            s.completed_at = now
+    run.final_status = status
+    run.outcome = outcome
+    run.finished_at = now
+    log(run, now, f"plan ended {status.value}: {outcome}", "warning")
+
+
+# --- controls ------------------------------------------------------------------------
+
+
+def parse_control(name: str, payload: Any) -> Control:
+    """Validate a control's argument; :class:`Refused` names the field that is wrong."""
+    model = CONTROL_MODELS.get(name)
+    if model is None:
+        raise Refused(f"unknown control {name!r}; known: {', '.join(CONTROL_MODELS)}")
+    if isinstance(payload, model):
+        return payload
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(exclude_none=True)
+    try:
+        return model.model_validate(payload if payload is not None else {})
+    except Exception as e:  # pydantic.ValidationError, TypeError
+        errors = getattr(e, "errors", None)
+        if callable(errors):
+            parts = [f"{'.'.join(map(str, err['loc'])) or 'argument'}: {err['msg']}" for err in errors(include_url=False)]
+            raise Refused(f"invalid {name} argument: " + "; ".join(parts)) from None
+        raise Refused(f"invalid {name} argument: {e}") from None
+
+
+def _require_live(run: PlanRun, name: str) -> None:
+    if run.final_status is not None:
+        hint = " (use resume-from-failure to run it again)" if run.final_status in (
+            PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED) else ""
+        raise Refused(f"{name} refused: the plan already ended {run.final_status.value}{hint}")
+
+
+def _require_started(run: PlanRun, name: str) -> None:
+    _require_live(run, name)
+    if run.approval is None:
+        raise Refused(f"{name} refused: the plan has not been approved yet (status {derive_status(run).value})")
+
+
+def _step(run: PlanRun, name: str, step_id: str) -> StepRun:
+    if step_id not in run.steps:
+        raise Refused(f"{name} refused: no step {step_id!r} in this plan")
+    return run.steps[step_id]
+
+
+def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, ToolSpec]) -> None:
+    """Raise :class:`Refused` with the reason when ``msg`` is not allowed now."""
+    status = derive_status(run)
+    if isinstance(msg, ApproveInput):
+        _require_live(run, name)
+        if run.approval is not None:
+            raise Refused(f"approve refused: the plan was already approved by {run.approval.by} (status {status.value})")
+        if msg.version is not None and msg.version != run.version:
+            raise Refused(f"approve refused: stale approval for version {msg.version}; the plan is at version {run.version}")
+        if msg.digest is not None and msg.digest != run.plan.digest():
+            raise Refused(f"approve refused: digest {msg.digest} does not match the current plan ({run.plan.digest()})")
+    elif isinstance(msg, RejectInput):
+        _require_live(run, name)
+        if run.approval is not None:
+            raise Refused(f"reject refused: the plan is already approved ({status.value}); cancel it instead")
+    elif isinstance(msg, CancelInput):
+        _require_live(run, name)
+        if run.cancel_requested:
+            raise Refused(f"cancel refused: already being cancelled ({run.cancel_requested})")
+    elif isinstance(msg, PauseInput):
+        _require_started(run, name)
+        if run.pause is not None:
+            raise Refused(f"pause refused: already paused by {run.pause.by}")
+        if msg.step_id is not None:
+            _step(run, name, msg.step_id)
+    elif isinstance(msg, ResumeInput):
+        _require_started(run, name)
+        if run.pause is None:
+            raise Refused(f"resume refused: the plan is not paused (status {status.value})")
+    elif isinstance(msg, AnswerClarificationInput):
+        _require_live(run, name)
+        if run.pause and run.pause.question and not run.pause.answered and msg.step_id in (None, run.pause.step_id):
+            return
+        asking = [sid for sid, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION]
+        if msg.step_id is None:
+            if len(asking) != 1:
+                raise Refused(
+                    "answer_clarification refused: "
+                    + ("no question is waiting for an answer" if not asking else f"several steps ask ({', '.join(asking)}); name step_id")
+                )
+        elif msg.step_id not in asking:
+            s = _step(run, name, msg.step_id)
+            raise Refused(f"answer_clarification refused: step {msg.step_id} is not waiting for an answer (it is {s.status.value})")
+    elif isinstance(msg, ApproveStepInput | RejectStepInput):
+        _require_started(run, name)
+        s = _step(run, name, msg.step_id)
+        if s.status != StepStatus.WAITING_APPROVAL:
+            raise Refused(f"{name} refused: step {msg.step_id} is not waiting for approval (it is {s.status.value})")
+        if msg.version is not None and msg.version != s.version:
+            raise Refused(f"{name} refused: stale decision for step version {msg.version}; step {msg.step_id} is at version {s.version}")
+    elif isinstance(msg, RetryStepInput):
+        _require_started(run, name)
+        s = _step(run, name, msg.step_id)
+        if s.status not in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
+            raise Refused(f"retry_step refused: step {msg.step_id} is {s.status.value}; only failed, skipped or cancelled steps are retried")
+        if s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.CONDITION:
+            raise Refused(f"retry_step refused: step {msg.step_id} was skipped by its condition, not by a failure")
+        if run.cancel_requested:
+            raise Refused("retry_step refused: the plan is being cancelled")
+    elif isinstance(msg, SkipStepInput):
+        _require_started(run, name)
+        s = _step(run, name, msg.step_id)
+        allowed = (StepStatus.FAILED, StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION, StepStatus.PENDING)
+        if s.status not in allowed:
+            raise Refused(f"skip_step refused: step {msg.step_id} is {s.status.value}; only failed, waiting or pending steps are skipped")
+    elif isinstance(msg, ApplyCorrectionInput):
+        _require_live(run, name)
+        s = _step(run, name, msg.step_id)
+        if s.status in (StepStatus.COMPLETED, StepStatus.RUNNING):
+            raise Refused(f"apply_correction refused: step {msg.step_id} is {s.status.value}; only steps not completed or running can change")
+        _corrected_plan(run, msg, catalog)
+
+
+def _corrected_plan(run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]) -> Plan:
+    updated = dict(msg.correction.updated_step)
+    if updated.get("id", msg.step_id) != msg.step_id:
+        raise Refused("apply_correction refused: updated_step.id cannot change a step's id")
+    doc = run.plan.model_dump(mode="json")
+    for i, step in enumerate(doc["steps"]):
+        if step["id"] == msg.step_id:
+            doc["steps"][i] = {**step, **updated, "id": msg.step_id}
+    try:
+        plan = parse_plan(doc)
+    except PlanInvalid as e:
+        raise Refused("apply_correction refused: " + "; ".join(map(str, e.problems))) from None
+    problems = validate_plan(plan, catalog)
+    if problems:
+        raise Refused("apply_correction refused: " + "; ".join(map(str, problems)))
+    return plan
+
+
+def apply_control(
+    run: PlanRun, name: str, msg: Control, now: datetime, catalog: Mapping[str, ToolSpec],
+    via: Literal["signal", "update", "system"] = "update",
+) -> str:
+    """Check and apply ``msg``; record it in the audit trail either way. Returns what changed."""
+    try:
+        check_control(run, name, msg, catalog)
+    except Refused as e:
+        audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via)
+        log(run, now, f"{name} from {msg.by} refused: {e}", "warning", getattr(msg, "step_id", None))
+        raise
+    detail = _apply(run, msg, now, catalog)
+    audit(run, now, msg.by, name, True, detail, getattr(msg, "step_id", None), via)
+    log(run, now, f"{name} from {msg.by}: {detail}", "info", getattr(msg, "step_id", None))
+    return detail
+
+
+def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, ToolSpec]) -> str:
+    if isinstance(msg, ApproveInput):
+        run.approval = Approval(by=msg.by, at=now, comment=msg.comment, version=run.version)
+        return f"plan approved at version {run.version}"
+    if isinstance(msg, RejectInput):
+        end(run, PlanStatus.REJECTED, f"rejected by {msg.by}: {msg.reason}", now)
+        return "plan rejected; nothing runs"
+    if isinstance(msg, CancelInput):
+        why = f"cancelled by {msg.by}: {msg.reason}"
+        run.cancel_requested = why
+        run.stopping = why
+        run.pause = None
+        if run.approval is None or not running_steps(run):
+            end(run, PlanStatus.CANCELLED, why, now)
+            return "plan cancelled"
+        for s in run.steps.values():
+            s.awaiting_decision = False
+        return "running steps are being cancelled"
+    if isinstance(msg, PauseInput):
+        run.pause = Pause(by=msg.by, since=now, reason=msg.reason, step_id=msg.step_id, question=msg.question)
+        return "paused with a question" if msg.question else "paused: no new steps start"
+    if isinstance(msg, ResumeInput):
+        if msg.feedback:
+            run.feedback.append(msg.feedback)
+        run.pause = None
+        return "resumed" + (" with feedback" if msg.feedback else "")
+    if isinstance(msg, AnswerClarificationInput):
+        if run.pause and run.pause.question and not run.pause.answered and msg.step_id in (None, run.pause.step_id):
+            run.pause.answer, run.pause.answered, run.pause.answered_by = msg.answer, True, msg.by
+            if run.pause.step_id:
+                target = run.steps[run.pause.step_id]
+                target.answer, target.answered = msg.answer, True
+            return "question answered; resume to continue"
+        sid = msg.step_id or next(k for k, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION)
+        s = run.steps[sid]
+        s.answer, s.answered = msg.answer, True
+        s.status, s.waiting_since = StepStatus.PENDING, None
+        return f"step {sid} answered"
+    if isinstance(msg, ApproveStepInput):
+        s = run.steps[msg.step_id]
+        s.gate_approved_by = msg.by
+        s.status, s.waiting_since = StepStatus.PENDING, None
+        return f"step {msg.step_id} approved"
+    if isinstance(msg, RejectStepInput):
+        _skip(run, msg.step_id, SkipReason.REJECTED, f"rejected by {msg.by}: {msg.reason}", now)
+        return f"step {msg.step_id} rejected and skipped with its dependents"
+    if isinstance(msg, RetryStepInput):
+        return _retry(run, msg.step_id, now)
+    if isinstance(msg, SkipStepInput):
+        s = run.steps[msg.step_id]
+        s.failed_before_skip = s.status == StepStatus.FAILED
+        s.awaiting_decision = False
+        _skip(run, msg.step_id, SkipReason.OPERATOR, f"skipped by {msg.by}: {msg.reason}", now)
+        return f"step {msg.step_id} skipped; its dependents go on"
+    if isinstance(msg, ApplyCorrectionInput):
+        plan = _corrected_plan(run, msg, catalog)
+        run.plan = plan
+        run.version += 1
+        changed = sorted(msg.correction.updated_step)
+        run.versions.append(PlanVersion(version=run.version, plan=plan, by=msg.by, at=now, step_id=msg.step_id,
+                                        change=f"step {msg.step_id}: {', '.join(changed)}"))
+        s = run.steps[msg.step_id]
+        s.version += 1
+        s.gate_approved_by = None  # earlier approvals of this step lapse
+        if s.status == StepStatus.WAITING_APPROVAL:
+            s.waiting_since = now
+        return f"step {msg.step_id} corrected ({', '.join(changed)}); plan version {run.version}"
+    raise Refused(f"unknown control {type(msg).__name__}")
+
+
+def _retry(run: PlanRun, sid: str, now: datetime) -> str:
+    reset = [sid]
+    dependents = {s.id: s.depends_on for s in run.plan.steps}
+    frontier = [sid]
+    while frontier:
+        cur = frontier.pop()
+        for other, deps in dependents.items():
+            o = run.steps[other]
+            if cur in deps and o.status == StepStatus.SKIPPED and o.skip_reason in (SkipReason.UPSTREAM, SkipReason.STOPPED):
+                reset.append(other)
+                frontier.append(other)
+    for r in reset:
+        s = run.steps[r]
+        s.status = StepStatus.PENDING
+        s.skip_reason = s.skip_detail = s.error = None
+        s.awaiting_decision = False
+        s.completed_at = None
+    if run.stopping and not run.cancel_requested:
+        run.stopping = None
+    return f"step {sid} will run again" + (f" with {len(reset) - 1} dependent(s)" if len(reset) > 1 else "")

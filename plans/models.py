@@ -1,0 +1,186 @@
+"""The plan document (DESIGN.md §2) as pydantic v2 models.
+
+These models only check the *shape* of one field at a time. Everything that needs the
+whole document (duplicate ids, dependencies, cycles, tools, templates) is done by
+:func:`plans.validation.validate_plan`, which reports every problem with its location.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+ID_RE = re.compile(ID_PATTERN)
+
+
+class StepKind(StrEnum):
+    TOOL = "tool"
+    LLM = "llm"
+    DECISION = "decision"
+    VALIDATION = "validation"
+    APPROVAL = "approval"
+
+
+class OnError(StrEnum):
+    STOP = "stop"
+    CONTINUE = "continue"
+    ASK = "ask"
+
+
+class PlanStatus(StrEnum):
+    DRAFT = "draft"
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    EXECUTING = "executing"
+    PAUSED = "paused"
+    WAITING_APPROVAL = "waiting_approval"
+    WAITING_CLARIFICATION = "waiting_clarification"
+    WAITING_CORRECTION = "waiting_correction"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PLAN_STATUSES
+
+
+TERMINAL_PLAN_STATUSES = frozenset(
+    {
+        PlanStatus.COMPLETED,
+        PlanStatus.PARTIAL,
+        PlanStatus.FAILED,
+        PlanStatus.CANCELLED,
+        PlanStatus.REJECTED,
+    }
+)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING_APPROVAL = "waiting_approval"
+    WAITING_CLARIFICATION = "waiting_clarification"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STEP_STATUSES
+
+
+TERMINAL_STEP_STATUSES = frozenset(
+    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+)
+
+
+class _Strict(BaseModel):
+    """Unknown fields are an error: a typo like ``depends-on`` must not be ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlanOptions(_Strict):
+    require_approval: bool | Literal["auto"] = True
+    auto_approve: bool = False
+    approval_timeout_s: float | None = Field(default=None, gt=0)
+    on_approval_timeout: Literal["reject", "approve"] = "reject"
+    allow_parallel: bool = True
+    max_parallel_steps: int = Field(default=4, ge=1, le=1000)
+    on_error: OnError = OnError.STOP
+    step_timeout_s: float = Field(default=300, gt=0)
+    total_timeout_s: float | None = Field(default=None, gt=0)
+    default_max_retries: int = Field(default=0, ge=0, le=100)
+    default_retry_delay_s: float = Field(default=1, ge=0)
+
+    @property
+    def parallel_limit(self) -> int:
+        return self.max_parallel_steps if self.allow_parallel else 1
+
+
+class Step(_Strict):
+    id: str
+    kind: StepKind = StepKind.TOOL
+    description: str = ""
+    tool: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    when: str | None = None
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    retry_delay_s: float | None = Field(default=None, ge=0)
+    backoff: float = Field(default=2.0, ge=1.0, le=100.0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    requires_approval: bool = False
+    requires_clarification: bool = False
+    clarification_question: str | None = None
+    idempotent: bool = True
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not ID_RE.match(v):
+            raise ValueError(
+                f"step id {v!r} must match {ID_PATTERN} (lower-case letters, digits, '_' and '-')"
+            )
+        return v
+
+
+class Plan(_Strict):
+    id: str | None = None
+    title: str = ""
+    description: str = ""
+    agent_id: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    options: PlanOptions = Field(default_factory=PlanOptions)
+    steps: list[Step]
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str | None) -> str | None:
+        if v is not None and not ID_RE.match(v):
+            raise ValueError(f"plan id {v!r} must match {ID_PATTERN}")
+        return v
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+    def step_map(self) -> dict[str, Step]:
+        return {s.id: s for s in self.steps}
+
+    def digest(self) -> str:
+        """A stable digest of the document, so an approval can be bound to what it saw."""
+        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    @property
+    def workflow_id(self) -> str:
+        if self.id is None:
+            raise ValueError("plan has no id yet")
+        return workflow_id_for(self.id)
+
+
+def workflow_id_for(plan_id: str) -> str:
+    return f"plan-{plan_id}"
+
+
+class ToolSpec(BaseModel):
+    """What the plan layer needs to know about a tool; the code lives in activities/."""
+
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+    risk: Literal["low", "medium", "high", "critical"] = "low"
+    idempotent: bool = True

@@ -1,0 +1,308 @@
+"""Whole-document validation: every problem found, each with its location.
+
+``steps[2].depends_on[0]: unknown step 'bulid' (did you mean 'build'?)``
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from plans.expressions import ExpressionError, iter_templates, references
+from plans.models import Plan, Step, StepKind, ToolSpec
+
+
+class Problem(BaseModel):
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class PlanInvalid(ValueError):
+    """The document was refused; ``problems`` lists every reason with its location."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"plan is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+def _loc(parts: Iterable[Any]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out or "(document)"
+
+
+def load_document(text: str, source: str = "<input>") -> dict[str, Any]:
+    """Parse JSON or YAML text into a mapping, with a located error when it is neither."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise PlanInvalid([Problem(location=source, message=f"not valid JSON/YAML at {where}: {e}")]) from None
+    if not isinstance(data, dict):
+        raise PlanInvalid([Problem(location=source, message="a plan document must be an object")])
+    return data
+
+
+def parse_plan(data: Mapping[str, Any] | str) -> Plan:
+    """Shape-check a document; every field error becomes a located :class:`Problem`."""
+    if isinstance(data, str):
+        data = load_document(data)
+    try:
+        return Plan.model_validate(data)
+    except PydanticValidationError as e:
+        problems = [
+            Problem(location=_loc(err["loc"]), message=_pydantic_message(err))
+            for err in e.errors(include_url=False)
+        ]
+        raise PlanInvalid(problems) from None
+
+
+def _pydantic_message(err: Mapping[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def ancestors(plan: Plan) -> dict[str, set[str]]:
+    """Transitive dependencies of each step (unknown ids and cycles are tolerated)."""
+    deps = {s.id: [d for d in s.depends_on] for s in plan.steps}
+    memo: dict[str, set[str]] = {}
+
+    def visit(sid: str, stack: frozenset[str]) -> set[str]:
+        if sid in memo:
+            return memo[sid]
+        out: set[str] = set()
+        for d in deps.get(sid, []):
+            if d in stack or d not in deps:
+                continue
+            out.add(d)
+            out |= visit(d, stack | {d})
+        memo[sid] = out
+        return out
+
+    for sid in deps:
+        visit(sid, frozenset({sid}))
+    return memo
+
+
+def find_cycles(plan: Plan) -> list[list[str]]:
+    """Each elementary cycle found by DFS, as ``[a, b, ..., a]``; one per strongly tied group."""
+    graph = {s.id: [d for d in s.depends_on if d != s.id] for s in plan.steps}
+    color: dict[str, int] = {}  # 0 new, 1 on stack, 2 done
+    cycles: list[list[str]] = []
+    seen_members: set[str] = set()
+
+    for root in graph:
+        if color.get(root):
+            continue
+        stack: list[tuple[str, Iterable[str]]] = [(root, iter(graph[root]))]
+        path = [root]
+        color[root] = 1
+        while stack:
+            node, it = stack[-1]
+            advanced = False
+            for nxt in it:
+                if nxt not in graph:
+                    continue
+                if color.get(nxt, 0) == 0:
+                    color[nxt] = 1
+                    path.append(nxt)
+                    stack.append((nxt, iter(graph[nxt])))
+                    advanced = True
+                    break
+                if color.get(nxt) == 1:
+                    cyc = path[path.index(nxt) :]
+                    if not seen_members.intersection(cyc):
+                        seen_members.update(cyc)
+                        # Show it in execution order: a runs before b runs before ... a.
+                        order = list(reversed(cyc))
+                        cycles.append([*order, order[0]])
+            if not advanced:
+                color[node] = 2
+                stack.pop()
+                path.pop()
+    return cycles
+
+
+def validate_plan(plan: Plan, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
+    """Every problem of the document against the tool catalog; empty means valid."""
+    problems: list[Problem] = []
+
+    def add(location: str, message: str) -> None:
+        problems.append(Problem(location=location, message=message))
+
+    if not plan.steps:
+        add("steps", "a plan needs at least one step")
+
+    index: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        if step.id in index:
+            add(f"steps[{i}].id", f"duplicate step id {step.id!r} (first used at steps[{index[step.id]}])")
+        else:
+            index[step.id] = i
+
+    for i, step in enumerate(plan.steps):
+        for j, dep in enumerate(step.depends_on):
+            where = f"steps[{i}].depends_on[{j}]"
+            if dep == step.id:
+                add(where, f"step {step.id!r} depends on itself")
+            elif dep not in index:
+                add(where, f"unknown step {dep!r}{_did_you_mean(dep, index)}")
+        dupes = {d for d in step.depends_on if step.depends_on.count(d) > 1}
+        for d in sorted(dupes):
+            add(f"steps[{i}].depends_on", f"{d!r} is listed more than once")
+
+    for cycle in find_cycles(plan):
+        first = cycle[0]
+        add(
+            f"steps[{index[first]}].depends_on",
+            "dependency cycle: " + " -> ".join(cycle) + " (each step waits for the one before it)",
+        )
+
+    anc = ancestors(plan)
+    for i, step in enumerate(plan.steps):
+        _check_kind(step, f"steps[{i}]", catalog, add)
+        known = anc.get(step.id, set())
+        if step.when is not None:
+            _check_expression(step.when, f"steps[{i}].when", plan, step, known, index, add)
+        for location, expr in iter_templates(step.params, f"steps[{i}].params"):
+            _check_expression(expr, location, plan, step, known, index, add, template=True)
+        if step.kind == StepKind.VALIDATION:
+            for j, check in enumerate(_checks(step)):
+                if isinstance(check, dict) and isinstance(check.get("expr"), str):
+                    _check_expression(
+                        check["expr"], f"steps[{i}].params.checks[{j}].expr", plan, step, known, index, add
+                    )
+    return problems
+
+
+def validate_or_raise(plan: Plan, catalog: Mapping[str, ToolSpec]) -> Plan:
+    problems = validate_plan(plan, catalog)
+    if problems:
+        raise PlanInvalid(problems)
+    return plan
+
+
+def _checks(step: Step) -> list[Any]:
+    checks = step.params.get("checks")
+    return checks if isinstance(checks, list) else []
+
+
+def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: Any) -> None:
+    if step.kind == StepKind.TOOL:
+        if not step.tool:
+            add(f"{where}.tool", "a tool step must name a tool")
+        elif step.tool not in catalog:
+            known = ", ".join(sorted(catalog))
+            add(f"{where}.tool", f"unknown tool {step.tool!r}{_did_you_mean(step.tool, catalog)}; known tools: {known}")
+        else:
+            for path, message in params_errors(catalog[step.tool].params_schema, step.params):
+                add(f"{where}.params{path}", message)
+    elif step.tool is not None:
+        add(f"{where}.tool", f"only tool steps name a tool (this step is kind {step.kind.value!r})")
+
+    if step.kind == StepKind.DECISION:
+        options = step.params.get("options")
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+            add(f"{where}.params.options", "a decision step needs 'options': a list of at least two labels")
+        if not isinstance(step.params.get("question"), str):
+            add(f"{where}.params.question", "a decision step needs a 'question' string")
+    elif step.kind == StepKind.VALIDATION:
+        checks = step.params.get("checks")
+        if not isinstance(checks, list) or not checks:
+            add(f"{where}.params.checks", "a validation step needs 'checks': a non-empty list of {name?, expr}")
+        else:
+            for j, check in enumerate(checks):
+                if not isinstance(check, dict) or not isinstance(check.get("expr"), str):
+                    add(f"{where}.params.checks[{j}]", "each check is an object with an 'expr' string")
+    elif step.kind == StepKind.LLM:
+        if not isinstance(step.params.get("prompt"), str):
+            add(f"{where}.params.prompt", "an llm step needs a 'prompt' string")
+    if step.requires_clarification and not step.clarification_question:
+        add(f"{where}.clarification_question", "requires_clarification needs a clarification_question")
+
+
+def params_errors(schema: Mapping[str, Any], params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """JSON-schema errors of ``params`` as ``(".path", message)``.
+
+    A value that is a ``{{ template }}`` is only known at run time, so a type error on it
+    is not reported here (the activity checks the rendered params again).
+    """
+    validator = jsonschema.Draft202012Validator(schema)
+    out: list[tuple[str, str]] = []
+    for err in sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))):
+        if isinstance(err.instance, str) and "{{" in err.instance:
+            continue
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+        message = err.message
+        if err.validator == "additionalProperties":
+            message = f"{message}; allowed: {', '.join(sorted(schema.get('properties', {})))}"
+        out.append((path, message))
+    return out
+
+
+def _check_expression(
+    expr: str,
+    where: str,
+    plan: Plan,
+    step: Step,
+    known: set[str],
+    index: Mapping[str, int],
+    add: Any,
+    template: bool = False,
+) -> None:
+    what = "template" if template else "expression"
+    try:
+        refs = references(expr)
+    except ExpressionError as e:
+        add(where, f"bad {what}: {e}")
+        return
+    for ref in refs:
+        if ref.root == "inputs":
+            if ref.key is not None and ref.key not in plan.inputs:
+                add(where, f"bad {what} {{{{ {expr} }}}}: no input {ref.key!r}{_did_you_mean(ref.key, plan.inputs)}")
+        elif ref.root == "steps":
+            if ref.key is None:
+                add(where, f"bad {what} {expr!r}: name a step, as steps.<id>.output")
+            elif ref.key not in index:
+                add(where, f"bad {what} {expr!r}: unknown step {ref.key!r}{_did_you_mean(ref.key, index)}")
+            elif ref.key == step.id:
+                add(where, f"bad {what} {expr!r}: a step cannot read its own output")
+            elif ref.key not in known:
+                add(
+                    where,
+                    f"bad {what} {expr!r}: step {ref.key!r} is not among the dependencies of "
+                    f"{step.id!r}, so its output may not exist yet (add it to depends_on)",
+                )
+            elif ref.field not in (None, "output", "status", "error"):
+                add(where, f"bad {what} {expr!r}: a step has 'output', 'status' and 'error', not {ref.field!r}")
+        elif ref.root not in ("true", "false", "null", "none"):
+            add(where, f"bad {what} {expr!r}: unknown name {ref.root!r} (use inputs.* or steps.<id>.output)")
+
+
+def describe(problems: list[Problem]) -> str:
+    return json.dumps([p.model_dump() for p in problems], indent=2)

@@ -1,0 +1,170 @@
+"""What the queries answer: read-only projections of a :class:`PlanRun`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from plans.engine import (
+    AuditEntry,
+    LogEntry,
+    PlanRun,
+    WaitingFor,
+    derive_status,
+    preview,
+    progress,
+    waits,
+)
+from plans.models import Plan, PlanStatus, StepStatus
+
+LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class StepView(BaseModel):
+    id: str
+    kind: str
+    description: str = ""
+    depends_on: list[str] = Field(default_factory=list)
+    status: StepStatus
+    attempts: int
+    version: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    output: Any = None
+    skip_reason: str | None = None
+    skip_detail: str | None = None
+
+
+class StatusView(BaseModel):
+    plan_id: str
+    title: str = ""
+    status: PlanStatus
+    progress: float
+    version: int
+    digest: str
+    waiting_for: WaitingFor | None
+    waiting: list[WaitingFor]
+    outcome: str | None
+    approved_by: str | None
+    approval_note: str | None = None
+    stopping: str | None = None
+    paused_by: str | None = None
+    feedback: list[str] = Field(default_factory=list)
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[StepView]
+
+
+class ExecutionState(BaseModel):
+    """Seed 001's shape."""
+
+    plan_id: str
+    state: str
+    step_id: str | None = None
+    question: str | None = None
+    paused_at: datetime | None = None
+    waiting_for: WaitingFor | None = None
+
+
+class LogsQuery(BaseModel):
+    level: Literal["debug", "info", "warning", "error"] | None = None
+    limit: int | None = Field(default=None, ge=1, le=10000)
+    step_id: str | None = None
+
+
+class PlanView(BaseModel):
+    version: int
+    digest: str
+    plan: Plan
+    versions: list[dict[str, Any]]
+
+
+def status_view(run: PlanRun) -> StatusView:
+    pending = waits(run)
+    steps = []
+    for step in run.plan.steps:
+        s = run.steps[step.id]
+        steps.append(
+            StepView(
+                id=step.id, kind=step.kind.value, description=step.description, depends_on=step.depends_on,
+                status=s.status, attempts=s.attempts, version=s.version, started_at=s.started_at,
+                completed_at=s.completed_at, error=s.error, output=preview(s.output),
+                skip_reason=s.skip_reason.value if s.skip_reason else None, skip_detail=s.skip_detail,
+            )
+        )
+    return StatusView(
+        plan_id=run.plan.id or "",
+        title=run.plan.title,
+        status=derive_status(run),
+        progress=progress(run),
+        version=run.version,
+        digest=run.plan.digest(),
+        waiting_for=pending[0] if pending else None,
+        waiting=pending,
+        outcome=run.outcome,
+        approved_by=run.approval.by if run.approval else None,
+        approval_note=run.approval_policy or None,
+        stopping=run.stopping,
+        paused_by=run.pause.by if run.pause else None,
+        feedback=run.feedback,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        steps=steps,
+    )
+
+
+def execution_state(run: PlanRun) -> ExecutionState:
+    pending = waits(run)
+    first = pending[0] if pending else None
+    return ExecutionState(
+        plan_id=run.plan.id or "",
+        state=derive_status(run).value,
+        step_id=first.step_id if first else None,
+        question=first.question if first and first.kind == "clarification" else None,
+        paused_at=run.pause.since if run.pause else None,
+        waiting_for=first,
+    )
+
+
+def logs_view(run: PlanRun, query: LogsQuery) -> list[LogEntry]:
+    entries = run.logs
+    if query.level:
+        floor = LOG_LEVELS[query.level]
+        entries = [e for e in entries if LOG_LEVELS[e.level] >= floor]
+    if query.step_id:
+        entries = [e for e in entries if e.step_id == query.step_id]
+    if query.limit:
+        entries = entries[-query.limit :]
+    return entries
+
+
+def audit_view(run: PlanRun) -> list[AuditEntry]:
+    return run.audit
+
+
+def plan_view(run: PlanRun) -> PlanView:
+    return PlanView(
+        version=run.version,
+        digest=run.plan.digest(),
+        plan=run.plan,
+        versions=[
+            {"version": v.version, "by": v.by, "at": v.at, "step_id": v.step_id, "change": v.change}
+            for v in run.versions
+        ],
+    )
+
+
+def summary_line(run: PlanRun) -> str:
+    """One line for the Web UI's current details."""
+    counts: dict[str, int] = {}
+    for s in run.steps.values():
+        counts[s.status.value] = counts.get(s.status.value, 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    pending = waits(run)
+    wait = f" — waiting for {pending[0].kind}" + (f" on {pending[0].step_id}" if pending[0].step_id else "") if pending else ""
+    return f"**{derive_status(run).value}** v{run.version}: {parts}{wait}"

@@ -1,0 +1,398 @@
+"""``PlanWorkflow``: the durable shell around :mod:`plans.engine`.
+
+Every decision is made by the pure engine; this class only turns them into Temporal
+commands: one activity per step (started the moment its own dependencies finish),
+durable timers for approval and total timeouts, signals and updates for controls,
+queries for status, and search attributes so a person can find waiting plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+
+with workflow.unsafe.imports_passed_through():
+    from activities.steps import EXECUTE_STEP, StepOutcome, StepTask
+    from activities.tools import catalog
+    from plans import engine
+    from plans.controls import ControlResult
+    from plans.engine import PlanRun, Refused, StepRun
+    from plans.expressions import ExpressionError, render
+    from plans.models import Plan, PlanStatus, StepKind
+    from plans.views import (
+        ExecutionState,
+        LogsQuery,
+        PlanView,
+        StatusView,
+        execution_state,
+        logs_view,
+        plan_view,
+        status_view,
+        summary_line,
+    )
+
+WORKFLOW_NAME = "PlanWorkflow"
+DEFAULT_TASK_QUEUE = "plans"
+PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
+WAITING_FOR = SearchAttributeKey.for_keyword("WaitingFor")
+SEARCH_ATTRIBUTES = (PLAN_STATUS, WAITING_FOR)
+HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+NON_RETRYABLE = ["InvalidParams", "UnknownTool", "BadRequest", "HttpClientError", "ValidationFailed", "UnsupportedStep"]
+
+
+class PlanInput(BaseModel):
+    plan: Plan
+    run: PlanRun | None = Field(default=None, description="state carried by continue-as-new")
+    carried_steps: dict[str, StepRun] | None = Field(
+        default=None, description="steps of an earlier run; completed ones are not run again"
+    )
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT.total_seconds()
+
+
+class PlanResult(BaseModel):
+    plan_id: str
+    status: PlanStatus
+    outcome: str | None
+    version: int
+    steps: dict[str, str]
+
+
+def _signal(name: str) -> Any:
+    def handler(self, arg: Any) -> None:
+        self._on_signal(name, arg)
+
+    handler.__name__ = f"{name}_signal"
+    return workflow.signal(name=name)(handler)
+
+
+def _update(name: str) -> Any:
+    async def handler(self, arg: Any) -> ControlResult:
+        return self._on_update(name, arg)
+
+    handler.__name__ = f"{name}_update"
+    upd = workflow.update(name=name)(handler)
+
+    def validate(self, arg: Any) -> None:
+        self._validate(name, arg)
+
+    validate.__name__ = f"validate_{name}"
+    upd.validator(validate)
+    return upd
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class PlanWorkflow:
+    @workflow.init
+    def __init__(self, inp: PlanInput) -> None:
+        self._run: PlanRun = inp.run or engine.new_run(inp.plan, workflow.now(), inp.carried_steps)
+        self._catalog = catalog()
+        self._handles: dict[str, workflow.ActivityHandle[StepOutcome]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dirty = False
+        self._published: tuple[str, str] | None = None
+        self._heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
+
+    # --- main ------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: PlanInput) -> PlanResult:
+        run = self._run
+        try:
+            await self._approval_phase()
+            if run.final_status is None:
+                await self._execute()
+        except asyncio.CancelledError:
+            await self._cancelled_by_temporal()
+            raise
+        self._publish()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._result()
+
+    async def _approval_phase(self) -> None:
+        run = self._run
+        if run.approval is not None or run.final_status is not None:
+            return
+        required, why = engine.needs_approval(run, self._catalog)
+        run.approval_required, run.approval_policy = required, why
+        now = workflow.now()
+        if not required:
+            run.approval = engine.Approval(by="policy", at=now, comment=why, version=run.version)
+            engine.audit(run, now, "policy", "approve", True, f"no person needed: {why}")
+            return
+        engine.log(run, now, f"waiting for plan approval ({why})")
+        self._publish()
+        timeout_s = run.plan.options.approval_timeout_s
+        try:
+            await workflow.wait_condition(
+                lambda: run.approval is not None or run.final_status is not None,
+                timeout=timedelta(seconds=timeout_s) if timeout_s else None,
+                timeout_summary="plan approval timeout",
+            )
+        except TimeoutError:
+            now = workflow.now()
+            action = run.plan.options.on_approval_timeout
+            detail = f"approval timed out after {timeout_s:g}s; on_approval_timeout={action}"
+            engine.audit(run, now, "system:timeout", "approval_timeout", True, detail)
+            if action == "approve":
+                run.approval = engine.Approval(by="system:timeout", at=now, comment=detail, version=run.version, timed_out=True)
+            else:
+                engine.end(run, PlanStatus.REJECTED, detail, now)
+
+    async def _execute(self) -> None:
+        run = self._run
+        total = run.plan.options.total_timeout_s
+        timer = asyncio.create_task(self._total_timeout(total)) if total else None
+        try:
+            while True:
+                for sid in engine.advance(run, workflow.now()):
+                    self._start_step(sid)
+                self._publish()
+                if engine.is_finished(run) and not self._tasks:
+                    break
+                self._dirty = False
+                await workflow.wait_condition(lambda: self._dirty)
+        finally:
+            if timer is not None and not timer.done():
+                timer.cancel()
+        engine.finish(run, workflow.now())
+
+    async def _total_timeout(self, seconds: float) -> None:
+        await workflow.sleep(timedelta(seconds=seconds), summary="plan total timeout")
+        run = self._run
+        why = f"total timeout of {seconds:g}s exceeded"
+        now = workflow.now()
+        engine.stop(run, why, now)
+        run.outcome = why
+        engine.audit(run, now, "system:timeout", "total_timeout", True, why)
+        self._cancel_running(why)
+        self._dirty = True
+
+    # --- steps -----------------------------------------------------------------------
+
+    def _start_step(self, sid: str) -> None:
+        self._tasks[sid] = asyncio.create_task(self._run_step(sid))
+
+    async def _run_step(self, sid: str) -> None:
+        run = self._run
+        step = run.plan.step(sid)
+        state = run.steps[sid]
+        opts = run.plan.options
+        try:
+            ctx = engine.context(run)
+            params = render(step.params, ctx)
+            task = StepTask(
+                plan_id=run.plan.id or "",
+                step_id=sid,
+                kind=step.kind,
+                tool=step.tool,
+                params=params,
+                idempotency_key=f"{run.plan.id}:{sid}:v{state.version}",
+                step_version=state.version,
+                context=self._step_context(sid, ctx),
+            )
+        except ExpressionError as e:
+            engine.record_failure(run, sid, f"params could not be rendered: {e}", 0, workflow.now())
+            self._finish_task(sid)
+            return
+        retries = step.max_retries if step.max_retries is not None else opts.default_max_retries
+        delay = step.retry_delay_s if step.retry_delay_s is not None else opts.default_retry_delay_s
+        spec = self._catalog.get(step.tool or "")
+        once = not step.idempotent or (spec is not None and not spec.idempotent)
+        attempts = 1 if once else retries + 1
+        policy = RetryPolicy(
+            maximum_attempts=attempts,
+            initial_interval=timedelta(seconds=max(delay, 0.001)),
+            backoff_coefficient=step.backoff,
+            non_retryable_error_types=NON_RETRYABLE,
+        )
+        timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
+        handle = workflow.start_activity(
+            EXECUTE_STEP,
+            task,
+            result_type=StepOutcome,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=min(self._heartbeat_timeout, timeout),
+            retry_policy=policy,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"{sid}: {step.tool or step.kind.value}",
+        )
+        self._handles[sid] = handle
+        try:
+            outcome = await handle
+            engine.record_success(run, sid, outcome.output, outcome.attempt, workflow.now())
+        except ActivityError as e:
+            if isinstance(e.cause, CancelledError):
+                engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+            else:
+                engine.record_failure(run, sid, _error_text(e), _attempts(e, attempts), workflow.now())
+        except asyncio.CancelledError:
+            engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+        finally:
+            self._handles.pop(sid, None)
+            self._finish_task(sid)
+
+    def _step_context(self, sid: str, ctx: dict[str, Any]) -> dict[str, Any]:
+        run = self._run
+        step = run.plan.step(sid)
+        extra: dict[str, Any] = {}
+        if step.kind == StepKind.VALIDATION:
+            extra.update(ctx)
+        if run.steps[sid].answered:
+            extra["answer"] = run.steps[sid].answer
+        if run.feedback:
+            extra["feedback"] = list(run.feedback)
+        return extra
+
+    def _finish_task(self, sid: str) -> None:
+        self._tasks.pop(sid, None)
+        self._dirty = True
+
+    def _cancel_running(self, why: str) -> None:
+        for sid, handle in list(self._handles.items()):
+            engine.log(self._run, workflow.now(), f"cancelling step {sid}: {why}", "warning", sid)
+            handle.cancel()
+
+    async def _cancelled_by_temporal(self) -> None:
+        run = self._run
+        now = workflow.now()
+        why = "cancelled through Temporal (workflow cancel request)"
+        engine.audit(run, now, "temporal", "cancel", True, why)
+        run.cancel_requested = why
+        engine.stop(run, why, now)
+        self._cancel_running(why)
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if run.final_status is None:
+            engine.end(run, PlanStatus.CANCELLED, why, workflow.now())
+        self._publish()
+
+    # --- controls --------------------------------------------------------------------
+
+    def _on_signal(self, name: str, arg: Any) -> None:
+        try:
+            msg = engine.parse_control(name, arg)
+        except Refused as e:
+            by = arg.get("by") if isinstance(arg, dict) and isinstance(arg.get("by"), str) else "unknown"
+            engine.audit(self._run, workflow.now(), by, name, False, str(e), via="signal")
+            engine.log(self._run, workflow.now(), f"{name} signal refused: {e}", "warning")
+            return
+        try:
+            engine.apply_control(self._run, name, msg, workflow.now(), self._catalog, via="signal")
+        except Refused:
+            return  # audited by apply_control; a refused signal never breaks the workflow
+        self._after_control(name)
+
+    def _validate(self, name: str, arg: Any) -> None:
+        try:
+            msg = engine.parse_control(name, arg)
+            engine.check_control(self._run, name, msg, self._catalog)
+        except Refused as e:
+            raise ApplicationError(str(e), type="TransitionRefused", non_retryable=True) from None
+
+    def _on_update(self, name: str, arg: Any) -> ControlResult:
+        try:
+            msg = engine.parse_control(name, arg)
+            detail = engine.apply_control(self._run, name, msg, workflow.now(), self._catalog, via="update")
+        except Refused as e:
+            raise ApplicationError(str(e), type="TransitionRefused", non_retryable=True) from None
+        self._after_control(name)
+        return ControlResult(control=name, status=self._run.status.value, version=self._run.version, detail=detail)
+
+    def _after_control(self, name: str) -> None:
+        if name == "cancel" and self._run.cancel_requested:
+            self._cancel_running(self._run.cancel_requested)
+        self._dirty = True
+        self._publish()
+
+    approve = _update("approve")
+    approve_signal = _signal("approve")
+    reject = _update("reject")
+    reject_signal = _signal("reject")
+    cancel = _update("cancel")
+    cancel_signal = _signal("cancel")
+    pause = _update("pause")
+    pause_signal = _signal("pause")
+    resume = _update("resume")
+    resume_signal = _signal("resume")
+    apply_correction = _update("apply_correction")
+    apply_correction_signal = _signal("apply_correction")
+    answer_clarification = _update("answer_clarification")
+    answer_clarification_signal = _signal("answer_clarification")
+    approve_step = _update("approve_step")
+    approve_step_signal = _signal("approve_step")
+    reject_step = _update("reject_step")
+    reject_step_signal = _signal("reject_step")
+    retry_step = _update("retry_step")
+    retry_step_signal = _signal("retry_step")
+    skip_step = _update("skip_step")
+    skip_step_signal = _signal("skip_step")
+
+    # --- queries ---------------------------------------------------------------------
+
+    @workflow.query(name="status")
+    def status(self) -> StatusView:
+        return status_view(self._run)
+
+    @workflow.query(name="execution_state")
+    def execution_state(self) -> ExecutionState:
+        return execution_state(self._run)
+
+    @workflow.query(name="logs")
+    def logs(self, query: LogsQuery | None = None) -> list[engine.LogEntry]:
+        return logs_view(self._run, query or LogsQuery())
+
+    @workflow.query(name="plan")
+    def plan(self) -> PlanView:
+        return plan_view(self._run)
+
+    @workflow.query(name="audit")
+    def audit(self) -> list[engine.AuditEntry]:
+        return list(self._run.audit)
+
+    # --- visibility ------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        run = self._run
+        status = run.status.value
+        pending = engine.waits(run)
+        waiting = pending[0].kind if pending else "none"
+        if self._published != (status, waiting):
+            self._published = (status, waiting)
+            workflow.upsert_search_attributes([PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)])
+        workflow.set_current_details(summary_line(run))
+
+    def _result(self) -> PlanResult:
+        run = self._run
+        return PlanResult(
+            plan_id=run.plan.id or "",
+            status=run.status,
+            outcome=run.outcome,
+            version=run.version,
+            steps={sid: s.status.value for sid, s in run.steps.items()},
+        )
+
+
+def _error_text(e: ActivityError) -> str:
+    cause = e.cause
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'Error'}: {cause.message}"
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return str(e)
+
+
+def _attempts(e: ActivityError, maximum: int) -> int:
+    cause = e.cause
+    if isinstance(cause, ApplicationError) and cause.details:
+        detail = cause.details[0]
+        if isinstance(detail, dict) and isinstance(detail.get("attempt"), int):
+            return int(detail["attempt"])
+    if e.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
+        return maximum
+    return 1
