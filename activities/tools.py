@@ -70,7 +70,13 @@ def tool(
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"tool {name!r} is registered twice")
         schema = {"type": "object", "additionalProperties": False, **params_schema}
-        spec = ToolSpec(name=name, description=description, params_schema=schema, risk=risk, idempotent=idempotent)
+        spec = ToolSpec(
+            name=name,
+            description=description,
+            params_schema=schema,
+            risk=risk,
+            idempotent=idempotent,
+        )
         _REGISTRY[name] = RegisteredTool(spec=spec, fn=fn)
         return fn
 
@@ -127,14 +133,25 @@ async def http_request(params: dict[str, Any], ctx: ToolContext) -> Any:
         kwargs["content"] = params["body"]
     timeout = params.get("timeout_s", 30)
     try:
+        port = httpx.URL(params["url"]).port
+        if port is not None and port > 65535:  # else an OverflowError escapes and is retried
+            raise httpx.InvalidURL(f"Invalid port: {port}")
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
             resp = await client.request(method, params["url"], **kwargs)
     except httpx.InvalidURL as e:
-        raise ToolError(f"invalid url {params['url']!r}: {e}", retryable=False, kind="BadRequest") from None
+        raise ToolError(
+            f"invalid url {params['url']!r}: {e}", retryable=False, kind="BadRequest"
+        ) from None
     except httpx.UnsupportedProtocol as e:
-        raise ToolError(f"unsupported url {params['url']!r}: {e}", retryable=False, kind="BadRequest") from None
+        raise ToolError(
+            f"unsupported url {params['url']!r}: {e}", retryable=False, kind="BadRequest"
+        ) from None
     except httpx.HTTPError as e:
-        raise ToolError(f"{method} {params['url']}: {type(e).__name__}: {e}", retryable=True, kind="ConnectionError") from None
+        raise ToolError(
+            f"{method} {params['url']}: {type(e).__name__}: {e}",
+            retryable=True,
+            kind="ConnectionError",
+        ) from None
     body: Any
     try:
         body = resp.json()

@@ -158,7 +158,9 @@ class PlanRun(BaseModel):
 def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = None) -> PlanRun:
     """A fresh run; ``carried`` holds completed steps of an earlier run (never re-run)."""
     run = PlanRun(plan=plan, created_at=now)
-    run.versions.append(PlanVersion(version=1, plan=plan, by=plan.agent_id or "author", at=now, change="created"))
+    run.versions.append(
+        PlanVersion(version=1, plan=plan, by=plan.agent_id or "author", at=now, change="created")
+    )
     for step in plan.steps:
         prev = (carried or {}).get(step.id)
         if prev is not None and prev.status == StepStatus.COMPLETED:
@@ -192,7 +194,9 @@ def needs_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool,
 # --- logs and audit ------------------------------------------------------------------
 
 
-def log(run: PlanRun, now: datetime, message: str, level: str = "info", step_id: str | None = None) -> None:
+def log(
+    run: PlanRun, now: datetime, message: str, level: str = "info", step_id: str | None = None
+) -> None:
     run.logs.append(LogEntry(at=now, level=level, message=message, step_id=step_id))  # type: ignore[arg-type]
     if len(run.logs) > MAX_LOG_ENTRIES:
         del run.logs[: len(run.logs) - MAX_LOG_ENTRIES]
@@ -210,8 +214,14 @@ def audit(
 ) -> None:
     run.audit.append(
         AuditEntry(
-            at=now, by=by, action=action, accepted=accepted, version=run.version,
-            step_id=step_id, detail=detail, via=via,
+            at=now,
+            by=by,
+            action=action,
+            accepted=accepted,
+            version=run.version,
+            step_id=step_id,
+            detail=detail,
+            via=via,
         )
     )
     if len(run.audit) > MAX_AUDIT_ENTRIES:
@@ -252,23 +262,55 @@ def waits(run: PlanRun) -> list[WaitingFor]:
     if run.pause is not None:
         if run.pause.question and not run.pause.answered:
             out.append(
-                WaitingFor(kind="clarification", step_id=run.pause.step_id, question=run.pause.question,
-                           since=run.pause.since, who=f"an answer to {run.pause.by}")
+                WaitingFor(
+                    kind="clarification",
+                    step_id=run.pause.step_id,
+                    question=run.pause.question,
+                    since=run.pause.since,
+                    who=f"an answer to {run.pause.by}",
+                )
             )
         else:
-            out.append(WaitingFor(kind="resume", step_id=run.pause.step_id, since=run.pause.since,
-                                  who=f"a resume (paused by {run.pause.by})"))
+            out.append(
+                WaitingFor(
+                    kind="resume",
+                    step_id=run.pause.step_id,
+                    since=run.pause.since,
+                    who=f"a resume (paused by {run.pause.by})",
+                )
+            )
     for sid, s in run.steps.items():
         step = run.plan.step(sid)
         if s.awaiting_decision:
-            out.append(WaitingFor(kind="correction", step_id=sid, question=s.error, since=s.completed_at,
-                                  who="an operator: apply_correction + retry_step, skip_step or cancel"))
+            out.append(
+                WaitingFor(
+                    kind="correction",
+                    step_id=sid,
+                    question=s.error,
+                    since=s.completed_at,
+                    who="an operator: apply_correction + retry_step, skip_step or cancel",
+                )
+            )
         elif s.status == StepStatus.WAITING_CLARIFICATION:
-            out.append(WaitingFor(kind="clarification", step_id=sid, question=step.clarification_question,
-                                  since=s.waiting_since, who="an answer"))
+            out.append(
+                WaitingFor(
+                    kind="clarification",
+                    step_id=sid,
+                    question=step.clarification_question,
+                    since=s.waiting_since,
+                    who="an answer",
+                )
+            )
         elif s.status == StepStatus.WAITING_APPROVAL:
-            out.append(WaitingFor(kind="step_approval", step_id=sid, question=step.description or None,
-                                  since=s.waiting_since, who="an approver"))
+            out.append(
+                WaitingFor(
+                    kind="step_approval",
+                    step_id=sid,
+                    question=step.description or None,
+                    since=s.waiting_since,
+                    who="an approver",
+                )
+            )
     return out
 
 
@@ -372,11 +414,23 @@ def advance(run: PlanRun, now: datetime) -> list[str]:
                 continue
             if state == "blocked":
                 d = run.steps[dep or ""]
-                _skip(run, step.id, SkipReason.UPSTREAM, f"dependency {dep} ended {d.status.value}", now)
+                _skip(
+                    run,
+                    step.id,
+                    SkipReason.UPSTREAM,
+                    f"dependency {dep} ended {d.status.value}",
+                    now,
+                )
                 changed = True
                 continue
             if state == "inactive":
-                _skip(run, step.id, SkipReason.CONDITION, f"branch not taken (dependency {dep} was skipped)", now)
+                _skip(
+                    run,
+                    step.id,
+                    SkipReason.CONDITION,
+                    f"branch not taken (dependency {dep} was skipped)",
+                    now,
+                )
                 changed = True
                 continue
             if step.when is not None:
@@ -390,7 +444,9 @@ def advance(run: PlanRun, now: datetime) -> list[str]:
                     changed = True
                     continue
                 if not ok:
-                    _skip(run, step.id, SkipReason.CONDITION, f"condition is false: {step.when}", now)
+                    _skip(
+                        run, step.id, SkipReason.CONDITION, f"condition is false: {step.when}", now
+                    )
                     changed = True
                     continue
             if run.stopping:
@@ -398,10 +454,18 @@ def advance(run: PlanRun, now: datetime) -> list[str]:
             if step.requires_clarification and not s.answered:
                 s.status = StepStatus.WAITING_CLARIFICATION
                 s.waiting_since = now
-                log(run, now, f"step {step.id} waits for an answer: {step.clarification_question}", "info", step.id)
+                log(
+                    run,
+                    now,
+                    f"step {step.id} waits for an answer: {step.clarification_question}",
+                    "info",
+                    step.id,
+                )
                 changed = True
                 continue
-            if (step.requires_approval or step.kind == StepKind.APPROVAL) and s.gate_approved_by is None:
+            if (
+                step.requires_approval or step.kind == StepKind.APPROVAL
+            ) and s.gate_approved_by is None:
                 s.status = StepStatus.WAITING_APPROVAL
                 s.waiting_since = now
                 log(run, now, f"step {step.id} waits for approval", "info", step.id)
@@ -426,7 +490,9 @@ def advance(run: PlanRun, now: datetime) -> list[str]:
             continue
         if step.requires_clarification and not s.answered:
             continue
-        if (step.requires_approval or step.kind == StepKind.APPROVAL) and s.gate_approved_by is None:
+        if (
+            step.requires_approval or step.kind == StepKind.APPROVAL
+        ) and s.gate_approved_by is None:
             continue
         s.status = StepStatus.RUNNING
         s.started_at = now
@@ -474,7 +540,13 @@ def _after_failure(run: PlanRun, sid: str, now: datetime) -> None:
         log(run, now, f"no new steps will start: {run.stopping}", "warning", sid)
     elif mode == OnError.ASK:
         run.steps[sid].awaiting_decision = True
-        log(run, now, f"step {sid} waits for a correction, a retry, a skip or a cancel", "warning", sid)
+        log(
+            run,
+            now,
+            f"step {sid} waits for a correction, a retry, a skip or a cancel",
+            "warning",
+            sid,
+        )
 
 
 def stop(run: PlanRun, why: str, now: datetime) -> None:
@@ -498,7 +570,8 @@ def finish(run: PlanRun, now: datetime) -> PlanStatus:
     steps = list(run.steps.values())
     failed = [s for s in steps if s.status == StepStatus.FAILED]
     incomplete = [
-        s for s in steps
+        s
+        for s in steps
         if s.status == StepStatus.FAILED
         or (s.status == StepStatus.SKIPPED and s.skip_reason not in (SkipReason.CONDITION, None))
         or s.status == StepStatus.CANCELLED
@@ -521,7 +594,12 @@ def finish(run: PlanRun, now: datetime) -> PlanStatus:
     run.outcome = run.outcome or outcome
     run.finished_at = now
     run.pause = None
-    log(run, now, f"plan ended {status.value}: {run.outcome}", "info" if status == PlanStatus.COMPLETED else "warning")
+    log(
+        run,
+        now,
+        f"plan ended {status.value}: {run.outcome}",
+        "info" if status == PlanStatus.COMPLETED else "warning",
+    )
     return status
 
 
@@ -529,7 +607,9 @@ def end(run: PlanRun, status: PlanStatus, outcome: str, now: datetime) -> None:
     """End the run now with ``status`` (reject, cancel before start, timeouts)."""
     for s in run.steps.values():
         if not s.status.terminal:
-            s.status = StepStatus.CANCELLED if status == PlanStatus.CANCELLED else StepStatus.SKIPPED
+            s.status = (
+                StepStatus.CANCELLED if status == PlanStatus.CANCELLED else StepStatus.SKIPPED
+            )
             if s.status == StepStatus.SKIPPED:
                 s.skip_reason = SkipReason.STOPPED
             s.skip_detail = outcome
@@ -557,22 +637,30 @@ def parse_control(name: str, payload: Any) -> Control:
     except Exception as e:  # pydantic.ValidationError, TypeError
         errors = getattr(e, "errors", None)
         if callable(errors):
-            parts = [f"{'.'.join(map(str, err['loc'])) or 'argument'}: {err['msg']}" for err in errors(include_url=False)]
+            parts = [
+                f"{'.'.join(map(str, err['loc'])) or 'argument'}: {err['msg']}"
+                for err in errors(include_url=False)
+            ]
             raise Refused(f"invalid {name} argument: " + "; ".join(parts)) from None
         raise Refused(f"invalid {name} argument: {e}") from None
 
 
 def _require_live(run: PlanRun, name: str) -> None:
     if run.final_status is not None:
-        hint = " (use resume-from-failure to run it again)" if run.final_status in (
-            PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED) else ""
+        hint = (
+            " (use resume-from-failure to run it again)"
+            if run.final_status in (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
+            else ""
+        )
         raise Refused(f"{name} refused: the plan already ended {run.final_status.value}{hint}")
 
 
 def _require_started(run: PlanRun, name: str) -> None:
     _require_live(run, name)
     if run.approval is None:
-        raise Refused(f"{name} refused: the plan has not been approved yet (status {derive_status(run).value})")
+        raise Refused(
+            f"{name} refused: the plan has not been approved yet (status {derive_status(run).value})"
+        )
 
 
 def _step(run: PlanRun, name: str, step_id: str) -> StepRun:
@@ -587,15 +675,23 @@ def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, T
     if isinstance(msg, ApproveInput):
         _require_live(run, name)
         if run.approval is not None:
-            raise Refused(f"approve refused: the plan was already approved by {run.approval.by} (status {status.value})")
+            raise Refused(
+                f"approve refused: the plan was already approved by {run.approval.by} (status {status.value})"
+            )
         if msg.version is not None and msg.version != run.version:
-            raise Refused(f"approve refused: stale approval for version {msg.version}; the plan is at version {run.version}")
+            raise Refused(
+                f"approve refused: stale approval for version {msg.version}; the plan is at version {run.version}"
+            )
         if msg.digest is not None and msg.digest != run.plan.digest():
-            raise Refused(f"approve refused: digest {msg.digest} does not match the current plan ({run.plan.digest()})")
+            raise Refused(
+                f"approve refused: digest {msg.digest} does not match the current plan ({run.plan.digest()})"
+            )
     elif isinstance(msg, RejectInput):
         _require_live(run, name)
         if run.approval is not None:
-            raise Refused(f"reject refused: the plan is already approved ({status.value}); cancel it instead")
+            raise Refused(
+                f"reject refused: the plan is already approved ({status.value}); cancel it instead"
+            )
     elif isinstance(msg, CancelInput):
         _require_live(run, name)
         if run.cancel_requested:
@@ -612,49 +708,81 @@ def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, T
             raise Refused(f"resume refused: the plan is not paused (status {status.value})")
     elif isinstance(msg, AnswerClarificationInput):
         _require_live(run, name)
-        if run.pause and run.pause.question and not run.pause.answered and msg.step_id in (None, run.pause.step_id):
+        if (
+            run.pause
+            and run.pause.question
+            and not run.pause.answered
+            and msg.step_id in (None, run.pause.step_id)
+        ):
             return
-        asking = [sid for sid, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION]
+        asking = [
+            sid for sid, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION
+        ]
         if msg.step_id is None:
             if len(asking) != 1:
                 raise Refused(
                     "answer_clarification refused: "
-                    + ("no question is waiting for an answer" if not asking else f"several steps ask ({', '.join(asking)}); name step_id")
+                    + (
+                        "no question is waiting for an answer"
+                        if not asking
+                        else f"several steps ask ({', '.join(asking)}); name step_id"
+                    )
                 )
         elif msg.step_id not in asking:
             s = _step(run, name, msg.step_id)
-            raise Refused(f"answer_clarification refused: step {msg.step_id} is not waiting for an answer (it is {s.status.value})")
+            raise Refused(
+                f"answer_clarification refused: step {msg.step_id} is not waiting for an answer (it is {s.status.value})"
+            )
     elif isinstance(msg, ApproveStepInput | RejectStepInput):
         _require_started(run, name)
         s = _step(run, name, msg.step_id)
         if s.status != StepStatus.WAITING_APPROVAL:
-            raise Refused(f"{name} refused: step {msg.step_id} is not waiting for approval (it is {s.status.value})")
+            raise Refused(
+                f"{name} refused: step {msg.step_id} is not waiting for approval (it is {s.status.value})"
+            )
         if msg.version is not None and msg.version != s.version:
-            raise Refused(f"{name} refused: stale decision for step version {msg.version}; step {msg.step_id} is at version {s.version}")
+            raise Refused(
+                f"{name} refused: stale decision for step version {msg.version}; step {msg.step_id} is at version {s.version}"
+            )
     elif isinstance(msg, RetryStepInput):
         _require_started(run, name)
         s = _step(run, name, msg.step_id)
         if s.status not in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
-            raise Refused(f"retry_step refused: step {msg.step_id} is {s.status.value}; only failed, skipped or cancelled steps are retried")
+            raise Refused(
+                f"retry_step refused: step {msg.step_id} is {s.status.value}; only failed, skipped or cancelled steps are retried"
+            )
         if s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.CONDITION:
-            raise Refused(f"retry_step refused: step {msg.step_id} was skipped by its condition, not by a failure")
+            raise Refused(
+                f"retry_step refused: step {msg.step_id} was skipped by its condition, not by a failure"
+            )
         if run.cancel_requested:
             raise Refused("retry_step refused: the plan is being cancelled")
     elif isinstance(msg, SkipStepInput):
         _require_started(run, name)
         s = _step(run, name, msg.step_id)
-        allowed = (StepStatus.FAILED, StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION, StepStatus.PENDING)
+        allowed = (
+            StepStatus.FAILED,
+            StepStatus.WAITING_APPROVAL,
+            StepStatus.WAITING_CLARIFICATION,
+            StepStatus.PENDING,
+        )
         if s.status not in allowed:
-            raise Refused(f"skip_step refused: step {msg.step_id} is {s.status.value}; only failed, waiting or pending steps are skipped")
+            raise Refused(
+                f"skip_step refused: step {msg.step_id} is {s.status.value}; only failed, waiting or pending steps are skipped"
+            )
     elif isinstance(msg, ApplyCorrectionInput):
         _require_live(run, name)
         s = _step(run, name, msg.step_id)
         if s.status in (StepStatus.COMPLETED, StepStatus.RUNNING):
-            raise Refused(f"apply_correction refused: step {msg.step_id} is {s.status.value}; only steps not completed or running can change")
+            raise Refused(
+                f"apply_correction refused: step {msg.step_id} is {s.status.value}; only steps not completed or running can change"
+            )
         _corrected_plan(run, msg, catalog)
 
 
-def _corrected_plan(run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]) -> Plan:
+def _corrected_plan(
+    run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]
+) -> Plan:
     updated = dict(msg.correction.updated_step)
     if updated.get("id", msg.step_id) != msg.step_id:
         raise Refused("apply_correction refused: updated_step.id cannot change a step's id")
@@ -673,7 +801,11 @@ def _corrected_plan(run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[st
 
 
 def apply_control(
-    run: PlanRun, name: str, msg: Control, now: datetime, catalog: Mapping[str, ToolSpec],
+    run: PlanRun,
+    name: str,
+    msg: Control,
+    now: datetime,
+    catalog: Mapping[str, ToolSpec],
     via: Literal["signal", "update", "system"] = "update",
 ) -> str:
     """Check and apply ``msg``; record it in the audit trail either way. Returns what changed."""
@@ -681,7 +813,9 @@ def apply_control(
         check_control(run, name, msg, catalog)
     except Refused as e:
         audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via)
-        log(run, now, f"{name} from {msg.by} refused: {e}", "warning", getattr(msg, "step_id", None))
+        log(
+            run, now, f"{name} from {msg.by} refused: {e}", "warning", getattr(msg, "step_id", None)
+        )
         raise
     detail = _apply(run, msg, now, catalog)
     audit(run, now, msg.by, name, True, detail, getattr(msg, "step_id", None), via)
@@ -708,7 +842,9 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
             s.awaiting_decision = False
         return "running steps are being cancelled"
     if isinstance(msg, PauseInput):
-        run.pause = Pause(by=msg.by, since=now, reason=msg.reason, step_id=msg.step_id, question=msg.question)
+        run.pause = Pause(
+            by=msg.by, since=now, reason=msg.reason, step_id=msg.step_id, question=msg.question
+        )
         return "paused with a question" if msg.question else "paused: no new steps start"
     if isinstance(msg, ResumeInput):
         if msg.feedback:
@@ -716,13 +852,20 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         run.pause = None
         return "resumed" + (" with feedback" if msg.feedback else "")
     if isinstance(msg, AnswerClarificationInput):
-        if run.pause and run.pause.question and not run.pause.answered and msg.step_id in (None, run.pause.step_id):
+        if (
+            run.pause
+            and run.pause.question
+            and not run.pause.answered
+            and msg.step_id in (None, run.pause.step_id)
+        ):
             run.pause.answer, run.pause.answered, run.pause.answered_by = msg.answer, True, msg.by
             if run.pause.step_id:
                 target = run.steps[run.pause.step_id]
                 target.answer, target.answered = msg.answer, True
             return "question answered; resume to continue"
-        sid = msg.step_id or next(k for k, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION)
+        sid = msg.step_id or next(
+            k for k, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION
+        )
         s = run.steps[sid]
         s.answer, s.answered = msg.answer, True
         s.status, s.waiting_since = StepStatus.PENDING, None
@@ -748,8 +891,16 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         run.plan = plan
         run.version += 1
         changed = sorted(msg.correction.updated_step)
-        run.versions.append(PlanVersion(version=run.version, plan=plan, by=msg.by, at=now, step_id=msg.step_id,
-                                        change=f"step {msg.step_id}: {', '.join(changed)}"))
+        run.versions.append(
+            PlanVersion(
+                version=run.version,
+                plan=plan,
+                by=msg.by,
+                at=now,
+                step_id=msg.step_id,
+                change=f"step {msg.step_id}: {', '.join(changed)}",
+            )
+        )
         s = run.steps[msg.step_id]
         s.version += 1
         s.gate_approved_by = None  # earlier approvals of this step lapse
@@ -767,7 +918,11 @@ def _retry(run: PlanRun, sid: str, now: datetime) -> str:
         cur = frontier.pop()
         for other, deps in dependents.items():
             o = run.steps[other]
-            if cur in deps and o.status == StepStatus.SKIPPED and o.skip_reason in (SkipReason.UPSTREAM, SkipReason.STOPPED):
+            if (
+                cur in deps
+                and o.status == StepStatus.SKIPPED
+                and o.skip_reason in (SkipReason.UPSTREAM, SkipReason.STOPPED)
+            ):
                 reset.append(other)
                 frontier.append(other)
     for r in reset:
@@ -778,4 +933,6 @@ def _retry(run: PlanRun, sid: str, now: datetime) -> str:
         s.completed_at = None
     if run.stopping and not run.cancel_requested:
         run.stopping = None
-    return f"step {sid} will run again" + (f" with {len(reset) - 1} dependent(s)" if len(reset) > 1 else "")
+    return f"step {sid} will run again" + (
+        f" with {len(reset) - 1} dependent(s)" if len(reset) > 1 else ""
+    )

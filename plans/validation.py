@@ -53,7 +53,9 @@ def load_document(text: str, source: str = "<input>") -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise PlanInvalid([Problem(location=source, message=f"not valid JSON/YAML at {where}: {e}")]) from None
+        raise PlanInvalid(
+            [Problem(location=source, message=f"not valid JSON/YAML at {where}: {e}")]
+        ) from None
     if not isinstance(data, dict):
         raise PlanInvalid([Problem(location=source, message="a plan document must be an object")])
     return data
@@ -161,7 +163,10 @@ def validate_plan(plan: Plan, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
     index: dict[str, int] = {}
     for i, step in enumerate(plan.steps):
         if step.id in index:
-            add(f"steps[{i}].id", f"duplicate step id {step.id!r} (first used at steps[{index[step.id]}])")
+            add(
+                f"steps[{i}].id",
+                f"duplicate step id {step.id!r} (first used at steps[{index[step.id]}])",
+            )
         else:
             index[step.id] = i
 
@@ -195,7 +200,13 @@ def validate_plan(plan: Plan, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
             for j, check in enumerate(_checks(step)):
                 if isinstance(check, dict) and isinstance(check.get("expr"), str):
                     _check_expression(
-                        check["expr"], f"steps[{i}].params.checks[{j}].expr", plan, step, known, index, add
+                        check["expr"],
+                        f"steps[{i}].params.checks[{j}].expr",
+                        plan,
+                        step,
+                        known,
+                        index,
+                        add,
                     )
     return problems
 
@@ -218,7 +229,10 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
             add(f"{where}.tool", "a tool step must name a tool")
         elif step.tool not in catalog:
             known = ", ".join(sorted(catalog))
-            add(f"{where}.tool", f"unknown tool {step.tool!r}{_did_you_mean(step.tool, catalog)}; known tools: {known}")
+            add(
+                f"{where}.tool",
+                f"unknown tool {step.tool!r}{_did_you_mean(step.tool, catalog)}; known tools: {known}",
+            )
         else:
             for path, message in params_errors(catalog[step.tool].params_schema, step.params):
                 add(f"{where}.params{path}", message)
@@ -227,23 +241,38 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
 
     if step.kind == StepKind.DECISION:
         options = step.params.get("options")
-        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
-            add(f"{where}.params.options", "a decision step needs 'options': a list of at least two labels")
+        if (
+            not isinstance(options, list)
+            or len(options) < 2
+            or not all(isinstance(o, str) for o in options)
+        ):
+            add(
+                f"{where}.params.options",
+                "a decision step needs 'options': a list of at least two labels",
+            )
         if not isinstance(step.params.get("question"), str):
             add(f"{where}.params.question", "a decision step needs a 'question' string")
     elif step.kind == StepKind.VALIDATION:
         checks = step.params.get("checks")
         if not isinstance(checks, list) or not checks:
-            add(f"{where}.params.checks", "a validation step needs 'checks': a non-empty list of {name?, expr}")
+            add(
+                f"{where}.params.checks",
+                "a validation step needs 'checks': a non-empty list of {name?, expr}",
+            )
         else:
             for j, check in enumerate(checks):
                 if not isinstance(check, dict) or not isinstance(check.get("expr"), str):
-                    add(f"{where}.params.checks[{j}]", "each check is an object with an 'expr' string")
-    elif step.kind == StepKind.LLM:
-        if not isinstance(step.params.get("prompt"), str):
-            add(f"{where}.params.prompt", "an llm step needs a 'prompt' string")
+                    add(
+                        f"{where}.params.checks[{j}]",
+                        "each check is an object with an 'expr' string",
+                    )
+    elif step.kind == StepKind.LLM and not isinstance(step.params.get("prompt"), str):
+        add(f"{where}.params.prompt", "an llm step needs a 'prompt' string")
     if step.requires_clarification and not step.clarification_question:
-        add(f"{where}.clarification_question", "requires_clarification needs a clarification_question")
+        add(
+            f"{where}.clarification_question",
+            "requires_clarification needs a clarification_question",
+        )
 
 
 def params_errors(schema: Mapping[str, Any], params: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -284,12 +313,18 @@ def _check_expression(
     for ref in refs:
         if ref.root == "inputs":
             if ref.key is not None and ref.key not in plan.inputs:
-                add(where, f"bad {what} {{{{ {expr} }}}}: no input {ref.key!r}{_did_you_mean(ref.key, plan.inputs)}")
+                add(
+                    where,
+                    f"bad {what} {{{{ {expr} }}}}: no input {ref.key!r}{_did_you_mean(ref.key, plan.inputs)}",
+                )
         elif ref.root == "steps":
             if ref.key is None:
                 add(where, f"bad {what} {expr!r}: name a step, as steps.<id>.output")
             elif ref.key not in index:
-                add(where, f"bad {what} {expr!r}: unknown step {ref.key!r}{_did_you_mean(ref.key, index)}")
+                add(
+                    where,
+                    f"bad {what} {expr!r}: unknown step {ref.key!r}{_did_you_mean(ref.key, index)}",
+                )
             elif ref.key == step.id:
                 add(where, f"bad {what} {expr!r}: a step cannot read its own output")
             elif ref.key not in known:
@@ -299,9 +334,15 @@ def _check_expression(
                     f"{step.id!r}, so its output may not exist yet (add it to depends_on)",
                 )
             elif ref.field not in (None, "output", "status", "error"):
-                add(where, f"bad {what} {expr!r}: a step has 'output', 'status' and 'error', not {ref.field!r}")
+                add(
+                    where,
+                    f"bad {what} {expr!r}: a step has 'output', 'status' and 'error', not {ref.field!r}",
+                )
         elif ref.root not in ("true", "false", "null", "none"):
-            add(where, f"bad {what} {expr!r}: unknown name {ref.root!r} (use inputs.* or steps.<id>.output)")
+            add(
+                where,
+                f"bad {what} {expr!r}: unknown name {ref.root!r} (use inputs.* or steps.<id>.output)",
+            )
 
 
 def describe(problems: list[Problem]) -> str:

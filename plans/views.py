@@ -90,10 +90,19 @@ def status_view(run: PlanRun) -> StatusView:
         s = run.steps[step.id]
         steps.append(
             StepView(
-                id=step.id, kind=step.kind.value, description=step.description, depends_on=step.depends_on,
-                status=s.status, attempts=s.attempts, version=s.version, started_at=s.started_at,
-                completed_at=s.completed_at, error=s.error, output=preview(s.output),
-                skip_reason=s.skip_reason.value if s.skip_reason else None, skip_detail=s.skip_detail,
+                id=step.id,
+                kind=step.kind.value,
+                description=step.description,
+                depends_on=step.depends_on,
+                status=s.status,
+                attempts=s.attempts,
+                version=s.version,
+                started_at=s.started_at,
+                completed_at=s.completed_at,
+                error=s.error,
+                output=preview(s.output),
+                skip_reason=s.skip_reason.value if s.skip_reason else None,
+                skip_detail=s.skip_detail,
             )
         )
     return StatusView(
@@ -166,5 +175,10 @@ def summary_line(run: PlanRun) -> str:
         counts[s.status.value] = counts.get(s.status.value, 0) + 1
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     pending = waits(run)
-    wait = f" — waiting for {pending[0].kind}" + (f" on {pending[0].step_id}" if pending[0].step_id else "") if pending else ""
+    wait = (
+        f" — waiting for {pending[0].kind}"
+        + (f" on {pending[0].step_id}" if pending[0].step_id else "")
+        if pending
+        else ""
+    )
     return f"**{derive_status(run).value}** v{run.version}: {parts}{wait}"

@@ -17,8 +17,12 @@ class Settings(BaseSettings):
     database_url: str = Field(default="sqlite:///plansmith.db", validation_alias="DATABASE_URL")
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     api_keys: str | None = Field(default=None, validation_alias="PLANSMITH_API_KEYS")
-    temporal_db_file: str = Field(default=".plansmith/temporal.db", validation_alias="PLANSMITH_TEMPORAL_DB")
-    heartbeat_timeout_s: float = Field(default=20.0, gt=0, validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S")
+    temporal_db_file: str = Field(
+        default=".plansmith/temporal.db", validation_alias="PLANSMITH_TEMPORAL_DB"
+    )
+    heartbeat_timeout_s: float = Field(
+        default=20.0, gt=0, validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S"
+    )
 
     @property
     def temporal_host(self) -> str:

@@ -19,7 +19,9 @@ from plansmith.settings import Settings, get_settings
 async def connect(settings: Settings | None = None, address: str | None = None) -> Client:
     s = settings or get_settings()
     return await Client.connect(
-        address or s.temporal_address, namespace=s.temporal_namespace, data_converter=pydantic_data_converter
+        address or s.temporal_address,
+        namespace=s.temporal_namespace,
+        data_converter=pydantic_data_converter,
     )
 
 

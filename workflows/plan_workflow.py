@@ -43,7 +43,14 @@ PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
 WAITING_FOR = SearchAttributeKey.for_keyword("WaitingFor")
 SEARCH_ATTRIBUTES = (PLAN_STATUS, WAITING_FOR)
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
-NON_RETRYABLE = ["InvalidParams", "UnknownTool", "BadRequest", "HttpClientError", "ValidationFailed", "UnsupportedStep"]
+NON_RETRYABLE = [
+    "InvalidParams",
+    "UnknownTool",
+    "BadRequest",
+    "HttpClientError",
+    "ValidationFailed",
+    "UnsupportedStep",
+]
 
 
 class PlanInput(BaseModel):
@@ -140,7 +147,9 @@ class PlanWorkflow:
             detail = f"approval timed out after {timeout_s:g}s; on_approval_timeout={action}"
             engine.audit(run, now, "system:timeout", "approval_timeout", True, detail)
             if action == "approve":
-                run.approval = engine.Approval(by="system:timeout", at=now, comment=detail, version=run.version, timed_out=True)
+                run.approval = engine.Approval(
+                    by="system:timeout", at=now, comment=detail, version=run.version, timed_out=True
+                )
             else:
                 engine.end(run, PlanStatus.REJECTED, detail, now)
 
@@ -230,7 +239,9 @@ class PlanWorkflow:
             if isinstance(e.cause, CancelledError):
                 engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
             else:
-                engine.record_failure(run, sid, _error_text(e), _attempts(e, attempts), workflow.now())
+                engine.record_failure(
+                    run, sid, _error_text(e), _attempts(e, attempts), workflow.now()
+                )
         except asyncio.CancelledError:
             engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
         finally:
@@ -278,7 +289,11 @@ class PlanWorkflow:
         try:
             msg = engine.parse_control(name, arg)
         except Refused as e:
-            by = arg.get("by") if isinstance(arg, dict) and isinstance(arg.get("by"), str) else "unknown"
+            by = (
+                arg.get("by")
+                if isinstance(arg, dict) and isinstance(arg.get("by"), str)
+                else "unknown"
+            )
             engine.audit(self._run, workflow.now(), by, name, False, str(e), via="signal")
             engine.log(self._run, workflow.now(), f"{name} signal refused: {e}", "warning")
             return
@@ -298,11 +313,15 @@ class PlanWorkflow:
     def _on_update(self, name: str, arg: Any) -> ControlResult:
         try:
             msg = engine.parse_control(name, arg)
-            detail = engine.apply_control(self._run, name, msg, workflow.now(), self._catalog, via="update")
+            detail = engine.apply_control(
+                self._run, name, msg, workflow.now(), self._catalog, via="update"
+            )
         except Refused as e:
             raise ApplicationError(str(e), type="TransitionRefused", non_retryable=True) from None
         self._after_control(name)
-        return ControlResult(control=name, status=self._run.status.value, version=self._run.version, detail=detail)
+        return ControlResult(
+            control=name, status=self._run.status.value, version=self._run.version, detail=detail
+        )
 
     def _after_control(self, name: str) -> None:
         if name == "cancel" and self._run.cancel_requested:
@@ -364,7 +383,9 @@ class PlanWorkflow:
         waiting = pending[0].kind if pending else "none"
         if self._published != (status, waiting):
             self._published = (status, waiting)
-            workflow.upsert_search_attributes([PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)])
+            workflow.upsert_search_attributes(
+                [PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)]
+            )
         workflow.set_current_details(summary_line(run))
 
     def _result(self) -> PlanResult:

@@ -1,0 +1,324 @@
+"""Benchmark: PlanWorkflow against bare Temporal code running the same activity.
+
+Run with ``.venv/bin/python -m bench.run`` (``make bench``), ``--quick`` for a small run.
+
+It starts its own local dev server from the pip-installed ``temporal`` binary (nothing is
+downloaded; it listens on 127.0.0.1 only) and one in-process worker on a fresh task queue
+hosting ``PlanWorkflow``, the bare :class:`bench.baseline.Baseline` workflow and the
+``execute_step`` activity. Every scenario is run through both, alternating which goes
+first, ``--repeat`` times; the table shows the best (lowest) wall-clock time of each,
+measured by the client from ``start_workflow`` to the result.
+
+This is a benchmark, not a test: timings are only printed. It exits non-zero if a plan
+does not end ``completed`` (or a baseline workflow fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import resource
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import temporalio
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.steps import StepTask, execute_step
+from activities.tools import catalog
+from bench.baseline import Baseline, BaselineInput, BaselineResult
+from plans.models import Plan, PlanStatus, StepKind
+from plans.validation import validate_or_raise
+from plansmith.temporal import temporal_cli_path
+from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
+
+# --- scenarios -----------------------------------------------------------------------
+
+StepSpec = tuple[str, str, dict[str, Any]]  # (step id, tool, params)
+
+
+class BenchFailure(RuntimeError):
+    """A plan or a baseline run did not finish as it should."""
+
+
+@dataclass
+class Scenario:
+    """A DAG given as stages: every step depends on every step of the stage before it.
+
+    ``bare_serial`` runs the baseline one step at a time (the contrast for
+    ``allow_parallel=false``); ``critical_path_s`` is set for the timed (``wait``) scenarios.
+    """
+
+    name: str
+    stages: list[list[StepSpec]]
+    options: dict[str, Any] = field(default_factory=dict)
+    bare_serial: bool = False
+    critical_path_s: float | None = None
+
+    @property
+    def steps(self) -> int:
+        return sum(len(s) for s in self.stages)
+
+    def plan(self) -> Plan:
+        slug = "".join(c if c.isalnum() else "-" for c in self.name.lower())[:30].strip("-")
+        steps: list[dict[str, Any]] = []
+        previous: list[str] = []
+        for stage in self.stages:
+            for sid, tool, params in stage:
+                steps.append({"id": sid, "tool": tool, "params": params, "depends_on": list(previous)})
+            previous = [sid for sid, _, _ in stage]
+        opts = {"require_approval": False, **self.options}
+        return Plan.model_validate(
+            {"id": f"bench-{slug}-{uuid.uuid4().hex[:10]}", "title": f"bench: {self.name}", "options": opts, "steps": steps}
+        )
+
+    def baseline_input(self, plan_id: str) -> BaselineInput:
+        def task(spec: StepSpec) -> StepTask:
+            sid, tool, params = spec
+            return StepTask(
+                plan_id=plan_id,
+                step_id=sid,
+                kind=StepKind.TOOL,
+                tool=tool,
+                params=params,
+                idempotency_key=f"{plan_id}:{sid}:v1",
+            )
+
+        stages = [[task(s)] for stage in self.stages for s in stage] if self.bare_serial else [[task(s) for s in stage] for stage in self.stages]
+        return BaselineInput(stages=stages)
+
+
+def _trivial(i: int) -> tuple[str, dict[str, Any]]:
+    return "transform", {"data": {"i": i}, "expression": "i"}
+
+
+def chain(n: int) -> Scenario:
+    return Scenario(f"chain {n}", [[(f"s{i:03d}", *_trivial(i))] for i in range(n)])
+
+
+def fan_out(n: int) -> Scenario:
+    root = [("root", *_trivial(0))]
+    children = [(f"c{i:03d}", *_trivial(i)) for i in range(n)]
+    join = [("join", *_trivial(n + 1))]
+    return Scenario(f"fan-out {n} + join", [root, children, join], options={"max_parallel_steps": max(n, 1)})
+
+
+def diamond(wait_s: float, parallel: bool) -> Scenario:
+    w: dict[str, Any] = {"seconds": wait_s}
+    stages: list[list[StepSpec]] = [[("a", "wait", w)], [("b", "wait", w), ("c", "wait", w)], [("d", "wait", w)]]
+    name = f"diamond {wait_s:g}s" + ("" if parallel else " serial")
+    return Scenario(
+        name,
+        stages,
+        options={"allow_parallel": parallel, "max_parallel_steps": 4},
+        bare_serial=not parallel,
+        critical_path_s=3 * wait_s,
+    )
+
+
+# --- running -------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    plansmith: list[float] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)
+    plansmith_events: int = 0
+    bare_events: int = 0
+
+
+async def _events(handle: WorkflowHandle) -> int:
+    history = await handle.fetch_history()
+    return len(history.events)
+
+
+async def run_plansmith(client: Client, queue: str, sc: Scenario) -> tuple[float, WorkflowHandle]:
+    plan = sc.plan()
+    validate_or_raise(plan, catalog())
+    t0 = time.perf_counter()
+    handle = await client.start_workflow(
+        PlanWorkflow.run, PlanInput(plan=plan), id=plan.workflow_id, task_queue=queue
+    )
+    result: PlanResult = await handle.result()
+    elapsed = time.perf_counter() - t0
+    bad = {sid: st for sid, st in result.steps.items() if st != "completed"}
+    if result.status != PlanStatus.COMPLETED or bad or len(result.steps) != sc.steps:
+        raise BenchFailure(
+            f"plan {plan.id} ({sc.name}) ended {result.status.value!r}, not 'completed': "
+            f"outcome={result.outcome!r}, steps not completed={bad}"
+        )
+    return elapsed, handle
+
+
+async def run_bare(client: Client, queue: str, sc: Scenario) -> tuple[float, WorkflowHandle]:
+    wf_id = f"bench-bare-{uuid.uuid4().hex[:12]}"
+    inp = sc.baseline_input(wf_id)
+    t0 = time.perf_counter()
+    handle = await client.start_workflow(Baseline.run, inp, id=wf_id, task_queue=queue)
+    result: BaselineResult = await handle.result()
+    elapsed = time.perf_counter() - t0
+    if result.steps != sc.steps:
+        raise BenchFailure(f"baseline {wf_id} ({sc.name}) ran {result.steps} steps, expected {sc.steps}")
+    return elapsed, handle
+
+
+async def measure(client: Client, queue: str, sc: Scenario, repeat: int) -> Samples:
+    samples = Samples()
+    runners: list[tuple[str, Callable[[Client, str, Scenario], Awaitable[tuple[float, WorkflowHandle]]]]] = [
+        ("plansmith", run_plansmith),
+        ("bare", run_bare),
+    ]
+    for r in range(repeat):
+        order = runners if r % 2 == 0 else runners[::-1]  # alternate who goes first
+        for kind, runner in order:
+            elapsed, handle = await runner(client, queue, sc)
+            getattr(samples, kind).append(elapsed)
+            if r == 0:
+                setattr(samples, f"{kind}_events", await _events(handle))
+        print(
+            f"  {sc.name:<22} run {r + 1}/{repeat}: plansmith {samples.plansmith[-1]:7.3f}s  bare {samples.bare[-1]:7.3f}s",
+            flush=True,
+        )
+    return samples
+
+
+# --- report --------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(results: list[tuple[Scenario, Samples]], repeat: int) -> None:
+    headers = ["scenario", "steps", "plansmith s", "bare s", "ratio p/b", "p/crit", "b/crit", "events p/b"]
+    rows: list[list[str]] = []
+    for sc, s in results:
+        p, b = min(s.plansmith), min(s.bare)
+        crit = sc.critical_path_s
+        rows.append(
+            [
+                sc.name,
+                str(sc.steps),
+                f"{p:.3f}",
+                f"{b:.3f}",
+                f"{p / b:.2f}x",
+                _fmt(p / crit if crit else None, ".2f"),
+                _fmt(b / crit if crit else None, ".2f"),
+                f"{s.plansmith_events}/{s.bare_events}",
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    print()
+    print(f"best of {repeat} (wall clock, client start_workflow -> result)")
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
+    print()
+    print("details (median of runs; per-step = time / steps)")
+    for sc, s in results:
+        pm, bm = statistics.median(s.plansmith), statistics.median(s.bare)
+        extra = ""
+        if sc.critical_path_s:
+            extra = f"  critical path {sc.critical_path_s:g}s"
+        else:
+            extra = (
+                f"  per step: plansmith {1000 * min(s.plansmith) / sc.steps:.1f} ms, "
+                f"bare {1000 * min(s.bare) / sc.steps:.1f} ms"
+            )
+        print(f"  {sc.name:<22} median plansmith {pm:.3f}s, bare {bm:.3f}s{extra}")
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.1f} MiB"  # ru_maxrss is in KiB on Linux
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small run: 20-step chain, 20-wide fan-out, 0.5 s waits")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per scenario and system; the best is reported (default 3)")
+    ap.add_argument("--chain", type=int, help="chain length (default 100, quick 20)")
+    ap.add_argument("--fanout", type=int, help="fan-out width (default 100, quick 20)")
+    ap.add_argument("--wait", type=float, help="seconds per diamond step (default 1, quick 0.5)")
+    args = ap.parse_args(argv)
+    args.chain = args.chain or (20 if args.quick else 100)
+    args.fanout = args.fanout or (20 if args.quick else 100)
+    args.wait = args.wait if args.wait is not None else (0.5 if args.quick else 1.0)
+    if args.repeat < 1 or args.chain < 1 or args.fanout < 1 or args.wait <= 0:
+        ap.error("--repeat, --chain and --fanout must be >= 1 and --wait > 0")
+    return args
+
+
+async def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenarios = [
+        chain(args.chain),
+        fan_out(args.fanout),
+        diamond(args.wait, parallel=True),
+        diamond(args.wait, parallel=False),
+    ]
+    binary = temporal_cli_path()
+    print(
+        f"plansmith bench: python {platform.python_version()}, temporalio {temporalio.__version__}, "
+        f"repeat {args.repeat}{', quick' if args.quick else ''}"
+    )
+    print(f"dev server: {binary} (127.0.0.1, own process)")
+    t_start = time.perf_counter()
+    results: list[tuple[Scenario, Samples]] = []
+    failure: BenchFailure | None = None
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary,
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        ip="127.0.0.1",
+        ui=False,
+    ) as env:
+        queue = f"bench-{uuid.uuid4().hex[:12]}"
+        worker = Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[PlanWorkflow, Baseline],
+            activities=[execute_step],
+            max_concurrent_activities=max(100, args.fanout),
+        )
+        async with worker:
+            try:
+                print(f"server up in {time.perf_counter() - t_start:.1f}s; task queue {queue}; warming up", flush=True)
+                warm = chain(3)
+                await run_plansmith(env.client, queue, warm)
+                await run_bare(env.client, queue, warm)
+                for sc in scenarios:
+                    results.append((sc, await measure(env.client, queue, sc, args.repeat)))
+            except BenchFailure as e:
+                failure = e
+    # the server has stopped here
+    if failure is not None:
+        print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
+        return 1
+    print_table(results, args.repeat)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print()
+    print(f"peak RSS: this process (client + worker) {_mib(own)}; largest child (dev server) {_mib(children)}")
+    print(f"total time {time.perf_counter() - t_start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

