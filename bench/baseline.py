@@ -46,7 +46,9 @@ class Baseline:
                 result_type=StepOutcome,
                 start_to_close_timeout=timeout,
                 heartbeat_timeout=min(HEARTBEAT_TIMEOUT, timeout),
-                retry_policy=RetryPolicy(maximum_attempts=1, non_retryable_error_types=NON_RETRYABLE),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=1, non_retryable_error_types=NON_RETRYABLE
+                ),
             )
 
         for stage in inp.stages:

@@ -9,6 +9,14 @@ hosting ``PlanWorkflow``, the bare :class:`bench.baseline.Baseline` workflow and
 first, ``--repeat`` times; the table shows the best (lowest) wall-clock time of each,
 measured by the client from ``start_workflow`` to the result.
 
+Between two measured runs the benchmark idles ``--pause`` seconds. The dev server's
+history service polls its transfer queue (which hands workflow tasks to matching) through
+a rate limiter, ``history.transferProcessorMaxPollRPS`` = 20/s: a sequential run gets a
+burst of fast steps, then one step per 50 ms until the limiter refills. The pause gives
+every run the same starting state, so neither system profits from going first. Pass
+``--server-config history.transferProcessorMaxPollRPS=1000`` to lift that limit and see
+the per-step cost without it (any ``KEY=VALUE`` goes to ``--dynamic-config-value``).
+
 This is a benchmark, not a test: timings are only printed. It exits non-zero if a plan
 does not end ``completed`` (or a baseline workflow fails).
 """
@@ -17,18 +25,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import resource
 import statistics
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import temporalio
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -74,11 +84,18 @@ class Scenario:
         previous: list[str] = []
         for stage in self.stages:
             for sid, tool, params in stage:
-                steps.append({"id": sid, "tool": tool, "params": params, "depends_on": list(previous)})
+                steps.append(
+                    {"id": sid, "tool": tool, "params": params, "depends_on": list(previous)}
+                )
             previous = [sid for sid, _, _ in stage]
         opts = {"require_approval": False, **self.options}
         return Plan.model_validate(
-            {"id": f"bench-{slug}-{uuid.uuid4().hex[:10]}", "title": f"bench: {self.name}", "options": opts, "steps": steps}
+            {
+                "id": f"bench-{slug}-{uuid.uuid4().hex[:10]}",
+                "title": f"bench: {self.name}",
+                "options": opts,
+                "steps": steps,
+            }
         )
 
     def baseline_input(self, plan_id: str) -> BaselineInput:
@@ -93,7 +110,11 @@ class Scenario:
                 idempotency_key=f"{plan_id}:{sid}:v1",
             )
 
-        stages = [[task(s)] for stage in self.stages for s in stage] if self.bare_serial else [[task(s) for s in stage] for stage in self.stages]
+        stages = (
+            [[task(s)] for stage in self.stages for s in stage]
+            if self.bare_serial
+            else [[task(s) for s in stage] for stage in self.stages]
+        )
         return BaselineInput(stages=stages)
 
 
@@ -109,12 +130,18 @@ def fan_out(n: int) -> Scenario:
     root = [("root", *_trivial(0))]
     children = [(f"c{i:03d}", *_trivial(i)) for i in range(n)]
     join = [("join", *_trivial(n + 1))]
-    return Scenario(f"fan-out {n} + join", [root, children, join], options={"max_parallel_steps": max(n, 1)})
+    return Scenario(
+        f"fan-out {n} + join", [root, children, join], options={"max_parallel_steps": max(n, 1)}
+    )
 
 
 def diamond(wait_s: float, parallel: bool) -> Scenario:
     w: dict[str, Any] = {"seconds": wait_s}
-    stages: list[list[StepSpec]] = [[("a", "wait", w)], [("b", "wait", w), ("c", "wait", w)], [("d", "wait", w)]]
+    stages: list[list[StepSpec]] = [
+        [("a", "wait", w)],
+        [("b", "wait", w), ("c", "wait", w)],
+        [("d", "wait", w)],
+    ]
     name = f"diamond {wait_s:g}s" + ("" if parallel else " serial")
     return Scenario(
         name,
@@ -148,7 +175,10 @@ async def run_plansmith(client: Client, queue: str, sc: Scenario) -> tuple[float
     handle = await client.start_workflow(
         PlanWorkflow.run, PlanInput(plan=plan), id=plan.workflow_id, task_queue=queue
     )
-    result: PlanResult = await handle.result()
+    try:
+        result: PlanResult = await handle.result()
+    except WorkflowFailureError as e:
+        raise BenchFailure(f"plan {plan.id} ({sc.name}): workflow failed: {e.cause or e}") from e
     elapsed = time.perf_counter() - t0
     bad = {sid: st for sid, st in result.steps.items() if st != "completed"}
     if result.status != PlanStatus.COMPLETED or bad or len(result.steps) != sc.steps:
@@ -164,22 +194,30 @@ async def run_bare(client: Client, queue: str, sc: Scenario) -> tuple[float, Wor
     inp = sc.baseline_input(wf_id)
     t0 = time.perf_counter()
     handle = await client.start_workflow(Baseline.run, inp, id=wf_id, task_queue=queue)
-    result: BaselineResult = await handle.result()
+    try:
+        result: BaselineResult = await handle.result()
+    except WorkflowFailureError as e:
+        raise BenchFailure(f"baseline {wf_id} ({sc.name}): workflow failed: {e.cause or e}") from e
     elapsed = time.perf_counter() - t0
     if result.steps != sc.steps:
-        raise BenchFailure(f"baseline {wf_id} ({sc.name}) ran {result.steps} steps, expected {sc.steps}")
+        raise BenchFailure(
+            f"baseline {wf_id} ({sc.name}) ran {result.steps} steps, expected {sc.steps}"
+        )
     return elapsed, handle
 
 
-async def measure(client: Client, queue: str, sc: Scenario, repeat: int) -> Samples:
+async def measure(client: Client, queue: str, sc: Scenario, repeat: int, pause: float) -> Samples:
     samples = Samples()
-    runners: list[tuple[str, Callable[[Client, str, Scenario], Awaitable[tuple[float, WorkflowHandle]]]]] = [
+    runners: list[
+        tuple[str, Callable[[Client, str, Scenario], Awaitable[tuple[float, WorkflowHandle]]]]
+    ] = [
         ("plansmith", run_plansmith),
         ("bare", run_bare),
     ]
     for r in range(repeat):
         order = runners if r % 2 == 0 else runners[::-1]  # alternate who goes first
         for kind, runner in order:
+            await asyncio.sleep(pause)  # same server state (rate limiter refilled) for every run
             elapsed, handle = await runner(client, queue, sc)
             getattr(samples, kind).append(elapsed)
             if r == 0:
@@ -199,7 +237,16 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def print_table(results: list[tuple[Scenario, Samples]], repeat: int) -> None:
-    headers = ["scenario", "steps", "plansmith s", "bare s", "ratio p/b", "p/crit", "b/crit", "events p/b"]
+    headers = [
+        "scenario",
+        "steps",
+        "plansmith s",
+        "bare s",
+        "ratio p/b",
+        "p/crit",
+        "b/crit",
+        "events p/b",
+    ]
     rows: list[list[str]] = []
     for sc, s in results:
         p, b = min(s.plansmith), min(s.bare)
@@ -219,7 +266,10 @@ def print_table(results: list[tuple[Scenario, Samples]], repeat: int) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     print()
     print(f"best of {repeat} (wall clock, client start_workflow -> result)")
@@ -251,17 +301,37 @@ def _mib(kib: int) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small run: 20-step chain, 20-wide fan-out, 0.5 s waits")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per scenario and system; the best is reported (default 3)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small run: 20-step chain, 20-wide fan-out, 0.25 s waits",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per scenario and system; the best is reported (default 3)",
+    )
     ap.add_argument("--chain", type=int, help="chain length (default 100, quick 20)")
     ap.add_argument("--fanout", type=int, help="fan-out width (default 100, quick 20)")
-    ap.add_argument("--wait", type=float, help="seconds per diamond step (default 1, quick 0.5)")
+    ap.add_argument("--wait", type=float, help="seconds per diamond step (default 1, quick 0.25)")
+    ap.add_argument("--pause", type=float, help="idle seconds before each measured run (default 1)")
+    ap.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dynamic config for the dev server (repeatable), e.g. history.transferProcessorMaxPollRPS=1000",
+    )
     args = ap.parse_args(argv)
     args.chain = args.chain or (20 if args.quick else 100)
     args.fanout = args.fanout or (20 if args.quick else 100)
-    args.wait = args.wait if args.wait is not None else (0.5 if args.quick else 1.0)
-    if args.repeat < 1 or args.chain < 1 or args.fanout < 1 or args.wait <= 0:
-        ap.error("--repeat, --chain and --fanout must be >= 1 and --wait > 0")
+    args.wait = args.wait if args.wait is not None else (0.25 if args.quick else 1.0)
+    args.pause = args.pause if args.pause is not None else 1.0
+    if args.repeat < 1 or args.chain < 1 or args.fanout < 1 or args.wait <= 0 or args.pause < 0:
+        ap.error("--repeat, --chain and --fanout must be >= 1, --wait > 0 and --pause >= 0")
+    if any("=" not in kv for kv in args.server_config):
+        ap.error("--server-config takes KEY=VALUE")
     return args
 
 
@@ -276,9 +346,12 @@ async def main(argv: list[str] | None = None) -> int:
     binary = temporal_cli_path()
     print(
         f"plansmith bench: python {platform.python_version()}, temporalio {temporalio.__version__}, "
-        f"repeat {args.repeat}{', quick' if args.quick else ''}"
+        f"repeat {args.repeat}, pause {args.pause:g}s{', quick' if args.quick else ''}"
     )
-    print(f"dev server: {binary} (127.0.0.1, own process)")
+    extra_args = [a for kv in args.server_config for a in ("--dynamic-config-value", kv)]
+    print(
+        f"dev server: {binary} (127.0.0.1, own process); dynamic config: {', '.join(args.server_config) or 'defaults'}"
+    )
     t_start = time.perf_counter()
     results: list[tuple[Scenario, Samples]] = []
     failure: BenchFailure | None = None
@@ -288,6 +361,7 @@ async def main(argv: list[str] | None = None) -> int:
         search_attributes=SEARCH_ATTRIBUTES,
         ip="127.0.0.1",
         ui=False,
+        dev_server_extra_args=extra_args,
     ) as env:
         queue = f"bench-{uuid.uuid4().hex[:12]}"
         worker = Worker(
@@ -299,12 +373,17 @@ async def main(argv: list[str] | None = None) -> int:
         )
         async with worker:
             try:
-                print(f"server up in {time.perf_counter() - t_start:.1f}s; task queue {queue}; warming up", flush=True)
+                print(
+                    f"server up in {time.perf_counter() - t_start:.1f}s; task queue {queue}; warming up",
+                    flush=True,
+                )
                 warm = chain(3)
                 await run_plansmith(env.client, queue, warm)
                 await run_bare(env.client, queue, warm)
                 for sc in scenarios:
-                    results.append((sc, await measure(env.client, queue, sc, args.repeat)))
+                    results.append(
+                        (sc, await measure(env.client, queue, sc, args.repeat, args.pause))
+                    )
             except BenchFailure as e:
                 failure = e
     # the server has stopped here
@@ -315,10 +394,28 @@ async def main(argv: list[str] | None = None) -> int:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print()
-    print(f"peak RSS: this process (client + worker) {_mib(own)}; largest child (dev server) {_mib(children)}")
+    print(
+        f"peak RSS: this process (client + worker) {_mib(own)}; largest child (dev server) {_mib(children)}"
+    )
     print(f"total time {time.perf_counter() - t_start:.1f}s")
     return 0
 
 
+def cli() -> None:
+    try:
+        code = asyncio.run(main())
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The Temporal core runtime's threads can abort interpreter teardown ("PyGILState_Release:
+    # thread state must be current", temporalio/sdk-python#300); the server is already
+    # stopped and all output flushed, so leave without it.
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    cli()

@@ -377,6 +377,21 @@ def _skip(run: PlanRun, sid: str, reason: SkipReason, detail: str, now: datetime
     log(run, now, f"step {sid} skipped: {detail}", "info", sid)
 
 
+def _stop_step(run: PlanRun, sid: str, now: datetime) -> None:
+    why = run.stopping or "stopped"
+    if run.cancel_requested:
+        s = run.steps[sid]
+        s.status, s.completed_at, s.skip_detail, s.waiting_since = (
+            StepStatus.CANCELLED,
+            now,
+            why,
+            None,
+        )
+        log(run, now, f"step {sid} cancelled: {why}", "info", sid)
+    else:
+        _skip(run, sid, SkipReason.STOPPED, why, now)
+
+
 def running_steps(run: PlanRun) -> list[str]:
     return [sid for sid, s in run.steps.items() if s.status == StepStatus.RUNNING]
 
@@ -396,18 +411,16 @@ def advance(run: PlanRun, now: datetime) -> list[str]:
         changed = False
         for step in run.plan.steps:
             s = run.steps[step.id]
-            if s.status != StepStatus.PENDING:
-                continue
-            if run.stopping and not running_steps(run):
-                reason = SkipReason.STOPPED
-                if run.cancel_requested:
-                    s.status = StepStatus.CANCELLED
-                    s.completed_at = now
-                    s.skip_detail = run.stopping
-                    changed = True
-                    continue
-                _skip(run, step.id, reason, run.stopping, now)
+            waiting = s.status in (StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION)
+            if run.stopping and (
+                waiting or (s.status == StepStatus.PENDING and not running_steps(run))
+            ):
+                # Nobody is asked anything once the plan stops; pending steps end once
+                # the running ones have finished.
+                _stop_step(run, step.id, now)
                 changed = True
+                continue
+            if s.status != StepStatus.PENDING:
                 continue
             state, dep = _dependency_state(run, step)
             if state == "wait":

@@ -15,15 +15,27 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from simpleeval import EvalWithCompoundTypes, InvalidExpression
+from simpleeval import (
+    DISALLOW_FUNCTIONS,
+    DISALLOW_METHODS,
+    DISALLOW_PREFIXES,
+    AttributeDoesNotExist,
+    EvalWithCompoundTypes,
+    FeatureNotAvailable,
+    InvalidExpression,
+)
 
 MAX_EXPRESSION_LENGTH = 2000
 
-_STEP_REF_RE = re.compile(r"\bsteps\.([a-z0-9][a-z0-9_-]*)")
+# A quoted string (left as it is) or a ``steps.<id>`` reference outside of one.
+_STEP_REF_RE = re.compile(
+    r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\bsteps\.([a-z0-9][a-z0-9_-]*)"""
+)
 TEMPLATE_RE = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.DOTALL)
 
 _FUNCTIONS: dict[str, Any] = {
@@ -63,7 +75,9 @@ class Reference:
 
 def normalise(expr: str) -> str:
     """Rewrite ``steps.build-app`` to ``steps['build-app']`` so ids with '-' parse."""
-    return _STEP_REF_RE.sub(lambda m: f"steps[{m.group(1)!r}]", expr)
+    return _STEP_REF_RE.sub(
+        lambda m: m.group(1) if m.group(1) is not None else f"steps[{m.group(2)!r}]", expr
+    )
 
 
 def parse(expr: str) -> ast.Expression:
@@ -110,10 +124,57 @@ def _reference_for(tree: ast.AST, name: ast.Name) -> Reference:
     return Reference(root=name.id, key=key, field=field)
 
 
+# Methods that change the value they are called on: an expression only reads.
+_MUTATING_METHODS = frozenset(
+    {
+        "append",
+        "extend",
+        "insert",
+        "pop",
+        "remove",
+        "clear",
+        "sort",
+        "reverse",
+        "update",
+        "setdefault",
+        "popitem",
+        "add",
+        "discard",
+        "difference_update",
+        "intersection_update",
+        "symmetric_difference_update",
+    }
+)
+
+
+class _SafeEval(EvalWithCompoundTypes):
+    """simpleeval, except that ``a.b`` on a mapping with a key ``b`` reads that key (so
+    ``output.items`` is the data, not ``dict.items``) and methods that change a value
+    (``append``, ``pop``, ``update``, ...) are refused: plan inputs and step outputs are
+    the run's state and an expression must never alter them."""
+
+    def _eval_attribute(self, node: ast.Attribute) -> Any:
+        attr = node.attr
+        if attr.startswith(tuple(DISALLOW_PREFIXES)) or attr in DISALLOW_METHODS:
+            return super()._eval_attribute(node)  # refuses before evaluating anything
+        base = self._eval(node.value)
+        if isinstance(base, Mapping) and attr in base:
+            return base[attr]
+        if attr in _MUTATING_METHODS:
+            raise FeatureNotAvailable(f"Sorry, .{attr} changes a value and is not available")
+        try:
+            item = getattr(base, attr)
+        except (AttributeError, TypeError):
+            raise AttributeDoesNotExist(attr, self.expr) from None
+        if isinstance(item, types.ModuleType) or (callable(item) and item in DISALLOW_FUNCTIONS):
+            raise FeatureNotAvailable(f"Sorry, .{attr} is not available")
+        return item
+
+
 def _evaluator(context: dict[str, Any]) -> EvalWithCompoundTypes:
     names = dict(_LITERALS)
     names.update(context)
-    return EvalWithCompoundTypes(names=names, functions=dict(_FUNCTIONS))
+    return _SafeEval(names=names, functions=dict(_FUNCTIONS))
 
 
 def evaluate(expr: str, context: dict[str, Any]) -> Any:

@@ -15,10 +15,14 @@ from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow
 
 def make_plan(steps: list[dict[str, Any]], **options: Any) -> Plan:
     opts = {"require_approval": False, **options}
-    return Plan.model_validate({"id": f"p-{uuid.uuid4().hex[:12]}", "title": "test", "options": opts, "steps": steps})
+    return Plan.model_validate(
+        {"id": f"p-{uuid.uuid4().hex[:12]}", "title": "test", "options": opts, "steps": steps}
+    )
 
 
-async def start(client: Client, plan: Plan, task_queue: str, **kw: Any) -> WorkflowHandle[PlanWorkflow, PlanResult]:
+async def start(
+    client: Client, plan: Plan, task_queue: str, **kw: Any
+) -> WorkflowHandle[PlanWorkflow, PlanResult]:
     return await client.start_workflow(
         PlanWorkflow.run, PlanInput(plan=plan, **kw), id=plan.workflow_id, task_queue=task_queue
     )
@@ -36,5 +40,7 @@ async def wait_for(handle: WorkflowHandle, predicate: Any, timeout: float = 20.0
         if predicate(st):
             return st
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not reached; last status {st.status}: {[ (s.id, s.status) for s in st.steps]}")
+            raise AssertionError(
+                f"condition not reached; last status {st.status}: {[(s.id, s.status) for s in st.steps]}"
+            )
         await asyncio.sleep(0.1)

@@ -14,7 +14,10 @@ CALLS: Counter[str] = Counter()
 @tool(
     name="count",
     description="Count a call under `key` and return {key, calls}; optionally sleep first.",
-    params_schema={"properties": {"key": {"type": "string"}, "sleep_s": {"type": "number"}, "value": {}}, "required": ["key"]},
+    params_schema={
+        "properties": {"key": {"type": "string"}, "sleep_s": {"type": "number"}, "value": {}},
+        "required": ["key"],
+    },
 )
 async def count(params: dict[str, Any], ctx: ToolContext) -> Any:
     if params.get("sleep_s"):
@@ -26,12 +29,17 @@ async def count(params: dict[str, Any], ctx: ToolContext) -> Any:
 @tool(
     name="flaky",
     description="Fail the first `failures` calls under `key`, then succeed.",
-    params_schema={"properties": {"key": {"type": "string"}, "failures": {"type": "integer"}}, "required": ["key", "failures"]},
+    params_schema={
+        "properties": {"key": {"type": "string"}, "failures": {"type": "integer"}},
+        "required": ["key", "failures"],
+    },
 )
 async def flaky(params: dict[str, Any], ctx: ToolContext) -> Any:
     CALLS[params["key"]] += 1
     if CALLS[params["key"]] <= params["failures"]:
-        raise ToolError(f"flaky failure {CALLS[params['key']]} of {params['failures']}", retryable=True)
+        raise ToolError(
+            f"flaky failure {CALLS[params['key']]} of {params['failures']}", retryable=True
+        )
     return {"calls": CALLS[params["key"]], "attempt": ctx.attempt}
 
 

@@ -60,6 +60,11 @@ class PlanInput(BaseModel):
         default=None, description="steps of an earlier run; completed ones are not run again"
     )
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT.total_seconds()
+    search_attributes: bool = Field(
+        default=True,
+        description="upsert PlanStatus/WaitingFor (they must be registered on the server; "
+        "the worker registers them at start)",
+    )
 
 
 class PlanResult(BaseModel):
@@ -104,6 +109,7 @@ class PlanWorkflow:
         self._dirty = False
         self._published: tuple[str, str] | None = None
         self._heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
+        self._search_attributes = inp.search_attributes
 
     # --- main ------------------------------------------------------------------------
 
@@ -381,7 +387,7 @@ class PlanWorkflow:
         status = run.status.value
         pending = engine.waits(run)
         waiting = pending[0].kind if pending else "none"
-        if self._published != (status, waiting):
+        if self._search_attributes and self._published != (status, waiting):
             self._published = (status, waiting)
             workflow.upsert_search_attributes(
                 [PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)]
