@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -90,9 +89,7 @@ async def _dispatch(task: StepTask, attempt: int) -> Any:
 
 async def _run_tool(task: StepTask, attempt: int) -> Any:
     registered = get_tool(task.tool or "")
-    problems = params_errors(registered.spec.params_schema, task.params) or _rendered_errors(
-        registered.spec.params_schema, task.params
-    )
+    problems = params_errors(registered.spec.params_schema, task.params, rendered=True)
     if problems:
         text = "; ".join(f"params{path}: {msg}" for path, msg in problems)
         raise ToolError(
@@ -109,19 +106,6 @@ async def _run_tool(task: StepTask, attempt: int) -> Any:
         extra=task.context,
     )
     return await registered.fn(task.params, ctx)
-
-
-def _rendered_errors(schema: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, str]]:
-    """Schema errors that ``params_errors`` leaves out because a value looks like a template:
-    params here are already rendered, so a "{{" left in a value is just a wrong value."""
-    validator = jsonschema.Draft202012Validator(schema)
-    return [
-        (
-            "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path),
-            err.message,
-        )
-        for err in validator.iter_errors(params)
-    ]
 
 
 def _run_checks(task: StepTask) -> Any:

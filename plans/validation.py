@@ -275,16 +275,19 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
         )
 
 
-def params_errors(schema: Mapping[str, Any], params: Mapping[str, Any]) -> list[tuple[str, str]]:
+def params_errors(
+    schema: Mapping[str, Any], params: Mapping[str, Any], rendered: bool = False
+) -> list[tuple[str, str]]:
     """JSON-schema errors of ``params`` as ``(".path", message)``.
 
-    A value that is a ``{{ template }}`` is only known at run time, so a type error on it
-    is not reported here (the activity checks the rendered params again).
+    Before rendering, a value that is a ``{{ template }}`` is only known at run time, so a
+    type error on it is not reported; the activity checks the ``rendered`` params again,
+    and then a ``{{`` left in a value is just a wrong value.
     """
     validator = jsonschema.Draft202012Validator(schema)
     out: list[tuple[str, str]] = []
     for err in sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))):
-        if isinstance(err.instance, str) and "{{" in err.instance:
+        if not rendered and isinstance(err.instance, str) and "{{" in err.instance:
             continue
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
         message = err.message

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -252,7 +253,10 @@ async def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
         payload["correction"] = {"updated_step": updated}
     client = await _client(settings)
     handle = _handle(client, args.id)
-    await _status(handle)
+    st = await _status(handle)
+    if st.status.terminal:
+        # The workflow is closed: Temporal itself would only say "workflow completed".
+        raise CliError(f"{name} refused: the plan already ended {st.status.value} ({st.outcome})")
     try:
         result = await handle.execute_update(name, payload)
     except WorkflowUpdateFailedError as e:
@@ -512,7 +516,8 @@ async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code."""
     args = build_parser().parse_args(argv)
     settings = get_settings()
     sync = {
@@ -548,5 +553,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def main(argv: list[str] | None = None) -> None:
+    """The ``plansmith`` entry point.
+
+    Ends with ``os._exit`` after flushing: the Temporal SDK's native threads can abort the
+    interpreter while it finalizes (temporalio/sdk-python#300), which would turn a
+    successful command into a crash with exit code 134.
+    """
+    try:
+        code = run_cli(argv)
+    except SystemExit as e:  # argparse errors and --help
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

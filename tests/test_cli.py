@@ -1,0 +1,172 @@
+"""The `plansmith` CLI as a user runs it (subprocesses against the test dev server), and
+the `temporal` CLI steering a plan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from plansmith.temporal import temporal_cli_path
+from tests.helpers import make_plan, start, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def cli_env(env, task_queue: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "PLANSMITH_TASK_QUEUE": task_queue,
+    }
+
+
+async def plansmith(
+    *args: str, env_vars: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "plansmith.cli",
+        *args,
+        cwd=ROOT,
+        env=env_vars or dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / f"plan-{uuid.uuid4().hex[:6]}.yaml"
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+async def test_validate_accepts_the_examples():
+    for example in sorted((ROOT / "examples").glob("*.yaml")):
+        code, out, err = await plansmith("validate", str(example))
+        assert code == 0, err
+        assert "valid" in out
+
+
+async def test_validate_names_the_steps_of_a_cycle_an_unknown_tool_and_a_bad_template(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        steps:
+          - {id: fetch, tool: htp_request, params: {url: "http://127.0.0.1:1/"}}
+          - {id: build, tool: wait, params: {seconds: 1}, depends_on: [deploy]}
+          - {id: deploy, tool: wait, params: {seconds: 1}, depends_on: [build]}
+          - {id: report, tool: transform, params: {data: "{{ steps.fetchh.output }}", expression: "@"}}
+    """,
+    )
+    code, out, err = await plansmith("validate", path)
+    assert code == 2
+    assert out == ""
+    assert "steps[0].tool: unknown tool 'htp_request' (did you mean 'http_request'?)" in err
+    assert "dependency cycle" in err and "build" in err and "deploy" in err
+    assert "steps[3].params.data" in err and "unknown step 'fetchh'" in err
+
+
+async def test_validate_reports_unreadable_files(tmp_path):
+    code, _, err = await plansmith("validate", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "no such file" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [unclosed")
+    code, _, err = await plansmith("validate", str(bad))
+    assert code == 2 and "not valid JSON/YAML" in err
+
+
+async def test_run_watch_shows_progress_and_exit_code(env, worker, task_queue, tmp_path):
+    code, out, err = await plansmith(
+        "run",
+        str(ROOT / "examples" / "data_pipeline.yaml"),
+        "--watch",
+        "--id",
+        f"dp-{uuid.uuid4().hex[:8]}",
+        env_vars=cli_env(env, task_queue),
+    )
+    assert code == 0, err
+    assert "completed" in out and "✓ aggregate" in out and "✓ check" in out
+    failing = write(
+        tmp_path,
+        """
+        options: {require_approval: false, on_error: continue}
+        steps:
+          - {id: ok, tool: transform, params: {data: [1, 2], expression: "length(@)"}}
+          - {id: broken, tool: http_request, params: {url: "http://127.0.0.1:1/nothing-listens-here"}}
+    """,
+    )
+    code, out, _ = await plansmith("run", failing, "--watch", env_vars=cli_env(env, task_queue))
+    assert code == 1
+    assert "✗ broken" in out and "partial" in out
+
+
+async def test_temporal_cli_signal_approves_and_plansmith_refuses_late_controls(
+    env, client, worker, task_queue
+):
+    plan = make_plan(
+        [{"id": "a", "tool": "transform", "params": {"data": 1, "expression": "@"}}],
+        require_approval=True,
+    )
+    handle = await start(client, plan, task_queue)
+    await wait_for(handle, lambda s: s.status == "pending_approval")
+    address = env.client.service_client.config.target_host
+    proc = await asyncio.create_subprocess_exec(
+        temporal_cli_path(),
+        "workflow",
+        "signal",
+        "--address",
+        address,
+        "--workflow-id",
+        plan.workflow_id,
+        "--name",
+        "approve",
+        "--input",
+        json.dumps({"by": "ops"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert (await handle.result()).status == "completed"
+
+    code, out, err = await plansmith(
+        "approve", plan.id, "--by", "late", env_vars=cli_env(env, task_queue)
+    )
+    assert code == 2
+    assert "approve refused: the plan already ended completed" in err
+    code, out, _ = await plansmith("status", plan.id, env_vars=cli_env(env, task_queue))
+    assert code == 0 and json.loads(out)["status"] == "completed"
+    code, _, err = await plansmith("status", "no-such-plan", env_vars=cli_env(env, task_queue))
+    assert code == 2 and "no plan" in err
+
+
+async def test_cli_controls_are_updates_refused_with_a_reason(env, client, worker, task_queue):
+    plan = make_plan(
+        [{"id": "a", "tool": "wait", "params": {"seconds": 0.2}}], require_approval=True
+    )
+    handle = await start(client, plan, task_queue)
+    await wait_for(handle, lambda s: s.status == "pending_approval")
+    e = cli_env(env, task_queue)
+    code, _, err = await plansmith("approve", plan.id, "--by", "bob", "--version", "7", env_vars=e)
+    assert code == 2 and "stale approval for version 7" in err
+    code, out, err = await plansmith(
+        "approve", plan.id, "--by", "bob", "--comment", "ok", env_vars=e
+    )
+    assert code == 0, err
+    assert json.loads(out)["accepted"] is True
+    assert (await handle.result()).status == "completed"
+    code, out, _ = await plansmith("audit", plan.id, env_vars=e)
+    entries = json.loads(out)
+    assert [(a["by"], a["accepted"]) for a in entries] == [("bob", True)]
