@@ -124,11 +124,12 @@ def ui_url(settings: Settings, workflow_id: str | None = None) -> str:
 async def start_plan(client: Client, plan: Plan, settings: Settings) -> WorkflowHandle[Any, Any]:
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
+    from activities.tools import catalog
     from workflows.plan_workflow import PlanInput, PlanWorkflow
 
     return await client.start_workflow(
         PlanWorkflow.run,
-        PlanInput(plan=plan, heartbeat_timeout_s=settings.heartbeat_timeout_s),
+        PlanInput(plan=plan, tools=catalog(), heartbeat_timeout_s=settings.heartbeat_timeout_s),
         id=plan.workflow_id,
         task_queue=settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

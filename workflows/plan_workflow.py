@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from plans.controls import ControlResult
     from plans.engine import PlanRun, Refused, StepRun
     from plans.expressions import ExpressionError, render
-    from plans.models import Plan, PlanStatus, StepKind
+    from plans.models import Plan, PlanStatus, StepKind, ToolSpec
     from plans.views import (
         ExecutionState,
         LogsQuery,
@@ -58,6 +58,12 @@ class PlanInput(BaseModel):
     run: PlanRun | None = Field(default=None, description="state carried by continue-as-new")
     carried_steps: dict[str, StepRun] | None = Field(
         default=None, description="steps of an earlier run; completed ones are not run again"
+    )
+    tools: dict[str, ToolSpec] | None = Field(
+        default=None,
+        description="the tool catalog the plan was validated against; decisions that depend on "
+        "a tool (risk, idempotency, schemas for corrections) read this snapshot, so a worker "
+        "deployed with changed tools does not change a running plan",
     )
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT.total_seconds()
     search_attributes: bool = Field(
@@ -103,7 +109,7 @@ class PlanWorkflow:
     @workflow.init
     def __init__(self, inp: PlanInput) -> None:
         self._run: PlanRun = inp.run or engine.new_run(inp.plan, workflow.now(), inp.carried_steps)
-        self._catalog = catalog()
+        self._catalog = inp.tools if inp.tools is not None else catalog()
         self._handles: dict[str, workflow.ActivityHandle[StepOutcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty = False
@@ -122,6 +128,7 @@ class PlanWorkflow:
                 await self._execute()
         except asyncio.CancelledError:
             await self._cancelled_by_temporal()
+            await workflow.wait_condition(workflow.all_handlers_finished)
             raise
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)

@@ -1,0 +1,466 @@
+"""Record the histories that ``tests/test_replay.py`` replays.
+
+Run from the project root::
+
+    .venv/bin/python -m tests.histories.make_histories            # every scenario
+    .venv/bin/python -m tests.histories.make_histories diamond    # just some
+
+It starts its own local dev server (in memory, on 127.0.0.1 only) and a worker, runs
+each scenario below to its end, checks that it ended as intended, and writes the
+workflow's history to ``tests/histories/<name>.json``. Plan ids are fixed
+(``hist-<name>``), so regenerating rewrites the same files. Files of scenarios that are
+not run are left alone: histories recorded by older code are worth keeping.
+
+Regenerate only when a change is *meant* to alter the workflow's commands (see README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowUpdateFailedError as UpdateFailed
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
+from plans.models import Plan
+from plansmith.temporal import temporal_cli_path
+from tests.helpers import status, wait_for
+from worker import build_worker
+from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
+
+HERE = Path(__file__).resolve().parent
+PLAN_ID_PREFIX = "hist-"
+IDENTITY = "plansmith-make-histories"  # keeps host names and pids out of the files
+TASK_QUEUE = "plansmith-histories"  # the server is fresh each time: a fixed name is safe
+
+log = logging.getLogger("make_histories")
+
+Handle = WorkflowHandle[PlanWorkflow, PlanResult]
+Scenario = Callable[[Client, str], Awaitable[Handle]]
+SCENARIOS: dict[str, tuple[str, Scenario]] = {}
+
+
+def scenario(name: str, expect: str) -> Callable[[Scenario], Scenario]:
+    """Register a scenario named ``name`` whose plan must end with status ``expect``."""
+
+    def register(fn: Scenario) -> Scenario:
+        SCENARIOS[name] = (expect, fn)
+        return fn
+
+    return register
+
+
+def plan_of(name: str, steps: list[dict[str, Any]], **options: Any) -> Plan:
+    inputs = options.pop("inputs", {})
+    return Plan.model_validate(
+        {
+            "id": f"{PLAN_ID_PREFIX}{name}",
+            "title": f"replay history: {name}",
+            "inputs": inputs,
+            "options": {"require_approval": False, **options},
+            "steps": steps,
+        }
+    )
+
+
+async def start(client: Client, plan: Plan, task_queue: str) -> Handle:
+    return await client.start_workflow(
+        PlanWorkflow.run, PlanInput(plan=plan), id=plan.workflow_id, task_queue=task_queue
+    )
+
+
+def wait_step(sid: str, seconds: float, deps: list[str] | None = None) -> dict:
+    return {"id": sid, "tool": "wait", "params": {"seconds": seconds}, "depends_on": deps or []}
+
+
+def count_step(sid: str, key: str, deps: list[str] | None = None, **kw: Any) -> dict:
+    return {"id": sid, "tool": "count", "params": {"key": key}, "depends_on": deps or [], **kw}
+
+
+async def refused(call: Awaitable[Any], reason: str) -> None:
+    """An update the validator must refuse (it leaves no trace in the history)."""
+    try:
+        await call
+    except UpdateFailed as e:
+        if reason not in str(e.cause):
+            raise AssertionError(f"refused for another reason: {e.cause}") from e
+        return
+    raise AssertionError(f"update was accepted; expected a refusal mentioning {reason!r}")
+
+
+def step_is(sid: str, *states: str) -> Callable[[Any], bool]:
+    return lambda st: any(s.id == sid and s.status in states for s in st.steps)
+
+
+# --- scenarios ---------------------------------------------------------------------------
+
+
+@scenario("diamond", expect="completed")
+async def diamond(client: Client, tq: str) -> Handle:
+    """src -> (left || right) -> join, with templates from inputs and step outputs."""
+    plan = plan_of(
+        "diamond",
+        [
+            {
+                "id": "src",
+                "tool": "transform",
+                "params": {"data": {"items": [3, 4, 5]}, "expression": "items"},
+            },
+            {
+                "id": "left",
+                "tool": "transform",
+                "params": {"data": {"xs": "{{ steps.src.output }}"}, "expression": "sum(xs)"},
+                "depends_on": ["src"],
+            },
+            {
+                "id": "right",
+                "tool": "wait",
+                "params": {"seconds": 0.2, "result": "{{ inputs.who }}"},
+                "depends_on": ["src"],
+            },
+            {
+                "id": "join",
+                "tool": "count",
+                "params": {
+                    "key": "hist-diamond",
+                    "value": "total={{ steps.left.output }} for {{ steps.right.output.result }}",
+                },
+                "depends_on": ["left", "right"],
+            },
+        ],
+        inputs={"who": "ops"},
+    )
+    return await start(client, plan, tq)
+
+
+@scenario("flaky_retried", expect="completed")
+async def flaky_retried(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "flaky_retried",
+        [
+            {
+                "id": "flaky",
+                "tool": "flaky",
+                "params": {"key": "hist-flaky", "failures": 2},
+                "max_retries": 2,
+                "retry_delay_s": 0.05,
+            }
+        ],
+    )
+    return await start(client, plan, tq)
+
+
+def failing_dag(name: str) -> list[dict[str, Any]]:
+    #   bad -> child ; ok -> ok-child
+    return [
+        {"id": "bad", "tool": "boom", "params": {"key": f"{name}-bad", "permanent": True}},
+        count_step("child", f"{name}-child", ["bad"]),
+        {"id": "ok", "tool": "count", "params": {"key": f"{name}-ok", "sleep_s": 0.3}},
+        count_step("ok-child", f"{name}-okc", ["ok"]),
+    ]
+
+
+@scenario("on_error_continue", expect="partial")
+async def on_error_continue(client: Client, tq: str) -> Handle:
+    plan = plan_of("on_error_continue", failing_dag("continue"), on_error="continue")
+    return await start(client, plan, tq)
+
+
+@scenario("on_error_stop", expect="failed")
+async def on_error_stop(client: Client, tq: str) -> Handle:
+    plan = plan_of("on_error_stop", failing_dag("stop"), on_error="stop")
+    return await start(client, plan, tq)
+
+
+@scenario("approved_by_signal", expect="completed")
+async def approved_by_signal(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "approved_by_signal", [count_step("a", "hist-approved-signal")], require_approval=True
+    )
+    handle = await start(client, plan, tq)
+    await wait_for(handle, lambda s: s.status == "pending_approval")
+    await handle.signal("approve", {"who": "nobody"})  # invalid: audited as refused
+    await handle.signal("approve", {"by": "ops", "comment": "ship it"})
+    return handle
+
+
+@scenario("approved_by_update", expect="completed")
+async def approved_by_update(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "approved_by_update",
+        [count_step("a", "hist-approved-update"), wait_step("b", 0.05, ["a"])],
+        require_approval=True,
+    )
+    handle = await start(client, plan, tq)
+    st = await wait_for(handle, lambda s: s.status == "pending_approval")
+    await refused(
+        handle.execute_update("approve", {"by": "bob", "version": st.version + 1}),
+        "stale approval",
+    )
+    await refused(handle.execute_update("approve", {"by": "bob", "digest": "0000"}), "digest")
+    await refused(handle.execute_update("resume", {"by": "bob"}), "resume refused")
+    await handle.execute_update(
+        "approve", {"by": "bob", "version": st.version, "digest": st.digest}
+    )
+    return handle
+
+
+@scenario("auto_policy", expect="completed")
+async def auto_policy(client: Client, tq: str) -> Handle:
+    """require_approval=auto: low-risk, idempotent tools run without a person. The decision
+    reads the tool catalog, so changing a tool's risk changes what this replays into."""
+    plan = plan_of(
+        "auto_policy",
+        [
+            {
+                "id": "shape",
+                "tool": "transform",
+                "params": {"data": [1, 2], "expression": "length(@)"},
+            },
+            wait_step("settle", 0.05, ["shape"]),
+        ],
+        require_approval="auto",
+    )
+    return await start(client, plan, tq)
+
+
+@scenario("rejected", expect="rejected")
+async def rejected(client: Client, tq: str) -> Handle:
+    plan = plan_of("rejected", [count_step("a", "hist-rejected")], require_approval=True)
+    handle = await start(client, plan, tq)
+    await wait_for(handle, lambda s: s.status == "pending_approval")
+    await handle.execute_update("reject", {"by": "ops", "reason": "wrong target"})
+    return handle
+
+
+@scenario("approval_timeout", expect="rejected")
+async def approval_timeout(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "approval_timeout",
+        [count_step("a", "hist-approval-timeout")],
+        require_approval=True,
+        approval_timeout_s=0.5,
+        on_approval_timeout="reject",
+    )
+    return await start(client, plan, tq)
+
+
+@scenario("cancel_update", expect="cancelled")
+async def cancel_update(client: Client, tq: str) -> Handle:
+    plan = plan_of("cancel_update", [wait_step("long", 30), wait_step("after", 0.05, ["long"])])
+    handle = await start(client, plan, tq)
+    await wait_for(handle, step_is("long", "running"))
+    await handle.execute_update("cancel", {"by": "ops", "reason": "wrong day"})
+    return handle
+
+
+@scenario("temporal_cancel", expect="cancelled")
+async def temporal_cancel(client: Client, tq: str) -> Handle:
+    plan = plan_of("temporal_cancel", [wait_step("long", 30), wait_step("after", 0.05, ["long"])])
+    handle = await start(client, plan, tq)
+    await wait_for(handle, step_is("long", "running"))
+    await handle.cancel()
+    return handle
+
+
+def gated(name: str) -> list[dict[str, Any]]:
+    return [
+        count_step("build", f"{name}-build"),
+        count_step("deploy", f"{name}-deploy", ["build"], requires_approval=True),
+        count_step("notify", f"{name}-notify", ["deploy"]),
+    ]
+
+
+@scenario("step_gate_approved", expect="completed")
+async def step_gate_approved(client: Client, tq: str) -> Handle:
+    handle = await start(client, plan_of("step_gate_approved", gated("gate-ok")), tq)
+    await wait_for(handle, step_is("deploy", "waiting_approval"))
+    await refused(
+        handle.execute_update("approve_step", {"by": "ann", "step_id": "deploy", "version": 2}),
+        "stale decision",
+    )
+    await handle.execute_update("approve_step", {"by": "ann", "step_id": "deploy", "version": 1})
+    return handle
+
+
+@scenario("step_gate_rejected", expect="partial")
+async def step_gate_rejected(client: Client, tq: str) -> Handle:
+    handle = await start(client, plan_of("step_gate_rejected", gated("gate-no")), tq)
+    await wait_for(handle, step_is("deploy", "waiting_approval"))
+    await handle.execute_update(
+        "reject_step", {"by": "ann", "step_id": "deploy", "reason": "freeze week"}
+    )
+    return handle
+
+
+@scenario("pause_resume", expect="completed")
+async def pause_resume(client: Client, tq: str) -> Handle:
+    plan = plan_of("pause_resume", [wait_step("a", 0.5), count_step("b", "hist-pause", ["a"])])
+    handle = await start(client, plan, tq)
+    await wait_for(handle, step_is("a", "running"))
+    await handle.execute_update("pause", {"by": "ann", "reason": "check the output first"})
+    # the running step finishes; nothing new starts while paused
+    await wait_for(handle, lambda s: s.status == "paused" and step_is("a", "completed")(s))
+    await handle.execute_update("resume", {"by": "ann", "feedback": "looks fine, go on"})
+    return handle
+
+
+@scenario("ask_then_skip", expect="partial")
+async def ask_then_skip(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "ask_then_skip",
+        [
+            {"id": "bad", "tool": "boom", "params": {"key": "ask-bad", "permanent": True}},
+            count_step("after", "ask-after", ["bad"]),
+        ],
+        on_error="ask",
+    )
+    handle = await start(client, plan, tq)
+    await wait_for(handle, lambda s: s.status == "waiting_correction")
+    await handle.execute_update(
+        "skip_step", {"by": "ops", "step_id": "bad", "reason": "not needed today"}
+    )
+    return handle
+
+
+@scenario("ask_correct_retry", expect="completed")
+async def ask_correct_retry(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "ask_correct_retry",
+        [
+            {"id": "fix", "tool": "boom", "params": {"key": "fix-bad", "permanent": True}},
+            count_step("after", "fix-after", ["fix"]),
+        ],
+        on_error="ask",
+    )
+    handle = await start(client, plan, tq)
+    await wait_for(handle, lambda s: s.status == "waiting_correction")
+    correction = {"updated_step": {"tool": "count", "params": {"key": "fix-good"}}}
+    await handle.execute_update(
+        "apply_correction", {"by": "ops", "step_id": "fix", "correction": correction}
+    )
+    await handle.execute_update("retry_step", {"by": "ops", "step_id": "fix"})
+    return handle
+
+
+@scenario("clarification", expect="completed")
+async def clarification(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "clarification",
+        [
+            count_step(
+                "ask",
+                "hist-clarify",
+                requires_clarification=True,
+                clarification_question="which region?",
+            )
+        ],
+    )
+    handle = await start(client, plan, tq)
+    await wait_for(handle, step_is("ask", "waiting_clarification"))
+    await handle.signal("answer_clarification", {"by": "ann", "answer": "eu-west-1"})
+    return handle
+
+
+@scenario("total_timeout", expect="failed")
+async def total_timeout(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "total_timeout",
+        [wait_step("slow", 30), count_step("after", "hist-timeout", ["slow"])],
+        total_timeout_s=1,
+    )
+    return await start(client, plan, tq)
+
+
+@scenario("when_skips_branch", expect="completed")
+async def when_skips_branch(client: Client, tq: str) -> Handle:
+    plan = plan_of(
+        "when_skips_branch",
+        [
+            {
+                "id": "probe",
+                "tool": "transform",
+                "params": {"data": {"env": "staging"}, "expression": "env"},
+            },
+            count_step(
+                "prod-only", "when-prod", ["probe"], when="steps.probe.output == 'production'"
+            ),
+            count_step("prod-after", "when-prod-after", ["prod-only"]),
+            count_step("always", "when-always", ["probe"]),
+        ],
+    )
+    return await start(client, plan, tq)
+
+
+# --- driver ------------------------------------------------------------------------------
+
+
+async def run_one(client: Client, tq: str, name: str, out: Path) -> Path:
+    expect, fn = SCENARIOS[name]
+    handle = await asyncio.wait_for(fn(client, tq), timeout=30)
+    try:
+        res = await asyncio.wait_for(handle.result(), timeout=30)
+        got = res.status.value
+    except WorkflowFailureError:
+        got = (await status(handle)).status.value  # handle.cancel(): the run is CANCELED
+    if got != expect:
+        st = await status(handle)
+        raise AssertionError(
+            f"{name}: ended {got}, expected {expect}: {[(s.id, s.status) for s in st.steps]}"
+        )
+    history = await handle.fetch_history()
+    path = out / f"{name}.json"
+    # indent for reviewable diffs; WorkflowHistory.from_json reads it back unchanged
+    path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    log.info("%s: %s, %d events -> %s", name, got, len(history.events), path.name)
+    return path
+
+
+async def main(names: list[str], out: Path) -> None:
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli_path(),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        ip="127.0.0.1",
+        ui=False,
+        identity=IDENTITY,
+    ) as env:
+        tq = TASK_QUEUE
+        async with build_worker(env.client, tq):
+            await asyncio.gather(*(run_one(env.client, tq, n, out) for n in names))
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"scenarios (default all): {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for the JSON files")
+    args = parser.parse_args()
+    unknown = [n for n in args.names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # flaky and boom fail on purpose; their activity failures are not news
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+    args.out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(args.names or list(SCENARIOS), args.out))
+    # Leave without interpreter finalization: the SDK's Rust threads can still call into
+    # Python then and abort the process ("PyGILState_Release ... must be current",
+    # temporalio/sdk-python#300) after every file is written.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    cli()
