@@ -170,6 +170,16 @@ def _print_change(st: StatusView, seen: dict[str, tuple[str, int]], last_status:
         print(line, flush=True)
 
 
+def _print_results(st: StatusView, limit: int = 400) -> None:
+    """The outputs of the completed final steps (those no other step depends on)."""
+    needed = {d for s in st.steps for d in s.depends_on}
+    for s in st.steps:
+        if s.id in needed or s.status.value != "completed" or s.output is None:
+            continue
+        text = json.dumps(s.output, default=str, ensure_ascii=False)
+        print(f"  result of {s.id}: {text[:limit]}{'…' if len(text) > limit else ''}", flush=True)
+
+
 async def watch(handle: WorkflowHandle[Any, Any], interval_s: float = 0.3) -> StatusView:
     """Print every step change until the plan ends; return the last status."""
     seen: dict[str, tuple[str, int]] = {}
@@ -180,6 +190,7 @@ async def watch(handle: WorkflowHandle[Any, Any], interval_s: float = 0.3) -> St
         if st.status.terminal:
             if st.outcome:
                 print(f"  outcome: {st.outcome}", flush=True)
+            _print_results(st)
             return st
         await asyncio.sleep(interval_s)
 
