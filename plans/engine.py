@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -70,6 +70,8 @@ class StepRun(BaseModel):
     answer: Any = None
     answered: bool = False
     awaiting_decision: bool = False  # on_error=ask: failed, a person decides what next
+    carried: bool = False  # completed in an earlier run; resume-from-failure never re-runs it
+    timed_out: str | None = None  # which wait for a person ran out, and what was done then
     runs: int = 0  # how many times an activity was started for this step in this run
 
 
@@ -125,6 +127,24 @@ class PlanVersion(BaseModel):
     at: datetime
     step_id: str | None = None
     change: str = ""
+    diff: dict[str, dict[str, Any]] = Field(default_factory=dict)  # step -> field -> {old, new}
+
+
+def diff_step(old: Step, new: Step) -> dict[str, Any]:
+    """Field by field, what a correction changed in one step: ``{field: {old, new}}``."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    keys = sorted(set(a) | set(b))
+    return {k: {"old": a.get(k), "new": b.get(k)} for k in keys if a.get(k) != b.get(k)}
+
+
+def diff_plans(old: Plan, new: Plan) -> dict[str, Any]:
+    """Steps added, removed and changed (field by field) between two versions of a plan."""
+    a, b = old.step_map(), new.step_map()
+    return {
+        "added": sorted(set(b) - set(a)),
+        "removed": sorted(set(a) - set(b)),
+        "changed": {sid: d for sid in sorted(set(a) & set(b)) if (d := diff_step(a[sid], b[sid]))},
+    }
 
 
 class PlanRun(BaseModel):
@@ -164,7 +184,7 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
     for step in plan.steps:
         prev = (carried or {}).get(step.id)
         if prev is not None and prev.status == StepStatus.COMPLETED:
-            run.steps[step.id] = prev.model_copy()
+            run.steps[step.id] = prev.model_copy(update={"carried": True})
         else:
             run.steps[step.id] = StepRun(id=step.id)
     return run
@@ -396,7 +416,7 @@ def running_steps(run: PlanRun) -> list[str]:
     return [sid for sid, s in run.steps.items() if s.status == StepStatus.RUNNING]
 
 
-def advance(run: PlanRun, now: datetime) -> list[str]:
+def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
     """Settle skips and gates, then pick the steps to start now (marked running).
 
     A step starts the moment its own dependencies are done: there is no batch barrier.
@@ -491,7 +511,7 @@ def advance(run: PlanRun, now: datetime) -> list[str]:
                 changed = True
                 continue
 
-    if run.stopping or run.pause is not None:
+    if run.stopping or run.pause is not None or not may_start:
         return []
     capacity = run.plan.options.parallel_limit - len(running_steps(run))
     started: list[str] = []
@@ -793,16 +813,36 @@ def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, T
         _corrected_plan(run, msg, catalog)
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes a key."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
 def _corrected_plan(
     run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]
 ) -> Plan:
     updated = dict(msg.correction.updated_step)
+    if "parameters" in updated and "params" not in updated:
+        updated["params"] = updated.pop("parameters")  # seed 001's name for params
     if updated.get("id", msg.step_id) != msg.step_id:
         raise Refused("apply_correction refused: updated_step.id cannot change a step's id")
     doc = run.plan.model_dump(mode="json")
     for i, step in enumerate(doc["steps"]):
         if step["id"] == msg.step_id:
-            doc["steps"][i] = {**step, **updated, "id": msg.step_id}
+            new_step = {**step, **updated, "id": msg.step_id}
+            same_tool = new_step.get("tool") == step.get("tool")
+            if same_tool and isinstance(updated.get("params"), dict):
+                # Same tool: params merge (RFC 7386, null removes); a new tool gets new params.
+                new_step["params"] = merge_patch(step.get("params") or {}, updated["params"])
+            doc["steps"][i] = new_step
     try:
         plan = parse_plan(doc)
     except PlanInvalid as e:
@@ -862,6 +902,12 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
     if isinstance(msg, ResumeInput):
         if msg.feedback:
             run.feedback.append(msg.feedback)
+            pause = run.pause
+            if pause and pause.question and not pause.answered and pause.step_id:
+                # Seed 001: resuming with feedback answers the question that paused it.
+                target = run.steps[pause.step_id]
+                if not target.answered:
+                    target.answer, target.answered = msg.feedback, True
         run.pause = None
         return "resumed" + (" with feedback" if msg.feedback else "")
     if isinstance(msg, AnswerClarificationInput):
@@ -901,9 +947,9 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         return f"step {msg.step_id} skipped; its dependents go on"
     if isinstance(msg, ApplyCorrectionInput):
         plan = _corrected_plan(run, msg, catalog)
+        changes = diff_step(run.plan.step(msg.step_id), plan.step(msg.step_id))
         run.plan = plan
         run.version += 1
-        changed = sorted(msg.correction.updated_step)
         run.versions.append(
             PlanVersion(
                 version=run.version,
@@ -911,7 +957,8 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
                 by=msg.by,
                 at=now,
                 step_id=msg.step_id,
-                change=f"step {msg.step_id}: {', '.join(changed)}",
+                change=f"step {msg.step_id}: {', '.join(changes) or 'nothing changed'}",
+                diff={msg.step_id: changes},
             )
         )
         s = run.steps[msg.step_id]
@@ -919,7 +966,7 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         s.gate_approved_by = None  # earlier approvals of this step lapse
         if s.status == StepStatus.WAITING_APPROVAL:
             s.waiting_since = now
-        return f"step {msg.step_id} corrected ({', '.join(changed)}); plan version {run.version}"
+        return f"step {msg.step_id} corrected ({', '.join(changes)}); plan version {run.version}"
     raise Refused(f"unknown control {type(msg).__name__}")
 
 
@@ -949,3 +996,107 @@ def _retry(run: PlanRun, sid: str, now: datetime) -> str:
     return f"step {sid} will run again" + (
         f" with {len(reset) - 1} dependent(s)" if len(reset) > 1 else ""
     )
+
+
+# --- timeouts on waits for a person --------------------------------------------------
+
+
+class Deadline(BaseModel):
+    at: datetime
+    kind: Literal["step_approval", "clarification", "pause_question", "correction"]
+    step_id: str | None = None
+
+
+def _after(since: datetime | None, seconds: float | None) -> datetime | None:
+    if since is None or seconds is None:
+        return None
+    return since + timedelta(seconds=seconds)
+
+
+def deadlines(run: PlanRun) -> list[Deadline]:
+    """When each current wait for a person runs out (only waits with a timeout set)."""
+    if run.final_status is not None or run.approval is None:
+        return []
+    opts = run.plan.options
+    out: list[Deadline] = []
+    if run.pause is not None and run.pause.question and not run.pause.answered:
+        at = _after(run.pause.since, opts.clarification_timeout_s)
+        if at:
+            out.append(Deadline(at=at, kind="pause_question", step_id=run.pause.step_id))
+    for sid, s in run.steps.items():
+        if s.status == StepStatus.WAITING_APPROVAL:
+            at = _after(s.waiting_since, opts.step_approval_timeout_s)
+            kind = "step_approval"
+        elif s.status == StepStatus.WAITING_CLARIFICATION:
+            at, kind = _after(s.waiting_since, opts.clarification_timeout_s), "clarification"
+        elif s.awaiting_decision:
+            at, kind = _after(s.completed_at, opts.correction_timeout_s), "correction"
+        else:
+            continue
+        if at:
+            out.append(Deadline(at=at, kind=kind, step_id=sid))  # type: ignore[arg-type]
+    return sorted(out, key=lambda d: d.at)
+
+
+def next_deadline(run: PlanRun) -> datetime | None:
+    found = deadlines(run)
+    return found[0].at if found else None
+
+
+def expire_waits(run: PlanRun, now: datetime) -> list[str]:
+    """Apply the configured default action to every wait whose time ran out.
+
+    Each outcome says it timed out and is audited as ``system:timeout``: a timeout is
+    never mistaken for a person's decision.
+    """
+    opts = run.plan.options
+    done: list[str] = []
+    for d in deadlines(run):
+        if d.at > now:
+            break
+        sid = d.step_id
+        if d.kind == "step_approval" and sid:
+            secs = opts.step_approval_timeout_s
+            action = opts.on_step_approval_timeout
+            what = f"step approval timed out after {secs:g}s; on_step_approval_timeout={action}"
+            s = run.steps[sid]
+            s.timed_out = what
+            if action == "approve":
+                s.gate_approved_by = "system:timeout"
+                s.status, s.waiting_since = StepStatus.PENDING, None
+            else:
+                _skip(run, sid, SkipReason.REJECTED, what, now)
+        elif d.kind in ("clarification", "pause_question"):
+            secs = opts.clarification_timeout_s
+            action = opts.on_clarification_timeout
+            what = f"no answer within {secs:g}s; on_clarification_timeout={action}"
+            if d.kind == "pause_question":
+                assert run.pause is not None
+                if action == "fail":
+                    stop(run, f"plan paused with a question: {what}", now)
+                    run.outcome = f"clarification timed out: {what}"
+                run.pause = None
+            elif sid:
+                s = run.steps[sid]
+                s.timed_out = what
+                if action == "proceed":
+                    s.answered, s.answer = True, None
+                    s.status, s.waiting_since = StepStatus.PENDING, None
+                elif action == "skip":
+                    _skip(run, sid, SkipReason.REJECTED, what, now)
+                else:
+                    s.status, s.waiting_since = StepStatus.FAILED, None
+                    s.error, s.completed_at = f"clarification timed out: {what}", now
+                    _after_failure(run, sid, now)
+        elif d.kind == "correction" and sid:
+            what = f"no correction, retry or skip within {opts.correction_timeout_s:g}s"
+            s = run.steps[sid]
+            s.awaiting_decision = False
+            s.timed_out = what
+            stop(run, f"step {sid} failed and {what}", now)
+        else:  # pragma: no cover - kinds are exhaustive
+            continue
+        audit(run, now, "system:timeout", f"{d.kind}_timeout", True, what, sid)
+        log(run, now, f"{d.kind} wait timed out: {what}", "warning", sid)
+        done.append(what)
+    return done

@@ -102,6 +102,12 @@ class PlanOptions(_Strict):
     total_timeout_s: float | None = Field(default=None, gt=0)
     default_max_retries: int = Field(default=0, ge=0, le=100)
     default_retry_delay_s: float = Field(default=1, ge=0)
+    # Every other wait for a person ends by a durable timer too, when a timeout is set.
+    step_approval_timeout_s: float | None = Field(default=None, gt=0)
+    on_step_approval_timeout: Literal["reject", "approve"] = "reject"
+    clarification_timeout_s: float | None = Field(default=None, gt=0)
+    on_clarification_timeout: Literal["fail", "skip", "proceed"] = "fail"
+    correction_timeout_s: float | None = Field(default=None, gt=0)
 
     @property
     def parallel_limit(self) -> int:
@@ -161,8 +167,13 @@ class Plan(_Strict):
         return {s.id: s for s in self.steps}
 
     def digest(self) -> str:
-        """A stable digest of the document, so an approval can be bound to what it saw."""
-        body = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable digest of the document, so an approval can be bound to what it saw.
+
+        Fields left at their defaults are not part of it, so a new optional field in a
+        later release does not make every earlier approval look stale.
+        """
+        doc = self.model_dump(mode="json", exclude_defaults=True)
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     @property

@@ -71,6 +71,12 @@ class PlanInput(BaseModel):
         description="upsert PlanStatus/WaitingFor (they must be registered on the server; "
         "the worker registers them at start)",
     )
+    resumed_by: str | None = Field(default=None, description="who resumed this plan from failure")
+    max_history_events: int | None = Field(
+        default=None,
+        ge=50,
+        description="continue as new past this many history events (default: when Temporal suggests it)",
+    )
 
 
 class PlanResult(BaseModel):
@@ -79,6 +85,10 @@ class PlanResult(BaseModel):
     outcome: str | None
     version: int
     steps: dict[str, str]
+    plan: Plan | None = Field(default=None, description="the plan as it ended, after corrections")
+    completed: dict[str, StepRun] = Field(
+        default_factory=dict, description="completed steps; resume-from-failure carries them over"
+    )
 
 
 def _signal(name: str) -> Any:
@@ -109,6 +119,18 @@ class PlanWorkflow:
     @workflow.init
     def __init__(self, inp: PlanInput) -> None:
         self._run: PlanRun = inp.run or engine.new_run(inp.plan, workflow.now(), inp.carried_steps)
+        self._input = inp
+        self._continue = False
+        if inp.run is None and inp.resumed_by:
+            carried = sum(1 for s in self._run.steps.values() if s.carried)
+            engine.audit(
+                self._run,
+                workflow.now(),
+                inp.resumed_by,
+                "resume_from_failure",
+                True,
+                f"new run carrying {carried} completed step(s); they are not run again",
+            )
         self._catalog = inp.tools if inp.tools is not None else catalog()
         self._handles: dict[str, workflow.ActivityHandle[StepOutcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -132,28 +154,54 @@ class PlanWorkflow:
             raise
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._continue and run.final_status is None:
+            engine.log(run, workflow.now(), "continuing as new to keep the history short")
+            workflow.continue_as_new(
+                self._input.model_copy(update={"run": run, "tools": self._catalog})
+            )
         return self._result()
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        limit = self._input.max_history_events
+        return info.is_continue_as_new_suggested() or bool(
+            limit and info.get_current_history_length() > limit
+        )
 
     async def _approval_phase(self) -> None:
         run = self._run
         if run.approval is not None or run.final_status is not None:
             return
         required, why = engine.needs_approval(run, self._catalog)
-        run.approval_required, run.approval_policy = required, why
         now = workflow.now()
-        if not required:
+        if not run.approval_policy:
+            run.approval_required = required
+        if not run.approval_required:
+            run.approval_policy = why
             run.approval = engine.Approval(by="policy", at=now, comment=why, version=run.version)
             engine.audit(run, now, "policy", "approve", True, f"no person needed: {why}")
             return
-        engine.log(run, now, f"waiting for plan approval ({why})")
+        if not run.approval_policy:
+            run.approval_policy = why
+            engine.log(run, now, f"waiting for plan approval ({why})")
         self._publish()
         timeout_s = run.plan.options.approval_timeout_s
+        remaining = None
+        if timeout_s and run.created_at is not None:
+            deadline = run.created_at + timedelta(seconds=timeout_s)
+            remaining = max(deadline - now, timedelta(milliseconds=1))
         try:
             await workflow.wait_condition(
-                lambda: run.approval is not None or run.final_status is not None,
-                timeout=timedelta(seconds=timeout_s) if timeout_s else None,
+                lambda: (
+                    run.approval is not None
+                    or run.final_status is not None
+                    or self._history_is_long()
+                ),
+                timeout=remaining,
                 timeout_summary="plan approval timeout",
             )
+            if run.approval is None and run.final_status is None:
+                self._continue = True  # a long wait: carry on in a fresh history
         except TimeoutError:
             now = workflow.now()
             action = run.plan.options.on_approval_timeout
@@ -168,24 +216,44 @@ class PlanWorkflow:
 
     async def _execute(self) -> None:
         run = self._run
+        if run.started_at is None:
+            run.started_at = workflow.now()
+            engine.log(run, run.started_at, "plan execution started")
         total = run.plan.options.total_timeout_s
         timer = asyncio.create_task(self._total_timeout(total)) if total else None
         try:
             while True:
-                for sid in engine.advance(run, workflow.now()):
+                draining = self._history_is_long()
+                for sid in engine.advance(run, workflow.now(), may_start=not draining):
                     self._start_step(sid)
                 self._publish()
                 if engine.is_finished(run) and not self._tasks:
                     break
+                if draining and not self._tasks:
+                    self._continue = True  # nothing in flight: carry the state to a new run
+                    return
                 self._dirty = False
-                await workflow.wait_condition(lambda: self._dirty)
+                deadline = engine.next_deadline(run)
+                timeout = (
+                    max(deadline - workflow.now(), timedelta(milliseconds=1)) if deadline else None
+                )
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._dirty, timeout=timeout, timeout_summary="wait for a person"
+                    )
+                except TimeoutError:
+                    engine.expire_waits(run, workflow.now())
         finally:
             if timer is not None and not timer.done():
                 timer.cancel()
         engine.finish(run, workflow.now())
 
     async def _total_timeout(self, seconds: float) -> None:
-        await workflow.sleep(timedelta(seconds=seconds), summary="plan total timeout")
+        started = self._run.started_at or workflow.now()
+        remaining = started + timedelta(seconds=seconds) - workflow.now()
+        await workflow.sleep(
+            max(remaining, timedelta(milliseconds=1)), summary="plan total timeout"
+        )
         run = self._run
         why = f"total timeout of {seconds:g}s exceeded"
         now = workflow.now()
@@ -387,6 +455,11 @@ class PlanWorkflow:
     def audit(self) -> list[engine.AuditEntry]:
         return list(self._run.audit)
 
+    @workflow.query(name="run_state")
+    def run_state(self) -> PlanRun:
+        """The whole state (resume-from-failure reads it when a run ended without a result)."""
+        return self._run
+
     # --- visibility ------------------------------------------------------------------
 
     def _publish(self) -> None:
@@ -409,6 +482,8 @@ class PlanWorkflow:
             outcome=run.outcome,
             version=run.version,
             steps={sid: s.status.value for sid, s in run.steps.items()},
+            plan=run.plan,
+            completed={sid: s for sid, s in run.steps.items() if s.status.value == "completed"},
         )
 
 
