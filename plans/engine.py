@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -204,7 +204,7 @@ def needs_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool,
         spec = catalog.get(s.tool or "")
         if spec and spec.risk in ("high", "critical"):
             risky.append(f"{s.id} uses {spec.risk}-risk tool {spec.name}")
-        if not s.idempotent:
+        if not s.idempotent or (spec is not None and not spec.idempotent):
             risky.append(f"{s.id} is not idempotent")
     if risky:
         return True, "auto: " + "; ".join(risky)
@@ -331,7 +331,8 @@ def waits(run: PlanRun) -> list[WaitingFor]:
                     who="an approver",
                 )
             )
-    return out
+    far = datetime.max.replace(tzinfo=UTC)
+    return sorted(out, key=lambda w: w.since or far)
 
 
 def progress(run: PlanRun) -> float:
@@ -431,6 +432,9 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
         changed = False
         for step in run.plan.steps:
             s = run.steps[step.id]
+            if run.stopping and s.awaiting_decision:
+                s.awaiting_decision = False  # a stopped plan asks nobody for a correction
+                changed = True
             waiting = s.status in (StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION)
             if run.stopping and (
                 waiting or (s.status == StepStatus.PENDING and not running_steps(run))
@@ -867,7 +871,7 @@ def apply_control(
     except Refused as e:
         audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via)
         log(
-            run, now, f"{name} from {msg.by} refused: {e}", "warning", getattr(msg, "step_id", None)
+            run, now, f"{e} (sent by {msg.by})", "warning", getattr(msg, "step_id", None)
         )
         raise
     detail = _apply(run, msg, now, catalog)

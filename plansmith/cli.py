@@ -122,19 +122,10 @@ def ui_url(settings: Settings, workflow_id: str | None = None) -> str:
 
 
 async def start_plan(client: Client, plan: Plan, settings: Settings) -> WorkflowHandle[Any, Any]:
-    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from workflows.starter import start_plan as start
 
-    from activities.tools import catalog
-    from workflows.plan_workflow import PlanInput, PlanWorkflow
-
-    return await client.start_workflow(
-        PlanWorkflow.run,
-        PlanInput(plan=plan, tools=catalog(), heartbeat_timeout_s=settings.heartbeat_timeout_s),
-        id=plan.workflow_id,
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        static_summary=plan.title or plan.id,
+    return await start(
+        client, plan, settings.task_queue, heartbeat_timeout_s=settings.heartbeat_timeout_s
     )
 
 
@@ -490,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id", help="plan id (default: from the file, else generated)")
     s = sub.add_parser("status", help="print a plan's status")
     s.add_argument("id", help="plan id or workflow id")
+    s = sub.add_parser(
+        "resume-from-failure",
+        help="run a failed, partial or cancelled plan again; completed steps are carried, not re-run",
+    )
+    s.add_argument("id", help="plan id or workflow id")
+    s.add_argument(
+        "--by", default=_default_actor(), help="who you are (recorded in the audit trail)"
+    )
+    s.add_argument(
+        "--watch", action="store_true", help="show live progress; exit 1 unless it completes"
+    )
     s = sub.add_parser("watch", help="follow a running plan until it ends")
     s.add_argument("id")
     for q in ("execution-state", "plan", "audit"):
@@ -522,6 +524,32 @@ def _default_actor() -> str:
         return "cli"
 
 
+async def cmd_resume_from_failure(args: argparse.Namespace, settings: Settings) -> int:
+    from workflows.starter import ResumeRefused, resume_from_failure
+
+    client = await _client(settings)
+    plan_id = args.id.removeprefix("plan-")
+    try:
+        handle, carried = await resume_from_failure(
+            client,
+            plan_id,
+            args.by,
+            settings.task_queue,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        )
+    except ResumeRefused as e:
+        raise CliError(f"resume-from-failure refused: {e}") from None
+    print(
+        f"resumed plan {plan_id} as a new run of {handle.id}; {carried} completed step(s) carried over",
+        flush=True,
+    )
+    print(f"watch it in the Temporal Web UI: {ui_url(settings, handle.id)}", flush=True)
+    if not args.watch:
+        return EXIT_OK
+    st = await watch(handle)
+    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+
+
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     client = await _client(settings)
     st = await watch(_handle(client, args.id))
@@ -548,6 +576,7 @@ def run_cli(argv: list[str] | None = None) -> int:
         "plan": cmd_query,
         "audit": cmd_query,
         "logs": cmd_query,
+        "resume-from-failure": cmd_resume_from_failure,
     }
     try:
         if args.command in sync:

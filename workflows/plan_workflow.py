@@ -15,7 +15,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, RetryState
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    RetryState,
+    TimeoutType,
+)
+from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.steps import EXECUTE_STEP, StepOutcome, StepTask
@@ -43,6 +50,7 @@ PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
 WAITING_FOR = SearchAttributeKey.for_keyword("WaitingFor")
 SEARCH_ATTRIBUTES = (PLAN_STATUS, WAITING_FOR)
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+MAX_WORKER_LOSSES = 3  # re-runs of an idempotent step whose worker died, beyond its retries
 NON_RETRYABLE = [
     "InvalidParams",
     "UnknownTool",
@@ -302,27 +310,57 @@ class PlanWorkflow:
             non_retryable_error_types=NON_RETRYABLE,
         )
         timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
-        handle = workflow.start_activity(
-            EXECUTE_STEP,
-            task,
-            result_type=StepOutcome,
-            start_to_close_timeout=timeout,
-            heartbeat_timeout=min(self._heartbeat_timeout, timeout),
-            retry_policy=policy,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{sid}: {step.tool or step.kind.value}",
-        )
-        self._handles[sid] = handle
+        lost = 0  # times the worker running this step vanished (no heartbeat)
+        used = 0  # attempts spent in earlier executions of the activity
         try:
-            outcome = await handle
-            engine.record_success(run, sid, outcome.output, outcome.attempt, workflow.now())
-        except ActivityError as e:
-            if isinstance(e.cause, CancelledError):
-                engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
-            else:
-                engine.record_failure(
-                    run, sid, _error_text(e), _attempts(e, attempts), workflow.now()
+            while True:
+                handle = workflow.start_activity(
+                    EXECUTE_STEP,
+                    task,
+                    result_type=StepOutcome,
+                    start_to_close_timeout=timeout,
+                    heartbeat_timeout=min(self._heartbeat_timeout, timeout),
+                    retry_policy=policy,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    summary=f"{sid}: {step.tool or step.kind.value}",
                 )
+                self._handles[sid] = handle
+                try:
+                    outcome = await handle
+                except ActivityError as e:
+                    if isinstance(e.cause, CancelledError):
+                        engine.record_cancelled(
+                            run, sid, workflow.now(), run.stopping or "cancelled"
+                        )
+                        return
+                    used += _attempts(e, attempts)
+                    if (
+                        _worker_lost(e)
+                        and not once
+                        and lost < MAX_WORKER_LOSSES
+                        and not run.stopping
+                    ):
+                        # A crashed worker is not the step's failure: run it again without
+                        # spending its own retries (it is idempotent).
+                        lost += 1
+                        engine.log(
+                            run,
+                            workflow.now(),
+                            f"step {sid}: no heartbeat from its worker; running it again "
+                            f"({lost}/{MAX_WORKER_LOSSES})",
+                            "warning",
+                            sid,
+                        )
+                        continue
+                    error = _error_text(e)
+                    if _worker_lost(e) and once:
+                        error += " (the step is not idempotent, so it is not run again: check its effect)"
+                    engine.record_failure(run, sid, error, used, workflow.now())
+                    return
+                engine.record_success(
+                    run, sid, outcome.output, used + outcome.attempt, workflow.now()
+                )
+                return
         except asyncio.CancelledError:
             engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
         finally:
@@ -385,11 +423,17 @@ class PlanWorkflow:
         self._after_control(name)
 
     def _validate(self, name: str, arg: Any) -> None:
+        """Refuse a malformed argument before it reaches history.
+
+        Whether the transition is allowed is decided by the handler, against the state at
+        that moment (an earlier update of the same burst may have changed it), and a
+        refusal there is recorded in the audit trail with the actor before the caller
+        gets it back, just as synchronously.
+        """
         try:
-            msg = engine.parse_control(name, arg)
-            engine.check_control(self._run, name, msg, self._catalog)
+            engine.parse_control(name, arg)
         except Refused as e:
-            raise ApplicationError(str(e), type="TransitionRefused", non_retryable=True) from None
+            raise ApplicationError(str(e), type="InvalidControl", non_retryable=True) from None
 
     def _on_update(self, name: str, arg: Any) -> ControlResult:
         try:
@@ -494,6 +538,11 @@ def _error_text(e: ActivityError) -> str:
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
     return str(e)
+
+
+def _worker_lost(e: ActivityError) -> bool:
+    cause = e.cause
+    return isinstance(cause, StepTimeoutError) and cause.type == TimeoutType.HEARTBEAT
 
 
 def _attempts(e: ActivityError, maximum: int) -> int:

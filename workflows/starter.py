@@ -1,0 +1,107 @@
+"""Client-side ways to start a plan and to resume one from failure.
+
+The CLI and the API both go through these functions, so a plan is started the same way
+everywhere: workflow id ``plan-<id>``, the pydantic converter, the tool catalog snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.tools import catalog
+from plans.engine import PlanRun, StepRun
+from plans.models import Plan, PlanStatus, workflow_id_for
+from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow
+
+RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
+
+
+class ResumeRefused(ValueError):
+    """The plan cannot be resumed now; the message says why."""
+
+
+async def start_plan(
+    client: Client,
+    plan: Plan,
+    task_queue: str,
+    heartbeat_timeout_s: float | None = None,
+    **extra: Any,
+) -> WorkflowHandle[PlanWorkflow, PlanResult]:
+    """Start ``plan`` once: starting the same plan id again while it runs returns its handle.
+
+    A plan id whose workflow already closed is refused by Temporal
+    (``WorkflowAlreadyStartedError``); resume it with :func:`resume_from_failure`.
+    """
+    inp = PlanInput(plan=plan, tools=catalog(), **extra)
+    if heartbeat_timeout_s:
+        inp.heartbeat_timeout_s = heartbeat_timeout_s
+    return await client.start_workflow(
+        PlanWorkflow.run,
+        inp,
+        id=plan.workflow_id,
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        static_summary=plan.title or plan.id,
+    )
+
+
+async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict[str, StepRun]]:
+    """The plan, final status and completed steps of the latest run of ``plan_id``."""
+    handle = client.get_workflow_handle(workflow_id_for(plan_id))
+    try:
+        desc = await handle.describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise ResumeRefused(f"no plan {plan_id!r}") from None
+        raise
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        raise ResumeRefused(f"plan {plan_id} is still running; retry_step works on a live plan")
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result(result_type=PlanResult)
+        if result.plan is None:
+            raise ResumeRefused(f"plan {plan_id}'s last run left no plan document to resume")
+        return result.plan, result.status, result.completed
+    # Cancelled, terminated, failed or timed out in Temporal's terms: the workflow's own
+    # state (from the query, which needs a worker) says what was done.
+    try:
+        state = await handle.query("run_state", result_type=PlanRun)
+    except RPCError as e:
+        raise ResumeRefused(
+            f"plan {plan_id} ended {desc.status.name.lower()} in Temporal and its state cannot be read: {e.message}"
+        ) from None
+    status = state.final_status or PlanStatus.CANCELLED
+    completed = {sid: s for sid, s in state.steps.items() if s.status.value == "completed"}
+    return state.plan, status, completed
+
+
+async def resume_from_failure(
+    client: Client, plan_id: str, by: str, task_queue: str, **extra: Any
+) -> tuple[WorkflowHandle[PlanWorkflow, PlanResult], int]:
+    """Start a new run of the same workflow id carrying the completed steps.
+
+    Completed steps are never run again; failed, skipped, cancelled and pending ones run.
+    The new run goes through plan approval again as its options say: resuming never
+    approves a plan by itself. Returns the handle and how many steps were carried.
+    """
+    plan, status, completed = await last_run(client, plan_id)
+    if status not in RESUMABLE:
+        allowed = ", ".join(s.value for s in RESUMABLE)
+        raise ResumeRefused(
+            f"plan {plan_id} ended {status.value}; only {allowed} plans can be resumed"
+        )
+    inp = PlanInput(plan=plan, tools=catalog(), carried_steps=completed, resumed_by=by, **extra)
+    handle = await client.start_workflow(
+        PlanWorkflow.run,
+        inp,
+        id=plan.workflow_id,
+        task_queue=task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        static_summary=f"{plan.title or plan.id} (resumed by {by})",
+    )
+    return handle, len(completed)
