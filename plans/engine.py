@@ -355,14 +355,22 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
 # --- scheduling ----------------------------------------------------------------------
 
 
-def context(run: PlanRun) -> dict[str, Any]:
-    """The names that conditions and templates see."""
+def context(run: PlanRun, step_id: str | None = None) -> dict[str, Any]:
+    """The names that conditions and templates see.
+
+    ``inputs``, ``steps.<id>.output|status|error``, ``feedback`` (what people said when
+    resuming, oldest first) and, for a step, ``answer``: the answer to its clarification
+    question (null when it has none).
+    """
+    step = run.steps.get(step_id or "")
     return {
         "inputs": run.plan.inputs,
         "steps": {
             sid: {"output": s.output, "status": s.status.value, "error": s.error}
             for sid, s in run.steps.items()
         },
+        "feedback": list(run.feedback),
+        "answer": step.answer if step is not None and step.answered else None,
     }
 
 
@@ -472,7 +480,7 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
                 continue
             if step.when is not None:
                 try:
-                    ok = evaluate_condition(step.when, context(run))
+                    ok = evaluate_condition(step.when, context(run, step.id))
                 except ExpressionError as e:
                     s.status = StepStatus.FAILED
                     s.error = f"condition could not be evaluated: {e}"
@@ -870,9 +878,7 @@ def apply_control(
         check_control(run, name, msg, catalog)
     except Refused as e:
         audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via)
-        log(
-            run, now, f"{e} (sent by {msg.by})", "warning", getattr(msg, "step_id", None)
-        )
+        log(run, now, f"{e} (sent by {msg.by})", "warning", getattr(msg, "step_id", None))
         raise
     detail = _apply(run, msg, now, catalog)
     audit(run, now, msg.by, name, True, detail, getattr(msg, "step_id", None), via)
@@ -922,6 +928,8 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
             and msg.step_id in (None, run.pause.step_id)
         ):
             run.pause.answer, run.pause.answered, run.pause.answered_by = msg.answer, True, msg.by
+            # Later steps see the exchange as feedback; a named step also gets it as its answer.
+            run.feedback.append(f"{run.pause.question} -> {msg.answer}")
             if run.pause.step_id:
                 target = run.steps[run.pause.step_id]
                 target.answer, target.answered = msg.answer, True

@@ -57,7 +57,7 @@ _FUNCTIONS: dict[str, Any] = {
     "contains": lambda container, item: item in container,
 }
 _LITERALS = {"true": True, "false": False, "null": None, "none": None}
-ROOT_NAMES = frozenset({"inputs", "steps", *_LITERALS})
+ROOT_NAMES = frozenset({"inputs", "steps", "answer", "feedback", *_LITERALS})
 
 
 class ExpressionError(ValueError):

@@ -341,10 +341,10 @@ def _check_expression(
                     where,
                     f"bad {what} {expr!r}: a step has 'output', 'status' and 'error', not {ref.field!r}",
                 )
-        elif ref.root not in ("true", "false", "null", "none"):
+        elif ref.root not in ("true", "false", "null", "none", "answer", "feedback"):
             add(
                 where,
-                f"bad {what} {expr!r}: unknown name {ref.root!r} (use inputs.* or steps.<id>.output)",
+                f"bad {what} {expr!r}: unknown name {ref.root!r} (use inputs.*, steps.<id>.output, answer or feedback)",
             )
 
 

@@ -282,7 +282,7 @@ class PlanWorkflow:
         state = run.steps[sid]
         opts = run.plan.options
         try:
-            ctx = engine.context(run)
+            ctx = engine.context(run, sid)
             params = render(step.params, ctx)
             task = StepTask(
                 plan_id=run.plan.id or "",
