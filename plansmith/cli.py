@@ -17,10 +17,16 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -102,13 +108,33 @@ def _handle(client: Client, plan_id: str) -> WorkflowHandle[Any, Any]:
     return client.get_workflow_handle(wid)
 
 
-async def _status(handle: WorkflowHandle[Any, Any]) -> StatusView:
+QUERY_TIMEOUT = timedelta(seconds=10)
+
+
+async def _query(
+    handle: WorkflowHandle[Any, Any], name: str, *args: Any, result_type: Any = None
+) -> Any:
+    """A query with a bounded wait and a clear message when nobody can answer it."""
     try:
-        return await handle.query("status", result_type=StatusView)
+        return await handle.query(name, *args, result_type=result_type, rpc_timeout=QUERY_TIMEOUT)
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             raise CliError(f"no plan with workflow id {handle.id}") from None
+        if e.status in (
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.FAILED_PRECONDITION,
+            RPCStatusCode.CANCELLED,
+        ):
+            raise CliError(
+                f"no worker answered the {name} query for {handle.id} within "
+                f"{QUERY_TIMEOUT.total_seconds():g}s: is a worker running (`plansmith worker`)? ({e.message})"
+            ) from None
         raise
+
+
+async def _status(handle: WorkflowHandle[Any, Any]) -> StatusView:
+    status: StatusView = await _query(handle, "status", result_type=StatusView)
+    return status
 
 
 def ui_url(settings: Settings, workflow_id: str | None = None) -> str:
@@ -203,6 +229,17 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     plan = load_plan(args.file, args.input, args.id)
     client = await _client(settings)
     try:
+        desc = await client.get_workflow_handle(plan.workflow_id).describe()
+    except RPCError as e:
+        if e.status != RPCStatusCode.NOT_FOUND:
+            raise
+    else:
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            raise CliError(
+                f"plan {plan.id} is already running (workflow {plan.workflow_id}); follow it with "
+                f"`plansmith watch {plan.id}`, or pass --id NEW_ID to start another"
+            )
+    try:
         handle = await start_plan(client, plan, settings)
     except WorkflowAlreadyStartedError:
         raise CliError(
@@ -234,9 +271,11 @@ async def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     handle = _handle(client, args.id)
     await _status(handle)  # a clear "no plan" error first
     if args.command == "logs":
-        result = await handle.query("logs", LogsQuery(level=args.level, limit=args.limit))
+        result = await _query(handle, "logs", LogsQuery(level=args.level, limit=args.limit))
     else:
-        result = await handle.query(args.command.replace("-", "_"))
+        result = await _query(
+            handle, "plan" if args.command == "show-plan" else args.command.replace("-", "_")
+        )
     print(json.dumps(result, indent=2, default=str))
     return EXIT_OK
 
@@ -244,7 +283,16 @@ async def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
     name = args.control
     payload: dict[str, Any] = {"by": args.by}
-    for field in ("comment", "version", "reason", "step_id", "question", "feedback", "answer"):
+    for field in (
+        "comment",
+        "version",
+        "digest",
+        "reason",
+        "step_id",
+        "question",
+        "feedback",
+        "answer",
+    ):
         value = getattr(args, field, None)
         if value is not None:
             payload[field] = value
@@ -410,7 +458,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 # --- argument parsing ----------------------------------------------------------------
 
 CONTROL_ARGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "approve": [("--comment", {}), ("--version", {"type": int})],
+    "approve": [
+        ("--comment", {}),
+        (
+            "--version",
+            {"type": int, "help": "the plan version you reviewed; refused if it is stale"},
+        ),
+        (
+            "--digest",
+            {"help": "the plan digest you reviewed (from status); refused if the plan changed"},
+        ),
+    ],
     "reject": [("--reason", {"required": True})],
     "pause": [("--reason", {}), ("--step-id", {}), ("--question", {})],
     "resume": [("--feedback", {})],
@@ -494,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = sub.add_parser("watch", help="follow a running plan until it ends")
     s.add_argument("id")
-    for q in ("execution-state", "plan", "audit"):
-        s = sub.add_parser(q, help=f"print the {q} query")
+    for q in ("execution-state", "show-plan", "audit"):
+        s = sub.add_parser(q, help=f"print the {q.removeprefix('show-')} query")
         s.add_argument("id")
     s = sub.add_parser("logs", help="print a plan's logs")
     s.add_argument("id")
@@ -573,7 +631,7 @@ def run_cli(argv: list[str] | None = None) -> int:
         "status": cmd_status,
         "watch": cmd_watch,
         "execution-state": cmd_query,
-        "plan": cmd_query,
+        "show-plan": cmd_query,
         "audit": cmd_query,
         "logs": cmd_query,
         "resume-from-failure": cmd_resume_from_failure,

@@ -169,4 +169,23 @@ async def test_cli_controls_are_updates_refused_with_a_reason(env, client, worke
     assert (await handle.result()).status == "completed"
     code, out, _ = await plansmith("audit", plan.id, env_vars=e)
     entries = json.loads(out)
-    assert [(a["by"], a["accepted"]) for a in entries] == [("bob", True)]
+    # the refused stale approval is part of the audit trail too
+    assert [(a["by"], a["accepted"]) for a in entries] == [("bob", False), ("bob", True)]
+    assert "stale approval" in entries[0]["detail"] and entries[0]["via"] == "update"
+
+
+async def test_status_without_a_worker_fails_cleanly_and_run_refuses_a_running_plan(env, client, tmp_path):
+    lonely_queue = f"nobody-{uuid.uuid4()}"
+    plan = make_plan([{"id": "a", "tool": "wait", "params": {"seconds": 1}}])
+    handle = await start(client, plan, lonely_queue)
+    e = cli_env(env, lonely_queue)
+    code, _, err = await plansmith("status", plan.id, env_vars=e)
+    assert code == 2
+    assert "no worker answered the status query" in err and "Traceback" not in err
+    path = write(tmp_path, """
+        options: {require_approval: false}
+        steps: [{id: a, tool: wait, params: {seconds: 1}}]
+    """)
+    code, _, err = await plansmith("run", path, "--id", plan.id, env_vars=e)
+    assert code == 2 and "already running" in err
+    await handle.terminate("test cleanup")
