@@ -206,6 +206,53 @@ async def run_bare(client: Client, queue: str, sc: Scenario) -> tuple[float, Wor
     return elapsed, handle
 
 
+LONG_WIDTH = 40  # parallel chains in the long plan
+
+
+async def run_long(client: Client, queue: str, n: int) -> str:
+    """One n-step plan (LONG_WIDTH parallel chains); report its runs and history sizes."""
+    width = min(LONG_WIDTH, n)
+    steps: list[dict[str, Any]] = []
+    for i in range(n):
+        name, params = _trivial(i)
+        dep = [steps[i - width]["id"]] if i >= width else []
+        steps.append({"id": f"s{i:05d}", "tool": name, "params": params, "depends_on": dep})
+    plan = Plan.model_validate(
+        {
+            "id": f"bench-long-{uuid.uuid4().hex[:8]}",
+            "options": {"require_approval": False, "max_parallel_steps": width},
+            "steps": steps,
+        }
+    )
+    validate_or_raise(plan, catalog())
+    print(f"  long plan: {n} steps in {width} parallel chains…", flush=True)
+    t0 = time.perf_counter()
+    handle = await client.start_workflow(
+        PlanWorkflow.run, PlanInput(plan=plan), id=plan.workflow_id, task_queue=queue
+    )
+    result: PlanResult = await handle.result()
+    elapsed = time.perf_counter() - t0
+    done = sum(1 for st in result.steps.values() if st == "completed")
+    if result.status != PlanStatus.COMPLETED or done != n:
+        raise BenchFailure(f"long plan ended {result.status.value}: {done}/{n} steps completed")
+    runs: list[int] = []
+    for _ in range(50):  # visibility is eventually consistent
+        runs = [
+            w.history_length
+            async for w in client.list_workflows(f"WorkflowId = '{plan.workflow_id}'")
+        ]
+        if runs and all(runs):
+            break
+        await asyncio.sleep(0.2)
+    size = (await handle.describe()).raw_description.workflow_execution_info.history_size_bytes
+    return (
+        f"long plan: {n} steps completed in {elapsed:.1f}s ({elapsed / n * 1000:.1f} ms/step) over "
+        f"{len(runs)} run(s) (continue-as-new); history events per run: max {max(runs)}, "
+        f"total {sum(runs)} (Temporal's limit: 51,200 events / 50 MB per run); "
+        f"last run's history {size / 1024:.0f} KiB"
+    )
+
+
 async def measure(client: Client, queue: str, sc: Scenario, repeat: int, pause: float) -> Samples:
     samples = Samples()
     runners: list[
@@ -317,6 +364,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--wait", type=float, help="seconds per diamond step (default 1, quick 0.25)")
     ap.add_argument("--pause", type=float, help="idle seconds before each measured run (default 1)")
     ap.add_argument(
+        "--long",
+        type=int,
+        help="steps of the long plan run once to check history stays bounded via continue-as-new "
+        "(default 2000, quick 300; 0 skips it)",
+    )
+    ap.add_argument(
         "--server-config",
         action="append",
         default=[],
@@ -328,6 +381,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.fanout = args.fanout or (20 if args.quick else 100)
     args.wait = args.wait if args.wait is not None else (0.25 if args.quick else 1.0)
     args.pause = args.pause if args.pause is not None else 1.0
+    args.long = args.long if args.long is not None else (300 if args.quick else 2000)
     if args.repeat < 1 or args.chain < 1 or args.fanout < 1 or args.wait <= 0 or args.pause < 0:
         ap.error("--repeat, --chain and --fanout must be >= 1, --wait > 0 and --pause >= 0")
     if any("=" not in kv for kv in args.server_config):
@@ -354,6 +408,7 @@ async def main(argv: list[str] | None = None) -> int:
     )
     t_start = time.perf_counter()
     results: list[tuple[Scenario, Samples]] = []
+    long_report: str | None = None
     failure: BenchFailure | None = None
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary,
@@ -384,6 +439,8 @@ async def main(argv: list[str] | None = None) -> int:
                     results.append(
                         (sc, await measure(env.client, queue, sc, args.repeat, args.pause))
                     )
+                if args.long:
+                    long_report = await run_long(env.client, queue, args.long)
             except BenchFailure as e:
                 failure = e
     # the server has stopped here
@@ -391,6 +448,9 @@ async def main(argv: list[str] | None = None) -> int:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
     print_table(results, args.repeat)
+    if long_report:
+        print()
+        print(long_report)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print()

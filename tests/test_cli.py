@@ -174,7 +174,9 @@ async def test_cli_controls_are_updates_refused_with_a_reason(env, client, worke
     assert "stale approval" in entries[0]["detail"] and entries[0]["via"] == "update"
 
 
-async def test_status_without_a_worker_fails_cleanly_and_run_refuses_a_running_plan(env, client, tmp_path):
+async def test_status_without_a_worker_fails_cleanly_and_run_refuses_a_running_plan(
+    env, client, tmp_path
+):
     lonely_queue = f"nobody-{uuid.uuid4()}"
     plan = make_plan([{"id": "a", "tool": "wait", "params": {"seconds": 1}}])
     handle = await start(client, plan, lonely_queue)
@@ -182,10 +184,101 @@ async def test_status_without_a_worker_fails_cleanly_and_run_refuses_a_running_p
     code, _, err = await plansmith("status", plan.id, env_vars=e)
     assert code == 2
     assert "no worker answered the status query" in err and "Traceback" not in err
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         options: {require_approval: false}
         steps: [{id: a, tool: wait, params: {seconds: 1}}]
-    """)
+    """,
+    )
     code, _, err = await plansmith("run", path, "--id", plan.id, env_vars=e)
     assert code == 2 and "already running" in err
     await handle.terminate("test cleanup")
+
+
+async def temporal(env, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        temporal_cli_path(),
+        *args,
+        "--address",
+        env.client.service_client.config.target_host,
+        "-o",
+        "json",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_seed_001_flow_through_temporal_cli_and_plansmith_cli(
+    env, client, worker, task_queue
+):
+    """Pause with a question -> execution_state shows it -> answer -> resume -> completed."""
+    k = uuid.uuid4().hex
+    plan = make_plan(
+        [
+            {"id": "step_1", "tool": "wait", "params": {"seconds": 0.5}},
+            {
+                "id": "step_2",
+                "tool": "count",
+                "params": {"key": k, "value": "{{ answer }}"},
+                "depends_on": ["step_1"],
+            },
+        ]
+    )
+    handle = await start(client, plan, task_queue)
+    await wait_for(handle, lambda s: s.steps[0].status == "running")
+    pause = {
+        "by": "ops",
+        "step_id": "step_2",
+        "question": "This step will modify production data. Proceed?",
+    }
+    code, out, err = await temporal(
+        env,
+        "workflow",
+        "update",
+        "execute",
+        "--workflow-id",
+        plan.workflow_id,
+        "--name",
+        "pause",
+        "--input",
+        json.dumps(pause),
+    )
+    assert code == 0, err
+    code, out, err = await temporal(
+        env, "workflow", "query", "--workflow-id", plan.workflow_id, "--name", "execution_state"
+    )
+    assert code == 0, err
+    state = json.loads(out)["queryResult"][0]
+    assert state["state"] == "waiting_clarification"
+    assert state["step_id"] == "step_2"
+    assert state["question"] == pause["question"]
+    assert state["paused_at"]
+    e = cli_env(env, task_queue)
+    code, _, err = await plansmith(
+        "answer-clarification",
+        plan.id,
+        "--step-id",
+        "step_2",
+        "--answer",
+        "yes",
+        "--by",
+        "ann",
+        env_vars=e,
+    )
+    assert code == 0, err
+    code, out, _ = await plansmith("execution-state", plan.id, env_vars=e)
+    assert json.loads(out)["state"] == "paused"
+    code, _, err = await plansmith(
+        "resume", plan.id, "--feedback", "Yes, proceed", "--by", "ann", env_vars=e
+    )
+    assert code == 0, err
+    res = await handle.result()
+    assert res.status == "completed"
+    st = await wait_for(handle, lambda s: True)
+    assert st.feedback[-1] == "Yes, proceed"
+    assert {s.id: s.output for s in st.steps}["step_2"]["value"] == "yes", (
+        "the answer is part of the step's input"
+    )
