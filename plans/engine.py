@@ -13,9 +13,9 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from plans.controls import (
     CONTROL_MODELS,
@@ -36,7 +36,7 @@ from plans.expressions import ExpressionError, evaluate_condition
 from plans.models import OnError, Plan, PlanStatus, Step, StepKind, StepStatus, ToolSpec
 from plans.validation import PlanInvalid, parse_plan, validate_plan
 
-MAX_LOG_ENTRIES = 1000
+MAX_LOG_ENTRIES = 500  # in the workflow's state; the store keeps every entry
 MAX_AUDIT_ENTRIES = 2000
 PREVIEW_CHARS = 2000
 
@@ -53,7 +53,29 @@ class SkipReason(StrEnum):
     OPERATOR = "operator"  # skip_step: dependents go on
 
 
-class StepRun(BaseModel):
+class _Compact(BaseModel):
+    """Serialised without fields that hold their default: the state of a 2,000-step plan
+    travels through continue-as-new and must stay well under Temporal's payload limit."""
+
+    _always: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if k in self._always
+            or k not in fields
+            or fields[k].is_required()
+            or v != fields[k].get_default(call_default_factory=True)
+        }
+
+
+class StepRun(_Compact):
+    _always: ClassVar[frozenset[str]] = frozenset({"status"})
+
     id: str
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
@@ -86,7 +108,9 @@ class AuditEntry(BaseModel):
     via: Literal["signal", "update", "system"] = "system"
 
 
-class LogEntry(BaseModel):
+class LogEntry(_Compact):
+    _always: ClassVar[frozenset[str]] = frozenset({"level"})
+
     at: datetime
     level: Literal["debug", "info", "warning", "error"] = "info"
     message: str
@@ -121,8 +145,12 @@ class WaitingFor(BaseModel):
 
 
 class PlanVersion(BaseModel):
+    """One version of the plan: what changed (field by field) and who changed it.
+
+    Only the current document is kept whole; earlier versions follow from the diffs.
+    """
+
     version: int
-    plan: Plan
     by: str
     at: datetime
     step_id: str | None = None
@@ -179,7 +207,7 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
     """A fresh run; ``carried`` holds completed steps of an earlier run (never re-run)."""
     run = PlanRun(plan=plan, created_at=now)
     run.versions.append(
-        PlanVersion(version=1, plan=plan, by=plan.agent_id or "author", at=now, change="created")
+        PlanVersion(version=1, by=plan.agent_id or "author", at=now, change="created")
     )
     for step in plan.steps:
         prev = (carried or {}).get(step.id)
@@ -965,7 +993,6 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         run.versions.append(
             PlanVersion(
                 version=run.version,
-                plan=plan,
                 by=msg.by,
                 at=now,
                 step_id=msg.step_id,

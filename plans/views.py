@@ -162,7 +162,14 @@ def plan_view(run: PlanRun) -> PlanView:
         digest=run.plan.digest(),
         plan=run.plan,
         versions=[
-            {"version": v.version, "by": v.by, "at": v.at, "step_id": v.step_id, "change": v.change}
+            {
+                "version": v.version,
+                "by": v.by,
+                "at": v.at,
+                "step_id": v.step_id,
+                "change": v.change,
+                "diff": v.diff,
+            }
             for v in run.versions
         ],
     )

@@ -62,7 +62,7 @@ NON_RETRYABLE = [
 
 
 class PlanInput(BaseModel):
-    plan: Plan
+    plan: Plan | None = Field(default=None, description="the plan to run (not needed with `run`)")
     run: PlanRun | None = Field(default=None, description="state carried by continue-as-new")
     carried_steps: dict[str, StepRun] | None = Field(
         default=None, description="steps of an earlier run; completed ones are not run again"
@@ -126,7 +126,14 @@ def _update(name: str) -> Any:
 class PlanWorkflow:
     @workflow.init
     def __init__(self, inp: PlanInput) -> None:
-        self._run: PlanRun = inp.run or engine.new_run(inp.plan, workflow.now(), inp.carried_steps)
+        if inp.run is not None:
+            self._run: PlanRun = inp.run
+        elif inp.plan is not None:
+            self._run = engine.new_run(inp.plan, workflow.now(), inp.carried_steps)
+        else:
+            raise ApplicationError(
+                "PlanInput needs a plan", type="InvalidInput", non_retryable=True
+            )
         self._input = inp
         self._continue = False
         if inp.run is None and inp.resumed_by:
@@ -165,7 +172,9 @@ class PlanWorkflow:
         if self._continue and run.final_status is None:
             engine.log(run, workflow.now(), "continuing as new to keep the history short")
             workflow.continue_as_new(
-                self._input.model_copy(update={"run": run, "tools": self._catalog})
+                self._input.model_copy(
+                    update={"plan": None, "carried_steps": None, "run": run, "tools": self._catalog}
+                )
             )
         return self._result()
 
