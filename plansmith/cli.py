@@ -246,12 +246,17 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             f"plan {plan.id} already ran (workflow {plan.workflow_id}); pass --id NEW_ID to run it again, "
             f"or `plansmith resume-from-failure {plan.id}` if it failed"
         ) from None
-    print(
-        f"started plan {plan.id} as workflow {handle.id} on task queue {settings.task_queue}",
-        flush=True,
-    )
+    started = f"started plan {plan.id} as workflow {handle.id} on task queue {settings.task_queue}"
+    return await _announce(handle, settings, started, args.watch)
+
+
+async def _announce(
+    handle: WorkflowHandle[Any, Any], settings: Settings, what: str, follow: bool
+) -> int:
+    """Say what was started and where to see it; with ``follow``, watch it to the end."""
+    print(what, flush=True)
     print(f"watch it in the Temporal Web UI: {ui_url(settings, handle.id)}", flush=True)
-    if not args.watch:
+    if not follow:
         return EXIT_OK
     st = await watch(handle)
     return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
@@ -597,15 +602,8 @@ async def cmd_resume_from_failure(args: argparse.Namespace, settings: Settings) 
         )
     except ResumeRefused as e:
         raise CliError(f"resume-from-failure refused: {e}") from None
-    print(
-        f"resumed plan {plan_id} as a new run of {handle.id}; {carried} completed step(s) carried over",
-        flush=True,
-    )
-    print(f"watch it in the Temporal Web UI: {ui_url(settings, handle.id)}", flush=True)
-    if not args.watch:
-        return EXIT_OK
-    st = await watch(handle)
-    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+    resumed = f"resumed plan {plan_id} as a new run of {handle.id}; {carried} completed step(s) carried over"
+    return await _announce(handle, settings, resumed, args.watch)
 
 
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
