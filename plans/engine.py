@@ -36,7 +36,7 @@ from plans.expressions import ExpressionError, evaluate_condition
 from plans.models import OnError, Plan, PlanStatus, Step, StepKind, StepStatus, ToolSpec
 from plans.validation import PlanInvalid, parse_plan, validate_plan
 
-MAX_LOG_ENTRIES = 500  # in the workflow's state; the store keeps every entry
+MAX_LOG_ENTRIES = 500  # kept in the workflow's state (the newest ones)
 MAX_AUDIT_ENTRIES = 2000
 PREVIEW_CHARS = 2000
 
@@ -204,7 +204,12 @@ class PlanRun(BaseModel):
 
 
 def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = None) -> PlanRun:
-    """A fresh run; ``carried`` holds completed steps of an earlier run (never re-run)."""
+    """A fresh run; ``carried`` holds the steps of an earlier run (resume from failure).
+
+    Completed steps are kept as they are and never run again. Every other step starts
+    over as a new version of itself, so its idempotency key differs from the failed
+    run's: a server that cached the failed request does not answer the retry with it.
+    """
     run = PlanRun(plan=plan, created_at=now)
     run.versions.append(
         PlanVersion(version=1, by=plan.agent_id or "author", at=now, change="created")
@@ -213,6 +218,8 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
         prev = (carried or {}).get(step.id)
         if prev is not None and prev.status == StepStatus.COMPLETED:
             run.steps[step.id] = prev.model_copy(update={"carried": True})
+        elif prev is not None:
+            run.steps[step.id] = StepRun(id=step.id, version=prev.version + 1)
         else:
             run.steps[step.id] = StepRun(id=step.id)
     return run
@@ -946,6 +953,8 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
                 target = run.steps[pause.step_id]
                 if not target.answered:
                     target.answer, target.answered = msg.feedback, True
+                    if target.status == StepStatus.WAITING_CLARIFICATION:
+                        target.status, target.waiting_since = StepStatus.PENDING, None
         run.pause = None
         return "resumed" + (" with feedback" if msg.feedback else "")
     if isinstance(msg, AnswerClarificationInput):
@@ -961,6 +970,8 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
             if run.pause.step_id:
                 target = run.steps[run.pause.step_id]
                 target.answer, target.answered = msg.answer, True
+                if target.status == StepStatus.WAITING_CLARIFICATION:
+                    target.status, target.waiting_since = StepStatus.PENDING, None
             return "question answered; resume to continue"
         sid = msg.step_id or next(
             k for k, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION

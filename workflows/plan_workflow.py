@@ -65,7 +65,9 @@ class PlanInput(BaseModel):
     plan: Plan | None = Field(default=None, description="the plan to run (not needed with `run`)")
     run: PlanRun | None = Field(default=None, description="state carried by continue-as-new")
     carried_steps: dict[str, StepRun] | None = Field(
-        default=None, description="steps of an earlier run; completed ones are not run again"
+        default=None,
+        description="steps of an earlier run (resume from failure): completed ones are not run "
+        "again, the others run as a new version of themselves",
     )
     tools: dict[str, ToolSpec] | None = Field(
         default=None,
@@ -94,8 +96,9 @@ class PlanResult(BaseModel):
     version: int
     steps: dict[str, str]
     plan: Plan | None = Field(default=None, description="the plan as it ended, after corrections")
-    completed: dict[str, StepRun] = Field(
-        default_factory=dict, description="completed steps; resume-from-failure carries them over"
+    final_steps: dict[str, StepRun] = Field(
+        default_factory=dict,
+        description="every step as it ended; resume-from-failure carries the completed ones over",
     )
 
 
@@ -536,7 +539,7 @@ class PlanWorkflow:
             version=run.version,
             steps={sid: s.status.value for sid, s in run.steps.items()},
             plan=run.plan,
-            completed={sid: s for sid, s in run.steps.items() if s.status.value == "completed"},
+            final_steps=dict(run.steps),
         )
 
 

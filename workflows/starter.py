@@ -14,7 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.tools import catalog
 from plans.engine import PlanRun, StepRun
-from plans.models import Plan, PlanStatus, workflow_id_for
+from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow
 
 RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
@@ -51,8 +51,8 @@ async def start_plan(
 
 
 async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict[str, StepRun]]:
-    """The plan, final status and completed steps of the latest run of ``plan_id``."""
-    handle = client.get_workflow_handle(workflow_id_for(plan_id))
+    """The plan, final status and steps of the latest run of ``plan_id``."""
+    handle = client.get_workflow_handle(workflow_id_for(plan_id), result_type=PlanResult)
     try:
         desc = await handle.describe()
     except RPCError as e:
@@ -62,10 +62,10 @@ async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict
     if desc.status == WorkflowExecutionStatus.RUNNING:
         raise ResumeRefused(f"plan {plan_id} is still running; retry_step works on a live plan")
     if desc.status == WorkflowExecutionStatus.COMPLETED:
-        result = await handle.result(result_type=PlanResult)
+        result = await handle.result()
         if result.plan is None:
             raise ResumeRefused(f"plan {plan_id}'s last run left no plan document to resume")
-        return result.plan, result.status, result.completed
+        return result.plan, result.status, result.final_steps
     # Cancelled, terminated, failed or timed out in Temporal's terms: the workflow's own
     # state (from the query, which needs a worker) says what was done.
     try:
@@ -75,8 +75,7 @@ async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict
             f"plan {plan_id} ended {desc.status.name.lower()} in Temporal and its state cannot be read: {e.message}"
         ) from None
     status = state.final_status or PlanStatus.CANCELLED
-    completed = {sid: s for sid, s in state.steps.items() if s.status.value == "completed"}
-    return state.plan, status, completed
+    return state.plan, status, state.steps
 
 
 async def resume_from_failure(
@@ -88,13 +87,13 @@ async def resume_from_failure(
     The new run goes through plan approval again as its options say: resuming never
     approves a plan by itself. Returns the handle and how many steps were carried.
     """
-    plan, status, completed = await last_run(client, plan_id)
+    plan, status, steps = await last_run(client, plan_id)
     if status not in RESUMABLE:
         allowed = ", ".join(s.value for s in RESUMABLE)
         raise ResumeRefused(
             f"plan {plan_id} ended {status.value}; only {allowed} plans can be resumed"
         )
-    inp = PlanInput(plan=plan, tools=catalog(), carried_steps=completed, resumed_by=by, **extra)
+    inp = PlanInput(plan=plan, tools=catalog(), carried_steps=steps, resumed_by=by, **extra)
     handle = await client.start_workflow(
         PlanWorkflow.run,
         inp,
@@ -104,4 +103,4 @@ async def resume_from_failure(
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         static_summary=f"{plan.title or plan.id} (resumed by {by})",
     )
-    return handle, len(completed)
+    return handle, sum(1 for s in steps.values() if s.status == StepStatus.COMPLETED)
