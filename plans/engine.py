@@ -308,66 +308,82 @@ def derive_status(run: PlanRun) -> PlanStatus:
 
 
 def waits(run: PlanRun) -> list[WaitingFor]:
-    """Everything the run is waiting on a person for, oldest first."""
+    """Everything the run is waiting on a person for.
+
+    In the order the plan status reads them (plan approval, a pause, corrections,
+    clarifications, step approvals), oldest first within each kind: the first one is what
+    the status says the plan waits for.
+    """
     if run.final_status is not None:
         return []
-    out: list[WaitingFor] = []
+    ranked: list[tuple[int, WaitingFor]] = []
     if run.approval is None and run.approval_required:
-        out.append(WaitingFor(kind="plan_approval", since=run.created_at, who="an approver"))
-    if run.pause is not None:
-        if run.pause.question and not run.pause.answered:
-            out.append(
+        ranked.append(
+            (0, WaitingFor(kind="plan_approval", since=run.created_at, who="an approver"))
+        )
+    pause = run.pause
+    if pause is not None:
+        asking = bool(pause.question and not pause.answered)
+        ranked.append(
+            (
+                1,
                 WaitingFor(
-                    kind="clarification",
-                    step_id=run.pause.step_id,
-                    question=run.pause.question,
-                    since=run.pause.since,
-                    who=f"an answer to {run.pause.by}",
-                )
+                    kind="clarification" if asking else "resume",
+                    step_id=pause.step_id,
+                    question=pause.question if asking else pause.reason,
+                    since=pause.since,
+                    who=f"an answer to {pause.by}"
+                    if asking
+                    else f"a resume (paused by {pause.by})",
+                ),
             )
-        else:
-            out.append(
-                WaitingFor(
-                    kind="resume",
-                    step_id=run.pause.step_id,
-                    since=run.pause.since,
-                    who=f"a resume (paused by {run.pause.by})",
-                )
-            )
+        )
     for sid, s in run.steps.items():
         step = run.plan.step(sid)
         if s.awaiting_decision:
-            out.append(
-                WaitingFor(
-                    kind="correction",
-                    step_id=sid,
-                    question=s.error,
-                    since=s.completed_at,
-                    who="an operator: apply_correction + retry_step, skip_step or cancel",
+            who = "an operator: apply_correction + retry_step, skip_step or cancel"
+            ranked.append(
+                (
+                    2,
+                    WaitingFor(
+                        kind="correction",
+                        step_id=sid,
+                        question=s.error,
+                        since=s.completed_at,
+                        who=who,
+                    ),
                 )
             )
         elif s.status == StepStatus.WAITING_CLARIFICATION:
-            out.append(
-                WaitingFor(
-                    kind="clarification",
-                    step_id=sid,
-                    question=step.clarification_question,
-                    since=s.waiting_since,
-                    who="an answer",
+            question = step.clarification_question
+            ranked.append(
+                (
+                    3,
+                    WaitingFor(
+                        kind="clarification",
+                        step_id=sid,
+                        question=question,
+                        since=s.waiting_since,
+                        who="an answer",
+                    ),
                 )
             )
         elif s.status == StepStatus.WAITING_APPROVAL:
-            out.append(
-                WaitingFor(
-                    kind="step_approval",
-                    step_id=sid,
-                    question=step.description or None,
-                    since=s.waiting_since,
-                    who="an approver",
+            question = step.description or None
+            ranked.append(
+                (
+                    4,
+                    WaitingFor(
+                        kind="step_approval",
+                        step_id=sid,
+                        question=question,
+                        since=s.waiting_since,
+                        who="an approver",
+                    ),
                 )
             )
     far = datetime.max.replace(tzinfo=UTC)
-    return sorted(out, key=lambda w: w.since or far)
+    return [w for _, w in sorted(ranked, key=lambda rw: (rw[0], rw[1].since or far))]
 
 
 def progress(run: PlanRun) -> float:
@@ -943,7 +959,10 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         run.pause = Pause(
             by=msg.by, since=now, reason=msg.reason, step_id=msg.step_id, question=msg.question
         )
-        return "paused with a question" if msg.question else "paused: no new steps start"
+        why = f" ({msg.reason})" if msg.reason else ""
+        if msg.question:
+            return f"paused with a question{why}: {msg.question}"
+        return f"paused: no new steps start{why}"
     if isinstance(msg, ResumeInput):
         if msg.feedback:
             run.feedback.append(msg.feedback)

@@ -52,6 +52,7 @@ class StatusView(BaseModel):
     approval_note: str | None = None
     stopping: str | None = None
     paused_by: str | None = None
+    paused_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
     created_at: datetime | None
     started_at: datetime | None
@@ -119,6 +120,7 @@ def status_view(run: PlanRun) -> StatusView:
         approval_note=run.approval_policy or None,
         stopping=run.stopping,
         paused_by=run.pause.by if run.pause else None,
+        paused_reason=run.pause.reason if run.pause else None,
         feedback=run.feedback,
         created_at=run.created_at,
         started_at=run.started_at,

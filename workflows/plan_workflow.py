@@ -82,6 +82,11 @@ class PlanInput(BaseModel):
         "the worker registers them at start)",
     )
     resumed_by: str | None = Field(default=None, description="who resumed this plan from failure")
+    plan_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="version of `plan` (a resumed plan keeps its corrections' version)",
+    )
     max_history_events: int | None = Field(
         default=None,
         ge=50,
@@ -139,6 +144,10 @@ class PlanWorkflow:
             )
         self._input = inp
         self._continue = False
+        if inp.run is None and inp.plan_version and inp.plan_version > 1:
+            self._run.version = inp.plan_version
+            self._run.versions[0].version = inp.plan_version
+            self._run.versions[0].change = "carried from the earlier run"
         if inp.run is None and inp.resumed_by:
             carried = sum(1 for s in self._run.steps.values() if s.carried)
             engine.audit(
@@ -164,7 +173,7 @@ class PlanWorkflow:
         run = self._run
         try:
             await self._approval_phase()
-            if run.final_status is None:
+            if run.final_status is None and not self._continue:
                 await self._execute()
         except asyncio.CancelledError:
             await self._cancelled_by_temporal()

@@ -6,7 +6,7 @@ everywhere: workflow id ``plan-<id>``, the pydantic converter, the tool catalog 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -50,8 +50,15 @@ async def start_plan(
     )
 
 
-async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict[str, StepRun]]:
-    """The plan, final status and steps of the latest run of ``plan_id``."""
+class LastRun(NamedTuple):
+    plan: Plan
+    version: int
+    status: PlanStatus
+    steps: dict[str, StepRun]
+
+
+async def last_run(client: Client, plan_id: str) -> LastRun:
+    """The plan (and its version), final status and steps of the latest run of ``plan_id``."""
     handle = client.get_workflow_handle(workflow_id_for(plan_id), result_type=PlanResult)
     try:
         desc = await handle.describe()
@@ -65,7 +72,7 @@ async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict
         result = await handle.result()
         if result.plan is None:
             raise ResumeRefused(f"plan {plan_id}'s last run left no plan document to resume")
-        return result.plan, result.status, result.final_steps
+        return LastRun(result.plan, result.version, result.status, result.final_steps)
     # Cancelled, terminated, failed or timed out in Temporal's terms: the workflow's own
     # state (from the query, which needs a worker) says what was done.
     try:
@@ -75,7 +82,7 @@ async def last_run(client: Client, plan_id: str) -> tuple[Plan, PlanStatus, dict
             f"plan {plan_id} ended {desc.status.name.lower()} in Temporal and its state cannot be read: {e.message}"
         ) from None
     status = state.final_status or PlanStatus.CANCELLED
-    return state.plan, status, state.steps
+    return LastRun(state.plan, state.version, status, state.steps)
 
 
 async def resume_from_failure(
@@ -87,13 +94,20 @@ async def resume_from_failure(
     The new run goes through plan approval again as its options say: resuming never
     approves a plan by itself. Returns the handle and how many steps were carried.
     """
-    plan, status, steps = await last_run(client, plan_id)
+    plan, version, status, steps = await last_run(client, plan_id)
     if status not in RESUMABLE:
         allowed = ", ".join(s.value for s in RESUMABLE)
         raise ResumeRefused(
             f"plan {plan_id} ended {status.value}; only {allowed} plans can be resumed"
         )
-    inp = PlanInput(plan=plan, tools=catalog(), carried_steps=steps, resumed_by=by, **extra)
+    inp = PlanInput(
+        plan=plan,
+        plan_version=version,
+        tools=catalog(),
+        carried_steps=steps,
+        resumed_by=by,
+        **extra,
+    )
     handle = await client.start_workflow(
         PlanWorkflow.run,
         inp,
