@@ -65,7 +65,13 @@ def tool(
     params_schema: dict[str, Any],
     risk: Literal["low", "medium", "high", "critical"] = "low",
     idempotent: bool = True,
+    activity: str | None = None,
+    task_queue: str | None = None,
 ) -> Callable[[ToolFn], ToolFn]:
+    """Register a tool. ``activity``/``task_queue`` send its steps to a dedicated activity
+    on a dedicated worker pool (the code sandbox); by default a step runs in
+    ``execute_step`` on the plan's own task queue."""
+
     def register(fn: ToolFn) -> ToolFn:
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"tool {name!r} is registered twice")
@@ -76,6 +82,8 @@ def tool(
             params_schema=schema,
             risk=risk,
             idempotent=idempotent,
+            activity=activity,
+            task_queue=task_queue,
         )
         _REGISTRY[name] = RegisteredTool(spec=spec, fn=fn)
         return fn

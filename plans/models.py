@@ -195,3 +195,11 @@ class ToolSpec(BaseModel):
     params_schema: dict[str, Any]
     risk: Literal["low", "medium", "high", "critical"] = "low"
     idempotent: bool = True
+    activity: str | None = Field(
+        default=None, description="activity that runs it, when not the common execute_step"
+    )
+    task_queue: str | None = Field(
+        default=None,
+        description="logical task queue of a dedicated worker pool (e.g. 'sandbox'); "
+        "None = the plan's own queue",
+    )

@@ -82,6 +82,10 @@ class PlanInput(BaseModel):
         "the worker registers them at start)",
     )
     resumed_by: str | None = Field(default=None, description="who resumed this plan from failure")
+    task_queues: dict[str, str] = Field(
+        default_factory=dict,
+        description="logical task queue of a tool (e.g. 'sandbox') -> the queue its workers poll",
+    )
     plan_version: int | None = Field(
         default=None,
         ge=1,
@@ -336,8 +340,9 @@ class PlanWorkflow:
         try:
             while True:
                 handle = workflow.start_activity(
-                    EXECUTE_STEP,
+                    (spec.activity if spec and spec.activity else EXECUTE_STEP),
                     task,
+                    task_queue=self._queue_for(spec),
                     result_type=StepOutcome,
                     start_to_close_timeout=timeout,
                     heartbeat_timeout=min(self._heartbeat_timeout, timeout),
@@ -387,6 +392,12 @@ class PlanWorkflow:
         finally:
             self._handles.pop(sid, None)
             self._finish_task(sid)
+
+    def _queue_for(self, spec: ToolSpec | None) -> str | None:
+        """The real task queue for a tool's dedicated pool (None: the plan's own queue)."""
+        if spec is None or spec.task_queue is None:
+            return None
+        return self._input.task_queues.get(spec.task_queue, spec.task_queue)
 
     def _step_context(self, sid: str, ctx: dict[str, Any]) -> dict[str, Any]:
         run = self._run
