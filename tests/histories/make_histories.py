@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from plansmith.temporal import temporal_cli_path
 from tests.helpers import status, wait_for
 from worker import build_worker
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
+from workflows.starter import resume_from_failure
 
 HERE = Path(__file__).resolve().parent
 PLAN_ID_PREFIX = "hist-"
@@ -88,7 +90,7 @@ def count_step(sid: str, key: str, deps: list[str] | None = None, **kw: Any) -> 
 
 
 async def refused(call: Awaitable[Any], reason: str) -> None:
-    """An update the validator must refuse (it leaves no trace in the history)."""
+    """An update the workflow must refuse (recorded in its audit trail, returned as an error)."""
     try:
         await call
     except UpdateFailed as e:
@@ -399,6 +401,52 @@ async def when_skips_branch(client: Client, tq: str) -> Handle:
             count_step("always", "when-always", ["probe"]),
         ],
     )
+    return await start(client, plan, tq)
+
+
+@scenario("continued_as_new", expect="completed")
+async def continued_as_new(client: Client, tq: str) -> Handle:
+    """A chain long enough to continue as new: the first run's history ends with it."""
+    plan = plan_of(
+        "continued_as_new",
+        [count_step(f"s{i:02d}", f"can-{i}", [f"s{i - 1:02d}"] if i else []) for i in range(12)],
+    )
+    return await client.start_workflow(
+        PlanWorkflow.run,
+        PlanInput(plan=plan, max_history_events=50),
+        id=plan.workflow_id,
+        task_queue=tq,
+    )
+
+
+@scenario("resumed_from_failure", expect="completed")
+async def resumed_from_failure(client: Client, tq: str) -> Handle:
+    """Failed on a flaky step, then resumed: the new run carries the completed step."""
+    key = f"resume-flaky-{uuid.uuid4().hex[:8]}"
+    plan = plan_of(
+        "resumed_from_failure",
+        [
+            count_step("first", "resume-first"),
+            {
+                "id": "flaky",
+                "tool": "flaky",
+                "params": {"key": key, "failures": 1},
+                "depends_on": ["first"],
+            },
+            count_step("last", "resume-last", ["flaky"]),
+        ],
+    )
+    handle = await start(client, plan, tq)
+    if (await handle.result()).status.value != "failed":
+        raise AssertionError("the first run should fail on the flaky step")
+    new, _ = await resume_from_failure(client, plan.id or "", "ops", tq)
+    return new
+
+
+@scenario("gate_timeout", expect="partial")
+async def gate_timeout(client: Client, tq: str) -> Handle:
+    """A step gate nobody answers: rejected by its durable timer."""
+    plan = plan_of("gate_timeout", gated("gate-timeout"), step_approval_timeout_s=0.5)
     return await start(client, plan, tq)
 
 
