@@ -411,11 +411,15 @@ async def continued_as_new(client: Client, tq: str) -> Handle:
         "continued_as_new",
         [count_step(f"s{i:02d}", f"can-{i}", [f"s{i - 1:02d}"] if i else []) for i in range(12)],
     )
-    return await client.start_workflow(
+    handle = await client.start_workflow(
         PlanWorkflow.run,
         PlanInput(plan=plan, max_history_events=50),
         id=plan.workflow_id,
         task_queue=tq,
+    )
+    # record the first run, whose history ends by continuing as new
+    return client.get_workflow_handle(
+        plan.workflow_id, run_id=handle.first_execution_run_id, result_type=PlanResult
     )
 
 
