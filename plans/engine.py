@@ -1107,6 +1107,45 @@ def deadlines(run: PlanRun) -> list[Deadline]:
     return sorted(out, key=lambda d: d.at)
 
 
+def _expire_step_approval(run: PlanRun, sid: str, now: datetime) -> str:
+    opts = run.plan.options
+    action = opts.on_step_approval_timeout
+    what = f"step approval timed out after {opts.step_approval_timeout_s:g}s; on_step_approval_timeout={action}"
+    s = run.steps[sid]
+    s.timed_out = what
+    if action == "approve":
+        s.gate_approved_by = "system:timeout"
+        s.status, s.waiting_since = StepStatus.PENDING, None
+    else:
+        _skip(run, sid, SkipReason.REJECTED, what, now)
+    return what
+
+
+def _expire_clarification(run: PlanRun, sid: str | None, now: datetime) -> str:
+    """A question nobody answered: a step's own (``sid``) or the one a pause asked."""
+    opts = run.plan.options
+    action = opts.on_clarification_timeout
+    what = f"no answer within {opts.clarification_timeout_s:g}s; on_clarification_timeout={action}"
+    if sid is None:
+        if action == "fail":
+            stop(run, f"plan paused with a question: {what}", now)
+            run.outcome = f"clarification timed out: {what}"
+        run.pause = None
+        return what
+    s = run.steps[sid]
+    s.timed_out = what
+    if action == "proceed":
+        s.answered, s.answer = True, None
+        s.status, s.waiting_since = StepStatus.PENDING, None
+    elif action == "skip":
+        _skip(run, sid, SkipReason.REJECTED, what, now)
+    else:
+        s.status, s.waiting_since = StepStatus.FAILED, None
+        s.error, s.completed_at = f"clarification timed out: {what}", now
+        _after_failure(run, sid, now)
+    return what
+
+
 def next_deadline(run: PlanRun) -> datetime | None:
     found = deadlines(run)
     return found[0].at if found else None
@@ -1118,47 +1157,17 @@ def expire_waits(run: PlanRun, now: datetime) -> list[str]:
     Each outcome says it timed out and is audited as ``system:timeout``: a timeout is
     never mistaken for a person's decision.
     """
-    opts = run.plan.options
     done: list[str] = []
     for d in deadlines(run):
         if d.at > now:
             break
         sid = d.step_id
         if d.kind == "step_approval" and sid:
-            secs = opts.step_approval_timeout_s
-            action = opts.on_step_approval_timeout
-            what = f"step approval timed out after {secs:g}s; on_step_approval_timeout={action}"
-            s = run.steps[sid]
-            s.timed_out = what
-            if action == "approve":
-                s.gate_approved_by = "system:timeout"
-                s.status, s.waiting_since = StepStatus.PENDING, None
-            else:
-                _skip(run, sid, SkipReason.REJECTED, what, now)
+            what = _expire_step_approval(run, sid, now)
         elif d.kind in ("clarification", "pause_question"):
-            secs = opts.clarification_timeout_s
-            action = opts.on_clarification_timeout
-            what = f"no answer within {secs:g}s; on_clarification_timeout={action}"
-            if d.kind == "pause_question":
-                assert run.pause is not None
-                if action == "fail":
-                    stop(run, f"plan paused with a question: {what}", now)
-                    run.outcome = f"clarification timed out: {what}"
-                run.pause = None
-            elif sid:
-                s = run.steps[sid]
-                s.timed_out = what
-                if action == "proceed":
-                    s.answered, s.answer = True, None
-                    s.status, s.waiting_since = StepStatus.PENDING, None
-                elif action == "skip":
-                    _skip(run, sid, SkipReason.REJECTED, what, now)
-                else:
-                    s.status, s.waiting_since = StepStatus.FAILED, None
-                    s.error, s.completed_at = f"clarification timed out: {what}", now
-                    _after_failure(run, sid, now)
+            what = _expire_clarification(run, sid if d.kind == "clarification" else None, now)
         elif d.kind == "correction" and sid:
-            what = f"no correction, retry or skip within {opts.correction_timeout_s:g}s"
+            what = f"no correction, retry or skip within {run.plan.options.correction_timeout_s:g}s"
             s = run.steps[sid]
             s.awaiting_decision = False
             s.timed_out = what
