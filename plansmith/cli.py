@@ -138,12 +138,12 @@ async def _status(handle: WorkflowHandle[Any, Any]) -> StatusView:
 
 
 def ui_url(settings: Settings, workflow_id: str | None = None) -> str:
-    host = (
-        "127.0.0.1"
-        if settings.temporal_host in ("localhost", "0.0.0.0")
-        else settings.temporal_host
-    )
-    base = f"http://{host}:{settings.ui_port}/namespaces/{settings.temporal_namespace}/workflows"
+    if settings.ui_url:
+        root = settings.ui_url.rstrip("/")
+    else:
+        local = settings.temporal_host in ("localhost", "0.0.0.0")
+        root = f"http://{'127.0.0.1' if local else settings.temporal_host}:{settings.ui_port}"
+    base = f"{root}/namespaces/{settings.temporal_namespace}/workflows"
     return f"{base}/{workflow_id}" if workflow_id else base
 
 

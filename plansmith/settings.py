@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     temporal_db_file: str = Field(
         default=".plansmith/temporal.db", validation_alias="PLANSMITH_TEMPORAL_DB"
     )
+    ui_url: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_UI_URL",
+        description="where people open the Temporal Web UI (default: the Temporal host, port + 1000)",
+    )
     heartbeat_timeout_s: float = Field(
         default=20.0, gt=0, validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S"
     )
