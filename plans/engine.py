@@ -32,7 +32,7 @@ from plans.controls import (
     RetryStepInput,
     SkipStepInput,
 )
-from plans.expressions import ExpressionError, evaluate_condition
+from plans.expressions import evaluate_condition
 from plans.models import OnError, Plan, PlanStatus, Step, StepKind, StepStatus, ToolSpec
 from plans.validation import PlanInvalid, parse_plan, validate_plan
 
@@ -184,6 +184,7 @@ class PlanRun(BaseModel):
     final_status: PlanStatus | None = None
     outcome: str | None = None
     stopping: str | None = None  # why no new step may start
+    stopped_by_failure: bool = False  # the stop came from on_error=stop (a retry may lift it)
     cancel_requested: str | None = None
     pause: Pause | None = None
     feedback: list[str] = Field(default_factory=list)
@@ -219,7 +220,11 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
         if prev is not None and prev.status == StepStatus.COMPLETED:
             run.steps[step.id] = prev.model_copy(update={"carried": True})
         elif prev is not None:
-            run.steps[step.id] = StepRun(id=step.id, version=prev.version + 1)
+            # A person's answer is kept (the question is not asked again); approvals of a
+            # step are bound to the run that asked for them and lapse.
+            run.steps[step.id] = StepRun(
+                id=step.id, version=prev.version + 1, answer=prev.answer, answered=prev.answered
+            )
         else:
             run.steps[step.id] = StepRun(id=step.id)
     return run
@@ -532,7 +537,7 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
             if step.when is not None:
                 try:
                     ok = evaluate_condition(step.when, context(run, step.id))
-                except ExpressionError as e:
+                except Exception as e:  # any evaluation failure fails the step, never the workflow
                     s.status = StepStatus.FAILED
                     s.error = f"condition could not be evaluated: {e}"
                     s.completed_at = now
@@ -633,6 +638,7 @@ def _after_failure(run: PlanRun, sid: str, now: datetime) -> None:
     mode = run.plan.options.on_error
     if mode == OnError.STOP and not run.stopping:
         run.stopping = f"step {sid} failed and on_error is stop"
+        run.stopped_by_failure = True
         log(run, now, f"no new steps will start: {run.stopping}", "warning", sid)
     elif mode == OnError.ASK:
         run.steps[sid].awaiting_decision = True
@@ -646,9 +652,11 @@ def _after_failure(run: PlanRun, sid: str, now: datetime) -> None:
 
 
 def stop(run: PlanRun, why: str, now: datetime) -> None:
-    if not run.stopping:
+    """Stop scheduling for a reason no retry lifts (a timeout, an unanswered question)."""
+    if not run.stopping or run.stopped_by_failure:
         run.stopping = why
         log(run, now, f"no new steps will start: {why}", "warning")
+    run.stopped_by_failure = False
 
 
 def is_finished(run: PlanRun) -> bool:
@@ -853,6 +861,8 @@ def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, T
             )
         if run.cancel_requested:
             raise Refused("retry_step refused: the plan is being cancelled")
+        if run.stopping and not run.stopped_by_failure:
+            raise Refused(f"retry_step refused: the plan is stopping ({run.stopping})")
     elif isinstance(msg, SkipStepInput):
         _require_started(run, name)
         s = _step(run, name, msg.step_id)
@@ -1014,6 +1024,8 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         s.failed_before_skip = s.status == StepStatus.FAILED
         s.awaiting_decision = False
         _skip(run, msg.step_id, SkipReason.OPERATOR, f"skipped by {msg.by}: {msg.reason}", now)
+        _reset_dependents(run, msg.step_id)
+        _lift_failure_stop(run, now)
         return f"step {msg.step_id} skipped; its dependents go on"
     if isinstance(msg, ApplyCorrectionInput):
         plan = _corrected_plan(run, msg, catalog)
@@ -1039,32 +1051,51 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
     raise Refused(f"unknown control {type(msg).__name__}")
 
 
-def _retry(run: PlanRun, sid: str, now: datetime) -> str:
-    reset = [sid]
-    dependents = {s.id: s.depends_on for s in run.plan.steps}
+def _reset_dependents(run: PlanRun, sid: str) -> list[str]:
+    """Put back to pending the dependents that were skipped because ``sid`` failed."""
+    reset: list[str] = []
     frontier = [sid]
     while frontier:
         cur = frontier.pop()
-        for other, deps in dependents.items():
-            o = run.steps[other]
+        for step in run.plan.steps:
+            o = run.steps[step.id]
             if (
-                cur in deps
+                cur in step.depends_on
                 and o.status == StepStatus.SKIPPED
                 and o.skip_reason in (SkipReason.UPSTREAM, SkipReason.STOPPED)
             ):
-                reset.append(other)
-                frontier.append(other)
-    for r in reset:
-        s = run.steps[r]
-        s.status = StepStatus.PENDING
-        s.skip_reason = s.skip_detail = s.error = None
-        s.awaiting_decision = False
-        s.completed_at = None
-    if run.stopping and not run.cancel_requested:
-        run.stopping = None
-    return f"step {sid} will run again" + (
-        f" with {len(reset) - 1} dependent(s)" if len(reset) > 1 else ""
-    )
+                _make_pending(o)
+                reset.append(step.id)
+                frontier.append(step.id)
+    return reset
+
+
+def _make_pending(s: StepRun) -> None:
+    s.status = StepStatus.PENDING
+    s.skip_reason = s.skip_detail = s.error = None
+    s.awaiting_decision = False
+    s.completed_at = None
+
+
+def _lift_failure_stop(run: PlanRun, now: datetime) -> None:
+    """After a retry or skip, an on_error=stop stop ends once no step is failed any more;
+    the steps it had skipped become pending again. Other stops (cancel, timeouts) stay."""
+    if not (run.stopping and run.stopped_by_failure) or run.cancel_requested:
+        return
+    if any(s.status == StepStatus.FAILED for s in run.steps.values()):
+        return
+    run.stopping, run.stopped_by_failure = None, False
+    for s in run.steps.values():
+        if s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.STOPPED:
+            _make_pending(s)
+    log(run, now, "no step is failed any more: scheduling goes on")
+
+
+def _retry(run: PlanRun, sid: str, now: datetime) -> str:
+    _make_pending(run.steps[sid])
+    reset = _reset_dependents(run, sid)
+    _lift_failure_stop(run, now)
+    return f"step {sid} will run again" + (f" with {len(reset)} dependent(s)" if reset else "")
 
 
 # --- timeouts on waits for a person --------------------------------------------------

@@ -31,6 +31,10 @@ from simpleeval import (
 )
 
 MAX_EXPRESSION_LENGTH = 2000
+MAX_NODES = 400  # syntax-tree nodes in one expression
+MAX_DEPTH = 40  # nesting of the syntax tree
+MAX_SEQUENCE = 100_000  # items or characters a single operation may build
+MAX_INT_BITS = 64_000  # size of an integer an operation may build
 
 # A quoted string (left as it is) or a ``steps.<id>`` reference outside of one.
 _STEP_REF_RE = re.compile(
@@ -47,7 +51,7 @@ _FUNCTIONS: dict[str, Any] = {
     "abs": abs,
     "min": min,
     "max": max,
-    "sum": sum,
+    "sum": lambda values, start=0: _numeric_sum(values, start),
     "round": round,
     "any": any,
     "all": all,
@@ -81,12 +85,27 @@ def normalise(expr: str) -> str:
 
 
 def parse(expr: str) -> ast.Expression:
+    """Parse and check the shape: size, depth, and no constructs whose value could differ
+    between worker processes (sets iterate in a hash order) or that define code."""
     if len(expr) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
     try:
-        return ast.parse(normalise(expr).strip(), mode="eval")
+        tree = ast.parse(normalise(expr).strip(), mode="eval")
     except SyntaxError as e:
         raise ExpressionError(f"cannot parse expression {expr!r}: {e.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError(f"expression {expr[:60]!r}... is nested too deeply") from None
+    nodes = 0
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES or depth > MAX_DEPTH:
+            raise ExpressionError(f"expression {expr[:60]!r} is too large or nested too deeply")
+        if isinstance(node, ast.Set | ast.SetComp | ast.Lambda | ast.NamedExpr | ast.DictComp):
+            raise ExpressionError(f"{type(node).__name__} is not allowed in expression {expr!r}")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return tree
 
 
 def _key_of(node: ast.expr) -> str | None:
@@ -147,6 +166,92 @@ _MUTATING_METHODS = frozenset(
 )
 
 
+# Methods of str, list and dict that only read and whose result stays small.
+_SAFE_METHODS = frozenset(
+    {
+        "get",
+        "keys",
+        "values",
+        "items",
+        "count",
+        "index",
+        "find",
+        "rfind",
+        "startswith",
+        "endswith",
+        "lower",
+        "upper",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "split",
+        "rsplit",
+        "title",
+        "capitalize",
+        "isdigit",
+        "isalpha",
+        "isalnum",
+        "isspace",
+        "islower",
+        "isupper",
+    }
+)
+
+
+def _numeric_sum(values: Any, start: Any = 0) -> Any:
+    items = list(values)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in [*items, start]):
+        raise TypeError("sum() adds numbers only")
+    return sum(items, start)
+
+
+def _size(value: Any, cap: int = MAX_SEQUENCE) -> int:
+    """Characters or items in ``value``, nested lists counted in full (the evaluator walks
+    them), stopping once past ``cap``."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if not isinstance(value, list | tuple | dict):
+        return 0
+    total = 0
+    stack: list[Any] = [value]
+    while stack and total <= cap:
+        cur = stack.pop()
+        items = list(cur.values()) if isinstance(cur, dict) else cur
+        total += len(items)
+        stack.extend(v for v in items if isinstance(v, list | tuple | dict))
+    return total
+
+
+def _safe_mult(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int):
+        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            raise ValueError("product too large")
+    elif (isinstance(b, int) and _size(a) * max(b, 0) > MAX_SEQUENCE) or (
+        isinstance(a, int) and _size(b) * max(a, 0) > MAX_SEQUENCE
+    ):
+        raise ValueError(f"result longer than {MAX_SEQUENCE}")
+    return a * b
+
+
+def _safe_pow(a: Any, b: Any) -> Any:
+    big = isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1
+    if big and a.bit_length() * b > MAX_INT_BITS:
+        raise ValueError("power too large")
+    return a**b
+
+
+def _safe_lshift(a: Any, b: Any) -> Any:
+    if isinstance(b, int) and b > MAX_INT_BITS:
+        raise ValueError("shift too large")
+    return a << b
+
+
+def _safe_add(a: Any, b: Any) -> Any:
+    if _size(a) + _size(b) > MAX_SEQUENCE:
+        raise ValueError(f"result longer than {MAX_SEQUENCE}")
+    return a + b
+
+
 class _SafeEval(EvalWithCompoundTypes):
     """simpleeval, except that ``a.b`` on a mapping with a key ``b`` reads that key (so
     ``output.items`` is the data, not ``dict.items``) and methods that change a value
@@ -168,13 +273,23 @@ class _SafeEval(EvalWithCompoundTypes):
             raise AttributeDoesNotExist(attr, self.expr) from None
         if isinstance(item, types.ModuleType) or (callable(item) and item in DISALLOW_FUNCTIONS):
             raise FeatureNotAvailable(f"Sorry, .{attr} is not available")
+        if callable(item) and attr not in _SAFE_METHODS:
+            raise FeatureNotAvailable(f"Sorry, .{attr}() is not available in expressions")
         return item
 
 
 def _evaluator(context: dict[str, Any]) -> EvalWithCompoundTypes:
     names = dict(_LITERALS)
     names.update(context)
-    return _SafeEval(names=names, functions=dict(_FUNCTIONS))
+    ev = _SafeEval(names=names, functions=dict(_FUNCTIONS))
+    ev.operators = {
+        **ev.operators,
+        ast.Mult: _safe_mult,
+        ast.Pow: _safe_pow,
+        ast.LShift: _safe_lshift,
+        ast.Add: _safe_add,
+    }
+    return ev
 
 
 def evaluate(expr: str, context: dict[str, Any]) -> Any:
@@ -184,8 +299,10 @@ def evaluate(expr: str, context: dict[str, Any]) -> Any:
         return _evaluator(context).eval(normalise(expr).strip())
     except InvalidExpression as e:
         raise ExpressionError(f"{expr!r}: {e}") from None
-    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError) as e:
         raise ExpressionError(f"{expr!r}: {type(e).__name__}: {e}") from None
+    except (RecursionError, MemoryError) as e:
+        raise ExpressionError(f"{expr!r}: too large to evaluate ({type(e).__name__})") from None
 
 
 def evaluate_condition(expr: str, context: dict[str, Any]) -> bool:

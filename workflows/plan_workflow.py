@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from plans import engine
     from plans.controls import ControlResult
     from plans.engine import PlanRun, Refused, StepRun
-    from plans.expressions import ExpressionError, render
+    from plans.expressions import render
     from plans.models import Plan, PlanStatus, StepKind, ToolSpec
     from plans.views import (
         ExecutionState,
@@ -82,6 +82,10 @@ class PlanInput(BaseModel):
         "the worker registers them at start)",
     )
     resumed_by: str | None = Field(default=None, description="who resumed this plan from failure")
+    feedback: list[str] = Field(
+        default_factory=list,
+        description="feedback people gave an earlier run (resume from failure)",
+    )
     task_queues: dict[str, str] = Field(
         default_factory=dict,
         description="logical task queue of a tool (e.g. 'sandbox') -> the queue its workers poll",
@@ -105,6 +109,7 @@ class PlanResult(BaseModel):
     version: int
     steps: dict[str, str]
     plan: Plan | None = Field(default=None, description="the plan as it ended, after corrections")
+    feedback: list[str] = Field(default_factory=list)
     final_steps: dict[str, StepRun] = Field(
         default_factory=dict,
         description="every step as it ended; resume-from-failure carries the completed ones over",
@@ -152,6 +157,8 @@ class PlanWorkflow:
             self._run.version = inp.plan_version
             self._run.versions[0].version = inp.plan_version
             self._run.versions[0].change = "carried from the earlier run"
+        if inp.run is None and inp.feedback:
+            self._run.feedback = list(inp.feedback)
         if inp.run is None and inp.resumed_by:
             carried = sum(1 for s in self._run.steps.values() if s.carried)
             engine.audit(
@@ -319,7 +326,7 @@ class PlanWorkflow:
                 step_version=state.version,
                 context=self._step_context(sid, ctx),
             )
-        except ExpressionError as e:
+        except Exception as e:  # a template that cannot render fails the step, never the workflow
             engine.record_failure(run, sid, f"params could not be rendered: {e}", 0, workflow.now())
             self._finish_task(sid)
             return
@@ -560,6 +567,7 @@ class PlanWorkflow:
             steps={sid: s.status.value for sid, s in run.steps.items()},
             plan=run.plan,
             final_steps=dict(run.steps),
+            feedback=list(run.feedback),
         )
 
 

@@ -55,6 +55,7 @@ class LastRun(NamedTuple):
     version: int
     status: PlanStatus
     steps: dict[str, StepRun]
+    feedback: list[str]
 
 
 async def last_run(client: Client, plan_id: str) -> LastRun:
@@ -72,7 +73,9 @@ async def last_run(client: Client, plan_id: str) -> LastRun:
         result = await handle.result()
         if result.plan is None:
             raise ResumeRefused(f"plan {plan_id}'s last run left no plan document to resume")
-        return LastRun(result.plan, result.version, result.status, result.final_steps)
+        return LastRun(
+            result.plan, result.version, result.status, result.final_steps, result.feedback
+        )
     # Cancelled, terminated, failed or timed out in Temporal's terms: the workflow's own
     # state (from the query, which needs a worker) says what was done.
     try:
@@ -82,7 +85,7 @@ async def last_run(client: Client, plan_id: str) -> LastRun:
             f"plan {plan_id} ended {desc.status.name.lower()} in Temporal and its state cannot be read: {e.message}"
         ) from None
     status = state.final_status or PlanStatus.CANCELLED
-    return LastRun(state.plan, state.version, status, state.steps)
+    return LastRun(state.plan, state.version, status, state.steps, state.feedback)
 
 
 async def resume_from_failure(
@@ -94,7 +97,7 @@ async def resume_from_failure(
     The new run goes through plan approval again as its options say: resuming never
     approves a plan by itself. Returns the handle and how many steps were carried.
     """
-    plan, version, status, steps = await last_run(client, plan_id)
+    plan, version, status, steps, feedback = await last_run(client, plan_id)
     if status not in RESUMABLE:
         allowed = ", ".join(s.value for s in RESUMABLE)
         raise ResumeRefused(
@@ -105,6 +108,7 @@ async def resume_from_failure(
         plan_version=version,
         tools=catalog(),
         carried_steps=steps,
+        feedback=feedback,
         resumed_by=by,
         **extra,
     )

@@ -1,0 +1,163 @@
+"""Persistence activities: the workflow's state into the store, large outputs out of
+workflow history.
+
+* ``record_snapshot`` (activity): writes a :class:`store.snapshot.PlanSnapshot` through
+  :func:`store.repository.record_snapshot`. Idempotent, so Temporal may retry it freely
+  and snapshots may arrive twice or out of order.
+* :func:`store_output` / :func:`load_output` / :func:`offload_output` (plain functions,
+  for use *inside* activities such as ``execute_step``): an output bigger than
+  ``large_output_bytes`` (default 256 KiB) is kept in the store's ``blobs`` table and only
+  an :class:`store.snapshot.OutputRef` goes back to the workflow. They are not activities
+  on purpose: an activity's input and result are recorded in history, which is what a
+  large output must stay out of.
+
+The engine comes from settings (``DATABASE_URL``); the schema is migrated on first use in
+the process (:func:`store.db.ensure_migrated`, safe with several processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+
+from store import repository
+from store.db import ensure_migrated, get_engine, session_scope
+from store.snapshot import (
+    PREVIEW_CHARS,
+    RECORD_SNAPSHOT,
+    OutputRef,
+    PlanSnapshot,
+    RecordResult,
+    as_output_ref,
+)
+
+__all__ = [
+    "RECORD_SNAPSHOT",
+    "large_output_bytes",
+    "load_output",
+    "offload_output",
+    "record_snapshot",
+    "resolve_refs",
+    "store_engine",
+    "store_output",
+    "write_snapshot",
+]
+DEFAULT_LARGE_OUTPUT_BYTES = 256 * 1024
+
+
+def store_engine() -> Engine:
+    """The store's engine (``DATABASE_URL``), migrated to the newest schema."""
+    return ensure_migrated(get_engine())
+
+
+def large_output_bytes() -> int:
+    """Outputs whose JSON is bigger than this go to the store (``large_output_bytes`` in
+    settings, ``PLANSMITH_LARGE_OUTPUT_BYTES``; default 256 KiB)."""
+    from plansmith.settings import get_settings
+
+    value = getattr(get_settings(), "large_output_bytes", None)
+    return int(value) if value else DEFAULT_LARGE_OUTPUT_BYTES
+
+
+# --- snapshots ------------------------------------------------------------------------
+
+
+def write_snapshot(snapshot: PlanSnapshot, engine: Engine | None = None) -> RecordResult:
+    """Write one snapshot in its own transaction (blocking)."""
+    with session_scope(engine or store_engine(), write=True) as session:
+        return repository.record_snapshot(session, snapshot)
+
+
+@activity.defn(name=RECORD_SNAPSHOT)
+async def record_snapshot(snapshot: PlanSnapshot) -> RecordResult:
+    """Write a plan run's snapshot to the store (idempotent; retry freely)."""
+    if snapshot.logs_lost or snapshot.audit_lost:
+        activity.logger.warning(
+            "plan %s run %s: %d log and %d audit entries left the workflow's bounded lists "
+            "before they were sent to the store (snapshots are too far apart)",
+            snapshot.plan_id,
+            snapshot.run_id,
+            snapshot.logs_lost,
+            snapshot.audit_lost,
+        )
+    return await asyncio.to_thread(write_snapshot, snapshot)
+
+
+# --- large outputs --------------------------------------------------------------------
+
+
+def _encode(output: Any) -> bytes:
+    return json.dumps(output, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def store_output(
+    plan_id: str,
+    run_id: str | None,
+    step_id: str,
+    output: Any,
+    engine: Engine | None = None,
+) -> OutputRef:
+    """Keep ``output`` (as JSON) in the store and return the reference to it (blocking).
+
+    The key is ``out/<plan>/<run>/<step>/<sha256>``: the same output stored again (a
+    retried attempt) lands on the same row.
+    """
+    data = _encode(output)
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"out/{plan_id}/{run_id or '-'}/{step_id}/{digest}"
+    with session_scope(engine or store_engine(), write=True) as session:
+        blob = repository.put_blob(session, data, key=key)
+    text = data[: PREVIEW_CHARS * 4].decode(errors="ignore")[:PREVIEW_CHARS]
+    return OutputRef(
+        output_ref=blob.key,
+        size=blob.size,
+        sha256=blob.sha256,
+        preview=text + (f"... [truncated, {len(data)} bytes]" if len(data) > len(text) else ""),
+    )
+
+
+def load_output(ref: OutputRef | dict[str, Any], engine: Engine | None = None) -> Any:
+    """The output an :class:`OutputRef` (or its dict) stands for (blocking)."""
+    found = as_output_ref(ref)
+    if found is None:
+        raise ValueError("not an output reference")
+    with session_scope(engine or store_engine()) as session:
+        data = repository.get_blob(session, found.output_ref)
+    if data is None:
+        raise LookupError(f"output {found.output_ref!r} is not in the store")
+    return json.loads(data)
+
+
+def offload_output(
+    plan_id: str,
+    run_id: str | None,
+    step_id: str,
+    output: Any,
+    limit: int | None = None,
+    engine: Engine | None = None,
+) -> Any:
+    """``output`` itself when its JSON is at most ``limit`` bytes (default
+    :func:`large_output_bytes`), else the dict of an :class:`OutputRef` to it (blocking).
+
+    Call it on a step's output before returning it from the activity."""
+    limit = large_output_bytes() if limit is None else limit
+    if output is None or len(_encode(output)) <= limit:
+        return output
+    return store_output(plan_id, run_id, step_id, output, engine).model_dump()
+
+
+def resolve_refs(value: Any, engine: Engine | None = None) -> Any:
+    """``value`` with every output reference in it (at any depth) replaced by the output:
+    for an activity whose params were rendered from an offloaded output (blocking)."""
+    if as_output_ref(value) is not None:
+        return load_output(value, engine)
+    if isinstance(value, dict):
+        return {k: resolve_refs(v, engine) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_refs(v, engine) for v in value]
+    return value

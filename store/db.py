@@ -1,0 +1,154 @@
+"""Engine, sessions and migrations for the store.
+
+``DATABASE_URL`` picks the database: SQLite by default (``sqlite:///plansmith.db``),
+PostgreSQL with ``postgresql://...`` (driven by psycopg 3). SQLite connections get WAL,
+foreign keys and a busy timeout; write sessions take SQLite's write lock up front
+(``BEGIN IMMEDIATE``) so concurrent writers queue instead of failing.
+
+The schema belongs to Alembic (``store/migrations``): :func:`migrate` upgrades a database
+to the newest revision, serialised between processes (an advisory lock on PostgreSQL, the
+write lock on SQLite), so every worker and API process may call it at start.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+SQLITE_BUSY_TIMEOUT_S = 30.0
+MIGRATION_LOCK_ID = 0x706C616E736D6974  # "plansmit": pg_advisory_xact_lock key
+_BEGIN = "plansmith_sqlite_begin"
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` use psycopg 3 (the driver installed)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A new engine for ``url``, set up for this store (see the module docstring)."""
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        kwargs.setdefault("pool_pre_ping", True)
+        return sa.create_engine(url, **kwargs)
+    connect_args = kwargs.pop("connect_args", {})
+    connect_args.setdefault("check_same_thread", False)
+    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+    engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(_BEGIN, "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _database_url() -> str:
+    from plansmith.settings import get_settings
+
+    return get_settings().database_url
+
+
+@lru_cache(maxsize=8)
+def _cached_engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: ``DATABASE_URL`` from settings)."""
+    return _cached_engine(normalize_url(url or _database_url()))
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine, whose transactions take SQLite's write lock when they begin."""
+    return engine.execution_options(**{_BEGIN: "IMMEDIATE"})
+
+
+@contextmanager
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """A session that commits when the block ends without error and rolls back otherwise."""
+    with Session(writer(engine) if write else engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+# --- migrations -----------------------------------------------------------------------
+
+
+def alembic_config() -> Any:
+    """An Alembic ``Config`` for the store's migrations, independent of the working dir."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    return cfg
+
+
+def lock_for_migration(connection: Connection) -> None:
+    """Serialise migrations between processes (called by ``env.py`` in its transaction)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
+
+
+def migrate(target: str | Engine | None = None, revision: str = "head") -> None:
+    """Upgrade the database (a URL, an engine, or ``DATABASE_URL``) to ``revision``."""
+    from alembic import command
+
+    engine = target if isinstance(target, Engine) else get_engine(target)
+    cfg = alembic_config()
+    with writer(engine).connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+
+
+def current_revision(target: str | Engine | None = None) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = target if isinstance(target, Engine) else get_engine(target)
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def ensure_migrated(engine: Engine) -> Engine:
+    """Migrate ``engine``'s database once per process; returns the engine."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key not in _migrated:
+        with _migrate_lock:
+            if key not in _migrated:
+                migrate(engine)
+                _migrated.add(key)
+    return engine

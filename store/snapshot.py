@@ -1,0 +1,320 @@
+"""What a workflow sends to the store: a :class:`PlanSnapshot` of one plan run.
+
+Pure and deterministic (pydantic and ``plans/`` only, no I/O, no clock): the workflow
+builds snapshots in workflow code and hands them to the ``record_snapshot`` activity
+(:mod:`activities.persist`), which writes them with idempotent upserts.
+
+A snapshot carries the run's state as of one moment, ordered by ``seq`` (the store never
+lets a lower ``seq`` overwrite a higher one), plus the log and audit entries that are new
+since the previous snapshot, each with its absolute sequence number in the run. Resending
+a snapshot, or sending an older one late, is harmless.
+
+To keep workflow history small, a snapshot can leave out what did not change: the plan
+document (sent when the version changes) and steps whose state did not change.
+:class:`SnapshotCursor` does that bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from plans.engine import (
+    AuditEntry,
+    LogEntry,
+    PlanRun,
+    PlanVersion,
+    StepRun,
+    WaitingFor,
+    derive_status,
+    progress,
+    waits,
+)
+from plans.models import Plan, PlanStatus
+
+RECORD_SNAPSHOT = "record_snapshot"  # the activity's name (activities.persist)
+OUTPUT_REF_KEY = "output_ref"
+PREVIEW_CHARS = 500  # keeps a reference well under the status preview bound
+
+
+class OutputRef(BaseModel):
+    """Stands in for a large step output kept in the store's ``blobs`` table.
+
+    This (as a plain dict) is what a step's ``output`` holds in the workflow's state and
+    history; :func:`activities.persist.load_output` turns it back into the output.
+    """
+
+    output_ref: str = Field(description="the blob's key")
+    size: int = Field(description="bytes of the output's JSON")
+    sha256: str
+    preview: str = Field(default="", description="the start of the output's JSON")
+
+
+def as_output_ref(value: Any) -> OutputRef | None:
+    """The :class:`OutputRef` that ``value`` is (as a model or its dict), else None."""
+    if isinstance(value, OutputRef):
+        return value
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get(OUTPUT_REF_KEY), str)
+        and set(value) <= set(OutputRef.model_fields)
+    ):
+        try:
+            return OutputRef.model_validate(value)
+        except ValueError:
+            return None
+    return None
+
+
+class PlanSnapshot(BaseModel):
+    """The state of one plan run, for the store (input of the ``record_snapshot`` activity).
+
+    ``run_id`` names the logical run (first execution run id of a continue-as-new chain);
+    ``seq`` orders the snapshots of one run. ``logs`` holds entries ``logs_start``,
+    ``logs_start + 1``, ... of the run's log (absolute, 0-based); ``audit`` likewise.
+    """
+
+    plan_id: str
+    run_id: str
+    workflow_id: str
+    execution_run_id: str | None = Field(
+        default=None, description="Temporal run id of the execution that sent it"
+    )
+    seq: int = Field(ge=0)
+    at: datetime = Field(description="when the snapshot was taken (workflow time)")
+    status: PlanStatus
+    outcome: str | None = None
+    version: int
+    digest: str
+    title: str = ""
+    agent_id: str | None = None
+    plan: Plan | None = Field(
+        default=None, description="the current document; None = unchanged, not sent again"
+    )
+    versions: list[PlanVersion] = Field(default_factory=list)
+    steps: list[StepRun] = Field(
+        default_factory=list, description="steps whose state is sent (all or the changed ones)"
+    )
+    progress: float = 0.0
+    waiting: list[WaitingFor] = Field(default_factory=list)
+    approved_by: str | None = None
+    approval_note: str | None = None
+    stopping: str | None = None
+    paused_by: str | None = None
+    paused_reason: str | None = None
+    feedback: list[str] = Field(default_factory=list)
+    resumed_by: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    logs_start: int = Field(default=0, ge=0)
+    logs: list[LogEntry] = Field(default_factory=list)
+    logs_total: int = Field(default=0, ge=0)
+    logs_lost: int = Field(
+        default=0, ge=0, description="entries dropped from the workflow's bounded list unsent"
+    )
+    audit_start: int = Field(default=0, ge=0)
+    audit: list[AuditEntry] = Field(default_factory=list)
+    audit_total: int = Field(default=0, ge=0)
+    audit_lost: int = Field(default=0, ge=0)
+
+    def numbered_logs(self) -> Iterator[tuple[int, LogEntry]]:
+        return enumerate(self.logs, start=self.logs_start)
+
+    def numbered_audit(self) -> Iterator[tuple[int, AuditEntry]]:
+        return enumerate(self.audit, start=self.audit_start)
+
+
+class RecordResult(BaseModel):
+    """What writing one snapshot changed (the ``record_snapshot`` activity's result)."""
+
+    plan_id: str
+    run_id: str
+    seq: int
+    applied: bool = Field(
+        description="the run's state was written (False: the store had a newer snapshot)"
+    )
+    steps: int = 0  # step rows written
+    versions: int = 0  # version rows inserted or completed with their document
+    logs: int = 0  # log entries inserted (not there yet)
+    audit: int = 0
+
+
+def _window(total: int, kept: int, sent_from: int) -> tuple[int, int, int]:
+    """(absolute seq of the first entry to send, index into the kept list, entries lost).
+
+    ``total`` entries were ever appended, the last ``kept`` of them are still held.
+    """
+    total = max(total, kept)  # a state from before the counter existed holds them all
+    first_kept = total - kept
+    start = max(sent_from, first_kept)
+    return start, start - first_kept, max(0, first_kept - sent_from)
+
+
+def _latest_time(run: PlanRun) -> datetime:
+    times = [run.created_at, run.started_at, run.finished_at]
+    times += [run.logs[-1].at if run.logs else None, run.audit[-1].at if run.audit else None]
+    times += [v.at for v in run.versions[-1:]]
+    known = [t for t in times if t is not None]
+    if not known:
+        raise ValueError("the run has no timestamp yet: pass at=")
+    return max(known)
+
+
+def snapshot_of(
+    run: PlanRun,
+    run_id: str,
+    logs_from: int,
+    audit_from: int,
+    *,
+    seq: int,
+    at: datetime | None = None,
+    workflow_id: str | None = None,
+    execution_run_id: str | None = None,
+    resumed_by: str | None = None,
+    steps: Collection[str] | None = None,
+    include_plan: bool = True,
+) -> PlanSnapshot:
+    """Build the snapshot of ``run`` (pure).
+
+    Args:
+        run: the engine's state.
+        run_id: the logical run id (``workflow.info().first_execution_run_id``).
+        logs_from: absolute number of the first log entry not sent yet (0 at first).
+        audit_from: the same for audit entries.
+        seq: this snapshot's number in the run; must grow from one snapshot to the next
+            (across continue-as-new too).
+        at: when it is taken (``workflow.now()``); default: the latest time in the run.
+        workflow_id: default ``plan-<plan id>``.
+        execution_run_id: ``workflow.info().run_id``, for the record.
+        resumed_by: who resumed the plan from failure, when this run is such a resume.
+        steps: ids of the steps to include; None = all of them.
+        include_plan: send the current plan document (needed when its version changed).
+
+    The run counts every log and audit entry it ever appended in ``run.logs_total`` and
+    ``run.audit_total`` (the lists themselves are bounded); without those counters the
+    lists are taken to hold every entry since the start.
+    """
+    if run.plan.id is None:
+        raise ValueError("the plan has no id")
+    logs_total = max(int(getattr(run, "logs_total", 0) or 0), len(run.logs))
+    audit_total = max(int(getattr(run, "audit_total", 0) or 0), len(run.audit))
+    log_start, log_index, logs_lost = _window(logs_total, len(run.logs), logs_from)
+    audit_start, audit_index, audit_lost = _window(audit_total, len(run.audit), audit_from)
+    wanted = None if steps is None else set(steps)
+    created = run.created_at or _latest_time(run)
+    return PlanSnapshot(
+        plan_id=run.plan.id,
+        run_id=run_id,
+        workflow_id=workflow_id or run.plan.workflow_id,
+        execution_run_id=execution_run_id,
+        seq=seq,
+        at=at or _latest_time(run),
+        status=derive_status(run),
+        outcome=run.outcome,
+        version=run.version,
+        digest=run.plan.digest(),
+        title=run.plan.title,
+        agent_id=run.plan.agent_id,
+        plan=run.plan if include_plan else None,
+        versions=list(run.versions),
+        steps=[s for sid, s in run.steps.items() if wanted is None or sid in wanted],
+        progress=progress(run),
+        waiting=waits(run),
+        approved_by=run.approval.by if run.approval else None,
+        approval_note=run.approval_policy or None,
+        stopping=run.stopping,
+        paused_by=run.pause.by if run.pause else None,
+        paused_reason=run.pause.reason if run.pause else None,
+        feedback=list(run.feedback),
+        resumed_by=resumed_by,
+        created_at=created,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        logs_start=log_start,
+        logs=run.logs[log_index:],
+        logs_total=logs_total,
+        logs_lost=logs_lost,
+        audit_start=audit_start,
+        audit=run.audit[audit_index:],
+        audit_total=audit_total,
+        audit_lost=audit_lost,
+    )
+
+
+def _step_fingerprint(s: StepRun) -> tuple[Any, ...]:
+    # Every field but the output, which only changes together with status/completed_at.
+    return (*(v for k, v in s.__dict__.items() if k != "output"), s.output is None)
+
+
+def _head_fingerprint(snap: PlanSnapshot) -> str:
+    return json.dumps(
+        snap.model_dump(
+            mode="json", exclude={"seq", "at", "plan", "steps", "logs", "audit", "execution_run_id"}
+        ),
+        sort_keys=True,
+    )
+
+
+class SnapshotCursor(BaseModel):
+    """What the workflow has sent to the store so far, to send only what is new.
+
+    Keep one per run in state that continue-as-new carries (e.g. on ``PlanInput``): its
+    fields must survive it, since ``seq`` must keep growing. What it remembers of step
+    states is private and not carried: the first snapshot after continue-as-new simply
+    sends every step again, which the store takes in its stride.
+
+    Deterministic: on replay the same calls give the same snapshots.
+    """
+
+    seq: int = 0  # the last seq sent (0: none yet)
+    logs: int = 0  # absolute number of the next log entry to send
+    audit: int = 0
+    version: int = 0  # plan version whose document was last sent (0: none)
+
+    _steps: dict[str, tuple[Any, ...]] = PrivateAttr(default_factory=dict)
+    _head: str | None = PrivateAttr(default=None)
+
+    def take(
+        self,
+        run: PlanRun,
+        run_id: str,
+        *,
+        at: datetime,
+        workflow_id: str | None = None,
+        execution_run_id: str | None = None,
+        resumed_by: str | None = None,
+        force: bool = False,
+    ) -> PlanSnapshot | None:
+        """The next snapshot, or None when nothing changed since the last one (unless
+        ``force``). Advances the cursor: the caller must send what it gets."""
+        prints = {sid: _step_fingerprint(s) for sid, s in run.steps.items()}
+        changed = [sid for sid, fp in prints.items() if self._steps.get(sid) != fp]
+        snap = snapshot_of(
+            run,
+            run_id,
+            self.logs,
+            self.audit,
+            seq=self.seq + 1,
+            at=at,
+            workflow_id=workflow_id,
+            execution_run_id=execution_run_id,
+            resumed_by=resumed_by,
+            steps=changed,
+            include_plan=run.version != self.version,
+        )
+        head = _head_fingerprint(snap)
+        new = bool(changed or snap.logs or snap.audit or snap.plan is not None)
+        if not (new or force or head != self._head):
+            return None
+        self.seq = snap.seq
+        self.logs = snap.logs_start + len(snap.logs)
+        self.audit = snap.audit_start + len(snap.audit)
+        self.version = run.version
+        self._steps = prints
+        self._head = head
+        return snap
