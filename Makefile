@@ -35,7 +35,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy plans api
+	$(BIN)/mypy plans api store
 
 format: install
 	$(BIN)/ruff check --fix .

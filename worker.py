@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.persist import record_snapshot
 from activities.steps import execute_step
 from plansmith.settings import Settings, get_settings
 from plansmith.temporal import connect
@@ -23,7 +24,7 @@ from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanWorkflow
 
 log = logging.getLogger("plansmith.worker")
 
-ACTIVITIES: Sequence = (execute_step,)
+ACTIVITIES: Sequence = (execute_step, record_snapshot)
 WORKFLOWS: Sequence = (PlanWorkflow,)
 
 

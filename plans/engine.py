@@ -193,6 +193,8 @@ class PlanRun(BaseModel):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    logs_total: int = 0  # entries ever appended to `logs` (the list keeps the newest)
+    audit_total: int = 0  # likewise for `audit`: absolute numbers for the store
     approval_required: bool = False
     approval_policy: str = ""  # why the plan did or did not wait for a person
 
@@ -258,6 +260,7 @@ def log(
     run: PlanRun, now: datetime, message: str, level: str = "info", step_id: str | None = None
 ) -> None:
     run.logs.append(LogEntry(at=now, level=level, message=message, step_id=step_id))  # type: ignore[arg-type]
+    run.logs_total = max(run.logs_total, len(run.logs) - 1) + 1
     if len(run.logs) > MAX_LOG_ENTRIES:
         del run.logs[: len(run.logs) - MAX_LOG_ENTRIES]
 
@@ -272,6 +275,7 @@ def audit(
     step_id: str | None = None,
     via: Literal["signal", "update", "system"] = "system",
 ) -> None:
+    run.audit_total = max(run.audit_total, len(run.audit)) + 1
     run.audit.append(
         AuditEntry(
             at=now,

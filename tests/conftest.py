@@ -4,6 +4,8 @@ worker on a fresh task queue per test."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,6 +20,13 @@ import tests.tools_for_tests  # noqa: F401  registers the test tools
 from plansmith.temporal import temporal_cli_path, test_server_path
 from worker import build_worker
 from workflows.plan_workflow import SEARCH_ATTRIBUTES
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Workers in the tests record plans in a store of their own, never in ./plansmith.db
+    (subprocesses the tests start inherit it)."""
+    store_dir = tempfile.mkdtemp(prefix="plansmith-tests-")
+    os.environ["DATABASE_URL"] = f"sqlite:///{store_dir}/store.db"
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -26,7 +26,6 @@ from temporalio.testing import ActivityEnvironment
 from activities import persist
 from plans.engine import (
     MAX_LOG_ENTRIES,
-    PlanRun,
     StepRun,
     advance,
     apply_control,
@@ -230,19 +229,12 @@ def test_sqlite_connections_use_wal_and_foreign_keys(tmp_path: Any) -> None:
 # --- snapshots (pure) -----------------------------------------------------------------
 
 
-class CountingRun(PlanRun):
-    """PlanRun with the counters the workflow keeps (total entries ever appended)."""
-
-    logs_total: int = 0
-    audit_total: int = 0
-
-
 def test_snapshot_numbers_entries_absolutely_when_the_list_was_trimmed() -> None:
     d = Driver([{"id": "a", "tool": "noop"}])
-    run = CountingRun.model_validate(d.run.model_dump())
+    run = d.run.model_copy(update={"logs": [], "logs_total": 0})
     for i in range(MAX_LOG_ENTRIES + 20):
-        log(run, T0, f"m{i}")
-        run.logs_total += 1
+        log(run, T0, f"m{i}")  # the engine counts every entry ever appended
+    assert run.logs_total == MAX_LOG_ENTRIES + 20
     snap = snapshot_of(run, "r", 0, 0, seq=1, at=T0)
     assert snap.logs_start == 20 and snap.logs_lost == 20
     assert [(n, e.message) for n, e in snap.numbered_logs()][:2] == [(20, "m20"), (21, "m21")]

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         status_view,
         summary_line,
     )
+    from store.snapshot import RECORD_SNAPSHOT, RecordResult, SnapshotCursor
 
 WORKFLOW_NAME = "PlanWorkflow"
 DEFAULT_TASK_QUEUE = "plans"
@@ -85,6 +86,12 @@ class PlanInput(BaseModel):
     feedback: list[str] = Field(
         default_factory=list,
         description="feedback people gave an earlier run (resume from failure)",
+    )
+    persist: bool = Field(
+        default=True, description="record every change in the store (record_snapshot activity)"
+    )
+    snapshot_cursor: SnapshotCursor | None = Field(
+        default=None, description="what was already sent to the store (carried by continue-as-new)"
     )
     task_queues: dict[str, str] = Field(
         default_factory=dict,
@@ -176,6 +183,8 @@ class PlanWorkflow:
         self._published: tuple[str, str] | None = None
         self._heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
         self._search_attributes = inp.search_attributes
+        self._cursor = inp.snapshot_cursor or SnapshotCursor()
+        self._persister: asyncio.Task[None] | None = None
 
     # --- main ------------------------------------------------------------------------
 
@@ -189,16 +198,25 @@ class PlanWorkflow:
         except asyncio.CancelledError:
             await self._cancelled_by_temporal()
             await workflow.wait_condition(workflow.all_handlers_finished)
+            await self._flush_store()
             raise
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._continue and run.final_status is None:
             engine.log(run, workflow.now(), "continuing as new to keep the history short")
+            await self._flush_store()
             workflow.continue_as_new(
                 self._input.model_copy(
-                    update={"plan": None, "carried_steps": None, "run": run, "tools": self._catalog}
+                    update={
+                        "plan": None,
+                        "carried_steps": None,
+                        "run": run,
+                        "tools": self._catalog,
+                        "snapshot_cursor": self._cursor,
+                    }
                 )
             )
+        await self._flush_store()
         return self._result()
 
     def _history_is_long(self) -> bool:
@@ -556,6 +574,46 @@ class PlanWorkflow:
                 [PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)]
             )
         workflow.set_current_details(summary_line(run))
+        if self._input.persist and (self._persister is None or self._persister.done()):
+            self._persister = asyncio.create_task(self._send_snapshots())
+
+    async def _send_snapshots(self, force: bool = False) -> None:
+        """Send what changed to the store, one snapshot at a time, until nothing is new.
+
+        The plan never waits for it while it runs; the store's writes are idempotent and
+        ordered, so retries and late deliveries are harmless.
+        """
+        while True:
+            info = workflow.info()
+            snap = self._cursor.take(
+                self._run,
+                info.first_execution_run_id,
+                at=workflow.now(),
+                workflow_id=info.workflow_id,
+                execution_run_id=info.run_id,
+                resumed_by=self._input.resumed_by,
+                force=force,
+            )
+            force = False
+            if snap is None:
+                return
+            await workflow.execute_activity(
+                RECORD_SNAPSHOT,
+                snap,
+                result_type=RecordResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                cancellation_type=workflow.ActivityCancellationType.ABANDON,
+                summary="record in the store",
+            )
+
+    async def _flush_store(self) -> None:
+        """Before the run ends or continues as new: everything is in the store."""
+        if not self._input.persist:
+            return
+        if self._persister is not None and not self._persister.done():
+            await asyncio.gather(self._persister, return_exceptions=True)
+        await self._send_snapshots(force=True)
 
     def _result(self) -> PlanResult:
         run = self._run

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -479,6 +480,10 @@ async def run_one(client: Client, tq: str, name: str, out: Path) -> Path:
 
 
 async def main(names: list[str], out: Path) -> None:
+    # the worker records the runs in a throwaway store, not in ./plansmith.db
+    os.environ["DATABASE_URL"] = (
+        f"sqlite:///{tempfile.mkdtemp(prefix='plansmith-histories-')}/store.db"
+    )
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli_path(),
         data_converter=pydantic_data_converter,
