@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run up test test-fast lint format bench clean
+.PHONY: install sandbox-deps run up test test-fast lint format bench clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
@@ -18,7 +18,15 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	$(UV) sync --locked --python $(PY)
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed sandbox-deps
+
+# The code sandbox runs generated code under bubblewrap (Debian's package); without it
+# python steps are refused with a clear message.
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
+	  else echo "warning: bubblewrap (bwrap) is missing: python steps will be refused" >&2; fi; }
 
 run: install
 	$(BIN)/plansmith demo

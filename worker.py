@@ -17,7 +17,9 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.persist import record_snapshot
+from activities.sandbox import SandboxUnavailable, isolation, run_code
 from activities.steps import execute_step
+from plansmith.sandbox_settings import get_sandbox_settings
 from plansmith.settings import Settings, get_settings
 from plansmith.temporal import connect
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanWorkflow
@@ -26,6 +28,7 @@ log = logging.getLogger("plansmith.worker")
 
 ACTIVITIES: Sequence = (execute_step, record_snapshot)
 WORKFLOWS: Sequence = (PlanWorkflow,)
+SANDBOX_ACTIVITIES: Sequence = (run_code,)
 
 
 def build_worker(client: Client, task_queue: str, max_concurrent_activities: int = 100) -> Worker:
@@ -65,13 +68,44 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         )
 
 
+def build_sandbox_worker(client: Client, task_queue: str | None = None) -> Worker:
+    """The code sandbox's pool: only ``run_code``, on its own queue (``sandbox``)."""
+    sandbox = get_sandbox_settings()
+    return Worker(
+        client,
+        task_queue=task_queue or sandbox.task_queue,
+        activities=list(SANDBOX_ACTIVITIES),
+        max_concurrent_activities=sandbox.max_concurrent_runs,
+        max_heartbeat_throttle_interval=timedelta(seconds=1),
+        default_heartbeat_throttle_interval=timedelta(seconds=1),
+    )
+
+
+def check_sandbox() -> None:
+    """Say at start whether generated code can run here (steps are refused clearly if not)."""
+    try:
+        iso = isolation()
+    except SandboxUnavailable as e:
+        log.error("code sandbox unavailable, python steps will be refused: %s", e)
+    else:
+        log.info("code sandbox: %s; python %s", iso.description, iso.python_version)
+
+
 async def run_worker(settings: Settings | None = None, queue: str | None = None) -> None:
+    """Poll ``queue``; with no queue named, both the plans queue and the sandbox queue."""
     s = settings or get_settings()
+    sandbox_queue = get_sandbox_settings().task_queue
     client = await connect(s)
-    await ensure_search_attributes(client, s.temporal_namespace)
-    worker = build_worker(client, queue or s.task_queue)
-    log.info("worker polling task queue %s at %s", queue or s.task_queue, s.temporal_address)
-    await worker.run()
+    workers = []
+    if queue != sandbox_queue:
+        await ensure_search_attributes(client, s.temporal_namespace)
+        workers.append(build_worker(client, queue or s.task_queue))
+        log.info("worker polling task queue %s at %s", queue or s.task_queue, s.temporal_address)
+    if queue is None or queue == sandbox_queue:
+        await asyncio.to_thread(check_sandbox)
+        workers.append(build_sandbox_worker(client, sandbox_queue))
+        log.info("sandbox worker polling task queue %s", sandbox_queue)
+    await asyncio.gather(*(w.run() for w in workers))
 
 
 if __name__ == "__main__":

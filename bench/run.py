@@ -30,6 +30,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -43,6 +44,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.persist import record_snapshot
 from activities.steps import StepTask, execute_step
 from activities.tools import catalog
 from bench.baseline import Baseline, BaselineInput, BaselineResult
@@ -173,7 +175,10 @@ async def run_plansmith(client: Client, queue: str, sc: Scenario) -> tuple[float
     validate_or_raise(plan, catalog())
     t0 = time.perf_counter()
     handle = await client.start_workflow(
-        PlanWorkflow.run, PlanInput(plan=plan), id=plan.workflow_id, task_queue=queue
+        PlanWorkflow.run,
+        PlanInput(plan=plan, persist=STORE[0]),
+        id=plan.workflow_id,
+        task_queue=queue,
     )
     try:
         result: PlanResult = await handle.result()
@@ -228,7 +233,10 @@ async def run_long(client: Client, queue: str, n: int) -> str:
     print(f"  long plan: {n} steps in {width} parallel chains…", flush=True)
     t0 = time.perf_counter()
     handle = await client.start_workflow(
-        PlanWorkflow.run, PlanInput(plan=plan), id=plan.workflow_id, task_queue=queue
+        PlanWorkflow.run,
+        PlanInput(plan=plan, persist=STORE[0]),
+        id=plan.workflow_id,
+        task_queue=queue,
     )
     result: PlanResult = await handle.result()
     elapsed = time.perf_counter() - t0
@@ -364,6 +372,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--wait", type=float, help="seconds per diamond step (default 1, quick 0.25)")
     ap.add_argument("--pause", type=float, help="idle seconds before each measured run (default 1)")
     ap.add_argument(
+        "--store",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record every plan change in the store, as deployed (default); --no-store leaves it out",
+    )
+    ap.add_argument(
         "--long",
         type=int,
         help="steps of the long plan run once to check history stays bounded via continue-as-new "
@@ -389,8 +403,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+STORE = [True]  # record plans in the store (as deployed); --no-store measures without
+
+
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    STORE[0] = args.store
+    # plans are recorded in a throwaway SQLite store, never in ./plansmith.db
+    os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='plansmith-bench-')}/store.db"
     scenarios = [
         chain(args.chain),
         fan_out(args.fanout),
@@ -423,7 +443,7 @@ async def main(argv: list[str] | None = None) -> int:
             env.client,
             task_queue=queue,
             workflows=[PlanWorkflow, Baseline],
-            activities=[execute_step],
+            activities=[execute_step, record_snapshot],
             max_concurrent_activities=max(100, args.fanout),
         )
         async with worker:

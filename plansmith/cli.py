@@ -345,14 +345,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    queues = [args.queue] if args.queue else [settings.task_queue]
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_workers(settings, queues, run_worker))
+        asyncio.run(run_worker(settings, args.queue))
     return EXIT_OK
-
-
-async def _run_workers(settings: Settings, queues: list[str], run_worker: Any) -> None:
-    await asyncio.gather(*(run_worker(settings, q) for q in queues))
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -511,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--db-filename", help="SQLite file for Temporal's state (default .plansmith/temporal.db)"
     )
     s = sub.add_parser("worker", help="run a worker")
-    s.add_argument("--queue", help="task queue (default PLANSMITH_TASK_QUEUE, 'plans')")
+    s.add_argument(
+        "--queue",
+        help="the plans queue (PLANSMITH_TASK_QUEUE, 'plans') or the sandbox queue "
+        "(PLANSMITH_SANDBOX_QUEUE, 'sandbox'); default: both",
+    )
     s = sub.add_parser("api", help="run the REST API")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)

@@ -407,7 +407,12 @@ class PlanWorkflow:
                     if _worker_lost(e) and once:
                         error += " (the step is not idempotent, so it is not run again: check its effect)"
                     engine.record_failure(run, sid, error, used, workflow.now())
+                    self._audit_sandbox(sid, spec, _sandbox_record(e))
                     return
+                output = outcome.output
+                self._audit_sandbox(
+                    sid, spec, output.get("sandbox") if isinstance(output, dict) else None
+                )
                 engine.record_success(
                     run, sid, outcome.output, used + outcome.attempt, workflow.now()
                 )
@@ -417,6 +422,19 @@ class PlanWorkflow:
         finally:
             self._handles.pop(sid, None)
             self._finish_task(sid)
+
+    def _audit_sandbox(self, sid: str, spec: ToolSpec | None, record: Any) -> None:
+        """Every run of generated code lands in the audit trail: code hash, limits, outcome."""
+        if spec and spec.activity == "run_code" and isinstance(record, dict):
+            engine.audit(
+                self._run,
+                workflow.now(),
+                "sandbox",
+                "run_code",
+                record.get("outcome") != "refused",
+                str(record.get("summary", ""))[:1000],
+                step_id=sid,
+            )
 
     def _queue_for(self, spec: ToolSpec | None) -> str | None:
         """The real task queue for a tool's dedicated pool (None: the plan's own queue)."""
@@ -636,6 +654,13 @@ def _error_text(e: ActivityError) -> str:
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
     return str(e)
+
+
+def _sandbox_record(e: ActivityError) -> Any:
+    cause = e.cause
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+        return cause.details[0].get("sandbox")
+    return None
 
 
 def _worker_lost(e: ActivityError) -> bool:
