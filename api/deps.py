@@ -1,0 +1,145 @@
+"""Dependencies of the routes, as ``Annotated`` aliases (``TemporalDep``, ``ActorDep``…).
+
+Everything a route needs lives on ``app.state.services`` (an :class:`ApiServices`), made
+by :func:`api.app.create_app`; tests build the app with their own Temporal client and
+settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
+from temporalio.client import Client
+
+from api.auth import ApiKeys, Principal, bearer_scheme, header_scheme
+from api.config import ApiConfig
+from api.drafts import DraftStore
+from api.errors import invalid, unauthorized
+from api.gateway import Gateway, TemporalProvider
+from api.logs import actor_var, plan_id_var, step_id_var
+from api.sse import EventHub
+from plans.models import ID_PATTERN
+from plans.validation import Problem
+from plansmith.settings import Settings
+
+
+@dataclass
+class ApiServices:
+    settings: Settings
+    config: ApiConfig
+    keys: ApiKeys
+    temporal: TemporalProvider
+    drafts: DraftStore
+    hub: EventHub
+
+
+def get_services(request: Request) -> ApiServices:
+    services: ApiServices = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[ApiServices, Depends(get_services)]
+
+
+async def get_temporal(services: ServicesDep) -> Client:
+    """The process's Temporal client (503 when Temporal cannot be reached)."""
+    return await services.temporal.get()
+
+
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+def get_gateway(services: ServicesDep) -> Gateway:
+    return Gateway(services.temporal)
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_drafts(services: ServicesDep) -> DraftStore:
+    return services.drafts
+
+
+DraftsDep = Annotated[DraftStore, Depends(get_drafts)]
+
+
+def get_hub(services: ServicesDep) -> EventHub:
+    return services.hub
+
+
+HubDep = Annotated[EventHub, Depends(get_hub)]
+
+
+async def get_principal(
+    services: ServicesDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    header_key: Annotated[str | None, Security(header_scheme)],
+) -> Principal:
+    """Who calls: the owner of a valid key, or nobody in particular without keys.
+
+    Used by every router under ``/api``: with keys configured a missing or unknown key
+    is a 401 before anything else happens.
+    """
+    if not services.keys.enabled:
+        return Principal()
+    key = (bearer.credentials if bearer else None) or header_key
+    if not key:
+        raise unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key")
+    owner = services.keys.owner_of(key)
+    if owner is None:
+        raise unauthorized("unknown API key")
+    actor_var.set(owner)
+    return Principal(owner=owner)
+
+
+# Who acts: the API key's owner (or nobody in particular without keys); a route turns it
+# into the recorded ``by`` with ``actor.actor(body.by)``.
+ActorDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not know is an error, not silently ignored
+    (``?levle=error`` must not answer every log line)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed: frozenset[str] | None = getattr(route, "_plansmith_query_names", None)
+    if allowed is None:
+        allowed = frozenset(_query_names(dependant))
+        route._plansmith_query_names = allowed  # type: ignore[union-attr]
+    unknown = [k for k in request.query_params if k not in allowed]
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise invalid(
+            f"unknown query parameter(s): {', '.join(map(repr, unknown))}; known: {known}",
+            [Problem(location=f"query.{k}", message="unknown query parameter") for k in unknown],
+        )
+
+
+async def _plan_id(
+    plan_id: Annotated[str, Path(pattern=ID_PATTERN, examples=["release-2-4"])],
+) -> str:
+    plan_id_var.set(plan_id)
+    return plan_id
+
+
+async def _step_id(
+    step_id: Annotated[str, Path(pattern=ID_PATTERN, examples=["deploy-prod"])],
+) -> str:
+    step_id_var.set(step_id)
+    return step_id
+
+
+PlanIdDep = Annotated[str, Depends(_plan_id)]
+StepIdDep = Annotated[str, Depends(_step_id)]

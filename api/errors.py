@@ -1,0 +1,171 @@
+"""One error shape for every non-2xx answer, and the handlers that produce it.
+
+``{"detail": "...", "code": "...", "problems": [{"location", "message"}]}``: ``detail``
+is for people, ``code`` for programs, ``problems`` lists every located reason of a 422
+(the same ``location: message`` pairs ``plansmith validate`` prints).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from plans.validation import Problem
+
+log = logging.getLogger("plansmith.api")
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what went wrong, for a person")
+    code: str = Field(description="what went wrong, for a program", examples=["not_found"])
+    problems: list[Problem] = Field(
+        default_factory=list, description="every located problem (422 only)"
+    )
+
+
+class ApiError(Exception):
+    """An answer other than 2xx; the exception handler turns it into :class:`ErrorBody`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        problems: Sequence[Problem] = (),
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.problems = list(problems)
+        self.headers = dict(headers or {})
+
+
+def not_found(detail: str) -> ApiError:
+    return ApiError(404, "not_found", detail)
+
+
+def conflict(detail: str, code: str = "conflict") -> ApiError:
+    return ApiError(409, code, detail)
+
+
+def invalid(detail: str, problems: Sequence[Problem], code: str = "invalid") -> ApiError:
+    return ApiError(422, code, detail, problems)
+
+
+def unavailable(detail: str) -> ApiError:
+    return ApiError(503, "unavailable", detail, headers={"Retry-After": "5"})
+
+
+def bad_gateway(detail: str) -> ApiError:
+    return ApiError(502, "temporal_error", detail)
+
+
+def unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, "forbidden", detail)
+
+
+def not_implemented(detail: str) -> ApiError:
+    return ApiError(501, "not_implemented", detail)
+
+
+def _body(status: int, code: str, detail: str, problems: Sequence[Problem] = ()) -> dict[str, Any]:
+    return ErrorBody(detail=detail, code=code, problems=list(problems)).model_dump(mode="json")
+
+
+def _location(loc: Sequence[Any]) -> str:
+    """``("body", "steps", 0, "id")`` -> ``steps[0].id``; query/path/header keep their part."""
+    parts = list(loc)
+    prefix = ""
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    elif parts and parts[0] in ("query", "path", "header", "cookie"):
+        prefix = f"{parts[0]}."
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return prefix + out if out else (prefix.rstrip(".") or "body")
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def problems_from_errors(errors: Sequence[Mapping[str, Any]]) -> list[Problem]:
+    return [Problem(location=_location(e.get("loc", ())), message=_message(e)) for e in errors]
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            _body(exc.status, exc.code, exc.detail, exc.problems),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = problems_from_errors(exc.errors())
+        detail = f"request is invalid ({len(problems)} problem(s)): " + "; ".join(
+            map(str, problems[:5])
+        )
+        return JSONResponse(_body(422, "invalid", detail, problems), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not JSON (not even UTF-8): invalid input
+            problems = [Problem(location="body", message=str(exc.detail))]
+            return JSONResponse(
+                _body(422, "invalid", f"request is invalid: {exc.detail}", problems),
+                status_code=422,
+            )
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            _body(exc.status_code, code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            _body(500, "internal_error", f"internal error: {type(exc).__name__}"),
+            status_code=500,
+        )
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer."""
+    text = {
+        401: "missing or unknown API key (only when PLANSMITH_API_KEYS is set)",
+        403: "the body's `by` names someone else than the API key's owner",
+        404: "no such plan",
+        409: "refused: the transition is not allowed now (the reason says why), or the plan "
+        "is in the wrong state for this route",
+        422: "invalid request: every problem, located",
+        501: "not implemented yet",
+        502: "Temporal answered with an unexpected error",
+        503: "Temporal is unreachable, or no worker answered in time",
+    }
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}

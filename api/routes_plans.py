@@ -1,0 +1,646 @@
+"""``/api/plans``: create, list, read, execute, watch and steer plans (DESIGN.md §5).
+
+Controls are sent to the workflow as *updates*, so the caller learns at once whether one
+was accepted: a refused transition is a 409 with the workflow's reason, a malformed
+argument a 422.
+
+A plan created with ``POST /api/plans`` is a *draft* until ``POST .../execute`` starts its
+workflow; drafts are kept by :mod:`api.drafts` (in memory for now). Reads of a draft
+(status, execution-state, logs, audit, versions) answer from the document itself, as a
+fresh run would; controls and events need the workflow and answer 409 for a draft.
+"""
+
+# No ``from __future__ import annotations`` here: the control routes are built in a
+# loop, and FastAPI must see their body models as real objects in the annotations.
+
+import asyncio
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from temporalio.client import WorkflowExecutionStatus
+
+from activities.tools import catalog
+from api.controls import (
+    PLAN_BODIES,
+    PLAN_ROUTES,
+    STEP_BODIES,
+    STEP_ROUTES,
+    SUMMARIES,
+    ByBody,
+    body_is_optional,
+    payload,
+)
+from api.deps import (
+    ActorDep,
+    DraftsDep,
+    GatewayDep,
+    HubDep,
+    PlanIdDep,
+    StepIdDep,
+    get_principal,
+    reject_unknown_query,
+)
+from api.drafts import Draft, DraftExists, DraftsFull, DraftStore
+from api.errors import (
+    conflict,
+    invalid,
+    not_found,
+    not_implemented,
+    responses,
+    unavailable,
+)
+from api.gateway import Gateway, ended_status, plan_id_of, plan_status_of, waiting_for_of
+from api.schemas import (
+    ExecuteResponse,
+    GenerateRequest,
+    LogLine,
+    PlanCreated,
+    PlanDetail,
+    PlanList,
+    PlanSummary,
+    ResumeResponse,
+)
+from api.sse import EventsDoc
+from plans import engine
+from plans.controls import ControlResult
+from plans.engine import AuditEntry, LogEntry, PlanRun, PlanVersion
+from plans.models import ID_PATTERN, Plan, PlanStatus, workflow_id_for
+from plans.validation import validate_plan
+from plans.views import (
+    ExecutionState,
+    LogsQuery,
+    StatusView,
+    audit_view,
+    execution_state,
+    logs_view,
+    plan_view,
+    status_view,
+)
+
+router = APIRouter(
+    prefix="/plans",
+    tags=["plans"],
+    dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
+)
+controls = APIRouter(
+    prefix="/plans",
+    tags=["controls"],
+    dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
+)
+
+READ = responses(401, 404, 422, 502, 503)
+CONTROL = responses(401, 403, 404, 409, 422, 502, 503)
+
+PLAN_EXAMPLE = {
+    "id": "release-2-4",
+    "title": "Release 2.4 to production",
+    "inputs": {"version": "2.4.0"},
+    "options": {"require_approval": True, "on_error": "stop"},
+    "steps": [
+        {
+            "id": "build",
+            "tool": "wait",
+            "params": {"seconds": 1, "result": {"artifact": "app-{{ inputs.version }}.tar.gz"}},
+        },
+        {
+            "id": "deploy-prod",
+            "tool": "wait",
+            "depends_on": ["build"],
+            "requires_approval": True,
+            "params": {"seconds": 1},
+        },
+    ],
+}
+
+
+def _examples(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's examples as OpenAPI ``examples`` of a request body."""
+    extra = model.model_config.get("json_schema_extra")
+    found = extra.get("examples") if isinstance(extra, dict) else None
+    values = found if isinstance(found, list) and found else [{}]
+    return {f"example{i + 1}": {"value": v} for i, v in enumerate(values)}
+
+
+def _new_plan_id(plan: Plan) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", plan.title.lower()).strip("-")[:40].strip("-")
+    return f"{slug or 'plan'}-{uuid.uuid4().hex[:8]}"
+
+
+async def _draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
+    """A draft's state as a fresh run would have it (status ``draft``, nothing ran)."""
+    draft = await drafts.get(plan_id)
+    if draft is None:
+        return None
+    run = engine.new_run(draft.plan, draft.created_at)
+    run.versions[0].by = draft.plan.agent_id or draft.created_by
+    return run
+
+
+async def _refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
+    if await drafts.get(plan_id) is not None:
+        raise conflict(
+            f"{what} refused: plan {plan_id} is a draft that was not executed yet; "
+            f"POST /api/plans/{plan_id}/execute first",
+            code="not_executed",
+        )
+
+
+# --- create, list, read --------------------------------------------------------------
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=PlanCreated,
+    summary="Create a plan (a draft until executed)",
+    description="The body is a plan document (DESIGN.md §2, docs/plan-document.md). It is "
+    "validated fully: shape first, then the whole document (ids, dependencies, cycles, "
+    "tools, tool parameters, expressions and templates); a 422 lists every problem with its "
+    "location. Without an `id` one is made from the title. Posting the very same document "
+    "again answers 200 with the stored one; a different document under a taken id is a 409. "
+    "The draft is kept in the API's memory until executed (a durable store will replace it).",
+    responses={
+        200: {"model": PlanCreated, "description": "the same document was already stored"},
+        **responses(401, 409, 422, 502, 503),
+    },
+)
+async def create_plan(
+    document: Annotated[
+        Plan,
+        Body(
+            openapi_examples={
+                "release": {"summary": "two steps, the second behind a gate", "value": PLAN_EXAMPLE}
+            }
+        ),
+    ],
+    actor: ActorDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    response: Response,
+) -> PlanCreated:
+    plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
+    problems = validate_plan(plan, catalog())
+    if problems:
+        raise invalid(f"plan is invalid ({len(problems)} problem(s))", problems)
+    assert plan.id is not None
+    desc = await gateway.describe(plan.id)
+    if desc is not None:
+        raise conflict(
+            f"plan id {plan.id} is taken by a plan that was executed "
+            f"(workflow {workflow_id_for(plan.id)}); choose another id",
+            code="id_taken",
+        )
+    try:
+        draft, created = await drafts.add(
+            Draft(plan=plan, created_at=datetime.now(UTC), created_by=actor.actor(None))
+        )
+    except DraftExists:
+        raise conflict(
+            f"another document already has plan id {plan.id}; choose another id",
+            code="id_taken",
+        ) from None
+    except DraftsFull as e:
+        raise unavailable(f"cannot keep more drafts: {e}; execute some first") from None
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/api/plans/{plan.id}"
+    return PlanCreated(
+        plan_id=plan.id,
+        workflow_id=workflow_id_for(plan.id),
+        status=PlanStatus.DRAFT,
+        version=1,
+        digest=draft.plan.digest(),
+        created=created,
+        plan=draft.plan,
+    )
+
+
+@router.get(
+    "",
+    response_model=PlanList,
+    summary="List plans",
+    description="Executed plans from Temporal's visibility store (`WorkflowType='PlanWorkflow'`, "
+    "with the `PlanStatus` and `WaitingFor` search attributes), newest first, and the drafts "
+    "of this API process. Visibility is eventually consistent: a plan started a moment ago "
+    "may be missing for a second.",
+    responses=responses(401, 422, 502, 503),
+)
+async def list_plans(
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    status: Annotated[PlanStatus | None, Query(description="only plans in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many plans")] = 100,
+) -> PlanList:
+    items: list[PlanSummary] = []
+    if status in (None, PlanStatus.DRAFT):
+        for d in (await drafts.list())[:limit]:
+            assert d.plan.id is not None
+            items.append(
+                PlanSummary(
+                    plan_id=d.plan.id,
+                    workflow_id=workflow_id_for(d.plan.id),
+                    executed=False,
+                    status=PlanStatus.DRAFT,
+                    created_at=d.created_at,
+                )
+            )
+    remaining = limit - len(items)
+    if remaining > 0:
+        for w in await gateway.list_plans(status, remaining):
+            items.append(
+                PlanSummary(
+                    plan_id=plan_id_of(w.id),
+                    workflow_id=w.id,
+                    executed=True,
+                    status=plan_status_of(w),
+                    waiting_for=waiting_for_of(w),
+                    temporal_status=w.status.name.lower() if w.status is not None else None,
+                    run_id=w.run_id,
+                    created_at=w.start_time,
+                    closed_at=w.close_time,
+                )
+            )
+    return PlanList(plans=items, count=len(items))
+
+
+@router.get(
+    "/{plan_id}",
+    response_model=PlanDetail,
+    summary="A plan's current document and status",
+    responses=READ,
+)
+async def get_plan(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -> PlanDetail:
+    draft = await drafts.get(plan_id)
+    if draft is not None:
+        return PlanDetail(
+            plan_id=plan_id,
+            workflow_id=workflow_id_for(plan_id),
+            executed=False,
+            status=PlanStatus.DRAFT,
+            version=1,
+            digest=draft.plan.digest(),
+            plan=draft.plan,
+        )
+    view, status = await asyncio.gather(
+        gateway.plan(plan_id),
+        gateway.status(plan_id),
+    )
+    return PlanDetail(
+        plan_id=plan_id,
+        workflow_id=workflow_id_for(plan_id),
+        executed=True,
+        status=status.status,
+        version=view.version,
+        digest=view.digest,
+        plan=view.plan,
+    )
+
+
+@router.post(
+    "/generate",
+    response_model=Plan,
+    summary="Generate a plan with the LLM planner (not implemented yet: 501)",
+    description="The LLM planner (task, context, constraints → a validated plan document) is "
+    "another issue. Until it lands this route answers **501 Not Implemented**; write the "
+    "plan document yourself and POST it to /api/plans.",
+    responses={**responses(401, 422, 501)},
+)
+async def generate_plan(request: GenerateRequest) -> Plan:
+    raise not_implemented(
+        "the LLM planner is not implemented yet; write the plan document and POST it to "
+        "/api/plans (see docs/plan-document.md)"
+    )
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+@router.post(
+    "/{plan_id}/execute",
+    status_code=202,
+    response_model=ExecuteResponse,
+    summary="Start a created plan as its workflow (idempotent)",
+    description="Starts workflow `plan-<plan_id>` on the API's task queue. Idempotent on the "
+    "plan id: executing a plan that is already running answers 202 with `started: false` "
+    "and starts nothing. A plan whose workflow already ended is a 409 (resume it with "
+    "resume-from-failure).",
+    responses=responses(401, 404, 409, 422, 502, 503),
+)
+async def execute_plan(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep
+) -> ExecuteResponse:
+    draft = await drafts.get(plan_id)
+    if draft is not None:
+        handle, started = await gateway.start(draft.plan)
+        await drafts.remove(plan_id)
+    else:
+        desc = await gateway.describe(plan_id)
+        if desc is None:
+            raise not_found(f"no plan {plan_id!r}")
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise conflict(
+                f"plan {plan_id} already ran and ended {ended_status(desc)}; resume it with "
+                f"POST /api/plans/{plan_id}/resume-from-failure",
+                code="already_ran",
+            )
+        handle, started = await gateway.handle(plan_id), False
+    return ExecuteResponse(
+        plan_id=plan_id,
+        workflow_id=handle.id,
+        run_id=handle.result_run_id or handle.run_id,
+        started=started,
+        detail=(
+            f"started workflow {handle.id} on task queue {gateway.settings.task_queue}"
+            if started
+            else f"plan {plan_id} is already running; nothing new was started"
+        ),
+        status_url=f"/api/plans/{plan_id}/status",
+        events_url=f"/api/plans/{plan_id}/events",
+    )
+
+
+@router.post(
+    "/{plan_id}/resume-from-failure",
+    status_code=202,
+    response_model=ResumeResponse,
+    summary="Run a failed, partial or cancelled plan again, keeping its completed steps",
+    description="A new run of the same workflow id carries the completed steps over (they are "
+    "never run again); failed, skipped and pending steps run. The new run goes through plan "
+    "approval again as the plan's options say. Refused (409) for a running plan or one that "
+    "ended completed or rejected.",
+    responses=CONTROL,
+)
+async def resume_plan_from_failure(
+    plan_id: PlanIdDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    actor: ActorDep,
+    body: Annotated[ByBody | None, Body(openapi_examples=_examples(ByBody))] = None,
+) -> ResumeResponse:
+    by = actor.actor(body.by if body else None)
+    await _refuse_draft(drafts, plan_id, "resume-from-failure")
+    handle, carried = await gateway.resume(plan_id, by)
+    return ResumeResponse(
+        plan_id=plan_id,
+        workflow_id=handle.id,
+        run_id=handle.result_run_id or handle.run_id,
+        carried_steps=carried,
+        detail=f"resumed by {by}: a new run of {handle.id}, {carried} completed step(s) carried",
+    )
+
+
+# --- queries -------------------------------------------------------------------------
+
+
+@router.get(
+    "/{plan_id}/status",
+    response_model=StatusView,
+    summary="The status query: plan status, progress, what it waits for, every step",
+    responses=READ,
+)
+async def get_status(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -> StatusView:
+    run = await _draft_run(drafts, plan_id)
+    if run is not None:
+        return status_view(run)
+    return await gateway.status(plan_id)
+
+
+@router.get(
+    "/{plan_id}/execution-state",
+    response_model=ExecutionState,
+    summary="The execution_state query (seed 001's shape: state, step_id, question, paused_at)",
+    responses=READ,
+)
+async def get_execution_state(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep
+) -> ExecutionState:
+    run = await _draft_run(drafts, plan_id)
+    if run is not None:
+        return execution_state(run)
+    return await gateway.execution_state(plan_id)
+
+
+@router.get(
+    "/{plan_id}/logs",
+    response_model=list[LogLine],
+    summary="The plan's log (newest 500 entries are kept)",
+    description="`level` keeps entries of that level and above (debug < info < warning < "
+    "error); `limit` keeps the newest ones; `step_id` keeps one step's entries.",
+    responses=READ,
+)
+async def get_logs(
+    plan_id: PlanIdDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    level: Annotated[Literal["debug", "info", "warning", "error"] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+    step_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+) -> list[LogLine]:
+    query = LogsQuery(level=level, limit=limit, step_id=step_id)
+    run = await _draft_run(drafts, plan_id)
+    entries: list[LogEntry]
+    if run is not None:
+        entries = logs_view(run, query)
+    else:
+        entries = await gateway.logs(plan_id, query)
+    return [LogLine(at=e.at, level=e.level, message=e.message, step_id=e.step_id) for e in entries]
+
+
+@router.get(
+    "/{plan_id}/audit",
+    response_model=list[AuditEntry],
+    summary="The audit trail: every control, accepted or refused, with who, when and what",
+    responses=READ,
+)
+async def get_audit(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -> list[AuditEntry]:
+    run = await _draft_run(drafts, plan_id)
+    if run is not None:
+        return audit_view(run)
+    return await gateway.audit(plan_id)
+
+
+@router.get(
+    "/{plan_id}/versions",
+    response_model=list[PlanVersion],
+    summary="The plan's versions: who changed which step, field by field",
+    responses=READ,
+)
+async def get_versions(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep
+) -> list[PlanVersion]:
+    run = await _draft_run(drafts, plan_id)
+    view = plan_view(run) if run is not None else await gateway.plan(plan_id)
+    return [PlanVersion.model_validate(v) for v in view.versions]
+
+
+@router.get(
+    "/{plan_id}/events",
+    response_class=StreamingResponse,
+    response_model=None,
+    summary="Server-sent events: every plan and step change until the plan ends",
+    description="`text/event-stream` with events `plan`, `step`, `end` and `error`; the data "
+    "of each is a JSON object (schema `EventsDoc` under `x-event`). A new watcher first gets a "
+    "snapshot (a `plan` event and a `step` event per step), then every change the server "
+    "sees (it polls the status query every 0.25 s, so a client never polls). Ids are "
+    "`<feed>:<n>`, n growing by one; reconnect with `Last-Event-ID` to get exactly the events "
+    "after it (or a fresh snapshot if they are gone). The stream ends after `end` (the plan "
+    "reached a final status) or `error`; reconnecting after `end` answers 204. Close the "
+    "EventSource on `end`. With API keys, send the key in a header (a browser EventSource "
+    "cannot: use a fetch-based client).",
+    responses={
+        200: {
+            "description": "the event stream",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'retry: 2000\n\nid: 3fa2c1d0:4\nevent: step\ndata: {"plan_id":'
+                    '"release-2-4","step_id":"build","status":"completed","attempts":1,...}\n\n',
+                    "x-event": EventsDoc.model_json_schema(),
+                }
+            },
+        },
+        204: {"description": "the watcher already saw the `end` event: nothing more will come"},
+        **responses(401, 404, 409, 422, 502, 503),
+    },
+)
+async def get_events(
+    plan_id: PlanIdDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    hub: HubDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=200, description="resume after this event"),
+    ] = None,
+) -> Response:
+    await _refuse_draft(drafts, plan_id, "events")
+
+    async def fetch() -> StatusView:
+        return await gateway.status(plan_id)
+
+    feed = await hub.open(plan_id, fetch)
+    if feed.finished_for(last_event_id):
+        return Response(status_code=204)
+    return StreamingResponse(
+        feed.stream(last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# --- controls ------------------------------------------------------------------------
+
+
+async def _send(
+    gateway: Gateway,
+    drafts: DraftStore,
+    plan_id: str,
+    control: str,
+    body: BaseModel | None,
+    by: str,
+    step_id: str | None = None,
+) -> ControlResult:
+    await _refuse_draft(drafts, plan_id, control)
+    return await gateway.update(plan_id, control, payload(body, by, step_id))
+
+
+def _by(body: BaseModel | None) -> str | None:
+    value = getattr(body, "by", None) if body is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _plan_control(control: str, model: type[BaseModel]) -> Any:
+    if body_is_optional(model):
+
+        async def optional_body(
+            plan_id: PlanIdDep,
+            gateway: GatewayDep,
+            drafts: DraftsDep,
+            actor: ActorDep,
+            body: Annotated[model | None, Body(openapi_examples=_examples(model))] = None,  # type: ignore[valid-type]
+        ) -> ControlResult:
+            return await _send(gateway, drafts, plan_id, control, body, actor.actor(_by(body)))
+
+        return optional_body
+
+    async def required_body(
+        plan_id: PlanIdDep,
+        gateway: GatewayDep,
+        drafts: DraftsDep,
+        actor: ActorDep,
+        body: Annotated[model, Body(openapi_examples=_examples(model))],  # type: ignore[valid-type]
+    ) -> ControlResult:
+        return await _send(gateway, drafts, plan_id, control, body, actor.actor(_by(body)))
+
+    return required_body
+
+
+def _step_control(control: str, model: type[BaseModel]) -> Any:
+    if body_is_optional(model):
+
+        async def optional_body(
+            plan_id: PlanIdDep,
+            step_id: StepIdDep,
+            gateway: GatewayDep,
+            drafts: DraftsDep,
+            actor: ActorDep,
+            body: Annotated[model | None, Body(openapi_examples=_examples(model))] = None,  # type: ignore[valid-type]
+        ) -> ControlResult:
+            by = actor.actor(_by(body))
+            return await _send(gateway, drafts, plan_id, control, body, by, step_id)
+
+        return optional_body
+
+    async def required_body(
+        plan_id: PlanIdDep,
+        step_id: StepIdDep,
+        gateway: GatewayDep,
+        drafts: DraftsDep,
+        actor: ActorDep,
+        body: Annotated[model, Body(openapi_examples=_examples(model))],  # type: ignore[valid-type]
+    ) -> ControlResult:
+        by = actor.actor(_by(body))
+        return await _send(gateway, drafts, plan_id, control, body, by, step_id)
+
+    return required_body
+
+
+_CONTROL_DESCRIPTION = (
+    "Sent to the workflow as the `{control}` update (DESIGN.md §4), so the answer says at "
+    "once whether it was accepted. 409: the transition is not allowed now (the workflow's "
+    "reason; the refusal is also in the audit trail) or the plan is a draft. 422: the "
+    "argument is malformed. The recorded `by` is the API key's owner (or the body's `by`, "
+    "`api` by default, without keys)."
+)
+
+for _verb, _control in PLAN_ROUTES.items():
+    controls.add_api_route(
+        f"/{{plan_id}}/{_verb}",
+        _plan_control(_control, PLAN_BODIES[_control]),
+        methods=["POST"],
+        response_model=ControlResult,
+        name=_control,
+        operation_id=_control,
+        summary=SUMMARIES[_control],
+        description=_CONTROL_DESCRIPTION.format(control=_control),
+        responses=CONTROL,
+    )
+
+for _verb, _control in STEP_ROUTES.items():
+    controls.add_api_route(
+        f"/{{plan_id}}/steps/{{step_id}}/{_verb}",
+        _step_control(_control, STEP_BODIES[_control]),
+        methods=["POST"],
+        response_model=ControlResult,
+        name=_control,
+        operation_id=_control,
+        summary=SUMMARIES[_control],
+        description=_CONTROL_DESCRIPTION.format(control=_control),
+        responses=CONTROL,
+    )
+
+__all__ = ["controls", "router"]

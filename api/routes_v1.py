@@ -1,0 +1,210 @@
+"""``/api/v1/execute``: seed 003's execution API on top of ``PlanWorkflow``.
+
+The request's ``definition`` is translated into a plan by :mod:`plans.seed003` (pure
+code; the mapping of every node type is documented there) and run by the same workflow
+as any plan, under plan id :func:`plans.seed003.plan_id_for_execution` (the execution
+id when it is a valid plan id), so ``/api/plans/{plan_id}/...`` works for it too.
+Statuses are told in seed 003's words (pending, running, paused, completed, failed,
+stopped); ``stop`` is Plansmith's ``cancel``.
+"""
+
+import asyncio
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, Path, Query
+from pydantic import BaseModel, Field
+
+from activities.tools import catalog
+from api.controls import ByBody
+from api.deps import ActorDep, GatewayDep, get_principal, reject_unknown_query
+from api.errors import invalid, responses
+from api.logs import plan_id_var
+from plans.controls import CONTROL_MODELS, ControlResult
+from plans.models import PlanStatus, workflow_id_for
+from plans.seed003 import (
+    ExecutionCreate,
+    ExecutionStatus,
+    SeedStatus,
+    execution_status,
+    node_id_of,
+    plan_id_for_execution,
+    seed_status,
+    translate,
+    validate_translation,
+)
+from plans.validation import PlanInvalid
+from plans.views import LogsQuery
+
+router = APIRouter(
+    prefix="/v1/execute",
+    tags=["seed 003 execution API"],
+    dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
+)
+
+
+class ExecutionLog(BaseModel):
+    timestamp: str = Field(description="ISO 8601, UTC")
+    level: Literal["debug", "info", "warning", "error"]
+    message: str
+    node_id: str | None = None
+
+
+class ExecutionLogs(BaseModel):
+    execution_id: str
+    logs: list[ExecutionLog]
+    count: int
+
+
+class ExecutionControl(BaseModel):
+    execution_id: str
+    action: Literal["stop", "pause", "resume"]
+    status: SeedStatus
+    message: str
+
+
+async def _execution_id(
+    execution_id: Annotated[
+        str, Path(min_length=1, max_length=200, pattern=r"^[^/]+$", examples=["exec-001"])
+    ],
+) -> str:
+    plan_id_var.set(plan_id_for_execution(execution_id))
+    return execution_id
+
+
+ExecutionIdDep = Annotated[str, Depends(_execution_id)]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ExecutionStatus,
+    summary="Start an execution of a seed 003 workflow definition",
+    description="Translates `definition` into a plan (see `plans/seed003.py` for the mapping "
+    "of input, llm, condition, transform and output nodes), validates it fully (422 with "
+    "every problem, located in the request) and starts it at once. Idempotent on "
+    "`execution_id`: an execution already running is answered with its status and nothing "
+    "new starts; one that already ended is a 409. `llm` nodes are translated into `llm` "
+    "steps, which fail at run time until the LLM layer lands.",
+    responses=responses(401, 409, 422, 502, 503),
+)
+async def execute(
+    request: ExecutionCreate, gateway: GatewayDep, actor: ActorDep
+) -> ExecutionStatus:
+    plan_id_var.set(plan_id_for_execution(request.execution_id))
+    try:
+        tr = translate(request)
+    except PlanInvalid as e:
+        raise invalid(f"definition is invalid ({len(e.problems)} problem(s))", e.problems) from None
+    problems = validate_translation(tr, catalog())
+    if problems:
+        raise invalid(f"definition is invalid ({len(problems)} problem(s))", problems)
+    assert tr.plan.id is not None
+    _, started = await gateway.start(tr.plan)
+    if started:
+        return ExecutionStatus(
+            execution_id=request.execution_id,
+            status="pending",
+            progress=0.0,
+            message=f"started as workflow {workflow_id_for(tr.plan.id)}",
+        )
+    view = await gateway.status(tr.plan.id)
+    return execution_status(request.execution_id, view)
+
+
+@router.get(
+    "/{execution_id}/status",
+    response_model=ExecutionStatus,
+    summary="An execution's status in seed 003's words",
+    responses=responses(401, 404, 422, 502, 503),
+)
+async def get_status(execution_id: ExecutionIdDep, gateway: GatewayDep) -> ExecutionStatus:
+    view = await gateway.status(plan_id_for_execution(execution_id))
+    return execution_status(execution_id, view)
+
+
+@router.get(
+    "/{execution_id}/logs",
+    response_model=ExecutionLogs,
+    summary="An execution's logs",
+    description="`level` keeps that level and above (debug < info < warning < error); "
+    "`limit` keeps the newest entries.",
+    responses=responses(401, 404, 422, 502, 503),
+)
+async def get_logs(
+    execution_id: ExecutionIdDep,
+    gateway: GatewayDep,
+    level: Annotated[Literal["debug", "info", "warning", "error"] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+) -> ExecutionLogs:
+    plan_id = plan_id_for_execution(execution_id)
+    entries, view = await asyncio.gather(
+        gateway.logs(plan_id, LogsQuery(level=level, limit=limit)),
+        gateway.status(plan_id),
+    )
+    descriptions = {s.id: s.description for s in view.steps}
+    logs = [
+        ExecutionLog(
+            timestamp=e.at.isoformat(),
+            level=e.level,
+            message=e.message,
+            node_id=node_id_of(e.step_id, descriptions.get(e.step_id, "")) if e.step_id else None,
+        )
+        for e in entries
+    ]
+    return ExecutionLogs(execution_id=execution_id, logs=logs, count=len(logs))
+
+
+_CONTROLS: dict[str, tuple[str, str | None]] = {
+    # seed 003 action -> (Plansmith control, reason)
+    "stop": ("cancel", "stopped through the seed 003 execution API"),
+    "pause": ("pause", "paused through the seed 003 execution API"),
+    "resume": ("resume", None),
+}
+assert {control for control, _ in _CONTROLS.values()} <= set(CONTROL_MODELS)
+
+
+def _control_route(action: Literal["stop", "pause", "resume"]) -> None:
+    control, reason = _CONTROLS[action]
+
+    async def endpoint(
+        execution_id: ExecutionIdDep,
+        gateway: GatewayDep,
+        actor: ActorDep,
+        body: Annotated[
+            ByBody | None, Body(openapi_examples={"by": {"value": {"by": "alice"}}})
+        ] = None,
+    ) -> ExecutionControl:
+        by = actor.actor(body.by if body else None)
+        arg: dict[str, str] = {"by": by}
+        if reason:
+            arg["reason"] = reason
+        result: ControlResult = await gateway.update(
+            plan_id_for_execution(execution_id), control, arg
+        )
+        return ExecutionControl(
+            execution_id=execution_id,
+            action=action,
+            status=seed_status(PlanStatus(result.status)),
+            message=result.detail,
+        )
+
+    router.add_api_route(
+        f"/{{execution_id}}/{action}",
+        endpoint,
+        methods=["POST"],
+        response_model=ExecutionControl,
+        name=f"execution_{action}",
+        operation_id=f"execution_{action}",
+        summary={
+            "stop": "Stop an execution (Plansmith's cancel: running steps are cancelled)",
+            "pause": "Pause an execution: no new node starts",
+            "resume": "Resume a paused execution",
+        }[action],
+        description="Sent as an update: 409 with the reason when refused (e.g. pausing an "
+        "execution that is not running, resuming one that is not paused).",
+        responses=responses(401, 403, 404, 409, 422, 502, 503),
+    )
+
+
+for _action in ("stop", "pause", "resume"):
+    _control_route(_action)  # type: ignore[arg-type]

@@ -1,0 +1,380 @@
+"""Server-sent events for a plan: ``GET /api/plans/{plan_id}/events``.
+
+The server watches the plan for its clients: one *feed* per plan and process polls the
+``status`` query every ``PLANSMITH_SSE_POLL_S`` (0.25 s) while someone watches, and
+appends an event to a journal for every change it sees:
+
+- ``plan``  — the plan's status, progress, version, ``waiting_for`` or outcome changed;
+- ``step``  — one step's status, attempts, version or error changed;
+- ``end``   — the plan reached a final status (the same data as ``plan``); the stream ends;
+- ``error`` — the plan could not be read for ``sse_give_up_s`` (30 s); the stream ends.
+
+Every event has an id ``<feed>:<n>`` where ``n`` grows by one per event. A new watcher
+first gets a snapshot (one ``plan`` event and one ``step`` event per step, all with the
+id of the journal's head), then every later event as it happens. A watcher that
+reconnects with ``Last-Event-ID`` (browsers do it by themselves) gets exactly the events
+after that one while the journal still holds them (up to 2,000 events, kept
+``PLANSMITH_SSE_LINGER_S`` after the last watcher left); otherwise — another process, a
+restart, a journal that moved on — a fresh snapshot. Reconnecting after the ``end``
+event answers 204, which tells an ``EventSource`` to stop. A comment line is sent every
+15 s of silence so proxies keep the connection open.
+
+Changes faster than the poll interval are seen as one change (a step that started and
+finished between two polls is reported ``completed`` once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from api.config import ApiConfig
+from api.errors import ApiError
+from plans.engine import WaitingFor
+from plans.models import PlanStatus, StepStatus
+from plans.views import StatusView, StepView
+
+log = logging.getLogger("plansmith.api")
+JOURNAL_SIZE = 2000
+
+Fetch = Callable[[], Awaitable[StatusView]]
+
+
+class PlanEvent(BaseModel):
+    """Data of ``plan`` and ``end`` events."""
+
+    plan_id: str
+    status: PlanStatus
+    progress: float
+    version: int
+    waiting_for: WaitingFor | None = None
+    outcome: str | None = None
+    paused_by: str | None = None
+    observed_at: datetime
+
+
+class StepEvent(BaseModel):
+    """Data of ``step`` events."""
+
+    plan_id: str
+    step_id: str
+    status: StepStatus
+    attempts: int
+    version: int
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    error: str | None = None
+    skip_reason: str | None = None
+    skip_detail: str | None = None
+    output: Any = None
+    observed_at: datetime
+
+
+class ErrorEvent(BaseModel):
+    """Data of ``error`` events."""
+
+    plan_id: str
+    detail: str
+    observed_at: datetime
+
+
+EventKind = Literal["plan", "step", "end", "error"]
+
+
+class EventsDoc(BaseModel):
+    """What one server-sent event carries (documentation of the stream)."""
+
+    id: str = Field(description="`<feed>:<n>`; send it back as Last-Event-ID to resume")
+    event: EventKind
+    data: PlanEvent | StepEvent | ErrorEvent
+
+
+@dataclass
+class Event:
+    seq: int
+    kind: EventKind
+    data: dict[str, Any]
+
+
+def _plan_key(v: StatusView) -> tuple[Any, ...]:
+    w = v.waiting_for.model_dump(mode="json") if v.waiting_for else None
+    return (v.status, v.progress, v.version, json.dumps(w, sort_keys=True), v.outcome, v.paused_by)
+
+
+def _step_key(s: StepView) -> tuple[Any, ...]:
+    return (s.status, s.attempts, s.version, s.error, s.skip_reason, s.started_at, s.completed_at)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def plan_event(v: StatusView) -> dict[str, Any]:
+    return PlanEvent(
+        plan_id=v.plan_id,
+        status=v.status,
+        progress=v.progress,
+        version=v.version,
+        waiting_for=v.waiting_for,
+        outcome=v.outcome,
+        paused_by=v.paused_by,
+        observed_at=_now(),
+    ).model_dump(mode="json")
+
+
+def step_event(plan_id: str, s: StepView) -> dict[str, Any]:
+    return StepEvent(
+        plan_id=plan_id,
+        step_id=s.id,
+        status=s.status,
+        attempts=s.attempts,
+        version=s.version,
+        started_at=s.started_at,
+        completed_at=s.completed_at,
+        error=s.error,
+        skip_reason=s.skip_reason,
+        skip_detail=s.skip_detail,
+        output=s.output,
+        observed_at=_now(),
+    ).model_dump(mode="json")
+
+
+def encode(event_id: str | None, kind: str | None, data: dict[str, Any]) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if kind is not None:
+        lines.append(f"event: {kind}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+class Feed:
+    """One plan's journal of events, fed by one poller while someone watches."""
+
+    def __init__(self, hub: EventHub, plan_id: str, fetch: Fetch, first: StatusView):
+        self.hub, self.plan_id, self.fetch = hub, plan_id, fetch
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        self.journal: deque[Event] = deque(maxlen=JOURNAL_SIZE)
+        self.current = first
+        self.closed = False  # no event will follow (the plan ended, or it cannot be read)
+        self.final: Event | None = None
+        self.subscribers = 0
+        self.idle_since = time.monotonic()
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        if first.status.terminal:
+            self._append("end", plan_event(first))
+            self._close()
+
+    # --- journal -----------------------------------------------------------------
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.epoch}:{seq}"
+
+    def _append(self, kind: EventKind, data: dict[str, Any]) -> Event:
+        self.seq += 1
+        ev = Event(self.seq, kind, data)
+        self.journal.append(ev)
+        if kind in ("end", "error"):
+            self.final = ev
+        return ev
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    def _close(self) -> None:
+        self.closed = True
+
+    def observe(self, view: StatusView) -> int:
+        """Journal every change from the current view to ``view``; returns how many."""
+        before = self.seq
+        old = {s.id: s for s in self.current.steps}
+        for s in view.steps:
+            prev = old.get(s.id)
+            if prev is None or _step_key(prev) != _step_key(s):
+                self._append("step", step_event(view.plan_id, s))
+        if _plan_key(self.current) != _plan_key(view):
+            self._append("plan", plan_event(view))
+        self.current = view
+        if view.status.terminal:
+            self._append("end", plan_event(view))
+            self._close()
+        if self.seq != before:
+            self._notify()
+        return self.seq - before
+
+    def fail(self, detail: str) -> None:
+        self._append(
+            "error",
+            ErrorEvent(plan_id=self.plan_id, detail=detail, observed_at=_now()).model_dump(
+                mode="json"
+            ),
+        )
+        self._close()
+        self._notify()
+
+    # --- the poller --------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.hub.config
+        failing_since: float | None = None
+        try:
+            while True:
+                await asyncio.sleep(
+                    cfg.sse_poll_s if not self.closed else min(cfg.sse_linger_s, 1.0)
+                )
+                if self.subscribers == 0 and time.monotonic() - self.idle_since >= cfg.sse_linger_s:
+                    return
+                if self.closed:
+                    continue
+                try:
+                    view = await self.fetch()
+                except ApiError as e:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if e.status == 404 or now - failing_since >= cfg.sse_give_up_s:
+                        self.fail(e.detail)
+                    continue
+                except Exception as e:  # never let the poller die silently
+                    log.exception("event feed of plan %s: status failed", self.plan_id)
+                    self.fail(f"the plan's status could not be read: {type(e).__name__}")
+                    continue
+                failing_since = None
+                self.observe(view)
+        finally:
+            self.hub.drop(self)
+
+    # --- watchers ----------------------------------------------------------------
+
+    def resume_point(self, last_event_id: str | None) -> int | None:
+        """The sequence number to continue after, or None for a snapshot."""
+        if not last_event_id:
+            return None
+        epoch, _, raw = last_event_id.strip().partition(":")
+        if epoch != self.epoch or not raw.isdigit():
+            return None
+        last = int(raw)
+        oldest = self.journal[0].seq if self.journal else self.seq + 1
+        if last > self.seq or last < oldest - 1:
+            return None
+        return last
+
+    def finished_for(self, last_event_id: str | None) -> bool:
+        """The watcher already saw the final event: nothing more will ever come."""
+        after = self.resume_point(last_event_id)
+        return self.final is not None and after is not None and after >= self.final.seq
+
+    async def stream(self, last_event_id: str | None) -> AsyncIterator[bytes]:
+        cfg = self.hub.config
+        self.subscribers += 1
+        try:
+            yield f"retry: {cfg.sse_retry_ms}\n\n".encode()
+            after = self.resume_point(last_event_id)
+            if after is None:
+                head = self.event_id(self.seq)
+                view = self.current
+                yield encode(head, "plan", plan_event(view))
+                for s in view.steps:
+                    yield encode(head, "step", step_event(view.plan_id, s))
+                after = self.seq
+                if self.final is not None:
+                    yield encode(self.event_id(self.final.seq), self.final.kind, self.final.data)
+                    return
+            while True:
+                pending = [e for e in self.journal if e.seq > after]
+                for ev in pending:
+                    yield encode(self.event_id(ev.seq), ev.kind, ev.data)
+                    after = ev.seq
+                    if ev.kind in ("end", "error"):
+                        return
+                if self.closed and self.final is not None and after >= self.final.seq:
+                    return
+                wake = self._wake
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=cfg.sse_ping_s)
+                except TimeoutError:
+                    yield b": ping\n\n"
+                if self.hub.closing:
+                    return
+        finally:
+            self.hub.release(self)
+
+
+class EventHub:
+    """The feeds of one process, keyed by plan id."""
+
+    def __init__(self, config: ApiConfig):
+        self.config = config
+        self.feeds: dict[str, Feed] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.closing = False
+
+    async def open(self, plan_id: str, fetch: Fetch) -> Feed:
+        """The plan's feed, made (with a first read that may raise ApiError) if needed.
+
+        Opening does not count as watching: :meth:`Feed.stream` does, from its first step
+        to its end, so a response that never starts streaming leaves nothing behind.
+        """
+        lock = self._locks.setdefault(plan_id, asyncio.Lock())
+        async with lock:
+            feed = self.feeds.get(plan_id)
+            if feed is not None and feed.final is not None and feed.final.kind == "error":
+                # It gave up reading the plan: try afresh rather than repeat the old error.
+                self.drop(feed)
+                if feed.task is not None:
+                    feed.task.cancel()
+                feed = None
+            first: StatusView | None = None
+            if feed is not None and feed.closed:
+                # An ended plan may have been resumed (a new run of the same workflow).
+                first = await fetch()
+                if first.status.terminal and first.created_at == feed.current.created_at:
+                    first = None
+                else:
+                    self.drop(feed)
+                    if feed.task is not None:
+                        feed.task.cancel()
+                    feed = None
+            if feed is None:
+                first = first or await fetch()
+                feed = Feed(self, plan_id, fetch, first)
+                self.feeds[plan_id] = feed
+                feed.task = asyncio.create_task(feed.run(), name=f"events:{plan_id}")
+            feed.idle_since = time.monotonic()
+            return feed
+
+    def release(self, feed: Feed) -> None:
+        feed.subscribers = max(0, feed.subscribers - 1)
+        if feed.subscribers == 0:
+            feed.idle_since = time.monotonic()
+
+    def drop(self, feed: Feed) -> None:
+        if self.feeds.get(feed.plan_id) is feed:
+            del self.feeds[feed.plan_id]
+            self._locks.pop(feed.plan_id, None)
+
+    async def close(self) -> None:
+        """Stop every poller and end every stream (at shutdown)."""
+        self.closing = True
+        tasks = [f.task for f in self.feeds.values() if f.task is not None]
+        for f in list(self.feeds.values()):
+            f._notify()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
