@@ -18,10 +18,12 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.persist import offload_output, resolve_refs
 from activities.tools import ToolContext, ToolError, get_tool
 from plans.expressions import ExpressionError, evaluate
 from plans.models import StepKind
 from plans.validation import params_errors
+from store.snapshot import OUTPUT_REF_KEY
 
 EXECUTE_STEP = "execute_step"
 HEARTBEAT_EVERY_S = 2.0
@@ -53,7 +55,15 @@ async def execute_step(task: StepTask) -> StepOutcome:
     info = activity.info()
     beat = asyncio.create_task(_keep_heartbeating())
     try:
+        if _has_ref(task.params):  # an earlier step's large output, kept in the store
+            task = task.model_copy(
+                update={"params": await asyncio.to_thread(resolve_refs, task.params)}
+            )
         output = await _dispatch(task, info.attempt)
+        # a large output goes to the store; the workflow's history keeps a reference
+        output = await asyncio.to_thread(
+            offload_output, task.plan_id, info.workflow_run_id, task.step_id, output
+        )
     except ToolError as e:
         raise _fail(str(e), e.kind, e.retryable) from None
     except ApplicationError:
@@ -67,6 +77,14 @@ async def execute_step(task: StepTask) -> StepOutcome:
         with contextlib.suppress(asyncio.CancelledError):
             await beat
     return StepOutcome(output=output, attempt=info.attempt)
+
+
+def _has_ref(value: Any) -> bool:
+    if isinstance(value, dict):
+        return OUTPUT_REF_KEY in value or any(_has_ref(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_ref(v) for v in value)
+    return False
 
 
 async def _keep_heartbeating() -> None:

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
         validation_alias="PLANSMITH_UI_URL",
         description="where people open the Temporal Web UI (default: the Temporal host, port + 1000)",
     )
+    large_output_bytes: int = Field(
+        default=262144,
+        gt=0,
+        validation_alias="PLANSMITH_LARGE_OUTPUT_BYTES",
+        description="step outputs larger than this (JSON bytes) are kept in the store and "
+        "passed by reference",
+    )
     heartbeat_timeout_s: float = Field(
         default=20.0, gt=0, validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S"
     )

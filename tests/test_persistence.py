@@ -4,7 +4,9 @@ readable from the store after the run, and match what the workflow said."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from activities.tools import ToolContext, tool
 from store.db import get_engine, session_scope
 from store.repository import get_audit, get_logs, get_status, get_steps
 from tests.helpers import make_plan, start, status, wait_for
@@ -14,8 +16,12 @@ async def test_completed_plan_is_in_the_store(client, worker, task_queue):
     plan = make_plan(
         [
             {"id": "a", "tool": "count", "params": {"key": uuid.uuid4().hex, "value": 7}},
-            {"id": "b", "tool": "transform", "params": {"data": "{{ steps.a.output }}", "expression": "value"},
-             "depends_on": ["a"]},
+            {
+                "id": "b",
+                "tool": "transform",
+                "params": {"data": "{{ steps.a.output }}", "expression": "value"},
+                "depends_on": ["a"],
+            },
         ],
         require_approval=True,
     )
@@ -36,3 +42,44 @@ async def test_completed_plan_is_in_the_store(client, worker, task_queue):
     assert steps["b"].output == 7
     assert [e.message for e in logs][-1].startswith("plan ended completed")
     assert [(a.by, a.action, a.accepted) for a in audit] == [("ann", "approve", True)]
+
+
+@tool(
+    name="big_output",
+    description="Return a string of `size` characters (test tool).",
+    params_schema={"properties": {"size": {"type": "integer"}}, "required": ["size"]},
+)
+async def big_output(params: dict[str, Any], ctx: ToolContext) -> Any:
+    return {"blob": "x" * params["size"]}
+
+
+@tool(
+    name="measure",
+    description="Return the length of `data.blob` (test tool).",
+    params_schema={"properties": {"data": {}}, "required": ["data"]},
+)
+async def measure(params: dict[str, Any], ctx: ToolContext) -> Any:
+    return len(params["data"]["blob"])
+
+
+async def test_large_outputs_go_to_the_store_and_travel_by_reference(client, worker, task_queue):
+    # four ~600 KB outputs would be ~2.4 MB in the workflow's result: over Temporal's limit
+    steps = [{"id": f"big{i}", "tool": "big_output", "params": {"size": 600_000}} for i in range(4)]
+    steps.append(
+        {
+            "id": "use",
+            "tool": "measure",
+            "params": {"data": "{{ steps.big0.output }}"},
+            "depends_on": ["big0"],
+        }
+    )
+    plan = make_plan(steps)
+    handle = await start(client, plan, task_queue)
+    res = await handle.result()
+    assert res.status == "completed"
+    st = await status(handle)
+    outputs = {s.id: s.output for s in st.steps}
+    ref = outputs["big0"]
+    assert isinstance(ref, dict) and ref["output_ref"] and ref["size"] > 600_000
+    assert ref["preview"].startswith('{"blob":"xxx')
+    assert outputs["use"] == 600_000, "the next step received the whole output, not the reference"
