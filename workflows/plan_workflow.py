@@ -90,6 +90,12 @@ class PlanInput(BaseModel):
     persist: bool = Field(
         default=True, description="record every change in the store (record_snapshot activity)"
     )
+    snapshot_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="at most one store snapshot per interval while the plan runs (changes in "
+        "between are batched); the last one is always sent before the run ends",
+    )
     snapshot_cursor: SnapshotCursor | None = Field(
         default=None, description="what was already sent to the store (carried by continue-as-new)"
     )
@@ -185,6 +191,8 @@ class PlanWorkflow:
         self._search_attributes = inp.search_attributes
         self._cursor = inp.snapshot_cursor or SnapshotCursor()
         self._persister: asyncio.Task[None] | None = None
+        self._persister_pausing = False
+        self._flushing = False
 
     # --- main ------------------------------------------------------------------------
 
@@ -595,12 +603,15 @@ class PlanWorkflow:
         if self._input.persist and (self._persister is None or self._persister.done()):
             self._persister = asyncio.create_task(self._send_snapshots())
 
-    async def _send_snapshots(self, force: bool = False) -> None:
-        """Send what changed to the store, one snapshot at a time, until nothing is new.
+    async def _send_snapshots(self, flush: bool = False) -> None:
+        """Send what changed to the store until nothing is new.
 
-        The plan never waits for it while it runs; the store's writes are idempotent and
-        ordered, so retries and late deliveries are harmless.
+        While the plan runs, at most one snapshot per ``snapshot_interval_s`` (changes in
+        between travel together); with ``flush`` (the run is ending) at once, and at least
+        one. The plan never waits for the store while it runs; the store's writes are
+        idempotent and ordered, so retries and late deliveries are harmless.
         """
+        force = flush
         while True:
             info = workflow.info()
             snap = self._cursor.take(
@@ -624,14 +635,26 @@ class PlanWorkflow:
                 cancellation_type=workflow.ActivityCancellationType.ABANDON,
                 summary="record in the store",
             )
+            if flush or not self._input.snapshot_interval_s:
+                continue
+            if self._flushing:
+                return  # the run is ending: the flush sends the rest at once
+            self._persister_pausing = True
+            try:
+                await workflow.sleep(self._input.snapshot_interval_s, summary="batch store writes")
+            finally:
+                self._persister_pausing = False
 
     async def _flush_store(self) -> None:
         """Before the run ends or continues as new: everything is in the store."""
         if not self._input.persist:
             return
+        self._flushing = True
         if self._persister is not None and not self._persister.done():
+            if self._persister_pausing:
+                self._persister.cancel()  # only waiting to batch: send the last one now
             await asyncio.gather(self._persister, return_exceptions=True)
-        await self._send_snapshots(force=True)
+        await self._send_snapshots(flush=True)
 
     def _result(self) -> PlanResult:
         run = self._run
