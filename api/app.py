@@ -4,12 +4,15 @@ Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_v1`); ``/h
 and ``/readyz`` are outside it and never need an API key. One Temporal client per
 process, made by the lifespan at start-up (when Temporal is down then, the first request
 that needs it connects, bounded; until then such requests answer 503). Tests build the
-app with their own client and settings: ``create_app(settings=..., client=...)``.
+app with their own client and settings: ``create_app(settings=..., client=...)``. The
+store (``DATABASE_URL``, or ``database_url=``) is migrated by the lifespan at start-up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -20,7 +23,7 @@ from temporalio.client import Client
 from api.auth import ApiKeys
 from api.config import ApiConfig
 from api.deps import ApiServices, ServicesDep
-from api.drafts import DraftStore, MemoryDrafts
+from api.drafts import DraftStore, StoreDrafts
 from api.errors import ApiError, install_handlers
 from api.gateway import Gateway, TemporalProvider
 from api.logs import RequestLogMiddleware, configure_logging
@@ -29,7 +32,11 @@ from api.routes_plans import router as plans_router
 from api.routes_v1 import router as v1_router
 from api.schemas import Health
 from api.sse import EventHub
+from api.store_reads import PlanStore
 from plansmith.settings import Settings, get_settings
+from store.db import get_engine
+
+log = logging.getLogger("plansmith.api")
 
 DESCRIPTION = """\
 Run AI-agent plans durably on Temporal, with people in the loop.
@@ -40,10 +47,17 @@ Run AI-agent plans durably on Temporal, with people in the loop.
   transition answers **409** with the workflow's reason at once.
 * **seed 003 execution API** — run a `{nodes, edges}` workflow definition.
 
+Drafts live in the store (the database); reads of a plan ask its workflow first and fall
+back to the store once Temporal no longer knows it, and `GET /api/plans` lists from the
+store.
+
 Errors share one shape, `{detail, code, problems}`: 404 unknown plan, 409 refused
 transition, 422 invalid input with every located problem, 401 missing or unknown API key
-(when `PLANSMITH_API_KEYS` is set), 503 Temporal unreachable or no worker.
+(when `PLANSMITH_API_KEYS` is set), 503 Temporal or the database unreachable, or no
+worker.
 """
+
+DB_PING_TIMEOUT_S = 2.0
 
 health = APIRouter(tags=["health"])
 
@@ -56,16 +70,34 @@ async def healthz() -> Health:
 @health.get(
     "/readyz",
     response_model=Health,
-    summary="Ready: Temporal is reachable (the database is not checked yet)",
-    responses={503: {"model": Health, "description": "Temporal is unreachable"}},
+    summary="Ready: Temporal and the database are reachable",
+    responses={503: {"model": Health, "description": "Temporal or the database is unreachable"}},
 )
 async def readyz(services: ServicesDep, response: Response) -> Health:
-    try:
-        await Gateway(services.temporal).ping()
-    except ApiError as e:
+    async def temporal() -> str | None:
+        try:
+            await Gateway(services.temporal).ping()
+        except ApiError as e:
+            return e.detail
+        return None
+
+    async def database() -> str | None:
+        try:
+            await services.store.ping(DB_PING_TIMEOUT_S)
+        except TimeoutError:
+            return f"the database did not answer within {DB_PING_TIMEOUT_S:g}s"
+        except Exception as e:
+            return f"the database is unreachable: {type(e).__name__}: {e}"[:500]
+        return None
+
+    t_error, db_error = await asyncio.gather(temporal(), database())
+    if t_error or db_error:
         response.status_code = 503
-        return Health(status="unavailable", temporal=e.detail, database="not checked")
-    return Health(status="ok", temporal="reachable", database="not checked")
+    return Health(
+        status="unavailable" if t_error or db_error else "ok",
+        temporal=t_error or "reachable",
+        database=db_error or "reachable",
+    )
 
 
 def create_app(
@@ -75,22 +107,30 @@ def create_app(
     client: Client | None = None,
     connect: Callable[[Settings], Awaitable[Client]] | None = None,
     drafts: DraftStore | None = None,
+    database_url: str | None = None,
 ) -> FastAPI:
-    """The API, with its Temporal client (given, or connected at start-up)."""
+    """The API, with its Temporal client (given, or connected at start-up) and the store
+    at ``database_url`` (default: ``DATABASE_URL``), migrated at start-up."""
     settings = settings or get_settings()
     config = config or ApiConfig.from_env()
+    engine = get_engine(database_url or settings.database_url)
     services = ApiServices(
         settings=settings,
         config=config,
         keys=ApiKeys.parse(settings.api_keys),
         temporal=TemporalProvider(settings, config, client=client, connect=connect),
-        drafts=drafts if drafts is not None else MemoryDrafts(config.max_drafts),
+        drafts=drafts if drafts is not None else StoreDrafts(engine),
         hub=EventHub(config),
+        store=PlanStore(engine, timeout_s=config.rpc_timeout_s),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(config.json_logs, config.log_level)
+        try:  # a fresh DATABASE_URL works; when the database is down /readyz says so
+            await services.store.migrate()
+        except Exception as e:
+            log.warning("cannot migrate the store: %s: %s", type(e).__name__, e)
         with contextlib.suppress(ApiError):  # /readyz says so; routes retry the connection
             await services.temporal.get()
         try:

@@ -6,7 +6,7 @@ value that does not parse stops the start-up with the variable's name in the mes
 | variable | default | meaning |
 |---|---|---|
 | ``PLANSMITH_CORS_ORIGINS`` | none (no CORS headers) | comma-separated origins allowed to call the API from a browser; ``*`` allows any |
-| ``PLANSMITH_API_TIMEOUT_S`` | ``10`` | longest wait for one Temporal call (query, update, start, list); then 503 |
+| ``PLANSMITH_API_TIMEOUT_S`` | ``10`` | longest wait for one Temporal call (query, update, start) or database read; then 503 |
 | ``PLANSMITH_API_CONNECT_TIMEOUT_S`` | ``5`` | longest wait to connect to Temporal |
 | ``PLANSMITH_SSE_POLL_S`` | ``0.25`` | how often the server reads a watched plan's status for ``/events`` |
 | ``PLANSMITH_SSE_LINGER_S`` | ``60`` | how long a plan's event journal is kept after its last watcher left, so a reconnect resumes exactly |
@@ -46,7 +46,6 @@ class ApiConfig:
     sse_retry_ms: int = 2000
     json_logs: bool = True
     log_level: str = "INFO"
-    max_drafts: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiConfig:

@@ -21,6 +21,7 @@ from api.errors import invalid, unauthorized
 from api.gateway import Gateway, TemporalProvider
 from api.logs import actor_var, plan_id_var, step_id_var
 from api.sse import EventHub
+from api.store_reads import PlanStore
 from plans.models import ID_PATTERN
 from plans.validation import Problem
 from plansmith.settings import Settings
@@ -34,6 +35,7 @@ class ApiServices:
     temporal: TemporalProvider
     drafts: DraftStore
     hub: EventHub
+    store: PlanStore
 
 
 def get_services(request: Request) -> ApiServices:
@@ -71,6 +73,13 @@ def get_hub(services: ServicesDep) -> EventHub:
 
 
 HubDep = Annotated[EventHub, Depends(get_hub)]
+
+
+def get_store(services: ServicesDep) -> PlanStore:
+    return services.store
+
+
+StoreDep = Annotated[PlanStore, Depends(get_store)]
 
 
 async def get_principal(

@@ -1,10 +1,12 @@
-"""Plans created with ``POST /api/plans`` and not executed yet.
+"""Plans created with ``POST /api/plans`` and not executed yet, kept in the store.
 
-For now they live in this process's memory (:class:`MemoryDrafts`): a draft is lost when
-the API restarts, and several API processes do not share drafts. The store being built
-(``store/``) will provide a durable :class:`DraftStore`; the routes only use this
-protocol, so swapping it is one line in ``api/app.py``. Once a draft is executed its
-document lives in its workflow (the ``plan`` query) and the draft is removed.
+A draft is a plan row of status ``draft`` that no run was started for, with its document
+as version 1 (:func:`store.repository.save_plan`); it survives an API restart and every
+API process on the same ``DATABASE_URL`` sees it. Once a draft is executed its workflow
+owns it (the ``plan`` query, and the store through the workflow's snapshots): ``remove``
+marks the row as executed (``last_run_id = ""`` until the run's first snapshot names the
+run), so the routes stop treating it as a draft at once. The routes only use the
+:class:`DraftStore` protocol.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import asyncio
 from datetime import datetime
 from typing import Protocol
 
+import sqlalchemy as sa
 from pydantic import BaseModel
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
-from plans.models import Plan
+from plans.models import Plan, PlanStatus
+from store import repository
+from store.db import ensure_migrated, session_scope
+from store.models import PlanRecord, PlanVersionRecord
+
+# last_run_id of a draft that was executed but whose run has not written a snapshot yet.
+EXECUTED = ""
 
 
 class Draft(BaseModel):
@@ -25,11 +36,7 @@ class Draft(BaseModel):
 
 
 class DraftExists(Exception):
-    """A different document already has this plan id."""
-
-
-class DraftsFull(Exception):
-    """The in-memory store reached its size limit."""
+    """A different document (or an executed plan) already has this plan id."""
 
 
 class DraftStore(Protocol):
@@ -46,32 +53,76 @@ class DraftStore(Protocol):
     async def remove(self, plan_id: str) -> None: ...
 
 
-class MemoryDrafts:
-    """Drafts in a dict, bounded (a full store refuses new drafts rather than drop any)."""
+def _draft(session: Session, plan_id: str) -> Draft | None:
+    record = session.get(PlanRecord, plan_id)
+    if record is None or record.status != PlanStatus.DRAFT.value or record.last_run_id is not None:
+        return None
+    version = session.get(PlanVersionRecord, (plan_id, 1))
+    if version is None or version.document is None:
+        return None
+    return Draft(
+        plan=Plan.model_validate(version.document),
+        created_at=record.created_at,
+        created_by=version.by,
+    )
 
-    def __init__(self, max_drafts: int = 10_000):
-        self._drafts: dict[str, Draft] = {}
-        self._max = max_drafts
-        self._lock = asyncio.Lock()
+
+class StoreDrafts:
+    """Drafts in the store (see the module docstring); each call runs in a thread."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _add(self, draft: Draft) -> tuple[Draft, bool]:
+        plan_id = draft.plan.id or ""
+        ensure_migrated(self.engine)
+        with session_scope(self.engine, write=True) as session:
+            _, created = repository.save_plan(
+                session, draft.plan, at=draft.created_at, by=draft.created_by
+            )
+            if created:
+                return draft, True
+            existing = _draft(session, plan_id)
+        if existing is None or existing.plan.digest() != draft.plan.digest():
+            raise DraftExists(plan_id)
+        return existing, False
+
+    def _get(self, plan_id: str) -> Draft | None:
+        ensure_migrated(self.engine)
+        with session_scope(self.engine) as session:
+            return _draft(session, plan_id)
+
+    def _list(self) -> list[Draft]:
+        ensure_migrated(self.engine)
+        with session_scope(self.engine) as session:
+            rows = session.execute(
+                sa.select(PlanRecord.id)  # type: ignore[call-overload]
+                .where(PlanRecord.status == PlanStatus.DRAFT.value)
+                .where(PlanRecord.last_run_id.is_(None))  # type: ignore[union-attr]
+            ).all()
+            drafts = [d for (pid,) in rows if (d := _draft(session, pid)) is not None]
+        return sorted(drafts, key=lambda d: d.created_at, reverse=True)
+
+    def _remove(self, plan_id: str) -> None:
+        ensure_migrated(self.engine)
+        with session_scope(self.engine, write=True) as session:
+            session.execute(
+                sa.update(PlanRecord)
+                .where(
+                    PlanRecord.id == plan_id,  # type: ignore[arg-type]
+                    PlanRecord.last_run_id.is_(None),  # type: ignore[union-attr]
+                )
+                .values(last_run_id=EXECUTED)
+            )
 
     async def add(self, draft: Draft) -> tuple[Draft, bool]:
-        plan_id = draft.plan.id or ""
-        async with self._lock:
-            existing = self._drafts.get(plan_id)
-            if existing is not None:
-                if existing.plan.digest() == draft.plan.digest():
-                    return existing, False
-                raise DraftExists(plan_id)
-            if len(self._drafts) >= self._max:
-                raise DraftsFull(f"{len(self._drafts)} plans wait to be executed")
-            self._drafts[plan_id] = draft
-            return draft, True
+        return await asyncio.to_thread(self._add, draft)
 
     async def get(self, plan_id: str) -> Draft | None:
-        return self._drafts.get(plan_id)
+        return await asyncio.to_thread(self._get, plan_id)
 
     async def list(self) -> list[Draft]:
-        return sorted(self._drafts.values(), key=lambda d: d.created_at, reverse=True)
+        return await asyncio.to_thread(self._list)
 
     async def remove(self, plan_id: str) -> None:
-        self._drafts.pop(plan_id, None)
+        await asyncio.to_thread(self._remove, plan_id)

@@ -5,9 +5,14 @@ was accepted: a refused transition is a 409 with the workflow's reason, a malfor
 argument a 422.
 
 A plan created with ``POST /api/plans`` is a *draft* until ``POST .../execute`` starts its
-workflow; drafts are kept by :mod:`api.drafts` (in memory for now). Reads of a draft
-(status, execution-state, logs, audit, versions) answer from the document itself, as a
-fresh run would; controls and events need the workflow and answer 409 for a draft.
+workflow; drafts are kept in the store by :mod:`api.drafts`. Reads of a draft (status,
+execution-state, logs, audit, versions) answer from the document itself, as a fresh run
+would; controls and events need the workflow and answer 409 for a draft.
+
+Reads of an executed plan ask its workflow first (Temporal is the truth for a live plan)
+and fall back to the store (:mod:`api.store_reads`) when Temporal does not know the
+workflow (retention, deletion, another Temporal) or cannot answer; 404 / 503 only when
+neither can. ``GET /api/plans`` lists from the store.
 """
 
 # No ``from __future__ import annotations`` here: the control routes are built in a
@@ -16,8 +21,9 @@ fresh run would; controls and events need the workflow and answer 409 for a draf
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
@@ -42,19 +48,20 @@ from api.deps import (
     HubDep,
     PlanIdDep,
     StepIdDep,
+    StoreDep,
     get_principal,
     reject_unknown_query,
 )
-from api.drafts import Draft, DraftExists, DraftsFull, DraftStore
+from api.drafts import Draft, DraftExists, DraftStore
 from api.errors import (
+    ApiError,
     conflict,
     invalid,
     not_found,
     not_implemented,
     responses,
-    unavailable,
 )
-from api.gateway import Gateway, ended_status, plan_id_of, plan_status_of, waiting_for_of
+from api.gateway import Gateway, ended_status
 from api.schemas import (
     ExecuteResponse,
     GenerateRequest,
@@ -141,6 +148,28 @@ async def _draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
     return run
 
 
+T = TypeVar("T")
+
+
+async def _temporal_or_store(
+    from_temporal: Callable[[], Awaitable[T]], from_store: Callable[[], Awaitable[T | None]]
+) -> T:
+    """Ask the workflow; when Temporal does not know it (404) or cannot answer (503), ask
+    the store. The first error stands when the store does not have the plan either."""
+    try:
+        return await from_temporal()
+    except ApiError as e:
+        if e.status not in (404, 503):
+            raise
+        try:
+            found = await from_store()
+        except ApiError:
+            raise e from None
+        if found is None:
+            raise
+        return found
+
+
 async def _refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
     if await drafts.get(plan_id) is not None:
         raise conflict(
@@ -163,7 +192,8 @@ async def _refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
     "tools, tool parameters, expressions and templates); a 422 lists every problem with its "
     "location. Without an `id` one is made from the title. Posting the very same document "
     "again answers 200 with the stored one; a different document under a taken id is a 409. "
-    "The draft is kept in the API's memory until executed (a durable store will replace it).",
+    "The draft is kept in the store until executed (it survives an API restart and every "
+    "API process sees it).",
     responses={
         200: {"model": PlanCreated, "description": "the same document was already stored"},
         **responses(401, 409, 422, 502, 503),
@@ -204,8 +234,6 @@ async def create_plan(
             f"another document already has plan id {plan.id}; choose another id",
             code="id_taken",
         ) from None
-    except DraftsFull as e:
-        raise unavailable(f"cannot keep more drafts: {e}; execute some first") from None
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/api/plans/{plan.id}"
     return PlanCreated(
@@ -223,47 +251,32 @@ async def create_plan(
     "",
     response_model=PlanList,
     summary="List plans",
-    description="Executed plans from Temporal's visibility store (`WorkflowType='PlanWorkflow'`, "
-    "with the `PlanStatus` and `WaitingFor` search attributes), newest first, and the drafts "
-    "of this API process. Visibility is eventually consistent: a plan started a moment ago "
-    "may be missing for a second.",
-    responses=responses(401, 422, 502, 503),
+    description="Plans from the store, drafts included, most recently updated first. "
+    "`status` keeps plans in that status (as last recorded); `limit` and `offset` page.",
+    responses=responses(401, 422, 503),
 )
 async def list_plans(
-    gateway: GatewayDep,
-    drafts: DraftsDep,
+    store: StoreDep,
     status: Annotated[PlanStatus | None, Query(description="only plans in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="at most this many plans")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="skip this many")] = 0,
 ) -> PlanList:
     items: list[PlanSummary] = []
-    if status in (None, PlanStatus.DRAFT):
-        for d in (await drafts.list())[:limit]:
-            assert d.plan.id is not None
-            items.append(
-                PlanSummary(
-                    plan_id=d.plan.id,
-                    workflow_id=workflow_id_for(d.plan.id),
-                    executed=False,
-                    status=PlanStatus.DRAFT,
-                    created_at=d.created_at,
-                )
+    for p, run in await store.list(status, limit, offset):
+        waiting = (run or {}).get("waiting") or []
+        first = waiting[0] if waiting else None
+        items.append(
+            PlanSummary(
+                plan_id=p.id,
+                workflow_id=workflow_id_for(p.id),
+                executed=p.last_run_id is not None,
+                status=PlanStatus(p.status),
+                waiting_for=(first.get("kind") if isinstance(first, dict) else None),
+                run_id=(run or {}).get("execution_run_id"),
+                created_at=p.created_at,
+                closed_at=(run or {}).get("finished_at"),
             )
-    remaining = limit - len(items)
-    if remaining > 0:
-        for w in await gateway.list_plans(status, remaining):
-            items.append(
-                PlanSummary(
-                    plan_id=plan_id_of(w.id),
-                    workflow_id=w.id,
-                    executed=True,
-                    status=plan_status_of(w),
-                    waiting_for=waiting_for_of(w),
-                    temporal_status=w.status.name.lower() if w.status is not None else None,
-                    run_id=w.run_id,
-                    created_at=w.start_time,
-                    closed_at=w.close_time,
-                )
-            )
+        )
     return PlanList(plans=items, count=len(items))
 
 
@@ -273,7 +286,9 @@ async def list_plans(
     summary="A plan's current document and status",
     responses=READ,
 )
-async def get_plan(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -> PlanDetail:
+async def get_plan(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> PlanDetail:
     draft = await drafts.get(plan_id)
     if draft is not None:
         return PlanDetail(
@@ -285,19 +300,35 @@ async def get_plan(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -
             digest=draft.plan.digest(),
             plan=draft.plan,
         )
-    view, status = await asyncio.gather(
-        gateway.plan(plan_id),
-        gateway.status(plan_id),
-    )
-    return PlanDetail(
-        plan_id=plan_id,
-        workflow_id=workflow_id_for(plan_id),
-        executed=True,
-        status=status.status,
-        version=view.version,
-        digest=view.digest,
-        plan=view.plan,
-    )
+
+    async def from_temporal() -> PlanDetail:
+        view, status = await asyncio.gather(gateway.plan(plan_id), gateway.status(plan_id))
+        return PlanDetail(
+            plan_id=plan_id,
+            workflow_id=workflow_id_for(plan_id),
+            executed=True,
+            status=status.status,
+            version=view.version,
+            digest=view.digest,
+            plan=view.plan,
+        )
+
+    async def from_store() -> PlanDetail | None:
+        found = await store.plan(plan_id)
+        if found is None:
+            return None
+        detail, plan = found
+        return PlanDetail(
+            plan_id=plan_id,
+            workflow_id=workflow_id_for(plan_id),
+            executed=True,
+            status=PlanStatus(detail.status),
+            version=detail.current_version,
+            digest=detail.digest or plan.digest(),
+            plan=plan,
+        )
+
+    return await _temporal_or_store(from_temporal, from_store)
 
 
 @router.post(
@@ -402,11 +433,13 @@ async def resume_plan_from_failure(
     summary="The status query: plan status, progress, what it waits for, every step",
     responses=READ,
 )
-async def get_status(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -> StatusView:
+async def get_status(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> StatusView:
     run = await _draft_run(drafts, plan_id)
     if run is not None:
         return status_view(run)
-    return await gateway.status(plan_id)
+    return await _temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
 
 
 @router.get(
@@ -416,12 +449,14 @@ async def get_status(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep)
     responses=READ,
 )
 async def get_execution_state(
-    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> ExecutionState:
     run = await _draft_run(drafts, plan_id)
     if run is not None:
         return execution_state(run)
-    return await gateway.execution_state(plan_id)
+    return await _temporal_or_store(
+        lambda: gateway.execution_state(plan_id), lambda: store.execution_state(plan_id)
+    )
 
 
 @router.get(
@@ -436,6 +471,7 @@ async def get_logs(
     plan_id: PlanIdDep,
     gateway: GatewayDep,
     drafts: DraftsDep,
+    store: StoreDep,
     level: Annotated[Literal["debug", "info", "warning", "error"] | None, Query()] = None,
     limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
     step_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
@@ -446,7 +482,9 @@ async def get_logs(
     if run is not None:
         entries = logs_view(run, query)
     else:
-        entries = await gateway.logs(plan_id, query)
+        entries = await _temporal_or_store(
+            lambda: gateway.logs(plan_id, query), lambda: store.logs(plan_id, query)
+        )
     return [LogLine(at=e.at, level=e.level, message=e.message, step_id=e.step_id) for e in entries]
 
 
@@ -456,11 +494,13 @@ async def get_logs(
     summary="The audit trail: every control, accepted or refused, with who, when and what",
     responses=READ,
 )
-async def get_audit(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) -> list[AuditEntry]:
+async def get_audit(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> list[AuditEntry]:
     run = await _draft_run(drafts, plan_id)
     if run is not None:
         return audit_view(run)
-    return await gateway.audit(plan_id)
+    return await _temporal_or_store(lambda: gateway.audit(plan_id), lambda: store.audit(plan_id))
 
 
 @router.get(
@@ -470,11 +510,17 @@ async def get_audit(plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep) 
     responses=READ,
 )
 async def get_versions(
-    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> list[PlanVersion]:
     run = await _draft_run(drafts, plan_id)
-    view = plan_view(run) if run is not None else await gateway.plan(plan_id)
-    return [PlanVersion.model_validate(v) for v in view.versions]
+    if run is not None:
+        return [PlanVersion.model_validate(v) for v in plan_view(run).versions]
+
+    async def from_temporal() -> list[PlanVersion]:
+        view = await gateway.plan(plan_id)
+        return [PlanVersion.model_validate(v) for v in view.versions]
+
+    return await _temporal_or_store(from_temporal, lambda: store.versions(plan_id))
 
 
 @router.get(

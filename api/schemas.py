@@ -42,11 +42,10 @@ class PlanSummary(BaseModel):
 class PlanList(BaseModel):
     plans: list[PlanSummary]
     count: int
-    source: Literal["temporal-visibility"] = Field(
-        default="temporal-visibility",
-        description="executed plans come from Temporal's visibility store (eventually "
-        "consistent: a plan started a moment ago may be missing); drafts from the API's "
-        "memory",
+    source: Literal["store"] = Field(
+        default="store",
+        description="plans and drafts come from the store (the database), which every "
+        "change of a running plan is written to",
     )
 
 
@@ -109,6 +108,4 @@ class GenerateRequest(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     temporal: str | None = Field(default=None, description="reachable, or why not")
-    database: str | None = Field(
-        default=None, description="not checked yet (the store is being built)"
-    )
+    database: str | None = Field(default=None, description="reachable, or why not")

@@ -7,7 +7,8 @@ transaction that the caller commits (use ``store.db.session_scope(engine, write=
   only grows), the run and its step rows follow the newest snapshot of that run (``seq``
   only grows), so an older snapshot arriving late changes nothing;
 * log and audit entries are inserted once, by ``(plan_id, run_id, seq)``;
-* versions are inserted once, by ``(plan_id, version)``; a missing document is filled in;
+* versions are inserted once, by ``(plan_id, version)``; a missing document is filled in,
+  and a version kept by :func:`save_plan` before any run is replaced by the run's own;
 * blobs are inserted once, by key.
 
 Rows are written in one fixed order (plans, plan_versions, runs, step_results, logs,
@@ -200,8 +201,18 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
             ins.values(list(chunk))
             .on_conflict_do_update(
                 index_elements=["plan_id", "version"],
-                set_={"document": ins.excluded.document},
-                where=sa.and_(pv.document.is_(None), ins.excluded.document.is_not(None)),
+                set_={
+                    "document": sa.func.coalesce(pv.document, ins.excluded.document),
+                    # a version kept by save_plan (no run yet) becomes the run's own
+                    **{
+                        k: sa.case((pv.run_id.is_(None), ins.excluded[k]), else_=pv[k])
+                        for k in ("by", "at", "step_id", "change", "diff", "run_id")
+                    },
+                },
+                where=sa.or_(
+                    pv.run_id.is_(None),
+                    sa.and_(pv.document.is_(None), ins.excluded.document.is_not(None)),
+                ),
             )
             .returning(pv.version)
         )

@@ -1,0 +1,138 @@
+"""Reads of a plan from the store, for when Temporal cannot answer.
+
+Temporal stays the truth for a live plan (the routes query the workflow first); these
+answer once the workflow is gone from Temporal (retention, ``delete``, another Temporal)
+or Temporal cannot be reached. Every change of a running plan is written to the store by
+the workflow's ``record_snapshot`` activity, so these are the plan's last recorded state.
+Each read runs in a thread, bounded by ``PLANSMITH_API_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from api.errors import unavailable
+from plans.engine import AuditEntry, LogEntry, PlanVersion
+from plans.models import Plan, PlanStatus
+from plans.views import ExecutionState, LogsQuery, StatusView
+from store import repository
+from store.db import ensure_migrated, session_scope
+from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
+
+T = TypeVar("T")
+
+
+class PlanStore:
+    def __init__(self, engine: Engine, timeout_s: float = 10.0):
+        self.engine = engine
+        self.timeout_s = timeout_s
+
+    async def _read(self, fn: Callable[[Session], T]) -> T:
+        def run() -> T:
+            ensure_migrated(self.engine)
+            with session_scope(self.engine) as session:
+                return fn(session)
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(run), timeout=self.timeout_s)
+        except TimeoutError:
+            raise unavailable(f"the database did not answer within {self.timeout_s:g}s") from None
+        except sa.exc.SQLAlchemyError as e:
+            raise unavailable(f"the database cannot be read: {type(e).__name__}") from None
+
+    async def ping(self, timeout_s: float) -> None:
+        """``select 1``, bounded (raises on failure or timeout)."""
+
+        def run() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+
+        await asyncio.wait_for(asyncio.to_thread(run), timeout=timeout_s)
+
+    async def migrate(self) -> None:
+        await asyncio.to_thread(ensure_migrated, self.engine)
+
+    async def status(self, plan_id: str) -> StatusView | None:
+        return await self._read(lambda s: repository.get_status(s, plan_id))
+
+    async def execution_state(self, plan_id: str) -> ExecutionState | None:
+        view = await self.status(plan_id)
+        if view is None:
+            return None
+        first = view.waiting_for
+        return ExecutionState(
+            plan_id=plan_id,
+            state=view.status.value,
+            step_id=first.step_id if first else None,
+            question=first.question if first and first.kind == "clarification" else None,
+            paused_at=None,
+            waiting_for=first,
+        )
+
+    async def has_run(self, plan_id: str) -> bool:
+        return await self._read(lambda s: repository.get_status(s, plan_id) is not None)
+
+    async def logs(self, plan_id: str, query: LogsQuery) -> list[LogEntry] | None:
+        def read(s: Session) -> list[LogEntry] | None:
+            if repository.get_status(s, plan_id) is None:
+                return None
+            rows = repository.get_logs(s, plan_id, query.level, query.limit, step_id=query.step_id)
+            return [
+                LogEntry(at=r.at, level=r.level, message=r.message, step_id=r.step_id)  # type: ignore[arg-type]
+                for r in rows
+            ]
+
+        return await self._read(read)
+
+    async def audit(self, plan_id: str) -> list[AuditEntry] | None:
+        def read(s: Session) -> list[AuditEntry] | None:
+            if repository.get_status(s, plan_id) is None:
+                return None
+            return [
+                AuditEntry.model_validate(r.model_dump(exclude={"plan_id", "run_id", "seq"}))
+                for r in repository.get_audit(s, plan_id)
+            ]
+
+        return await self._read(read)
+
+    async def versions(self, plan_id: str) -> list[PlanVersion] | None:
+        def read(s: Session) -> list[PlanVersion] | None:
+            if repository.get_status(s, plan_id) is None:
+                return None
+            return [
+                PlanVersion.model_validate(
+                    v.model_dump(include={"version", "by", "at", "step_id", "change", "diff"})
+                )
+                for v in repository.get_versions(s, plan_id)
+            ]
+
+        return await self._read(read)
+
+    async def plan(self, plan_id: str) -> tuple[PlanDetailPublic, Plan] | None:
+        def read(s: Session) -> tuple[PlanDetailPublic, Plan] | None:
+            detail = repository.get_plan(s, plan_id)
+            if detail is None or not detail.last_run_id or detail.document is None:
+                return None
+            return detail, Plan.model_validate(detail.document)
+
+        return await self._read(read)
+
+    async def list(
+        self, status: PlanStatus | None, limit: int, offset: int
+    ) -> list[tuple[PlanRecordPublic, dict[str, Any] | None]]:
+        """Plans, most recently updated first, each with its newest run's row (if any)."""
+
+        def read(s: Session) -> list[tuple[PlanRecordPublic, dict[str, Any] | None]]:
+            out = []
+            for p in repository.list_plans(s, status, limit=limit, offset=offset):
+                run = s.get(RunRecord, (p.id, p.last_run_id)) if p.last_run_id else None
+                out.append((p, run.model_dump() if run else None))
+            return out
+
+        return await self._read(read)
