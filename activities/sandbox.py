@@ -60,9 +60,8 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.steps import StepOutcome, StepTask
+from activities.steps import StepOutcome, StepTask, run_tool
 from activities.tools import ToolContext, ToolError, get_tool, tool
-from plans.validation import params_errors
 from plansmith.sandbox_settings import SandboxSettings, get_sandbox_settings
 
 log = logging.getLogger("plansmith.sandbox")
@@ -1289,23 +1288,7 @@ async def run_code(task: StepTask) -> StepOutcome:
                 retryable=False,
                 kind="UnknownTool",
             )
-        problems = params_errors(registered.spec.params_schema, task.params, rendered=True)
-        if problems:
-            text = "; ".join(f"params{path}: {msg}" for path, msg in problems)
-            raise ToolError(
-                f"invalid params for tool {registered.spec.name}: {text}",
-                retryable=False,
-                kind="InvalidParams",
-            )
-        ctx = ToolContext(
-            plan_id=task.plan_id,
-            step_id=task.step_id,
-            idempotency_key=task.idempotency_key,
-            attempt=attempt,
-            heartbeat=activity.heartbeat,
-            extra=task.context,
-        )
-        output = await registered.fn(task.params, ctx)
+        output = await run_tool(task, attempt)
     except SandboxFailed as e:
         raise ApplicationError(
             str(e), {"attempt": attempt, "sandbox": e.record}, type=e.kind, non_retryable=True

@@ -95,7 +95,7 @@ async def _keep_heartbeating() -> None:
 
 async def _dispatch(task: StepTask, attempt: int) -> Any:
     if task.kind == StepKind.TOOL:
-        return await _run_tool(task, attempt)
+        return await run_tool(task, attempt)
     if task.kind == StepKind.VALIDATION:
         return _run_checks(task)
     raise ToolError(
@@ -105,7 +105,8 @@ async def _dispatch(task: StepTask, attempt: int) -> Any:
     )
 
 
-async def _run_tool(task: StepTask, attempt: int) -> Any:
+async def run_tool(task: StepTask, attempt: int) -> Any:
+    """Check the rendered params against the tool's schema, then run the tool."""
     registered = get_tool(task.tool or "")
     problems = params_errors(registered.spec.params_schema, task.params, rendered=True)
     if problems:
