@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import stat
 import subprocess
 import tempfile
@@ -92,41 +91,6 @@ def worker_healthy_afterwards() -> Iterator[None]:
     assert left == [], f"sandbox processes outlived their run: {left}"
     after = run("print(6 * 7)")
     assert after.outcome == "ok" and after.stdout == "42\n", after
-
-
-@pytest.fixture
-def local_server() -> Iterator[tuple[int, list[str]]]:
-    """A TCP server on 127.0.0.1 that records every connection it accepts."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.2)
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, addr = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            seen.append(f"{addr[0]}:{addr[1]}")
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    port = srv.getsockname()[1]
-    # the server works: the test itself can reach it
-    socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    deadline = time.monotonic() + 2
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(seen) == 1
-    seen.clear()
-    yield port, seen
-    stop.set()
-    srv.close()
-    thread.join(timeout=2)
 
 
 # --- the happy path --------------------------------------------------------------------

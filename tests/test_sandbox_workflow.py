@@ -14,9 +14,7 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import tempfile
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -52,33 +50,6 @@ async def sandbox_queue(env: WorkflowEnvironment) -> AsyncIterator[str]:
         default_heartbeat_throttle_interval=timedelta(seconds=1),
     ):
         yield queue
-
-
-@pytest.fixture
-def local_server() -> Iterator[tuple[int, list[str]]]:
-    """A TCP server on 127.0.0.1 that records every connection it accepts."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.2)
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, addr = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            seen.append(f"{addr[0]}:{addr[1]}")
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1], seen
-    stop.set()
-    srv.close()
-    thread.join(timeout=2)
 
 
 @pytest.fixture
