@@ -165,16 +165,6 @@ def diff_step(old: Step, new: Step) -> dict[str, Any]:
     return {k: {"old": a.get(k), "new": b.get(k)} for k in keys if a.get(k) != b.get(k)}
 
 
-def diff_plans(old: Plan, new: Plan) -> dict[str, Any]:
-    """Steps added, removed and changed (field by field) between two versions of a plan."""
-    a, b = old.step_map(), new.step_map()
-    return {
-        "added": sorted(set(b) - set(a)),
-        "removed": sorted(set(a) - set(b)),
-        "changed": {sid: d for sid in sorted(set(a) & set(b)) if (d := diff_step(a[sid], b[sid]))},
-    }
-
-
 class PlanRun(BaseModel):
     plan: Plan
     version: int = 1

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from plans.expressions import ExpressionError, iter_templates, references
+from plans.expressions import ROOT_NAMES, ExpressionError, iter_templates, references
 from plans.models import Plan, Step, StepKind, ToolSpec
 
 
@@ -341,12 +340,8 @@ def _check_expression(
                     where,
                     f"bad {what} {expr!r}: a step has 'output', 'status' and 'error', not {ref.field!r}",
                 )
-        elif ref.root not in ("true", "false", "null", "none", "answer", "feedback"):
+        elif ref.root not in ROOT_NAMES:
             add(
                 where,
                 f"bad {what} {expr!r}: unknown name {ref.root!r} (use inputs.*, steps.<id>.output, answer or feedback)",
             )
-
-
-def describe(problems: list[Problem]) -> str:
-    return json.dumps([p.model_dump() for p in problems], indent=2)
