@@ -296,3 +296,83 @@ class BlobRecord(BlobRecordBase, table=True):
 
 class BlobRecordPublic(BlobRecordBase):
     pass
+
+
+# --- models, lessons, planner runs (the LLM layer) ------------------------------------
+
+
+class ModelConfigRecordBase(SQLModel):
+    name: str = Field(primary_key=True, max_length=NAME)
+    capabilities: list[str] = Field(default_factory=list, sa_type=JSONType)
+    max_tokens: int = 4096
+    priority: int = 100
+    enabled: bool = True
+    updated_at: datetime = _ts()
+
+
+class ModelConfigRecord(ModelConfigRecordBase, table=True):
+    """A model the selector may pick, configured at run time (settings hold the rest)."""
+
+    __tablename__ = "model_configs"
+
+
+class ModelConfigRecordPublic(ModelConfigRecordBase):
+    pass
+
+
+class LessonRecordBase(SQLModel):
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts(index=True)
+    source: str = Field(max_length=STATUS)  # rejection | correction | clarification
+    plan_id: str | None = Field(default=None, max_length=ID, index=True)
+    step_id: str | None = Field(default=None, max_length=ID)
+    agent_id: str | None = Field(default=None, max_length=NAME, index=True)
+    by: str | None = Field(default=None, max_length=NAME)
+    task: str = Field(default="", sa_type=sa.Text)  # the plan's title and description
+    tools: list[str] = Field(default_factory=list, sa_type=JSONType)
+    step_kind: str | None = Field(default=None, max_length=STATUS)
+    what_wrong: str = Field(default="", sa_type=sa.Text)
+    fix: str = Field(default="", sa_type=sa.Text)
+    # what a correction changed, for planners to apply: {tool, step_kind, params: {key:
+    # {old, new}}, fields: {field: {old, new}}}; {} for lessons in words only
+    change: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    times_applied: int = 0
+
+
+class LessonRecord(LessonRecordBase, table=True):
+    """What people taught a plan: a rejection, a correction or an answer, with what was
+    wrong and what fixed it, for the planner to use next time."""
+
+    __tablename__ = "lessons"
+
+
+class LessonRecordPublic(LessonRecordBase):
+    id: int
+
+
+class PlanGenerationRecordBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=NAME)  # the GeneratePlan workflow id
+    created_at: datetime = _ts(index=True)
+    agent_id: str | None = Field(default=None, max_length=NAME, index=True)
+    task: str = Field(default="", sa_type=sa.Text)
+    model: str = Field(default="", max_length=NAME)
+    offline: bool = False
+    ok: bool = True
+    rounds: int = 1
+    problems: int = 0  # validation problems fed back to the model, over every round
+    repairs: list[list[str]] = Field(default_factory=list, sa_type=JSONType)
+    lessons_applied: list[int] = Field(default_factory=list, sa_type=JSONType)
+    plan_id: str | None = Field(default=None, max_length=ID, index=True)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: float = 0.0
+
+
+class PlanGenerationRecord(PlanGenerationRecordBase, table=True):
+    """One run of the planner: how many rounds and problems it took, what it used."""
+
+    __tablename__ = "plan_generations"
+
+
+class PlanGenerationRecordPublic(PlanGenerationRecordBase):
+    pass

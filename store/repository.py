@@ -309,6 +309,12 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         for seq, e in snap.numbered_audit()
     ]
     result.audit = _append(session, AuditRecord, audit)
+
+    # what people did to the plan becomes lessons for the planner (store.knowledge)
+    from store import knowledge
+
+    document = snap.plan or get_plan_document(session, snap.plan_id, snap.version)
+    knowledge.learn_from_snapshot(session, snap, document)
     return result
 
 
@@ -617,6 +623,7 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
                 output=preview(r.output) if r else None,
                 skip_reason=r.skip_reason if r else None,
                 skip_detail=r.skip_detail if r else None,
+                calls=list(r.state.get("calls", [])) if r else [],
             )
         )
     waiting = [WaitingFor.model_validate(w) for w in run.waiting]

@@ -199,7 +199,7 @@ def test_migrations_apply_from_empty_and_match_the_models(db_url: str) -> None:
         assert db.current_revision(eng) is None
         db.migrate(eng)
         db.migrate(eng)  # at head already: nothing to do
-        assert db.current_revision(eng) == "0001"
+        assert db.current_revision(eng) == db.HEAD_REVISION
         names = set(sa.inspect(eng).get_table_names())
         tables = {"plans", "plan_versions", "runs", "step_results", "logs", "audit", "blobs"}
         assert tables <= names
@@ -213,7 +213,7 @@ def test_migrations_apply_from_empty_and_match_the_models(db_url: str) -> None:
             conn.commit()
         assert not tables & set(sa.inspect(eng).get_table_names())
         db.migrate(eng)
-        assert db.current_revision(eng) == "0001"
+        assert db.current_revision(eng) == db.HEAD_REVISION
     finally:
         eng.dispose()
 
@@ -585,7 +585,7 @@ async def test_record_snapshot_activity_uses_database_url(
         second = await env.run(persist.record_snapshot, snap)
         assert first.applied and first.logs == len(d.run.logs) and second.logs == 0
         eng = db.get_engine()
-        assert db.current_revision(eng) == "0001"  # migrated on first use
+        assert db.current_revision(eng) == db.HEAD_REVISION  # migrated on first use
         with Session(eng) as s:
             st = repository.get_status(s, "p1")
         assert st is not None and st.status == PlanStatus.COMPLETED
