@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install sandbox-deps run up test test-fast lint format bench clean
+.PHONY: install sandbox-deps browser-deps run up test test-fast lint format bench clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
@@ -18,7 +18,7 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	$(UV) sync --locked --python $(PY)
 	touch $@
 
-install: $(VENV)/.installed sandbox-deps
+install: $(VENV)/.installed sandbox-deps browser-deps
 
 # The code sandbox runs generated code under bubblewrap (Debian's package); without it
 # python steps are refused with a clear message.
@@ -27,6 +27,14 @@ sandbox-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
 	  else echo "warning: bubblewrap (bwrap) is missing: python steps will be refused" >&2; fi; }
+
+# The dashboard's tests drive Debian's Chromium (/usr/bin/chromium) headless with
+# Playwright; no browser is downloaded. Without it tests/test_dashboard.py fails.
+browser-deps:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "warning: chromium is missing (/usr/bin/chromium): the dashboard tests will fail; as root: apt-get install chromium" >&2; fi; }
 
 run: install
 	$(BIN)/plansmith demo
@@ -43,7 +51,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy plans api store
+	$(BIN)/mypy plans api store activities workflows plansmith worker.py
 
 format: install
 	$(BIN)/ruff check --fix .

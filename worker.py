@@ -1,4 +1,5 @@
-"""The worker process: hosts ``PlanWorkflow`` and the step activities on a task queue."""
+"""The worker process: hosts ``PlanWorkflow``, the planner (``GeneratePlan``) and their
+activities on a task queue."""
 
 from __future__ import annotations
 
@@ -16,18 +17,21 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.approval import assess_approval
 from activities.persist import record_snapshot
+from activities.planning import generate_plan_activity
 from activities.sandbox import SandboxUnavailable, isolation, run_code
 from activities.steps import execute_step
 from plansmith.sandbox_settings import get_sandbox_settings
 from plansmith.settings import Settings, get_settings
 from plansmith.temporal import connect
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanWorkflow
+from workflows.planner_workflow import GeneratePlanWorkflow
 
 log = logging.getLogger("plansmith.worker")
 
-ACTIVITIES: Sequence = (execute_step, record_snapshot)
-WORKFLOWS: Sequence = (PlanWorkflow,)
+ACTIVITIES: Sequence = (execute_step, record_snapshot, generate_plan_activity, assess_approval)
+WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow)
 SANDBOX_ACTIVITIES: Sequence = (run_code,)
 
 

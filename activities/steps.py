@@ -18,6 +18,8 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.llm.base import LLMError, get_chat_model
+from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
 from activities.persist import offload_output, resolve_refs
 from activities.tools import ToolContext, ToolError, get_tool
 from plans.expressions import ExpressionError, evaluate
@@ -43,6 +45,11 @@ class StepTask(BaseModel):
 class StepOutcome(BaseModel):
     output: Any = None
     attempt: int = 1
+    # An llm step whose model asked for tools: the calls the workflow runs next, and the
+    # conversation (and model usage) to continue from once their results are in.
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+    conversation: list[dict[str, Any]] = Field(default_factory=list)
+    usage: dict[str, Any] = Field(default_factory=dict)
 
 
 def _fail(message: str, kind: str, retryable: bool) -> ApplicationError:
@@ -60,11 +67,22 @@ async def execute_step(task: StepTask) -> StepOutcome:
                 update={"params": await asyncio.to_thread(resolve_refs, task.params)}
             )
         output = await _dispatch(task, info.attempt)
+        if isinstance(output, LLMStepResult) and output.calls:
+            return StepOutcome(
+                attempt=info.attempt,
+                calls=output.calls,
+                conversation=output.conversation,
+                usage=output.usage,
+            )
+        if isinstance(output, LLMStepResult):
+            output = output.output
         # a large output goes to the store; the workflow's history keeps a reference
         output = await asyncio.to_thread(
             offload_output, task.plan_id, info.workflow_run_id, task.step_id, output
         )
     except ToolError as e:
+        raise _fail(str(e), e.kind, e.retryable) from None
+    except LLMError as e:
         raise _fail(str(e), e.kind, e.retryable) from None
     except ApplicationError:
         raise
@@ -97,9 +115,13 @@ async def _dispatch(task: StepTask, attempt: int) -> Any:
     if task.kind == StepKind.TOOL:
         return await run_tool(task, attempt)
     if task.kind == StepKind.VALIDATION:
-        return _run_checks(task)
+        return await _run_validation(task)
+    if task.kind == StepKind.LLM:
+        return await run_llm(task.params, task.context, get_chat_model())
+    if task.kind == StepKind.DECISION:
+        return await run_decision(task.params, task.context, get_chat_model())
     raise ToolError(
-        f"step kind {task.kind.value!r} needs the LLM layer, which this worker does not host",
+        f"step kind {task.kind.value!r} has no work to do in an activity",
         retryable=False,
         kind="UnsupportedStep",
     )
@@ -127,9 +149,31 @@ async def run_tool(task: StepTask, attempt: int) -> Any:
     return await registered.fn(task.params, ctx)
 
 
-def _run_checks(task: StepTask) -> Any:
+async def _run_validation(task: StepTask) -> Any:
+    """Every declared check, then the LLM judge's criteria; all failures are named."""
+    results, failed = _run_checks(task)
+    out: dict[str, Any] = {"passed": True, "checks": results}
+    spec = task.params.get("judge")
+    if spec:
+        verdicts, usage = await judge(spec, task.context, get_chat_model())
+        out["judge"] = {"verdicts": verdicts, **usage}
+        failed += [
+            f"judge: {v['criterion']}" + (f" ({v['reason']})" if v["reason"] else "")
+            for v in verdicts
+            if not v["passed"]
+        ]
+    if failed:
+        raise ToolError(
+            f"{len(failed)} check(s) failed: " + "; ".join(failed),
+            retryable=False,
+            kind="ValidationFailed",
+        )
+    return out
+
+
+def _run_checks(task: StepTask) -> tuple[list[dict[str, Any]], list[str]]:
     results = []
-    failed = []
+    failed: list[str] = []
     for i, check in enumerate(task.params.get("checks", [])):
         name = check.get("name") or f"check {i + 1}"
         try:
@@ -143,10 +187,4 @@ def _run_checks(task: StepTask) -> Any:
                 f"{name} ({check.get('message') or check['expr']})"
                 + (f": {error}" if error else "")
             )
-    if failed:
-        raise ToolError(
-            f"{len(failed)} check(s) failed: " + "; ".join(failed),
-            retryable=False,
-            kind="ValidationFailed",
-        )
-    return {"passed": True, "checks": results}
+    return results, failed

@@ -20,15 +20,20 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
 
+from api import prometheus
 from api.auth import ApiKeys
 from api.config import ApiConfig
+from api.dashboard import router as dashboard_router
 from api.deps import ApiServices, ServicesDep
 from api.drafts import DraftStore, StoreDrafts
 from api.errors import ApiError, install_handlers
 from api.gateway import Gateway, TemporalProvider
 from api.logs import RequestLogMiddleware, configure_logging
+from api.routes_metrics import router as metrics_router
+from api.routes_models import router as models_router
 from api.routes_plans import controls as controls_router
 from api.routes_plans import router as plans_router
+from api.routes_trust import router as trust_router
 from api.routes_v1 import router as v1_router
 from api.schemas import Health
 from api.sse import EventHub
@@ -147,6 +152,12 @@ def create_app(
             {"name": "plans", "description": "create, read, run and watch plans"},
             {"name": "controls", "description": "steer a plan (sent as Temporal updates)"},
             {"name": "seed 003 execution API", "description": "run a {nodes, edges} definition"},
+            {"name": "models", "description": "which models the planner and steps use"},
+            {"name": "trust", "description": "risk of a plan, trust of an agent"},
+            {
+                "name": "metrics",
+                "description": "planning metrics from the store; Prometheus at /metrics",
+            },
             {"name": "health", "description": "liveness and readiness (no API key needed)"},
         ],
     )
@@ -157,7 +168,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Last-Event-ID"],
             expose_headers=["X-Request-ID", "Location"],
         )
@@ -165,6 +176,11 @@ def create_app(
     app.include_router(plans_router, prefix="/api")
     app.include_router(controls_router, prefix="/api")
     app.include_router(v1_router, prefix="/api")
+    app.include_router(models_router, prefix="/api")
+    app.include_router(trust_router, prefix="/api")
+    app.include_router(metrics_router, prefix="/api")
+    app.include_router(dashboard_router)
+    prometheus.install(app)  # last, after the other middleware: it then times every request
     return app
 
 

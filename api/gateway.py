@@ -31,8 +31,11 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.llm.base import LLMError
+from activities.llm.planner import GeneratedPlan, PlanningFailed, PlanRequest
+from activities.llm.selector import NoModelFits
 from api.config import ApiConfig
-from api.errors import bad_gateway, conflict, invalid, not_found, unavailable
+from api.errors import ApiError, bad_gateway, conflict, invalid, not_found, unavailable
 from plans.controls import ControlResult
 from plans.engine import AuditEntry, LogEntry
 from plans.models import Plan, PlanStatus, workflow_id_for
@@ -40,6 +43,7 @@ from plans.validation import Problem
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
 from plansmith.settings import Settings
 from workflows.plan_workflow import PLAN_STATUS, WAITING_FOR, WORKFLOW_NAME, PlanWorkflow
+from workflows.planner_workflow import PlannerUnavailable, run_planner
 from workflows.starter import ResumeRefused, resume_from_failure, start_plan
 
 log = logging.getLogger("plansmith.api")
@@ -304,6 +308,47 @@ class Gateway:
             ) from None
         except RPCError as e:
             raise bad_gateway(f"resume-from-failure: {e.message}") from None
+
+    async def generate(self, req: PlanRequest) -> GeneratedPlan:
+        """Run the LLM planner (the ``GeneratePlan`` workflow) and wait for its plan.
+
+        Starting is bounded like every call; the planning itself may take minutes (model
+        calls and repair rounds). A plan that stays invalid is a 422 listing the problems,
+        an unknown model a 422 on ``model``, a model API that refuses the request a 502,
+        one that is unavailable (retries spent), no worker or no end in time a 503.
+        """
+        client = await self.client()
+        try:
+            return await run_planner(
+                client,
+                req,
+                self.settings.task_queue,
+                no_worker_after_s=self.config.rpc_timeout_s,
+                rpc_timeout=self.rpc_timeout,
+            )
+        except PlanningFailed as e:
+            raise invalid(
+                f"the planner could not make a valid plan in {e.rounds} round(s): "
+                f"{len(e.problems)} problem(s) remain",
+                e.problems,
+                code="planning_failed",
+            ) from None
+        except NoModelFits as e:
+            raise invalid(str(e), [Problem(location="model", message=str(e))]) from None
+        except LLMError as e:
+            if e.retryable:
+                raise unavailable(f"the language model is unavailable: {e}") from None
+            raise ApiError(502, "llm_error", f"the language model refused: {e}") from None
+        except PlannerUnavailable as e:
+            raise unavailable(str(e)) from None
+        except RPCError as e:
+            if e.status in _UNREACHABLE:
+                raise unavailable(f"Temporal is unreachable for the planner: {e.message}") from None
+            raise bad_gateway(
+                f"the planner: Temporal answered {e.status.name}: {e.message}"
+            ) from None
+        except RuntimeError as e:  # the client could not (re)connect
+            raise unavailable(f"Temporal is unreachable for the planner: {e}") from None
 
     async def list_plans(self, status: PlanStatus | None, limit: int) -> list[WorkflowExecution]:
         query = f"WorkflowType='{WORKFLOW_NAME}'"

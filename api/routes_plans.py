@@ -27,9 +27,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
+from activities.llm.planner import PlanRequest
 from activities.tools import catalog
 from api.controls import (
     PLAN_BODIES,
@@ -55,16 +56,20 @@ from api.deps import (
 from api.drafts import Draft, DraftExists, DraftStore
 from api.errors import (
     ApiError,
+    ErrorBody,
     conflict,
     invalid,
     not_found,
-    not_implemented,
+    problems_from_errors,
     responses,
 )
 from api.gateway import Gateway, ended_status
 from api.schemas import (
+    ConstraintAnswer,
     ExecuteResponse,
     GenerateRequest,
+    GenerateResponse,
+    LessonUsed,
     LogLine,
     PlanCreated,
     PlanDetail,
@@ -333,17 +338,79 @@ async def get_plan(
 
 @router.post(
     "/generate",
-    response_model=Plan,
-    summary="Generate a plan with the LLM planner (not implemented yet: 501)",
-    description="The LLM planner (task, context, constraints → a validated plan document) is "
-    "another issue. Until it lands this route answers **501 Not Implemented**; write the "
-    "plan document yourself and POST it to /api/plans.",
-    responses={**responses(401, 422, 501)},
+    response_model=GenerateResponse,
+    summary="Generate a plan with the LLM planner",
+    description="The planner turns a task, its context and constraints into a plan document "
+    "that passes full validation (the same checks as POST /api/plans): the model hands in the "
+    "plan through a tool whose schema is the plan document, every validation problem is sent "
+    "back to it for repair (up to `max_repair_rounds`), and the answer lists each constraint "
+    "and how the plan meets it. Lessons people taught earlier plans (rejections, corrections) "
+    "go into the prompt and are listed. It runs as the `GeneratePlan` workflow on the API's "
+    "task queue. Without ANTHROPIC_API_KEY on the worker an offline stand-in answers "
+    "(`offline: true`). With `save: true` the plan is also created as a draft, exactly as "
+    "POST /api/plans would, so POST /api/plans/{plan_id}/execute runs it. A plan that stays "
+    "invalid is a 422 listing the problems (`code: planning_failed`); an invalid plan is "
+    "never returned.",
+    responses={
+        422: {
+            "model": ErrorBody,
+            "description": "invalid request, an unknown model, or no valid plan within the "
+            "repair rounds (`planning_failed`, every problem located)",
+        },
+        502: {
+            "model": ErrorBody,
+            "description": "the language model API refused the request, or Temporal answered "
+            "with an unexpected error",
+        },
+        **responses(401, 409, 503),
+    },
 )
-async def generate_plan(request: GenerateRequest) -> Plan:
-    raise not_implemented(
-        "the LLM planner is not implemented yet; write the plan document and POST it to "
-        "/api/plans (see docs/plan-document.md)"
+async def generate_plan(
+    request: Annotated[GenerateRequest, Body(openapi_examples=_examples(GenerateRequest))],
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    actor: ActorDep,
+) -> GenerateResponse:
+    try:
+        req = PlanRequest(**request.model_dump(exclude={"save"}))
+    except ValidationError as e:
+        problems = problems_from_errors(e.errors(include_url=False))
+        raise invalid(f"request is invalid ({len(problems)} problem(s))", problems) from None
+    result = await gateway.generate(req)
+    document, plan_id = result.plan, None
+    if request.save:
+        plan = Plan.model_validate(result.plan)
+        plan = plan.model_copy(update={"id": _new_plan_id(plan)})
+        problems = validate_plan(plan, catalog())
+        if problems:  # the API's tool catalog differs from the worker's
+            raise invalid(
+                f"the generated plan is not valid against this API's tools "
+                f"({len(problems)} problem(s))",
+                problems,
+            )
+        assert plan.id is not None
+        try:
+            await drafts.add(
+                Draft(plan=plan, created_at=datetime.now(UTC), created_by=actor.actor(None))
+            )
+        except DraftExists:
+            raise conflict(
+                f"another document already has plan id {plan.id}; generate again",
+                code="id_taken",
+            ) from None
+        plan_id = plan.id
+        document = {"id": plan.id, **result.plan}
+    return GenerateResponse(
+        plan=document,
+        plan_id=plan_id,
+        constraints=[ConstraintAnswer(**c.model_dump()) for c in result.constraints],
+        rounds=result.rounds,
+        repairs=result.repairs,
+        model=result.model,
+        offline=result.offline,
+        lessons_applied=[LessonUsed(**x.model_dump()) for x in result.lessons_applied],
+        input_tokens=result.usage.input_tokens,
+        output_tokens=result.usage.output_tokens,
     )
 
 

@@ -4,7 +4,7 @@ models of ``plans.views`` and ``plans.engine``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,24 +85,89 @@ class LogLine(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    """The LLM planner's input (not implemented yet: the route answers 501)."""
+    """The LLM planner's input: a task, its context and constraints."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
             "examples": [
                 {
-                    "task": "Release version 2.4 to production after staging checks",
-                    "context": {"service": "shop-api"},
+                    "task": "Fetch the release notes and summarise them",
+                    "context": "the notes are at https://example.com/release-notes.md",
                     "constraints": ["production needs a person's approval"],
+                    "save": True,
                 }
             ]
         },
     )
 
-    task: str = Field(min_length=1, max_length=20_000)
-    context: dict[str, Any] | str | None = None
-    constraints: list[str] | None = None
+    task: str = Field(
+        min_length=1, max_length=20_000, pattern=r"\S", description="what the plan must do"
+    )
+    context: dict[str, Any] | str | None = Field(
+        default=None, description="what the planner should know (text or an object)"
+    )
+    constraints: list[Annotated[str, Field(min_length=1, max_length=2000, pattern=r"\S")]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="what the plan must respect; the answer says how each is met",
+    )
+    agent_id: str | None = Field(
+        default=None, max_length=200, description="who proposes the plan (trust keys on it)"
+    )
+    inputs: dict[str, Any] = Field(
+        default_factory=dict, description="the plan's inputs; steps read {{ inputs.<key> }}"
+    )
+    max_repair_rounds: int = Field(
+        default=3, ge=0, le=5, description="how many times problems go back to the model"
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="a configured model (default: the planning model)",
+    )
+    save: bool = Field(
+        default=False,
+        description="also create the plan as a draft, as POST /api/plans does; "
+        "then POST /api/plans/{plan_id}/execute runs it",
+    )
+
+
+class ConstraintAnswer(BaseModel):
+    constraint: str
+    how: str = Field(description="how the plan meets it (or why it cannot)")
+
+
+class LessonUsed(BaseModel):
+    id: int | str
+    summary: str
+
+
+class GenerateResponse(BaseModel):
+    plan: dict[str, Any] = Field(
+        description="the plan document, fully validated (docs/plan-document.md); with its "
+        "id when saved"
+    )
+    plan_id: str | None = Field(
+        default=None, description="the draft's id when `save` was true, else null"
+    )
+    constraints: list[ConstraintAnswer] = Field(
+        description="every given constraint and how the plan meets it"
+    )
+    rounds: int = Field(description="model calls: 1 + repair rounds")
+    repairs: list[list[str]] = Field(
+        description="the problems sent back to the model, one list per repair round"
+    )
+    model: str = Field(description="the model that answered (`offline:<name>` offline)")
+    offline: bool = Field(
+        description="true: made by the offline stand-in (no ANTHROPIC_API_KEY), not a model"
+    )
+    lessons_applied: list[LessonUsed] = Field(
+        description="lessons from earlier rejections and corrections that were in the prompt"
+    )
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 class Health(BaseModel):

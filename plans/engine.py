@@ -34,6 +34,8 @@ from plans.controls import (
 )
 from plans.expressions import evaluate_condition
 from plans.models import OnError, Plan, PlanStatus, Step, StepKind, StepStatus, ToolSpec
+from plans.policy import ApprovalDecision
+from plans.risk import assess_step, at_least
 from plans.validation import PlanInvalid, parse_plan, validate_plan
 
 MAX_LOG_ENTRIES = 500  # kept in the workflow's state (the newest ones)
@@ -95,6 +97,11 @@ class StepRun(_Compact):
     carried: bool = False  # completed in an earlier run; resume-from-failure never re-runs it
     timed_out: str | None = None  # which wait for a person ran out, and what was done then
     runs: int = 0  # how many times an activity was started for this step in this run
+    # the adaptive approval policy gates this step (it is critical): why; a person approves
+    # it before it runs, through the same approve_step / reject_step as requires_approval
+    policy_gate: str | None = None
+    # an llm step's tool calls, each a child activity: {n, tool, params, status, ...}
+    calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class AuditEntry(BaseModel):
@@ -187,6 +194,8 @@ class PlanRun(BaseModel):
     audit_total: int = 0  # likewise for `audit`: absolute numbers for the store
     approval_required: bool = False
     approval_policy: str = ""  # why the plan did or did not wait for a person
+    # require_approval "auto": what the adaptive policy decided, with risk and trust
+    policy_decision: ApprovalDecision | None = None
 
     @property
     def status(self) -> PlanStatus:
@@ -223,7 +232,12 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
 
 
 def needs_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool, str]:
-    """Whether the plan must wait for a person before it runs, and why."""
+    """Whether the plan must wait for a person before it runs, and why.
+
+    With ``require_approval: "auto"`` the adaptive policy's decision
+    (:func:`apply_policy_decision`) answers. Without one, the rule that "auto" followed
+    before the adaptive policy: runs recorded then must decide the same on replay.
+    """
     opts = run.plan.options
     if opts.auto_approve:
         return False, "auto_approve is set"
@@ -231,6 +245,14 @@ def needs_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool,
         return True, "require_approval is true"
     if opts.require_approval is False:
         return False, "require_approval is false"
+    if run.policy_decision is not None:
+        return run.policy_decision.required, "auto: " + run.policy_decision.summary()
+    return legacy_auto_approval(run, catalog)
+
+
+def legacy_auto_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool, str]:
+    """The "auto" rule before the adaptive policy: a person for high-risk tools and
+    steps that are not idempotent."""
     risky = []
     for s in run.plan.steps:
         spec = catalog.get(s.tool or "")
@@ -241,6 +263,54 @@ def needs_approval(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> tuple[bool,
     if risky:
         return True, "auto: " + "; ".join(risky)
     return False, "auto: every step is low or medium risk and idempotent"
+
+
+def apply_policy_decision(run: PlanRun, decision: ApprovalDecision, now: datetime) -> None:
+    """Keep the adaptive policy's decision in the run: its step gates, an audit entry
+    (by ``policy``, action ``approval_policy``) with the reasons, trust and risk, and one
+    ``policy_gate`` entry per gated step."""
+    run.policy_decision = decision
+    trust = decision.trust
+    who = f" of {trust.agent_id}" if trust and trust.agent_id else ""
+    head = (
+        f"{'a person must approve' if decision.required else 'no person needed'}: "
+        f"risk {decision.risk_level}, trust{who} {decision.trust_score:.2f} "
+        f"({decision.trust_level})"
+    )
+    if decision.source == "fallback":
+        head += " [no assessment could be made: decided as for a new agent]"
+    audit(run, now, "policy", "approval_policy", True, f"{head}. {decision.summary()}")
+    for sid, why in decision.step_gates.items():
+        s = run.steps.get(sid)
+        if s is None or s.status.terminal:
+            continue
+        s.policy_gate = why
+        audit(run, now, "policy", "policy_gate", True, why, step_id=sid)
+    level = "info" if not decision.step_gates else "warning"
+    log(run, now, f"approval policy: {head}", level)
+
+
+def unattended_critical_steps(run: PlanRun, catalog: Mapping[str, ToolSpec]) -> list[str]:
+    """Critical steps that will run without any person (require_approval false or
+    auto_approve, and no gate of their own): the explicit choice stands, with a warning."""
+    opts = run.plan.options
+    if not (opts.auto_approve or opts.require_approval is False):
+        return []
+    out = []
+    for step in run.plan.steps:
+        if step.requires_approval or step.kind == StepKind.APPROVAL:
+            continue
+        risk = assess_step(run.plan, step, catalog)
+        if risk.level == "critical":
+            out.append(f"{step.id} ({'; '.join(risk.top)})")
+    return out
+
+
+def _gated(step: Step, s: StepRun) -> bool:
+    """The step waits for a person before it runs (and nobody approved it yet)."""
+    return (
+        step.requires_approval or step.kind == StepKind.APPROVAL or s.policy_gate is not None
+    ) and s.gate_approved_by is None
 
 
 # --- logs and audit ------------------------------------------------------------------
@@ -369,6 +439,8 @@ def waits(run: PlanRun) -> list[WaitingFor]:
             )
         elif s.status == StepStatus.WAITING_APPROVAL:
             question = step.description or None
+            if s.policy_gate:
+                question = f"{question}: {s.policy_gate}" if question else s.policy_gate
             ranked.append(
                 (
                     4,
@@ -528,6 +600,11 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
                 )
                 changed = True
                 continue
+            not_taken = _branch_not_taken(run, step.id)
+            if not_taken:
+                _skip(run, step.id, SkipReason.CONDITION, not_taken, now)
+                changed = True
+                continue
             if step.when is not None:
                 try:
                     ok = evaluate_condition(step.when, context(run, step.id))
@@ -558,12 +635,11 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
                 )
                 changed = True
                 continue
-            if (
-                step.requires_approval or step.kind == StepKind.APPROVAL
-            ) and s.gate_approved_by is None:
+            if _gated(step, s):
                 s.status = StepStatus.WAITING_APPROVAL
                 s.waiting_since = now
-                log(run, now, f"step {step.id} waits for approval", "info", step.id)
+                why = f" ({s.policy_gate})" if s.policy_gate else ""
+                log(run, now, f"step {step.id} waits for approval{why}", "info", step.id)
                 changed = True
                 continue
             if step.kind == StepKind.APPROVAL:
@@ -585,14 +661,13 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
             continue
         if step.requires_clarification and not s.answered:
             continue
-        if (
-            step.requires_approval or step.kind == StepKind.APPROVAL
-        ) and s.gate_approved_by is None:
+        if _gated(step, s):
             continue
         s.status = StepStatus.RUNNING
         s.started_at = now
         s.completed_at = None
         s.error = None
+        s.calls = []
         s.runs += 1
         started.append(step.id)
         capacity -= 1
@@ -608,6 +683,80 @@ def record_success(run: PlanRun, sid: str, output: Any, attempts: int, now: date
     s.completed_at = now
     s.error = None
     log(run, now, f"step {sid} completed after {attempts} attempt(s)", "info", sid)
+    step = run.plan.step(sid)
+    if step.kind == StepKind.DECISION and isinstance(output, dict) and "choice" in output:
+        log(
+            run,
+            now,
+            f"step {sid} chose {output['choice']!r}: {output.get('reason', '')}",
+            "info",
+            sid,
+        )
+
+
+def _branch_not_taken(run: PlanRun, sid: str) -> str | None:
+    """Why ``sid`` is on a branch a decision did not choose (None: it is not)."""
+    for step in run.plan.steps:
+        branches = step.params.get("branches") if step.kind == StepKind.DECISION else None
+        if not isinstance(branches, dict):
+            continue
+        labels = [label for label, members in branches.items() if sid in (members or [])]
+        if not labels:
+            continue
+        d = run.steps[step.id]
+        choice = d.output.get("choice") if isinstance(d.output, dict) else None
+        if d.status == StepStatus.COMPLETED and choice not in labels:
+            named = " or ".join(repr(label) for label in labels)
+            return f"branch {named} not taken: {step.id} chose {choice!r}"
+    return None
+
+
+def record_call(run: PlanRun, sid: str, call: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """An llm step's tool call starts (or is refused, when ``call`` has an error)."""
+    s = run.steps[sid]
+    entry = {"n": len(s.calls) + 1, "at": now.isoformat(), **call}
+    s.calls.append(entry)
+    if entry.get("status") == "invalid":
+        log(
+            run,
+            now,
+            f"step {sid}: tool call {entry['n']} refused: {entry.get('error')}",
+            "warning",
+            sid,
+        )
+    else:
+        log(
+            run, now, f"step {sid}: tool call {entry['n']} {entry.get('tool')} started", "info", sid
+        )
+    return entry
+
+
+def finish_call(
+    run: PlanRun,
+    sid: str,
+    n: int,
+    now: datetime,
+    *,
+    output: Any = None,
+    error: str | None = None,
+    attempts: int = 1,
+) -> None:
+    s = run.steps[sid]
+    entry = next(c for c in s.calls if c["n"] == n)
+    entry.update(
+        status="failed" if error else "completed",
+        completed_at=now.isoformat(),
+        attempts=attempts,
+        **({"error": error} if error else {"output": preview(output, 500)}),
+    )
+    outcome = f"failed: {error}" if error else "completed"
+    log(
+        run,
+        now,
+        f"step {sid}: tool call {n} {entry.get('tool')} {outcome}",
+        "info" if not error else "warning",
+        sid,
+    )
 
 
 def record_failure(run: PlanRun, sid: str, error: str, attempts: int, now: datetime) -> None:
@@ -1041,8 +1190,36 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         s.gate_approved_by = None  # earlier approvals of this step lapse
         if s.status == StepStatus.WAITING_APPROVAL:
             s.waiting_since = now
-        return f"step {msg.step_id} corrected ({', '.join(changes)}); plan version {run.version}"
+        gate = _policy_gate_after_correction(run, msg.step_id, catalog, now)
+        return (
+            f"step {msg.step_id} corrected ({', '.join(changes)}); plan version {run.version}"
+            + gate
+        )
     raise Refused(f"unknown control {type(msg).__name__}")
+
+
+def _policy_gate_after_correction(
+    run: PlanRun, sid: str, catalog: Mapping[str, ToolSpec], now: datetime
+) -> str:
+    """Under the adaptive policy a corrected step is assessed again: one that became
+    critical gets a step gate (a gate it had stays)."""
+    decision = run.policy_decision
+    s = run.steps[sid]
+    if decision is None or s.policy_gate is not None:
+        return ""
+    step = run.plan.step(sid)
+    if step.requires_approval or step.kind == StepKind.APPROVAL:
+        return ""
+    risk = assess_step(run.plan, step, catalog)
+    if not at_least(risk.level, decision.gate_level):
+        return ""
+    evidence = "; ".join(risk.top or risk.reasons)
+    s.policy_gate = (
+        f"step {sid} is {risk.level}-risk after a correction ({evidence}): a person approves "
+        "it before it runs, whatever the trust"
+    )
+    audit(run, now, "policy", "policy_gate", True, s.policy_gate, step_id=sid)
+    return f"; the approval policy now gates it ({risk.level}-risk)"
 
 
 def _reset_dependents(run: PlanRun, sid: str) -> list[str]:
@@ -1137,6 +1314,10 @@ def _expire_step_approval(run: PlanRun, sid: str, now: datetime) -> str:
     action = opts.on_step_approval_timeout
     what = f"step approval timed out after {opts.step_approval_timeout_s:g}s; on_step_approval_timeout={action}"
     s = run.steps[sid]
+    if action == "approve" and s.policy_gate:
+        # A critical step always needs a person: a timeout never approves it.
+        action = "reject"
+        what += " (not applied: the approval policy gates this step, so it is rejected)"
     s.timed_out = what
     if action == "approve":
         s.gate_approved_by = "system:timeout"

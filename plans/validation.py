@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -191,6 +192,8 @@ def validate_plan(plan: Plan, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
     for i, step in enumerate(plan.steps):
         _check_kind(step, f"steps[{i}]", catalog, add)
         known = anc.get(step.id, set())
+        if step.kind == StepKind.DECISION:
+            _check_branches(step, f"steps[{i}]", plan, anc, index, add)
         if step.when is not None:
             _check_expression(step.when, f"steps[{i}].when", plan, step, known, index, add)
         for location, expr in iter_templates(step.params, f"steps[{i}].params"):
@@ -238,40 +241,162 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
     elif step.tool is not None:
         add(f"{where}.tool", f"only tool steps name a tool (this step is kind {step.kind.value!r})")
 
-    if step.kind == StepKind.DECISION:
-        options = step.params.get("options")
-        if (
-            not isinstance(options, list)
-            or len(options) < 2
-            or not all(isinstance(o, str) for o in options)
-        ):
-            add(
-                f"{where}.params.options",
-                "a decision step needs 'options': a list of at least two labels",
-            )
-        if not isinstance(step.params.get("question"), str):
-            add(f"{where}.params.question", "a decision step needs a 'question' string")
-    elif step.kind == StepKind.VALIDATION:
-        checks = step.params.get("checks")
-        if not isinstance(checks, list) or not checks:
+    schema = KIND_PARAMS.get(step.kind)
+    if schema is not None:
+        for path, message in params_errors(schema, step.params):
+            missing = _REQUIRED.match(message)
+            if not path and missing:
+                path = f".{missing.group(1)}"  # say which param is missing, where it goes
+            if path.startswith(".options["):
+                path = ".options"
+            add(f"{where}.params{path}", KIND_MESSAGES.get((step.kind, path), message))
+    if step.kind == StepKind.VALIDATION:
+        if not _checks(step) and not step.params.get("judge"):
             add(
                 f"{where}.params.checks",
-                "a validation step needs 'checks': a non-empty list of {name?, expr}",
+                "a validation step needs 'checks': a non-empty list of {name?, expr} "
+                "(or a 'judge' with criteria)",
             )
-        else:
-            for j, check in enumerate(checks):
-                if not isinstance(check, dict) or not isinstance(check.get("expr"), str):
-                    add(
-                        f"{where}.params.checks[{j}]",
-                        "each check is an object with an 'expr' string",
-                    )
-    elif step.kind == StepKind.LLM and not isinstance(step.params.get("prompt"), str):
-        add(f"{where}.params.prompt", "an llm step needs a 'prompt' string")
+    elif step.kind == StepKind.LLM:
+        tools = step.params.get("tools")
+        for j, name in enumerate(tools if isinstance(tools, list) else []):
+            if isinstance(name, str) and name not in catalog:
+                add(
+                    f"{where}.params.tools[{j}]",
+                    f"unknown tool {name!r}{_did_you_mean(name, catalog)}; "
+                    f"known tools: {', '.join(sorted(catalog))}",
+                )
+        out = step.params.get("output_schema")
+        if isinstance(out, dict):
+            try:
+                jsonschema.Draft202012Validator.check_schema(out)
+            except jsonschema.SchemaError as e:
+                add(f"{where}.params.output_schema", f"not a valid JSON Schema: {e.message}")
     if step.requires_clarification and not step.clarification_question:
         add(
             f"{where}.clarification_question",
             "requires_clarification needs a clarification_question",
         )
+
+
+_REQUIRED = re.compile(r"^'(\w+)' is a required property$")
+_MODEL_PARAMS: dict[str, Any] = {
+    "model": {"type": "string", "minLength": 1},
+    "capabilities": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 64000},
+}
+
+# The params of the kinds that are not tools, as JSON Schema (DESIGN.md §7).
+KIND_PARAMS: dict[StepKind, dict[str, Any]] = {
+    StepKind.LLM: {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "prompt": {"type": "string"},
+            "system": {"type": "string"},
+            "input": {},
+            "output_schema": {"type": "object"},
+            "tools": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "max_tool_calls": {"type": "integer", "minimum": 1, "maximum": 50},
+            "max_invalid_calls": {"type": "integer", "minimum": 0, "maximum": 10},
+            **_MODEL_PARAMS,
+        },
+        "required": ["prompt"],
+    },
+    StepKind.DECISION: {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "question": {"type": "string"},
+            "options": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 2,
+                "uniqueItems": True,
+            },
+            "context": {},
+            "branches": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
+            **_MODEL_PARAMS,
+        },
+        "required": ["question", "options"],
+    },
+    StepKind.VALIDATION: {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "checks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "expr": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["expr"],
+                    "additionalProperties": False,
+                },
+            },
+            "judge": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "criteria": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "minItems": 1,
+                    },
+                    "subject": {},
+                    **_MODEL_PARAMS,
+                },
+                "required": ["criteria", "subject"],
+            },
+        },
+    },
+}
+KIND_MESSAGES: dict[tuple[StepKind, str], str] = {
+    (StepKind.DECISION, ""): "a decision step needs a 'question' string and 'options': "
+    "a list of at least two labels",
+    (StepKind.DECISION, ".options"): "a decision step needs 'options': a list of at least "
+    "two different labels",
+    (StepKind.DECISION, ".question"): "a decision step needs a 'question' string",
+    (StepKind.LLM, ""): "an llm step needs a 'prompt' string",
+    (StepKind.LLM, ".prompt"): "an llm step needs a 'prompt' string",
+}
+
+
+def _check_branches(
+    step: Step,
+    where: str,
+    plan: Plan,
+    anc: Mapping[str, set[str]],
+    index: Mapping[str, int],
+    add: Any,
+) -> None:
+    """``branches`` maps an option to the steps that run only when it is chosen."""
+    branches = step.params.get("branches")
+    options = step.params.get("options")
+    if not isinstance(branches, dict) or not isinstance(options, list):
+        return
+    for label, members in branches.items():
+        loc = f"{where}.params.branches.{label}"
+        if label not in options:
+            add(loc, f"{label!r} is not one of the options {options}")
+        for j, sid in enumerate(members if isinstance(members, list) else []):
+            if not isinstance(sid, str):
+                continue
+            if sid not in index:
+                add(f"{loc}[{j}]", f"unknown step {sid!r}{_did_you_mean(sid, index)}")
+            elif step.id not in anc.get(sid, set()):
+                add(
+                    f"{loc}[{j}]",
+                    f"step {sid!r} must depend on {step.id!r} (directly or not), "
+                    "so that it waits for the choice",
+                )
 
 
 def params_errors(

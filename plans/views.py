@@ -18,6 +18,7 @@ from plans.engine import (
     waits,
 )
 from plans.models import Plan, PlanStatus, StepStatus
+from plans.policy import ApprovalDecision
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -36,6 +37,9 @@ class StepView(BaseModel):
     output: Any = None
     skip_reason: str | None = None
     skip_detail: str | None = None
+    calls: list[dict[str, Any]] = Field(
+        default_factory=list, description="an llm step's tool calls, each run as a child step"
+    )
 
 
 class StatusView(BaseModel):
@@ -50,6 +54,11 @@ class StatusView(BaseModel):
     outcome: str | None
     approved_by: str | None
     approval_note: str | None = None
+    approval_policy: ApprovalDecision | None = Field(
+        default=None,
+        description='require_approval "auto": what the adaptive policy decided and why '
+        "(required, reasons, risk with every non-low step, trust with its inputs, step gates)",
+    )
     stopping: str | None = None
     paused_by: str | None = None
     paused_reason: str | None = None
@@ -104,6 +113,7 @@ def status_view(run: PlanRun) -> StatusView:
                 output=preview(s.output),
                 skip_reason=s.skip_reason.value if s.skip_reason else None,
                 skip_detail=s.skip_detail,
+                calls=s.calls,
             )
         )
     return StatusView(
@@ -118,6 +128,7 @@ def status_view(run: PlanRun) -> StatusView:
         outcome=run.outcome,
         approved_by=run.approval.by if run.approval else None,
         approval_note=run.approval_policy or None,
+        approval_policy=run.policy_decision,
         stopping=run.stopping,
         paused_by=run.pause.by if run.pause else None,
         paused_reason=run.pause.reason if run.pause else None,

@@ -1,7 +1,7 @@
 """``plansmith``: the project's command line (DESIGN.md §8).
 
-Exit codes: 0 success, 1 the plan did not complete, 2 bad input or a refused control
-(messages on stderr).
+Exit codes: 0 success, 1 the plan did not complete (``plan``: no valid plan within the
+repair rounds, or the model failed), 2 bad input or a refused control (messages on stderr).
 """
 
 from __future__ import annotations
@@ -437,10 +437,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         verdict = "completed" if code == EXIT_OK else "did NOT complete"
-        print(
-            f"\nThe example plan {verdict}. Its history is kept in {settings.temporal_db_file}.",
-            flush=True,
-        )
+        print(f"\nThe example plan {verdict}.", flush=True)
+        if code == EXIT_OK and not args.no_planner:
+            code = asyncio.run(_demo_planner(args.port, settings))
+            verdict = "completed" if code == EXIT_OK else "did NOT complete"
+            print(f"\nThe generated plan {verdict}.", flush=True)
+        print(f"Their histories are kept in {settings.temporal_db_file}.", flush=True)
         keep = args.keep if args.keep is not None else sys.stdin.isatty()
         if keep:
             print(f"Browse it at {ui_url(settings)} — Ctrl-C stops everything.", flush=True)
@@ -453,6 +455,49 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return code
     finally:
         stack.stop()
+
+
+DEMO_TASK = (
+    "fetch the service health from http://127.0.0.1:{port}/healthz and summarise it "
+    "for the on-call engineer"
+)
+
+
+async def _demo_planner(port: int, settings: Settings) -> int:
+    """The demo's second part: the planner turns a task into a plan, which then runs."""
+    from activities.llm.planner import PlanRequest
+    from workflows.planner_workflow import run_planner
+
+    task = DEMO_TASK.format(port=port)
+    print(f"\nAsking the planner for a plan: {task!r}", flush=True)
+    client = await _client(settings)
+    result = await run_planner(client, PlanRequest(task=task, agent_id="demo"), settings.task_queue)
+    plan = parse_plan(result.plan)
+    _print_generated(result, plan, None)
+    plan = plan.model_copy(update={"id": f"generated-{time.strftime('%Y%m%d-%H%M%S')}"})
+    from activities.tools import catalog
+
+    validate_or_raise(plan, catalog())
+    handle = await start_plan(client, plan, settings)
+    print(f"started the generated plan {plan.id}", flush=True)
+    watcher = asyncio.create_task(watch(handle))
+    # The adaptive policy may ask a person before a new agent's plan runs: in the demo,
+    # the person is you, and the approval says so in the audit trail.
+    for _ in range(50):
+        if watcher.done():
+            break
+        st = await _status(handle)
+        if st.status == PlanStatus.PENDING_APPROVAL:
+            print(
+                f"approving it for you ({st.approval_note or 'policy asked a person'})", flush=True
+            )
+            await handle.execute_update(
+                "approve", {"by": "demo (make run)", "comment": "approved by the demo"}
+            )
+            break
+        await asyncio.sleep(0.2)
+    st = await watcher
+    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
 
 
 # --- argument parsing ----------------------------------------------------------------
@@ -517,7 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", help="dev server + worker + API in the foreground; Ctrl-C stops them")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="API port")
-    s = sub.add_parser("demo", help="start everything and run an example plan to completion")
+    s = sub.add_parser(
+        "demo",
+        help="start everything, run an example plan to completion, then a plan the planner made",
+    )
     s.add_argument("file", nargs="?", default="examples/ci_diamond.yaml")
     s.add_argument("--port", type=int, default=8000, help="API port")
     s.add_argument("--input", action="append", metavar="KEY=VALUE")
@@ -526,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="keep the stack up afterwards (default: when run in a terminal)",
+    )
+    s.add_argument(
+        "--no-planner",
+        action="store_true",
+        help="skip the second part: the planner making a plan from a task, then running it",
     )
     s = sub.add_parser("validate", help="validate a plan file (JSON or YAML)")
     s.add_argument("file")
@@ -541,6 +594,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="set an input (value parsed as JSON if it can be)",
     )
     s.add_argument("--id", help="plan id (default: from the file, else generated)")
+    s = sub.add_parser(
+        "plan",
+        help="make a plan with the LLM planner: the validated document as JSON on stdout",
+        description="Turn a task into a validated plan document (JSON on stdout); the "
+        "constraints and how they are met, repair rounds and lessons go to stderr. Runs the "
+        "GeneratePlan workflow on a worker (or in this process with --local). Without "
+        "ANTHROPIC_API_KEY an offline stand-in makes the plan. Exit 0: a valid plan; 1: no "
+        "valid plan within the repair rounds (problems on stderr); 2: bad input.",
+    )
+    s.add_argument("task", help="what the plan must do")
+    s.add_argument("--context", help="what the planner should know: TEXT, or @FILE")
+    s.add_argument("--constraint", action="append", metavar="C", help="a constraint (repeatable)")
+    s.add_argument("--agent-id", help="who proposes the plan")
+    s.add_argument(
+        "--input",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a plan input (value parsed as JSON if it can be)",
+    )
+    s.add_argument("--rounds", type=int, default=3, help="repair rounds, 0-5 (default 3)")
+    s.add_argument("--model", help="a configured model (default: the planning model)")
+    s.add_argument(
+        "--save",
+        action="store_true",
+        help="also create the plan as a draft in the store (POST /api/plans/ID/execute runs it)",
+    )
+    s.add_argument(
+        "--local",
+        action="store_true",
+        help="plan in this process instead of on a worker (no Temporal needed)",
+    )
     s = sub.add_parser("status", help="print a plan's status")
     s.add_argument("id", help="plan id or workflow id")
     s = sub.add_parser(
@@ -605,6 +689,175 @@ async def cmd_resume_from_failure(args: argparse.Namespace, settings: Settings) 
     return await _announce(handle, settings, resumed, args.watch)
 
 
+def _plan_request(args: argparse.Namespace) -> Any:
+    """The planner request of ``plansmith plan``; CliError for bad input."""
+    from pydantic import ValidationError
+
+    from activities.llm.planner import PlanRequest
+
+    context: Any = args.context
+    if isinstance(context, str) and context.startswith("@"):
+        path = Path(context[1:])
+        if not path.is_file():
+            raise CliError(f"--context {context}: no such file")
+        context = path.read_text(encoding="utf-8")
+        with contextlib.suppress(json.JSONDecodeError):
+            parsed = json.loads(context)
+            if isinstance(parsed, dict):
+                context = parsed
+    inputs: dict[str, Any] = {}
+    for item in args.input or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--input {item!r}: expected KEY=VALUE")
+        try:
+            inputs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            inputs[key] = raw
+    try:
+        return PlanRequest(
+            task=args.task,
+            context=context,
+            constraints=args.constraint or [],
+            agent_id=args.agent_id,
+            inputs=inputs,
+            max_repair_rounds=args.rounds,
+            model=args.model,
+        )
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in x['loc']) or 'request'}: {x['msg']}" for x in e.errors()
+        )
+        raise CliError(f"bad planner request: {problems}") from None
+
+
+def _approval_note(plan: Plan) -> str:
+    """Whether a run of ``plan`` will wait for ``plansmith approve``, and why."""
+    from datetime import UTC, datetime
+
+    from activities.tools import catalog
+    from plans import engine
+
+    run = engine.new_run(plan, datetime.now(UTC))
+    if plan.options.require_approval == "auto" and not plan.options.auto_approve:
+        # the adaptive policy decides when the plan starts; as a new agent's plan, now:
+        from plans.policy import decide_as_new_agent
+
+        d = decide_as_new_agent(plan, catalog(), datetime.now(UTC), "a prediction")
+        waits = d.required
+        why = f"auto, for a new agent: {d.summary()}; an agent with a good record is asked less"
+    else:
+        waits, why = engine.needs_approval(run, catalog())
+    if waits:
+        return (
+            f"it waits for a person's approval before it runs ({why}): approve it with "
+            "`plansmith approve <plan id>` (run prints the id), or edit options.require_approval"
+        )
+    return f"it runs without waiting for approval ({why})"
+
+
+def _print_generated(result: Any, plan: Plan, saved: str | None) -> None:
+    model = result.model
+    rounds = f"{result.rounds} round{'s' if result.rounds != 1 else ''}"
+    err(f"planned by {model} in {rounds} ({len(plan.steps)} step(s); the plan is valid)")
+    if result.offline:
+        err(
+            "offline model: ANTHROPIC_API_KEY is not set on the planner's side, so the plan was "
+            "made from the task's wording without a language model (and its llm steps answer "
+            "offline too)"
+        )
+    if result.constraints:
+        err("constraints:")
+        for c in result.constraints:
+            err(f"  - {c.constraint}: {c.how}")
+    for i, problems in enumerate(result.repairs, start=1):
+        err(f"repair round {i}: {len(problems)} problem(s) sent back to the model:")
+        for line in problems:
+            err(f"    - {line}")
+    if result.lessons_applied:
+        err("lessons applied:")
+        for lesson in result.lessons_applied:
+            err(f"  - [lesson {lesson.id}] {lesson.summary}")
+    err(f"tokens: {result.usage.input_tokens} in, {result.usage.output_tokens} out")
+    if saved:
+        err(
+            f"saved as draft {saved}: execute it with POST /api/plans/{saved}/execute, "
+            "or run the JSON with `plansmith run FILE --watch`"
+        )
+    else:
+        err("run it: save the JSON (`> plan.json`) and `plansmith run plan.json --watch`")
+    err(f"approval: {_approval_note(plan)}")
+
+
+async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    """``plansmith plan "TASK"``: the validated plan document on stdout, the rest on stderr."""
+    from activities.llm.base import LLMError
+    from activities.llm.planner import PlanningFailed
+    from activities.llm.selector import NoModelFits
+    from workflows.planner_workflow import PlannerUnavailable, run_planner
+
+    req = _plan_request(args)
+    try:
+        if args.local:
+            from activities.planning import plan_with_this_process
+
+            result = await plan_with_this_process(req)
+        else:
+            try:
+                client = await _client(settings)
+            except CliError as e:
+                raise CliError(
+                    f"{e}\nor plan in this process, without Temporal: `plansmith plan --local ...`"
+                ) from None
+            result = await run_planner(client, req, settings.task_queue)
+    except PlanningFailed as e:
+        for i, problems in enumerate(e.repairs, start=1):
+            err(f"repair round {i}: {len(problems)} problem(s) sent back to the model:")
+            for line in problems:
+                err(f"    - {line}")
+        err(f"error: {e}")
+        return EXIT_NOT_COMPLETED
+    except NoModelFits as e:
+        raise CliError(str(e)) from None
+    except LLMError as e:
+        err(f"error: the language model failed ({e.kind}): {e}")
+        return EXIT_NOT_COMPLETED
+    except PlannerUnavailable as e:
+        raise CliError(str(e)) from None
+    plan = parse_plan(result.plan)
+    saved = None
+    document = result.plan
+    if args.save:
+        saved = await _save_draft(plan, settings)
+        document = {"id": saved, **result.plan}
+    print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
+    _print_generated(result, plan, saved)
+    return EXIT_OK
+
+
+async def _save_draft(plan: Plan, settings: Settings) -> str:
+    """Create ``plan`` as a draft in the store, as ``POST /api/plans`` does."""
+    from datetime import UTC, datetime
+
+    from api.drafts import Draft, StoreDrafts
+    from store.db import get_engine
+
+    slug = "".join(c if c.isalnum() else "-" for c in plan.title.lower()).strip("-")
+    slug = "-".join(filter(None, slug.split("-")))[:40].strip("-") or "plan"
+    plan_id = f"{slug}-{uuid.uuid4().hex[:8]}"
+    try:
+        await StoreDrafts(get_engine(settings.database_url)).add(
+            Draft(
+                plan=plan.model_copy(update={"id": plan_id}),
+                created_at=datetime.now(UTC),
+                created_by=_default_actor(),
+            )
+        )
+    except Exception as e:
+        raise CliError(f"could not save the plan as a draft: {type(e).__name__}: {e}") from None
+    return plan_id
+
+
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     client = await _client(settings)
     st = await watch(_handle(client, args.id))
@@ -632,6 +885,7 @@ def run_cli(argv: list[str] | None = None) -> int:
         "audit": cmd_query,
         "logs": cmd_query,
         "resume-from-failure": cmd_resume_from_failure,
+        "plan": cmd_plan,
     }
     try:
         if args.command in sync:

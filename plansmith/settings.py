@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from plans.policy import PolicyThresholds
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,62 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         default=20.0, gt=0, validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S"
     )
+    models: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_MODELS",
+        description="the models the selector may pick: a JSON list of objects "
+        '{"name", "capabilities", "max_tokens", "priority", "enabled"} (default: a Sonnet '
+        "for planning and code, a Haiku for fast work); models configured in the store "
+        "(PUT /api/models/{name}) override these by name",
+    )
+    llm_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias="PLANSMITH_LLM_TIMEOUT_S",
+        description="how long one language-model call may take before it fails (and is "
+        "retried by Temporal)",
+    )
+    policy: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_POLICY",
+        description="thresholds of the adaptive approval policy (require_approval: auto), a "
+        "JSON object with any of: trust_levels, max_unattended_risk, min_runs, gate_level, "
+        "trust {half_life_days, prior, prior_weight, ...}, risk {many_steps, very_many_steps} "
+        "(docs/operating.md, Adaptive approval)",
+    )
+    trust_half_life_days: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias="PLANSMITH_TRUST_HALF_LIFE_DAYS",
+        description="age in days at which a run counts half towards an agent's trust "
+        "(default 30; overrides trust.half_life_days of PLANSMITH_POLICY)",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, value: str | None) -> str | None:
+        """Bad ``PLANSMITH_POLICY`` fails at start-up, naming the variable and the problem."""
+        if value is not None and value.strip():
+            from plans.policy import parse_thresholds
+
+            parse_thresholds(value)  # raises ValueError("PLANSMITH_POLICY ...")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: str | None) -> str | None:
+        """Bad ``PLANSMITH_MODELS`` fails at start-up, naming the variable and the problem."""
+        if value is not None and value.strip():
+            from activities.llm.selector import parse_models
+
+            parse_models(value)  # raises ValueError("PLANSMITH_MODELS ...")
+        return value
+
+    def policy_thresholds(self) -> PolicyThresholds:
+        """The adaptive approval policy's thresholds (PLANSMITH_POLICY and friends)."""
+        from plans.policy import parse_thresholds
+
+        return parse_thresholds(self.policy, self.trust_half_life_days)
 
     @property
     def temporal_host(self) -> str:

@@ -30,6 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     (subprocesses the tests start inherit it)."""
     store_dir = tempfile.mkdtemp(prefix="plansmith-tests-")
     os.environ["DATABASE_URL"] = f"sqlite:///{store_dir}/store.db"
+    # No test talks to the real Anthropic API: without a key the offline model answers,
+    # and the Anthropic path is tested against a mocked transport (test_llm_anthropic).
+    os.environ.pop("ANTHROPIC_API_KEY", None)
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -401,10 +401,18 @@ async def test_cancel_and_list_from_visibility(http: httpx.AsyncClient):
     assert all(p["status"] == "cancelled" for p in listed["plans"])
 
 
-async def test_generate_is_not_implemented_yet(http: httpx.AsyncClient):
-    r = await http.post("/api/plans/generate", json={"task": "ship it"})
-    assert r.status_code == 501 and "not implemented" in r.json()["detail"]
+async def test_generate_answers_a_validated_plan(http: httpx.AsyncClient):
+    from activities.llm.base import use_chat_model
+    from activities.llm.offline import OfflineModel
+
+    with use_chat_model(OfflineModel()):
+        r = await http.post("/api/plans/generate", json={"task": "ship it"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["offline"] is True and body["plan_id"] is None
+    assert (await http.post("/api/plans", json={**body["plan"], "id": pid()})).status_code == 201
     assert (await http.post("/api/plans/generate", json={})).status_code == 422
+    # the planner is fully covered in test_planner*.py
 
 
 # --- server-sent events ---------------------------------------------------------------
@@ -682,7 +690,11 @@ async def test_openapi_document_is_complete(http: httpx.AsyncClient):
                     or "$ref" in schema.get("schema", {})
                 ), (m, p)
     assert "BearerKey" in doc["components"]["securitySchemes"]
-    assert "501" in paths["/api/plans/generate"]["post"]["responses"]
+    generate = paths["/api/plans/generate"]["post"]["responses"]
+    assert {"200", "422", "502", "503"} <= set(generate) and "501" not in generate
+    assert generate["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/GenerateResponse"
+    )
     schemas = doc["components"]["schemas"]
     for name in ("ApproveBody", "ExecutionCreate", "GenerateRequest", "PauseBody"):
         assert schemas[name].get("examples"), name

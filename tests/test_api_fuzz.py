@@ -10,6 +10,7 @@ reach the workflow's validators and transition rules, not only the 404 path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -26,13 +27,14 @@ from schemathesis.checks import (
 )
 from temporalio.testing import WorkflowEnvironment
 
+from activities.llm.base import use_chat_model
+from activities.llm.offline import OfflineModel
 from plans.models import ID_RE
 from tests.test_api import make_app, plan_doc, wait_step
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 8
-NOT_LIVE = ("/api/plans/{plan_id}/events",)
-NOT_IMPLEMENTED = "/api/plans/generate"  # a live plan's stream only ends with the plan
+NOT_LIVE = ("/api/plans/{plan_id}/events",)  # a live plan's stream only ends with the plan
 
 
 def _httpx_kwargs(case: Any) -> dict[str, Any]:
@@ -60,11 +62,15 @@ async def test_no_server_error_for_any_generated_request(
     schema = schemathesis.openapi.from_asgi("/openapi.json", make_app(env.client, task_queue))
     loop = asyncio.get_running_loop()
     async with (
+        contextlib.AsyncExitStack() as stack,
         app.router.lifespan_context(app),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60
         ) as http,
     ):
+        # POST /api/plans/generate runs the planner on the worker: offline, whatever the
+        # environment says, so nothing leaves the machine.
+        stack.enter_context(use_chat_model(OfflineModel()))
         live = plan_doc(
             [wait_step("a"), wait_step("b", 0, ["a"], requires_approval=True)],
             require_approval=True,
@@ -105,8 +111,6 @@ async def test_no_server_error_for_any_generated_request(
                         if key in params:
                             params[key] = live["id"]
                 response = send(case)
-                if op.path == NOT_IMPLEMENTED:  # 501 is its documented answer for now
-                    assert response.status_code in (401, 422, 501), response.text
                 case.validate_response(response, checks=checks)
 
             check()
@@ -124,25 +128,14 @@ async def test_no_server_error_for_any_generated_request(
             assert len(operations) >= 30
             for op in operations:
                 parts = (op.path_parameters, op.headers, op.cookies, op.query, op.body)
-                drop = not_a_server_error if op.path == NOT_IMPLEMENTED else None
-                run(
-                    op,
-                    GenerationMode.POSITIVE,
-                    POSITIVE_EXAMPLES,
-                    [c for c in positive if c is not drop],
-                )
+                run(op, GenerationMode.POSITIVE, POSITIVE_EXAMPLES, positive)
                 if any(len(part) for part in parts):  # else nothing sent can be wrong
-                    run(
-                        op,
-                        GenerationMode.NEGATIVE,
-                        NEGATIVE_EXAMPLES,
-                        [c for c in negative if c is not drop],
-                    )
+                    run(op, GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES, negative)
 
         await asyncio.to_thread(fuzz)
 
     statuses = {code for _, _, code in served}
-    assert all(code < 500 or code in (501, 502, 503) for code in statuses), statuses
+    assert all(code < 500 or code in (502, 503) for code in statuses), statuses
     assert not any(code in (502, 503) for code in statuses), "Temporal and the worker were up"
     # The run reached the workflow, not only validation and 404s.
     assert {200, 202, 404, 409, 422} <= statuses, statuses

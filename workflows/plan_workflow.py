@@ -9,6 +9,7 @@ queries for status, and search attributes so a person can find waiting plans.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -25,13 +26,16 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.approval import ASSESS_APPROVAL, AssessApprovalInput
     from activities.steps import EXECUTE_STEP, StepOutcome, StepTask
     from activities.tools import catalog
     from plans import engine
     from plans.controls import ControlResult
     from plans.engine import PlanRun, Refused, StepRun
     from plans.expressions import render
-    from plans.models import Plan, PlanStatus, StepKind, ToolSpec
+    from plans.models import Plan, PlanStatus, Step, StepKind, ToolSpec
+    from plans.policy import ApprovalDecision, decide_as_new_agent
+    from plans.validation import params_errors
     from plans.views import (
         ExecutionState,
         LogsQuery,
@@ -51,9 +55,17 @@ PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
 WAITING_FOR = SearchAttributeKey.for_keyword("WaitingFor")
 SEARCH_ATTRIBUTES = (PLAN_STATUS, WAITING_FOR)
 HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+# require_approval "auto" asks the assess_approval activity (risk and trust) first; runs
+# recorded before it decided with the engine's legacy rule and replay without it.
+ADAPTIVE_APPROVAL_PATCH = "adaptive-approval"
 MAX_WORKER_LOSSES = 3  # re-runs of an idempotent step whose worker died, beyond its retries
 NON_RETRYABLE = [
     "InvalidParams",
+    "InvalidModelOutput",
+    "NoModelFits",
+    "LLMBadRequest",
+    "LLMAuthError",
+    "LLMNotFound",
     "UnknownTool",
     "BadRequest",
     "HttpClientError",
@@ -238,9 +250,22 @@ class PlanWorkflow:
         run = self._run
         if run.approval is not None or run.final_status is not None:
             return
+        opts = run.plan.options
+        if (
+            opts.require_approval == "auto"
+            and not opts.auto_approve
+            and run.policy_decision is None
+            and not run.approval_policy
+            and workflow.patched(ADAPTIVE_APPROVAL_PATCH)
+        ):
+            await self._assess_approval()
+            if run.approval is not None or run.final_status is not None:
+                return  # a person approved or rejected the plan meanwhile: that stands
         required, why = engine.needs_approval(run, self._catalog)
         now = workflow.now()
         if not run.approval_policy:
+            for step in engine.unattended_critical_steps(run, self._catalog):
+                engine.log(run, now, f"critical step runs without a person: {step}", "warning")
             run.approval_required = required
         if not run.approval_required:
             run.approval_policy = why
@@ -279,6 +304,33 @@ class PlanWorkflow:
                 )
             else:
                 engine.end(run, PlanStatus.REJECTED, detail, now)
+
+    async def _assess_approval(self) -> None:
+        """The adaptive policy's decision (risk and trust, from the store) into the run.
+
+        The activity degrades to "a new agent" when the store is unreachable; when the
+        activity itself fails, the same pure decision is made here."""
+        run = self._run
+        plan = run.plan
+        names = {s.tool for s in plan.steps if s.tool}
+        for s in plan.steps:
+            offered = s.params.get("tools") if s.kind == StepKind.LLM else None
+            names |= {str(t) for t in offered} if isinstance(offered, list) else set()
+        tools = {n: self._catalog[n] for n in sorted(names) if n in self._catalog}
+        try:
+            decision = await workflow.execute_activity(
+                ASSESS_APPROVAL,
+                AssessApprovalInput(plan=plan, tools=tools, now=workflow.now()),
+                result_type=ApprovalDecision,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=5)),
+                summary="approval policy: risk and trust",
+            )
+        except ActivityError as e:
+            decision = decide_as_new_agent(
+                plan, self._catalog, workflow.now(), f"the assessment failed: {_error_text(e)}"
+            )
+        engine.apply_policy_decision(run, decision, workflow.now())
 
     async def _execute(self) -> None:
         run = self._run
@@ -356,9 +408,53 @@ class PlanWorkflow:
             engine.record_failure(run, sid, f"params could not be rendered: {e}", 0, workflow.now())
             self._finish_task(sid)
             return
+        policy, once, attempts = self._policy(step, self._catalog.get(step.tool or ""))
+        spec = self._catalog.get(step.tool or "")
+        timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
+        try:
+            ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, 0)
+            if ran is None:
+                return
+            outcome, used = ran
+            budget = _CallBudget.of(step.params)
+            while outcome.calls:  # an llm step's model asked for tools: run them, go on
+                results = await self._tool_calls(sid, task, outcome.calls, budget, timeout)
+                if budget.exhausted:
+                    engine.record_failure(run, sid, budget.exhausted, used, workflow.now())
+                    return
+                task = task.model_copy(
+                    update={
+                        "context": {
+                            **task.context,
+                            "conversation": [
+                                *outcome.conversation,
+                                {"role": "user", "content": results},
+                            ],
+                            "llm_usage": outcome.usage,
+                            "tool_calls_made": budget.made,
+                        }
+                    }
+                )
+                ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, used)
+                if ran is None:
+                    return
+                outcome, used = ran
+            output = outcome.output
+            self._audit_sandbox(
+                sid, spec, output.get("sandbox") if isinstance(output, dict) else None
+            )
+            engine.record_success(run, sid, outcome.output, used, workflow.now())
+        except (asyncio.CancelledError, _StepCancelled):
+            engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+        finally:
+            self._handles.pop(sid, None)
+            self._finish_task(sid)
+
+    def _policy(self, step: Step, spec: ToolSpec | None) -> tuple[RetryPolicy, bool, int]:
+        """The step's retry policy, whether it runs at most once, and its attempts."""
+        opts = self._run.plan.options
         retries = step.max_retries if step.max_retries is not None else opts.default_max_retries
         delay = step.retry_delay_s if step.retry_delay_s is not None else opts.default_retry_delay_s
-        spec = self._catalog.get(step.tool or "")
         once = not step.idempotent or (spec is not None and not spec.idempotent)
         attempts = 1 if once else retries + 1
         policy = RetryPolicy(
@@ -367,69 +463,196 @@ class PlanWorkflow:
             backoff_coefficient=step.backoff,
             non_retryable_error_types=NON_RETRYABLE,
         )
-        timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
+        return policy, once, attempts
+
+    async def _activity(
+        self,
+        sid: str,
+        task: StepTask,
+        spec: ToolSpec | None,
+        policy: RetryPolicy,
+        timeout: timedelta,
+        once: bool,
+        attempts: int,
+        used: int,
+    ) -> tuple[StepOutcome, int] | None:
+        """Run the step's activity: its outcome and the attempts spent so far, or None
+        once the failure (or cancellation) is recorded."""
+        run = self._run
+        step = run.plan.step(sid)
         lost = 0  # times the worker running this step vanished (no heartbeat)
-        used = 0  # attempts spent in earlier executions of the activity
+        while True:
+            handle = workflow.start_activity(
+                (spec.activity if spec and spec.activity else EXECUTE_STEP),
+                task,
+                task_queue=self._queue_for(spec),
+                result_type=StepOutcome,
+                start_to_close_timeout=timeout,
+                heartbeat_timeout=min(self._heartbeat_timeout, timeout),
+                retry_policy=policy,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{sid}: {step.tool or step.kind.value}",
+            )
+            self._handles[sid] = handle
+            try:
+                outcome = await handle
+            except ActivityError as e:
+                if isinstance(e.cause, CancelledError):
+                    engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+                    return None
+                used += _attempts(e, attempts)
+                if _worker_lost(e) and not once and lost < MAX_WORKER_LOSSES and not run.stopping:
+                    # A crashed worker is not the step's failure: run it again without
+                    # spending its own retries (it is idempotent).
+                    lost += 1
+                    engine.log(
+                        run,
+                        workflow.now(),
+                        f"step {sid}: no heartbeat from its worker; running it again "
+                        f"({lost}/{MAX_WORKER_LOSSES})",
+                        "warning",
+                        sid,
+                    )
+                    continue
+                error = _error_text(e)
+                if _worker_lost(e) and once:
+                    error += (
+                        " (the step is not idempotent, so it is not run again: check its effect)"
+                    )
+                engine.record_failure(run, sid, error, used, workflow.now())
+                self._audit_sandbox(sid, spec, _sandbox_record(e))
+                return None
+            return outcome, used + outcome.attempt
+
+    async def _tool_calls(
+        self,
+        sid: str,
+        task: StepTask,
+        calls: list[dict[str, Any]],
+        budget: _CallBudget,
+        timeout: timedelta,
+    ) -> list[dict[str, Any]]:
+        """Check each tool call of an llm step against its tool's schema and run the valid
+        ones, one child activity each; the results (or problems) go back to the model."""
+        run = self._run
+        step = run.plan.step(sid)
+        offered = sorted(step.params.get("tools") or [])
+        results: list[dict[str, Any]] = []
+        for call in calls:
+            call_id, name = str(call.get("id", "")), str(call.get("name", ""))
+            raw = call.get("input")
+            params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            if name == RESPOND_TOOL:
+                results.append(
+                    _tool_result(call_id, "give the final answer once the other results are in")
+                )
+                continue
+            spec = self._catalog.get(name)
+            problem = None
+            if name not in offered or spec is None:
+                problem = (
+                    f"tool {name!r} is not offered to this step; offered: {', '.join(offered)}"
+                )
+            else:
+                errors = params_errors(spec.params_schema, params, rendered=True)
+                if errors:
+                    problem = "invalid input: " + "; ".join(f"input{p}: {m}" for p, m in errors)
+            if problem is not None:
+                budget.invalid += 1
+                engine.record_call(
+                    run,
+                    sid,
+                    {
+                        "tool": name,
+                        "params": engine.preview(params, 500),
+                        "status": "invalid",
+                        "error": problem,
+                    },
+                    workflow.now(),
+                )
+                self._dirty = True
+                results.append(_tool_result(call_id, problem, error=True))
+                if budget.invalid > budget.max_invalid:
+                    budget.exhausted = (
+                        f"the model made {budget.invalid} invalid tool calls "
+                        f"(max_invalid_calls is {budget.max_invalid}); last: {problem}"
+                    )
+                    return results
+                continue
+            assert spec is not None
+            budget.made += 1
+            if budget.made > budget.max_calls:
+                budget.exhausted = (
+                    f"the model asked for more than {budget.max_calls} tool calls (max_tool_calls)"
+                )
+                return results
+            entry = engine.record_call(
+                run,
+                sid,
+                {"tool": name, "params": engine.preview(params, 500), "status": "running"},
+                workflow.now(),
+            )
+            self._dirty = True
+            results.append(
+                await self._tool_call(sid, task, spec, call_id, params, entry["n"], timeout)
+            )
+        return results
+
+    async def _tool_call(
+        self,
+        sid: str,
+        task: StepTask,
+        spec: ToolSpec,
+        call_id: str,
+        params: dict[str, Any],
+        n: int,
+        timeout: timedelta,
+    ) -> dict[str, Any]:
+        run = self._run
+        policy, _, attempts = self._policy(run.plan.step(sid), spec)
+        child = StepTask(
+            plan_id=task.plan_id,
+            step_id=sid,
+            kind=StepKind.TOOL,
+            tool=spec.name,
+            params=params,
+            idempotency_key=f"{task.idempotency_key}:call{n}",
+            step_version=task.step_version,
+        )
+        handle = workflow.start_activity(
+            spec.activity or EXECUTE_STEP,
+            child,
+            task_queue=self._queue_for(spec),
+            result_type=StepOutcome,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=min(self._heartbeat_timeout, timeout),
+            retry_policy=policy,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"{sid} call {n}: {spec.name}",
+        )
+        self._handles[sid] = handle
         try:
-            while True:
-                handle = workflow.start_activity(
-                    (spec.activity if spec and spec.activity else EXECUTE_STEP),
-                    task,
-                    task_queue=self._queue_for(spec),
-                    result_type=StepOutcome,
-                    start_to_close_timeout=timeout,
-                    heartbeat_timeout=min(self._heartbeat_timeout, timeout),
-                    retry_policy=policy,
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    summary=f"{sid}: {step.tool or step.kind.value}",
-                )
-                self._handles[sid] = handle
-                try:
-                    outcome = await handle
-                except ActivityError as e:
-                    if isinstance(e.cause, CancelledError):
-                        engine.record_cancelled(
-                            run, sid, workflow.now(), run.stopping or "cancelled"
-                        )
-                        return
-                    used += _attempts(e, attempts)
-                    if (
-                        _worker_lost(e)
-                        and not once
-                        and lost < MAX_WORKER_LOSSES
-                        and not run.stopping
-                    ):
-                        # A crashed worker is not the step's failure: run it again without
-                        # spending its own retries (it is idempotent).
-                        lost += 1
-                        engine.log(
-                            run,
-                            workflow.now(),
-                            f"step {sid}: no heartbeat from its worker; running it again "
-                            f"({lost}/{MAX_WORKER_LOSSES})",
-                            "warning",
-                            sid,
-                        )
-                        continue
-                    error = _error_text(e)
-                    if _worker_lost(e) and once:
-                        error += " (the step is not idempotent, so it is not run again: check its effect)"
-                    engine.record_failure(run, sid, error, used, workflow.now())
-                    self._audit_sandbox(sid, spec, _sandbox_record(e))
-                    return
-                output = outcome.output
-                self._audit_sandbox(
-                    sid, spec, output.get("sandbox") if isinstance(output, dict) else None
-                )
-                engine.record_success(
-                    run, sid, outcome.output, used + outcome.attempt, workflow.now()
-                )
-                return
-        except asyncio.CancelledError:
-            engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
-        finally:
-            self._handles.pop(sid, None)
-            self._finish_task(sid)
+            outcome = await handle
+        except ActivityError as e:
+            if isinstance(e.cause, CancelledError):
+                raise _StepCancelled() from None
+            error = _error_text(e)
+            engine.finish_call(
+                run, sid, n, workflow.now(), error=error, attempts=_attempts(e, attempts)
+            )
+            self._audit_sandbox(sid, spec, _sandbox_record(e))
+            self._dirty = True
+            return _tool_result(call_id, error, error=True)
+        output = outcome.output
+        engine.finish_call(run, sid, n, workflow.now(), output=output, attempts=outcome.attempt)
+        self._audit_sandbox(sid, spec, output.get("sandbox") if isinstance(output, dict) else None)
+        self._dirty = True
+        text = (
+            output if isinstance(output, str) else json.dumps(output, default=str, sort_keys=True)
+        )
+        if len(text) > TOOL_RESULT_CHARS:
+            text = text[:TOOL_RESULT_CHARS] + f"... [cut: {len(text)} chars in all]"
+        return _tool_result(call_id, text)
 
     def _audit_sandbox(self, sid: str, spec: ToolSpec | None, record: Any) -> None:
         """Every run of generated code lands in the audit trail: code hash, limits, outcome."""
@@ -492,7 +715,7 @@ class PlanWorkflow:
             msg = engine.parse_control(name, arg)
         except Refused as e:
             by = (
-                arg.get("by")
+                str(arg["by"])
                 if isinstance(arg, dict) and isinstance(arg.get("by"), str)
                 else "unknown"
             )
@@ -668,6 +891,36 @@ class PlanWorkflow:
             final_steps=dict(run.steps),
             feedback=list(run.feedback),
         )
+
+
+TOOL_RESULT_CHARS = 16000  # a tool's result fed back to the model is cut to this length
+RESPOND_TOOL = "respond"  # an llm step's structured answer, not a registry tool
+
+
+class _StepCancelled(Exception):
+    """A step's child activity (an llm step's tool call) was cancelled."""
+
+
+class _CallBudget:
+    """How many tool calls an llm step may make, and how many invalid ones it may send."""
+
+    def __init__(self, max_calls: int, max_invalid: int) -> None:
+        self.max_calls = max_calls
+        self.max_invalid = max_invalid
+        self.made = 0
+        self.invalid = 0
+        self.exhausted: str | None = None
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> _CallBudget:
+        return cls(int(params.get("max_tool_calls", 8)), int(params.get("max_invalid_calls", 3)))
+
+
+def _tool_result(call_id: str, text: str, error: bool = False) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id, "content": text}
+    if error:
+        block["is_error"] = True
+    return block
 
 
 def _error_text(e: ActivityError) -> str:

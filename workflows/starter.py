@@ -82,7 +82,7 @@ async def last_run(client: Client, plan_id: str) -> LastRun:
         state = await handle.query("run_state", result_type=PlanRun)
     except RPCError as e:
         raise ResumeRefused(
-            f"plan {plan_id} ended {desc.status.name.lower()} in Temporal and its state cannot be read: {e.message}"
+            f"plan {plan_id} ended {desc.status.name.lower() if desc.status else 'unknown'} in Temporal and its state cannot be read: {e.message}"
         ) from None
     status = state.final_status or PlanStatus.CANCELLED
     return LastRun(state.plan, state.version, status, state.steps, state.feedback)

@@ -1,0 +1,201 @@
+"""The ``generate_plan`` activity: the planner with this worker's model, tools and lessons.
+
+:func:`plan_with_this_process` does the work — the model from
+:func:`~activities.llm.base.get_chat_model` (Anthropic with a key, the offline stand-in
+without), the planning model's name and token limit from the selector, the tool
+catalog, the lessons that fit the task from the store — and records the run in the
+store (``plan_generations``). The activity wraps it with heartbeats and turns its
+errors into ``ApplicationError`` s: a model error keeps its kind and retryability,
+``PlanningFailed`` and ``NoModelFits`` are not retried. ``plansmith plan --local`` calls
+the same function without Temporal.
+
+The store is optional here: when it cannot be read the planner goes on without lessons
+and says so in a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.llm.base import LLMError, get_chat_model
+from activities.llm.planner import GeneratedPlan, PlanningFailed, PlanRequest, generate_plan
+from activities.tools import catalog
+from plans.models import ToolSpec
+
+log = logging.getLogger("plansmith.planner")
+
+GENERATE_PLAN = "generate_plan"
+HEARTBEAT_EVERY_S = 2.0
+LESSONS_LIMIT = 5
+
+
+def tools_named(text: str, tools: Iterable[str]) -> list[str]:
+    """The tools whose name (``http_request`` or ``http request``) appears in ``text``:
+    what lessons are matched on besides the task's words."""
+    found = []
+    for name in tools:
+        spaced = re.escape(name).replace("_", "[_ ]")
+        if re.search(rf"(?<![\w-]){spaced}(?![\w-])", text, re.I):
+            found.append(name)
+    return sorted(found)
+
+
+def load_lessons(req: PlanRequest, tools: Iterable[str]) -> list[dict[str, Any]]:
+    """The lessons that fit the task (``store.knowledge.relevant_lessons``); [] with a
+    warning when the store cannot be read. Blocking: call it in a thread."""
+    context = req.context if isinstance(req.context, str) else str(req.context or "")
+    try:
+        from activities.persist import store_engine
+        from store import knowledge
+        from store.db import session_scope
+
+        with session_scope(store_engine()) as session:
+            return knowledge.relevant_lessons(
+                session,
+                req.task,
+                tools_named(f"{req.task}\n{context}", tools),
+                limit=LESSONS_LIMIT,
+            )
+    except Exception as e:
+        log.warning(
+            "planning without lessons: the store cannot be read (%s: %s)",
+            type(e).__name__,
+            str(e)[:300],
+        )
+        return []
+
+
+def record_generation(
+    generation_id: str,
+    req: PlanRequest,
+    *,
+    result: GeneratedPlan | None = None,
+    failure: PlanningFailed | None = None,
+    latency_ms: float = 0.0,
+) -> None:
+    """Keep the planner run in the store (and count the lessons it applied); a store that
+    cannot be written only costs a warning."""
+    try:
+        from activities.persist import store_engine
+        from store import knowledge
+        from store.db import session_scope
+
+        fields: dict[str, Any] = {
+            "id": generation_id,
+            "agent_id": req.agent_id,
+            "task": req.task,
+            "latency_ms": round(latency_ms, 1),
+        }
+        if result is not None:
+            lesson_ids = [x.id for x in result.lessons_applied if isinstance(x.id, int)]
+            fields.update(
+                model=result.model,
+                offline=result.offline,
+                ok=True,
+                rounds=result.rounds,
+                repairs=result.repairs,
+                lessons_applied=lesson_ids,
+                input_tokens=result.usage.input_tokens,
+                output_tokens=result.usage.output_tokens,
+            )
+        elif failure is not None:
+            repairs = [*failure.repairs, [str(p) for p in failure.problems]]
+            fields.update(model=failure.model, ok=False, rounds=failure.rounds, repairs=repairs)
+        with session_scope(store_engine(), write=True) as session:
+            knowledge.record_generation(session, **fields)
+            if result is not None and fields["lessons_applied"]:
+                knowledge.mark_lessons_applied(session, fields["lessons_applied"])
+    except Exception as e:
+        log.warning(
+            "the planner run %s was not recorded in the store (%s: %s)",
+            generation_id,
+            type(e).__name__,
+            str(e)[:300],
+        )
+
+
+async def plan_with_this_process(
+    req: PlanRequest,
+    generation_id: str | None = None,
+    tools: Mapping[str, ToolSpec] | None = None,
+) -> GeneratedPlan:
+    """Plan ``req`` with this process's model, selector, tool catalog and store.
+
+    Raises:
+        NoModelFits: ``req.model`` (or a planning model) is not configured.
+        LLMError: the model call failed.
+        PlanningFailed: no valid plan within the repair rounds.
+    """
+    from activities.llm.selector import PLANNING, load_selector
+
+    generation_id = generation_id or f"local-{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    selector = await asyncio.to_thread(load_selector)
+    config = selector.resolve(req.model, [PLANNING])
+    cat = dict(tools) if tools is not None else catalog()
+    lessons = await asyncio.to_thread(load_lessons, req, list(cat))
+    try:
+        result = await generate_plan(
+            req,
+            model=get_chat_model(),
+            model_name=config.name,
+            catalog=cat,
+            lessons=lessons,
+            max_tokens=config.max_tokens,
+        )
+    except PlanningFailed as e:
+        elapsed = (time.monotonic() - started) * 1000
+        await asyncio.to_thread(
+            record_generation, generation_id, req, failure=e, latency_ms=elapsed
+        )
+        raise
+    elapsed = (time.monotonic() - started) * 1000
+    await asyncio.to_thread(
+        record_generation, generation_id, req, result=result, latency_ms=elapsed
+    )
+    return result
+
+
+async def _keep_heartbeating() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
+@activity.defn(name=GENERATE_PLAN)
+async def generate_plan_activity(req: PlanRequest) -> GeneratedPlan:
+    """The planner as an activity; its errors say whether Temporal may retry."""
+    from activities.llm.selector import NoModelFits
+
+    beat = asyncio.create_task(_keep_heartbeating())
+    try:
+        return await plan_with_this_process(req, activity.info().workflow_id)
+    except PlanningFailed as e:
+        raise ApplicationError(
+            str(e), e.details(), type="PlanningFailed", non_retryable=True
+        ) from None
+    except NoModelFits as e:
+        raise ApplicationError(
+            str(e), {"location": "model"}, type="NoModelFits", non_retryable=True
+        ) from None
+    except LLMError as e:
+        raise ApplicationError(
+            str(e),
+            {"status": e.status, "retryable": e.retryable},
+            type=e.kind,
+            non_retryable=not e.retryable,
+        ) from None
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat

@@ -1,0 +1,205 @@
+"""``/api/metrics``: planning metrics from the store (``docs/metrics.md``).
+
+Quality of a plan and the diffs of its corrections, recent plans with their quality,
+success by agent / tool / step kind, trends, the plans waiting for a person, the
+planner's figures and a per-agent summary with trust. Everything is read from the store
+(:mod:`store.metrics`), never from Temporal, so these answer while Temporal is down; a
+store that cannot be read answers 503. Same API keys as every route under ``/api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, TypeVar
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+from sqlmodel import Session
+
+from api.deps import PlanIdDep, ServicesDep, get_principal, reject_unknown_query
+from api.errors import invalid, not_found, responses, unavailable
+from plans.validation import Problem
+from store import metrics
+from store.db import ensure_migrated, session_scope
+
+router = APIRouter(
+    prefix="/metrics",
+    tags=["metrics"],
+    dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
+)
+
+MAX_BUCKETS = 1000
+T = TypeVar("T")
+
+
+async def read_store(services: ServicesDep, fn: Callable[[Session], T]) -> T:
+    """Run ``fn`` in a read session, in a thread, bounded; 503 when the store fails."""
+    engine = services.store.engine
+    timeout = services.config.rpc_timeout_s
+
+    def run() -> T:
+        ensure_migrated(engine)
+        with session_scope(engine) as session:
+            return fn(session)
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(run), timeout=timeout)
+    except TimeoutError:
+        raise unavailable(f"the database did not answer within {timeout:g}s") from None
+    except sa.exc.SQLAlchemyError as e:
+        raise unavailable(f"the database cannot be read: {type(e).__name__}") from None
+
+
+def _since(days: int | None) -> datetime | None:
+    return None if days is None else datetime.now(UTC) - timedelta(days=days)
+
+
+# --- answers --------------------------------------------------------------------------
+
+
+class PlanMetrics(BaseModel):
+    quality: metrics.PlanQuality
+    corrections: list[metrics.VersionDiff] = Field(
+        description="each correction (plan versions after v1), oldest first"
+    )
+
+
+class PlanQualityList(BaseModel):
+    plans: list[metrics.PlanQuality] = Field(description="most recently updated first")
+
+
+class SuccessList(BaseModel):
+    by: Literal["agent", "tool", "step_kind"]
+    since: datetime | None = Field(description="runs created since (null: all)")
+    rows: list[metrics.SuccessRow]
+
+
+class WaitingList(BaseModel):
+    count: int
+    plans: list[metrics.WaitingPlan] = Field(description="the longest-waiting first")
+
+
+class AgentList(BaseModel):
+    agents: list[metrics.AgentRow] = Field(description="by agent id; agent null last")
+
+
+DaysQuery = Annotated[
+    int | None, Query(ge=1, le=3650, description="only runs created in the last N days")
+]
+
+
+# --- routes ---------------------------------------------------------------------------
+
+
+@router.get(
+    "/plans/{plan_id}",
+    response_model=PlanMetrics,
+    summary="A plan's quality score, its components, and the diffs of its corrections",
+    responses=responses(401, 404, 422, 503),
+)
+async def plan_metrics(plan_id: PlanIdDep, services: ServicesDep) -> PlanMetrics:
+    def read(s: Session) -> PlanMetrics | None:
+        quality = metrics.plan_quality(s, plan_id)
+        diffs = metrics.version_diffs(s, plan_id)
+        if quality is None or diffs is None:
+            return None
+        return PlanMetrics(quality=quality, corrections=diffs)
+
+    found = await read_store(services, read)
+    if found is None:
+        raise not_found(f"the store has no plan {plan_id!r}")
+    return found
+
+
+@router.get(
+    "/plans",
+    response_model=PlanQualityList,
+    summary="Recent plans that have run, with their quality",
+    responses=responses(401, 422, 503),
+)
+async def recent_plans(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=500, description="at most this many plans")] = 50,
+) -> PlanQualityList:
+    return PlanQualityList(
+        plans=await read_store(services, lambda s: metrics.recent_qualities(s, limit))
+    )
+
+
+@router.get(
+    "/success",
+    response_model=SuccessList,
+    summary="Success by agent (runs and steps), tool or step kind (steps)",
+    responses=responses(401, 422, 503),
+)
+async def success(
+    services: ServicesDep,
+    by: Annotated[Literal["agent", "tool", "step_kind"], Query(description="group by")] = "agent",
+    days: DaysQuery = None,
+) -> SuccessList:
+    since = _since(days)
+    rows = await read_store(services, lambda s: metrics.success_by(s, by, since))
+    return SuccessList(by=by, since=since, rows=rows)
+
+
+@router.get(
+    "/trends",
+    response_model=metrics.Trends,
+    summary="Per hour, day or week: runs finished, success rate, mean quality, planner rounds",
+    responses=responses(401, 422, 503),
+)
+async def trends(
+    services: ServicesDep,
+    days: Annotated[int, Query(ge=1, le=3650, description="how far back")] = 30,
+    bucket: Annotated[Literal["hour", "day", "week"], Query()] = "day",
+) -> metrics.Trends:
+    count = len(metrics.buckets(days, bucket))
+    if count > MAX_BUCKETS:
+        raise invalid(
+            f"{days} days by {bucket} make {count} buckets; at most {MAX_BUCKETS}",
+            [Problem(location="query.days", message=f"too many {bucket} buckets ({count})")],
+        )
+    return await read_store(services, lambda s: metrics.trends(s, bucket, days))
+
+
+@router.get(
+    "/waiting",
+    response_model=WaitingList,
+    summary="Plans waiting for a person: for what, and since when",
+    responses=responses(401, 422, 503),
+)
+async def waiting(
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> WaitingList:
+    def read(s: Session) -> WaitingList:
+        every = metrics.waiting_plans(s, limit=metrics.MAX_WAITING)
+        return WaitingList(count=len(every), plans=every[:limit])
+
+    return await read_store(services, read)
+
+
+@router.get(
+    "/planner",
+    response_model=metrics.PlannerStats,
+    summary="The planner's runs: rounds, validation problems, offline share, tokens",
+    responses=responses(401, 422, 503),
+)
+async def planner(services: ServicesDep, days: DaysQuery = None) -> metrics.PlannerStats:
+    since = _since(days)
+    return await read_store(services, lambda s: metrics.planner_stats(s, since))
+
+
+@router.get(
+    "/agents",
+    response_model=AgentList,
+    summary="Per agent: runs, success rates, mean plan quality and trust",
+    responses=responses(401, 422, 503),
+)
+async def agents(services: ServicesDep) -> AgentList:
+    thresholds = services.settings.policy_thresholds()
+    rows = await read_store(services, lambda s: metrics.agents(s, thresholds=thresholds))
+    return AgentList(agents=rows)

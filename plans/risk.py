@@ -1,0 +1,387 @@
+"""How risky a plan is, step by step, with the evidence: pure code, no I/O.
+
+:func:`assess_risk` gives every step a level (``low < medium < high < critical``) and the
+reasons for it, as sentences that name the step and what was found, and the plan the
+highest of them (plus a size signal). The signals:
+
+* the tool's declared risk (:class:`plans.models.ToolSpec.risk`) is the floor of a tool
+  step; an llm step takes the highest declared risk of the tools it is offered;
+* the parameters, walked recursively (``{{ inputs.x }}`` templates are filled in from the
+  plan's inputs; templates on earlier outputs stay as text, and a host that depends on
+  them counts as unknown):
+
+  - a production target (``prod``, ``production``, ``prd`` as a word of a host name, a
+    path, an environment name) -> at least ``medium``;
+  - deletion (an HTTP ``DELETE``, ``DROP TABLE``, ``TRUNCATE``, ``DELETE FROM``, ``rm -rf``,
+    ``rmtree``, the words delete/destroy/wipe/purge/erase) -> ``high``; deletion on a
+    production target -> ``critical``;
+  - money (payment, charge, refund, payout, invoice, billing, withdrawal, a wire or bank
+    transfer, a payment provider's host, an amount with a currency, an ``amount`` field)
+    -> ``high``; money written to a production target -> ``critical``;
+  - an external write (``POST``/``PUT``/``PATCH``/``DELETE`` to a host that is not this
+    machine, or to a host not known before the run) -> ``high``;
+
+  a read (``GET``/``HEAD``/``OPTIONS``) is not a deletion or a payment because of words in
+  its URL; an llm step's prompt is only read for these signals when it is offered a tool
+  that can act (declared ``medium`` or more), since text alone does nothing;
+* a step that is not idempotent (runs once, never retried) -> ``high``;
+* plan size: more than ``many_steps`` steps -> the plan is at least ``medium``, more than
+  ``very_many_steps`` -> ``high``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field
+
+from plans.expressions import TEMPLATE_RE, evaluate
+from plans.models import Plan, Step, StepKind, ToolSpec
+
+RiskLevel = Literal["low", "medium", "high", "critical"]
+LEVELS: tuple[RiskLevel, ...] = ("low", "medium", "high", "critical")
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_PLAN_REASONS = 50  # the plan's list of reasons is cut here ("... and N more")
+MAX_KEPT_STEPS = 50  # steps a run's decision keeps in its state (the riskiest)
+EVIDENCE_CHARS = 80  # quoted evidence is cut to this length
+MAX_DEPTH = 20  # params nested deeper than this are not read (a plan is validated JSON)
+# params of an llm step that are text the model reads (the rest configures the call)
+LLM_TEXT_PARAMS = ("prompt", "system", "input")
+
+
+def rank(level: RiskLevel) -> int:
+    return LEVELS.index(level)
+
+
+def highest(levels: Iterable[RiskLevel]) -> RiskLevel:
+    return max(levels, key=rank, default="low")
+
+
+def at_least(level: RiskLevel, floor: RiskLevel) -> bool:
+    return rank(level) >= rank(floor)
+
+
+class RiskRules(BaseModel):
+    """The knobs of the assessment (part of the policy thresholds, ``PLANSMITH_POLICY``)."""
+
+    many_steps: int = Field(default=20, ge=1, description="more steps: the plan is medium")
+    very_many_steps: int = Field(default=100, ge=1, description="more steps: the plan is high")
+
+
+class StepRisk(BaseModel):
+    level: RiskLevel = "low"
+    reasons: list[str] = Field(default_factory=list)
+    top: list[str] = Field(
+        default_factory=list, description="the reasons that set the level (a subset of reasons)"
+    )
+
+
+class PlanRisk(BaseModel):
+    level: RiskLevel = "low"
+    reasons: list[str] = Field(default_factory=list)
+    steps: dict[str, StepRisk] = Field(
+        default_factory=dict, description="every step's level and reasons"
+    )
+    steps_left_out: int = Field(
+        default=0, description="steps above low not listed in `steps` (see above_low)"
+    )
+
+    def above_low(self, limit: int = MAX_KEPT_STEPS) -> PlanRisk:
+        """The same assessment with only the riskiest ``limit`` steps above low (what a run
+        keeps in its state: a 2,000-step plan must not carry 2,000 entries around)."""
+        risky = [(k, v) for k, v in self.steps.items() if v.level != "low"]
+        kept = dict(sorted(risky, key=lambda kv: -rank(kv[1].level))[:limit])
+        steps = {k: v for k, v in self.steps.items() if k in kept}  # in plan order
+        return self.model_copy(update={"steps": steps, "steps_left_out": len(risky) - len(steps)})
+
+
+# --- signals in text -----------------------------------------------------------------
+
+_B = r"(?<![a-z0-9])"  # a word boundary where '_', '-', '.', '/' separate words
+_E = r"(?![a-z0-9])"
+PRODUCTION_RE = re.compile(_B + r"(prod|production|prd)" + _E, re.I)
+DELETION_RES = (
+    re.compile(r"\b(drop|truncate)\s+(table|database|schema|index|view|collection)\b", re.I),
+    re.compile(r"\btruncate\b", re.I),
+    re.compile(r"\bdelete\s+from\b", re.I),
+    re.compile(r"\brm\s+(-[a-z]*\s+)*-[a-z]*[rf][a-z]*\b", re.I),
+    re.compile(r"\b(shutil\.rmtree|os\.remove|os\.unlink|os\.rmdir)\b", re.I),
+    re.compile(_B + r"(delete|destroy|wipe|purge|erase)" + _E, re.I),
+)
+_CURRENCIES = r"(usd|eur|gbp|jpy|cny|rub|chf|cad|aud|inr|btc|eth|usdt)"
+MONEY_RES = (
+    re.compile(
+        _B + r"(payments?|payouts?|refunds?|charges?|invoices?|billing|checkout|"
+        r"withdraw(al|als)?|(wire|bank|money|fund|funds)[\s_-]?transfers?)" + _E,
+        re.I,
+    ),
+    re.compile(r"(stripe\.com|paypal\.com|adyen\.com|braintreegateway\.com|squareup\.com)", re.I),
+    re.compile(r"[$€£¥₽]\s?\d", re.I),
+    re.compile(r"\d[\d,]*(\.\d+)?\s?" + _CURRENCIES + _E, re.I),
+    re.compile(_B + _CURRENCIES + r"\s?\d", re.I),
+)
+MONEY_KEY_RE = re.compile(r"^(amount|price|total)(_cents|_minor|_value)?$", re.I)
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EVIDENCE_CHARS else text[: EVIDENCE_CHARS - 3] + "..."
+
+
+def _first(patterns: Iterable[re.Pattern[str]], text: str) -> str | None:
+    """The first match of any pattern, quoted with a little of its context."""
+    for p in patterns:
+        m = p.search(text)
+        if m:
+            return _around(text, m)
+    return None
+
+
+def _around(text: str, m: re.Match[str]) -> str:
+    if len(text) <= EVIDENCE_CHARS:
+        return _quote(text)
+    room = min(max((EVIDENCE_CHARS - (m.end() - m.start())) // 2, 0), 25)
+    start, end = max(m.start() - room, 0), min(m.end() + room, len(text))
+    return ("..." if start else "") + _quote(text[start:end]) + ("..." if end < len(text) else "")
+
+
+def _host_of(url: str) -> tuple[str | None, bool]:
+    """(host, local) of a URL; host None when it is not known before the run."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return None, False
+    if "{{" in parts.netloc or (not parts.netloc and "{{" in url):
+        return None, False
+    if not host:
+        return None, False
+    if host == "localhost" or host.endswith(".localhost"):
+        return host, True
+    try:
+        return host, ipaddress.ip_address(host).is_loopback or host == "0.0.0.0"
+    except ValueError:
+        return host, False
+
+
+class _Evidence:
+    """What the walk over one step's params found."""
+
+    def __init__(self) -> None:
+        self.production: list[str] = []
+        self.deletion: list[str] = []
+        self.money: list[str] = []
+        self.writes: list[str] = []  # "POST https://..." to a host that is not local
+        self.local_writes: list[str] = []
+        self.deletes_on_production: list[str] = []
+        self.money_writes_on_production: list[str] = []
+
+    def walk(self, value: Any, read_only: bool = False, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            return
+        if isinstance(value, str):
+            self.text(value, read_only)
+        elif isinstance(value, dict):
+            if isinstance(value.get("url"), str):
+                self.request(value, depth)
+                return
+            for k, v in value.items():
+                self.text(str(k), read_only)
+                if (
+                    not read_only
+                    and MONEY_KEY_RE.match(str(k))
+                    and isinstance(v, int | float)
+                    and not isinstance(v, bool)
+                ):
+                    self.money.append(f"{k}={v}")
+                self.walk(v, read_only, depth + 1)
+        elif isinstance(value, list):
+            for v in value:
+                self.walk(v, read_only, depth + 1)
+
+    def text(self, text: str, read_only: bool) -> None:
+        found = _first((PRODUCTION_RE,), text)
+        if found:
+            self.production.append(found)
+        if read_only:
+            return
+        found = _first(DELETION_RES, text)
+        if found:
+            self.deletion.append(found)
+        found = _first(MONEY_RES, text)
+        if found:
+            self.money.append(found)
+
+    def request(self, req: dict[str, Any], depth: int) -> None:
+        """A dict with a ``url``: an HTTP request (http_request's params, or nested)."""
+        url = str(req["url"])
+        raw = req.get("method", "GET")
+        method = str(raw).upper() if isinstance(raw, str) else "GET"
+        known = method in WRITE_METHODS or method in READ_METHODS
+        write = method in WRITE_METHODS or not known
+        label = f"{method if known else 'a method not known before the run'} {_quote(url)}"
+        host, local = _host_of(url)
+        prod_before, money_before = len(self.production), len(self.money)
+        del_before = len(self.deletion)
+        self.text(url, read_only=not write)
+        if write:
+            (self.local_writes if local else self.writes).append(
+                label if host else f"{label} (a host not known before the run)"
+            )
+        if method == "DELETE":
+            self.deletion.append(label)
+        for k, v in req.items():
+            if k in ("url", "method"):
+                continue
+            self.text(str(k), read_only=not write)
+            self.walk(v, read_only=not write, depth=depth + 1)
+        on_prod = len(self.production) > prod_before
+        if write and on_prod and (method == "DELETE" or len(self.deletion) > del_before):
+            self.deletes_on_production.append(label)
+        if write and on_prod and len(self.money) > money_before:
+            self.money_writes_on_production.append(label)
+
+
+def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
+    """``value`` with ``{{ inputs... }}`` templates filled in; others stay as text."""
+    if depth > MAX_DEPTH:
+        return value
+    if isinstance(value, str):
+        if "{{" not in value:
+            return value
+        whole = TEMPLATE_RE.fullmatch(value.strip())
+        if whole and value.strip().count("{{") == 1:
+            expr = whole.group(1)
+            if expr.strip().startswith("inputs"):
+                try:
+                    return evaluate(expr, {"inputs": inputs})
+                except Exception:
+                    return value
+            return value
+
+        def one(m: re.Match[str]) -> str:
+            if not m.group(1).strip().startswith("inputs"):
+                return m.group(0)
+            try:
+                got = evaluate(m.group(1), {"inputs": inputs})
+            except Exception:
+                return m.group(0)
+            return got if isinstance(got, str) else str(got)
+
+        return TEMPLATE_RE.sub(one, value)
+    if isinstance(value, dict):
+        return {k: _fill_inputs(v, inputs, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_inputs(v, inputs, depth + 1) for v in value]
+    return value
+
+
+# --- steps and plans -----------------------------------------------------------------
+
+
+def assess_step(plan: Plan, step: Step, catalog: Mapping[str, ToolSpec]) -> StepRisk:
+    """One step's risk level and the reasons for it."""
+    sid = step.id
+    levels: list[RiskLevel] = ["low"]
+    reasons: list[str] = []
+
+    found_at: list[tuple[RiskLevel, str]] = []
+
+    def add(level: RiskLevel, reason: str) -> None:
+        levels.append(level)
+        reasons.append(f"step {sid}: {reason}")
+        found_at.append((level, reason))
+
+    scan: Any = None
+    if step.kind == StepKind.TOOL:
+        spec = catalog.get(step.tool or "")
+        if spec is not None:
+            add(spec.risk, f"tool {spec.name} is declared {spec.risk}-risk")
+            if not spec.idempotent:
+                add("high", f"tool {spec.name} is not idempotent (it runs once, never retried)")
+        scan = step.params
+    elif step.kind == StepKind.LLM:
+        offered = step.params.get("tools")
+        acting = False
+        for name in sorted(offered) if isinstance(offered, list) else []:
+            spec = catalog.get(str(name))
+            if spec is None:
+                continue
+            if spec.risk != "low":
+                add(spec.risk, f"the model may call tool {spec.name} (declared {spec.risk}-risk)")
+                acting = True
+            if not spec.idempotent:
+                add("high", f"the model may call tool {spec.name}, which is not idempotent")
+                acting = True
+        if acting:
+            scan = {k: step.params[k] for k in LLM_TEXT_PARAMS if k in step.params}
+    if not step.idempotent:
+        add("high", "the step is not idempotent (it runs once and is never retried)")
+    if scan:
+        found = _Evidence()
+        found.walk(_fill_inputs(scan, plan.inputs))
+        on_production = False  # a critical reason already names the production target
+        if found.deletes_on_production:
+            add("critical", f"deletion on a production target ({found.deletes_on_production[0]})")
+            on_production = True
+        elif found.deletion and found.production:
+            deletion, prod = found.deletion[0], found.production[0]
+            where = f"({deletion})" if deletion == prod else f"({deletion}; target: {prod})"
+            add("critical", f"deletion on a production target {where}")
+            on_production = True
+        elif found.deletion:
+            add("high", f"deletion ({found.deletion[0]})")
+        if found.money_writes_on_production:
+            add(
+                "critical",
+                f"moves money on a production target ({found.money_writes_on_production[0]})",
+            )
+            on_production = True
+        elif found.money:
+            add("high", f"payment or money ({found.money[0]})")
+        if found.writes:
+            extra = f" and {len(found.writes) - 1} more" if len(found.writes) > 1 else ""
+            add("high", f"external write ({found.writes[0]}{extra})")
+        if found.production and not on_production:
+            add("medium", f"production target ({found.production[0]})")
+    level = highest(levels)
+    top = [reason for lv, reason in found_at if lv == level]
+    return StepRisk(level=level, reasons=reasons, top=top)
+
+
+def assess_risk(
+    plan: Plan, catalog: Mapping[str, ToolSpec], rules: RiskRules | None = None
+) -> PlanRisk:
+    """Every step's risk and the plan's, with the reasons (see the module docstring)."""
+    rules = rules or RiskRules()
+    steps = {s.id: assess_step(plan, s, catalog) for s in plan.steps}
+    levels: list[RiskLevel] = [r.level for r in steps.values()]
+    reasons: list[str] = []
+    n = len(plan.steps)
+    if n > rules.very_many_steps:
+        levels.append("high")
+        reasons.append(f"the plan has {n} steps (more than {rules.very_many_steps})")
+    elif n > rules.many_steps:
+        levels.append("medium")
+        reasons.append(f"the plan has {n} steps (more than {rules.many_steps})")
+    level = highest(levels)
+    # The riskiest steps first, in plan order within a level.
+    ranked = sorted(
+        ((sid, r) for sid, r in steps.items() if r.level != "low"), key=lambda x: -rank(x[1].level)
+    )
+    for sid, r in ranked:  # what set each step's level first, then the rest of its evidence
+        first = [f"step {sid}: {t}" for t in r.top]
+        reasons.extend(first + [x for x in r.reasons if x not in first])
+    if len(reasons) > MAX_PLAN_REASONS:
+        more = len(reasons) - MAX_PLAN_REASONS
+        reasons = [*reasons[:MAX_PLAN_REASONS], f"... and {more} more"]
+    if not reasons:
+        reasons.append(
+            "every step is low-risk: no side effect, deletion, money or production target found"
+        )
+    return PlanRisk(level=level, reasons=reasons, steps=steps)

@@ -1,0 +1,261 @@
+"""llm, decision and validation steps: in the activity and end to end through Temporal.
+
+The model is scripted (:mod:`tests.llm_fakes`) and installed for the in-process worker with
+``use_chat_model``; the Anthropic wire format itself is tested in test_llm_anthropic.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from temporalio.client import Client
+
+from activities.llm.base import use_chat_model
+from activities.llm.steps import CHOOSE, RESPOND, VERDICT, run_decision, run_llm
+from activities.tools import ToolError
+from plans.models import PlanStatus, StepStatus
+from tests import tools_for_tests
+from tests.helpers import make_plan, start, status
+from tests.llm_fakes import ScriptedModel, text, tool_use
+
+# --- in the activity ------------------------------------------------------------------
+
+
+async def test_llm_step_records_model_tokens_latency_and_sees_feedback() -> None:
+    model = ScriptedModel(text("Paris", tokens=(42, 3)))
+    result = await run_llm(
+        {"prompt": "Capital of France?", "input": {"country": "France"}},
+        {"feedback": ["answer in one word"], "answer": "be brief"},
+        model,
+    )
+    out = result.output
+    assert out["text"] == "Paris"
+    assert out["input_tokens"] == 42 and out["output_tokens"] == 3
+    assert out["latency_ms"] == 3.0 and out["model"] == "scripted" and out["offline"] is False
+    req = model.requests[0]
+    assert "answer in one word" in req.system  # resume feedback reaches later LLM steps
+    user = req.messages[0]["content"]
+    assert "Capital of France?" in user and '"country": "France"' in user and "be brief" in user
+    assert req.tools == [] and req.tool_choice is None
+
+
+async def test_output_schema_answer_is_checked_and_sent_back_with_the_problem() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"score": {"type": "integer", "minimum": 0, "maximum": 10}},
+        "required": ["score"],
+    }
+    model = ScriptedModel(tool_use(RESPOND, {"score": 99}), tool_use(RESPOND, {"score": 7}))
+    result = await run_llm({"prompt": "rate it", "output_schema": schema}, {}, model)
+    assert result.output["json"] == {"score": 7}
+    assert result.output["input_tokens"] == 40  # both calls counted
+    first, second = model.requests
+    assert first.tool_choice == {"type": "tool", "name": RESPOND}
+    assert first.tools[0].input_schema == schema
+    feedback = second.messages[-1]["content"][0]
+    assert (
+        feedback["is_error"] is True and "answer.score: 99 is greater than" in feedback["content"]
+    )
+
+
+async def test_output_schema_never_met_fails_without_retry() -> None:
+    schema = {"type": "object", "required": ["x"]}
+    model = ScriptedModel(tool_use(RESPOND, {}))
+    with pytest.raises(ToolError) as e:
+        await run_llm({"prompt": "p", "output_schema": schema, "max_invalid_calls": 1}, {}, model)
+    assert e.value.kind == "InvalidModelOutput" and not e.value.retryable
+    assert "after 2 tries" in str(e.value) and "'x' is a required property" in str(e.value)
+    assert len(model.requests) == 2
+
+
+async def test_llm_step_with_tools_returns_calls_for_the_workflow() -> None:
+    model = ScriptedModel(tool_use("count", {"key": "k"}))
+    result = await run_llm({"prompt": "count k", "tools": ["count", "transform"]}, {}, model)
+    assert result.output is None and result.calls[0]["name"] == "count"
+    req = model.requests[0]
+    assert [t.name for t in req.tools] == ["count", "transform"]  # stable order
+    assert req.tools[0].input_schema["required"] == ["key"]
+    assert req.tool_choice == {"type": "auto"}
+    assert result.conversation[-1]["role"] == "assistant"
+
+
+async def test_decision_must_choose_a_declared_option() -> None:
+    model = ScriptedModel(
+        tool_use(CHOOSE, {"choice": "maybe", "reason": "unsure"}),
+        tool_use(CHOOSE, {"choice": "ship", "reason": "tests pass"}),
+    )
+    out = await run_decision(
+        {"question": "Ship?", "options": ["ship", "hold"], "context": {"tests": "green"}},
+        {},
+        model,
+    )
+    assert out["choice"] == "ship" and out["reason"] == "tests pass"
+    assert out["options"] == ["ship", "hold"] and out["model_calls"] == 2
+    assert "'maybe' is not one of ['ship', 'hold']" in str(model.requests[1].messages[-1])
+    assert '"tests": "green"' in model.requests[0].messages[0]["content"]
+
+
+# --- through Temporal -----------------------------------------------------------------
+
+
+def _key() -> str:
+    return f"k-{uuid.uuid4().hex[:8]}"
+
+
+async def test_decision_runs_the_chosen_branch_and_skips_the_other(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    a, b = _key(), _key()
+    model = ScriptedModel(tool_use(CHOOSE, {"choice": "A", "reason": "A is cheaper"}))
+    plan = make_plan(
+        [
+            {
+                "id": "choose",
+                "kind": "decision",
+                "params": {
+                    "question": "Which way?",
+                    "options": ["A", "B"],
+                    "branches": {"A": ["a1"], "B": ["b1"]},
+                },
+            },
+            {"id": "a1", "tool": "count", "params": {"key": a}, "depends_on": ["choose"]},
+            {"id": "b1", "tool": "count", "params": {"key": b}, "depends_on": ["choose"]},
+            {"id": "b2", "tool": "count", "params": {"key": b}, "depends_on": ["b1"]},
+            {
+                "id": "b3",
+                "tool": "count",
+                "params": {"key": b},
+                "depends_on": ["choose"],
+                "when": "steps.choose.output.choice == 'B'",
+            },
+            {"id": "end", "tool": "count", "params": {"key": a}, "depends_on": ["a1", "b2"]},
+        ]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        result = await h.result()
+    assert result.status == PlanStatus.COMPLETED
+    st = await status(h)
+    steps = {s.id: s for s in st.steps}
+    assert steps["choose"].output["choice"] == "A"
+    assert steps["choose"].output["reason"] == "A is cheaper"  # the reason is in status
+    assert (
+        steps["a1"].status == StepStatus.COMPLETED and steps["end"].status == StepStatus.COMPLETED
+    )
+    for sid in ("b1", "b2", "b3"):
+        assert steps[sid].status == StepStatus.SKIPPED, sid
+    assert "branch 'B' not taken: choose chose 'A'" in (steps["b1"].skip_detail or "")
+    assert tools_for_tests.CALLS[a] == 2 and tools_for_tests.CALLS[b] == 0
+    logs = await h.query("logs")
+    assert any("chose 'A': A is cheaper" in entry["message"] for entry in logs)
+
+
+async def test_validation_names_every_failing_check_and_criterion(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    model = ScriptedModel(
+        tool_use(
+            VERDICT,
+            {
+                "verdicts": [
+                    {"criterion": "is polite", "passed": True, "reason": "fine"},
+                    {"criterion": "cites a source", "passed": False, "reason": "no link"},
+                ]
+            },
+        )
+    )
+    plan = make_plan(
+        [
+            {"id": "make", "tool": "count", "params": {"key": _key(), "value": 3}},
+            {
+                "id": "check",
+                "kind": "validation",
+                "depends_on": ["make"],
+                "params": {
+                    "checks": [
+                        {"name": "enough", "expr": "steps.make.output.value >= 5"},
+                        {"name": "first call", "expr": "steps.make.output.calls == 1"},
+                        {"name": "even", "expr": "steps.make.output.value % 2 == 0"},
+                    ],
+                    "judge": {
+                        "criteria": ["is polite", "cites a source"],
+                        "subject": "{{ steps.make.output }}",
+                    },
+                },
+            },
+        ]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        result = await h.result()
+    assert result.status == PlanStatus.FAILED
+    check = next(s for s in (await status(h)).steps if s.id == "check")
+    assert check.attempts == 1  # a failed check is not retried
+    error = check.error or ""
+    assert "3 check(s) failed" in error
+    assert "enough (steps.make.output.value >= 5)" in error
+    assert "even (steps.make.output.value % 2 == 0)" in error
+    assert "judge: cites a source (no link)" in error
+    assert "first call" not in error and "is polite" not in error
+    assert '"calls": 1' in model.requests[0].messages[0]["content"]  # the judge saw the subject
+
+
+async def test_function_calling_validates_runs_child_steps_and_feeds_results_back(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    key = _key()
+    model = ScriptedModel(
+        tool_use("count", {"kee": key}, call_id="c1"),  # invalid: returned to the model
+        tool_use("count", {"key": key, "value": "hi"}, call_id="c2"),
+        text("counted once"),
+    )
+    plan = make_plan(
+        [
+            {
+                "id": "agent",
+                "kind": "llm",
+                "params": {"prompt": f"count {key}", "tools": ["count"], "max_invalid_calls": 1},
+            }
+        ]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        result = await h.result()
+    assert result.status == PlanStatus.COMPLETED
+    assert tools_for_tests.CALLS[key] == 1  # the invalid call never ran
+    step = (await status(h)).steps[0]
+    first, second = step.calls
+    assert first["status"] == "invalid" and "input: 'key' is a required property" in first["error"]
+    assert second["status"] == "completed" and second["tool"] == "count"
+    assert second["output"] == {"key": key, "calls": 1, "value": "hi"}
+    assert step.output["text"] == "counted once" and step.output["tool_calls"] == 1
+    assert step.output["model_calls"] == 3
+    assert step.output["input_tokens"] == 20 + 20 + 10
+    # the model saw the validation problem, then the tool's result
+    assert model.requests[1].messages[-1]["content"][0]["is_error"] is True
+    fed = model.requests[2].messages[-1]["content"][0]
+    assert fed["tool_use_id"] == "c2" and '"calls": 1' in fed["content"]
+
+
+async def test_function_calling_budget_of_invalid_calls_fails_the_step(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    model = ScriptedModel(tool_use("transform", {"data": 1}))  # offered only count
+    plan = make_plan(
+        [
+            {
+                "id": "agent",
+                "kind": "llm",
+                "params": {"prompt": "go", "tools": ["count"], "max_invalid_calls": 2},
+            }
+        ]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        result = await h.result()
+    assert result.status == PlanStatus.FAILED
+    step = (await status(h)).steps[0]
+    assert "3 invalid tool calls (max_invalid_calls is 2)" in (step.error or "")
+    assert "tool 'transform' is not offered to this step; offered: count" in (step.error or "")
+    assert [c["status"] for c in step.calls] == ["invalid"] * 3
