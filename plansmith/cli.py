@@ -741,11 +741,17 @@ def _approval_note(plan: Plan) -> str:
     run = engine.new_run(plan, datetime.now(UTC))
     if plan.options.require_approval == "auto" and not plan.options.auto_approve:
         # the adaptive policy decides when the plan starts; as a new agent's plan, now:
-        from plans.policy import decide_as_new_agent
+        from plans.policy import fresh_trust, should_require_approval
+        from plans.risk import assess_risk
 
-        d = decide_as_new_agent(plan, catalog(), datetime.now(UTC), "a prediction")
+        now = datetime.now(UTC)
+        trust = fresh_trust(plan.agent_id, now)
+        d = should_require_approval(plan, trust, assess_risk(plan, catalog()))
         waits = d.required
-        why = f"auto, for a new agent: {d.summary()}; an agent with a good record is asked less"
+        why = (
+            f"auto, predicted for an agent with no record: {d.summary()}; "
+            "the agent's real record decides when the plan starts"
+        )
     else:
         waits, why = engine.needs_approval(run, catalog())
     if waits:
