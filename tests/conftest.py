@@ -11,9 +11,13 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -21,6 +25,7 @@ from temporalio.worker import Worker
 
 import tests.tools_for_tests  # noqa: F401  registers the test tools
 from plansmith.temporal import temporal_cli_path, test_server_path
+from store import db
 from worker import build_worker
 from workflows.plan_workflow import SEARCH_ATTRIBUTES
 
@@ -72,6 +77,32 @@ async def worker(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Wor
 
 
 @pytest.fixture
+def text_server() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server on 127.0.0.1 answering every GET with ``text from <path>`` (the
+    release notes of the planner tests); returns its base URL and the paths asked."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = f"text from {self.path}".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", asked
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
 def local_server() -> Iterator[tuple[int, list[str]]]:
     """A TCP server on 127.0.0.1 that records every connection it accepts."""
     srv = socket.create_server(("127.0.0.1", 0))
@@ -104,3 +135,60 @@ def local_server() -> Iterator[tuple[int, list[str]]]:
     stop.set()
     srv.close()
     thread.join(timeout=2)
+
+
+PG_ADMIN_URL = os.environ.get(
+    "PLANSMITH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+# --- databases ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    admin = db.make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    name = f"plansmith_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as e:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({e.orig}).\n"
+            "The store tests need it. Start it (e.g. `pg_ctlcluster --skip-systemctl-redirect "
+            "$(ls /etc/postgresql) main start`) or point PLANSMITH_TEST_POSTGRES_URL at a "
+            "server where this user may CREATE DATABASE.",
+            pytrace=False,
+        )
+    url = make_url(db.normalize_url(PG_ADMIN_URL)).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh schema in the session's PG database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    base: str = request.getfixturevalue("pg_database")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = db.make_engine(base, poolclass=sa.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = db.make_engine(db_url)
+    db.migrate(eng)
+    yield eng
+    eng.dispose()

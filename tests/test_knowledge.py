@@ -11,7 +11,7 @@ from plans.engine import advance, apply_control, new_run, parse_control, record_
 from plans.models import Plan
 from store import db, knowledge
 from store.snapshot import snapshot_of
-from tests.test_store import CATALOG, T0, db_url, engine, pg_database, write  # noqa: F401
+from tests.test_store import CATALOG, T0, write
 
 DOC = {
     "id": "deploy-notes",
@@ -35,12 +35,12 @@ def control(run, name: str, arg: dict, minutes: int) -> None:  # type: ignore[no
     apply_control(run, name, parse_control(name, arg), T0 + timedelta(minutes=minutes), CATALOG)
 
 
-def lessons(engine: Engine) -> list[dict]:  # noqa: F811
+def lessons(engine: Engine) -> list[dict]:
     with db.session_scope(engine) as s:
         return sorted(knowledge.list_lessons(s), key=lambda x: x["source"])
 
 
-def test_corrections_answers_and_rejections_become_lessons_once(engine: Engine) -> None:  # noqa: F811
+def test_corrections_answers_and_rejections_become_lessons_once(engine: Engine) -> None:
     run = new_run(Plan.model_validate(DOC), T0)
     control(
         run,
@@ -82,7 +82,7 @@ def test_corrections_answers_and_rejections_become_lessons_once(engine: Engine) 
     assert rej["tools"] == ["noop"]
 
 
-def test_relevant_lessons_rank_by_task_words_and_tools(engine: Engine) -> None:  # noqa: F811
+def test_relevant_lessons_rank_by_task_words_and_tools(engine: Engine) -> None:
     with db.session_scope(engine, write=True) as s:
         a = knowledge.add_lesson(
             s, source="correction", what_wrong="a", task="publish the release notes", tools=["x"]
@@ -104,7 +104,7 @@ def test_relevant_lessons_rank_by_task_words_and_tools(engine: Engine) -> None: 
         )
 
 
-def test_model_configs_round_trip(engine: Engine) -> None:  # noqa: F811
+def test_model_configs_round_trip(engine: Engine) -> None:
     with db.session_scope(engine, write=True) as s:
         knowledge.put_model_config(s, name="m2", capabilities=["fast", "general"], priority=5)
         knowledge.put_model_config(s, name="m1", capabilities=["planning"], enabled=False)

@@ -9,13 +9,9 @@ lessons written by the worker's store snapshots.
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
 from temporalio.client import Client
 
 from activities.llm.base import use_chat_model
@@ -26,31 +22,6 @@ from store import knowledge
 from store.db import ensure_migrated, get_engine, session_scope
 from tests.helpers import start, status, wait_for
 from workflows.planner_workflow import run_planner
-
-
-@pytest.fixture
-def notes_server() -> Iterator[tuple[str, list[str]]]:
-    """Release notes on 127.0.0.1: /prod/... and /staging/...; records the paths asked."""
-    asked: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            asked.append(self.path)
-            body = f"notes from {self.path}".encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", asked
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _lessons_of(plan_ids: set[str]) -> list[dict[str, Any]]:
@@ -68,9 +39,9 @@ async def _wait_lessons(plan_ids: set[str], count: int) -> list[dict[str, Any]]:
 
 
 async def test_a_rejection_and_a_correction_teach_the_next_plan(
-    client: Client, worker: Any, task_queue: str, notes_server: tuple[str, list[str]]
+    client: Client, worker: Any, task_queue: str, text_server: tuple[str, list[str]]
 ) -> None:
-    base, asked = notes_server
+    base, asked = text_server
     tag = uuid.uuid4().hex[:6]
     agent = f"agent-{tag}"
     task = f"fetch the {tag} release notes from {base}/prod/notes and summarise them"

@@ -11,16 +11,12 @@ elsewhere); without it the PostgreSQL cases fail, they are not skipped.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from plans.engine import (
     PlanRun,
@@ -38,9 +34,6 @@ from store import db, knowledge, metrics, repository
 from store.snapshot import snapshot_of
 from store.trust import trust_history
 
-PG_ADMIN_URL = os.environ.get(
-    "PLANSMITH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 NOW = datetime(2025, 3, 10, 18, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 CATALOG = {
@@ -54,55 +47,6 @@ CATALOG = {
 
 
 # --- databases ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def metrics_pg_database() -> Iterator[str]:
-    admin = db.make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    name = f"plansmith_metrics_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({e.orig}). Start it (e.g. "
-            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) or "
-            "point PLANSMITH_TEST_POSTGRES_URL at a server where this user may CREATE DATABASE.",
-            pytrace=False,
-        )
-    try:
-        yield (
-            make_url(db.normalize_url(PG_ADMIN_URL))
-            .set(database=name)
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    """An empty, migrated store: a SQLite file, or a fresh schema in PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        base: str = request.getfixturevalue("metrics_pg_database")
-        schema = f"m_{uuid.uuid4().hex[:12]}"
-        admin = db.make_engine(base, poolclass=sa.NullPool)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        admin.dispose()
-        url = (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    eng = db.make_engine(url)
-    db.migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 # --- building plan runs on a fake clock ----------------------------------------------

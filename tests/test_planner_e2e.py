@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,27 +44,9 @@ TASK = "fetch the release notes and summarise them"
 
 
 @pytest.fixture
-def notes_url() -> Iterator[str]:
+def notes_url(text_server: tuple[str, list[str]]) -> str:
     """Release notes served on 127.0.0.1 by the test."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = NOTES.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/release-notes"
-    httpd.shutdown()
-    httpd.server_close()
+    return f"{text_server[0]}/release-notes"
 
 
 @pytest.fixture
@@ -109,9 +89,9 @@ async def test_generated_plan_fetches_summarises_and_completes(
     run = await run_to_end(client, result.plan, task_queue)
     assert run.status == PlanStatus.COMPLETED, run.outcome
     fetched, summary = (run.final_steps[s.id].output for s in plan.steps)
-    assert fetched["body"] == NOTES
+    assert fetched["body"] == "text from /release-notes"
     assert summary["offline"] is True
-    assert summary["text"].startswith("[offline]") and "login bug is fixed" in summary["text"]
+    assert summary["text"].startswith("[offline]") and "text from /release-notes" in summary["text"]
 
 
 async def test_the_acceptance_task_without_a_url_runs_to_completion(
@@ -390,7 +370,7 @@ async def test_cli_plan_then_run_completes(env, worker, task_queue, notes_url, o
     path.write_text(out)
     code, out, err = await plansmith("run", str(path), "--watch", env_vars=cli_env(env, task_queue))
     assert code == 0, out + err
-    assert "completed" in out and "login bug is fixed" in out
+    assert "completed" in out and "text from /release-notes" in out
 
 
 @pytest.mark.slow

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +17,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, func, select
 from temporalio.testing import ActivityEnvironment
 
@@ -59,9 +57,6 @@ from store.snapshot import (
     snapshot_of,
 )
 
-PG_ADMIN_URL = os.environ.get(
-    "PLANSMITH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CATALOG = {
     "noop": ToolSpec(
@@ -70,57 +65,6 @@ CATALOG = {
         params_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
     )
 }
-
-# --- databases ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
-    admin = db.make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    name = f"plansmith_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({e.orig}).\n"
-            "The store tests need it. Start it (e.g. `pg_ctlcluster --skip-systemctl-redirect "
-            "$(ls /etc/postgresql) main start`) or point PLANSMITH_TEST_POSTGRES_URL at a "
-            "server where this user may CREATE DATABASE.",
-            pytrace=False,
-        )
-    url = make_url(db.normalize_url(PG_ADMIN_URL)).set(database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """An empty database: a SQLite file, or a fresh schema in the session's PG database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    base: str = request.getfixturevalue("pg_database")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = db.make_engine(base, poolclass=sa.NullPool)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = db.make_engine(db_url)
-    db.migrate(eng)
-    yield eng
-    eng.dispose()
 
 
 def count(engine: Engine, model: type[SQLModel]) -> int:

@@ -20,7 +20,6 @@ from plans.policy import compute_trust
 from store import db, repository
 from store.snapshot import snapshot_of
 from store.trust import trust_history
-from tests.test_store import db_url, engine, pg_database  # noqa: F401  (fixtures)
 
 T0 = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)
 CATALOG = {
@@ -87,7 +86,7 @@ class Run:
             repository.record_snapshot(s, snap)
 
 
-def test_trust_history_reads_the_agents_finished_runs(engine: Engine) -> None:  # noqa: F811
+def test_trust_history_reads_the_agents_finished_runs(engine: Engine) -> None:
     day = timedelta(days=1)
     # completed, approved by a person, with a correction before it ran
     r = Run("good", "bot", T0).control(

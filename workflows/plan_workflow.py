@@ -482,18 +482,8 @@ class PlanWorkflow:
         step = run.plan.step(sid)
         lost = 0  # times the worker running this step vanished (no heartbeat)
         while True:
-            handle = workflow.start_activity(
-                (spec.activity if spec and spec.activity else EXECUTE_STEP),
-                task,
-                task_queue=self._queue_for(spec),
-                result_type=StepOutcome,
-                start_to_close_timeout=timeout,
-                heartbeat_timeout=min(self._heartbeat_timeout, timeout),
-                retry_policy=policy,
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{sid}: {step.tool or step.kind.value}",
-            )
-            self._handles[sid] = handle
+            summary = f"{sid}: {step.tool or step.kind.value}"
+            handle = self._start_activity(sid, task, spec, policy, timeout, summary)
             try:
                 outcome = await handle
             except ActivityError as e:
@@ -523,6 +513,31 @@ class PlanWorkflow:
                 self._audit_sandbox(sid, spec, _sandbox_record(e))
                 return None
             return outcome, used + outcome.attempt
+
+    def _start_activity(
+        self,
+        sid: str,
+        task: StepTask,
+        spec: ToolSpec | None,
+        policy: RetryPolicy,
+        timeout: timedelta,
+        summary: str,
+    ) -> workflow.ActivityHandle[StepOutcome]:
+        """Start the activity that runs ``task`` (the tool's own, else ``execute_step``) on
+        the tool's queue; the step's handle, so a cancel reaches it."""
+        handle = workflow.start_activity(
+            (spec.activity if spec and spec.activity else EXECUTE_STEP),
+            task,
+            task_queue=self._queue_for(spec),
+            result_type=StepOutcome,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=min(self._heartbeat_timeout, timeout),
+            retry_policy=policy,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=summary,
+        )
+        self._handles[sid] = handle
+        return handle
 
     async def _tool_calls(
         self,
@@ -619,18 +634,9 @@ class PlanWorkflow:
             idempotency_key=f"{task.idempotency_key}:call{n}",
             step_version=task.step_version,
         )
-        handle = workflow.start_activity(
-            spec.activity or EXECUTE_STEP,
-            child,
-            task_queue=self._queue_for(spec),
-            result_type=StepOutcome,
-            start_to_close_timeout=timeout,
-            heartbeat_timeout=min(self._heartbeat_timeout, timeout),
-            retry_policy=policy,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"{sid} call {n}: {spec.name}",
+        handle = self._start_activity(
+            sid, child, spec, policy, timeout, f"{sid} call {n}: {spec.name}"
         )
-        self._handles[sid] = handle
         try:
             outcome = await handle
         except ActivityError as e:
