@@ -13,8 +13,10 @@ Step ids may contain ``-``; ``steps.build-app.output`` is read as the step
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
+import threading
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -84,13 +86,27 @@ def normalise(expr: str) -> str:
     )
 
 
+# CPython 3.11's ast.parse is not safe to run in two threads at once ("AST constructor
+# recursion depth mismatch", gh-106905), and workflows run in a thread pool: one lock.
+_PARSE_LOCK = threading.Lock()
+
+
 def parse(expr: str) -> ast.Expression:
     """Parse and check the shape: size, depth, and no constructs whose value could differ
-    between worker processes (sets iterate in a hash order) or that define code."""
+    between worker processes (sets iterate in a hash order) or that define code.
+
+    Cached: the same expressions are evaluated again and again (conditions, templates).
+    """
+    return _parse(expr)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parse(expr: str) -> ast.Expression:
     if len(expr) > MAX_EXPRESSION_LENGTH:
         raise ExpressionError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
     try:
-        tree = ast.parse(normalise(expr).strip(), mode="eval")
+        with _PARSE_LOCK:
+            tree = ast.parse(normalise(expr).strip(), mode="eval")
     except SyntaxError as e:
         raise ExpressionError(f"cannot parse expression {expr!r}: {e.msg}") from None
     except (RecursionError, MemoryError):
@@ -294,9 +310,9 @@ def _evaluator(context: dict[str, Any]) -> EvalWithCompoundTypes:
 
 def evaluate(expr: str, context: dict[str, Any]) -> Any:
     """Evaluate ``expr`` against ``context``; raise :class:`ExpressionError` with the cause."""
-    parse(expr)  # a clear syntax message first
+    tree = parse(expr)  # a clear syntax message first
     try:
-        return _evaluator(context).eval(normalise(expr).strip())
+        return _evaluator(context).eval(normalise(expr).strip(), previously_parsed=tree.body)
     except InvalidExpression as e:
         raise ExpressionError(f"{expr!r}: {e}") from None
     except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError) as e:

@@ -14,7 +14,14 @@ import contextlib
 from typing import Any
 
 import httpx
+
+# Everything schemathesis imports lazily is imported here, up front: the fuzzing runs in a
+# thread while the in-process worker runs workflows, whose sandbox swaps the import
+# machinery, and a first import at that moment can fail (seen: SystemError from the AST).
 import schemathesis
+import schemathesis.transport.asgi
+import schemathesis.transport.requests
+import schemathesis.transport.wsgi
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
