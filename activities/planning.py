@@ -163,7 +163,23 @@ async def plan_with_this_process(
     await asyncio.to_thread(
         record_generation, generation_id, req, result=result, latency_ms=elapsed
     )
-    return result
+    return result.model_copy(update={"generation_id": generation_id})
+
+
+def link_generation(generation_id: str | None, plan_id: str) -> None:
+    """Note in the planner run's record which plan it became (metrics read it); a
+    warning, never an error, when the store cannot be written."""
+    if not generation_id:
+        return
+    from activities.persist import store_engine
+    from store import knowledge
+    from store.db import session_scope
+
+    try:
+        with session_scope(store_engine(), write=True) as session:
+            knowledge.link_generation(session, generation_id, plan_id)
+    except Exception as e:
+        log.warning("could not link planner run %s to plan %s: %s", generation_id, plan_id, e)
 
 
 async def _keep_heartbeating() -> None:

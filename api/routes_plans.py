@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from activities.llm.planner import PlanRequest
+from activities.planning import link_generation
 from activities.tools import catalog
 from api.controls import (
     PLAN_BODIES,
@@ -400,6 +401,7 @@ async def generate_plan(
             ) from None
         plan_id = plan.id
         document = {"id": plan.id, **result.plan}
+        await asyncio.to_thread(link_generation, result.generation_id, plan.id)
     return GenerateResponse(
         plan=document,
         plan_id=plan_id,

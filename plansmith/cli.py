@@ -834,8 +834,11 @@ async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     saved = None
     document = result.plan
     if args.save:
+        from activities.planning import link_generation
+
         saved = await _save_draft(plan, settings)
         document = {"id": saved, **result.plan}
+        await asyncio.to_thread(link_generation, result.generation_id, saved)
     print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
     _print_generated(result, plan, saved)
     return EXIT_OK

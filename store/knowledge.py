@@ -366,6 +366,17 @@ def record_generation(session: Session, **fields: Any) -> None:
     session.flush()
 
 
+def link_generation(session: Session, generation_id: str, plan_id: str) -> bool:
+    """Record which plan a planner run became (when it was saved as a plan)."""
+    row = session.get(PlanGenerationRecord, generation_id)
+    if row is None:
+        return False
+    row.plan_id = plan_id
+    session.add(row)
+    session.flush()
+    return True
+
+
 def list_generations(session: Session, *, limit: int = 1000) -> list[PlanGenerationRecord]:
     return list(
         session.exec(

@@ -302,6 +302,8 @@ async def test_api_generates_saves_and_executes_a_plan(http, notes_url, offline)
     assert_valid(body["plan"])
     draft = (await http.get(f"/api/plans/{plan_id}")).json()
     assert draft["status"] == "draft" and draft["plan"]["steps"][0]["tool"] == "http_request"
+    with session_scope(store_engine()) as session:  # the planner run knows its plan
+        assert [g.plan_id for g in knowledge.list_generations(session)].count(plan_id) == 1
     r = await http.post(f"/api/plans/{plan_id}/execute")
     assert r.status_code == 202, r.text
     st = await wait_status(http, plan_id, lambda s: s["status"] in ("completed", "failed"), 60)

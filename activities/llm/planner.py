@@ -108,6 +108,9 @@ class GeneratedPlan(BaseModel):
     lessons_applied: list[LessonApplied] = Field(
         default_factory=list, description="the lessons that went into the prompt"
     )
+    generation_id: str | None = Field(
+        default=None, description="the planner run's record in the store (plan_generations)"
+    )
 
 
 class PlanningFailed(Exception):
