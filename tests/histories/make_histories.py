@@ -34,6 +34,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
+from activities.llm.base import use_chat_model
+from activities.llm.offline import OfflineModel
 from plans.models import Plan
 from plansmith.temporal import temporal_cli_path
 from tests.helpers import status, wait_for
@@ -235,6 +237,83 @@ async def auto_policy(client: Client, tq: str) -> Handle:
         require_approval="auto",
     )
     return await start(client, plan, tq)
+
+
+@scenario("adaptive_policy", expect="completed")
+async def adaptive_policy(client: Client, tq: str) -> Handle:
+    """require_approval=auto under the adaptive policy: the assess_approval activity (risk
+    and a new agent's trust) asks a person, and the critical step waits at a gate too."""
+    plan = plan_of(
+        "adaptive_policy",
+        [
+            {
+                "id": "shape",
+                "tool": "transform",
+                "params": {"data": [1, 2], "expression": "length(@)"},
+            },
+            count_step(
+                "purge",
+                "hist-purge",
+                ["shape"],
+                params={
+                    "key": "hist-purge",
+                    "value": "DROP TABLE users on the production database",
+                },
+            ),
+        ],
+        require_approval="auto",
+    ).model_copy(update={"agent_id": "hist-agent"})
+    handle = await start(client, plan, tq)
+    await wait_for(handle, lambda st: st.status == "pending_approval")  # a new agent: ask
+    await handle.execute_update("approve", {"by": "ops"})
+    await wait_for(handle, step_is("purge", "waiting_approval"))  # critical: ask again
+    await handle.execute_update("approve_step", {"by": "dba", "step_id": "purge"})
+    return handle
+
+
+@scenario("llm_steps", expect="completed")
+async def llm_steps(client: Client, tq: str) -> Handle:
+    """The offline model behind an llm step that calls a tool (a child activity), a
+    decision with branches, and a validation with an LLM judge."""
+    plan = plan_of(
+        "llm_steps",
+        [
+            {
+                "id": "agent",
+                "kind": "llm",
+                "params": {
+                    "prompt": 'Count it: use count with {"key": "hist-llm"}',
+                    "tools": ["count"],
+                },
+            },
+            {
+                "id": "route",
+                "kind": "decision",
+                "depends_on": ["agent"],
+                "params": {
+                    "question": "ship or hold the counted release?",
+                    "options": ["ship", "hold"],
+                    "context": "ship it",
+                    "branches": {"ship": ["ship"], "hold": ["hold"]},
+                },
+            },
+            count_step("ship", "hist-ship", ["route"]),
+            count_step("hold", "hist-hold", ["route"]),
+            {
+                "id": "judge",
+                "kind": "validation",
+                "depends_on": ["ship", "hold"],
+                "params": {
+                    "checks": [{"expr": "steps.route.output.choice == 'ship'"}],
+                    "judge": {"criteria": ["it was shipped"], "subject": "{{ steps.ship.output }}"},
+                },
+            },
+        ],
+    )
+    with use_chat_model(OfflineModel()):
+        handle = await start(client, plan, tq)
+        await handle.result()
+    return handle
 
 
 @scenario("rejected", expect="rejected")
