@@ -9,21 +9,18 @@ store that cannot be read answers 503. Same API keys as every route under ``/api
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, TypeVar
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from api.deps import PlanIdDep, ServicesDep, get_principal, reject_unknown_query
-from api.errors import invalid, not_found, responses, unavailable
+from api.errors import invalid, not_found, responses
 from plans.validation import Problem
 from store import metrics
-from store.db import ensure_migrated, session_scope
 
 router = APIRouter(
     prefix="/metrics",
@@ -36,21 +33,8 @@ T = TypeVar("T")
 
 
 async def read_store(services: ServicesDep, fn: Callable[[Session], T]) -> T:
-    """Run ``fn`` in a read session, in a thread, bounded; 503 when the store fails."""
-    engine = services.store.engine
-    timeout = services.config.rpc_timeout_s
-
-    def run() -> T:
-        ensure_migrated(engine)
-        with session_scope(engine) as session:
-            return fn(session)
-
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(run), timeout=timeout)
-    except TimeoutError:
-        raise unavailable(f"the database did not answer within {timeout:g}s") from None
-    except sa.exc.SQLAlchemyError as e:
-        raise unavailable(f"the database cannot be read: {type(e).__name__}") from None
+    """Run ``fn`` in a read session of the store (503 when the store fails)."""
+    return await services.store.run(fn)
 
 
 def _since(days: int | None) -> datetime | None:

@@ -10,21 +10,18 @@ offline model answers every call, whichever model is chosen (``offline: true``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Body, Depends, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from activities.llm.selector import ModelConfig, ModelSelector
 from api.deps import ActorDep, ApiServices, ServicesDep, get_principal, reject_unknown_query
-from api.errors import ApiError, ErrorBody, not_found, responses, unavailable
+from api.errors import ApiError, ErrorBody, not_found, responses
 from store import knowledge
-from store.db import ensure_migrated, session_scope
 
 log = logging.getLogger("plansmith.api")
 
@@ -102,21 +99,8 @@ def _listing(selector: ModelSelector, services: ApiServices) -> ModelList:
 
 
 async def _in_store(services: ApiServices, fn: Callable[[Session], T], *, write: bool = False) -> T:
-    """Run ``fn`` in a store session, in a thread, bounded; 503 when the store fails."""
-    engine = services.store.engine
-    timeout = services.config.rpc_timeout_s
-
-    def run() -> T:
-        ensure_migrated(engine)
-        with session_scope(engine, write=write) as session:
-            return fn(session)
-
-    try:
-        return await asyncio.wait_for(asyncio.to_thread(run), timeout=timeout)
-    except TimeoutError:
-        raise unavailable(f"the database did not answer within {timeout:g}s") from None
-    except sa.exc.SQLAlchemyError as e:
-        raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
+    """Run ``fn`` in a store session (503 when the store fails)."""
+    return await services.store.run(fn, write=write)
 
 
 async def _selector(services: ApiServices) -> ModelSelector:

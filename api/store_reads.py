@@ -33,10 +33,13 @@ class PlanStore:
         self.engine = engine
         self.timeout_s = timeout_s
 
-    async def _read(self, fn: Callable[[Session], T]) -> T:
+    async def run(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
+        """Run ``fn`` in a store session (committed when ``write``), in a thread, bounded
+        by the API's timeout; 503 when the store fails or does not answer."""
+
         def run() -> T:
             ensure_migrated(self.engine)
-            with session_scope(self.engine) as session:
+            with session_scope(self.engine, write=write) as session:
                 return fn(session)
 
         try:
@@ -44,7 +47,10 @@ class PlanStore:
         except TimeoutError:
             raise unavailable(f"the database did not answer within {self.timeout_s:g}s") from None
         except sa.exc.SQLAlchemyError as e:
-            raise unavailable(f"the database cannot be read: {type(e).__name__}") from None
+            raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
+
+    async def _read(self, fn: Callable[[Session], T]) -> T:
+        return await self.run(fn)
 
     async def ping(self, timeout_s: float) -> None:
         """``select 1``, bounded (raises on failure or timeout)."""

@@ -1,9 +1,14 @@
-"""A scripted ChatModel for tests: answers from a list, records every request."""
+"""LLM test doubles: a scripted ChatModel, and a transport that answers the real
+Anthropic SDK from a respx router."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import httpx
+import httpx2
+import respx
 
 from activities.llm.base import LLMRequest, LLMResponse, ToolCall, Usage
 
@@ -45,3 +50,27 @@ class ScriptedModel:
         i = min(len(self.requests) - 1, len(self.answers) - 1)
         answer = self.answers[i]
         return answer(request) if callable(answer) else answer
+
+
+class RespxTransport(httpx2.AsyncBaseTransport):
+    """An ``httpx2`` transport (what ``anthropic`` 2.x sends with) answered by a respx
+    router (``httpx`` objects): the SDK builds, sends, parses and raises as usual, and
+    nothing leaves the process."""
+
+    def __init__(self, router: respx.Router):
+        self.router = router
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = await request.aread()
+        mirrored = httpx.Request(
+            request.method, str(request.url), headers=list(request.headers.raw), content=body
+        )
+        try:
+            answer = await self.router.async_handler(mirrored)
+        except httpx.TransportError as e:  # a mocked connection error or timeout
+            kind = getattr(httpx2, type(e).__name__, httpx2.TransportError)
+            raise kind(str(e), request=request) from e
+        content = await answer.aread()
+        return httpx2.Response(
+            answer.status_code, headers=list(answer.headers.raw), content=content, request=request
+        )

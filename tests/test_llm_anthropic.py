@@ -24,31 +24,10 @@ from activities.llm import base
 from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMError, LLMRequest, ToolDef
 from plansmith.settings import get_settings
+from tests.llm_fakes import RespxTransport
 
 KEY = "sk-ant-test-0123456789abcdef"
 API = "https://api.anthropic.com"
-
-
-class RespxTransport(httpx2.AsyncBaseTransport):
-    """An ``httpx2`` transport answered by a respx router (``httpx`` objects)."""
-
-    def __init__(self, router: respx.Router):
-        self.router = router
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        body = await request.aread()
-        mirrored = httpx.Request(
-            request.method, str(request.url), headers=list(request.headers.raw), content=body
-        )
-        try:
-            answer = await self.router.async_handler(mirrored)
-        except httpx.TransportError as e:  # a mocked connection error or timeout
-            kind = getattr(httpx2, type(e).__name__, httpx2.TransportError)
-            raise kind(str(e), request=request) from e
-        content = await answer.aread()
-        return httpx2.Response(
-            answer.status_code, headers=list(answer.headers.raw), content=content, request=request
-        )
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from activities.llm.planner import (
 )
 from activities.tools import catalog
 from plans.validation import parse_plan, validate_plan
+from tests.llm_fakes import RespxTransport
 
 CYCLE_AND_UNKNOWN_TOOL = {
     "title": "Release",
@@ -345,26 +346,6 @@ async def test_offline_model_repairs_another_models_broken_plan():
 # --- the Anthropic client against a mocked Messages API --------------------------------
 
 KEY = "sk-ant-test-planner-0123456789"
-
-
-class RespxTransport(httpx2.AsyncBaseTransport):
-    """An ``httpx2`` transport (what ``anthropic`` 2.x sends with) answered by a respx router."""
-
-    def __init__(self, router: respx.Router):
-        self.router = router
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        body = await request.aread()
-        mirrored = httpx.Request(
-            request.method, str(request.url), headers=list(request.headers.raw), content=body
-        )
-        got = await self.router.async_handler(mirrored)
-        return httpx2.Response(
-            got.status_code,
-            headers=list(got.headers.raw),
-            content=await got.aread(),
-            request=request,
-        )
 
 
 @pytest.fixture
