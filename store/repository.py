@@ -29,6 +29,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from plans.engine import StepRun, WaitingFor, preview
 from plans.models import Plan, PlanStatus, StepStatus
+from plans.policy import ApprovalDecision
 from plans.views import LOG_LEVELS, StatusView, StepView
 from store.models import (
     AuditRecord,
@@ -233,6 +234,7 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "waiting": [w.model_dump(mode="json") for w in snap.waiting],
         "approved_by": snap.approved_by,
         "approval_note": snap.approval_note,
+        "approval_decision": snap.approval_decision,
         "stopping": snap.stopping,
         "paused_by": snap.paused_by,
         "paused_reason": snap.paused_reason,
@@ -639,6 +641,11 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         outcome=run.outcome,
         approved_by=run.approved_by,
         approval_note=run.approval_note,
+        approval_policy=(
+            ApprovalDecision.model_validate(run.approval_decision)
+            if run.approval_decision
+            else None
+        ),
         stopping=run.stopping,
         paused_by=run.paused_by,
         paused_reason=run.paused_reason,

@@ -103,6 +103,9 @@ class PlanSnapshot(BaseModel):
     waiting: list[WaitingFor] = Field(default_factory=list)
     approved_by: str | None = None
     approval_note: str | None = None
+    approval_decision: dict[str, Any] | None = Field(
+        default=None, description="the adaptive policy's decision (require_approval auto)"
+    )
     stopping: str | None = None
     paused_by: str | None = None
     paused_reason: str | None = None
@@ -227,6 +230,9 @@ def snapshot_of(
         waiting=waits(run),
         approved_by=run.approval.by if run.approval else None,
         approval_note=run.approval_policy or None,
+        approval_decision=(
+            run.policy_decision.model_dump(mode="json") if run.policy_decision else None
+        ),
         stopping=run.stopping,
         paused_by=run.pause.by if run.pause else None,
         paused_reason=run.pause.reason if run.pause else None,

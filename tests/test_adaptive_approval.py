@@ -19,11 +19,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
 from activities.approval import ASSESS_APPROVAL
+from activities.persist import store_engine
 from api.app import create_app
 from plans.engine import AuditEntry
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.views import StatusView
 from plansmith.settings import get_settings
+from store import repository
+from store.db import session_scope
 from tests.helpers import start, status, wait_for
 from worker import ACTIVITIES, WORKFLOWS
 from workflows.plan_workflow import PlanResult, PlanWorkflow
@@ -134,6 +137,12 @@ async def test_trust_is_earned_and_a_production_delete_still_asks(client, worker
     assert st.approval_policy is not None and not st.approval_policy.required
     assert st.approval_policy.trust is not None
     assert st.approval_policy.trust.inputs["approved_by_person"] == 5
+    with session_scope(store_engine()) as session:  # the store keeps the decision too
+        stored = repository.get_status(session, st.plan_id)
+    assert stored is not None and stored.approval_policy is not None
+    assert stored.approval_policy.model_dump(mode="json") == st.approval_policy.model_dump(
+        mode="json"
+    )
 
     # The run replays deterministically (the decision is in its history).
     replayer = Replayer(workflows=[PlanWorkflow], data_converter=pydantic_data_converter)

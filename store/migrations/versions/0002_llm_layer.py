@@ -1,4 +1,5 @@
-"""The LLM layer's tables: configured models, lessons learned, planner runs.
+"""The LLM layer's tables: configured models, lessons learned, planner runs; and the
+adaptive approval policy's decision on each run.
 
 Revision ID: 0002
 Revises: 0001
@@ -26,6 +27,9 @@ STATUS = sa.String(32)
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(sa.Column("approval_decision", JSON, nullable=True))
+
     op.create_table(
         "model_configs",
         sa.Column("name", NAME, nullable=False),
@@ -86,3 +90,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("plan_generations", "lessons", "model_configs"):
         op.drop_table(table)
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("approval_decision")
