@@ -29,6 +29,7 @@ from api.drafts import DraftStore, StoreDrafts
 from api.errors import ApiError, install_handlers
 from api.gateway import Gateway, TemporalProvider
 from api.logs import RequestLogMiddleware, configure_logging
+from api.reconcile import reconcile_forever
 from api.routes_metrics import router as metrics_router
 from api.routes_models import router as models_router
 from api.routes_plans import controls as controls_router
@@ -138,9 +139,14 @@ def create_app(
             log.warning("cannot migrate the store: %s: %s", type(e).__name__, e)
         with contextlib.suppress(ApiError):  # /readyz says so; routes retry the connection
             await services.temporal.get()
+        # runs Temporal ended from outside (terminate) are closed in the store too
+        reconciler = asyncio.create_task(reconcile_forever(services.store, services.temporal.get))
         try:
             yield
         finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
             await services.hub.close()
 
     app = FastAPI(

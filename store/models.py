@@ -154,9 +154,7 @@ class RunRecordBase(SQLModel):
     approved_by: str | None = Field(default=None, max_length=NAME)
     approval_note: str | None = Field(default=None, sa_type=sa.Text)
     # the adaptive policy's decision for require_approval auto: risk, trust, reasons
-    approval_decision: dict[str, Any] | None = Field(
-        default=None, sa_type=JSONType, nullable=True
-    )
+    approval_decision: dict[str, Any] | None = Field(default=None, sa_type=JSONType, nullable=True)
     stopping: str | None = Field(default=None, sa_type=sa.Text)
     paused_by: str | None = Field(default=None, max_length=NAME)
     paused_reason: str | None = Field(default=None, sa_type=sa.Text)

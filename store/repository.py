@@ -406,6 +406,25 @@ def save_plan(
     return PlanRecordPublic.model_validate(record), created
 
 
+def unfinished_runs(
+    session: Session, updated_before: datetime, limit: int = 100
+) -> list[RunRecord]:
+    """Runs the store shows as not finished that have not changed since ``updated_before``
+    (oldest first): candidates for :func:`mark_run_ended`."""
+    open_states = [s.value for s in PlanStatus if not s.terminal]
+    return list(
+        session.exec(
+            select(RunRecord)
+            .where(
+                col(RunRecord.status).in_(open_states),
+                col(RunRecord.updated_at) < _utc(updated_before),
+            )
+            .order_by(col(RunRecord.updated_at))
+            .limit(limit)
+        ).all()
+    )
+
+
 def mark_run_ended(
     session: Session,
     plan_id: str,
