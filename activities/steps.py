@@ -66,6 +66,10 @@ async def execute_step(task: StepTask) -> StepOutcome:
             task = task.model_copy(
                 update={"params": await asyncio.to_thread(resolve_refs, task.params)}
             )
+        conversation = task.context.get("conversation")
+        if _has_ref(conversation):  # a tool call's large result, for the model to read
+            resolved = await asyncio.to_thread(resolve_refs, conversation)
+            task = task.model_copy(update={"context": {**task.context, "conversation": resolved}})
         output = await _dispatch(task, info.attempt)
         if isinstance(output, LLMStepResult) and output.calls:
             return StepOutcome(

@@ -45,17 +45,31 @@ ENDED_OUTSIDE = {
 }
 
 
+Cursor = tuple[datetime, str, str]  # (updated_at, plan_id, run_id) of the last run checked
+
+
 async def reconcile_once(
-    store: PlanStore, client: Client, now: datetime | None = None, quiet_s: float = QUIET_S
-) -> list[str]:
-    """One pass; the ids of the plans whose run was closed."""
+    store: PlanStore,
+    client: Client,
+    now: datetime | None = None,
+    quiet_s: float = QUIET_S,
+    after: Cursor | None = None,
+) -> tuple[list[str], Cursor | None]:
+    """One pass over at most :data:`BATCH` runs after ``after``: the ids of the plans whose
+    run was closed, and where the next pass goes on (None: start again from the oldest)."""
     now = now or datetime.now(UTC)
     runs = await store.run(
-        lambda s: repository.unfinished_runs(s, now - timedelta(seconds=quiet_s), BATCH)
+        lambda s: repository.unfinished_runs(s, now - timedelta(seconds=quiet_s), BATCH, after)
     )
     closed = []
     for run in runs:
-        ended = await _ended_outside(client, run)
+        try:
+            ended = await _ended_outside(client, run)
+        except Exception as e:  # one workflow that cannot be described stops nothing
+            log.warning(
+                "cannot check plan %s in Temporal: %s: %s", run.plan_id, type(e).__name__, e
+            )
+            continue
         if ended is None:
             continue
         status, outcome, at = ended
@@ -73,7 +87,10 @@ async def reconcile_once(
         if done:
             log.info("plan %s: %s", run.plan_id, outcome)
             closed.append(run.plan_id)
-    return closed
+    if len(runs) < BATCH:
+        return closed, None
+    last = runs[-1]
+    return closed, (last.updated_at, last.plan_id, last.run_id)
 
 
 async def _ended_outside(client: Client, run: RunRecord) -> tuple[PlanStatus, str, datetime] | None:
@@ -98,10 +115,11 @@ async def reconcile_forever(
 ) -> None:
     """:func:`reconcile_once` every ``every_s`` seconds until cancelled; a pass that fails
     (Temporal or the store unreachable) is logged and tried again next time."""
+    cursor: Cursor | None = None  # long waits do not hide the runs after them
     while True:
         await asyncio.sleep(every_s)
         try:
-            await reconcile_once(store, await client())
+            _, cursor = await reconcile_once(store, await client(), after=cursor)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -774,6 +774,9 @@ def record_cancelled(run: PlanRun, sid: str, now: datetime, why: str) -> None:
     s.status = StepStatus.CANCELLED
     s.error = why
     s.completed_at = now
+    for call in s.calls:  # an llm step's tool call that was running ends with it
+        if call.get("status") == "running":
+            call.update(status="cancelled", completed_at=now.isoformat(), error=why)
     log(run, now, f"step {sid} cancelled: {why}", "warning", sid)
 
 

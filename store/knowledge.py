@@ -285,8 +285,9 @@ def learn_from_snapshot(session: Session, snap: PlanSnapshot, plan: Plan | None)
         add_lesson(session, task=task, plan_id=snap.plan_id, agent_id=snap.agent_id, **fields)
 
     before = session.exec(select(sa.func.count()).select_from(LessonRecord)).one()
-    if snap.status == PlanStatus.REJECTED and snap.outcome:
-        by, _, reason = snap.outcome.removeprefix("rejected by ").partition(": ")
+    # (a timeout is never taken for a person's decision: only "rejected by <who>" counts)
+    if snap.status == PlanStatus.REJECTED and (snap.outcome or "").startswith("rejected by "):
+        by, _, reason = (snap.outcome or "").removeprefix("rejected by ").partition(": ")
         add(
             source="rejection",
             what_wrong=f"a person rejected the whole plan: {reason or snap.outcome}",
@@ -327,14 +328,15 @@ def learn_from_snapshot(session: Session, snap: PlanSnapshot, plan: Plan | None)
     for s in snap.steps:
         step = steps.get(s.id)
         tool_tag = f" ({step.tool})" if step and step.tool else ""
-        if s.skip_reason == SkipReason.REJECTED and s.skip_detail:
-            by, _, reason = s.skip_detail.removeprefix("rejected by ").partition(": ")
+        detail = s.skip_detail or ""
+        if s.skip_reason == SkipReason.REJECTED and detail.startswith("rejected by "):
+            by, _, reason = detail.removeprefix("rejected by ").partition(": ")
             add(
                 source="rejection",
                 step_id=s.id,
                 step_kind=step.kind.value if step else None,
                 what_wrong=f"a person refused to let step {s.id}{tool_tag} run: "
-                + (reason or s.skip_detail),
+                + (reason or detail),
                 fix="leave such a step out, or change it so the reason no longer holds",
                 tools=[step.tool] if step and step.tool else [],
                 by=by or None,

@@ -46,6 +46,7 @@ from store.models import (
     RunRecord,
     RunRecordPublic,
     StepResultRecord,
+    UTCDateTime,
 )
 from store.snapshot import PlanSnapshot, RecordResult, as_output_ref
 
@@ -407,22 +408,26 @@ def save_plan(
 
 
 def unfinished_runs(
-    session: Session, updated_before: datetime, limit: int = 100
+    session: Session,
+    updated_before: datetime,
+    limit: int = 100,
+    after: tuple[datetime, str, str] | None = None,
 ) -> list[RunRecord]:
-    """Runs the store shows as not finished that have not changed since ``updated_before``
-    (oldest first): candidates for :func:`mark_run_ended`."""
+    """Runs the store shows as not finished that have not changed since ``updated_before``,
+    in ``(updated_at, plan_id, run_id)`` order, after ``after`` (to page through them):
+    candidates for :func:`mark_run_ended`."""
     open_states = [s.value for s in PlanStatus if not s.terminal]
-    return list(
-        session.exec(
-            select(RunRecord)
-            .where(
-                col(RunRecord.status).in_(open_states),
-                col(RunRecord.updated_at) < _utc(updated_before),
-            )
-            .order_by(col(RunRecord.updated_at))
-            .limit(limit)
-        ).all()
+    runs = RunRecord.__table__.c  # type: ignore[attr-defined]
+    stmt = select(RunRecord).where(
+        col(RunRecord.status).in_(open_states), col(RunRecord.updated_at) < _utc(updated_before)
     )
+    if after is not None:
+        stmt = stmt.where(
+            sa.tuple_(runs.updated_at, runs.plan_id, runs.run_id)
+            > sa.tuple_(sa.literal(_utc(after[0]), UTCDateTime()), after[1], after[2])
+        )
+    order = (col(RunRecord.updated_at), col(RunRecord.plan_id), col(RunRecord.run_id))
+    return list(session.exec(stmt.order_by(*order).limit(limit)).all())
 
 
 def mark_run_ended(

@@ -7,8 +7,16 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
-from plans.engine import advance, apply_control, new_run, parse_control, record_success
-from plans.models import Plan
+from plans.engine import (
+    advance,
+    apply_control,
+    end,
+    expire_waits,
+    new_run,
+    parse_control,
+    record_success,
+)
+from plans.models import Plan, PlanStatus
 from store import db, knowledge
 from store.snapshot import snapshot_of
 from tests.test_store import CATALOG, T0, write
@@ -118,3 +126,22 @@ def test_model_configs_round_trip(engine: Engine) -> None:
     with db.session_scope(engine, write=True) as s:
         assert knowledge.delete_model_config(s, "m1") is True
         assert knowledge.delete_model_config(s, "m1") is False
+
+
+def test_a_timeout_is_not_learnt_as_a_persons_rejection(engine: Engine) -> None:
+    # the plan's approval ran out (as the workflow ends it) ...
+    doc = {**DOC, "id": "timed-out", "steps": [DOC["steps"][0]]}
+    run = new_run(Plan.model_validate(doc), T0)
+    end(run, PlanStatus.REJECTED, "approval timed out after 60s; on_approval_timeout=reject", T0)
+    write(engine, snapshot_of(run, "r3", 0, 0, seq=1, at=T0 + timedelta(minutes=5)))
+    # ... and a step's gate ran out
+    gated = {**DOC["steps"][0], "requires_approval": True}
+    doc = {**DOC, "id": "gate-timed-out", "steps": [gated]}
+    doc["options"] = {"require_approval": False, "step_approval_timeout_s": 60}
+    run = new_run(Plan.model_validate(doc), T0)
+    control(run, "approve", {"by": "bob"}, 0)
+    advance(run, T0)
+    assert expire_waits(run, T0 + timedelta(minutes=5))
+    assert run.steps["fetch"].skip_reason is not None
+    write(engine, snapshot_of(run, "r4", 0, 0, seq=1, at=T0 + timedelta(minutes=5)))
+    assert [x for x in lessons(engine) if x["plan_id"] in ("timed-out", "gate-timed-out")] == []

@@ -6,17 +6,21 @@ The model is scripted (:mod:`tests.llm_fakes`) and installed for the in-process 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import pytest
 from temporalio.client import Client
 
-from activities.llm.base import use_chat_model
+from activities import persist
+from activities.llm.base import LLMResponse, ToolCall, use_chat_model
 from activities.llm.steps import CHOOSE, RESPOND, VERDICT, run_decision, run_llm
-from activities.tools import ToolError
+from activities.tools import ToolContext, ToolError, catalog, tool
 from plans.models import PlanStatus, StepStatus
+from plans.validation import validate_plan
 from tests import tools_for_tests
-from tests.helpers import make_plan, start, status
+from tests.helpers import make_plan, start, status, wait_for
 from tests.llm_fakes import ScriptedModel, text, tool_use
 
 # --- in the activity ------------------------------------------------------------------
@@ -259,3 +263,120 @@ async def test_function_calling_budget_of_invalid_calls_fails_the_step(
     assert "3 invalid tool calls (max_invalid_calls is 2)" in (step.error or "")
     assert "tool 'transform' is not offered to this step; offered: count" in (step.error or "")
     assert [c["status"] for c in step.calls] == ["invalid"] * 3
+
+
+# --- regressions found in review ------------------------------------------------------
+
+STUBBORN: list[str] = []
+
+
+@tool(
+    name="stubborn",
+    description="Sleeps 3 s and finishes even when cancelled (a tool that cannot stop).",
+    params_schema={"properties": {"tag": {"type": "string"}}},
+)
+async def stubborn(params: dict[str, Any], ctx: ToolContext) -> Any:
+    try:
+        await asyncio.sleep(3)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.5)
+    STUBBORN.append(params.get("tag", "?"))
+    return {"ok": True}
+
+
+def calls(*wanted: tuple[str, dict[str, Any]]) -> LLMResponse:
+    tcs = [ToolCall(id=f"c{i}", name=n, input=inp) for i, (n, inp) in enumerate(wanted)]
+    return LLMResponse(
+        model="scripted",
+        tool_calls=tcs,
+        content=[{"type": "tool_use", "id": c.id, "name": c.name, "input": c.input} for c in tcs],
+        stop_reason="tool_use",
+    )
+
+
+async def test_a_cancel_stops_an_llm_steps_tool_calls_and_rounds(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    tag = _key()
+    model = ScriptedModel(
+        calls(("stubborn", {"tag": f"{tag}-a"}), ("stubborn", {"tag": f"{tag}-b"})),
+        calls(("stubborn", {"tag": f"{tag}-c"})),
+        text("done"),
+    )
+    plan = make_plan(
+        [{"id": "agent", "kind": "llm", "params": {"prompt": "go", "tools": ["stubborn"]}}]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        await wait_for(h, lambda st: bool(st.steps[0].calls))
+        await h.execute_update("cancel", {"by": "alice", "reason": "stop"})
+        result = await h.result()
+    assert result.status == PlanStatus.CANCELLED
+    step = (await status(h)).steps[0]
+    assert step.status == StepStatus.CANCELLED
+    # the first call finished (the tool would not stop); no other call was made
+    assert [(c["params"]["tag"], c["status"]) for c in step.calls] == [(f"{tag}-a", "completed")]
+    await asyncio.sleep(1)  # the stubborn tool finishes its first call regardless
+    assert [t for t in STUBBORN if t.startswith(tag)] == [f"{tag}-a"]  # b and c never ran
+    assert len(model.requests) == 1  # and the model was not asked again
+
+
+async def test_templated_budget_and_tools_are_read_rendered(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    key = _key()
+    model = ScriptedModel(tool_use("count", {"key": key}), tool_use("count", {"key": key}))
+    plan = make_plan(
+        [
+            {
+                "id": "agent",
+                "kind": "llm",
+                "params": {
+                    "prompt": "go",
+                    "tools": "{{ inputs.tools }}",
+                    "max_tool_calls": "{{ inputs.n }}",
+                },
+            }
+        ]
+    ).model_copy(update={"inputs": {"n": 2, "tools": ["count"]}})
+    assert validate_plan(plan, catalog()) == []
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        result = await asyncio.wait_for(h.result(), 30)
+    assert result.status == PlanStatus.FAILED  # the model never stops calling
+    step = (await status(h)).steps[0]
+    assert "more than 2 tool calls (max_tool_calls)" in (step.error or "")
+    assert tools_for_tests.CALLS[key] == 2
+
+
+async def test_a_large_tool_result_reaches_the_model_as_data(
+    client: Client, worker: object, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(persist, "large_output_bytes", lambda: 20)  # every output by reference
+    key = _key()
+    model = ScriptedModel(tool_use("count", {"key": key, "value": "x" * 50}), text("done"))
+    plan = make_plan(
+        [{"id": "agent", "kind": "llm", "params": {"prompt": "go", "tools": ["count"]}}]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        assert (await h.result()).status == PlanStatus.COMPLETED
+    fed = model.requests[1].messages[-1]["content"][0]["content"]
+    assert isinstance(fed, str) and "x" * 50 in fed and "output_ref" not in fed
+
+
+async def test_a_cancelled_tool_call_is_not_left_running(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    key = _key()
+    model = ScriptedModel(tool_use("count", {"key": key, "sleep_s": 30}))
+    plan = make_plan(
+        [{"id": "agent", "kind": "llm", "params": {"prompt": "go", "tools": ["count"]}}]
+    )
+    with use_chat_model(model):
+        h = await start(client, plan, task_queue)
+        await wait_for(h, lambda st: bool(st.steps[0].calls))
+        await h.execute_update("cancel", {"by": "alice", "reason": "enough"})
+        assert (await h.result()).status == PlanStatus.CANCELLED
+    (call,) = (await status(h)).steps[0].calls
+    assert call["status"] == "cancelled" and "enough" in call["error"]

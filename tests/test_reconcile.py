@@ -11,6 +11,7 @@ from typing import Any
 from temporalio.client import Client
 
 from activities.persist import store_engine
+from api import reconcile
 from api.reconcile import reconcile_once
 from api.store_reads import PlanStore
 from plans.models import PlanStatus
@@ -37,7 +38,9 @@ async def test_a_terminated_plan_is_closed_in_the_store(
     client: Client, worker: Any, task_queue: str
 ) -> None:
     gone = make_plan([{"id": "a", "tool": "count", "params": {"key": "rc"}}], require_approval=True)
-    waits = make_plan([{"id": "a", "tool": "count", "params": {"key": "rc"}}], require_approval=True)
+    waits = make_plan(
+        [{"id": "a", "tool": "count", "params": {"key": "rc"}}], require_approval=True
+    )
     h_gone = await start(client, gone, task_queue)
     h_waits = await start(client, waits, task_queue)
     for plan in (gone, waits):
@@ -46,7 +49,7 @@ async def test_a_terminated_plan_is_closed_in_the_store(
     await h_gone.terminate(reason="operator pulled the plug")
     store = PlanStore(store_engine())
     later = datetime.now(UTC) + timedelta(minutes=1)  # both runs have been quiet long enough
-    closed = await reconcile_once(store, client, now=later)
+    closed, _ = await reconcile_once(store, client, now=later)
     assert gone.id in closed and waits.id not in closed
 
     with session_scope(store_engine()) as session:
@@ -56,6 +59,32 @@ async def test_a_terminated_plan_is_closed_in_the_store(
         waiting = {w.plan_id for w in metrics.waiting_plans(session)}
     assert gone.id not in waiting and waits.id in waiting
     assert stored_status(waits.id or "") == PlanStatus.PENDING_APPROVAL
-    assert gone.id not in await reconcile_once(store, client, now=later)  # once is enough
+    assert gone.id not in (await reconcile_once(store, client, now=later))[0]  # once is enough
 
     await h_waits.execute_update("reject", {"by": "test", "reason": "done"})
+
+
+async def test_passes_page_through_long_waits(
+    client: Client, worker: Any, task_queue: str, monkeypatch: Any
+) -> None:
+    """Plans that wait a long time do not hide a terminated one behind them."""
+    monkeypatch.setattr(reconcile, "BATCH", 1)
+    plans = [
+        make_plan([{"id": "a", "tool": "count", "params": {"key": "rc"}}], require_approval=True)
+        for _ in range(2)
+    ]
+    handles = [await start(client, p, task_queue) for p in plans]
+    for p in plans:
+        await until_stored(p.id or "", PlanStatus.PENDING_APPROVAL)
+    await handles[1].terminate(reason="gone")
+    store = PlanStore(store_engine())
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    cursor = None
+    closed: list[str] = []
+    for _ in range(50):  # every unfinished run of the test store, one a pass
+        found, cursor = await reconcile_once(store, client, now=later, after=cursor)
+        closed += found
+        if cursor is None:
+            break
+    assert closed.count(plans[1].id or "") == 1 and plans[0].id not in closed
+    await handles[0].execute_update("reject", {"by": "test", "reason": "done"})

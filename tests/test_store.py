@@ -554,3 +554,22 @@ def test_step_rows_keep_the_whole_step_state() -> None:
     )
     row = repository._step_row(snap, s, T0)
     assert row["state"] == {"answer": {"a": 1}, "answered": True, "runs": 2}
+
+
+def test_unfinished_runs_page_in_order(engine: Engine) -> None:
+    for i in range(3):
+        plan = Plan.model_validate({"id": f"open-{i}", "steps": [{"id": "a", "tool": "noop"}]})
+        run = new_run(plan, T0)
+        write(engine, snapshot_of(run, f"r{i}", 0, 0, seq=1, at=T0 + timedelta(seconds=i)))
+    later = T0 + timedelta(hours=1)
+    seen = []
+    after = None
+    with Session(engine) as s:
+        for _ in range(5):
+            page = repository.unfinished_runs(s, later, limit=1, after=after)
+            if not page:
+                break
+            seen.append(page[0].plan_id)
+            after = (page[0].updated_at, page[0].plan_id, page[0].run_id)
+        assert repository.unfinished_runs(s, T0, limit=10) == []  # none quiet before T0
+    assert seen == ["open-0", "open-1", "open-2"]

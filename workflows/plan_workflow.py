@@ -9,7 +9,6 @@ queries for status, and search attributes so a person can find waiting plans.
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -197,6 +196,7 @@ class PlanWorkflow:
         self._catalog = inp.tools if inp.tools is not None else catalog()
         self._handles: dict[str, workflow.ActivityHandle[StepOutcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()  # steps a cancel or a timeout reached
         self._dirty = False
         self._published: tuple[str, str] | None = None
         self._heartbeat_timeout = timedelta(seconds=inp.heartbeat_timeout_s)
@@ -384,6 +384,7 @@ class PlanWorkflow:
     # --- steps -----------------------------------------------------------------------
 
     def _start_step(self, sid: str) -> None:
+        self._cancelled.discard(sid)
         self._tasks[sid] = asyncio.create_task(self._run_step(sid))
 
     async def _run_step(self, sid: str) -> None:
@@ -416,9 +417,11 @@ class PlanWorkflow:
             if ran is None:
                 return
             outcome, used = ran
-            budget = _CallBudget.of(step.params)
+            budget = _CallBudget.of(task.params)
             while outcome.calls:  # an llm step's model asked for tools: run them, go on
                 results = await self._tool_calls(sid, task, outcome.calls, budget, timeout)
+                if sid in self._cancelled:
+                    raise _StepCancelled()
                 if budget.exhausted:
                     engine.record_failure(run, sid, budget.exhausted, used, workflow.now())
                     return
@@ -446,6 +449,10 @@ class PlanWorkflow:
             engine.record_success(run, sid, outcome.output, used, workflow.now())
         except (asyncio.CancelledError, _StepCancelled):
             engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+        except Exception as e:  # a bug must fail the step, never leave it running
+            engine.record_failure(
+                run, sid, f"{type(e).__name__}: {e}", run.steps[sid].attempts, workflow.now()
+            )
         finally:
             self._handles.pop(sid, None)
             self._finish_task(sid)
@@ -550,10 +557,12 @@ class PlanWorkflow:
         """Check each tool call of an llm step against its tool's schema and run the valid
         ones, one child activity each; the results (or problems) go back to the model."""
         run = self._run
-        step = run.plan.step(sid)
-        offered = sorted(step.params.get("tools") or [])
+        tools = task.params.get("tools")
+        offered = sorted(str(t) for t in tools) if isinstance(tools, list) else []
         results: list[dict[str, Any]] = []
         for call in calls:
+            if sid in self._cancelled:  # the plan was cancelled meanwhile: no more calls
+                raise _StepCancelled()
             call_id, name = str(call.get("id", "")), str(call.get("name", ""))
             raw = call.get("input")
             params: dict[str, Any] = raw if isinstance(raw, dict) else {}
@@ -631,7 +640,8 @@ class PlanWorkflow:
             kind=StepKind.TOOL,
             tool=spec.name,
             params=params,
-            idempotency_key=f"{task.idempotency_key}:call{n}",
+            # a retried step's model may ask other things: its calls get keys of their own
+            idempotency_key=f"{task.idempotency_key}:r{run.steps[sid].runs}:call{n}",
             step_version=task.step_version,
         )
         handle = self._start_activity(
@@ -653,12 +663,9 @@ class PlanWorkflow:
         engine.finish_call(run, sid, n, workflow.now(), output=output, attempts=outcome.attempt)
         self._audit_sandbox(sid, spec, output.get("sandbox") if isinstance(output, dict) else None)
         self._dirty = True
-        text = (
-            output if isinstance(output, str) else json.dumps(output, default=str, sort_keys=True)
-        )
-        if len(text) > TOOL_RESULT_CHARS:
-            text = text[:TOOL_RESULT_CHARS] + f"... [cut: {len(text)} chars in all]"
-        return _tool_result(call_id, text)
+        # The output as it is (a large one by reference): the llm step's activity resolves
+        # it and cuts it to a size the model can take.
+        return {"type": "tool_result", "tool_use_id": call_id, "content": output}
 
     def _audit_sandbox(self, sid: str, spec: ToolSpec | None, record: Any) -> None:
         """Every run of generated code lands in the audit trail: code hash, limits, outcome."""
@@ -696,6 +703,7 @@ class PlanWorkflow:
         self._dirty = True
 
     def _cancel_running(self, why: str) -> None:
+        self._cancelled.update(self._tasks)  # an llm step starts no more tool calls or rounds
         for sid, handle in list(self._handles.items()):
             engine.log(self._run, workflow.now(), f"cancelling step {sid}: {why}", "warning", sid)
             handle.cancel()
@@ -899,7 +907,6 @@ class PlanWorkflow:
         )
 
 
-TOOL_RESULT_CHARS = 16000  # a tool's result fed back to the model is cut to this length
 RESPOND_TOOL = "respond"  # an llm step's structured answer, not a registry tool
 
 
@@ -919,7 +926,13 @@ class _CallBudget:
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> _CallBudget:
-        return cls(int(params.get("max_tool_calls", 8)), int(params.get("max_invalid_calls", 3)))
+        """From the step's rendered params (validation checked their types)."""
+
+        def number(key: str, default: int) -> int:
+            value = params.get(key, default)
+            return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+        return cls(number("max_tool_calls", 8), number("max_invalid_calls", 3))
 
 
 def _tool_result(call_id: str, text: str, error: bool = False) -> dict[str, Any]:

@@ -140,6 +140,28 @@ def _user_prompt(params: dict[str, Any], context: dict[str, Any]) -> str:
     return text
 
 
+def _as_message(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as the API takes it: a tool's result (any JSON, as the workflow passes
+    it) becomes text, cut to :data:`RESULT_CHARS`."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    blocks = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            value = block.get("content")
+            if not isinstance(value, str | list) or (
+                isinstance(value, list)
+                and not all(isinstance(b, dict) and "type" in b for b in value)
+            ):
+                text = _as_text(value)
+                if len(text) > RESULT_CHARS:
+                    text = text[:RESULT_CHARS] + f"... [cut: {len(text)} chars in all]"
+                block = {**block, "content": text}
+        blocks.append(block)
+    return {**message, "content": blocks}
+
+
 def _max_tokens(params: dict[str, Any], default: int) -> int:
     return int(params.get("max_tokens") or min(default, 4096))
 
@@ -194,7 +216,7 @@ async def run_llm(
         choice: dict[str, Any] | None = {"type": "tool", "name": RESPOND}
     else:
         choice = {"type": "auto"} if offered else None
-    conversation = list(context.get("conversation") or [])
+    conversation = [_as_message(m) for m in context.get("conversation") or []]
     if not conversation:
         conversation = [{"role": "user", "content": _user_prompt(params, context)}]
     meter = _Meter.resume(context.get("llm_usage"))
