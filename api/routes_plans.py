@@ -21,7 +21,6 @@ neither can. ``GET /api/plans`` lists from the store.
 import asyncio
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -56,7 +55,6 @@ from api.deps import (
 )
 from api.drafts import Draft, DraftExists, DraftStore
 from api.errors import (
-    ApiError,
     ErrorBody,
     conflict,
     invalid,
@@ -79,6 +77,7 @@ from api.schemas import (
     ResumeResponse,
 )
 from api.sse import EventsDoc
+from api.store_reads import temporal_or_store
 from plans import engine
 from plans.controls import ControlResult
 from plans.engine import AuditEntry, LogEntry, PlanRun, PlanVersion
@@ -155,25 +154,6 @@ async def _draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
 
 
 T = TypeVar("T")
-
-
-async def _temporal_or_store(
-    from_temporal: Callable[[], Awaitable[T]], from_store: Callable[[], Awaitable[T | None]]
-) -> T:
-    """Ask the workflow; when Temporal does not know it (404) or cannot answer (503), ask
-    the store. The first error stands when the store does not have the plan either."""
-    try:
-        return await from_temporal()
-    except ApiError as e:
-        if e.status not in (404, 503):
-            raise
-        try:
-            found = await from_store()
-        except ApiError:
-            raise e from None
-        if found is None:
-            raise
-        return found
 
 
 async def _refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
@@ -334,7 +314,7 @@ async def get_plan(
             plan=plan,
         )
 
-    return await _temporal_or_store(from_temporal, from_store)
+    return await temporal_or_store(from_temporal, from_store)
 
 
 @router.post(
@@ -508,7 +488,7 @@ async def get_status(
     run = await _draft_run(drafts, plan_id)
     if run is not None:
         return status_view(run)
-    return await _temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
+    return await temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
 
 
 @router.get(
@@ -523,7 +503,7 @@ async def get_execution_state(
     run = await _draft_run(drafts, plan_id)
     if run is not None:
         return execution_state(run)
-    return await _temporal_or_store(
+    return await temporal_or_store(
         lambda: gateway.execution_state(plan_id), lambda: store.execution_state(plan_id)
     )
 
@@ -551,7 +531,7 @@ async def get_logs(
     if run is not None:
         entries = logs_view(run, query)
     else:
-        entries = await _temporal_or_store(
+        entries = await temporal_or_store(
             lambda: gateway.logs(plan_id, query), lambda: store.logs(plan_id, query)
         )
     return [LogLine(at=e.at, level=e.level, message=e.message, step_id=e.step_id) for e in entries]
@@ -569,7 +549,7 @@ async def get_audit(
     run = await _draft_run(drafts, plan_id)
     if run is not None:
         return audit_view(run)
-    return await _temporal_or_store(lambda: gateway.audit(plan_id), lambda: store.audit(plan_id))
+    return await temporal_or_store(lambda: gateway.audit(plan_id), lambda: store.audit(plan_id))
 
 
 @router.get(
@@ -589,7 +569,7 @@ async def get_versions(
         view = await gateway.plan(plan_id)
         return [PlanVersion.model_validate(v) for v in view.versions]
 
-    return await _temporal_or_store(from_temporal, lambda: store.versions(plan_id))
+    return await temporal_or_store(from_temporal, lambda: store.versions(plan_id))
 
 
 @router.get(

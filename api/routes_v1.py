@@ -16,9 +16,10 @@ from pydantic import BaseModel, Field
 
 from activities.tools import catalog
 from api.controls import ByBody
-from api.deps import ActorDep, GatewayDep, get_principal, reject_unknown_query
+from api.deps import ActorDep, GatewayDep, StoreDep, get_principal, reject_unknown_query
 from api.errors import invalid, responses
 from api.logs import plan_id_var
+from api.store_reads import temporal_or_store
 from plans.controls import CONTROL_MODELS, ControlResult
 from plans.models import PlanStatus, workflow_id_for
 from plans.seed003 import (
@@ -117,8 +118,11 @@ async def execute(
     summary="An execution's status in seed 003's words",
     responses=responses(401, 404, 422, 502, 503),
 )
-async def get_status(execution_id: ExecutionIdDep, gateway: GatewayDep) -> ExecutionStatus:
-    view = await gateway.status(plan_id_for_execution(execution_id))
+async def get_status(
+    execution_id: ExecutionIdDep, gateway: GatewayDep, store: StoreDep
+) -> ExecutionStatus:
+    plan_id = plan_id_for_execution(execution_id)
+    view = await temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
     return execution_status(execution_id, view)
 
 
@@ -133,13 +137,15 @@ async def get_status(execution_id: ExecutionIdDep, gateway: GatewayDep) -> Execu
 async def get_logs(
     execution_id: ExecutionIdDep,
     gateway: GatewayDep,
+    store: StoreDep,
     level: Annotated[Literal["debug", "info", "warning", "error"] | None, Query()] = None,
     limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
 ) -> ExecutionLogs:
     plan_id = plan_id_for_execution(execution_id)
+    query = LogsQuery(level=level, limit=limit)
     entries, view = await asyncio.gather(
-        gateway.logs(plan_id, LogsQuery(level=level, limit=limit)),
-        gateway.status(plan_id),
+        temporal_or_store(lambda: gateway.logs(plan_id, query), lambda: store.logs(plan_id, query)),
+        temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id)),
     )
     descriptions = {s.id: s.description for s in view.steps}
     logs = [

@@ -10,14 +10,14 @@ Each read runs in a thread, bounded by ``PLANSMITH_API_TIMEOUT_S``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.errors import unavailable
+from api.errors import ApiError, unavailable
 from plans.engine import AuditEntry, LogEntry, PlanVersion
 from plans.models import Plan, PlanStatus
 from plans.views import ExecutionState, LogsQuery, StatusView
@@ -26,6 +26,25 @@ from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
 
 T = TypeVar("T")
+
+
+async def temporal_or_store(
+    from_temporal: Callable[[], Awaitable[T]], from_store: Callable[[], Awaitable[T | None]]
+) -> T:
+    """Ask the workflow; when Temporal does not know it (404) or cannot answer (503), ask
+    the store. The first error stands when the store does not have the plan either."""
+    try:
+        return await from_temporal()
+    except ApiError as e:
+        if e.status not in (404, 503):
+            raise
+        try:
+            found = await from_store()
+        except ApiError:
+            raise e from None
+        if found is None:
+            raise
+        return found
 
 
 class PlanStore:

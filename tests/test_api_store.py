@@ -19,6 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from tests.test_api import closed, create_and_execute, make_app, plan_doc, wait_status, wait_step
+from tests.test_api_seed003 import execution
 
 
 @contextlib.asynccontextmanager
@@ -69,17 +70,26 @@ async def test_reads_come_from_the_store_once_the_workflow_is_gone(
     env: WorkflowEnvironment, worker: Any, task_queue: str
 ):
     doc = plan_doc([wait_step("a", 0.1), wait_step("b", 0.1, ["a"])])
+    seed003 = execution([{"id": "in", "type": "input"}], [], q="why")  # and its own routes
+    eid = seed003["execution_id"]
+    v1 = [f"/api/v1/execute/{eid}/status", f"/api/v1/execute/{eid}/logs"]
     async with serve(make_app(env.client, task_queue)) as http:
         plan_id = await create_and_execute(http, doc)
+        assert (await http.post("/api/v1/execute", json=seed003)).status_code == 202
         await wait_status(http, plan_id, lambda s: s["status"] == "completed")
+        await wait_status(http, eid, lambda s: s["status"] == "completed")
         await closed(env.client, plan_id)
+        await closed(env.client, eid)
         before = await read_all(http, plan_id)
         assert before["status"]["status"] == "completed" and before["logs"] and before["audit"]
+        v1_before = [(await http.get(path)).json() for path in v1]
+        assert v1_before[0]["status"] == "completed" and v1_before[1]["logs"]
 
-        await delete_workflow(env.client, plan_id)
+        await asyncio.gather(delete_workflow(env.client, plan_id), delete_workflow(env.client, eid))
         after = await read_all(http, plan_id)
         for what in READS:
             assert after[what] == before[what], what
+        assert [(await http.get(path)).json() for path in v1] == v1_before
 
         listed = (await http.get("/api/plans", params={"status": "completed"})).json()
         mine = [p for p in listed["plans"] if p["plan_id"] == plan_id]
