@@ -7,13 +7,18 @@ The model is scripted (:mod:`tests.llm_fakes`) and installed for the in-process 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
+import httpx
+import httpx2
 import pytest
+import respx
 from temporalio.client import Client
 
 from activities import persist
+from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMResponse, ToolCall, use_chat_model
 from activities.llm.steps import CHOOSE, RESPOND, VERDICT, run_decision, run_llm
 from activities.tools import ToolContext, ToolError, catalog, tool
@@ -21,7 +26,8 @@ from plans.models import PlanStatus, StepStatus
 from plans.validation import validate_plan
 from tests import tools_for_tests
 from tests.helpers import make_plan, start, status, wait_for
-from tests.llm_fakes import ScriptedModel, text, tool_use
+from tests.llm_fakes import RespxTransport, ScriptedModel, text, tool_use
+from tests.test_llm_anthropic import message
 
 # --- in the activity ------------------------------------------------------------------
 
@@ -380,3 +386,47 @@ async def test_a_cancelled_tool_call_is_not_left_running(
         assert (await h.result()).status == PlanStatus.CANCELLED
     (call,) = (await status(h)).steps[0].calls
     assert call["status"] == "cancelled" and "enough" in call["error"]
+
+
+async def test_function_calling_through_the_real_anthropic_client(
+    client: Client, worker: object, task_queue: str
+) -> None:
+    """The conversation the workflow builds is what the Messages API takes: the SDK sends
+    the tool_use answer back with the tool's result under the same id, then the text."""
+    key = _key()
+    sent: list[dict[str, Any]] = []
+    answers = [
+        message(
+            [{"type": "tool_use", "id": "toolu_1", "name": "count", "input": {"key": key}}],
+            stop_reason="tool_use",
+        ),
+        message([{"type": "text", "text": "counted"}], usage={"input_tokens": 30}),
+    ]
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=answers[len(sent) - 1])
+
+    router = respx.Router(base_url="https://api.anthropic.com", assert_all_mocked=True)
+    router.post("/v1/messages").mock(side_effect=reply)
+    plan = make_plan(
+        [{"id": "agent", "kind": "llm", "params": {"prompt": "count", "tools": ["count"]}}]
+    )
+    async with httpx2.AsyncClient(transport=RespxTransport(router)) as http:
+        with use_chat_model(AnthropicModel("sk-ant-test-steps", http_client=http)):
+            h = await start(client, plan, task_queue)
+            assert (await h.result()).status == PlanStatus.COMPLETED
+    step = (await status(h)).steps[0]
+    assert step.output["text"] == "counted" and step.output["input_tokens"] == 40
+    assert step.output["offline"] is False and step.calls[0]["status"] == "completed"
+    first, second = sent
+    assert [t["name"] for t in first["tools"]] == ["count"]
+    assert first["tool_choice"] == {"type": "auto"}
+    assistant, result = second["messages"][1:]
+    assert assistant == {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "count", "input": {"key": key}}],
+    }
+    (block,) = result["content"]
+    assert block["type"] == "tool_result" and block["tool_use_id"] == "toolu_1"
+    assert json.loads(block["content"]) == {"key": key, "calls": 1, "value": None}
