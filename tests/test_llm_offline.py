@@ -16,6 +16,7 @@ from activities.llm import base
 from activities.llm.base import LLMRequest, ToolDef
 from activities.llm.offline import OfflineModel, minimal_instance, split_clauses
 from activities.llm.planner import PlanRequest, submit_plan_tool, system_prompt, user_content
+from activities.llm.steps import judge_prompt, judge_tool
 from activities.tools import catalog
 from plans.validation import parse_plan, validate_plan
 from plansmith.settings import get_settings
@@ -291,33 +292,8 @@ async def test_verdicts_check_quoted_terms_in_the_subject():
         "is written politely",
         "names the 'rollback plan'",
     ]
-    tool = ToolDef(
-        name="record_verdict",
-        input_schema={
-            "type": "object",
-            "properties": {
-                "verdicts": {
-                    "type": "array",
-                    "minItems": len(criteria),
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "criterion": {"type": "string", "enum": criteria},
-                            "passed": {"type": "boolean"},
-                            "reason": {"type": "string"},
-                        },
-                        "required": ["criterion", "passed", "reason"],
-                    },
-                }
-            },
-            "required": ["verdicts"],
-        },
-    )
-    text = (
-        "Criteria:\n"
-        + "\n".join(f"{i + 1}. {c}" for i, c in enumerate(criteria))
-        + "\n\nSubject:\nThe Release of 2.4 went out today."
-    )
+    tool = judge_tool(criteria)  # the request a validation step's judge sends
+    text = judge_prompt(criteria, "The Release of 2.4 went out today.")
     resp = await MODEL.complete(
         LLMRequest(
             model="m",

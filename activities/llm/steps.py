@@ -331,13 +331,9 @@ async def run_decision(
     )
 
 
-async def judge(
-    spec: dict[str, Any], context: dict[str, Any], model: ChatModel
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """An LLM judge: one verdict per criterion, ``[{criterion, passed, reason}]``."""
-    criteria = [str(c) for c in spec["criteria"]]
-    name, limit = await asyncio.to_thread(pick_model, spec, "reasoning")
-    tool = ToolDef(
+def judge_tool(criteria: list[str]) -> ToolDef:
+    """The tool an LLM judge answers with: one verdict per criterion."""
+    return ToolDef(
         name=VERDICT,
         description="Record a verdict for every criterion.",
         input_schema={
@@ -360,12 +356,22 @@ async def judge(
             "required": ["verdicts"],
         },
     )
-    text = (
-        "Criteria:\n"
-        + "\n".join(f"{i + 1}. {c}" for i, c in enumerate(criteria))
-        + "\n\nSubject:\n"
-        + _as_text(spec.get("subject"))
-    )
+
+
+def judge_prompt(criteria: list[str], subject: Any) -> str:
+    """What an LLM judge is shown: the numbered criteria, then the subject."""
+    numbered = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(criteria))
+    return f"Criteria:\n{numbered}\n\nSubject:\n{_as_text(subject)}"
+
+
+async def judge(
+    spec: dict[str, Any], context: dict[str, Any], model: ChatModel
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """An LLM judge: one verdict per criterion, ``[{criterion, passed, reason}]``."""
+    criteria = [str(c) for c in spec["criteria"]]
+    name, limit = await asyncio.to_thread(pick_model, spec, "reasoning")
+    tool = judge_tool(criteria)
+    text = judge_prompt(criteria, spec.get("subject"))
     meter = _Meter()
     resp = meter.add(
         await model.complete(
