@@ -22,8 +22,7 @@ from activities.persist import record_snapshot
 from activities.planning import generate_plan_activity
 from activities.sandbox import SandboxUnavailable, isolation, run_code
 from activities.steps import execute_step
-from plansmith.sandbox_settings import get_sandbox_settings
-from plansmith.settings import Settings, get_settings
+from config import Settings, get_settings
 from plansmith.temporal import connect
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
@@ -74,7 +73,7 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
 
 def build_sandbox_worker(client: Client, task_queue: str | None = None) -> Worker:
     """The code sandbox's pool: only ``run_code``, on its own queue (``sandbox``)."""
-    sandbox = get_sandbox_settings()
+    sandbox = get_settings().sandbox
     return Worker(
         client,
         task_queue=task_queue or sandbox.task_queue,
@@ -98,13 +97,15 @@ def check_sandbox() -> None:
 async def run_worker(settings: Settings | None = None, queue: str | None = None) -> None:
     """Poll ``queue``; with no queue named, both the plans queue and the sandbox queue."""
     s = settings or get_settings()
-    sandbox_queue = get_sandbox_settings().task_queue
+    sandbox_queue = s.sandbox.task_queue
     client = await connect(s)
     workers = []
     if queue != sandbox_queue:
-        await ensure_search_attributes(client, s.temporal_namespace)
-        workers.append(build_worker(client, queue or s.task_queue))
-        log.info("worker polling task queue %s at %s", queue or s.task_queue, s.temporal_address)
+        await ensure_search_attributes(client, s.temporal.namespace)
+        workers.append(build_worker(client, queue or s.temporal.task_queue))
+        log.info(
+            "worker polling task queue %s at %s", queue or s.temporal.task_queue, s.temporal.address
+        )
     if queue is None or queue == sandbox_queue:
         await asyncio.to_thread(check_sandbox)
         workers.append(build_sandbox_worker(client, sandbox_queue))

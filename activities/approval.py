@@ -20,6 +20,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from config import get_settings
 from plans.models import Plan, ToolSpec
 from plans.policy import (
     ApprovalDecision,
@@ -43,9 +44,7 @@ class AssessApprovalInput(BaseModel):
 
 
 def thresholds() -> PolicyThresholds:
-    from plansmith.settings import get_settings
-
-    return get_settings().policy_thresholds()
+    return get_settings().policy.thresholds()
 
 
 def read_history(agent_id: str, limit: int) -> TrustHistory:

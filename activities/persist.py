@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
+from config import get_settings
 from store import repository
 from store.db import ensure_migrated, get_engine, session_scope
 from store.snapshot import (
@@ -47,7 +48,6 @@ __all__ = [
     "store_output",
     "write_snapshot",
 ]
-DEFAULT_LARGE_OUTPUT_BYTES = 256 * 1024
 
 
 def store_engine() -> Engine:
@@ -58,10 +58,7 @@ def store_engine() -> Engine:
 def large_output_bytes() -> int:
     """Outputs whose JSON is bigger than this go to the store (``large_output_bytes`` in
     settings, ``PLANSMITH_LARGE_OUTPUT_BYTES``; default 256 KiB)."""
-    from plansmith.settings import get_settings
-
-    value = getattr(get_settings(), "large_output_bytes", None)
-    return int(value) if value else DEFAULT_LARGE_OUTPUT_BYTES
+    return get_settings().store.large_output_bytes
 
 
 # --- snapshots ------------------------------------------------------------------------

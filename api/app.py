@@ -22,7 +22,6 @@ from temporalio.client import Client
 
 from api import prometheus
 from api.auth import ApiKeys
-from api.config import ApiConfig
 from api.dashboard import router as dashboard_router
 from api.deps import ApiServices, ServicesDep
 from api.drafts import DraftStore, StoreDrafts
@@ -39,7 +38,7 @@ from api.routes_v1 import router as v1_router
 from api.schemas import Health
 from api.sse import EventHub
 from api.store_reads import PlanStore
-from plansmith.settings import Settings, get_settings
+from config import Settings, get_settings
 from store.db import get_engine
 
 log = logging.getLogger("plansmith.api")
@@ -109,7 +108,6 @@ async def readyz(services: ServicesDep, response: Response) -> Health:
 def create_app(
     *,
     settings: Settings | None = None,
-    config: ApiConfig | None = None,
     client: Client | None = None,
     connect: Callable[[Settings], Awaitable[Client]] | None = None,
     drafts: DraftStore | None = None,
@@ -118,12 +116,12 @@ def create_app(
     """The API, with its Temporal client (given, or connected at start-up) and the store
     at ``database_url`` (default: ``DATABASE_URL``), migrated at start-up."""
     settings = settings or get_settings()
-    config = config or ApiConfig.from_env()
-    engine = get_engine(database_url or settings.database_url)
+    config = settings.api
+    engine = get_engine(database_url or settings.store.database_url)
     services = ApiServices(
         settings=settings,
         config=config,
-        keys=ApiKeys.parse(settings.api_keys),
+        keys=ApiKeys.parse(settings.api.keys),
         temporal=TemporalProvider(settings, config, client=client, connect=connect),
         drafts=drafts if drafts is not None else StoreDrafts(engine),
         hub=EventHub(config),

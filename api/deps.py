@@ -15,22 +15,21 @@ from fastapi.security import HTTPAuthorizationCredentials
 from temporalio.client import Client
 
 from api.auth import ApiKeys, Principal, bearer_scheme, header_scheme
-from api.config import ApiConfig
 from api.drafts import DraftStore
 from api.errors import invalid, unauthorized
 from api.gateway import Gateway, TemporalProvider
 from api.logs import actor_var, plan_id_var, step_id_var
 from api.sse import EventHub
 from api.store_reads import PlanStore
+from config import ApiSettings, Settings
 from plans.models import ID_PATTERN
 from plans.validation import Problem
-from plansmith.settings import Settings
 
 
 @dataclass
 class ApiServices:
     settings: Settings
-    config: ApiConfig
+    config: ApiSettings
     keys: ApiKeys
     temporal: TemporalProvider
     drafts: DraftStore

@@ -34,14 +34,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.llm.base import LLMError
 from activities.llm.planner import GeneratedPlan, PlanningFailed, PlanRequest
 from activities.llm.selector import NoModelFits
-from api.config import ApiConfig
 from api.errors import ApiError, bad_gateway, conflict, invalid, not_found, unavailable
+from config import ApiSettings, Settings
 from plans.controls import ControlResult
 from plans.engine import AuditEntry, LogEntry
 from plans.models import Plan, PlanStatus, workflow_id_for
 from plans.validation import Problem
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
-from plansmith.settings import Settings
 from workflows.plan_workflow import PLAN_STATUS, WAITING_FOR, WORKFLOW_NAME, PlanWorkflow
 from workflows.planner_workflow import PlannerUnavailable, run_planner
 from workflows.starter import ResumeRefused, resume_from_failure, start_plan
@@ -73,7 +72,7 @@ class TemporalProvider:
     def __init__(
         self,
         settings: Settings,
-        config: ApiConfig,
+        config: ApiSettings,
         client: Client | None = None,
         connect: Callable[[Settings], Awaitable[Client]] | None = None,
     ):
@@ -107,7 +106,7 @@ class TemporalProvider:
                 self._failed_at = time.monotonic()
                 reason = "timed out" if isinstance(e, TimeoutError) else str(e)
                 self.last_error = (
-                    f"Temporal is unreachable at {self.settings.temporal_address}: {reason}"
+                    f"Temporal is unreachable at {self.settings.temporal.address}: {reason}"
                 )
                 raise unavailable(self.last_error) from None
             self._failed_at, self.last_error = None, None
@@ -153,7 +152,7 @@ class Gateway:
         return (
             f"no worker answered {what} for plan {plan_id} within "
             f"{self.config.rpc_timeout_s:g}s: is a worker polling task queue "
-            f"{self.settings.task_queue!r} (`plansmith worker`)?"
+            f"{self.settings.temporal.task_queue!r} (`plansmith worker`)?"
         )
 
     async def ping(self) -> None:
@@ -262,8 +261,8 @@ class Gateway:
                 start_plan(
                     await self.client(),
                     plan,
-                    self.settings.task_queue,
-                    heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
+                    self.settings.temporal.task_queue,
+                    heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
                 ),
                 "start",
             )
@@ -294,8 +293,8 @@ class Gateway:
                     await self.client(),
                     plan_id,
                     by,
-                    self.settings.task_queue,
-                    heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
+                    self.settings.temporal.task_queue,
+                    heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
                 ),
                 "resume-from-failure",
             )
@@ -322,7 +321,7 @@ class Gateway:
             return await run_planner(
                 client,
                 req,
-                self.settings.task_queue,
+                self.settings.temporal.task_queue,
                 no_worker_after_s=self.config.rpc_timeout_s,
                 rpc_timeout=self.rpc_timeout,
             )

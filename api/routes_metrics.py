@@ -184,6 +184,6 @@ async def planner(services: ServicesDep, days: DaysQuery = None) -> metrics.Plan
     responses=responses(401, 422, 503),
 )
 async def agents(services: ServicesDep) -> AgentList:
-    thresholds = services.settings.policy_thresholds()
+    thresholds = services.settings.policy.thresholds()
     rows = await read_store(services, lambda s: metrics.agents(s, thresholds=thresholds))
     return AgentList(agents=rows)

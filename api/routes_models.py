@@ -94,7 +94,7 @@ def _listing(selector: ModelSelector, services: ApiServices) -> ModelList:
     return ModelList(
         models=[_view(m) for m in selector.models],
         choices=ModelChoices(**selector.roles()),
-        offline=not services.settings.anthropic_api_key,
+        offline=not services.settings.models.anthropic_api_key,
     )
 
 

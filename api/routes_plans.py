@@ -434,7 +434,7 @@ async def execute_plan(
         run_id=handle.result_run_id or handle.run_id,
         started=started,
         detail=(
-            f"started workflow {handle.id} on task queue {gateway.settings.task_queue}"
+            f"started workflow {handle.id} on task queue {gateway.settings.temporal.task_queue}"
             if started
             else f"plan {plan_id} is already running; nothing new was started"
         ),

@@ -91,7 +91,7 @@ async def get_trust(
     services: ServicesDep,
     store: StoreDep,
 ) -> TrustScore:
-    return await _trust(store, agent_id, services.settings.policy_thresholds())
+    return await _trust(store, agent_id, services.settings.policy.thresholds())
 
 
 @router.get(
@@ -113,7 +113,7 @@ async def get_risk(
 ) -> PlanRiskView:
     detail = await get_plan(plan_id, gateway, drafts, store)
     plan = detail.plan
-    th = services.settings.policy_thresholds()
+    th = services.settings.policy.thresholds()
     risk = assess_risk(plan, catalog(), th.risk)
     trust: TrustScore | None
     decision: ApprovalDecision | None = None

@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.config import ApiConfig
 from api.errors import ApiError
+from config import ApiSettings
 from plans.engine import WaitingFor
 from plans.models import PlanStatus, StepStatus
 from plans.views import StatusView, StepView
@@ -317,7 +317,7 @@ class Feed:
 class EventHub:
     """The feeds of one process, keyed by plan id."""
 
-    def __init__(self, config: ApiConfig):
+    def __init__(self, config: ApiSettings):
         self.config = config
         self.feeds: dict[str, Feed] = {}
         self._locks: dict[str, asyncio.Lock] = {}

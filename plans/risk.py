@@ -34,16 +34,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
+from config.policy import LEVELS, RiskLevel, RiskRules
 from plans.expressions import TEMPLATE_RE, evaluate
 from plans.models import Plan, Step, StepKind, ToolSpec
 
-RiskLevel = Literal["low", "medium", "high", "critical"]
-LEVELS: tuple[RiskLevel, ...] = ("low", "medium", "high", "critical")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_PLAN_REASONS = 50  # the plan's list of reasons is cut here ("... and N more")
@@ -64,13 +63,6 @@ def highest(levels: Iterable[RiskLevel]) -> RiskLevel:
 
 def at_least(level: RiskLevel, floor: RiskLevel) -> bool:
     return rank(level) >= rank(floor)
-
-
-class RiskRules(BaseModel):
-    """The knobs of the assessment (part of the policy thresholds, ``PLANSMITH_POLICY``)."""
-
-    many_steps: int = Field(default=20, ge=1, description="more steps: the plan is medium")
-    very_many_steps: int = Field(default=100, ge=1, description="more steps: the plan is high")
 
 
 class StepRisk(BaseModel):

@@ -30,11 +30,11 @@ from temporalio.client import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from config import ConfigError, Settings, get_settings
 from plans.controls import CONTROL_MODELS
 from plans.models import Plan, PlanStatus
 from plans.validation import PlanInvalid, load_document, parse_plan, validate_or_raise
 from plans.views import StatusView
-from plansmith.settings import Settings, get_settings
 
 EXIT_OK, EXIT_NOT_COMPLETED, EXIT_BAD_INPUT = 0, 1, 2
 SYMBOLS = {
@@ -96,7 +96,7 @@ async def _client(settings: Settings) -> Client:
         return await asyncio.wait_for(connect(settings), timeout=10)
     except Exception as e:
         raise CliError(
-            f"cannot reach Temporal at {settings.temporal_address}: {e}\n"
+            f"cannot reach Temporal at {settings.temporal.address}: {e}\n"
             f"start it with `plansmith server` (or `plansmith up`)"
         ) from None
 
@@ -138,12 +138,14 @@ async def _status(handle: WorkflowHandle[Any, Any]) -> StatusView:
 
 
 def ui_url(settings: Settings, workflow_id: str | None = None) -> str:
-    if settings.ui_url:
-        root = settings.ui_url.rstrip("/")
+    if settings.temporal.ui_url:
+        root = settings.temporal.ui_url.rstrip("/")
     else:
-        local = settings.temporal_host in ("localhost", "0.0.0.0")
-        root = f"http://{'127.0.0.1' if local else settings.temporal_host}:{settings.ui_port}"
-    base = f"{root}/namespaces/{settings.temporal_namespace}/workflows"
+        local = settings.temporal.host in ("localhost", "0.0.0.0")
+        root = (
+            f"http://{'127.0.0.1' if local else settings.temporal.host}:{settings.temporal.ui_port}"
+        )
+    base = f"{root}/namespaces/{settings.temporal.namespace}/workflows"
     return f"{base}/{workflow_id}" if workflow_id else base
 
 
@@ -151,7 +153,10 @@ async def start_plan(client: Client, plan: Plan, settings: Settings) -> Workflow
     from workflows.starter import start_plan as start
 
     return await start(
-        client, plan, settings.task_queue, heartbeat_timeout_s=settings.heartbeat_timeout_s
+        client,
+        plan,
+        settings.temporal.task_queue,
+        heartbeat_timeout_s=settings.temporal.heartbeat_timeout_s,
     )
 
 
@@ -246,7 +251,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             f"plan {plan.id} already ran (workflow {plan.workflow_id}); pass --id NEW_ID to run it again, "
             f"or `plansmith resume-from-failure {plan.id}` if it failed"
         ) from None
-    started = f"started plan {plan.id} as workflow {handle.id} on task queue {settings.task_queue}"
+    started = f"started plan {plan.id} as workflow {handle.id} on task queue {settings.temporal.task_queue}"
     return await _announce(handle, settings, started, args.watch)
 
 
@@ -329,7 +334,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
 
     cmd = server_command(settings, args.db_filename)
     print(
-        f"Temporal dev server on {settings.temporal_address}, Web UI on {ui_url(settings)}",
+        f"Temporal dev server on {settings.temporal.address}, Web UI on {ui_url(settings)}",
         flush=True,
     )
     proc = subprocess.Popen(cmd)
@@ -396,7 +401,7 @@ class Stack:
         self.procs.clear()
 
     def print_where(self) -> None:
-        print(f"  Temporal:   {self.settings.temporal_address}", flush=True)
+        print(f"  Temporal:   {self.settings.temporal.address}", flush=True)
         print(f"  Web UI:     {ui_url(self.settings)}", flush=True)
         print(f"  API:        http://{self.host}:{self.api_port}/healthz", flush=True)
 
@@ -442,7 +447,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             code = asyncio.run(_demo_planner(args.port, settings))
             verdict = "completed" if code == EXIT_OK else "did NOT complete"
             print(f"\nThe generated plan {verdict}.", flush=True)
-        print(f"Their histories are kept in {settings.temporal_db_file}.", flush=True)
+        print(f"Their histories are kept in {settings.temporal.db_file}.", flush=True)
         keep = args.keep if args.keep is not None else sys.stdin.isatty()
         if keep:
             print(f"Browse it at {ui_url(settings)} — Ctrl-C stops everything.", flush=True)
@@ -471,7 +476,9 @@ async def _demo_planner(port: int, settings: Settings) -> int:
     task = DEMO_TASK.format(port=port)
     print(f"\nAsking the planner for a plan: {task!r}", flush=True)
     client = await _client(settings)
-    result = await run_planner(client, PlanRequest(task=task, agent_id="demo"), settings.task_queue)
+    result = await run_planner(
+        client, PlanRequest(task=task, agent_id="demo"), settings.temporal.task_queue
+    )
     plan = parse_plan(result.plan)
     _print_generated(result, plan, None)
     plan = plan.model_copy(update={"id": f"generated-{time.strftime('%Y%m%d-%H%M%S')}"})
@@ -680,8 +687,8 @@ async def cmd_resume_from_failure(args: argparse.Namespace, settings: Settings) 
             client,
             plan_id,
             args.by,
-            settings.task_queue,
-            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            settings.temporal.task_queue,
+            heartbeat_timeout_s=settings.temporal.heartbeat_timeout_s,
         )
     except ResumeRefused as e:
         raise CliError(f"resume-from-failure refused: {e}") from None
@@ -815,7 +822,7 @@ async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
                 raise CliError(
                     f"{e}\nor plan in this process, without Temporal: `plansmith plan --local ...`"
                 ) from None
-            result = await run_planner(client, req, settings.task_queue)
+            result = await run_planner(client, req, settings.temporal.task_queue)
     except PlanningFailed as e:
         for i, problems in enumerate(e.repairs, start=1):
             err(f"repair round {i}: {len(problems)} problem(s) sent back to the model:")
@@ -855,7 +862,7 @@ async def _save_draft(plan: Plan, settings: Settings) -> str:
     slug = "-".join(filter(None, slug.split("-")))[:40].strip("-") or "plan"
     plan_id = f"{slug}-{uuid.uuid4().hex[:8]}"
     try:
-        await StoreDrafts(get_engine(settings.database_url)).add(
+        await StoreDrafts(get_engine(settings.store.database_url)).add(
             Draft(
                 plan=plan.model_copy(update={"id": plan_id}),
                 created_at=datetime.now(UTC),
@@ -876,7 +883,11 @@ async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
 def run_cli(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code."""
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ConfigError as e:
+        err(f"error: {e}")
+        return EXIT_BAD_INPUT
     sync = {
         "server": cmd_server,
         "worker": cmd_worker,

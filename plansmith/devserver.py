@@ -14,29 +14,29 @@ import subprocess
 import time
 from pathlib import Path
 
-from plansmith.settings import Settings
+from config import Settings
 from plansmith.temporal import temporal_cli_path
 
 SEARCH_ATTRIBUTE_TYPES = {"PlanStatus": "Keyword", "WaitingFor": "Keyword"}
 
 
 def server_command(settings: Settings, db_file: str | None = None) -> list[str]:
-    db = db_file or settings.temporal_db_file
+    db = db_file or settings.temporal.db_file
     Path(db).parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         temporal_cli_path(),
         "server",
         "start-dev",
         "--ip",
-        settings.temporal_host,
+        settings.temporal.host,
         "--port",
-        str(settings.temporal_port),
+        str(settings.temporal.port),
         "--ui-port",
-        str(settings.ui_port),
+        str(settings.temporal.ui_port),
         "--db-filename",
         db,
         "--namespace",
-        settings.temporal_namespace,
+        settings.temporal.namespace,
         "--log-level",
         "error",
     ]
@@ -53,9 +53,9 @@ def port_open(host: str, port: int) -> bool:
 
 def start_server(settings: Settings, db_file: str | None = None) -> subprocess.Popen[bytes]:
     """Start the dev server in its own process group; raise if the port is taken."""
-    if port_open(settings.temporal_host, settings.temporal_port):
+    if port_open(settings.temporal.host, settings.temporal.port):
         raise RuntimeError(
-            f"something already listens on {settings.temporal_address}; stop it or set "
+            f"something already listens on {settings.temporal.address}; stop it or set "
             f"TEMPORAL_ADDRESS to another host:port"
         )
     return subprocess.Popen(server_command(settings, db_file), start_new_session=True)
@@ -70,7 +70,7 @@ async def wait_until_ready(settings: Settings, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if port_open(settings.temporal_host, settings.temporal_port):
+        if port_open(settings.temporal.host, settings.temporal.port):
             try:
                 client = await connect(settings)
                 await client.workflow_service.get_system_info(GetSystemInfoRequest())
@@ -79,7 +79,7 @@ async def wait_until_ready(settings: Settings, timeout_s: float = 60.0) -> None:
                 last = e
         await asyncio.sleep(0.3)
     raise TimeoutError(
-        f"Temporal at {settings.temporal_address} not ready after {timeout_s:g}s: {last}"
+        f"Temporal at {settings.temporal.address} not ready after {timeout_s:g}s: {last}"
     )
 
 

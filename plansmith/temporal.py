@@ -13,14 +13,14 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from plansmith.settings import Settings, get_settings
+from config import Settings, get_settings
 
 
 async def connect(settings: Settings | None = None, address: str | None = None) -> Client:
     s = settings or get_settings()
     return await Client.connect(
-        address or s.temporal_address,
-        namespace=s.temporal_namespace,
+        address or s.temporal.address,
+        namespace=s.temporal.namespace,
         data_converter=pydantic_data_converter,
     )
 

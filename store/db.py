@@ -23,6 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from config import get_settings
+
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 SQLITE_BUSY_TIMEOUT_S = 30.0
 HEAD_REVISION = "0002"  # the newest migration (tests check the database reaches it)
@@ -69,9 +71,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _database_url() -> str:
-    from plansmith.settings import get_settings
-
-    return get_settings().database_url
+    return get_settings().store.database_url
 
 
 @lru_cache(maxsize=8)

@@ -21,10 +21,10 @@ from temporalio.worker import Replayer, Worker
 from activities.approval import ASSESS_APPROVAL
 from activities.persist import store_engine
 from api.app import create_app
+from config import get_settings
 from plans.engine import AuditEntry
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.views import StatusView
-from plansmith.settings import get_settings
 from store import repository
 from store.db import session_scope
 from tests.helpers import start, status, wait_for
@@ -224,7 +224,7 @@ async def test_when_the_assessment_fails_the_plan_is_decided_as_a_new_agents(
 async def test_trust_and_risk_over_the_api(client, worker, task_queue):
     bot = agent()
     await run_with_approval(client, risky(bot), task_queue)
-    settings = get_settings().model_copy(update={"task_queue": task_queue})
+    settings = get_settings().replace(temporal={"task_queue": task_queue})
     app = create_app(settings=settings, client=client)
     async with (
         app.router.lifespan_context(app),

@@ -23,18 +23,17 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from api.config import ApiConfig
 from api.gateway import Gateway
 from api.logs import JsonFormatter, configure_logging
-from plansmith.settings import Settings, get_settings
+from config import ApiSettings, Settings, get_settings
 
-TEST_CONFIG = ApiConfig(
+TEST_CONFIG = ApiSettings(
     rpc_timeout_s=5.0,
     connect_timeout_s=2.0,
     sse_poll_s=0.05,
     sse_linger_s=5.0,
     sse_ping_s=1.0,
-    json_logs=True,
+    log_format="json",
 )
 
 
@@ -42,11 +41,13 @@ def make_app(
     client: Client | None,
     task_queue: str,
     api_keys: str | None = None,
-    config: ApiConfig = TEST_CONFIG,
+    config: ApiSettings = TEST_CONFIG,
     **kw: Any,
 ) -> FastAPI:
-    settings = get_settings().model_copy(update={"task_queue": task_queue, "api_keys": api_keys})
-    return create_app(settings=settings, config=config, client=client, **kw)
+    settings = get_settings().replace(
+        temporal={"task_queue": task_queue}, api={**config.model_dump(), "keys": api_keys}
+    )
+    return create_app(settings=settings, client=client, **kw)
 
 
 @pytest_asyncio.fixture
@@ -551,7 +552,7 @@ async def test_api_keys_and_the_recorded_actor(
 
 
 async def test_cors_is_configurable(env: WorkflowEnvironment, task_queue: str):
-    config = ApiConfig(cors_origins=("https://ui.example",), json_logs=False)
+    config = ApiSettings(cors_origins=("https://ui.example",), log_format="text")
     app = make_app(env.client, task_queue, config=config)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
@@ -633,7 +634,7 @@ async def test_temporal_unreachable_is_503_quickly(task_queue: str):
 
 
 async def test_no_worker_is_503_within_the_timeout(env: WorkflowEnvironment):
-    config = ApiConfig(rpc_timeout_s=1.0, json_logs=False)
+    config = ApiSettings(rpc_timeout_s=1.0, log_format="text")
     app = make_app(env.client, f"tq-nobody-{uuid.uuid4()}", config=config)
     async with (
         app.router.lifespan_context(app),
@@ -726,7 +727,7 @@ async def test_event_hub_journal_errors_and_a_new_run():
         return state["view"]
 
     hub = EventHub(
-        ApiConfig(sse_poll_s=0.01, sse_linger_s=0.3, sse_ping_s=0.05, sse_give_up_s=0.05)
+        ApiSettings(sse_poll_s=0.01, sse_linger_s=0.3, sse_ping_s=0.05, sse_give_up_s=0.05)
     )
 
     async def read(feed, last=None) -> list[dict]:

@@ -15,12 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
 from api.app import create_app
-from api.config import ApiConfig
-from plansmith.settings import Settings, get_settings
+from config import Settings, get_settings
 from store import db
 from tests.test_metrics import DAY, seed
 
-CONFIG = ApiConfig(json_logs=False, log_level="WARNING", rpc_timeout_s=20)
+CONFIG = {"log_format": "text", "log_level": "WARNING", "rpc_timeout_s": 20}
 
 
 async def no_temporal(settings: Settings) -> Client:
@@ -28,12 +27,10 @@ async def no_temporal(settings: Settings) -> Client:
 
 
 def build_app(database_url: str, api_keys: str | None = None) -> FastAPI:
-    settings = get_settings().model_copy(
-        update={"api_keys": api_keys, "database_url": database_url}
+    settings = get_settings().replace(
+        api={**CONFIG, "keys": api_keys}, store={"database_url": database_url}
     )
-    app = create_app(
-        settings=settings, config=CONFIG, connect=no_temporal, database_url=database_url
-    )
+    app = create_app(settings=settings, connect=no_temporal, database_url=database_url)
     return app
 
 

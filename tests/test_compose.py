@@ -3,7 +3,7 @@
 No Docker engine runs where the tests run, so nothing here starts a container or calls
 `docker`: these tests read the files and check what can be checked without one. The one
 that matters most keeps compose and code in agreement: every variable set on an app
-service is a setting that `plansmith.settings.Settings` reads, and the settings the app
+service is a setting that `config.Settings` reads, and the settings the app
 needs to reach Temporal and its database are set and point at the right services.
 """
 
@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices, AliasPath
-from pydantic_settings import BaseSettings
 from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import IndexedValueType
 
+from config import env_names, load_settings
 from plansmith.devserver import SEARCH_ATTRIBUTE_TYPES, server_command
-from plansmith.settings import Settings
 from workflows.plan_workflow import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,33 +230,16 @@ def parse_image(image: str) -> tuple[str, str | None, str | None]:
     return repo, m.group("tag"), m.group("digest")
 
 
-def settings_env_names(settings_cls: type[BaseSettings] = Settings) -> set[str]:
-    """Every environment variable name a settings class reads (upper case: case is ignored)."""
-    prefix = settings_cls.model_config.get("env_prefix", "") or ""
-    names: set[str] = set()
-    for field_name, field in settings_cls.model_fields.items():
-        alias = field.validation_alias
-        choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
-        for choice in choices:
-            if choice is None:
-                names.add(f"{prefix}{field_name}".upper())
-            elif isinstance(choice, str):
-                names.add(choice.upper())
-            elif isinstance(choice, AliasPath) and isinstance(choice.path[0], str):
-                names.add(choice.path[0].upper())
-    return names
+def settings_env_names() -> set[str]:
+    """Every environment variable name the settings read (upper case: case is ignored)."""
+    return {name.upper() for name in env_names()}
 
 
 def allowed_env_names(service: str) -> set[str]:
-    """What an app service may set: `Settings`, and for the sandbox pool its own settings."""
-    names = settings_env_names(Settings)
-    if service == "sandbox-worker":
-        try:
-            from plansmith.sandbox_settings import SandboxSettings
-        except ModuleNotFoundError:  # the sandbox's settings are not there (yet)
-            pass
-        else:
-            names |= settings_env_names(SandboxSettings)
+    """What an app service may set: the settings, the sandbox's only for the sandbox pool."""
+    names = settings_env_names()
+    if service != "sandbox-worker":
+        names = {n for n in names if not n.startswith("PLANSMITH_SANDBOX_")}
     return names
 
 
@@ -376,18 +357,18 @@ def test_infrastructure_services_use_only_documented_variables(
 def test_app_services_set_only_settings_the_code_reads(
     services: dict[str, dict[str, Any]], name: str
 ) -> None:
-    """The test that keeps compose and plansmith/settings.py in agreement."""
+    """The test that keeps compose and config/settings.py in agreement."""
     known = allowed_env_names(name)
     unknown = {k for k in environment(services[name]) if k.upper() not in known}
     assert not unknown, (
         f"{name} sets {sorted(unknown)}, which the code's settings do not read "
-        f"(plansmith.settings.Settings reads {sorted(settings_env_names())})"
+        f"(config.Settings reads {sorted(settings_env_names())})"
     )
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_app_services_get_the_settings_they_need(
-    services: dict[str, dict[str, Any]], name: str
+    services: dict[str, dict[str, Any]], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = environment(services[name])
     for key in CONNECTION_SETTINGS:
@@ -397,8 +378,10 @@ def test_app_services_get_the_settings_they_need(
         # for the embedded stack) must not reach the containers.
         assert "$" not in value, f"{name}: {key} must not depend on the host environment"
     # The values parse as the code's own settings (types, constraints).
-    settings = Settings.model_validate(resolved_env(services[name]))
-    assert settings.temporal_port > 0
+    for key, value in resolved_env(services[name]).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(env_file=None)
+    assert settings.temporal.port > 0
 
 
 def test_app_services_agree_on_their_settings(services: dict[str, dict[str, Any]]) -> None:
@@ -555,7 +538,7 @@ def test_search_attributes_match_the_dev_server(
     assert all(k.indexed_value_type == keyword for k in SEARCH_ATTRIBUTES)
     assert set(in_compose.values()) == {"Keyword"}
     # what `temporal server start-dev` is actually given
-    cmd = server_command(Settings(_env_file=None), str(tmp_path / "temporal.db"))
+    cmd = server_command(load_settings(env_file=None), str(tmp_path / "temporal.db"))
     given = dict(
         cmd[i + 1].split("=", 1) for i, arg in enumerate(cmd) if arg == "--search-attribute"
     )

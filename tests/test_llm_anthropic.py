@@ -23,7 +23,7 @@ import respx
 from activities.llm import base
 from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMError, LLMRequest, ToolDef
-from plansmith.settings import get_settings
+from config import get_settings
 from tests.llm_fakes import RespxTransport
 
 KEY = "sk-ant-test-0123456789abcdef"
@@ -316,7 +316,7 @@ async def test_connection_errors_and_timeouts_are_retryable(
 async def test_from_settings_turns_the_sdk_retries_off_and_shares_one_client(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    settings = get_settings().model_copy(update={"anthropic_api_key": KEY, "llm_timeout_s": 7.5})
+    settings = get_settings().replace(models={"anthropic_api_key": KEY, "llm_timeout_s": 7.5})
     model = AnthropicModel.from_settings(settings)
     assert model.client.max_retries == 0
     assert model.client.timeout == 7.5
@@ -325,8 +325,8 @@ async def test_from_settings_turns_the_sdk_retries_off_and_shares_one_client(
     assert KEY not in repr(model)
 
     # get_chat_model() answers with Anthropic when a key is set
-    monkeypatch.setattr("plansmith.settings.get_settings", lambda: settings)
+    monkeypatch.setattr("activities.llm.base.get_settings", lambda: settings)
     assert isinstance(base.get_chat_model(), AnthropicModel)
 
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
-        AnthropicModel.from_settings(settings.model_copy(update={"anthropic_api_key": None}))
+        AnthropicModel.from_settings(settings.replace(models={"anthropic_api_key": None}))

@@ -18,8 +18,8 @@ from activities.llm.offline import OfflineModel, minimal_instance, split_clauses
 from activities.llm.planner import PlanRequest, submit_plan_tool, system_prompt, user_content
 from activities.llm.steps import judge_prompt, judge_tool
 from activities.tools import catalog
+from config import get_settings
 from plans.validation import parse_plan, validate_plan
-from plansmith.settings import get_settings
 
 MODEL = OfflineModel()
 
@@ -84,7 +84,7 @@ def test_without_a_key_the_process_model_is_the_offline_model(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     get_settings.cache_clear()
     try:
-        assert get_settings().anthropic_api_key is None
+        assert get_settings().models.anthropic_api_key is None
         assert isinstance(base.get_chat_model(), OfflineModel)
         assert isinstance(base.get_chat_model(), base.ChatModel)
     finally:

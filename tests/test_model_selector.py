@@ -13,27 +13,19 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from pydantic import ValidationError
 from temporalio.client import Client
 
-from activities.llm.selector import (
-    ModelConfig,
-    ModelSelector,
-    NoModelFits,
-    load_selector,
-    parse_models,
-)
+from activities.llm.selector import ModelSelector, NoModelFits, load_selector
 from api.app import create_app
-from api.config import ApiConfig
-from plansmith.settings import Settings, get_settings
+from config import ConfigError, ModelConfig, Settings, get_settings, load_settings, parse_models
 from store import knowledge
 from store.db import get_engine, migrate, session_scope
 
 SONNET, HAIKU = "claude-sonnet-5-5", "claude-haiku-5-5"
 
 
-def settings_with(**update: Any) -> Settings:
-    return get_settings().model_copy(update={"models": None, **update})
+def settings_with(**store: Any) -> Settings:
+    return get_settings().replace(models={"models": None}, store=store)
 
 
 def m(name: str, caps: list[str], priority: int = 100, **kw: Any) -> ModelConfig:
@@ -125,8 +117,8 @@ def test_plansmith_models_is_read_from_the_environment(monkeypatch: pytest.Monke
         ),
     )
     monkeypatch.setenv("PLANSMITH_LLM_TIMEOUT_S", "33")
-    settings = Settings()
-    assert settings.llm_timeout_s == 33
+    settings = load_settings()
+    assert settings.models.llm_timeout_s == 33
     selector = ModelSelector.load(settings)
     assert [x.name for x in selector.models] == ["opus", "haiku", "old"]
     assert selector.planning_model().name == "opus"
@@ -154,8 +146,8 @@ def test_a_bad_plansmith_models_fails_at_settings_load_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, value: str, expected: str
 ):
     monkeypatch.setenv("PLANSMITH_MODELS", value)
-    with pytest.raises(ValidationError) as raised:
-        Settings()
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
     assert "PLANSMITH_MODELS" in str(raised.value)
     assert expected in str(raised.value)
     with pytest.raises(ValueError, match="PLANSMITH_MODELS"):
@@ -221,13 +213,16 @@ async def _no_temporal(settings: Settings) -> Client:
 
 
 @contextlib.asynccontextmanager
-async def api(db_url: str, **update: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings_with(
-        **{"database_url": db_url, "anthropic_api_key": None, "api_keys": None, **update}
+async def api(
+    db_url: str, *, key: str | None = None, api_keys: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = get_settings().replace(
+        models={"models": None, "anthropic_api_key": key},
+        store={"database_url": db_url},
+        api={"keys": api_keys, "rpc_timeout_s": 10.0},
     )
     app: FastAPI = create_app(
         settings=settings,
-        config=ApiConfig(rpc_timeout_s=10.0),
         connect=_no_temporal,
         database_url=db_url,
     )
@@ -261,7 +256,7 @@ async def test_get_models_lists_the_models_and_the_choices(db_url: str):
         r = await http.get("/api/models", params={"sourse": "store"})
         assert r.status_code == 422  # an unknown query parameter is an error
 
-    async with api(db_url, anthropic_api_key="sk-ant-test") as http:
+    async with api(db_url, key="sk-ant-test") as http:
         assert (await http.get("/api/models")).json()["offline"] is False
 
 

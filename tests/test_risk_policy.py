@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from activities.approval import AssessApprovalInput, decide, load_history
+from config import ConfigError, PolicyThresholds, load_settings, parse_thresholds
 from plans.engine import (
     Approval,
     advance,
@@ -30,19 +31,16 @@ from plans.engine import (
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
 from plans.policy import (
     ApprovalDecision,
-    PolicyThresholds,
     TrustHistory,
     TrustRun,
     compute_trust,
     decide_as_new_agent,
     fresh_trust,
     is_person,
-    parse_thresholds,
     should_require_approval,
 )
 from plans.risk import assess_risk
 from plans.views import status_view
-from plansmith.settings import Settings
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 OPEN: dict[str, Any] = {"type": "object"}
@@ -406,11 +404,11 @@ def test_thresholds_are_configurable() -> None:
 def test_settings_read_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLANSMITH_POLICY", '{"min_runs": 7}')
     monkeypatch.setenv("PLANSMITH_TRUST_HALF_LIFE_DAYS", "14")
-    th = Settings().policy_thresholds()
+    th = load_settings().policy.thresholds()
     assert th.min_runs == 7 and th.trust.half_life_days == 14
     monkeypatch.setenv("PLANSMITH_POLICY", '{"min_runs": -1}')
-    with pytest.raises(ValueError, match="PLANSMITH_POLICY"):
-        Settings()
+    with pytest.raises(ConfigError, match="PLANSMITH_POLICY"):
+        load_settings()
 
 
 def test_the_fallback_decides_as_for_a_new_agent() -> None:

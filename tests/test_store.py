@@ -22,6 +22,7 @@ from sqlmodel import Session, SQLModel, col, func, select
 from temporalio.testing import ActivityEnvironment
 
 from activities import persist
+from config import get_settings
 from plans.engine import (
     MAX_LOG_ENTRIES,
     StepRun,
@@ -517,8 +518,6 @@ def test_large_outputs_go_by_reference(engine: Engine) -> None:
 async def test_record_snapshot_activity_uses_database_url(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from plansmith.settings import get_settings
-
     monkeypatch.setenv("DATABASE_URL", db_url)
     get_settings.cache_clear()
     try:

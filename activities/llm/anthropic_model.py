@@ -30,7 +30,7 @@ from activities.llm.base import LLMError, LLMRequest, LLMResponse, ToolCall, Usa
 if TYPE_CHECKING:
     import httpx2
 
-    from plansmith.settings import Settings
+    from config import Settings
 
 EPHEMERAL = {"type": "ephemeral"}
 DEFAULT_TIMEOUT_S = 120.0
@@ -69,9 +69,9 @@ class AnthropicModel:
     def from_settings(cls, settings: Settings) -> AnthropicModel:
         """The process's model for ``ANTHROPIC_API_KEY`` (one per key and timeout, so the
         connections are reused from call to call)."""
-        if not settings.anthropic_api_key:
+        if not settings.models.anthropic_api_key:
             raise ValueError("ANTHROPIC_API_KEY is not set")
-        return _shared(settings.anthropic_api_key, settings.llm_timeout_s)
+        return _shared(settings.models.anthropic_api_key, settings.models.llm_timeout_s)
 
     def __repr__(self) -> str:
         return f"AnthropicModel(timeout_s={self.timeout_s:g})"

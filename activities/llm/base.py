@@ -26,6 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from config import get_settings
+
 
 class ToolDef(BaseModel):
     """A tool offered to the model (Anthropic's tool definition)."""
@@ -145,10 +147,8 @@ def get_chat_model() -> ChatModel:
     the offline stand-in."""
     if _override is not None:
         return _override
-    from plansmith.settings import get_settings
-
     settings = get_settings()
-    if settings.anthropic_api_key:
+    if settings.models.anthropic_api_key:
         from activities.llm.anthropic_model import AnthropicModel
 
         return AnthropicModel.from_settings(settings)

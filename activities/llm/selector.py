@@ -14,88 +14,21 @@ configured model with its capabilities.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-if TYPE_CHECKING:
-    from plansmith.settings import Settings
+from config import ModelConfig, Settings, get_settings
+from config.models import ENV_VAR
 
 log = logging.getLogger("plansmith.llm")
-
-ENV_VAR = "PLANSMITH_MODELS"
 
 PLANNING = "planning"
 CODE = "code_generation"
 FAST = "fast"
 GENERAL = "general"
-
-
-class ModelConfig(BaseModel):
-    """One model the selector may pick."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=200, description="the model id sent to the API")
-    capabilities: list[str] = Field(
-        description="what it is good for: planning, reasoning, code_generation, fast, general…"
-    )
-    max_tokens: int = Field(default=4096, ge=1, description="the most output tokens to ask for")
-    priority: int = Field(default=100, description="lower is preferred")
-    enabled: bool = True
-    source: Literal["settings", "store"] = "settings"
-
-    def has(self, capabilities: Iterable[str]) -> bool:
-        return set(capabilities) <= set(self.capabilities)
-
-    def describe(self) -> str:
-        off = ", disabled" if not self.enabled else ""
-        return f"{self.name} [{', '.join(self.capabilities) or 'no capabilities'}]{off}"
-
-
-DEFAULT_MODELS: tuple[ModelConfig, ...] = (
-    ModelConfig(
-        name="claude-sonnet-5-5",
-        capabilities=["planning", "reasoning", "code_generation", "general"],
-        priority=10,
-    ),
-    ModelConfig(name="claude-haiku-5-5", capabilities=["fast", "general"], priority=20),
-)
-
-_MODELS = TypeAdapter(list[ModelConfig])
-
-
-def parse_models(text: str) -> list[ModelConfig]:
-    """``PLANSMITH_MODELS`` (a JSON list of model objects) as :class:`ModelConfig` s.
-
-    Raises:
-        ValueError: naming the variable and what is wrong with it.
-    """
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{ENV_VAR} is not valid JSON: {e}") from None
-    if not isinstance(raw, list):
-        raise ValueError(
-            f"{ENV_VAR} must be a JSON list of models like "
-            '[{"name": "...", "capabilities": ["general"]}], not a JSON '
-            f"{type(raw).__name__}"
-        )
-    try:
-        models = _MODELS.validate_python(raw)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'list'}: {err['msg']}" for err in e.errors()
-        )
-        raise ValueError(f"{ENV_VAR} is invalid: {problems}") from None
-    names = [m.name for m in models]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{ENV_VAR} names a model more than once: {', '.join(dupes)}")
-    return [m.model_copy(update={"source": "settings"}) for m in models]
 
 
 class NoModelFits(Exception):
@@ -123,12 +56,7 @@ class ModelSelector:
     ) -> ModelSelector:
         """The models of the settings (``PLANSMITH_MODELS`` or the defaults) merged with
         the store's rows (``store.knowledge.list_model_configs``): the store wins by name."""
-        if settings is None:
-            from plansmith.settings import get_settings
-
-            settings = get_settings()
-        text = settings.models
-        configured = parse_models(text) if text and text.strip() else list(DEFAULT_MODELS)
+        configured = (settings or get_settings()).models.configured()
         merged = {m.name: m for m in configured}
         for row in models_from_store or ():
             fields = {k: row[k] for k in ModelConfig.model_fields if k in row and k != "source"}
@@ -223,7 +151,7 @@ def read_store_models(settings: Settings | None = None) -> list[dict[str, Any]]:
     from store import knowledge
     from store.db import ensure_migrated, get_engine, session_scope
 
-    url = settings.database_url if settings is not None else None
+    url = settings.store.database_url if settings is not None else None
     engine = ensure_migrated(get_engine(url))
     with session_scope(engine) as session:
         return knowledge.list_model_configs(session)
@@ -233,10 +161,7 @@ def load_selector(settings: Settings | None = None) -> ModelSelector:
     """The selector of this process: settings and store. When the store cannot be read
     the settings alone answer (and a warning says why). Blocking: call it from a thread
     (``asyncio.to_thread``) in async code."""
-    if settings is None:
-        from plansmith.settings import get_settings
-
-        settings = get_settings()
+    settings = settings or get_settings()
     try:
         rows = read_store_models(settings)
     except Exception as e:
@@ -244,7 +169,7 @@ def load_selector(settings: Settings | None = None) -> ModelSelector:
             "cannot read the models configured in the store (%s: %s); using %s alone",
             type(e).__name__,
             str(e)[:300],
-            ENV_VAR if settings.models else "the default models",
+            ENV_VAR if settings.models.models else "the default models",
         )
         rows = []
     return ModelSelector.load(settings, rows)

@@ -1,0 +1,419 @@
+"""Every setting of Plansmith, read from the environment and ``.env``.
+
+One :class:`Settings` with a section per concern. Each section is a pydantic-settings
+class whose fields name their environment variable, so ``load_settings()`` validates the
+whole configuration at start-up and a wrong value stops the process with the variable's
+name in the message (:class:`ConfigError`). The variables and their defaults:
+
+=================================  ===========================================================
+section.field                      variable
+=================================  ===========================================================
+temporal.address                   ``TEMPORAL_ADDRESS`` (``localhost:7233``)
+temporal.namespace                 ``TEMPORAL_NAMESPACE`` (``default``)
+temporal.task_queue                ``PLANSMITH_TASK_QUEUE`` (``plans``)
+temporal.db_file                   ``PLANSMITH_TEMPORAL_DB`` (``.plansmith/temporal.db``)
+temporal.ui_url                    ``PLANSMITH_UI_URL``
+temporal.heartbeat_timeout_s       ``PLANSMITH_HEARTBEAT_TIMEOUT_S`` (20)
+store.database_url                 ``DATABASE_URL`` (``sqlite:///plansmith.db``)
+store.large_output_bytes           ``PLANSMITH_LARGE_OUTPUT_BYTES`` (262144)
+api.keys                           ``PLANSMITH_API_KEYS``
+api.cors_origins                   ``PLANSMITH_CORS_ORIGINS``
+api.rpc_timeout_s                  ``PLANSMITH_API_TIMEOUT_S`` (10)
+api.connect_timeout_s              ``PLANSMITH_API_CONNECT_TIMEOUT_S`` (5)
+api.sse_poll_s                     ``PLANSMITH_SSE_POLL_S`` (0.25)
+api.sse_linger_s                   ``PLANSMITH_SSE_LINGER_S`` (60)
+api.log_format                     ``PLANSMITH_LOG_FORMAT`` (``json``)
+api.log_level                      ``PLANSMITH_LOG_LEVEL`` (``INFO``)
+models.anthropic_api_key           ``ANTHROPIC_API_KEY``
+models.models                      ``PLANSMITH_MODELS``
+models.llm_timeout_s               ``PLANSMITH_LLM_TIMEOUT_S`` (120)
+policy.policy                      ``PLANSMITH_POLICY``
+policy.trust_half_life_days        ``PLANSMITH_TRUST_HALF_LIFE_DAYS``
+sandbox.*                          ``PLANSMITH_SANDBOX_*`` (see :class:`SandboxSettings`)
+=================================  ===========================================================
+
+docs/operating.md explains each one for an operator.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from config.models import DEFAULT_MODELS, ModelConfig, parse_models
+from config.policy import PolicyThresholds, parse_thresholds
+
+ENV_FILE = ".env"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+class _Section(BaseSettings):
+    """A part of the settings; fields are set by their variable or, in code, by name."""
+
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", populate_by_name=True)
+    env_prefix_: ClassVar[str] = ""
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets ``field``."""
+        alias = cls.model_fields[field].validation_alias
+        return alias if isinstance(alias, str) else f"{cls.env_prefix_}{field}".upper()
+
+
+class TemporalSettings(_Section):
+    address: str = Field(default="localhost:7233", validation_alias="TEMPORAL_ADDRESS")
+    namespace: str = Field(default="default", validation_alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field(
+        default="plans", validation_alias="PLANSMITH_TASK_QUEUE", description="the plans' queue"
+    )
+    db_file: str = Field(
+        default=".plansmith/temporal.db",
+        validation_alias="PLANSMITH_TEMPORAL_DB",
+        description="where the embedded dev server keeps its state",
+    )
+    ui_url: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_UI_URL",
+        description="where people open the Temporal Web UI (default: the Temporal host, port + 1000)",
+    )
+    heartbeat_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S",
+        description="a step activity that does not heartbeat this long is retried elsewhere",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"must be host:port, got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def ui_port(self) -> int:
+        return self.port + 1000
+
+
+class StoreSettings(_Section):
+    database_url: str = Field(default="sqlite:///plansmith.db", validation_alias="DATABASE_URL")
+    large_output_bytes: int = Field(
+        default=262144,
+        gt=0,
+        validation_alias="PLANSMITH_LARGE_OUTPUT_BYTES",
+        description="step outputs larger than this (JSON bytes) are kept in the store and "
+        "passed by reference",
+    )
+
+
+class ApiSettings(_Section):
+    keys: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_API_KEYS",
+        repr=False,
+        description="comma-separated key:owner pairs; unset: no key is asked for",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias="PLANSMITH_CORS_ORIGINS",
+        description="comma-separated origins allowed to call the API from a browser; * allows any",
+    )
+    rpc_timeout_s: float = Field(
+        default=10.0,
+        ge=0.001,
+        validation_alias="PLANSMITH_API_TIMEOUT_S",
+        description="longest wait for one Temporal call or database read; then 503",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0,
+        ge=0.001,
+        validation_alias="PLANSMITH_API_CONNECT_TIMEOUT_S",
+        description="longest wait to connect to Temporal",
+    )
+    sse_poll_s: float = Field(
+        default=0.25,
+        ge=0.01,
+        validation_alias="PLANSMITH_SSE_POLL_S",
+        description="how often the server reads a watched plan's status for /events",
+    )
+    sse_linger_s: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias="PLANSMITH_SSE_LINGER_S",
+        description="how long a plan's event journal is kept after its last watcher left",
+    )
+    sse_ping_s: float = Field(default=15.0, gt=0, description="keep-alive comment interval")
+    sse_give_up_s: float = Field(
+        default=30.0, gt=0, description="how long a stream waits for an unreachable Temporal"
+    )
+    sse_retry_ms: int = Field(default=2000, gt=0, description="the reconnect delay sent")
+    log_format: Literal["json", "text"] = Field(
+        default="json", validation_alias="PLANSMITH_LOG_FORMAT"
+    )
+    log_level: str = Field(default="INFO", validation_alias="PLANSMITH_LOG_LEVEL")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return (value.strip().lower() or "json") if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return (value.strip().upper() or "INFO") if isinstance(value, str) else value
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_format == "json"
+
+
+class ModelSettings(_Section):
+    anthropic_api_key: str | None = Field(
+        default=None, validation_alias="ANTHROPIC_API_KEY", repr=False
+    )
+    models: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_MODELS",
+        description="the models the selector may pick: a JSON list of objects "
+        '{"name", "capabilities", "max_tokens", "priority", "enabled"} (default: a Sonnet '
+        "for planning and code, a Haiku for fast work); models configured in the store "
+        "(PUT /api/models/{name}) override these by name",
+    )
+    llm_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias="PLANSMITH_LLM_TIMEOUT_S",
+        description="how long one language-model call may take before it fails (and is "
+        "retried by Temporal)",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_models(value)  # raises ValueError("PLANSMITH_MODELS ...")
+        return value
+
+    def configured(self) -> list[ModelConfig]:
+        """The models of ``PLANSMITH_MODELS``, or the defaults when it is unset."""
+        text = self.models
+        return parse_models(text) if text and text.strip() else list(DEFAULT_MODELS)
+
+
+class PolicySettings(_Section):
+    policy: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_POLICY",
+        description="thresholds of the adaptive approval policy (require_approval: auto), a "
+        "JSON object with any of: trust_levels, max_unattended_risk, min_runs, gate_level, "
+        "trust {half_life_days, prior, prior_weight, ...}, risk {many_steps, very_many_steps}",
+    )
+    trust_half_life_days: float | None = Field(
+        default=None,
+        gt=0,
+        validation_alias="PLANSMITH_TRUST_HALF_LIFE_DAYS",
+        description="age in days at which a run counts half towards an agent's trust "
+        "(default 30; overrides trust.half_life_days of PLANSMITH_POLICY)",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_thresholds(value)  # raises ValueError("PLANSMITH_POLICY ...")
+        return value
+
+    def thresholds(self) -> PolicyThresholds:
+        """The adaptive approval policy's thresholds."""
+        return parse_thresholds(self.policy, self.trust_half_life_days)
+
+
+class SandboxSettings(_Section):
+    """The code sandbox (the ``python`` tool). A plan step may ask for other limits with
+    its params, but never for more than the maxima here. The one switch that weakens the
+    sandbox, ``PLANSMITH_SANDBOX_ISOLATION=none``, must be set on purpose."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLANSMITH_SANDBOX_", env_file=ENV_FILE, extra="ignore", populate_by_name=True
+    )
+    env_prefix_: ClassVar[str] = "PLANSMITH_SANDBOX_"
+
+    task_queue: str = Field(
+        default="sandbox", description="the task queue the sandbox worker pool polls"
+    )
+    isolation: Literal["bwrap", "none"] = Field(
+        default="bwrap",
+        description="bwrap: namespaces through bubblewrap, refuse to run when unavailable; "
+        "none: the operator's explicit opt-out (a limited child process only, no namespaces)",
+    )
+    bwrap: str = Field(default="bwrap", description="the bubblewrap binary (name or path)")
+    python: str | None = Field(
+        default=None,
+        description="interpreter that runs the code; default: the worker's own base interpreter "
+        "when the sandbox user can reach it, else /usr/bin/python3 or /usr/local/bin/python3",
+    )
+    uid: int = Field(
+        default=65534, ge=1, description="unprivileged uid the code runs as when the worker is root"
+    )
+    gid: int = Field(default=65534, ge=1, description="its gid")
+    nice: int = Field(default=10, ge=0, le=19, description="niceness of the code (worker first)")
+    max_concurrent_runs: int = Field(
+        default=4, ge=1, description="sandbox runs a worker hosts at once"
+    )
+
+    # Defaults for a step that does not ask, and the maxima a step may ask for.
+    timeout_s: float = Field(default=30, gt=0)
+    max_timeout_s: float = Field(default=300, gt=0)
+    cpu_s: int | None = Field(default=None, ge=1, description="default: the timeout, rounded up")
+    max_cpu_s: int = Field(default=300, ge=1)
+    memory_mb: int = Field(default=512, ge=32, description="address space (RLIMIT_AS)")
+    max_memory_mb: int = Field(default=2048, ge=32)
+    file_size_mb: int = Field(default=16, ge=1, description="largest file written (RLIMIT_FSIZE)")
+    max_file_size_mb: int = Field(default=256, ge=1)
+    disk_mb: int = Field(
+        default=64, ge=1, description="size of each tmpfs: the work dir, /tmp and /dev/shm"
+    )
+    max_disk_mb: int = Field(default=1024, ge=1)
+    processes: int = Field(default=32, ge=1, description="processes and threads (RLIMIT_NPROC)")
+    max_processes: int = Field(default=256, ge=1)
+    open_files: int = Field(default=64, ge=16, description="open files (RLIMIT_NOFILE)")
+    max_open_files: int = Field(default=1024, ge=16)
+
+    # Operator-only bounds on what comes back (it lands in workflow history).
+    max_stdout_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_stderr_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_output_file_bytes: int = Field(default=256 * 1024, ge=1)
+    max_output_files_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_input_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="code + stdin + input files"
+    )
+    flood_factor: int = Field(
+        default=64,
+        ge=2,
+        description="kill the run once stdout or stderr exceeds this many times its bound",
+    )
+
+    @model_validator(mode="after")
+    def _defaults_within_maxima(self) -> SandboxSettings:
+        pairs = [
+            ("timeout_s", "max_timeout_s"),
+            ("cpu_s", "max_cpu_s"),
+            ("memory_mb", "max_memory_mb"),
+            ("file_size_mb", "max_file_size_mb"),
+            ("disk_mb", "max_disk_mb"),
+            ("processes", "max_processes"),
+            ("open_files", "max_open_files"),
+        ]
+        for default, maximum in pairs:
+            value = getattr(self, default)
+            if value is not None and value > getattr(self, maximum):
+                raise ValueError(
+                    f"PLANSMITH_SANDBOX_{default.upper()}={value} is above "
+                    f"PLANSMITH_SANDBOX_{maximum.upper()}={getattr(self, maximum)}"
+                )
+        return self
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "temporal": TemporalSettings,
+    "store": StoreSettings,
+    "api": ApiSettings,
+    "models": ModelSettings,
+    "policy": PolicySettings,
+    "sandbox": SandboxSettings,
+}
+
+
+class Settings(BaseModel):
+    """The whole configuration of a Plansmith process, one section per concern."""
+
+    temporal: TemporalSettings = Field(default_factory=TemporalSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+
+    def replace(self, **sections: dict[str, Any]) -> Settings:
+        """A copy with some fields of some sections changed, validated like the environment:
+        ``settings.replace(temporal={"task_queue": "q1"})``."""
+        update: dict[str, Any] = {}
+        for name, fields in sections.items():
+            section = getattr(self, name)
+            try:
+                update[name] = type(section).model_validate(
+                    {**section.model_dump(), **fields}, by_name=True
+                )
+            except ValidationError as e:
+                raise _config_error(e, type(section)) from None
+        return self.model_copy(update=update)
+
+
+def _config_error(error: ValidationError, section: type[_Section]) -> ConfigError:
+    problems = []
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        field = next(
+            (
+                f
+                for f, info in section.model_fields.items()
+                if f in loc or info.validation_alias in loc
+            ),
+            None,
+        )
+        name = section.env_name(field) if field else section.__name__
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}: {msg}")
+    return ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def load_settings(env_file: str | None = ENV_FILE) -> Settings:
+    """Read and validate every section from the environment and ``env_file``.
+
+    Raises:
+        ConfigError: naming each variable whose value cannot be used.
+    """
+    sections: dict[str, _Section] = {}
+    for name, cls in SECTIONS.items():
+        try:
+            sections[name] = cls(_env_file=env_file)  # type: ignore[call-arg]
+        except ValidationError as e:
+            raise _config_error(e, cls) from None
+    return Settings.model_validate(sections)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once (``get_settings.cache_clear()`` reads them anew)."""
+    return load_settings()
+
+
+def env_names() -> dict[str, str]:
+    """Every variable Plansmith reads, with the ``section.field`` it sets."""
+    return {
+        cls.env_name(field): f"{name}.{field}"
+        for name, cls in SECTIONS.items()
+        for field in cls.model_fields
+    }
