@@ -28,16 +28,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.sandbox import (
-    SandboxResult,
-    SandboxUnavailable,
-    isolation,
-    request_from_params,
-    resolve_limits,
-    run_code,
-    run_record,
-    run_sandboxed,
-)
+from activities.sandbox import SandboxUnavailable, isolation, run_code
+from activities.sandbox.models import SandboxResult
+from activities.sandbox.params import request_from_params, resolve_limits
+from activities.sandbox.record import run_record
+from activities.sandbox.run import run_sandboxed
 from activities.steps import StepOutcome, StepTask
 from activities.tools import ToolError, catalog
 from plans.models import StepKind
