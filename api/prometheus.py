@@ -1,7 +1,7 @@
 """``GET /metrics``: Prometheus metrics of the store and of the API itself.
 
 The store's figures are computed at scrape time by a custom collector
-(:class:`StoreCollector`) from :func:`store.metrics.store_counts`, so every API process
+(:class:`StoreCollector`) from :func:`store.metrics.counts.store_counts`, so every API process
 answers the same numbers and nothing is kept between scrapes. The API's own request
 counter and latency histogram count this process only (label ``route`` is the route's
 template, e.g. ``/api/plans/{plan_id}/status``, so the label set stays small).
@@ -43,8 +43,9 @@ from api.deps import get_principal
 from api.errors import responses, unavailable
 from plans.engine import WaitingFor
 from plans.models import TERMINAL_PLAN_STATUSES, PlanStatus
-from store import metrics
 from store.db import ensure_migrated, session_scope
+from store.metrics.counts import store_counts
+from store.metrics.models import StoreCounts
 
 log = logging.getLogger("plansmith.api")
 
@@ -62,15 +63,15 @@ class StoreCollector(Collector):
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def _read(self) -> metrics.StoreCounts:
+    def _read(self) -> StoreCounts:
         ensure_migrated(self.engine)
         with session_scope(self.engine) as session:
-            return metrics.store_counts(session)
+            return store_counts(session)
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
-            counts: metrics.StoreCounts | None = self._read()
+            counts: StoreCounts | None = self._read()
         except Exception as e:
             log.warning("the store could not be read for /metrics: %s: %s", type(e).__name__, e)
             counts = None
@@ -88,7 +89,7 @@ class StoreCollector(Collector):
         if counts is not None:
             yield from self._families(counts)
 
-    def _families(self, c: metrics.StoreCounts) -> Iterator[Metric]:
+    def _families(self, c: StoreCounts) -> Iterator[Metric]:
         plans = GaugeMetricFamily("plansmith_plans", "plans by status", labels=["status"])
         for plan_status in PlanStatus:
             plans.add_metric([plan_status.value], c.plans_by_status.get(plan_status.value, 0))

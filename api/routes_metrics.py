@@ -19,8 +19,24 @@ from sqlmodel import Session
 
 from api.deps import PlanIdDep, ServicesDep, get_principal, reject_unknown_query
 from api.errors import invalid, not_found, responses
+from plans.quality import PlanQuality
 from plans.validation import Problem
-from store import metrics
+from store.metrics.models import (
+    AgentRow,
+    PlannerStats,
+    SuccessRow,
+    Trends,
+    VersionDiff,
+    WaitingPlan,
+)
+from store.metrics.planner import planner_stats
+from store.metrics.scores import plan_quality, recent_qualities, version_diffs
+from store.metrics.sql import MAX_WAITING
+from store.metrics.success import agents as agent_summaries
+from store.metrics.success import success_by
+from store.metrics.trends import buckets
+from store.metrics.trends import trends as read_trends
+from store.metrics.waiting import waiting_plans
 
 router = APIRouter(
     prefix="/metrics",
@@ -45,29 +61,29 @@ def _since(days: int | None) -> datetime | None:
 
 
 class PlanMetrics(BaseModel):
-    quality: metrics.PlanQuality
-    corrections: list[metrics.VersionDiff] = Field(
+    quality: PlanQuality
+    corrections: list[VersionDiff] = Field(
         description="each correction (plan versions after v1), oldest first"
     )
 
 
 class PlanQualityList(BaseModel):
-    plans: list[metrics.PlanQuality] = Field(description="most recently updated first")
+    plans: list[PlanQuality] = Field(description="most recently updated first")
 
 
 class SuccessList(BaseModel):
     by: Literal["agent", "tool", "step_kind"]
     since: datetime | None = Field(description="runs created since (null: all)")
-    rows: list[metrics.SuccessRow]
+    rows: list[SuccessRow]
 
 
 class WaitingList(BaseModel):
     count: int
-    plans: list[metrics.WaitingPlan] = Field(description="the longest-waiting first")
+    plans: list[WaitingPlan] = Field(description="the longest-waiting first")
 
 
 class AgentList(BaseModel):
-    agents: list[metrics.AgentRow] = Field(description="by agent id; agent null last")
+    agents: list[AgentRow] = Field(description="by agent id; agent null last")
 
 
 DaysQuery = Annotated[
@@ -86,8 +102,8 @@ DaysQuery = Annotated[
 )
 async def plan_metrics(plan_id: PlanIdDep, services: ServicesDep) -> PlanMetrics:
     def read(s: Session) -> PlanMetrics | None:
-        quality = metrics.plan_quality(s, plan_id)
-        diffs = metrics.version_diffs(s, plan_id)
+        quality = plan_quality(s, plan_id)
+        diffs = version_diffs(s, plan_id)
         if quality is None or diffs is None:
             return None
         return PlanMetrics(quality=quality, corrections=diffs)
@@ -108,9 +124,7 @@ async def recent_plans(
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=500, description="at most this many plans")] = 50,
 ) -> PlanQualityList:
-    return PlanQualityList(
-        plans=await read_store(services, lambda s: metrics.recent_qualities(s, limit))
-    )
+    return PlanQualityList(plans=await read_store(services, lambda s: recent_qualities(s, limit)))
 
 
 @router.get(
@@ -125,13 +139,13 @@ async def success(
     days: DaysQuery = None,
 ) -> SuccessList:
     since = _since(days)
-    rows = await read_store(services, lambda s: metrics.success_by(s, by, since))
+    rows = await read_store(services, lambda s: success_by(s, by, since))
     return SuccessList(by=by, since=since, rows=rows)
 
 
 @router.get(
     "/trends",
-    response_model=metrics.Trends,
+    response_model=Trends,
     summary="Per hour, day or week: runs finished, success rate, mean quality, planner rounds",
     responses=responses(401, 422, 503),
 )
@@ -139,14 +153,14 @@ async def trends(
     services: ServicesDep,
     days: Annotated[int, Query(ge=1, le=3650, description="how far back")] = 30,
     bucket: Annotated[Literal["hour", "day", "week"], Query()] = "day",
-) -> metrics.Trends:
-    count = len(metrics.buckets(days, bucket))
+) -> Trends:
+    count = len(buckets(days, bucket))
     if count > MAX_BUCKETS:
         raise invalid(
             f"{days} days by {bucket} make {count} buckets; at most {MAX_BUCKETS}",
             [Problem(location="query.days", message=f"too many {bucket} buckets ({count})")],
         )
-    return await read_store(services, lambda s: metrics.trends(s, bucket, days))
+    return await read_store(services, lambda s: read_trends(s, bucket, days))
 
 
 @router.get(
@@ -160,7 +174,7 @@ async def waiting(
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> WaitingList:
     def read(s: Session) -> WaitingList:
-        every = metrics.waiting_plans(s, limit=metrics.MAX_WAITING)
+        every = waiting_plans(s, limit=MAX_WAITING)
         return WaitingList(count=len(every), plans=every[:limit])
 
     return await read_store(services, read)
@@ -168,13 +182,13 @@ async def waiting(
 
 @router.get(
     "/planner",
-    response_model=metrics.PlannerStats,
+    response_model=PlannerStats,
     summary="The planner's runs: rounds, validation problems, offline share, tokens",
     responses=responses(401, 422, 503),
 )
-async def planner(services: ServicesDep, days: DaysQuery = None) -> metrics.PlannerStats:
+async def planner(services: ServicesDep, days: DaysQuery = None) -> PlannerStats:
     since = _since(days)
-    return await read_store(services, lambda s: metrics.planner_stats(s, since))
+    return await read_store(services, lambda s: planner_stats(s, since))
 
 
 @router.get(
@@ -185,5 +199,5 @@ async def planner(services: ServicesDep, days: DaysQuery = None) -> metrics.Plan
 )
 async def agents(services: ServicesDep) -> AgentList:
     thresholds = services.settings.policy.thresholds()
-    rows = await read_store(services, lambda s: metrics.agents(s, thresholds=thresholds))
+    rows = await read_store(services, lambda s: agent_summaries(s, thresholds=thresholds))
     return AgentList(agents=rows)

@@ -1,5 +1,5 @@
-"""Planning metrics (:mod:`store.metrics`) on SQLite and PostgreSQL, with every figure
-asserted exactly.
+"""Planning metrics (:mod:`store.metrics`, :mod:`plans.quality`) on SQLite and
+PostgreSQL, with every figure asserted exactly.
 
 The store is filled through its own writers: plan runs driven by the pure engine on a
 fake clock and written with ``repository.record_snapshot``, planner runs with
@@ -30,7 +30,14 @@ from plans.engine import (
 )
 from plans.models import Plan, ToolSpec
 from plans.policy import PolicyThresholds, compute_trust
-from store import db, knowledge, metrics, repository
+from plans.quality import critical_path, parse_step_map
+from store import db, knowledge, repository
+from store.metrics.counts import store_counts
+from store.metrics.planner import planner_stats
+from store.metrics.scores import plan_quality, recent_qualities, version_diffs
+from store.metrics.success import agents, success_by
+from store.metrics.trends import buckets, trends
+from store.metrics.waiting import waiting_plans
 from store.snapshot import snapshot_of
 from store.trust import trust_history
 
@@ -220,8 +227,8 @@ def seed(engine: Engine, now: datetime = NOW) -> Seeded:
 def test_quality_components_and_scores(engine: Engine) -> None:
     seed(engine)
     with db.session_scope(engine) as s:
-        q = {p: metrics.plan_quality(s, p) for p in ("alpha", "beta", "gamma", "zeta", "delta")}
-        assert metrics.plan_quality(s, "nope") is None
+        q = {p: plan_quality(s, p) for p in ("alpha", "beta", "gamma", "zeta", "delta")}
+        assert plan_quality(s, "nope") is None
     alpha, beta, gamma, zeta, delta = (q[p] for p in ("alpha", "beta", "gamma", "zeta", "delta"))
     assert alpha is not None and beta is not None and gamma is not None
     assert zeta is not None and delta is not None
@@ -287,7 +294,7 @@ def test_duration_falls_back_to_timeouts_without_history(engine: Engine) -> None
     solo.execute({"a": 90, "b": 10})
     solo.save(engine)
     with db.session_scope(engine) as s:
-        q = metrics.plan_quality(s, "solo")
+        q = plan_quality(s, "solo")
     assert q is not None
     assert q.components["duration_vs_estimate"].detail == {
         "actual_s": 100.0,
@@ -301,10 +308,10 @@ def test_duration_falls_back_to_timeouts_without_history(engine: Engine) -> None
 def test_recent_qualities_and_version_diffs(engine: Engine) -> None:
     seed(engine)
     with db.session_scope(engine) as s:
-        recent = metrics.recent_qualities(s, limit=3)
-        diffs = metrics.version_diffs(s, "beta")
-        assert metrics.version_diffs(s, "alpha") == []
-        assert metrics.version_diffs(s, "nope") is None
+        recent = recent_qualities(s, limit=3)
+        diffs = version_diffs(s, "beta")
+        assert version_diffs(s, "alpha") == []
+        assert version_diffs(s, "nope") is None
     # plans that have run, most recently updated first
     assert [q.plan_id for q in recent] == ["zeta", "eps", "delta"]
     assert diffs is not None and len(diffs) == 1
@@ -319,12 +326,12 @@ def test_recent_qualities_and_version_diffs(engine: Engine) -> None:
 def test_success_by_agent_tool_and_step_kind(engine: Engine) -> None:
     seed(engine)
     with db.session_scope(engine) as s:
-        by_agent = {r.key: r for r in metrics.success_by(s, "agent")}
-        by_tool = {r.key: r for r in metrics.success_by(s, "tool")}
-        by_kind = {r.key: r for r in metrics.success_by(s, "step_kind")}
-        recent = {r.key: r for r in metrics.success_by(s, "agent", since=NOW - timedelta(hours=30))}
+        by_agent = {r.key: r for r in success_by(s, "agent")}
+        by_tool = {r.key: r for r in success_by(s, "tool")}
+        by_kind = {r.key: r for r in success_by(s, "step_kind")}
+        recent = {r.key: r for r in success_by(s, "agent", since=NOW - timedelta(hours=30))}
         with pytest.raises(ValueError):
-            metrics.success_by(s, "colour")  # type: ignore[arg-type]
+            success_by(s, "colour")  # type: ignore[arg-type]
 
     a = by_agent["bot-a"]
     assert a.runs is not None and a.runs.model_dump() == {
@@ -362,9 +369,9 @@ def test_success_by_agent_tool_and_step_kind(engine: Engine) -> None:
 def test_trends_by_day(engine: Engine) -> None:
     seed(engine)
     with db.session_scope(engine) as s:
-        t = metrics.trends(s, "day", 7, now=NOW)
-        hourly = metrics.trends(s, "hour", 1, now=NOW)
-        weekly = metrics.trends(s, "week", 14, now=NOW)
+        t = trends(s, "day", 7, now=NOW)
+        hourly = trends(s, "hour", 1, now=NOW)
+        weekly = trends(s, "week", 14, now=NOW)
     assert len(t.points) == 7 and t.points[0].start == datetime(2025, 3, 4, tzinfo=UTC)
     assert t.end == datetime(2025, 3, 11, tzinfo=UTC)
     by_day = {p.start.day: p for p in t.points}
@@ -378,15 +385,15 @@ def test_trends_by_day(engine: Engine) -> None:
     assert len(hourly.points) == 24 and sum(p.finished for p in hourly.points) == 1
     assert [p.start.weekday() for p in weekly.points] == [0, 0]
     monday = datetime(2025, 3, 10, tzinfo=UTC)  # NOW is a Monday
-    assert metrics.buckets(1, "week", NOW) == [monday]
-    assert metrics.buckets(8, "week", NOW) == [monday - 7 * DAY, monday]
+    assert buckets(1, "week", NOW) == [monday]
+    assert buckets(8, "week", NOW) == [monday - 7 * DAY, monday]
     assert sum(p.finished for p in weekly.points) == 4
 
 
 def test_waiting_plans(engine: Engine) -> None:
     seed(engine)
     with db.session_scope(engine) as s:
-        waiting = metrics.waiting_plans(s, now=NOW)
+        waiting = waiting_plans(s, now=NOW)
     assert [(w.plan_id, w.status, w.kind) for w in waiting] == [
         ("delta", "pending_approval", "plan_approval"),
         ("eps", "waiting_approval", "step_approval"),
@@ -399,12 +406,12 @@ def test_waiting_plans(engine: Engine) -> None:
 
 def test_planner_stats(engine: Engine) -> None:
     with db.session_scope(engine) as s:
-        empty = metrics.planner_stats(s)
+        empty = planner_stats(s)
     assert empty.runs == 0 and empty.mean_rounds is None and empty.offline_share is None
     seed(engine)
     with db.session_scope(engine) as s:
-        p = metrics.planner_stats(s)
-        recent = metrics.planner_stats(s, since=NOW - timedelta(hours=30))
+        p = planner_stats(s)
+        recent = planner_stats(s, since=NOW - timedelta(hours=30))
     assert p.model_dump() == {
         "runs": 3,
         "ok": 2,
@@ -428,8 +435,8 @@ def test_planner_stats(engine: Engine) -> None:
 def test_agents_and_store_counts(engine: Engine) -> None:
     seed(engine)
     with db.session_scope(engine) as s:
-        rows = {r.agent_id: r for r in metrics.agents(s, now=NOW)}
-        counts = metrics.store_counts(s, now=NOW)
+        rows = {r.agent_id: r for r in agents(s, now=NOW)}
+        counts = store_counts(s, now=NOW)
     assert rows["bot-a"].mean_quality == 0.8664 and rows["bot-a"].plans_scored == 2
     assert rows["bot-b"].mean_quality == 0.6 and rows["bot-b"].success_rate == 0.0
     assert rows[None].trust is None
@@ -459,9 +466,9 @@ def test_agents_without_trust_when_it_cannot_be_computed(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no trust today")
 
-    monkeypatch.setattr(metrics, "compute_trust", broken)
+    monkeypatch.setattr("store.metrics.success.compute_trust", broken)
     with db.session_scope(engine) as s:
-        rows = {r.agent_id: r for r in metrics.agents(s, now=NOW)}
+        rows = {r.agent_id: r for r in agents(s, now=NOW)}
     assert rows["bot-a"].trust is None and rows["bot-a"].mean_quality == 0.8664
     assert "no trust today" in caplog.text
 
@@ -480,26 +487,26 @@ def test_llm_step_tokens_are_summed_in_sql(engine: Engine) -> None:
     finish(other.run, NOW)
     other.save(engine)
     with db.session_scope(engine) as s:
-        counts = metrics.store_counts(s, now=NOW)
-        kinds = {r.key for r in metrics.success_by(s, "step_kind")}
+        counts = store_counts(s, now=NOW)
+        kinds = {r.key for r in success_by(s, "step_kind")}
     assert (counts.llm_step_input_tokens, counts.llm_step_output_tokens) == (12, 3)
     assert kinds == {"llm", "tool"}
 
 
 def test_empty_store(engine: Engine) -> None:
     with db.session_scope(engine) as s:
-        assert metrics.waiting_plans(s) == []
-        assert metrics.recent_qualities(s) == []
-        assert metrics.success_by(s, "agent") == []
-        assert metrics.agents(s) == []
-        t = metrics.trends(s, "day", 30)
+        assert waiting_plans(s) == []
+        assert recent_qualities(s) == []
+        assert success_by(s, "agent") == []
+        assert agents(s) == []
+        t = trends(s, "day", 30)
         assert len(t.points) == 30 and all(p.finished == 0 for p in t.points)
-        counts = metrics.store_counts(s)
+        counts = store_counts(s)
         assert counts.plans_by_status == {} and counts.plans_waiting == 0
 
 
 def test_critical_path() -> None:
-    steps = metrics._parse_document(
+    steps = parse_step_map(
         {
             "options": {"step_timeout_s": 7},
             "steps": [
@@ -511,6 +518,6 @@ def test_critical_path() -> None:
         }
     )
     assert steps["d"].tool is None and steps["b"].timeout_s == 3 and steps["a"].timeout_s == 7
-    assert metrics.critical_path(steps, {"a": 1, "b": 5, "c": 2, "d": 1}) == 7
-    assert metrics.critical_path(steps, {"c": 2}) == 2
-    assert metrics.critical_path({}, {}) == 0
+    assert critical_path(steps, {"a": 1, "b": 5, "c": 2, "d": 1}) == 7
+    assert critical_path(steps, {"c": 2}) == 2
+    assert critical_path({}, {}) == 0

@@ -15,8 +15,9 @@ from api import reconcile
 from api.reconcile import reconcile_once
 from api.store_reads import PlanStore
 from plans.models import PlanStatus
-from store import metrics, repository
+from store import repository
 from store.db import session_scope
+from store.metrics.waiting import waiting_plans
 from tests.helpers import make_plan, start
 
 
@@ -56,7 +57,7 @@ async def test_a_terminated_plan_is_closed_in_the_store(
         st = repository.get_status(session, gone.id or "")
         assert st is not None and st.status == PlanStatus.CANCELLED and st.waiting == []
         assert st.outcome and st.outcome.startswith("terminated through Temporal")
-        waiting = {w.plan_id for w in metrics.waiting_plans(session)}
+        waiting = {w.plan_id for w in waiting_plans(session)}
     assert gone.id not in waiting and waits.id in waiting
     assert stored_status(waits.id or "") == PlanStatus.PENDING_APPROVAL
     assert gone.id not in (await reconcile_once(store, client, now=later))[0]  # once is enough
