@@ -21,8 +21,8 @@ from temporalio.worker import Replayer, Worker
 from activities.approval import ASSESS_APPROVAL
 from activities.persist import store_engine
 from api.app import create_app
-from plans.engine import AuditEntry
 from plans.models import Plan, PlanStatus, StepStatus
+from plans.run_state import AuditEntry
 from plans.views import StatusView
 from plansmith.settings import get_settings
 from store import repository

@@ -18,18 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from plans.engine import (
-    PlanRun,
-    advance,
-    apply_control,
-    finish,
-    new_run,
-    parse_control,
-    record_failure,
-    record_success,
-)
 from plans.models import Plan, ToolSpec
 from plans.policy import PolicyThresholds, compute_trust
+from plans.run_state import PlanRun, new_run
+from plans.scheduler import advance, finish, record_failure, record_success
+from plans.steering import apply_control, parse_control
 from store import db, knowledge, metrics, repository
 from store.snapshot import snapshot_of
 from store.trust import trust_history

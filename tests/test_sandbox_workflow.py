@@ -28,8 +28,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.sandbox import run_code
-from plans.engine import AuditEntry
 from plans.models import Plan
+from plans.run_state import AuditEntry
 from plansmith.sandbox_settings import get_sandbox_settings
 from tests.helpers import make_plan, start, status
 from tests.test_sandbox import sandbox_processes
