@@ -37,8 +37,8 @@ from activities.llm.selector import NoModelFits
 from api.errors import ApiError, bad_gateway, conflict, invalid, not_found, unavailable
 from config import ApiSettings, Settings
 from plans.controls import ControlResult
-from plans.engine import AuditEntry, LogEntry
 from plans.models import Plan, PlanStatus, workflow_id_for
+from plans.run_state import AuditEntry, LogEntry
 from plans.validation import Problem
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
 from workflows.plan_workflow import PLAN_STATUS, WAITING_FOR, WORKFLOW_NAME, PlanWorkflow

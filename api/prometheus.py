@@ -41,8 +41,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import get_principal
 from api.errors import responses, unavailable
-from plans.engine import WaitingFor
 from plans.models import TERMINAL_PLAN_STATUSES, PlanStatus
+from plans.run_state import WaitingFor
 from store.db import ensure_migrated, session_scope
 from store.metrics.counts import store_counts
 from store.metrics.models import StoreCounts

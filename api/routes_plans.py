@@ -78,10 +78,9 @@ from api.schemas import (
 )
 from api.sse import EventsDoc
 from api.store_reads import temporal_or_store
-from plans import engine
 from plans.controls import ControlResult
-from plans.engine import AuditEntry, LogEntry, PlanRun, PlanVersion
 from plans.models import ID_PATTERN, Plan, PlanStatus, workflow_id_for
+from plans.run_state import AuditEntry, LogEntry, PlanRun, PlanVersion, new_run
 from plans.validation import validate_plan
 from plans.views import (
     ExecutionState,
@@ -148,7 +147,7 @@ async def _draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
     draft = await drafts.get(plan_id)
     if draft is None:
         return None
-    run = engine.new_run(draft.plan, draft.created_at)
+    run = new_run(draft.plan, draft.created_at)
     run.versions[0].by = draft.plan.agent_id or draft.created_by
     return run
 

@@ -1,5 +1,5 @@
 """Request and response models of the REST routes (the query results themselves are the
-models of ``plans.views`` and ``plans.engine``)."""
+models of ``plans.views`` and ``plans.run_state``)."""
 
 from __future__ import annotations
 

@@ -41,8 +41,8 @@ from pydantic import BaseModel, Field
 
 from api.errors import ApiError
 from config import ApiSettings
-from plans.engine import WaitingFor
 from plans.models import PlanStatus, StepStatus
+from plans.run_state import WaitingFor
 from plans.views import StatusView, StepView
 
 log = logging.getLogger("plansmith.api")

@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.errors import ApiError, unavailable
-from plans.engine import AuditEntry, LogEntry, PlanVersion
 from plans.models import Plan, PlanStatus
+from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import ExecutionState, LogsQuery, StatusView
 from store import repository
 from store.db import ensure_migrated, session_scope

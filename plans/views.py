@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from plans.engine import (
-    AuditEntry,
-    LogEntry,
-    PlanRun,
-    WaitingFor,
-    derive_status,
-    preview,
-    progress,
-    waits,
-)
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
+from plans.run_state import AuditEntry, LogEntry, PlanRun, WaitingFor, derive_status, preview
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -91,6 +82,94 @@ class PlanView(BaseModel):
     digest: str
     plan: Plan
     versions: list[dict[str, Any]]
+
+
+def waits(run: PlanRun) -> list[WaitingFor]:
+    """Everything the run is waiting on a person for.
+
+    In the order the plan status reads them (plan approval, a pause, corrections,
+    clarifications, step approvals), oldest first within each kind: the first one is what
+    the status says the plan waits for.
+    """
+    if run.final_status is not None:
+        return []
+    ranked: list[tuple[int, WaitingFor]] = []
+    if run.approval is None and run.approval_required:
+        ranked.append(
+            (0, WaitingFor(kind="plan_approval", since=run.created_at, who="an approver"))
+        )
+    pause = run.pause
+    if pause is not None:
+        asking = bool(pause.question and not pause.answered)
+        ranked.append(
+            (
+                1,
+                WaitingFor(
+                    kind="clarification" if asking else "resume",
+                    step_id=pause.step_id,
+                    question=pause.question if asking else pause.reason,
+                    since=pause.since,
+                    who=f"an answer to {pause.by}"
+                    if asking
+                    else f"a resume (paused by {pause.by})",
+                ),
+            )
+        )
+    for sid, s in run.steps.items():
+        step = run.plan.step(sid)
+        if s.awaiting_decision:
+            who = "an operator: apply_correction + retry_step, skip_step or cancel"
+            ranked.append(
+                (
+                    2,
+                    WaitingFor(
+                        kind="correction",
+                        step_id=sid,
+                        question=s.error,
+                        since=s.completed_at,
+                        who=who,
+                    ),
+                )
+            )
+        elif s.status == StepStatus.WAITING_CLARIFICATION:
+            question = step.clarification_question
+            ranked.append(
+                (
+                    3,
+                    WaitingFor(
+                        kind="clarification",
+                        step_id=sid,
+                        question=question,
+                        since=s.waiting_since,
+                        who="an answer",
+                    ),
+                )
+            )
+        elif s.status == StepStatus.WAITING_APPROVAL:
+            question = step.description or None
+            if s.policy_gate:
+                question = f"{question}: {s.policy_gate}" if question else s.policy_gate
+            ranked.append(
+                (
+                    4,
+                    WaitingFor(
+                        kind="step_approval",
+                        step_id=sid,
+                        question=question,
+                        since=s.waiting_since,
+                        who="an approver",
+                    ),
+                )
+            )
+    far = datetime.max.replace(tzinfo=UTC)
+    return [w for _, w in sorted(ranked, key=lambda rw: (rw[0], rw[1].since or far))]
+
+
+def progress(run: PlanRun) -> float:
+    if not run.steps:
+        return 1.0
+    done = sum(1 for s in run.steps.values() if s.status.terminal)
+    return round(done / len(run.steps), 4)
 
 
 def status_view(run: PlanRun) -> StatusView:

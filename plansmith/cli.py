@@ -743,9 +743,10 @@ def _approval_note(plan: Plan) -> str:
     from datetime import UTC, datetime
 
     from activities.tools import catalog
-    from plans import engine
+    from plans.approval_gate import needs_approval
+    from plans.run_state import new_run
 
-    run = engine.new_run(plan, datetime.now(UTC))
+    run = new_run(plan, datetime.now(UTC))
     if plan.options.require_approval == "auto" and not plan.options.auto_approve:
         # the adaptive policy decides when the plan starts; as a new agent's plan, now:
         from plans.policy import fresh_trust, should_require_approval
@@ -760,7 +761,7 @@ def _approval_note(plan: Plan) -> str:
             "the agent's real record decides when the plan starts"
         )
     else:
-        waits, why = engine.needs_approval(run, catalog())
+        waits, why = needs_approval(run, catalog())
     if waits:
         return (
             f"it waits for a person's approval before it runs ({why}): approve it with "

@@ -20,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from plans.engine import SkipReason
 from plans.models import Plan, PlanStatus
+from plans.run_state import SkipReason
 from store.models import LessonRecord, ModelConfigRecord, PlanGenerationRecord
 from store.snapshot import PlanSnapshot
 

@@ -203,7 +203,7 @@ class StepResultRecordBase(SQLModel):
 class StepResultRecord(StepResultRecordBase, table=True):
     """One step of one run. ``output`` is the step's JSON output, or the reference to a
     large output kept in ``blobs`` (then ``output_ref`` is the blob's key). ``state`` holds
-    the rest of the engine's :class:`plans.engine.StepRun`, so a later run can be resumed
+    the rest of the run's :class:`plans.run_state.StepRun`, so a later run can be resumed
     from the store alone."""
 
     __tablename__ = "step_results"

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
-from plans.engine import StepRun, WaitingFor, preview
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
+from plans.run_state import StepRun, WaitingFor, preview
 from plans.views import LOG_LEVELS, StatusView, StepView
 from store.models import (
     AuditRecord,

@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from plans.engine import (
+from plans.models import Plan, PlanStatus
+from plans.run_state import (
     AuditEntry,
     LogEntry,
     PlanRun,
@@ -31,10 +32,8 @@ from plans.engine import (
     StepRun,
     WaitingFor,
     derive_status,
-    progress,
-    waits,
 )
-from plans.models import Plan, PlanStatus
+from plans.views import progress, waits
 
 RECORD_SNAPSHOT = "record_snapshot"  # the activity's name (activities.persist)
 OUTPUT_REF_KEY = "output_ref"

@@ -22,8 +22,8 @@ from activities.approval import ASSESS_APPROVAL
 from activities.persist import store_engine
 from api.app import create_app
 from config import get_settings
-from plans.engine import AuditEntry
 from plans.models import Plan, PlanStatus, StepStatus
+from plans.run_state import AuditEntry
 from plans.views import StatusView
 from store import repository
 from store.db import session_scope

@@ -709,16 +709,17 @@ async def test_event_hub_journal_errors_and_a_new_run():
 
     from api.errors import unavailable
     from api.sse import EventHub
-    from plans import engine
     from plans.models import Plan
+    from plans.run_state import Approval, new_run
+    from plans.scheduler import advance, finish, record_success
     from plans.views import status_view
 
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     plan = Plan.model_validate(
         {"id": "p1", "options": {"require_approval": False}, "steps": [wait_step("a")]}
     )
-    run = engine.new_run(plan, t0)
-    run.approval = engine.Approval(by="policy", at=t0, version=1)
+    run = new_run(plan, t0)
+    run.approval = Approval(by="policy", at=t0, version=1)
     state: dict[str, Any] = {"view": status_view(run), "fail": False}
 
     async def fetch():
@@ -738,11 +739,11 @@ async def test_event_hub_journal_errors_and_a_new_run():
     feed = await hub.open("p1", fetch)
     watching = asyncio.create_task(read(feed))
     await asyncio.sleep(0.05)
-    engine.advance(run, t0)
+    advance(run, t0)
     state["view"] = status_view(run)
     await asyncio.sleep(0.05)
-    engine.record_success(run, "a", {"ok": 1}, 1, t0)
-    engine.finish(run, t0)
+    record_success(run, "a", {"ok": 1}, 1, t0)
+    finish(run, t0)
     state["view"] = status_view(run)
     events = await asyncio.wait_for(watching, 2)
     kinds = [(e["event"], e["data"].get("status")) for e in events]
@@ -755,8 +756,8 @@ async def test_event_hub_journal_errors_and_a_new_run():
     assert feed.finished_for(events[-1]["id"]) and not feed.finished_for("other:1")
 
     # A new run of the same plan (resume from failure) gets a new feed.
-    run2 = engine.new_run(plan, t0 + timedelta(seconds=5))
-    run2.approval = engine.Approval(by="policy", at=t0, version=1)
+    run2 = new_run(plan, t0 + timedelta(seconds=5))
+    run2.approval = Approval(by="policy", at=t0, version=1)
     state["view"] = status_view(run2)
     feed2 = await hub.open("p1", fetch)
     assert feed2 is not feed and feed2.epoch != feed.epoch and not feed2.closed

@@ -7,16 +7,11 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
-from plans.engine import (
-    advance,
-    apply_control,
-    end,
-    expire_waits,
-    new_run,
-    parse_control,
-    record_success,
-)
+from plans.deadlines import expire_waits
 from plans.models import Plan, PlanStatus
+from plans.run_state import new_run
+from plans.scheduler import advance, end, record_success
+from plans.steering import apply_control, parse_control
 from store import db, knowledge
 from store.snapshot import snapshot_of
 from tests.test_store import CATALOG, T0, write

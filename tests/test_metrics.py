@@ -18,19 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from plans.engine import (
-    PlanRun,
-    advance,
-    apply_control,
-    finish,
-    new_run,
-    parse_control,
-    record_failure,
-    record_success,
-)
 from plans.models import Plan, ToolSpec
 from plans.policy import PolicyThresholds, compute_trust
 from plans.quality import critical_path, parse_step_map
+from plans.run_state import PlanRun, new_run
+from plans.scheduler import advance, finish, record_failure, record_success
+from plans.steering import apply_control, parse_control
 from store import db, knowledge, repository
 from store.metrics.counts import store_counts
 from store.metrics.planner import planner_stats

@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 
 from activities.tools import ToolContext, ToolError, tool
 from plans.controls import ControlResult
-from plans.engine import AuditEntry, LogEntry, PlanRun
+from plans.run_state import AuditEntry, LogEntry, PlanRun
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView, StepView
 from tests.helpers import make_plan, start, status, wait_for
 from tests.tools_for_tests import CALLS

@@ -19,7 +19,7 @@ from typing import Any
 import pytest_asyncio
 from temporalio.client import WorkflowHandle
 
-from plans.engine import AuditEntry, PlanRun
+from plans.run_state import AuditEntry, PlanRun
 from plans.views import StatusView, StepView
 from tests.helpers import make_plan, start, status
 from tests.tools_for_tests import CALLS

@@ -1,4 +1,5 @@
-"""The plan run state machine in plans/engine.py, driven by hand with a fake clock."""
+"""The plan run state machine (plans/run_state.py, scheduler.py, steering.py, deadlines.py,
+approval_gate.py), driven by hand with a fake clock."""
 
 from __future__ import annotations
 
@@ -7,28 +8,20 @@ from typing import Any
 
 import pytest
 
-from plans.engine import (
-    PlanRun,
-    Refused,
-    SkipReason,
+from plans.approval_gate import needs_approval
+from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
+from plans.run_state import PlanRun, Refused, SkipReason, derive_status, new_run
+from plans.scheduler import (
     advance,
-    apply_control,
-    check_control,
-    derive_status,
     finish,
     is_finished,
-    needs_approval,
-    new_run,
-    parse_control,
-    progress,
     record_cancelled,
     record_failure,
     record_success,
     running_steps,
-    waits,
 )
-from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
-from plans.views import execution_state, status_view
+from plans.steering import apply_control, check_control, parse_control
+from plans.views import execution_state, progress, status_view, waits
 
 CATALOG: dict[str, ToolSpec] = {
     "noop": ToolSpec(

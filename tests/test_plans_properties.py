@@ -1,4 +1,5 @@
-"""Property tests of the run state machine (plans/engine.py) on random DAGs.
+"""Property tests of the run state machine (plans/run_state.py, scheduler.py, steering.py)
+on random DAGs.
 
 A random acyclic plan is driven to its end by a fake workflow that completes the
 running steps in a random order with random outcomes, answers on_error=ask with a
@@ -17,20 +18,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plans.engine import (
-    SkipReason,
+from plans.models import OnError, Plan, PlanStatus, StepStatus, ToolSpec
+from plans.run_state import SkipReason, derive_status, new_run
+from plans.scheduler import (
     advance,
-    apply_control,
-    derive_status,
     finish,
     is_finished,
-    new_run,
-    parse_control,
     record_failure,
     record_success,
     running_steps,
 )
-from plans.models import OnError, Plan, PlanStatus, StepStatus, ToolSpec
+from plans.steering import apply_control, parse_control
 
 CATALOG = {"noop": ToolSpec(name="noop", description="nothing", params_schema={"type": "object"})}
 WHENS = [None, None, None, None, "true", "false", "inputs.go", "not inputs.go"]

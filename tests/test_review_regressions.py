@@ -17,21 +17,11 @@ from typing import Any
 
 import pytest
 
-from plans.engine import (
-    PlanRun,
-    Refused,
-    StepRun,
-    advance,
-    apply_control,
-    new_run,
-    parse_control,
-    record_cancelled,
-    record_failure,
-    record_success,
-    stop,
-)
 from plans.expressions import ExpressionError, evaluate
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
+from plans.run_state import PlanRun, Refused, StepRun, new_run
+from plans.scheduler import advance, record_cancelled, record_failure, record_success, stop
+from plans.steering import apply_control, parse_control
 from plans.validation import validate_plan
 
 CATALOG: dict[str, ToolSpec] = {

@@ -16,18 +16,8 @@ import pytest
 
 from activities.approval import AssessApprovalInput, decide, load_history
 from config import ConfigError, PolicyThresholds, load_settings, parse_thresholds
-from plans.engine import (
-    Approval,
-    advance,
-    apply_control,
-    apply_policy_decision,
-    expire_waits,
-    needs_approval,
-    new_run,
-    parse_control,
-    unattended_critical_steps,
-    waits,
-)
+from plans.approval_gate import apply_policy_decision, needs_approval, unattended_critical_steps
+from plans.deadlines import expire_waits
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
 from plans.policy import (
     ApprovalDecision,
@@ -40,7 +30,10 @@ from plans.policy import (
     should_require_approval,
 )
 from plans.risk import assess_risk
-from plans.views import status_view
+from plans.run_state import Approval, new_run
+from plans.scheduler import advance
+from plans.steering import apply_control, parse_control
+from plans.views import status_view, waits
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 OPEN: dict[str, Any] = {"type": "object"}
@@ -462,7 +455,7 @@ def test_the_decision_gates_critical_steps_with_the_usual_step_gate() -> None:
     assert "no person needed: risk critical, trust of bot" in run.audit[0].detail
     run.approval = Approval(by="policy", at=NOW, version=1)
     assert advance(run, NOW) == ["calc"]
-    from plans.engine import record_success
+    from plans.scheduler import record_success
 
     record_success(run, "calc", {}, 1, NOW)
     assert advance(run, NOW) == []

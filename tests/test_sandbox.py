@@ -35,8 +35,8 @@ from activities.sandbox.record import run_record
 from activities.sandbox.run import run_sandboxed
 from activities.steps import StepOutcome, StepTask
 from activities.tools import ToolError, catalog
+from config import SandboxSettings
 from plans.models import StepKind
-from plansmith.sandbox_settings import SandboxSettings
 
 SETTINGS = SandboxSettings(
     timeout_s=10,

@@ -28,9 +28,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.sandbox import run_code
-from plans.engine import AuditEntry
+from config import get_settings
 from plans.models import Plan
-from plansmith.sandbox_settings import get_sandbox_settings
+from plans.run_state import AuditEntry
 from tests.helpers import make_plan, start, status
 from tests.test_sandbox import sandbox_processes
 
@@ -258,7 +258,7 @@ async def test_a_worker_without_isolation_refuses_the_step_clearly(
     client, worker, task_queue, sandbox_queue, monkeypatch
 ) -> None:
     monkeypatch.setenv("PLANSMITH_SANDBOX_BWRAP", "/nonexistent/bwrap")
-    get_sandbox_settings.cache_clear()
+    get_settings.cache_clear()
     try:
         plan = make_plan([py("code", "print('must not run')")])
         result = await (
@@ -266,7 +266,7 @@ async def test_a_worker_without_isolation_refuses_the_step_clearly(
         ).result()
     finally:
         monkeypatch.delenv("PLANSMITH_SANDBOX_BWRAP")
-        get_sandbox_settings.cache_clear()
+        get_settings.cache_clear()
     step = result.final_steps["code"]
     assert result.status == "failed" and step.status == "failed"
     assert step.error is not None

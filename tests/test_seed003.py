@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from activities.tools import ToolContext, catalog, transform
-from plans import engine
-from plans.engine import PlanRun
 from plans.expressions import render
 from plans.models import ID_RE, PlanStatus, StepKind
+from plans.run_state import Approval, PlanRun, new_run
+from plans.scheduler import advance, context, finish, is_finished, record_failure, record_success
 from plans.seed003 import (
     ExecutionCreate,
     clean_id,
@@ -63,21 +63,21 @@ def run_plan(req: ExecutionCreate) -> PlanRun:
     """Translate, validate and run ``req`` with the pure engine and the real tools."""
     tr = translate(req)
     assert validate_translation(tr, catalog()) == []
-    run = engine.new_run(tr.plan, NOW)
-    run.approval = engine.Approval(by="policy", at=NOW, version=1)
+    run = new_run(tr.plan, NOW)
+    run.approval = Approval(by="policy", at=NOW, version=1)
     for _ in range(100):
-        started = engine.advance(run, NOW)
+        started = advance(run, NOW)
         for sid in started:
             step = run.plan.step(sid)
-            params = render(step.params, engine.context(run, sid))
+            params = render(step.params, context(run, sid))
             if step.kind == StepKind.LLM:
-                engine.record_failure(run, sid, "UnsupportedStep: no LLM layer", 1, NOW)
+                record_failure(run, sid, "UnsupportedStep: no LLM layer", 1, NOW)
                 continue
             ctx = ToolContext(plan_id=run.plan.id or "", step_id=sid, idempotency_key="k")
             out = asyncio.run(transform(params, ctx))
-            engine.record_success(run, sid, out, 1, NOW)
-        if engine.is_finished(run):
-            engine.finish(run, NOW)
+            record_success(run, sid, out, 1, NOW)
+        if is_finished(run):
+            finish(run, NOW)
             return run
     raise AssertionError("the plan did not finish")
 
@@ -543,15 +543,15 @@ def test_execution_status_names_the_current_node():
             [{"source": "First Node", "target": "b"}],
         )
     )
-    run = engine.new_run(tr.plan, NOW)
-    run.approval = engine.Approval(by="policy", at=NOW, version=1)
-    started = engine.advance(run, NOW)
+    run = new_run(tr.plan, NOW)
+    run.approval = Approval(by="policy", at=NOW, version=1)
+    started = advance(run, NOW)
     st = execution_status("exec-1", status_view(run))
     assert st.status == "running" and st.current_node == "First Node" and st.progress == 0
-    engine.record_success(run, started[0], {}, 1, NOW)
-    engine.advance(run, NOW)
-    engine.record_success(run, "b", {}, 1, NOW)
-    engine.finish(run, NOW)
+    record_success(run, started[0], {}, 1, NOW)
+    advance(run, NOW)
+    record_success(run, "b", {}, 1, NOW)
+    finish(run, NOW)
     st = execution_status("exec-1", status_view(run))
     assert st.status == "completed" and st.progress == 1 and st.current_node is None
     assert "2 step(s) done" in st.message

@@ -23,21 +23,10 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import persist
 from config import get_settings
-from plans.engine import (
-    MAX_LOG_ENTRIES,
-    StepRun,
-    advance,
-    apply_control,
-    audit,
-    finish,
-    log,
-    new_run,
-    parse_control,
-    record_failure,
-    record_success,
-    running_steps,
-)
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
+from plans.run_state import MAX_LOG_ENTRIES, StepRun, audit, log, new_run
+from plans.scheduler import advance, finish, record_failure, record_success, running_steps
+from plans.steering import apply_control, parse_control
 from plans.views import status_view
 from store import db, repository
 from store.models import (

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest_asyncio
 
-from plans.engine import AuditEntry
+from plans.run_state import AuditEntry
 from tests.helpers import make_plan, start, status
 from tests.tools_for_tests import CALLS
 from worker import build_worker

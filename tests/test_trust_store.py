@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from plans import engine as eng
+from plans import run_state, scheduler, steering
 from plans.models import Plan, PlanStatus, ToolSpec
 from plans.policy import compute_trust
 from store import db, repository
@@ -47,7 +47,7 @@ class Run:
                 ],
             }
         )
-        self.run = eng.new_run(plan, self.now)
+        self.run = run_state.new_run(plan, self.now)
         self.run.approval_required = True
 
     def tick(self) -> datetime:
@@ -56,28 +56,33 @@ class Run:
 
     def control(self, name: str, **payload: Any) -> Run:
         payload.setdefault("by", "alice")
-        eng.apply_control(
-            self.run, name, eng.parse_control(name, payload), self.tick(), CATALOG, via="update"
+        steering.apply_control(
+            self.run,
+            name,
+            steering.parse_control(name, payload),
+            self.tick(),
+            CATALOG,
+            via="update",
         )
         return self
 
     def approve_by_policy(self) -> Run:
         self.run.approval_required = False
-        self.run.approval = eng.Approval(by="policy", at=self.tick(), version=1)
-        eng.audit(self.run, self.now, "policy", "approve", True, "no person needed")
+        self.run.approval = run_state.Approval(by="policy", at=self.tick(), version=1)
+        run_state.audit(self.run, self.now, "policy", "approve", True, "no person needed")
         return self
 
     def step(self, sid: str, ok: bool = True) -> Run:
-        assert sid in eng.advance(self.run, self.tick())
+        assert sid in scheduler.advance(self.run, self.tick())
         if ok:
-            eng.record_success(self.run, sid, {"ok": True}, 1, self.tick())
+            scheduler.record_success(self.run, sid, {"ok": True}, 1, self.tick())
         else:
-            eng.record_failure(self.run, sid, "boom", 1, self.tick())
+            scheduler.record_failure(self.run, sid, "boom", 1, self.tick())
         return self
 
     def finish(self) -> Run:
-        eng.advance(self.run, self.tick())
-        eng.finish(self.run, self.tick())
+        scheduler.advance(self.run, self.tick())
+        scheduler.finish(self.run, self.tick())
         return self
 
     def write(self, target: Engine, run_id: str = "run-1") -> None:
@@ -97,19 +102,19 @@ def test_trust_history_reads_the_agents_finished_runs(engine: Engine) -> None:
     Run("bad", "bot", T0 + day).approve_by_policy().step("a", ok=False).finish().write(engine)
     # rejected by a person; a refused control is not counted
     r = Run("nope", "bot", T0 + 2 * day).control("reject", by="bob", reason="wrong target")
-    with pytest.raises(eng.Refused):
+    with pytest.raises(run_state.Refused):
         r.control("reject", by="carol", reason="again")
     r.write(engine)
     # rejected because nobody answered in time
     r = Run("late", "bot", T0 + 3 * day)
-    eng.audit(r.run, r.tick(), "system:timeout", "approval_timeout", True, "timed out")
-    eng.end(r.run, PlanStatus.REJECTED, "approval timed out", r.now)
+    run_state.audit(r.run, r.tick(), "system:timeout", "approval_timeout", True, "timed out")
+    scheduler.end(r.run, PlanStatus.REJECTED, "approval timed out", r.now)
     r.write(engine)
     # a person rejected a gated step: partial
     r = Run("gated", "bot", T0 + 4 * day, on_error="continue")
     r.run.plan.steps[1].requires_approval = True
     r.control("approve").step("a")
-    eng.advance(r.run, r.tick())
+    scheduler.advance(r.run, r.tick())
     r.control("reject_step", step_id="b", reason="too risky").finish().write(engine)
     # two runs of one plan: the first failed, the resumed one completed
     Run("twice", "bot", T0 + 5 * day).control("approve").step("a", ok=False).finish().write(

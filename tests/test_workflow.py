@@ -14,7 +14,7 @@ from temporalio.client import (
 )
 from temporalio.exceptions import CancelledError
 
-from plans.engine import AuditEntry, LogEntry
+from plans.run_state import AuditEntry, LogEntry
 from plans.views import ExecutionState, LogsQuery, PlanView
 from tests.helpers import make_plan, start, status, wait_for
 from tests.tools_for_tests import CALLS

@@ -1,9 +1,11 @@
-"""``PlanWorkflow``: the durable shell around :mod:`plans.engine`.
+"""``PlanWorkflow``: the durable shell around the pure plan run state machine.
 
-Every decision is made by the pure engine; this class only turns them into Temporal
-commands: one activity per step (started the moment its own dependencies finish),
-durable timers for approval and total timeouts, signals and updates for controls,
-queries for status, and search attributes so a person can find waiting plans.
+Every decision is made by pure code (:mod:`plans.run_state`, :mod:`plans.scheduler`,
+:mod:`plans.steering`, :mod:`plans.deadlines`, :mod:`plans.approval_gate`); this class
+only turns them into Temporal commands: one activity per step (started the moment its
+own dependencies finish), durable timers for approval and total timeouts, signals and
+updates for controls, queries for status, and search attributes so a person can find
+waiting plans.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.approval import ASSESS_APPROVAL, AssessApprovalInput
     from activities.steps import EXECUTE_STEP, StepOutcome, StepTask
     from activities.tools import catalog
-    from plans import engine
+    from plans import approval_gate, deadlines, run_state, scheduler, steering
     from plans.controls import ControlResult
-    from plans.engine import PlanRun, Refused, StepRun
     from plans.expressions import render
     from plans.models import Plan, PlanStatus, Step, StepKind, ToolSpec
     from plans.policy import ApprovalDecision, decide_as_new_agent
+    from plans.run_state import Approval, AuditEntry, LogEntry, PlanRun, Refused, StepRun
     from plans.validation import params_errors
     from plans.views import (
         ExecutionState,
@@ -45,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         plan_view,
         status_view,
         summary_line,
+        waits,
     )
     from store.snapshot import RECORD_SNAPSHOT, RecordResult, SnapshotCursor
 
@@ -170,7 +173,7 @@ class PlanWorkflow:
         if inp.run is not None:
             self._run: PlanRun = inp.run
         elif inp.plan is not None:
-            self._run = engine.new_run(inp.plan, workflow.now(), inp.carried_steps)
+            self._run = run_state.new_run(inp.plan, workflow.now(), inp.carried_steps)
         else:
             raise ApplicationError(
                 "PlanInput needs a plan", type="InvalidInput", non_retryable=True
@@ -185,7 +188,7 @@ class PlanWorkflow:
             self._run.feedback = list(inp.feedback)
         if inp.run is None and inp.resumed_by:
             carried = sum(1 for s in self._run.steps.values() if s.carried)
-            engine.audit(
+            run_state.audit(
                 self._run,
                 workflow.now(),
                 inp.resumed_by,
@@ -223,7 +226,7 @@ class PlanWorkflow:
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._continue and run.final_status is None:
-            engine.log(run, workflow.now(), "continuing as new to keep the history short")
+            run_state.log(run, workflow.now(), "continuing as new to keep the history short")
             await self._flush_store()
             workflow.continue_as_new(
                 self._input.model_copy(
@@ -261,20 +264,20 @@ class PlanWorkflow:
             await self._assess_approval()
             if run.approval is not None or run.final_status is not None:
                 return  # a person approved or rejected the plan meanwhile: that stands
-        required, why = engine.needs_approval(run, self._catalog)
+        required, why = approval_gate.needs_approval(run, self._catalog)
         now = workflow.now()
         if not run.approval_policy:
-            for step in engine.unattended_critical_steps(run, self._catalog):
-                engine.log(run, now, f"critical step runs without a person: {step}", "warning")
+            for step in approval_gate.unattended_critical_steps(run, self._catalog):
+                run_state.log(run, now, f"critical step runs without a person: {step}", "warning")
             run.approval_required = required
         if not run.approval_required:
             run.approval_policy = why
-            run.approval = engine.Approval(by="policy", at=now, comment=why, version=run.version)
-            engine.audit(run, now, "policy", "approve", True, f"no person needed: {why}")
+            run.approval = Approval(by="policy", at=now, comment=why, version=run.version)
+            run_state.audit(run, now, "policy", "approve", True, f"no person needed: {why}")
             return
         if not run.approval_policy:
             run.approval_policy = why
-            engine.log(run, now, f"waiting for plan approval ({why})")
+            run_state.log(run, now, f"waiting for plan approval ({why})")
         self._publish()
         timeout_s = run.plan.options.approval_timeout_s
         remaining = None
@@ -297,13 +300,13 @@ class PlanWorkflow:
             now = workflow.now()
             action = run.plan.options.on_approval_timeout
             detail = f"approval timed out after {timeout_s:g}s; on_approval_timeout={action}"
-            engine.audit(run, now, "system:timeout", "approval_timeout", True, detail)
+            run_state.audit(run, now, "system:timeout", "approval_timeout", True, detail)
             if action == "approve":
-                run.approval = engine.Approval(
+                run.approval = Approval(
                     by="system:timeout", at=now, comment=detail, version=run.version, timed_out=True
                 )
             else:
-                engine.end(run, PlanStatus.REJECTED, detail, now)
+                scheduler.end(run, PlanStatus.REJECTED, detail, now)
 
     async def _assess_approval(self) -> None:
         """The adaptive policy's decision (risk and trust, from the store) into the run.
@@ -330,28 +333,28 @@ class PlanWorkflow:
             decision = decide_as_new_agent(
                 plan, self._catalog, workflow.now(), f"the assessment failed: {_error_text(e)}"
             )
-        engine.apply_policy_decision(run, decision, workflow.now())
+        approval_gate.apply_policy_decision(run, decision, workflow.now())
 
     async def _execute(self) -> None:
         run = self._run
         if run.started_at is None:
             run.started_at = workflow.now()
-            engine.log(run, run.started_at, "plan execution started")
+            run_state.log(run, run.started_at, "plan execution started")
         total = run.plan.options.total_timeout_s
         timer = asyncio.create_task(self._total_timeout(total)) if total else None
         try:
             while True:
                 draining = self._history_is_long()
-                for sid in engine.advance(run, workflow.now(), may_start=not draining):
+                for sid in scheduler.advance(run, workflow.now(), may_start=not draining):
                     self._start_step(sid)
                 self._publish()
-                if engine.is_finished(run) and not self._tasks:
+                if scheduler.is_finished(run) and not self._tasks:
                     break
                 if draining and not self._tasks:
                     self._continue = True  # nothing in flight: carry the state to a new run
                     return
                 self._dirty = False
-                deadline = engine.next_deadline(run)
+                deadline = deadlines.next_deadline(run)
                 timeout = (
                     max(deadline - workflow.now(), timedelta(milliseconds=1)) if deadline else None
                 )
@@ -360,11 +363,11 @@ class PlanWorkflow:
                         lambda: self._dirty, timeout=timeout, timeout_summary="wait for a person"
                     )
                 except TimeoutError:
-                    engine.expire_waits(run, workflow.now())
+                    deadlines.expire_waits(run, workflow.now())
         finally:
             if timer is not None and not timer.done():
                 timer.cancel()
-        engine.finish(run, workflow.now())
+        scheduler.finish(run, workflow.now())
 
     async def _total_timeout(self, seconds: float) -> None:
         started = self._run.started_at or workflow.now()
@@ -375,9 +378,9 @@ class PlanWorkflow:
         run = self._run
         why = f"total timeout of {seconds:g}s exceeded"
         now = workflow.now()
-        engine.stop(run, why, now)
+        scheduler.stop(run, why, now)
         run.outcome = why
-        engine.audit(run, now, "system:timeout", "total_timeout", True, why)
+        run_state.audit(run, now, "system:timeout", "total_timeout", True, why)
         self._cancel_running(why)
         self._dirty = True
 
@@ -393,7 +396,7 @@ class PlanWorkflow:
         state = run.steps[sid]
         opts = run.plan.options
         try:
-            ctx = engine.context(run, sid)
+            ctx = scheduler.context(run, sid)
             params = render(step.params, ctx)
             task = StepTask(
                 plan_id=run.plan.id or "",
@@ -406,7 +409,9 @@ class PlanWorkflow:
                 context=self._step_context(sid, ctx),
             )
         except Exception as e:  # a template that cannot render fails the step, never the workflow
-            engine.record_failure(run, sid, f"params could not be rendered: {e}", 0, workflow.now())
+            scheduler.record_failure(
+                run, sid, f"params could not be rendered: {e}", 0, workflow.now()
+            )
             self._finish_task(sid)
             return
         policy, once, attempts = self._policy(step, self._catalog.get(step.tool or ""))
@@ -423,7 +428,7 @@ class PlanWorkflow:
                 if sid in self._cancelled:
                     raise _StepCancelled()
                 if budget.exhausted:
-                    engine.record_failure(run, sid, budget.exhausted, used, workflow.now())
+                    scheduler.record_failure(run, sid, budget.exhausted, used, workflow.now())
                     return
                 task = task.model_copy(
                     update={
@@ -446,11 +451,11 @@ class PlanWorkflow:
             self._audit_sandbox(
                 sid, spec, output.get("sandbox") if isinstance(output, dict) else None
             )
-            engine.record_success(run, sid, outcome.output, used, workflow.now())
+            scheduler.record_success(run, sid, outcome.output, used, workflow.now())
         except (asyncio.CancelledError, _StepCancelled):
-            engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+            scheduler.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
         except Exception as e:  # a bug must fail the step, never leave it running
-            engine.record_failure(
+            scheduler.record_failure(
                 run, sid, f"{type(e).__name__}: {e}", run.steps[sid].attempts, workflow.now()
             )
         finally:
@@ -495,14 +500,16 @@ class PlanWorkflow:
                 outcome = await handle
             except ActivityError as e:
                 if isinstance(e.cause, CancelledError):
-                    engine.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+                    scheduler.record_cancelled(
+                        run, sid, workflow.now(), run.stopping or "cancelled"
+                    )
                     return None
                 used += _attempts(e, attempts)
                 if _worker_lost(e) and not once and lost < MAX_WORKER_LOSSES and not run.stopping:
                     # A crashed worker is not the step's failure: run it again without
                     # spending its own retries (it is idempotent).
                     lost += 1
-                    engine.log(
+                    run_state.log(
                         run,
                         workflow.now(),
                         f"step {sid}: no heartbeat from its worker; running it again "
@@ -516,7 +523,7 @@ class PlanWorkflow:
                     error += (
                         " (the step is not idempotent, so it is not run again: check its effect)"
                     )
-                engine.record_failure(run, sid, error, used, workflow.now())
+                scheduler.record_failure(run, sid, error, used, workflow.now())
                 self._audit_sandbox(sid, spec, _sandbox_record(e))
                 return None
             return outcome, used + outcome.attempt
@@ -583,12 +590,12 @@ class PlanWorkflow:
                     problem = "invalid input: " + "; ".join(f"input{p}: {m}" for p, m in errors)
             if problem is not None:
                 budget.invalid += 1
-                engine.record_call(
+                scheduler.record_call(
                     run,
                     sid,
                     {
                         "tool": name,
-                        "params": engine.preview(params, 500),
+                        "params": run_state.preview(params, 500),
                         "status": "invalid",
                         "error": problem,
                     },
@@ -610,10 +617,10 @@ class PlanWorkflow:
                     f"the model asked for more than {budget.max_calls} tool calls (max_tool_calls)"
                 )
                 return results
-            entry = engine.record_call(
+            entry = scheduler.record_call(
                 run,
                 sid,
-                {"tool": name, "params": engine.preview(params, 500), "status": "running"},
+                {"tool": name, "params": run_state.preview(params, 500), "status": "running"},
                 workflow.now(),
             )
             self._dirty = True
@@ -653,14 +660,14 @@ class PlanWorkflow:
             if isinstance(e.cause, CancelledError):
                 raise _StepCancelled() from None
             error = _error_text(e)
-            engine.finish_call(
+            scheduler.finish_call(
                 run, sid, n, workflow.now(), error=error, attempts=_attempts(e, attempts)
             )
             self._audit_sandbox(sid, spec, _sandbox_record(e))
             self._dirty = True
             return _tool_result(call_id, error, error=True)
         output = outcome.output
-        engine.finish_call(run, sid, n, workflow.now(), output=output, attempts=outcome.attempt)
+        scheduler.finish_call(run, sid, n, workflow.now(), output=output, attempts=outcome.attempt)
         self._audit_sandbox(sid, spec, output.get("sandbox") if isinstance(output, dict) else None)
         self._dirty = True
         # The output as it is (a large one by reference): the llm step's activity resolves
@@ -670,7 +677,7 @@ class PlanWorkflow:
     def _audit_sandbox(self, sid: str, spec: ToolSpec | None, record: Any) -> None:
         """Every run of generated code lands in the audit trail: code hash, limits, outcome."""
         if spec and spec.activity == "run_code" and isinstance(record, dict):
-            engine.audit(
+            run_state.audit(
                 self._run,
                 workflow.now(),
                 "sandbox",
@@ -705,39 +712,43 @@ class PlanWorkflow:
     def _cancel_running(self, why: str) -> None:
         self._cancelled.update(self._tasks)  # an llm step starts no more tool calls or rounds
         for sid, handle in list(self._handles.items()):
-            engine.log(self._run, workflow.now(), f"cancelling step {sid}: {why}", "warning", sid)
+            run_state.log(
+                self._run, workflow.now(), f"cancelling step {sid}: {why}", "warning", sid
+            )
             handle.cancel()
 
     async def _cancelled_by_temporal(self) -> None:
         run = self._run
         now = workflow.now()
         why = "cancelled through Temporal (workflow cancel request)"
-        engine.audit(run, now, "temporal", "cancel", True, why)
+        run_state.audit(run, now, "temporal", "cancel", True, why)
         run.cancel_requested = why
-        engine.stop(run, why, now)
+        scheduler.stop(run, why, now)
         self._cancel_running(why)
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         if run.final_status is None:
-            engine.end(run, PlanStatus.CANCELLED, why, workflow.now())
+            scheduler.end(run, PlanStatus.CANCELLED, why, workflow.now())
         self._publish()
 
     # --- controls --------------------------------------------------------------------
 
     def _on_signal(self, name: str, arg: Any) -> None:
         try:
-            msg = engine.parse_control(name, arg)
+            msg = steering.parse_control(name, arg)
         except Refused as e:
             by = (
                 str(arg["by"])
                 if isinstance(arg, dict) and isinstance(arg.get("by"), str)
                 else "unknown"
             )
-            engine.audit(self._run, workflow.now(), by, name, False, str(e), via="signal")
-            engine.log(self._run, workflow.now(), f"{name} signal refused: {e}", "warning")
+            run_state.audit(self._run, workflow.now(), by, name, False, str(e), via="signal")
+            run_state.log(self._run, workflow.now(), f"{name} signal refused: {e}", "warning")
             return
         try:
-            engine.apply_control(self._run, name, msg, workflow.now(), self._catalog, via="signal")
+            steering.apply_control(
+                self._run, name, msg, workflow.now(), self._catalog, via="signal"
+            )
         except Refused:
             return  # audited by apply_control; a refused signal never breaks the workflow
         self._after_control(name)
@@ -751,14 +762,14 @@ class PlanWorkflow:
         gets it back, just as synchronously.
         """
         try:
-            engine.parse_control(name, arg)
+            steering.parse_control(name, arg)
         except Refused as e:
             raise ApplicationError(str(e), type="InvalidControl", non_retryable=True) from None
 
     def _on_update(self, name: str, arg: Any) -> ControlResult:
         try:
-            msg = engine.parse_control(name, arg)
-            detail = engine.apply_control(
+            msg = steering.parse_control(name, arg)
+            detail = steering.apply_control(
                 self._run, name, msg, workflow.now(), self._catalog, via="update"
             )
         except Refused as e:
@@ -808,7 +819,7 @@ class PlanWorkflow:
         return execution_state(self._run)
 
     @workflow.query(name="logs")
-    def logs(self, query: LogsQuery | None = None) -> list[engine.LogEntry]:
+    def logs(self, query: LogsQuery | None = None) -> list[LogEntry]:
         return logs_view(self._run, query or LogsQuery())
 
     @workflow.query(name="plan")
@@ -816,7 +827,7 @@ class PlanWorkflow:
         return plan_view(self._run)
 
     @workflow.query(name="audit")
-    def audit(self) -> list[engine.AuditEntry]:
+    def audit(self) -> list[AuditEntry]:
         return list(self._run.audit)
 
     @workflow.query(name="run_state")
@@ -829,7 +840,7 @@ class PlanWorkflow:
     def _publish(self) -> None:
         run = self._run
         status = run.status.value
-        pending = engine.waits(run)
+        pending = waits(run)
         waiting = pending[0].kind if pending else "none"
         if self._search_attributes and self._published != (status, waiting):
             self._published = (status, waiting)

@@ -13,8 +13,8 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.tools import catalog
-from plans.engine import PlanRun, StepRun
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
+from plans.run_state import PlanRun, StepRun
 from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow
 
 RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)

@@ -16,7 +16,7 @@ from typing import Any
 
 from activities.sandbox.models import Limits, SandboxRequest
 from activities.tools import ToolError
-from plansmith.sandbox_settings import SandboxSettings
+from config import SandboxSettings
 
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9._@+=,-]+$")
 

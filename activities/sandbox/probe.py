@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from activities.sandbox.bwrap import bwrap_base
 from activities.sandbox.models import SandboxUnavailable
-from plansmith.sandbox_settings import SandboxSettings, get_sandbox_settings
+from config import SandboxSettings, get_settings
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def isolation(settings: SandboxSettings | None = None) -> Isolation:
         SandboxUnavailable: bwrap is missing or cannot create the namespaces here, and
             the operator did not opt out with ``PLANSMITH_SANDBOX_ISOLATION=none``.
     """
-    s = settings or get_sandbox_settings()
+    s = settings or get_settings().sandbox
     key = (s.isolation, s.bwrap, s.python, s.uid, s.gid, os.geteuid())
     with _ISOLATION_LOCK:
         found = _ISOLATION.get(key)

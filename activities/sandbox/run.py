@@ -30,7 +30,7 @@ from activities.sandbox.models import (
 )
 from activities.sandbox.probe import isolation
 from activities.sandbox.supervise import supervise
-from plansmith.sandbox_settings import SandboxSettings, get_sandbox_settings
+from config import SandboxSettings, get_settings
 
 HEARTBEAT_EVERY_S = 1.0
 
@@ -51,7 +51,7 @@ def run_sandboxed(
         SandboxUnavailable: the isolation cannot be built here (the code did not run).
         ToolError: the sandbox itself failed to start (retryable).
     """
-    s = settings or get_sandbox_settings()
+    s = settings or get_settings().sandbox
     iso = isolation(s)
     limits = request.limits
     owned: set[int] = set()  # fds to close at the end (each exactly once: numbers get reused)

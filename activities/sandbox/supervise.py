@@ -22,7 +22,7 @@ from activities.sandbox.models import KILL_GRACE_S, Outcome, SandboxRequest, San
 from activities.sandbox.outcome import sandbox_result
 from activities.sandbox.probe import Isolation, user_kwargs
 from activities.tools import ToolError
-from plansmith.sandbox_settings import SandboxSettings
+from config import SandboxSettings
 
 
 class Capture:

@@ -24,7 +24,7 @@ from activities.sandbox.record import log_record, run_record
 from activities.sandbox.run import run_in_thread
 from activities.steps import StepOutcome, StepTask, run_tool
 from activities.tools import ToolContext, ToolError, get_tool, tool
-from plansmith.sandbox_settings import get_sandbox_settings
+from config import get_settings
 
 
 def _output(result: SandboxResult, record: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def _step_ceiling_s() -> float | None:
     task_queue=SANDBOX_QUEUE,
 )
 async def python_tool(params: dict[str, Any], ctx: ToolContext) -> Any:
-    s = get_sandbox_settings()
+    s = get_settings().sandbox
     request, notes = request_from_params(params, s, _step_ceiling_s())
     try:
         result = await run_in_thread(request, s, ctx.heartbeat)

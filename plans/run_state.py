@@ -1,0 +1,282 @@
+"""The state of one plan run, as data: steps, approvals, pauses, versions, logs, audit.
+
+``PlanRun`` is the whole state of one run; the workflow keeps one instance and hands it
+to the scheduler (:mod:`plans.scheduler`), the controls (:mod:`plans.steering`) and the
+timeouts (:mod:`plans.deadlines`). Nothing here does I/O or reads a clock: ``now`` is
+always passed in, so the same calls give the same state on replay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+
+from plans.models import Plan, PlanStatus, StepStatus
+from plans.policy import ApprovalDecision
+
+MAX_LOG_ENTRIES = 500  # kept in the workflow's state (the newest ones)
+MAX_AUDIT_ENTRIES = 2000
+PREVIEW_CHARS = 2000
+
+
+class Refused(ValueError):
+    """A control that is not allowed in the current state; the message says why."""
+
+
+class SkipReason(StrEnum):
+    CONDITION = "condition"  # its `when` was false, or its whole branch was not taken
+    UPSTREAM = "upstream"  # a dependency failed or was rejected
+    REJECTED = "rejected"  # a person rejected its gate
+    STOPPED = "stopped"  # on_error=stop or a total timeout stopped the plan
+    OPERATOR = "operator"  # skip_step: dependents go on
+
+
+class _Compact(BaseModel):
+    """Serialised without fields that hold their default: the state of a 2,000-step plan
+    travels through continue-as-new and must stay well under Temporal's payload limit."""
+
+    _always: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        fields = type(self).model_fields
+        return {
+            k: v
+            for k, v in data.items()
+            if k in self._always
+            or k not in fields
+            or fields[k].is_required()
+            or v != fields[k].get_default(call_default_factory=True)
+        }
+
+
+class StepRun(_Compact):
+    _always: ClassVar[frozenset[str]] = frozenset({"status"})
+
+    id: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    version: int = 1
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    waiting_since: datetime | None = None
+    error: str | None = None
+    output: Any = None
+    skip_reason: SkipReason | None = None
+    skip_detail: str | None = None
+    failed_before_skip: bool = False
+    gate_approved_by: str | None = None
+    answer: Any = None
+    answered: bool = False
+    awaiting_decision: bool = False  # on_error=ask: failed, a person decides what next
+    carried: bool = False  # completed in an earlier run; resume-from-failure never re-runs it
+    timed_out: str | None = None  # which wait for a person ran out, and what was done then
+    runs: int = 0  # how many times an activity was started for this step in this run
+    # the adaptive approval policy gates this step (it is critical): why; a person approves
+    # it before it runs, through the same approve_step / reject_step as requires_approval
+    policy_gate: str | None = None
+    # an llm step's tool calls, each a child activity: {n, tool, params, status, ...}
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AuditEntry(BaseModel):
+    at: datetime
+    by: str
+    action: str
+    accepted: bool
+    version: int
+    step_id: str | None = None
+    detail: str = ""
+    via: Literal["signal", "update", "system"] = "system"
+
+
+class LogEntry(_Compact):
+    _always: ClassVar[frozenset[str]] = frozenset({"level"})
+
+    at: datetime
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str
+    step_id: str | None = None
+
+
+class Approval(BaseModel):
+    by: str
+    at: datetime
+    comment: str | None = None
+    version: int
+    timed_out: bool = False
+
+
+class Pause(BaseModel):
+    by: str
+    since: datetime
+    reason: str | None = None
+    step_id: str | None = None
+    question: str | None = None
+    answer: Any = None
+    answered: bool = False
+    answered_by: str | None = None
+
+
+class WaitingFor(BaseModel):
+    kind: Literal["plan_approval", "step_approval", "clarification", "correction", "resume"]
+    step_id: str | None = None
+    question: str | None = None
+    since: datetime | None = None
+    who: str = "an operator"
+
+
+class PlanVersion(BaseModel):
+    """One version of the plan: what changed (field by field) and who changed it.
+
+    Only the current document is kept whole; earlier versions follow from the diffs.
+    """
+
+    version: int
+    by: str
+    at: datetime
+    step_id: str | None = None
+    change: str = ""
+    diff: dict[str, dict[str, Any]] = Field(default_factory=dict)  # step -> field -> {old, new}
+
+
+class PlanRun(BaseModel):
+    plan: Plan
+    version: int = 1
+    versions: list[PlanVersion] = Field(default_factory=list)
+    steps: dict[str, StepRun] = Field(default_factory=dict)
+    approval: Approval | None = None
+    final_status: PlanStatus | None = None
+    outcome: str | None = None
+    stopping: str | None = None  # why no new step may start
+    stopped_by_failure: bool = False  # the stop came from on_error=stop (a retry may lift it)
+    cancel_requested: str | None = None
+    pause: Pause | None = None
+    feedback: list[str] = Field(default_factory=list)
+    audit: list[AuditEntry] = Field(default_factory=list)
+    logs: list[LogEntry] = Field(default_factory=list)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    logs_total: int = 0  # entries ever appended to `logs` (the list keeps the newest)
+    audit_total: int = 0  # likewise for `audit`: absolute numbers for the store
+    approval_required: bool = False
+    approval_policy: str = ""  # why the plan did or did not wait for a person
+    # require_approval "auto": what the adaptive policy decided, with risk and trust
+    policy_decision: ApprovalDecision | None = None
+
+    @property
+    def status(self) -> PlanStatus:
+        return derive_status(self)
+
+
+# --- construction --------------------------------------------------------------------
+
+
+def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = None) -> PlanRun:
+    """A fresh run; ``carried`` holds the steps of an earlier run (resume from failure).
+
+    Completed steps are kept as they are and never run again. Every other step starts
+    over as a new version of itself, so its idempotency key differs from the failed
+    run's: a server that cached the failed request does not answer the retry with it.
+    """
+    run = PlanRun(plan=plan, created_at=now)
+    run.versions.append(
+        PlanVersion(version=1, by=plan.agent_id or "author", at=now, change="created")
+    )
+    for step in plan.steps:
+        prev = (carried or {}).get(step.id)
+        if prev is not None and prev.status == StepStatus.COMPLETED:
+            run.steps[step.id] = prev.model_copy(update={"carried": True})
+        elif prev is not None:
+            # A person's answer is kept (the question is not asked again); approvals of a
+            # step are bound to the run that asked for them and lapse.
+            run.steps[step.id] = StepRun(
+                id=step.id, version=prev.version + 1, answer=prev.answer, answered=prev.answered
+            )
+        else:
+            run.steps[step.id] = StepRun(id=step.id)
+    return run
+
+
+# --- logs and audit ------------------------------------------------------------------
+
+
+def log(
+    run: PlanRun, now: datetime, message: str, level: str = "info", step_id: str | None = None
+) -> None:
+    run.logs.append(LogEntry(at=now, level=level, message=message, step_id=step_id))  # type: ignore[arg-type]
+    run.logs_total = max(run.logs_total, len(run.logs) - 1) + 1
+    if len(run.logs) > MAX_LOG_ENTRIES:
+        del run.logs[: len(run.logs) - MAX_LOG_ENTRIES]
+
+
+def audit(
+    run: PlanRun,
+    now: datetime,
+    by: str,
+    action: str,
+    accepted: bool,
+    detail: str = "",
+    step_id: str | None = None,
+    via: Literal["signal", "update", "system"] = "system",
+) -> None:
+    run.audit_total = max(run.audit_total, len(run.audit)) + 1
+    run.audit.append(
+        AuditEntry(
+            at=now,
+            by=by,
+            action=action,
+            accepted=accepted,
+            version=run.version,
+            step_id=step_id,
+            detail=detail,
+            via=via,
+        )
+    )
+    if len(run.audit) > MAX_AUDIT_ENTRIES:
+        del run.audit[: len(run.audit) - MAX_AUDIT_ENTRIES]
+
+
+# --- status --------------------------------------------------------------------------
+
+
+def derive_status(run: PlanRun) -> PlanStatus:
+    """The plan status the state reads now (what :attr:`PlanRun.status` answers)."""
+    if run.final_status is not None:
+        return run.final_status
+    if run.approval is None:
+        return PlanStatus.PENDING_APPROVAL if run.approval_required else PlanStatus.DRAFT
+    if run.started_at is None:
+        return PlanStatus.APPROVED
+    if run.pause is not None:
+        if run.pause.question and not run.pause.answered:
+            return PlanStatus.WAITING_CLARIFICATION
+        return PlanStatus.PAUSED
+    states = [s for s in run.steps.values()]
+    if any(s.awaiting_decision for s in states):
+        return PlanStatus.WAITING_CORRECTION
+    if any(s.status == StepStatus.WAITING_CLARIFICATION for s in states):
+        return PlanStatus.WAITING_CLARIFICATION
+    if any(s.status == StepStatus.WAITING_APPROVAL for s in states):
+        return PlanStatus.WAITING_APPROVAL
+    return PlanStatus.EXECUTING
+
+
+# --- outputs kept in the state --------------------------------------------------------
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """A bounded preview of an output: small values as they are, large ones as text."""
+    if value is None:
+        return None
+    text = json.dumps(value, default=str, sort_keys=True)
+    if len(text) <= limit:
+        return value
+    return text[:limit] + f"... [truncated, {len(text)} chars]"

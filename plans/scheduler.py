@@ -1,0 +1,417 @@
+"""Scheduling a plan run: which steps start now, and what their outcomes do to the run.
+
+The workflow calls :func:`advance` to learn which steps to start, reports activity
+outcomes with :func:`record_success` / :func:`record_failure` / :func:`record_cancelled`
+(and an llm step's tool calls with :func:`record_call` / :func:`finish_call`), and ends
+the run with :func:`finish` once :func:`is_finished` holds, or at once with :func:`end`.
+Pure code: ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from plans.expressions import evaluate_condition
+from plans.models import OnError, PlanStatus, Step, StepKind, StepStatus
+from plans.run_state import PlanRun, SkipReason, StepRun, log, preview
+
+
+def _gated(step: Step, s: StepRun) -> bool:
+    """The step waits for a person before it runs (and nobody approved it yet)."""
+    return (
+        step.requires_approval or step.kind == StepKind.APPROVAL or s.policy_gate is not None
+    ) and s.gate_approved_by is None
+
+
+def context(run: PlanRun, step_id: str | None = None) -> dict[str, Any]:
+    """The names that conditions and templates see.
+
+    ``inputs``, ``steps.<id>.output|status|error``, ``feedback`` (what people said when
+    resuming, oldest first) and, for a step, ``answer``: the answer to its clarification
+    question (null when it has none).
+    """
+    step = run.steps.get(step_id or "")
+    return {
+        "inputs": run.plan.inputs,
+        "steps": {
+            sid: {"output": s.output, "status": s.status.value, "error": s.error}
+            for sid, s in run.steps.items()
+        },
+        "feedback": list(run.feedback),
+        "answer": step.answer if step is not None and step.answered else None,
+    }
+
+
+def _dependency_state(run: PlanRun, step: Step) -> tuple[str, str | None]:
+    """'wait' | 'blocked' | 'inactive' | 'ok', and which dependency decided it."""
+    inactive = 0
+    for dep in step.depends_on:
+        d = run.steps[dep]
+        if d.status == StepStatus.COMPLETED:
+            continue
+        if d.status == StepStatus.SKIPPED and d.skip_reason == SkipReason.OPERATOR:
+            continue
+        if d.status == StepStatus.SKIPPED and d.skip_reason == SkipReason.CONDITION:
+            inactive += 1
+            continue
+        if d.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
+            if d.awaiting_decision:
+                return "wait", dep
+            return "blocked", dep
+        return "wait", dep
+    if step.depends_on and inactive == len(step.depends_on):
+        return "inactive", step.depends_on[0]
+    return "ok", None
+
+
+def mark_skipped(run: PlanRun, sid: str, reason: SkipReason, detail: str, now: datetime) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.SKIPPED
+    s.skip_reason = reason
+    s.skip_detail = detail
+    s.completed_at = now
+    s.waiting_since = None
+    log(run, now, f"step {sid} skipped: {detail}", "info", sid)
+
+
+def _stop_step(run: PlanRun, sid: str, now: datetime) -> None:
+    why = run.stopping or "stopped"
+    if run.cancel_requested:
+        s = run.steps[sid]
+        s.status, s.completed_at, s.skip_detail, s.waiting_since = (
+            StepStatus.CANCELLED,
+            now,
+            why,
+            None,
+        )
+        log(run, now, f"step {sid} cancelled: {why}", "info", sid)
+    else:
+        mark_skipped(run, sid, SkipReason.STOPPED, why, now)
+
+
+def running_steps(run: PlanRun) -> list[str]:
+    return [sid for sid, s in run.steps.items() if s.status == StepStatus.RUNNING]
+
+
+def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
+    """Settle skips and gates, then pick the steps to start now (marked running).
+
+    A step starts the moment its own dependencies are done: there is no batch barrier.
+    """
+    if run.final_status is not None or run.approval is None:
+        return []
+    if run.started_at is None:
+        run.started_at = now
+        log(run, now, "plan execution started")
+    changed = True
+    while changed:
+        changed = False
+        for step in run.plan.steps:
+            s = run.steps[step.id]
+            if run.stopping and s.awaiting_decision:
+                s.awaiting_decision = False  # a stopped plan asks nobody for a correction
+                changed = True
+            waiting = s.status in (StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION)
+            if run.stopping and (
+                waiting or (s.status == StepStatus.PENDING and not running_steps(run))
+            ):
+                # Nobody is asked anything once the plan stops; pending steps end once
+                # the running ones have finished.
+                _stop_step(run, step.id, now)
+                changed = True
+                continue
+            if s.status != StepStatus.PENDING:
+                continue
+            state, dep = _dependency_state(run, step)
+            if state == "wait":
+                continue
+            if state == "blocked":
+                d = run.steps[dep or ""]
+                mark_skipped(
+                    run,
+                    step.id,
+                    SkipReason.UPSTREAM,
+                    f"dependency {dep} ended {d.status.value}",
+                    now,
+                )
+                changed = True
+                continue
+            if state == "inactive":
+                mark_skipped(
+                    run,
+                    step.id,
+                    SkipReason.CONDITION,
+                    f"branch not taken (dependency {dep} was skipped)",
+                    now,
+                )
+                changed = True
+                continue
+            not_taken = _branch_not_taken(run, step.id)
+            if not_taken:
+                mark_skipped(run, step.id, SkipReason.CONDITION, not_taken, now)
+                changed = True
+                continue
+            if step.when is not None:
+                try:
+                    ok = evaluate_condition(step.when, context(run, step.id))
+                except Exception as e:  # any evaluation failure fails the step, never the workflow
+                    s.status = StepStatus.FAILED
+                    s.error = f"condition could not be evaluated: {e}"
+                    s.completed_at = now
+                    after_failure(run, step.id, now)
+                    changed = True
+                    continue
+                if not ok:
+                    mark_skipped(
+                        run, step.id, SkipReason.CONDITION, f"condition is false: {step.when}", now
+                    )
+                    changed = True
+                    continue
+            if run.stopping:
+                continue  # running steps are finishing; the rest is skipped after them
+            if step.requires_clarification and not s.answered:
+                s.status = StepStatus.WAITING_CLARIFICATION
+                s.waiting_since = now
+                log(
+                    run,
+                    now,
+                    f"step {step.id} waits for an answer: {step.clarification_question}",
+                    "info",
+                    step.id,
+                )
+                changed = True
+                continue
+            if _gated(step, s):
+                s.status = StepStatus.WAITING_APPROVAL
+                s.waiting_since = now
+                why = f" ({s.policy_gate})" if s.policy_gate else ""
+                log(run, now, f"step {step.id} waits for approval{why}", "info", step.id)
+                changed = True
+                continue
+            if step.kind == StepKind.APPROVAL:
+                s.status = StepStatus.COMPLETED
+                s.output = {"approved_by": s.gate_approved_by}
+                s.completed_at = now
+                changed = True
+                continue
+
+    if run.stopping or run.pause is not None or not may_start:
+        return []
+    capacity = run.plan.options.parallel_limit - len(running_steps(run))
+    started: list[str] = []
+    for step in run.plan.steps:
+        if capacity <= 0:
+            break
+        s = run.steps[step.id]
+        if s.status != StepStatus.PENDING or _dependency_state(run, step)[0] != "ok":
+            continue
+        if step.requires_clarification and not s.answered:
+            continue
+        if _gated(step, s):
+            continue
+        s.status = StepStatus.RUNNING
+        s.started_at = now
+        s.completed_at = None
+        s.error = None
+        s.calls = []
+        s.runs += 1
+        started.append(step.id)
+        capacity -= 1
+        log(run, now, f"step {step.id} started", "info", step.id)
+    return started
+
+
+def record_success(run: PlanRun, sid: str, output: Any, attempts: int, now: datetime) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.COMPLETED
+    s.output = output
+    s.attempts = attempts
+    s.completed_at = now
+    s.error = None
+    log(run, now, f"step {sid} completed after {attempts} attempt(s)", "info", sid)
+    step = run.plan.step(sid)
+    if step.kind == StepKind.DECISION and isinstance(output, dict) and "choice" in output:
+        log(
+            run,
+            now,
+            f"step {sid} chose {output['choice']!r}: {output.get('reason', '')}",
+            "info",
+            sid,
+        )
+
+
+def _branch_not_taken(run: PlanRun, sid: str) -> str | None:
+    """Why ``sid`` is on a branch a decision did not choose (None: it is not)."""
+    for step in run.plan.steps:
+        branches = step.params.get("branches") if step.kind == StepKind.DECISION else None
+        if not isinstance(branches, dict):
+            continue
+        labels = [label for label, members in branches.items() if sid in (members or [])]
+        if not labels:
+            continue
+        d = run.steps[step.id]
+        choice = d.output.get("choice") if isinstance(d.output, dict) else None
+        if d.status == StepStatus.COMPLETED and choice not in labels:
+            named = " or ".join(repr(label) for label in labels)
+            return f"branch {named} not taken: {step.id} chose {choice!r}"
+    return None
+
+
+def record_call(run: PlanRun, sid: str, call: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """An llm step's tool call starts (or is refused, when ``call`` has an error)."""
+    s = run.steps[sid]
+    entry = {"n": len(s.calls) + 1, "at": now.isoformat(), **call}
+    s.calls.append(entry)
+    if entry.get("status") == "invalid":
+        log(
+            run,
+            now,
+            f"step {sid}: tool call {entry['n']} refused: {entry.get('error')}",
+            "warning",
+            sid,
+        )
+    else:
+        log(
+            run, now, f"step {sid}: tool call {entry['n']} {entry.get('tool')} started", "info", sid
+        )
+    return entry
+
+
+def finish_call(
+    run: PlanRun,
+    sid: str,
+    n: int,
+    now: datetime,
+    *,
+    output: Any = None,
+    error: str | None = None,
+    attempts: int = 1,
+) -> None:
+    s = run.steps[sid]
+    entry = next(c for c in s.calls if c["n"] == n)
+    entry.update(
+        status="failed" if error else "completed",
+        completed_at=now.isoformat(),
+        attempts=attempts,
+        **({"error": error} if error else {"output": preview(output, 500)}),
+    )
+    outcome = f"failed: {error}" if error else "completed"
+    log(
+        run,
+        now,
+        f"step {sid}: tool call {n} {entry.get('tool')} {outcome}",
+        "info" if not error else "warning",
+        sid,
+    )
+
+
+def record_failure(run: PlanRun, sid: str, error: str, attempts: int, now: datetime) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.FAILED
+    s.error = error
+    s.attempts = attempts
+    s.completed_at = now
+    log(run, now, f"step {sid} failed after {attempts} attempt(s): {error}", "error", sid)
+    after_failure(run, sid, now)
+
+
+def record_cancelled(run: PlanRun, sid: str, now: datetime, why: str) -> None:
+    s = run.steps[sid]
+    s.status = StepStatus.CANCELLED
+    s.error = why
+    s.completed_at = now
+    for call in s.calls:  # an llm step's tool call that was running ends with it
+        if call.get("status") == "running":
+            call.update(status="cancelled", completed_at=now.isoformat(), error=why)
+    log(run, now, f"step {sid} cancelled: {why}", "warning", sid)
+
+
+def after_failure(run: PlanRun, sid: str, now: datetime) -> None:
+    mode = run.plan.options.on_error
+    if mode == OnError.STOP and not run.stopping:
+        run.stopping = f"step {sid} failed and on_error is stop"
+        run.stopped_by_failure = True
+        log(run, now, f"no new steps will start: {run.stopping}", "warning", sid)
+    elif mode == OnError.ASK:
+        run.steps[sid].awaiting_decision = True
+        log(
+            run,
+            now,
+            f"step {sid} waits for a correction, a retry, a skip or a cancel",
+            "warning",
+            sid,
+        )
+
+
+def stop(run: PlanRun, why: str, now: datetime) -> None:
+    """Stop scheduling for a reason no retry lifts (a timeout, an unanswered question)."""
+    if not run.stopping or run.stopped_by_failure:
+        run.stopping = why
+        log(run, now, f"no new steps will start: {why}", "warning")
+    run.stopped_by_failure = False
+
+
+def is_finished(run: PlanRun) -> bool:
+    if run.final_status is not None:
+        return True
+    if run.approval is None:
+        return False
+    return all(s.status.terminal and not s.awaiting_decision for s in run.steps.values())
+
+
+def finish(run: PlanRun, now: datetime) -> PlanStatus:
+    """Set and return the final status once :func:`is_finished` holds."""
+    if run.final_status is not None:
+        return run.final_status
+    steps = list(run.steps.values())
+    failed = [s for s in steps if s.status == StepStatus.FAILED]
+    incomplete = [
+        s
+        for s in steps
+        if s.status == StepStatus.FAILED
+        or (s.status == StepStatus.SKIPPED and s.skip_reason not in (SkipReason.CONDITION, None))
+        or s.status == StepStatus.CANCELLED
+    ]
+    completed = [s for s in steps if s.status == StepStatus.COMPLETED]
+    if run.cancel_requested:
+        status, outcome = PlanStatus.CANCELLED, run.cancel_requested
+    elif not incomplete:
+        status, outcome = PlanStatus.COMPLETED, f"all {len(completed)} step(s) done"
+    elif run.stopping:
+        status, outcome = PlanStatus.FAILED, run.stopping
+    elif failed and run.plan.options.on_error == OnError.STOP:
+        status, outcome = PlanStatus.FAILED, f"step {failed[0].id} failed"
+    elif completed:
+        names = ", ".join(s.id for s in incomplete)
+        status, outcome = PlanStatus.PARTIAL, f"{len(completed)} step(s) done; not done: {names}"
+    else:
+        status, outcome = PlanStatus.FAILED, "no step completed"
+    run.final_status = status
+    run.outcome = run.outcome or outcome
+    run.finished_at = now
+    run.pause = None
+    log(
+        run,
+        now,
+        f"plan ended {status.value}: {run.outcome}",
+        "info" if status == PlanStatus.COMPLETED else "warning",
+    )
+    return status
+
+
+def end(run: PlanRun, status: PlanStatus, outcome: str, now: datetime) -> None:
+    """End the run now with ``status`` (reject, cancel before start, timeouts)."""
+    for s in run.steps.values():
+        if not s.status.terminal:
+            s.status = (
+                StepStatus.CANCELLED if status == PlanStatus.CANCELLED else StepStatus.SKIPPED
+            )
+            if s.status == StepStatus.SKIPPED:
+                s.skip_reason = SkipReason.STOPPED
+            s.skip_detail = outcome
+            s.completed_at = now
+    run.final_status = status
+    run.outcome = outcome
+    run.finished_at = now
+    log(run, now, f"plan ended {status.value}: {outcome}", "warning")

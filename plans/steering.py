@@ -1,0 +1,433 @@
+"""Steering a run: the controls people send (approve, pause, answer, correct, retry, ...).
+
+Every control goes through :func:`parse_control` (its argument),
+:func:`check_control` (is it allowed now; :class:`~plans.run_state.Refused` says why not)
+and :func:`apply_control`, which records it in the audit trail either way. The control
+arguments themselves are in :mod:`plans.controls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from plans.approval_gate import policy_gate_after_correction
+from plans.controls import (
+    CONTROL_MODELS,
+    AnswerClarificationInput,
+    ApplyCorrectionInput,
+    ApproveInput,
+    ApproveStepInput,
+    CancelInput,
+    Control,
+    PauseInput,
+    RejectInput,
+    RejectStepInput,
+    ResumeInput,
+    RetryStepInput,
+    SkipStepInput,
+)
+from plans.models import Plan, PlanStatus, Step, StepStatus, ToolSpec
+from plans.run_state import (
+    Approval,
+    Pause,
+    PlanRun,
+    PlanVersion,
+    Refused,
+    SkipReason,
+    StepRun,
+    audit,
+    derive_status,
+    log,
+)
+from plans.scheduler import end, mark_skipped, running_steps
+from plans.validation import PlanInvalid, parse_plan, validate_plan
+
+
+def parse_control(name: str, payload: Any) -> Control:
+    """Validate a control's argument; :class:`Refused` names the field that is wrong."""
+    model = CONTROL_MODELS.get(name)
+    if model is None:
+        raise Refused(f"unknown control {name!r}; known: {', '.join(CONTROL_MODELS)}")
+    if isinstance(payload, model):
+        return payload
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(exclude_none=True)
+    try:
+        return model.model_validate(payload if payload is not None else {})
+    except Exception as e:  # pydantic.ValidationError, TypeError
+        errors = getattr(e, "errors", None)
+        if callable(errors):
+            parts = [
+                f"{'.'.join(map(str, err['loc'])) or 'argument'}: {err['msg']}"
+                for err in errors(include_url=False)
+            ]
+            raise Refused(f"invalid {name} argument: " + "; ".join(parts)) from None
+        raise Refused(f"invalid {name} argument: {e}") from None
+
+
+def _require_live(run: PlanRun, name: str) -> None:
+    if run.final_status is not None:
+        hint = (
+            " (use resume-from-failure to run it again)"
+            if run.final_status in (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
+            else ""
+        )
+        raise Refused(f"{name} refused: the plan already ended {run.final_status.value}{hint}")
+
+
+def _require_started(run: PlanRun, name: str) -> None:
+    _require_live(run, name)
+    if run.approval is None:
+        raise Refused(
+            f"{name} refused: the plan has not been approved yet (status {derive_status(run).value})"
+        )
+
+
+def _step(run: PlanRun, name: str, step_id: str) -> StepRun:
+    if step_id not in run.steps:
+        raise Refused(f"{name} refused: no step {step_id!r} in this plan")
+    return run.steps[step_id]
+
+
+def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, ToolSpec]) -> None:
+    """Raise :class:`Refused` with the reason when ``msg`` is not allowed now."""
+    status = derive_status(run)
+    if isinstance(msg, ApproveInput):
+        _require_live(run, name)
+        if run.approval is not None:
+            raise Refused(
+                f"approve refused: the plan was already approved by {run.approval.by} (status {status.value})"
+            )
+        if msg.version is not None and msg.version != run.version:
+            raise Refused(
+                f"approve refused: stale approval for version {msg.version}; the plan is at version {run.version}"
+            )
+        if msg.digest is not None and msg.digest != run.plan.digest():
+            raise Refused(
+                f"approve refused: digest {msg.digest} does not match the current plan ({run.plan.digest()})"
+            )
+    elif isinstance(msg, RejectInput):
+        _require_live(run, name)
+        if run.approval is not None:
+            raise Refused(
+                f"reject refused: the plan is already approved ({status.value}); cancel it instead"
+            )
+    elif isinstance(msg, CancelInput):
+        _require_live(run, name)
+        if run.cancel_requested:
+            raise Refused(f"cancel refused: already being cancelled ({run.cancel_requested})")
+    elif isinstance(msg, PauseInput):
+        _require_started(run, name)
+        if run.pause is not None:
+            raise Refused(f"pause refused: already paused by {run.pause.by}")
+        if msg.step_id is not None:
+            _step(run, name, msg.step_id)
+    elif isinstance(msg, ResumeInput):
+        _require_started(run, name)
+        if run.pause is None:
+            raise Refused(f"resume refused: the plan is not paused (status {status.value})")
+    elif isinstance(msg, AnswerClarificationInput):
+        _require_live(run, name)
+        if (
+            run.pause
+            and run.pause.question
+            and not run.pause.answered
+            and msg.step_id in (None, run.pause.step_id)
+        ):
+            return
+        asking = [
+            sid for sid, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION
+        ]
+        if msg.step_id is None:
+            if len(asking) != 1:
+                raise Refused(
+                    "answer_clarification refused: "
+                    + (
+                        "no question is waiting for an answer"
+                        if not asking
+                        else f"several steps ask ({', '.join(asking)}); name step_id"
+                    )
+                )
+        elif msg.step_id not in asking:
+            s = _step(run, name, msg.step_id)
+            raise Refused(
+                f"answer_clarification refused: step {msg.step_id} is not waiting for an answer (it is {s.status.value})"
+            )
+    elif isinstance(msg, ApproveStepInput | RejectStepInput):
+        _require_started(run, name)
+        s = _step(run, name, msg.step_id)
+        if s.status != StepStatus.WAITING_APPROVAL:
+            raise Refused(
+                f"{name} refused: step {msg.step_id} is not waiting for approval (it is {s.status.value})"
+            )
+        if msg.version is not None and msg.version != s.version:
+            raise Refused(
+                f"{name} refused: stale decision for step version {msg.version}; step {msg.step_id} is at version {s.version}"
+            )
+    elif isinstance(msg, RetryStepInput):
+        _require_started(run, name)
+        s = _step(run, name, msg.step_id)
+        if s.status not in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
+            raise Refused(
+                f"retry_step refused: step {msg.step_id} is {s.status.value}; only failed, skipped or cancelled steps are retried"
+            )
+        if s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.CONDITION:
+            raise Refused(
+                f"retry_step refused: step {msg.step_id} was skipped by its condition, not by a failure"
+            )
+        if run.cancel_requested:
+            raise Refused("retry_step refused: the plan is being cancelled")
+        if run.stopping and not run.stopped_by_failure:
+            raise Refused(f"retry_step refused: the plan is stopping ({run.stopping})")
+    elif isinstance(msg, SkipStepInput):
+        _require_started(run, name)
+        s = _step(run, name, msg.step_id)
+        allowed = (
+            StepStatus.FAILED,
+            StepStatus.WAITING_APPROVAL,
+            StepStatus.WAITING_CLARIFICATION,
+            StepStatus.PENDING,
+        )
+        if s.status not in allowed:
+            raise Refused(
+                f"skip_step refused: step {msg.step_id} is {s.status.value}; only failed, waiting or pending steps are skipped"
+            )
+    elif isinstance(msg, ApplyCorrectionInput):
+        _require_live(run, name)
+        s = _step(run, name, msg.step_id)
+        if s.status in (StepStatus.COMPLETED, StepStatus.RUNNING):
+            raise Refused(
+                f"apply_correction refused: step {msg.step_id} is {s.status.value}; only steps not completed or running can change"
+            )
+        _corrected_plan(run, msg, catalog)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes a key."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def _corrected_plan(
+    run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]
+) -> Plan:
+    updated = dict(msg.correction.updated_step)
+    if "parameters" in updated and "params" not in updated:
+        updated["params"] = updated.pop("parameters")  # an older name for params, still accepted
+    if updated.get("id", msg.step_id) != msg.step_id:
+        raise Refused("apply_correction refused: updated_step.id cannot change a step's id")
+    doc = run.plan.model_dump(mode="json")
+    for i, step in enumerate(doc["steps"]):
+        if step["id"] == msg.step_id:
+            new_step = {**step, **updated, "id": msg.step_id}
+            same_tool = new_step.get("tool") == step.get("tool")
+            if same_tool and isinstance(updated.get("params"), dict):
+                # Same tool: params merge (RFC 7386, null removes); a new tool gets new params.
+                new_step["params"] = merge_patch(step.get("params") or {}, updated["params"])
+            doc["steps"][i] = new_step
+    try:
+        plan = parse_plan(doc)
+    except PlanInvalid as e:
+        raise Refused("apply_correction refused: " + "; ".join(map(str, e.problems))) from None
+    problems = validate_plan(plan, catalog)
+    if problems:
+        raise Refused("apply_correction refused: " + "; ".join(map(str, problems)))
+    return plan
+
+
+def apply_control(
+    run: PlanRun,
+    name: str,
+    msg: Control,
+    now: datetime,
+    catalog: Mapping[str, ToolSpec],
+    via: Literal["signal", "update", "system"] = "update",
+) -> str:
+    """Check and apply ``msg``; record it in the audit trail either way. Returns what changed."""
+    try:
+        check_control(run, name, msg, catalog)
+    except Refused as e:
+        audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via)
+        log(run, now, f"{e} (sent by {msg.by})", "warning", getattr(msg, "step_id", None))
+        raise
+    detail = _apply(run, msg, now, catalog)
+    audit(run, now, msg.by, name, True, detail, getattr(msg, "step_id", None), via)
+    log(run, now, f"{name} from {msg.by}: {detail}", "info", getattr(msg, "step_id", None))
+    return detail
+
+
+def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, ToolSpec]) -> str:
+    if isinstance(msg, ApproveInput):
+        run.approval = Approval(by=msg.by, at=now, comment=msg.comment, version=run.version)
+        return f"plan approved at version {run.version}"
+    if isinstance(msg, RejectInput):
+        end(run, PlanStatus.REJECTED, f"rejected by {msg.by}: {msg.reason}", now)
+        return "plan rejected; nothing runs"
+    if isinstance(msg, CancelInput):
+        why = f"cancelled by {msg.by}: {msg.reason}"
+        run.cancel_requested = why
+        run.stopping = why
+        run.pause = None
+        if run.approval is None or not running_steps(run):
+            end(run, PlanStatus.CANCELLED, why, now)
+            return "plan cancelled"
+        for s in run.steps.values():
+            s.awaiting_decision = False
+        return "running steps are being cancelled"
+    if isinstance(msg, PauseInput):
+        run.pause = Pause(
+            by=msg.by, since=now, reason=msg.reason, step_id=msg.step_id, question=msg.question
+        )
+        why = f" ({msg.reason})" if msg.reason else ""
+        if msg.question:
+            return f"paused with a question{why}: {msg.question}"
+        return f"paused: no new steps start{why}"
+    if isinstance(msg, ResumeInput):
+        if msg.feedback:
+            run.feedback.append(msg.feedback)
+            pause = run.pause
+            if pause and pause.question and not pause.answered and pause.step_id:
+                # Resuming with feedback also answers the question that paused the plan.
+                target = run.steps[pause.step_id]
+                if not target.answered:
+                    target.answer, target.answered = msg.feedback, True
+                    if target.status == StepStatus.WAITING_CLARIFICATION:
+                        target.status, target.waiting_since = StepStatus.PENDING, None
+        run.pause = None
+        return "resumed" + (" with feedback" if msg.feedback else "")
+    if isinstance(msg, AnswerClarificationInput):
+        if (
+            run.pause
+            and run.pause.question
+            and not run.pause.answered
+            and msg.step_id in (None, run.pause.step_id)
+        ):
+            run.pause.answer, run.pause.answered, run.pause.answered_by = msg.answer, True, msg.by
+            # Later steps see the exchange as feedback; a named step also gets it as its answer.
+            run.feedback.append(f"{run.pause.question} -> {msg.answer}")
+            if run.pause.step_id:
+                target = run.steps[run.pause.step_id]
+                target.answer, target.answered = msg.answer, True
+                if target.status == StepStatus.WAITING_CLARIFICATION:
+                    target.status, target.waiting_since = StepStatus.PENDING, None
+            return "question answered; resume to continue"
+        sid = msg.step_id or next(
+            k for k, s in run.steps.items() if s.status == StepStatus.WAITING_CLARIFICATION
+        )
+        s = run.steps[sid]
+        s.answer, s.answered = msg.answer, True
+        s.status, s.waiting_since = StepStatus.PENDING, None
+        return f"step {sid} answered"
+    if isinstance(msg, ApproveStepInput):
+        s = run.steps[msg.step_id]
+        s.gate_approved_by = msg.by
+        s.status, s.waiting_since = StepStatus.PENDING, None
+        return f"step {msg.step_id} approved"
+    if isinstance(msg, RejectStepInput):
+        mark_skipped(
+            run, msg.step_id, SkipReason.REJECTED, f"rejected by {msg.by}: {msg.reason}", now
+        )
+        return f"step {msg.step_id} rejected and skipped with its dependents"
+    if isinstance(msg, RetryStepInput):
+        return _retry(run, msg.step_id, now)
+    if isinstance(msg, SkipStepInput):
+        s = run.steps[msg.step_id]
+        s.failed_before_skip = s.status == StepStatus.FAILED
+        s.awaiting_decision = False
+        mark_skipped(
+            run, msg.step_id, SkipReason.OPERATOR, f"skipped by {msg.by}: {msg.reason}", now
+        )
+        _reset_dependents(run, msg.step_id)
+        _lift_failure_stop(run, now)
+        return f"step {msg.step_id} skipped; its dependents go on"
+    if isinstance(msg, ApplyCorrectionInput):
+        plan = _corrected_plan(run, msg, catalog)
+        changes = diff_step(run.plan.step(msg.step_id), plan.step(msg.step_id))
+        run.plan = plan
+        run.version += 1
+        run.versions.append(
+            PlanVersion(
+                version=run.version,
+                by=msg.by,
+                at=now,
+                step_id=msg.step_id,
+                change=f"step {msg.step_id}: {', '.join(changes) or 'nothing changed'}",
+                diff={msg.step_id: changes},
+            )
+        )
+        s = run.steps[msg.step_id]
+        s.version += 1
+        s.gate_approved_by = None  # earlier approvals of this step lapse
+        if s.status == StepStatus.WAITING_APPROVAL:
+            s.waiting_since = now
+        gate = policy_gate_after_correction(run, msg.step_id, catalog, now)
+        return (
+            f"step {msg.step_id} corrected ({', '.join(changes)}); plan version {run.version}"
+            + gate
+        )
+    raise Refused(f"unknown control {type(msg).__name__}")
+
+
+def diff_step(old: Step, new: Step) -> dict[str, Any]:
+    """Field by field, what a correction changed in one step: ``{field: {old, new}}``."""
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    keys = sorted(set(a) | set(b))
+    return {k: {"old": a.get(k), "new": b.get(k)} for k in keys if a.get(k) != b.get(k)}
+
+
+def _reset_dependents(run: PlanRun, sid: str) -> list[str]:
+    """Put back to pending the dependents that were skipped because ``sid`` failed."""
+    reset: list[str] = []
+    frontier = [sid]
+    while frontier:
+        cur = frontier.pop()
+        for step in run.plan.steps:
+            o = run.steps[step.id]
+            if (
+                cur in step.depends_on
+                and o.status == StepStatus.SKIPPED
+                and o.skip_reason in (SkipReason.UPSTREAM, SkipReason.STOPPED)
+            ):
+                _make_pending(o)
+                reset.append(step.id)
+                frontier.append(step.id)
+    return reset
+
+
+def _make_pending(s: StepRun) -> None:
+    s.status = StepStatus.PENDING
+    s.skip_reason = s.skip_detail = s.error = None
+    s.awaiting_decision = False
+    s.completed_at = None
+
+
+def _lift_failure_stop(run: PlanRun, now: datetime) -> None:
+    """After a retry or skip, an on_error=stop stop ends once no step is failed any more;
+    the steps it had skipped become pending again. Other stops (cancel, timeouts) stay."""
+    if not (run.stopping and run.stopped_by_failure) or run.cancel_requested:
+        return
+    if any(s.status == StepStatus.FAILED for s in run.steps.values()):
+        return
+    run.stopping, run.stopped_by_failure = None, False
+    for s in run.steps.values():
+        if s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.STOPPED:
+            _make_pending(s)
+    log(run, now, "no step is failed any more: scheduling goes on")
+
+
+def _retry(run: PlanRun, sid: str, now: datetime) -> str:
+    _make_pending(run.steps[sid])
+    reset = _reset_dependents(run, sid)
+    _lift_failure_stop(run, now)
+    return f"step {sid} will run again" + (f" with {len(reset)} dependent(s)" if reset else "")
