@@ -1,4 +1,3 @@
-"""What steps do: the tool registry and built-in tools, the step activity, the code
-sandbox, persistence."""
-
-from activities import sandbox  # noqa: F401  registers the `python` tool (code sandbox)
+"""What steps do: the step activity, the tools, the code sandbox, the language models
+and the planner, and the store writes of the workflows. Importing this package loads
+nothing; the worker (``worker.py``) imports the modules it hosts."""

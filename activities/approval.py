@@ -15,13 +15,11 @@ more often, the plan never fails for it.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 
-from pydantic import BaseModel, Field
 from temporalio import activity
 
 from config import get_settings
-from plans.models import Plan, ToolSpec
+from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
 from plans.policy import (
     ApprovalDecision,
     PolicyThresholds,
@@ -31,16 +29,7 @@ from plans.policy import (
 )
 from plans.risk import assess_risk
 
-ASSESS_APPROVAL = "assess_approval"
 STORE_TIMEOUT_S = 10.0
-
-
-class AssessApprovalInput(BaseModel):
-    plan: Plan
-    tools: dict[str, ToolSpec] = Field(
-        default_factory=dict, description="the catalog entries the plan's steps use"
-    )
-    now: datetime = Field(description="workflow time: recency weights count from it")
 
 
 def thresholds() -> PolicyThresholds:

@@ -1,13 +1,13 @@
 """Persistence activities: the workflow's state into the store, large outputs out of
 workflow history.
 
-* ``record_snapshot`` (activity): writes a :class:`store.snapshot.PlanSnapshot` through
+* ``record_snapshot`` (activity): writes a :class:`contracts.snapshots.PlanSnapshot` through
   :func:`store.repository.record_snapshot`. Idempotent, so Temporal may retry it freely
   and snapshots may arrive twice or out of order.
 * :func:`store_output` / :func:`load_output` / :func:`offload_output` (plain functions,
   for use *inside* activities such as ``execute_step``): an output bigger than
   ``large_output_bytes`` (default 256 KiB) is kept in the store's ``blobs`` table and only
-  an :class:`store.snapshot.OutputRef` goes back to the workflow. They are not activities
+  an :class:`contracts.snapshots.OutputRef` goes back to the workflow. They are not activities
   on purpose: an activity's input and result are recorded in history, which is what a
   large output must stay out of.
 
@@ -26,9 +26,7 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from config import get_settings
-from store import repository
-from store.db import ensure_migrated, get_engine, session_scope
-from store.snapshot import (
+from contracts.snapshots import (
     PREVIEW_CHARS,
     RECORD_SNAPSHOT,
     OutputRef,
@@ -36,6 +34,8 @@ from store.snapshot import (
     RecordResult,
     as_output_ref,
 )
+from store import repository
+from store.db import ensure_migrated, get_engine, session_scope
 
 __all__ = [
     "RECORD_SNAPSHOT",

@@ -27,14 +27,15 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.base import LLMError, get_chat_model
-from activities.llm.planner import GeneratedPlan, PlanningFailed, PlanRequest, generate_plan
-from activities.tools import catalog
+from activities.llm.base import get_chat_model
+from activities.llm.planner import generate_plan
+from contracts.errors import LLMError
+from contracts.planning import GENERATE_PLAN, GeneratedPlan, PlanningFailed, PlanRequest
+from contracts.tools import catalog
 from plans.models import ToolSpec
 
 log = logging.getLogger("plansmith.planner")
 
-GENERATE_PLAN = "generate_plan"
 HEARTBEAT_EVERY_S = 2.0
 LESSONS_LIMIT = 5
 
@@ -191,7 +192,7 @@ async def _keep_heartbeating() -> None:
 @activity.defn(name=GENERATE_PLAN)
 async def generate_plan_activity(req: PlanRequest) -> GeneratedPlan:
     """The planner as an activity; its errors say whether Temporal may retry."""
-    from activities.llm.selector import NoModelFits
+    from contracts.errors import NoModelFits
 
     beat = asyncio.create_task(_keep_heartbeating())
     try:

@@ -14,42 +14,21 @@ import asyncio
 import contextlib
 from typing import Any
 
-from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.base import LLMError, get_chat_model
+from activities.llm.base import get_chat_model
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
 from activities.persist import offload_output, resolve_refs
 from activities.tools import ToolContext, ToolError, get_tool
+from contracts.errors import LLMError
+from contracts.snapshots import OUTPUT_REF_KEY
+from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
 from plans.expressions import ExpressionError, evaluate
 from plans.models import StepKind
 from plans.validation import params_errors
-from store.snapshot import OUTPUT_REF_KEY
 
-EXECUTE_STEP = "execute_step"
 HEARTBEAT_EVERY_S = 2.0
-
-
-class StepTask(BaseModel):
-    plan_id: str
-    step_id: str
-    kind: StepKind
-    tool: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    idempotency_key: str
-    step_version: int = 1
-    context: dict[str, Any] = Field(default_factory=dict)
-
-
-class StepOutcome(BaseModel):
-    output: Any = None
-    attempt: int = 1
-    # An llm step whose model asked for tools: the calls the workflow runs next, and the
-    # conversation (and model usage) to continue from once their results are in.
-    calls: list[dict[str, Any]] = Field(default_factory=list)
-    conversation: list[dict[str, Any]] = Field(default_factory=list)
-    usage: dict[str, Any] = Field(default_factory=dict)
 
 
 def _fail(message: str, kind: str, retryable: bool) -> ApplicationError:

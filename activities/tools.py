@@ -6,8 +6,9 @@ worker)::
     @tool(name="echo", description="...", params_schema={...}, risk="low")
     async def echo(params: dict, ctx: ToolContext) -> Any: ...
 
-The decorator records a :class:`plans.models.ToolSpec` (what validation needs) next to
-the code. Tool errors are raised as :class:`ToolError`; ``retryable=False`` means the
+The decorator adds the tool's :class:`plans.models.ToolSpec` (what validation needs) to
+the catalog (:mod:`contracts.tools`); the built-in tools' specs are defined there and
+their code attaches to them here (``@tool(HTTP_REQUEST)``). Tool errors are raised as :class:`ToolError`; ``retryable=False`` means the
 step fails at once, whatever its retry policy.
 """
 
@@ -17,12 +18,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import jmespath
 import jmespath.exceptions
 
+from contracts.tools import HTTP_REQUEST, TRANSFORM, WAIT, define_tool
 from plans.models import ToolSpec
 
 ToolFn = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]
@@ -58,34 +60,15 @@ class RegisteredTool:
 _REGISTRY: dict[str, RegisteredTool] = {}
 
 
-def tool(
-    *,
-    name: str,
-    description: str,
-    params_schema: dict[str, Any],
-    risk: Literal["low", "medium", "high", "critical"] = "low",
-    idempotent: bool = True,
-    activity: str | None = None,
-    task_queue: str | None = None,
-) -> Callable[[ToolFn], ToolFn]:
-    """Register a tool. ``activity``/``task_queue`` send its steps to a dedicated activity
-    on a dedicated worker pool (the code sandbox); by default a step runs in
-    ``execute_step`` on the plan's own task queue."""
+def tool(spec: ToolSpec | None = None, **definition: Any) -> Callable[[ToolFn], ToolFn]:
+    """Attach an implementation to a tool of the catalog (``spec``), or define a new tool
+    (the keyword arguments of :func:`contracts.tools.define_tool`) and attach it."""
 
     def register(fn: ToolFn) -> ToolFn:
-        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"tool {name!r} is registered twice")
-        schema = {"type": "object", "additionalProperties": False, **params_schema}
-        spec = ToolSpec(
-            name=name,
-            description=description,
-            params_schema=schema,
-            risk=risk,
-            idempotent=idempotent,
-            activity=activity,
-            task_queue=task_queue,
-        )
-        _REGISTRY[name] = RegisteredTool(spec=spec, fn=fn)
+        s = spec if spec is not None else define_tool(**definition)
+        if s.name in _REGISTRY and _REGISTRY[s.name].fn is not fn:
+            raise ValueError(f"tool {s.name!r} is registered twice")
+        _REGISTRY[s.name] = RegisteredTool(spec=s, fn=fn)
         return fn
 
     return register
@@ -98,38 +81,10 @@ def get_tool(name: str) -> RegisteredTool:
         raise ToolError(f"unknown tool {name!r}", retryable=False, kind="UnknownTool") from None
 
 
-def catalog() -> dict[str, ToolSpec]:
-    """Every registered tool's spec, in a stable (sorted) order."""
-    return {name: _REGISTRY[name].spec for name in sorted(_REGISTRY)}
-
-
 # --- built-ins -----------------------------------------------------------------------
 
-HTTP_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"]
 
-
-@tool(
-    name="http_request",
-    description=(
-        "Send an HTTP request and return {status, headers, body}. Fails on a non-2xx status "
-        "unless it is listed in expect_status; connection errors, 429 and 5xx are retried, "
-        "other 4xx are not. Sends the step's Idempotency-Key header."
-    ),
-    params_schema={
-        "properties": {
-            "url": {"type": "string", "minLength": 1},
-            "method": {"type": "string", "enum": HTTP_METHODS, "default": "GET"},
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "query": {"type": "object"},
-            "json": {},
-            "body": {"type": "string"},
-            "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
-            "expect_status": {"type": "array", "items": {"type": "integer"}},
-        },
-        "required": ["url"],
-    },
-    risk="medium",
-)
+@tool(HTTP_REQUEST)
 async def http_request(params: dict[str, Any], ctx: ToolContext) -> Any:
     method = params.get("method", "GET")
     expect = set(params.get("expect_status") or [])
@@ -177,17 +132,7 @@ async def http_request(params: dict[str, Any], ctx: ToolContext) -> Any:
     )
 
 
-@tool(
-    name="wait",
-    description="Wait for `seconds` (heartbeating; a cancel stops it at once) and return how long it waited.",
-    params_schema={
-        "properties": {
-            "seconds": {"type": "number", "minimum": 0, "maximum": 86400},
-            "result": {"description": "returned as `result` when the wait ends"},
-        },
-        "required": ["seconds"],
-    },
-)
+@tool(WAIT)
 async def wait(params: dict[str, Any], ctx: ToolContext) -> Any:
     seconds = float(params["seconds"])
     start = time.monotonic()
@@ -199,22 +144,7 @@ async def wait(params: dict[str, Any], ctx: ToolContext) -> Any:
     return {"waited_s": round(time.monotonic() - start, 3), "result": params.get("result")}
 
 
-@tool(
-    name="transform",
-    description=(
-        "Reshape JSON with JMESPath: `data` is the input (often a {{ steps.x.output }} template); "
-        "`expression` is one JMESPath expression, or `fields` maps output keys to expressions."
-    ),
-    params_schema={
-        "properties": {
-            "data": {},
-            "expression": {"type": "string", "minLength": 1},
-            "fields": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-        "required": ["data"],
-        "oneOf": [{"required": ["expression"]}, {"required": ["fields"]}],
-    },
-)
+@tool(TRANSFORM)
 async def transform(params: dict[str, Any], ctx: ToolContext) -> Any:
     data = params["data"]
     try:

@@ -31,11 +31,10 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.llm.base import LLMError
-from activities.llm.planner import GeneratedPlan, PlanningFailed, PlanRequest
-from activities.llm.selector import NoModelFits
 from api.errors import ApiError, bad_gateway, conflict, invalid, not_found, unavailable
 from config import ApiSettings, Settings
+from contracts.errors import LLMError, NoModelFits
+from contracts.planning import GeneratedPlan, PlanningFailed, PlanRequest
 from plans.controls import ControlResult
 from plans.models import Plan, PlanStatus, workflow_id_for
 from plans.run_state import AuditEntry, LogEntry

@@ -29,9 +29,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
-from activities.llm.planner import PlanRequest
 from activities.planning import link_generation
-from activities.tools import catalog
 from api.controls import (
     PLAN_BODIES,
     PLAN_ROUTES,
@@ -78,6 +76,8 @@ from api.schemas import (
 )
 from api.sse import EventsDoc
 from api.store_reads import temporal_or_store
+from contracts.planning import PlanRequest
+from contracts.tools import catalog
 from plans.controls import ControlResult
 from plans.models import ID_PATTERN, Plan, PlanStatus, workflow_id_for
 from plans.run_state import AuditEntry, LogEntry, PlanRun, PlanVersion, new_run

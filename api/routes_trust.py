@@ -18,7 +18,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
 
-from activities.tools import catalog
 from api.deps import (
     DraftsDep,
     GatewayDep,
@@ -31,6 +30,7 @@ from api.deps import (
 from api.errors import ApiError, responses
 from api.routes_plans import get_plan
 from api.store_reads import PlanStore
+from contracts.tools import catalog
 from plans.policy import (
     ApprovalDecision,
     PolicyThresholds,

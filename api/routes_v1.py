@@ -14,12 +14,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, Field
 
-from activities.tools import catalog
 from api.controls import ByBody
 from api.deps import ActorDep, GatewayDep, StoreDep, get_principal, reject_unknown_query
 from api.errors import invalid, responses
 from api.logs import plan_id_var
 from api.store_reads import temporal_or_store
+from contracts.tools import catalog
 from plans.controls import CONTROL_MODELS, ControlResult
 from plans.models import PlanStatus, workflow_id_for
 from plans.seed003 import (

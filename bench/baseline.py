@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.steps import EXECUTE_STEP, StepOutcome, StepTask
+    from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
     from workflows.plan_workflow import HEARTBEAT_TIMEOUT, NON_RETRYABLE
 
 BASELINE_WORKFLOW = "BenchBaseline"

@@ -45,9 +45,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.persist import record_snapshot
-from activities.steps import StepTask, execute_step
-from activities.tools import catalog
+from activities.steps import execute_step
 from bench.baseline import Baseline, BaselineInput, BaselineResult
+from contracts.steps import StepTask
+from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepKind
 from plans.validation import validate_or_raise
 from plansmith.temporal import temporal_cli_path

@@ -62,7 +62,7 @@ def err(msg: str) -> None:
 
 def load_plan(path: str, inputs: list[str] | None = None, plan_id: str | None = None) -> Plan:
     """Read, shape-check and fully validate a plan file; give it an id if it has none."""
-    from activities.tools import catalog
+    from contracts.tools import catalog
 
     p = Path(path)
     if not p.is_file():
@@ -470,7 +470,7 @@ DEMO_TASK = (
 
 async def _demo_planner(port: int, settings: Settings) -> int:
     """The demo's second part: the planner turns a task into a plan, which then runs."""
-    from activities.llm.planner import PlanRequest
+    from contracts.planning import PlanRequest
     from workflows.planner_workflow import run_planner
 
     task = DEMO_TASK.format(port=port)
@@ -482,7 +482,7 @@ async def _demo_planner(port: int, settings: Settings) -> int:
     plan = parse_plan(result.plan)
     _print_generated(result, plan, None)
     plan = plan.model_copy(update={"id": f"generated-{time.strftime('%Y%m%d-%H%M%S')}"})
-    from activities.tools import catalog
+    from contracts.tools import catalog
 
     validate_or_raise(plan, catalog())
     handle = await start_plan(client, plan, settings)
@@ -700,7 +700,7 @@ def _plan_request(args: argparse.Namespace) -> Any:
     """The planner request of ``plansmith plan``; CliError for bad input."""
     from pydantic import ValidationError
 
-    from activities.llm.planner import PlanRequest
+    from contracts.planning import PlanRequest
 
     context: Any = args.context
     if isinstance(context, str) and context.startswith("@"):
@@ -742,7 +742,7 @@ def _approval_note(plan: Plan) -> str:
     """Whether a run of ``plan`` will wait for ``plansmith approve``, and why."""
     from datetime import UTC, datetime
 
-    from activities.tools import catalog
+    from contracts.tools import catalog
     from plans.approval_gate import needs_approval
     from plans.run_state import new_run
 
@@ -805,9 +805,8 @@ def _print_generated(result: Any, plan: Plan, saved: str | None) -> None:
 
 async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     """``plansmith plan "TASK"``: the validated plan document on stdout, the rest on stderr."""
-    from activities.llm.base import LLMError
-    from activities.llm.planner import PlanningFailed
-    from activities.llm.selector import NoModelFits
+    from contracts.errors import LLMError, NoModelFits
+    from contracts.planning import PlanningFailed
     from workflows.planner_workflow import PlannerUnavailable, run_planner
 
     req = _plan_request(args)

@@ -3,6 +3,6 @@
 * :mod:`store.models` — the tables;
 * :mod:`store.db` — engine and sessions from ``DATABASE_URL``, ``migrate()``;
 * :mod:`store.repository` — idempotent writes of snapshots and blobs, reads for the API;
-* :mod:`store.snapshot` — ``PlanSnapshot`` and ``snapshot_of``: pure, safe to import in
+* :mod:`contracts.snapshots` — ``PlanSnapshot`` and ``snapshot_of``: pure, safe to import in
   workflow code. Nothing is imported here, so importing it stays free of SQLAlchemy.
 """

@@ -20,10 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from contracts.snapshots import PlanSnapshot
 from plans.models import Plan, PlanStatus
 from plans.run_state import SkipReason
 from store.models import LessonRecord, ModelConfigRecord, PlanGenerationRecord
-from store.snapshot import PlanSnapshot
 
 MIN_LESSON_SCORE = 0.12
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)

@@ -13,7 +13,7 @@ Timestamps are timezone-aware UTC on the way in and on the way out, on SQLite to
 ``NULL`` in them.
 
 There is no ``XCreate`` model: nothing is created field by field from outside. Activities
-write whole :class:`store.snapshot.PlanSnapshot` objects and the API saves plan documents
+write whole :class:`contracts.snapshots.PlanSnapshot` objects and the API saves plan documents
 (:class:`plans.models.Plan`) through :mod:`store.repository`.
 """
 

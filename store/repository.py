@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
+from contracts.snapshots import PlanSnapshot, RecordResult, as_output_ref
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
 from plans.run_state import StepRun, WaitingFor, preview
@@ -48,7 +49,6 @@ from store.models import (
     StepResultRecord,
     UTCDateTime,
 )
-from store.snapshot import PlanSnapshot, RecordResult, as_output_ref
 
 BATCH = 500  # rows per INSERT: well under SQLite's and PostgreSQL's bound-parameter limits
 

@@ -10,7 +10,8 @@ import httpx
 import httpx2
 import respx
 
-from activities.llm.base import LLMRequest, LLMResponse, ToolCall, Usage
+from activities.llm.base import LLMRequest, LLMResponse, ToolCall
+from contracts.planning import Usage
 
 Answer = LLMResponse | Callable[[LLMRequest], LLMResponse]
 

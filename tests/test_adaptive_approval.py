@@ -18,10 +18,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
-from activities.approval import ASSESS_APPROVAL
 from activities.persist import store_engine
 from api.app import create_app
 from config import get_settings
+from contracts.approval import ASSESS_APPROVAL
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.run_state import AuditEntry
 from plans.views import StatusView

@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
+from contracts.snapshots import snapshot_of
 from plans.deadlines import expire_waits
 from plans.models import Plan, PlanStatus
 from plans.run_state import new_run
 from plans.scheduler import advance, end, record_success
 from plans.steering import apply_control, parse_control
 from store import db, knowledge
-from store.snapshot import snapshot_of
 from tests.test_store import CATALOG, T0, write
 
 DOC = {

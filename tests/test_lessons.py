@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from activities.llm.base import use_chat_model
 from activities.llm.offline import OfflineModel
-from activities.llm.planner import PlanRequest
+from contracts.planning import PlanRequest
 from plans.models import Plan, PlanStatus
 from store import knowledge
 from store.db import ensure_migrated, get_engine, session_scope

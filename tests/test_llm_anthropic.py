@@ -22,8 +22,9 @@ import respx
 
 from activities.llm import base
 from activities.llm.anthropic_model import AnthropicModel
-from activities.llm.base import LLMError, LLMRequest, ToolDef
+from activities.llm.base import LLMRequest, ToolDef
 from config import get_settings
+from contracts.errors import LLMError
 from tests.llm_fakes import RespxTransport
 
 KEY = "sk-ant-test-0123456789abcdef"

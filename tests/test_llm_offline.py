@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from activities.llm import base
 from activities.llm.base import LLMRequest, ToolDef
 from activities.llm.offline import OfflineModel, minimal_instance, split_clauses
-from activities.llm.planner import PlanRequest, submit_plan_tool, system_prompt, user_content
+from activities.llm.planner import submit_plan_tool, system_prompt, user_content
 from activities.llm.steps import judge_prompt, judge_tool
-from activities.tools import catalog
 from config import get_settings
+from contracts.planning import PlanRequest
+from contracts.tools import catalog
 from plans.validation import parse_plan, validate_plan
 
 MODEL = OfflineModel()

@@ -21,7 +21,8 @@ from activities import persist
 from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMResponse, ToolCall, use_chat_model
 from activities.llm.steps import CHOOSE, RESPOND, VERDICT, run_decision, run_llm
-from activities.tools import ToolContext, ToolError, catalog, tool
+from activities.tools import ToolContext, ToolError, tool
+from contracts.tools import catalog
 from plans.models import PlanStatus, StepStatus
 from plans.validation import validate_plan
 from tests import tools_for_tests

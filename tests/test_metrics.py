@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from contracts.snapshots import snapshot_of
 from plans.models import Plan, ToolSpec
 from plans.policy import PolicyThresholds, compute_trust
 from plans.quality import critical_path, parse_step_map
@@ -31,7 +32,6 @@ from store.metrics.scores import plan_quality, recent_qualities, version_diffs
 from store.metrics.success import agents, success_by
 from store.metrics.trends import buckets, trends
 from store.metrics.waiting import waiting_plans
-from store.snapshot import snapshot_of
 from store.trust import trust_history
 
 NOW = datetime(2025, 3, 10, 18, 0, tzinfo=UTC)

@@ -15,9 +15,10 @@ import pytest
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from activities.llm.selector import ModelSelector, NoModelFits, load_selector
+from activities.llm.selector import ModelSelector, load_selector
 from api.app import create_app
 from config import ConfigError, ModelConfig, Settings, get_settings, load_settings, parse_models
+from contracts.errors import NoModelFits
 from store import knowledge
 from store.db import get_engine, migrate, session_scope
 

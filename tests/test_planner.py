@@ -15,16 +15,12 @@ import pytest_asyncio
 import respx
 
 from activities.llm.anthropic_model import AnthropicModel
-from activities.llm.base import LLMError, LLMRequest, LLMResponse, ToolCall, Usage
+from activities.llm.base import LLMRequest, LLMResponse, ToolCall
 from activities.llm.offline import OfflineModel
-from activities.llm.planner import (
-    SUBMIT_PLAN,
-    GeneratedPlan,
-    PlanningFailed,
-    PlanRequest,
-    generate_plan,
-)
-from activities.tools import catalog
+from activities.llm.planner import SUBMIT_PLAN, generate_plan
+from contracts.errors import LLMError
+from contracts.planning import GeneratedPlan, PlanningFailed, PlanRequest, Usage
+from contracts.tools import catalog
 from plans.validation import parse_plan, validate_plan
 from tests.llm_fakes import RespxTransport
 

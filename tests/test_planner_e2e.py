@@ -21,13 +21,13 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.llm.base import LLMError, LLMRequest, LLMResponse, use_chat_model
+from activities.llm.base import LLMRequest, LLMResponse, use_chat_model
 from activities.llm.offline import OfflineModel
-from activities.llm.planner import PlanningFailed, PlanRequest
-from activities.llm.selector import NoModelFits
 from activities.persist import store_engine
-from activities.tools import catalog
 from api.drafts import StoreDrafts
+from contracts.errors import LLMError, NoModelFits
+from contracts.planning import PlanningFailed, PlanRequest
+from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.validation import parse_plan, validate_plan
 from store import knowledge

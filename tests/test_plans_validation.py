@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from activities.tools import catalog as builtin_catalog
+from contracts.tools import catalog as builtin_catalog
 from plans.models import Plan, ToolSpec
 from plans.validation import (
     PlanInvalid,

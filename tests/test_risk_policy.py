@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from activities.approval import AssessApprovalInput, decide, load_history
+from activities.approval import decide, load_history
 from config import ConfigError, PolicyThresholds, load_settings, parse_thresholds
+from contracts.approval import AssessApprovalInput
 from plans.approval_gate import apply_policy_decision, needs_approval, unattended_critical_steps
 from plans.deadlines import expire_waits
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec

@@ -33,9 +33,10 @@ from activities.sandbox.models import SandboxResult
 from activities.sandbox.params import request_from_params, resolve_limits
 from activities.sandbox.record import run_record
 from activities.sandbox.run import run_sandboxed
-from activities.steps import StepOutcome, StepTask
-from activities.tools import ToolError, catalog
+from activities.tools import ToolError
 from config import SandboxSettings
+from contracts.steps import StepOutcome, StepTask
+from contracts.tools import catalog
 from plans.models import StepKind
 
 SETTINGS = SandboxSettings(

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities.tools import ToolContext, catalog, transform
+from activities.tools import ToolContext, transform
+from contracts.tools import catalog
 from plans.expressions import render
 from plans.models import ID_RE, PlanStatus, StepKind
 from plans.run_state import Approval, PlanRun, new_run

@@ -23,6 +23,14 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import persist
 from config import get_settings
+from contracts.snapshots import (
+    OutputRef,
+    PlanSnapshot,
+    RecordResult,
+    SnapshotCursor,
+    as_output_ref,
+    snapshot_of,
+)
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
 from plans.run_state import MAX_LOG_ENTRIES, StepRun, audit, log, new_run
 from plans.scheduler import advance, finish, record_failure, record_success, running_steps
@@ -37,14 +45,6 @@ from store.models import (
     PlanVersionRecord,
     RunRecord,
     StepResultRecord,
-)
-from store.snapshot import (
-    OutputRef,
-    PlanSnapshot,
-    RecordResult,
-    SnapshotCursor,
-    as_output_ref,
-    snapshot_of,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

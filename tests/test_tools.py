@@ -20,8 +20,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.steps import StepOutcome, StepTask, execute_step
-from activities.tools import ToolContext, ToolError, catalog, get_tool, tool
+from activities.steps import execute_step
+from activities.tools import ToolContext, ToolError, get_tool, tool
+from contracts.steps import StepOutcome, StepTask
+from contracts.tools import catalog
 from plans.models import StepKind, ToolSpec
 
 # --- a local HTTP server -------------------------------------------------------------

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from contracts.snapshots import snapshot_of
 from plans import run_state, scheduler, steering
 from plans.models import Plan, PlanStatus, ToolSpec
 from plans.policy import compute_trust
 from store import db, repository
-from store.snapshot import snapshot_of
 from store.trust import trust_history
 
 T0 = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)

@@ -27,9 +27,10 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.approval import ASSESS_APPROVAL, AssessApprovalInput
-    from activities.steps import EXECUTE_STEP, StepOutcome, StepTask
-    from activities.tools import catalog
+    from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
+    from contracts.snapshots import RECORD_SNAPSHOT, RecordResult, SnapshotCursor
+    from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
+    from contracts.tools import catalog
     from plans import approval_gate, deadlines, run_state, scheduler, steering
     from plans.controls import ControlResult
     from plans.expressions import render
@@ -49,7 +50,6 @@ with workflow.unsafe.imports_passed_through():
         summary_line,
         waits,
     )
-    from store.snapshot import RECORD_SNAPSHOT, RecordResult, SnapshotCursor
 
 WORKFLOW_NAME = "PlanWorkflow"
 DEFAULT_TASK_QUEUE = "plans"

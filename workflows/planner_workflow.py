@@ -24,7 +24,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.llm.planner import GeneratedPlan, PlanningFailed, PlanRequest
+    from contracts.planning import GeneratedPlan, PlanningFailed, PlanRequest
 
 GENERATE_PLAN_WORKFLOW = "GeneratePlan"
 GENERATE_PLAN_ACTIVITY = "generate_plan"
@@ -98,8 +98,7 @@ def _details(err: ApplicationError) -> dict[str, Any]:
 
 def planner_error(err: BaseException) -> Exception:
     """The workflow's failure as the exception the caller knows."""
-    from activities.llm.base import LLMError
-    from activities.llm.selector import NoModelFits
+    from contracts.errors import LLMError, NoModelFits
 
     cause: BaseException | None = err
     while cause is not None and not isinstance(cause, ApplicationError):

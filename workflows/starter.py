@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.tools import catalog
+from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import PlanRun, StepRun
 from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow

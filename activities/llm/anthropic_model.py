@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import anthropic
 
-from activities.llm.base import LLMError, LLMRequest, LLMResponse, ToolCall, Usage
+from activities.llm.base import LLMRequest, LLMResponse, ToolCall
+from contracts.errors import LLMError
+from contracts.planning import Usage
 
 if TYPE_CHECKING:
     import httpx2

@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from config import get_settings
+from contracts.planning import Usage
 
 
 class ToolDef(BaseModel):
@@ -43,16 +44,6 @@ class ToolCall(BaseModel):
     id: str
     name: str
     input: dict[str, Any] = Field(default_factory=dict)
-
-
-class Usage(BaseModel):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
 
 
 class LLMRequest(BaseModel):
@@ -113,23 +104,6 @@ class LLMResponse(BaseModel):
             "latency_ms": round(self.latency_ms, 1),
             "offline": self.offline,
         }
-
-
-class LLMError(Exception):
-    """A model call failed. ``retryable`` says whether Temporal may try again."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        kind: str = "LLMError",
-        status: int | None = None,
-    ):
-        super().__init__(message)
-        self.retryable = retryable
-        self.kind = kind
-        self.status = status
 
 
 @runtime_checkable

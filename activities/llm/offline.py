@@ -46,7 +46,8 @@ from typing import Any
 
 import jsonschema
 
-from activities.llm.base import LLMRequest, LLMResponse, ToolCall, ToolDef, Usage
+from activities.llm.base import LLMRequest, LLMResponse, ToolCall, ToolDef
+from contracts.planning import Usage
 
 OFFLINE = "[offline]"
 SUBMIT_PLAN = "submit_plan"

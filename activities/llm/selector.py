@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from config import ModelConfig, Settings, get_settings
 from config.models import ENV_VAR
+from contracts.errors import NoModelFits
 
 log = logging.getLogger("plansmith.llm")
 
@@ -29,15 +30,6 @@ PLANNING = "planning"
 CODE = "code_generation"
 FAST = "fast"
 GENERAL = "general"
-
-
-class NoModelFits(Exception):
-    """No configured (enabled) model fits what was asked."""
-
-    def __init__(self, message: str, *, capabilities: Sequence[str] = (), name: str | None = None):
-        super().__init__(message)
-        self.capabilities = list(capabilities)
-        self.name = name
 
 
 class ModelSelector:

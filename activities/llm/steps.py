@@ -21,8 +21,9 @@ from typing import Any
 
 import jsonschema
 
-from activities.llm.base import ChatModel, LLMRequest, LLMResponse, ToolDef, Usage
+from activities.llm.base import ChatModel, LLMRequest, LLMResponse, ToolDef
 from activities.tools import ToolError, get_tool
+from contracts.planning import Usage
 
 RESPOND = "respond"
 CHOOSE = "choose_option"
@@ -100,7 +101,8 @@ class _Meter:
 def pick_model(params: dict[str, Any], default_capability: str = "general") -> tuple[str, int]:
     """The model for a step (name, max_tokens): ``params.model`` if given, else the first
     configured model with ``params.capabilities`` (or the default capability)."""
-    from activities.llm.selector import NoModelFits, load_selector
+    from activities.llm.selector import load_selector
+    from contracts.errors import NoModelFits
 
     selector = load_selector()
     name = params.get("model")

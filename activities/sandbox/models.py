@@ -8,9 +8,6 @@ from pydantic import BaseModel, Field
 
 from activities.tools import ToolError
 
-RUN_CODE = "run_code"
-SANDBOX_QUEUE = "sandbox"
-TOOL_NAME = "python"
 WORKDIR = "/sandbox"
 CODE_PATH = "/code/main.py"
 KILL_GRACE_S = 3.0  # after a kill, how long to wait for the pipes to close

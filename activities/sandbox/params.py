@@ -17,56 +17,9 @@ from typing import Any
 from activities.sandbox.models import Limits, SandboxRequest
 from activities.tools import ToolError
 from config import SandboxSettings
+from contracts.tools import LIMIT_PARAMS
 
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9._@+=,-]+$")
-
-_LIMIT_PARAMS = {
-    "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-    "cpu_s": {"type": "integer", "minimum": 1},
-    "memory_mb": {"type": "integer", "minimum": 32},
-    "file_size_mb": {"type": "integer", "minimum": 1},
-    "disk_mb": {"type": "integer", "minimum": 1},
-    "processes": {"type": "integer", "minimum": 1},
-    "open_files": {"type": "integer", "minimum": 16},
-}
-
-PARAMS_SCHEMA: dict[str, Any] = {
-    "properties": {
-        "code": {"type": "string", "minLength": 1, "description": "Python 3 source to run"},
-        "input": {"description": "any JSON value, written to the program's stdin as JSON"},
-        "stdin": {"type": "string", "description": "raw text for stdin (instead of input)"},
-        "files": {
-            "type": "object",
-            "description": "files put in the work dir first: path -> text, or {base64: ...}",
-            "additionalProperties": {
-                "oneOf": [
-                    {"type": "string"},
-                    {
-                        "type": "object",
-                        "properties": {"base64": {"type": "string"}},
-                        "required": ["base64"],
-                        "additionalProperties": False,
-                    },
-                ]
-            },
-        },
-        "outputs": {
-            "type": "array",
-            "description": "files (paths relative to the work dir) returned after the run",
-            "items": {"type": "string", "minLength": 1},
-            "uniqueItems": True,
-            "maxItems": 64,
-        },
-        "fail_on_error": {
-            "type": "boolean",
-            "description": "false: a failed run (exit code, timeout, limit) returns its "
-            "output instead of failing the step",
-        },
-        **_LIMIT_PARAMS,
-    },
-    "required": ["code"],
-    "not": {"required": ["input", "stdin"]},
-}
 
 
 def resolve_limits(
@@ -78,7 +31,7 @@ def resolve_limits(
     """
     notes: list[str] = []
     values: dict[str, Any] = {}
-    for name in _LIMIT_PARAMS:
+    for name in LIMIT_PARAMS:
         maximum = getattr(settings, f"max_{name}")
         value = params.get(name, getattr(settings, name))
         if value is None:  # cpu_s defaults to the timeout

@@ -7,8 +7,9 @@ import json
 import logging
 from typing import Any
 
-from activities.sandbox.models import MB, TOOL_NAME, SandboxRequest, SandboxResult
+from activities.sandbox.models import MB, SandboxRequest, SandboxResult
 from activities.tools import ToolContext
+from contracts.tools import PYTHON_TOOL
 
 log = logging.getLogger("plansmith.sandbox")
 
@@ -24,7 +25,7 @@ def run_record(
     """The audit record of one run: what ran, under which limits, and how it ended."""
     code = request.code if request is not None else ""
     record: dict[str, Any] = {
-        "tool": TOOL_NAME,
+        "tool": PYTHON_TOOL,
         "plan_id": ctx.plan_id if ctx else None,
         "step_id": ctx.step_id if ctx else None,
         "attempt": ctx.attempt if ctx else None,

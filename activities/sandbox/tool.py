@@ -11,20 +11,15 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.sandbox.models import (
-    RUN_CODE,
-    SANDBOX_QUEUE,
-    TOOL_NAME,
-    SandboxFailed,
-    SandboxResult,
-    SandboxUnavailable,
-)
-from activities.sandbox.params import PARAMS_SCHEMA, request_from_params
+from activities.sandbox.models import SandboxFailed, SandboxResult, SandboxUnavailable
+from activities.sandbox.params import request_from_params
 from activities.sandbox.record import log_record, run_record
 from activities.sandbox.run import run_in_thread
-from activities.steps import StepOutcome, StepTask, run_tool
+from activities.steps import run_tool
 from activities.tools import ToolContext, ToolError, get_tool, tool
 from config import get_settings
+from contracts.steps import StepOutcome, StepTask
+from contracts.tools import PYTHON, RUN_CODE
 
 
 def _output(result: SandboxResult, record: dict[str, Any]) -> dict[str, Any]:
@@ -78,21 +73,7 @@ def _step_ceiling_s() -> float | None:
     return max(seconds - min(2.0, seconds / 5), 0.1)
 
 
-@tool(
-    name=TOOL_NAME,
-    description=(
-        "Run Python 3 code in the sandbox (no network, no secrets, read-only system, "
-        "resource limits) and return {ok, exit_code, stdout, stderr, json, files, sandbox}. "
-        "`input` goes to stdin as JSON; `files` are written to the work dir first; "
-        "`outputs` lists the files to bring back. A failed run fails the step unless "
-        "fail_on_error is false."
-    ),
-    params_schema=PARAMS_SCHEMA,
-    risk="medium",
-    idempotent=True,
-    activity=RUN_CODE,
-    task_queue=SANDBOX_QUEUE,
-)
+@tool(PYTHON)
 async def python_tool(params: dict[str, Any], ctx: ToolContext) -> Any:
     s = get_settings().sandbox
     request, notes = request_from_params(params, s, _step_ceiling_s())
