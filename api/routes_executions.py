@@ -24,7 +24,7 @@ from api.store_reads import temporal_or_store
 from plans.controls import CONTROL_MODELS, ControlResult
 from plans.graph_document import ExecutionCreate, plan_id_for_execution
 from plans.graph_import import node_id_of, translate, validate_translation
-from plans.graph_views import ExecutionState, ExecutionStatus, execution_state, execution_status
+from plans.graph_views import ExecutionStatus, StatusWord, execution_status, status_word
 from plans.models import PlanStatus, workflow_id_for
 from plans.validation import PlanInvalid
 from plans.views import LogsQuery
@@ -52,7 +52,7 @@ class ExecutionLogs(BaseModel):
 class ExecutionControl(BaseModel):
     execution_id: str
     action: Literal["stop", "pause", "resume"]
-    status: ExecutionState
+    status: StatusWord
     message: str
 
 
@@ -183,7 +183,7 @@ def _control_route(action: Literal["stop", "pause", "resume"]) -> None:
         return ExecutionControl(
             execution_id=execution_id,
             action=action,
-            status=execution_state(PlanStatus(result.status)),
+            status=status_word(PlanStatus(result.status)),
             message=result.detail,
         )
 

@@ -1,5 +1,5 @@
 """A plan's status told in the nodes/edges execution API's words: one of six
-(:data:`ExecutionState`), and :class:`ExecutionStatus`, which also names the node running
+(:data:`StatusWord`), and :class:`ExecutionStatus`, which also names the node running
 now (or waiting for a person)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from plans.graph_import import node_id_of
 from plans.models import PlanStatus, StepStatus
 from plans.views import StatusView
 
-ExecutionState = Literal["pending", "running", "paused", "completed", "failed", "stopped"]
+StatusWord = Literal["pending", "running", "paused", "completed", "failed", "stopped"]
 """An execution's status in the API's six words."""
 
 
@@ -20,7 +20,7 @@ class ExecutionStatus(BaseModel):
     """``GET /api/v1/execute/{execution_id}/status`` (and the answer to starting one)."""
 
     execution_id: str
-    status: ExecutionState
+    status: StatusWord
     current_node: str | None = Field(
         default=None, description="the node running now (or waiting for a person)"
     )
@@ -28,7 +28,7 @@ class ExecutionStatus(BaseModel):
     message: str = ""
 
 
-_STATUS: dict[PlanStatus, ExecutionState] = {
+_STATUS: dict[PlanStatus, StatusWord] = {
     PlanStatus.DRAFT: "pending",
     PlanStatus.PENDING_APPROVAL: "pending",
     PlanStatus.APPROVED: "pending",
@@ -45,7 +45,7 @@ _STATUS: dict[PlanStatus, ExecutionState] = {
 }
 
 
-def execution_state(status: PlanStatus) -> ExecutionState:
+def status_word(status: PlanStatus) -> StatusWord:
     """Plansmith's plan status in the API's six words (waits for a person are ``paused``,
     ``partial`` is ``failed``, ``cancelled`` and ``rejected`` are ``stopped``)."""
     return _STATUS[status]
@@ -68,7 +68,7 @@ def execution_status(execution_id: str, view: StatusView) -> ExecutionStatus:
         message = f"partial: {message}"
     return ExecutionStatus(
         execution_id=execution_id,
-        status=execution_state(view.status),
+        status=status_word(view.status),
         current_node=node_id_of(current.id, current.description) if current else None,
         progress=view.progress,
         message=message,

@@ -24,7 +24,7 @@ from plans.expressions import render
 from plans.graph_document import ExecutionCreate, clean_id, plan_id_for_execution
 from plans.graph_import import node_id_of, translate, validate_translation
 from plans.graph_params import path_to_jmespath
-from plans.graph_views import execution_state, execution_status
+from plans.graph_views import execution_status, status_word
 from plans.models import ID_RE, PlanStatus, StepKind
 from plans.validation import PlanInvalid
 from plans.views import status_view
@@ -515,12 +515,12 @@ def test_cycles_are_reported_at_a_node():
 
 
 def test_status_words():
-    assert execution_state(PlanStatus.EXECUTING) == "running"
-    assert execution_state(PlanStatus.WAITING_APPROVAL) == "paused"
-    assert execution_state(PlanStatus.PARTIAL) == "failed"
-    assert execution_state(PlanStatus.CANCELLED) == "stopped"
-    assert execution_state(PlanStatus.APPROVED) == "pending"
-    assert {execution_state(s) for s in PlanStatus} == {
+    assert status_word(PlanStatus.EXECUTING) == "running"
+    assert status_word(PlanStatus.WAITING_APPROVAL) == "paused"
+    assert status_word(PlanStatus.PARTIAL) == "failed"
+    assert status_word(PlanStatus.CANCELLED) == "stopped"
+    assert status_word(PlanStatus.APPROVED) == "pending"
+    assert {status_word(s) for s in PlanStatus} == {
         "pending",
         "running",
         "paused",
