@@ -1,7 +1,7 @@
 """The FastAPI façade (DESIGN.md §5): ``create_app()`` and the ``app`` uvicorn serves.
 
-Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_v1`); ``/healthz``
-and ``/readyz`` are outside it and never need an API key. One Temporal client per
+Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_executions`);
+``/healthz`` and ``/readyz`` are outside it and never need an API key. One Temporal client per
 process, made by the lifespan at start-up (when Temporal is down then, the first request
 that needs it connects, bounded; until then such requests answer 503). Tests build the
 app with their own client and settings: ``create_app(settings=..., client=...)``. The
@@ -29,12 +29,12 @@ from api.errors import ApiError, install_handlers
 from api.gateway import Gateway, TemporalProvider
 from api.logs import RequestLogMiddleware, configure_logging
 from api.reconcile import reconcile_forever
+from api.routes_executions import router as executions_router
 from api.routes_metrics import router as metrics_router
 from api.routes_models import router as models_router
 from api.routes_plans import controls as controls_router
 from api.routes_plans import router as plans_router
 from api.routes_trust import router as trust_router
-from api.routes_v1 import router as v1_router
 from api.schemas import Health
 from api.sse import EventHub
 from api.store_reads import PlanStore
@@ -50,7 +50,7 @@ Run AI-agent plans durably on Temporal, with people in the loop.
   (status, execution-state, logs, audit, versions) or watch it as server-sent events.
 * **controls** — steer a running plan; each is sent as a Temporal *update*, so a refused
   transition answers **409** with the workflow's reason at once.
-* **seed 003 execution API** — run a `{nodes, edges}` workflow definition.
+* **executions (nodes/edges)** — run a `{nodes, edges}` workflow definition.
 
 Drafts live in the store (the database); reads of a plan ask its workflow first and fall
 back to the store once Temporal no longer knows it, and `GET /api/plans` lists from the
@@ -155,7 +155,7 @@ def create_app(
         openapi_tags=[
             {"name": "plans", "description": "create, read, run and watch plans"},
             {"name": "controls", "description": "steer a plan (sent as Temporal updates)"},
-            {"name": "seed 003 execution API", "description": "run a {nodes, edges} definition"},
+            {"name": "executions (nodes/edges)", "description": "run a {nodes, edges} definition"},
             {"name": "models", "description": "which models the planner and steps use"},
             {"name": "trust", "description": "risk of a plan, trust of an agent"},
             {
@@ -179,7 +179,7 @@ def create_app(
     app.include_router(health)
     app.include_router(plans_router, prefix="/api")
     app.include_router(controls_router, prefix="/api")
-    app.include_router(v1_router, prefix="/api")
+    app.include_router(executions_router, prefix="/api")
     app.include_router(models_router, prefix="/api")
     app.include_router(trust_router, prefix="/api")
     app.include_router(metrics_router, prefix="/api")

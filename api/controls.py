@@ -120,7 +120,7 @@ def payload(body: BaseModel | None, by: str, step_id: str | None = None) -> dict
 
 
 class ByBody(BaseModel):
-    """A body with only ``by`` (resume-from-failure, seed 003's stop/pause/resume)."""
+    """A body with only ``by`` (resume-from-failure; an execution's stop, pause and resume)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"by": "alice"}]})
 

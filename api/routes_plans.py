@@ -493,7 +493,7 @@ async def get_status(
 @router.get(
     "/{plan_id}/execution-state",
     response_model=ExecutionState,
-    summary="The execution_state query (seed 001's shape: state, step_id, question, paused_at)",
+    summary="The execution_state query (state, step_id, question, paused_at)",
     responses=READ,
 )
 async def get_execution_state(

@@ -61,7 +61,8 @@ class StatusView(BaseModel):
 
 
 class ExecutionState(BaseModel):
-    """Seed 001's shape."""
+    """The ``execution_state`` query: the plan's state and, while it waits, the first wait
+    (its step, the clarification question) and since when it is paused."""
 
     plan_id: str
     state: str

@@ -19,7 +19,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from tests.test_api import closed, create_and_execute, make_app, plan_doc, wait_status, wait_step
-from tests.test_api_seed003 import execution
+from tests.test_api_executions import execution
 
 
 @contextlib.asynccontextmanager
@@ -70,12 +70,12 @@ async def test_reads_come_from_the_store_once_the_workflow_is_gone(
     env: WorkflowEnvironment, worker: Any, task_queue: str
 ):
     doc = plan_doc([wait_step("a", 0.1), wait_step("b", 0.1, ["a"])])
-    seed003 = execution([{"id": "in", "type": "input"}], [], q="why")  # and its own routes
-    eid = seed003["execution_id"]
+    graph = execution([{"id": "in", "type": "input"}], [], q="why")  # and its own routes
+    eid = graph["execution_id"]
     v1 = [f"/api/v1/execute/{eid}/status", f"/api/v1/execute/{eid}/logs"]
     async with serve(make_app(env.client, task_queue)) as http:
         plan_id = await create_and_execute(http, doc)
-        assert (await http.post("/api/v1/execute", json=seed003)).status_code == 202
+        assert (await http.post("/api/v1/execute", json=graph)).status_code == 202
         await wait_status(http, plan_id, lambda s: s["status"] == "completed")
         await wait_status(http, eid, lambda s: s["status"] == "completed")
         await closed(env.client, plan_id)

@@ -1,11 +1,12 @@
-"""``/api/v1/execute``: seed 003's execution API on top of ``PlanWorkflow``.
+"""``/api/v1/execute``: the nodes/edges execution API on top of ``PlanWorkflow``.
 
-The request's ``definition`` is translated into a plan by :mod:`plans.seed003` (pure
-code; the mapping of every node type is documented there) and run by the same workflow
-as any plan, under plan id :func:`plans.seed003.plan_id_for_execution` (the execution
-id when it is a valid plan id), so ``/api/plans/{plan_id}/...`` works for it too.
-Statuses are told in seed 003's words (pending, running, paused, completed, failed,
-stopped); ``stop`` is Plansmith's ``cancel``.
+The request's ``definition`` (``{nodes, edges}``) is translated into a plan by
+:mod:`plans.graph_import` (pure code; the mapping of every node type is documented there)
+and run by the same workflow as any plan, under plan id
+:func:`plans.graph_document.plan_id_for_execution` (the execution id when it is a valid
+plan id), so ``/api/plans/{plan_id}/...`` works for it too. Statuses are told in this
+API's words (pending, running, paused, completed, failed, stopped;
+:mod:`plans.graph_views`); ``stop`` is Plansmith's ``cancel``.
 """
 
 import asyncio
@@ -21,24 +22,16 @@ from api.logs import plan_id_var
 from api.store_reads import temporal_or_store
 from contracts.tools import catalog
 from plans.controls import CONTROL_MODELS, ControlResult
+from plans.graph_document import ExecutionCreate, plan_id_for_execution
+from plans.graph_import import node_id_of, translate, validate_translation
+from plans.graph_views import ExecutionStatus, StatusWord, execution_status, status_word
 from plans.models import PlanStatus, workflow_id_for
-from plans.seed003 import (
-    ExecutionCreate,
-    ExecutionStatus,
-    SeedStatus,
-    execution_status,
-    node_id_of,
-    plan_id_for_execution,
-    seed_status,
-    translate,
-    validate_translation,
-)
 from plans.validation import PlanInvalid
 from plans.views import LogsQuery
 
 router = APIRouter(
     prefix="/v1/execute",
-    tags=["seed 003 execution API"],
+    tags=["executions (nodes/edges)"],
     dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
 )
 
@@ -59,7 +52,7 @@ class ExecutionLogs(BaseModel):
 class ExecutionControl(BaseModel):
     execution_id: str
     action: Literal["stop", "pause", "resume"]
-    status: SeedStatus
+    status: StatusWord
     message: str
 
 
@@ -79,8 +72,8 @@ ExecutionIdDep = Annotated[str, Depends(_execution_id)]
     "",
     status_code=202,
     response_model=ExecutionStatus,
-    summary="Start an execution of a seed 003 workflow definition",
-    description="Translates `definition` into a plan (see `plans/seed003.py` for the mapping "
+    summary="Start an execution of a nodes/edges workflow definition",
+    description="Translates `definition` into a plan (see `plans/graph_import.py` for the mapping "
     "of input, llm, condition, transform and output nodes), validates it fully (422 with "
     "every problem, located in the request) and starts it at once. Idempotent on "
     "`execution_id`: an execution already running is answered with its status and nothing "
@@ -115,7 +108,7 @@ async def execute(
 @router.get(
     "/{execution_id}/status",
     response_model=ExecutionStatus,
-    summary="An execution's status in seed 003's words",
+    summary="An execution's status (pending, running, paused, completed, failed or stopped)",
     responses=responses(401, 404, 422, 502, 503),
 )
 async def get_status(
@@ -161,9 +154,9 @@ async def get_logs(
 
 
 _CONTROLS: dict[str, tuple[str, str | None]] = {
-    # seed 003 action -> (Plansmith control, reason)
-    "stop": ("cancel", "stopped through the seed 003 execution API"),
-    "pause": ("pause", "paused through the seed 003 execution API"),
+    # this API's action -> (Plansmith control, reason)
+    "stop": ("cancel", "stopped through the nodes/edges execution API"),
+    "pause": ("pause", "paused through the nodes/edges execution API"),
     "resume": ("resume", None),
 }
 assert {control for control, _ in _CONTROLS.values()} <= set(CONTROL_MODELS)
@@ -190,7 +183,7 @@ def _control_route(action: Literal["stop", "pause", "resume"]) -> None:
         return ExecutionControl(
             execution_id=execution_id,
             action=action,
-            status=seed_status(PlanStatus(result.status)),
+            status=status_word(PlanStatus(result.status)),
             message=result.detail,
         )
 

@@ -1,4 +1,4 @@
-"""Seed 003's execution API (/api/v1/execute) on the real app, dev server and worker."""
+"""The nodes/edges execution API (/api/v1/execute) on the real app, dev server and worker."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def http(
         yield c
 
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "seed003_request.json"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "execution_request.json"
 
 
 def execution(nodes: list[dict], edges: list[dict], **inputs: Any) -> dict:
@@ -137,7 +137,7 @@ async def test_invalid_definitions_are_422_with_located_problems(http: httpx.Asy
 
 
 async def test_pause_resume_and_stop(http: httpx.AsyncClient):
-    # Seed 003 nodes run in an instant; a plan with a slow step, reached by its id as an
+    # A nodes/edges execution ends in an instant; a plan with a slow step, reached by its id as an
     # execution id, shows the controls.
     plan_id = await create_and_execute(
         http, plan_doc([wait_step("slow", 30), wait_step("next", 0, ["slow"])])
@@ -159,7 +159,7 @@ async def test_pause_resume_and_stop(http: httpx.AsyncClient):
     r = await http.post(f"/api/v1/execute/{plan_id}/stop")
     assert r.status_code == 200, r.text
     st = await wait_execution(http, plan_id, lambda s: s["status"] == "stopped", timeout=10)
-    assert "stopped through the seed 003 execution API" in st["message"]
+    assert "stopped through the nodes/edges execution API" in st["message"]
     r = await http.post(f"/api/v1/execute/{plan_id}/stop")
     assert r.status_code == 409
     audit = (await http.get(f"/api/plans/{plan_id}/audit")).json()

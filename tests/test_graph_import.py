@@ -1,4 +1,5 @@
-"""Seed 003's definitions translated into plans (pure code, no Temporal).
+"""Workflow definitions of the nodes/edges execution API translated into plans (pure
+code, no Temporal).
 
 Each translated plan is also *run* here: the pure engine schedules it and the real
 ``transform`` tool computes each step, so the tests check what a translation does, not
@@ -19,20 +20,13 @@ from hypothesis import strategies as st
 from activities.tools import ToolContext, transform
 from contracts.tools import catalog
 from plans.expressions import render
+from plans.graph_document import ExecutionCreate, clean_id, plan_id_for_execution
+from plans.graph_import import node_id_of, translate, validate_translation
+from plans.graph_params import path_to_jmespath
+from plans.graph_views import execution_status, status_word
 from plans.models import ID_RE, PlanStatus, StepKind
 from plans.run_state import Approval, PlanRun, new_run
 from plans.scheduler import advance, context, finish, is_finished, record_failure, record_success
-from plans.seed003 import (
-    ExecutionCreate,
-    clean_id,
-    execution_status,
-    node_id_of,
-    path_to_jmespath,
-    plan_id_for_execution,
-    seed_status,
-    translate,
-    validate_translation,
-)
 from plans.validation import PlanInvalid
 from plans.views import status_view
 
@@ -518,16 +512,16 @@ def test_cycles_are_reported_at_a_node():
     )
 
 
-# --- status in seed 003's words -------------------------------------------------------
+# --- status in the API's words --------------------------------------------------------
 
 
 def test_status_words():
-    assert seed_status(PlanStatus.EXECUTING) == "running"
-    assert seed_status(PlanStatus.WAITING_APPROVAL) == "paused"
-    assert seed_status(PlanStatus.PARTIAL) == "failed"
-    assert seed_status(PlanStatus.CANCELLED) == "stopped"
-    assert seed_status(PlanStatus.APPROVED) == "pending"
-    assert {seed_status(s) for s in PlanStatus} == {
+    assert status_word(PlanStatus.EXECUTING) == "running"
+    assert status_word(PlanStatus.WAITING_APPROVAL) == "paused"
+    assert status_word(PlanStatus.PARTIAL) == "failed"
+    assert status_word(PlanStatus.CANCELLED) == "stopped"
+    assert status_word(PlanStatus.APPROVED) == "pending"
+    assert {status_word(s) for s in PlanStatus} == {
         "pending",
         "running",
         "paused",
