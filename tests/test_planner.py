@@ -16,7 +16,7 @@ import respx
 
 from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMError, LLMRequest, LLMResponse, ToolCall, Usage
-from activities.llm.offline import OfflineModel
+from activities.llm.offline.model import OfflineModel
 from activities.llm.planner import (
     SUBMIT_PLAN,
     GeneratedPlan,
