@@ -28,6 +28,8 @@ ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 @dataclass(frozen=True)
 class OfferedTool:
+    """A tool a step may use, as the ``submit_plan`` schema describes it."""
+
     name: str
     description: str
     schema: dict[str, Any]
@@ -45,6 +47,8 @@ class OfferedTool:
 
 @dataclass
 class PlanningBrief:
+    """What the planner was asked for, read from a ``submit_plan`` request."""
+
     task: str
     context: str
     constraints: list[str]
@@ -62,6 +66,7 @@ def _step_schema(schema: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def read_brief(request: LLMRequest, schema: Mapping[str, Any]) -> PlanningBrief:
+    """The brief of a ``submit_plan`` request whose input schema is ``schema``."""
     texts = user_texts(request)
     source = next((t for t in texts if tag(t, "task") is not None), texts[-1] if texts else "")
     task = tag(source, "task")
@@ -148,6 +153,7 @@ def template_safe(text: str) -> str:
 
 
 def step_id(clause: str, taken: set[str], n: int) -> str:
+    """An id for step ``n`` from the first words of ``clause``, not in ``taken`` (added)."""
     words = [w for w in ASCII_WORD.findall(URL.sub(" ", clause).lower()) if w not in STOP]
     base = "-".join(words[:3])[:40].strip("-") or f"step-{n}"
     if not ID_RE.match(base):
