@@ -404,7 +404,7 @@ async def test_cancel_and_list_from_visibility(http: httpx.AsyncClient):
 
 async def test_generate_answers_a_validated_plan(http: httpx.AsyncClient):
     from activities.llm.base import use_chat_model
-    from activities.llm.offline import OfflineModel
+    from activities.llm.offline.model import OfflineModel
 
     with use_chat_model(OfflineModel()):
         r = await http.post("/api/plans/generate", json={"task": "ship it"})

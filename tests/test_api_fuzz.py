@@ -35,7 +35,7 @@ from schemathesis.checks import (
 from temporalio.testing import WorkflowEnvironment
 
 from activities.llm.base import use_chat_model
-from activities.llm.offline import OfflineModel
+from activities.llm.offline.model import OfflineModel
 from plans.models import ID_RE
 from tests.test_api import make_app, plan_doc, wait_step
 

@@ -15,7 +15,7 @@ from typing import Any
 from temporalio.client import Client
 
 from activities.llm.base import use_chat_model
-from activities.llm.offline import OfflineModel
+from activities.llm.offline.model import OfflineModel
 from contracts.planning import PlanRequest
 from plans.models import Plan, PlanStatus
 from store import knowledge

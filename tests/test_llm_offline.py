@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from activities.llm import base
 from activities.llm.base import LLMRequest, ToolDef
-from activities.llm.offline import OfflineModel, minimal_instance, split_clauses
+from activities.llm.offline.model import OfflineModel
+from activities.llm.offline.planner import split_clauses
+from activities.llm.offline.schema_instance import minimal_instance
 from activities.llm.planner import submit_plan_tool, system_prompt, user_content
 from activities.llm.steps import judge_prompt, judge_tool
 from config import get_settings

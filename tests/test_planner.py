@@ -16,7 +16,7 @@ import respx
 
 from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMRequest, LLMResponse, ToolCall
-from activities.llm.offline import OfflineModel
+from activities.llm.offline.model import OfflineModel
 from activities.llm.planner import SUBMIT_PLAN, generate_plan
 from contracts.errors import LLMError
 from contracts.planning import GeneratedPlan, PlanningFailed, PlanRequest, Usage

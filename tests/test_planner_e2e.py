@@ -22,7 +22,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.llm.base import LLMRequest, LLMResponse, use_chat_model
-from activities.llm.offline import OfflineModel
+from activities.llm.offline.model import OfflineModel
 from activities.persist import store_engine
 from api.drafts import StoreDrafts
 from contracts.errors import LLMError, NoModelFits

@@ -126,7 +126,7 @@ def get_chat_model() -> ChatModel:
         from activities.llm.anthropic_model import AnthropicModel
 
         return AnthropicModel.from_settings(settings)
-    from activities.llm.offline import OfflineModel
+    from activities.llm.offline.model import OfflineModel
 
     return OfflineModel()
 

@@ -35,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
 from activities.llm.base import use_chat_model
-from activities.llm.offline import OfflineModel
+from activities.llm.offline.model import OfflineModel
 from plans.models import Plan
 from plansmith.temporal import temporal_cli_path
 from tests.helpers import status, wait_for
