@@ -19,11 +19,12 @@ from temporalio.worker import Worker
 
 from activities.approval import assess_approval
 from activities.persist import record_snapshot
-from activities.planning import generate_plan_activity
+from activities.planning import generate_plan_activity, plan_with_this_process
 from activities.sandbox import SandboxUnavailable, isolation, run_code
 from activities.steps import execute_step
 from config import Settings, get_settings
-from plansmith.temporal import connect
+from contracts.planning import GeneratedPlan, PlanRequest
+from workflows.client import connect
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
 
@@ -32,6 +33,11 @@ log = logging.getLogger("plansmith.worker")
 ACTIVITIES: Sequence = (execute_step, record_snapshot, generate_plan_activity, assess_approval)
 WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow)
 SANDBOX_ACTIVITIES: Sequence = (run_code,)
+
+
+async def plan_in_this_process(req: PlanRequest) -> GeneratedPlan:
+    """The planner run here, without Temporal (``plansmith plan --local``)."""
+    return await plan_with_this_process(req)
 
 
 def build_worker(client: Client, task_queue: str, max_concurrent_activities: int = 100) -> Worker:

@@ -29,10 +29,15 @@ from temporalio.exceptions import ApplicationError
 
 from activities.llm.base import get_chat_model
 from activities.llm.planner import generate_plan
-from contracts.errors import LLMError
+from activities.llm.selector import load_selector
+from activities.persist import store_engine
+from contracts.errors import LLMError, NoModelFits
+from contracts.models import PLANNING
 from contracts.planning import GENERATE_PLAN, GeneratedPlan, PlanningFailed, PlanRequest
 from contracts.tools import catalog
 from plans.models import ToolSpec
+from store import knowledge
+from store.db import session_scope
 
 log = logging.getLogger("plansmith.planner")
 
@@ -56,10 +61,6 @@ def load_lessons(req: PlanRequest, tools: Iterable[str]) -> list[dict[str, Any]]
     warning when the store cannot be read. Blocking: call it in a thread."""
     context = req.context if isinstance(req.context, str) else str(req.context or "")
     try:
-        from activities.persist import store_engine
-        from store import knowledge
-        from store.db import session_scope
-
         with session_scope(store_engine()) as session:
             return knowledge.relevant_lessons(
                 session,
@@ -87,10 +88,6 @@ def record_generation(
     """Keep the planner run in the store (and count the lessons it applied); a store that
     cannot be written only costs a warning."""
     try:
-        from activities.persist import store_engine
-        from store import knowledge
-        from store.db import session_scope
-
         fields: dict[str, Any] = {
             "id": generation_id,
             "agent_id": req.agent_id,
@@ -137,7 +134,6 @@ async def plan_with_this_process(
         LLMError: the model call failed.
         PlanningFailed: no valid plan within the repair rounds.
     """
-    from activities.llm.selector import PLANNING, load_selector
 
     generation_id = generation_id or f"local-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
@@ -167,22 +163,6 @@ async def plan_with_this_process(
     return result.model_copy(update={"generation_id": generation_id})
 
 
-def link_generation(generation_id: str | None, plan_id: str) -> None:
-    """Note in the planner run's record which plan it became (metrics read it); a
-    warning, never an error, when the store cannot be written."""
-    if not generation_id:
-        return
-    from activities.persist import store_engine
-    from store import knowledge
-    from store.db import session_scope
-
-    try:
-        with session_scope(store_engine(), write=True) as session:
-            knowledge.link_generation(session, generation_id, plan_id)
-    except Exception as e:
-        log.warning("could not link planner run %s to plan %s: %s", generation_id, plan_id, e)
-
-
 async def _keep_heartbeating() -> None:
     while True:
         activity.heartbeat()
@@ -192,7 +172,6 @@ async def _keep_heartbeating() -> None:
 @activity.defn(name=GENERATE_PLAN)
 async def generate_plan_activity(req: PlanRequest) -> GeneratedPlan:
     """The planner as an activity; its errors say whether Temporal may retry."""
-    from contracts.errors import NoModelFits
 
     beat = asyncio.create_task(_keep_heartbeating())
     try:

@@ -65,9 +65,10 @@ def tool(spec: ToolSpec | None = None, **definition: Any) -> Callable[[ToolFn], 
     (the keyword arguments of :func:`contracts.tools.define_tool`) and attach it."""
 
     def register(fn: ToolFn) -> ToolFn:
+        name = spec.name if spec is not None else definition["name"]
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"tool {name!r} is registered twice")
         s = spec if spec is not None else define_tool(**definition)
-        if s.name in _REGISTRY and _REGISTRY[s.name].fn is not fn:
-            raise ValueError(f"tool {s.name!r} is registered twice")
         _REGISTRY[s.name] = RegisteredTool(spec=s, fn=fn)
         return fn
 

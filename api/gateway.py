@@ -85,7 +85,7 @@ class TemporalProvider:
     async def _do_connect(self) -> Client:
         if self._connect is not None:
             return await self._connect(self.settings)
-        from plansmith.temporal import connect
+        from workflows.client import connect
 
         return await connect(self.settings)
 

@@ -18,9 +18,10 @@ from fastapi import APIRouter, Body, Depends, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
-from activities.llm.selector import ModelConfig, ModelSelector
 from api.deps import ActorDep, ApiServices, ServicesDep, get_principal, reject_unknown_query
 from api.errors import ApiError, ErrorBody, not_found, responses
+from config import ModelConfig
+from contracts.models import ModelSelector
 from store import knowledge
 
 log = logging.getLogger("plansmith.api")

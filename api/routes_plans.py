@@ -29,7 +29,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
-from activities.planning import link_generation
 from api.controls import (
     PLAN_BODIES,
     PLAN_ROUTES,
@@ -350,6 +349,7 @@ async def generate_plan(
     gateway: GatewayDep,
     drafts: DraftsDep,
     actor: ActorDep,
+    store: StoreDep,
 ) -> GenerateResponse:
     try:
         req = PlanRequest(**request.model_dump(exclude={"save"}))
@@ -380,7 +380,7 @@ async def generate_plan(
             ) from None
         plan_id = plan.id
         document = {"id": plan.id, **result.plan}
-        await asyncio.to_thread(link_generation, result.generation_id, plan.id)
+        await store.link_generation(result.generation_id, plan.id)
     return GenerateResponse(
         plan=document,
         plan_id=plan_id,

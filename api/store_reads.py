@@ -10,6 +10,7 @@ Each read runs in a thread, bounded by ``PLANSMITH_API_TIMEOUT_S``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from api.errors import ApiError, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import ExecutionState, LogsQuery, StatusView
-from store import repository
+from store import knowledge, repository
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
 
@@ -82,6 +83,20 @@ class PlanStore:
 
     async def migrate(self) -> None:
         await asyncio.to_thread(ensure_migrated, self.engine)
+
+    async def link_generation(self, generation_id: str | None, plan_id: str) -> None:
+        """Note which plan a planner run became (metrics read it); a warning, never an
+        error, when the store cannot be written."""
+        if not generation_id:
+            return
+        try:
+            await self.run(
+                lambda s: knowledge.link_generation(s, generation_id, plan_id), write=True
+            )
+        except Exception as e:
+            logging.getLogger("plansmith.api").warning(
+                "could not link planner run %s to plan %s: %s", generation_id, plan_id, e
+            )
 
     async def status(self, plan_id: str) -> StatusView | None:
         return await self._read(lambda s: repository.get_status(s, plan_id))

@@ -51,7 +51,7 @@ from contracts.steps import StepTask
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepKind
 from plans.validation import validate_or_raise
-from plansmith.temporal import temporal_cli_path
+from plansmith.devserver import temporal_cli_path
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
 
 # --- scenarios -----------------------------------------------------------------------

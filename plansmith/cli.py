@@ -90,7 +90,7 @@ def load_plan(path: str, inputs: list[str] | None = None, plan_id: str | None = 
 
 
 async def _client(settings: Settings) -> Client:
-    from plansmith.temporal import connect
+    from workflows.client import connect
 
     try:
         return await asyncio.wait_for(connect(settings), timeout=10)
@@ -812,9 +812,9 @@ async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     req = _plan_request(args)
     try:
         if args.local:
-            from activities.planning import plan_with_this_process
+            from worker import plan_in_this_process
 
-            result = await plan_with_this_process(req)
+            result = await plan_in_this_process(req)
         else:
             try:
                 client = await _client(settings)
@@ -841,11 +841,13 @@ async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     saved = None
     document = result.plan
     if args.save:
-        from activities.planning import link_generation
+        from store.db import ensure_migrated, get_engine
+        from store.knowledge import link_generation_quietly
 
         saved = await _save_draft(plan, settings)
         document = {"id": saved, **result.plan}
-        await asyncio.to_thread(link_generation, result.generation_id, saved)
+        engine = ensure_migrated(get_engine(settings.store.database_url))
+        await asyncio.to_thread(link_generation_quietly, engine, result.generation_id, saved)
     print(json.dumps(document, indent=2, ensure_ascii=False), flush=True)
     _print_generated(result, plan, saved)
     return EXIT_OK

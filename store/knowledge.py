@@ -12,17 +12,20 @@ they have in common.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from contracts.snapshots import PlanSnapshot
 from plans.models import Plan, PlanStatus
 from plans.run_state import SkipReason
+from store.db import session_scope
 from store.models import LessonRecord, ModelConfigRecord, PlanGenerationRecord
 
 MIN_LESSON_SCORE = 0.12
@@ -387,3 +390,17 @@ def list_generations(session: Session, *, limit: int = 1000) -> list[PlanGenerat
             .limit(limit)
         ).all()
     )
+
+
+def link_generation_quietly(engine: Engine, generation_id: str | None, plan_id: str) -> None:
+    """Note in the planner run's record which plan it became (metrics read it); a
+    warning, never an error, when the store cannot be written. Blocking."""
+    if not generation_id:
+        return
+    try:
+        with session_scope(engine, write=True) as session:
+            link_generation(session, generation_id, plan_id)
+    except Exception as e:
+        logging.getLogger("plansmith.store").warning(
+            "could not link planner run %s to plan %s: %s", generation_id, plan_id, e
+        )

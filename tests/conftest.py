@@ -24,7 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import tests.tools_for_tests  # noqa: F401  registers the test tools
-from plansmith.temporal import temporal_cli_path, test_server_path
+from plansmith.devserver import temporal_cli_path, test_server_path
 from store import db
 from worker import build_worker
 from workflows.plan_workflow import SEARCH_ATTRIBUTES

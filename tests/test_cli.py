@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plansmith.temporal import temporal_cli_path
+from plansmith.devserver import temporal_cli_path
 from tests.helpers import make_plan, start, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,11 @@ import pytest
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from activities.llm.selector import ModelSelector, load_selector
+from activities.llm.selector import load_selector
 from api.app import create_app
 from config import ConfigError, ModelConfig, Settings, get_settings, load_settings, parse_models
 from contracts.errors import NoModelFits
+from contracts.models import ModelSelector
 from store import knowledge
 from store.db import get_engine, migrate, session_scope
 

@@ -37,7 +37,7 @@ import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
 from activities.llm.base import use_chat_model
 from activities.llm.offline.model import OfflineModel
 from plans.models import Plan
-from plansmith.temporal import temporal_cli_path
+from plansmith.devserver import temporal_cli_path
 from tests.helpers import status, wait_for
 from worker import build_worker
 from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
