@@ -8,17 +8,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install sandbox-deps browser-deps run up test test-fast lint format bench clean
+.PHONY: install test-install sandbox-deps browser-deps run up test test-fast lint format bench clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv>=0.13,<0.14"
 
+# The main job's environment: the project and what it needs to run, no test tools.
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --locked --python $(PY)
+	$(UV) sync --locked --no-dev --python $(PY)
+	rm -f $(VENV)/.installed-dev
 	touch $@
 
-install: $(VENV)/.installed sandbox-deps browser-deps
+# The tests' environment: the same plus the dev group (pytest, linters, Playwright...).
+$(VENV)/.installed-dev: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --python $(PY)
+	touch $(VENV)/.installed $@
+
+# `make up` keeps a stack up for any plan, so it brings the sandbox too; `make run`'s demo
+# plans use no generated code and need nothing but the Python environment.
+install: $(VENV)/.installed sandbox-deps
+
+# What the tests need besides: the sandbox (bubblewrap) and a browser (Chromium).
+test-install: $(VENV)/.installed-dev sandbox-deps browser-deps
 
 # The code sandbox runs generated code under bubblewrap (Debian's package); without it
 # python steps are refused with a clear message.
@@ -36,28 +48,29 @@ browser-deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "warning: chromium is missing (/usr/bin/chromium): the dashboard tests will fail; as root: apt-get install chromium" >&2; fi; }
 
-run: install
+run: $(VENV)/.installed
 	$(BIN)/plansmith demo
 
 up: install
 	$(BIN)/plansmith up
 
-test: install
+test: test-install
 	$(BIN)/pytest -q
 
-test-fast: install
+test-fast: test-install
 	$(BIN)/pytest -q -m "not slow" -x
 
-lint: install
+lint: test-install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy plans api store activities workflows plansmith worker.py
+	$(BIN)/lint-imports
+	$(BIN)/mypy config contracts plans api store activities workflows plansmith worker.py
 
-format: install
+format: test-install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install
+bench: test-install
 	$(BIN)/python -m bench.run
 
 clean:
