@@ -1,4 +1,4 @@
-"""The FastAPI façade (DESIGN.md §5): ``create_app()`` and the ``app`` uvicorn serves.
+"""The FastAPI façade: ``create_app()`` and the ``app`` uvicorn serves.
 
 Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_executions`);
 ``/healthz`` and ``/readyz`` are outside it and never need an API key. One Temporal client per

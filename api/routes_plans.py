@@ -1,4 +1,4 @@
-"""``/api/plans``: create, list, read, execute, watch and steer plans (DESIGN.md §5).
+"""``/api/plans``: create, list, read, execute, watch and steer plans.
 
 Controls are sent to the workflow as *updates*, so the caller learns at once whether one
 was accepted: a refused transition is a 409 with the workflow's reason, a malformed
@@ -171,7 +171,7 @@ async def _refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
     status_code=201,
     response_model=PlanCreated,
     summary="Create a plan (a draft until executed)",
-    description="The body is a plan document (DESIGN.md §2, docs/plan-document.md). It is "
+    description="The body is a plan document (docs/plan-document.md). It is "
     "validated fully: shape first, then the whole document (ids, dependencies, cycles, "
     "tools, tool parameters, expressions and templates); a 422 lists every problem with its "
     "location. Without an `id` one is made from the title. Posting the very same document "
@@ -704,7 +704,7 @@ def _step_control(control: str, model: type[BaseModel]) -> Any:
 
 
 _CONTROL_DESCRIPTION = (
-    "Sent to the workflow as the `{control}` update (DESIGN.md §4), so the answer says at "
+    "Sent to the workflow as the `{control}` update, so the answer says at "
     "once whether it was accepted. 409: the transition is not allowed now (the workflow's "
     "reason; the refusal is also in the audit trail) or the plan is a draft. 422: the "
     "argument is malformed. The recorded `by` is the API key's owner (or the body's `by`, "

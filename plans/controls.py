@@ -1,4 +1,4 @@
-"""Control messages (DESIGN.md §4): one pydantic model per control.
+"""Control messages: one pydantic model per control.
 
 Every control is accepted both as a signal and as an update of the same name with one
 JSON object argument. ``CONTROL_MODELS`` is the one table of names that the workflow, the

@@ -1,4 +1,4 @@
-"""The plan document (DESIGN.md §2) as pydantic v2 models.
+"""The plan document as pydantic v2 models.
 
 These models only check the *shape* of one field at a time. Everything that needs the
 whole document (duplicate ids, dependencies, cycles, tools, templates) is done by

@@ -287,7 +287,7 @@ _MODEL_PARAMS: dict[str, Any] = {
     "max_tokens": {"type": "integer", "minimum": 1, "maximum": 64000},
 }
 
-# The params of the kinds that are not tools, as JSON Schema (DESIGN.md §7).
+# The params of the kinds that are not tools, as JSON Schema.
 KIND_PARAMS: dict[StepKind, dict[str, Any]] = {
     StepKind.LLM: {
         "type": "object",

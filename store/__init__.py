@@ -1,4 +1,4 @@
-"""The store (sqlmodel): what must outlive workflow retention (DESIGN.md §6).
+"""The store (sqlmodel): what must outlive workflow retention.
 
 * :mod:`store.models` — the tables;
 * :mod:`store.db` — engine and sessions from ``DATABASE_URL``, ``migrate()``;

@@ -201,10 +201,10 @@ async def test_resume_is_refused_when_not_paused_as_update_and_as_signal(
     assert (await result_within(handle)).status == "cancelled"
 
 
-# --- seed 001: pause with a question -------------------------------------------------
+# --- pause with a question -------------------------------------------------
 
 
-async def test_seed_001_pause_with_question_answer_resume(client, worker, task_queue):
+async def test_pause_with_a_question_answer_and_resume(client, worker, task_queue):
     k = key()
     plan = make_plan(
         [
@@ -250,7 +250,7 @@ async def test_seed_001_pause_with_question_answer_resume(client, worker, task_q
     assert (await exec_state(handle)).state == "completed"
 
 
-async def test_seed_001_by_signals_resume_with_feedback_answers_the_question(
+async def test_by_signals_resume_with_feedback_answers_the_question(
     client, worker, task_queue
 ):
     k = key()
