@@ -1,4 +1,4 @@
-"""Dependencies of the routes, as ``Annotated`` aliases (``TemporalDep``, ``ActorDep``…).
+"""Dependencies of the routes, as ``Annotated`` aliases (``GatewayDep``, ``ActorDep``…).
 
 Everything a route needs lives on ``app.state.services`` (an :class:`ApiServices`), made
 by :func:`api.app.create_app`; tests build the app with their own Temporal client and
@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
-from temporalio.client import Client
 
 from api.auth import ApiKeys, Principal, bearer_scheme, header_scheme
 from api.drafts import DraftStore
@@ -43,14 +42,6 @@ def get_services(request: Request) -> ApiServices:
 
 
 ServicesDep = Annotated[ApiServices, Depends(get_services)]
-
-
-async def get_temporal(services: ServicesDep) -> Client:
-    """The process's Temporal client (503 when Temporal cannot be reached)."""
-    return await services.temporal.get()
-
-
-TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
 def get_gateway(services: ServicesDep) -> Gateway:

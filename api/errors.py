@@ -75,10 +75,6 @@ def forbidden(detail: str) -> ApiError:
     return ApiError(403, "forbidden", detail)
 
 
-def not_implemented(detail: str) -> ApiError:
-    return ApiError(501, "not_implemented", detail)
-
-
 def _body(status: int, code: str, detail: str, problems: Sequence[Problem] = ()) -> dict[str, Any]:
     return ErrorBody(detail=detail, code=code, problems=list(problems)).model_dump(mode="json")
 

@@ -30,7 +30,6 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 actor_var: ContextVar[str | None] = ContextVar("actor", default=None)
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-_EXTRA_FIELDS = ("method", "path", "status", "duration_ms", "client")
 
 
 class ContextFilter(logging.Filter):

@@ -22,7 +22,7 @@ import asyncio
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
@@ -149,9 +149,6 @@ async def _draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
     run = new_run(draft.plan, draft.created_at)
     run.versions[0].by = draft.plan.agent_id or draft.created_by
     return run
-
-
-T = TypeVar("T")
 
 
 async def _refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:

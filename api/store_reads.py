@@ -115,9 +115,6 @@ class PlanStore:
             waiting_for=first,
         )
 
-    async def has_run(self, plan_id: str) -> bool:
-        return await self._read(lambda s: repository.get_status(s, plan_id) is not None)
-
     async def logs(self, plan_id: str, query: LogsQuery) -> list[LogEntry] | None:
         def read(s: Session) -> list[LogEntry] | None:
             if repository.get_status(s, plan_id) is None:
