@@ -14,7 +14,7 @@ Timestamps are timezone-aware UTC on the way in and on the way out, on SQLite to
 
 There is no ``XCreate`` model: nothing is created field by field from outside. Activities
 write whole :class:`contracts.snapshots.PlanSnapshot` objects and the API saves plan documents
-(:class:`plans.models.Plan`) through :mod:`store.repository`.
+(:class:`plans.models.Plan`) through :mod:`store.recording` and :mod:`store.drafts`.
 """
 
 from __future__ import annotations
