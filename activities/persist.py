@@ -2,7 +2,7 @@
 workflow history.
 
 * ``record_snapshot`` (activity): writes a :class:`contracts.snapshots.PlanSnapshot` through
-  :func:`store.repository.record_snapshot`. Idempotent, so Temporal may retry it freely
+  :func:`store.recording.record_snapshot`. Idempotent, so Temporal may retry it freely
   and snapshots may arrive twice or out of order.
 * :func:`store_output` / :func:`load_output` / :func:`offload_output` (plain functions,
   for use *inside* activities such as ``execute_step``): an output bigger than
@@ -34,7 +34,7 @@ from contracts.snapshots import (
     RecordResult,
     as_output_ref,
 )
-from store import repository
+from store import blobs, recording
 from store.db import ensure_migrated, get_engine, session_scope
 
 __all__ = [
@@ -67,7 +67,7 @@ def large_output_bytes() -> int:
 def write_snapshot(snapshot: PlanSnapshot, engine: Engine | None = None) -> RecordResult:
     """Write one snapshot in its own transaction (blocking)."""
     with session_scope(engine or store_engine(), write=True) as session:
-        return repository.record_snapshot(session, snapshot)
+        return recording.record_snapshot(session, snapshot)
 
 
 @activity.defn(name=RECORD_SNAPSHOT)
@@ -108,7 +108,7 @@ def store_output(
     digest = hashlib.sha256(data).hexdigest()
     key = f"out/{plan_id}/{run_id or '-'}/{step_id}/{digest}"
     with session_scope(engine or store_engine(), write=True) as session:
-        blob = repository.put_blob(session, data, key=key)
+        blob = blobs.put_blob(session, data, key=key)
     text = data[: PREVIEW_CHARS * 4].decode(errors="ignore")[:PREVIEW_CHARS]
     return OutputRef(
         output_ref=blob.key,
@@ -124,7 +124,7 @@ def load_output(ref: OutputRef | dict[str, Any], engine: Engine | None = None) -
     if found is None:
         raise ValueError("not an output reference")
     with session_scope(engine or store_engine()) as session:
-        data = repository.get_blob(session, found.output_ref)
+        data = blobs.get_blob(session, found.output_ref)
     if data is None:
         raise LookupError(f"output {found.output_ref!r} is not in the store")
     return json.loads(data)

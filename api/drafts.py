@@ -1,7 +1,7 @@
 """Plans created with ``POST /api/plans`` and not executed yet, kept in the store.
 
 A draft is a plan row of status ``draft`` that no run was started for, with its document
-as version 1 (:func:`store.repository.save_plan`); it survives an API restart and every
+as version 1 (:func:`store.drafts.save_plan`); it survives an API restart and every
 API process on the same ``DATABASE_URL`` sees it. Once a draft is executed its workflow
 owns it (the ``plan`` query, and the store through the workflow's snapshots): ``remove``
 marks the row as executed (``last_run_id = ""`` until the run's first snapshot names the
@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from plans.models import Plan, PlanStatus
-from store import repository
 from store.db import ensure_migrated, session_scope
+from store.drafts import save_plan
 from store.models import PlanRecord, PlanVersionRecord
 
 # last_run_id of a draft that was executed but whose run has not written a snapshot yet.
@@ -77,9 +77,7 @@ class StoreDrafts:
         plan_id = draft.plan.id or ""
         ensure_migrated(self.engine)
         with session_scope(self.engine, write=True) as session:
-            _, created = repository.save_plan(
-                session, draft.plan, at=draft.created_at, by=draft.created_by
-            )
+            _, created = save_plan(session, draft.plan, at=draft.created_at, by=draft.created_by)
             if created:
                 return draft, True
             existing = _draft(session, plan_id)

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.store_reads import PlanStore
 from plans.models import PlanStatus
-from store import repository
+from store import run_closing
 from store.models import RunRecord
 
 EVERY_S = 30.0
@@ -59,7 +59,7 @@ async def reconcile_once(
     run was closed, and where the next pass goes on (None: start again from the oldest)."""
     now = now or datetime.now(UTC)
     runs = await store.run(
-        lambda s: repository.unfinished_runs(s, now - timedelta(seconds=quiet_s), BATCH, after)
+        lambda s: run_closing.unfinished_runs(s, now - timedelta(seconds=quiet_s), BATCH, after)
     )
     closed = []
     for run in runs:
@@ -75,7 +75,7 @@ async def reconcile_once(
         status, outcome, at = ended
         done = await store.run(
             functools.partial(
-                repository.mark_run_ended,
+                run_closing.mark_run_ended,
                 plan_id=run.plan_id,
                 run_id=run.run_id,
                 status=status,

@@ -22,7 +22,7 @@ from api.errors import ApiError, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import ExecutionState, LogsQuery, StatusView
-from store import knowledge, repository
+from store import knowledge, reads
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
 
@@ -99,7 +99,7 @@ class PlanStore:
             )
 
     async def status(self, plan_id: str) -> StatusView | None:
-        return await self._read(lambda s: repository.get_status(s, plan_id))
+        return await self._read(lambda s: reads.get_status(s, plan_id))
 
     async def execution_state(self, plan_id: str) -> ExecutionState | None:
         view = await self.status(plan_id)
@@ -117,9 +117,9 @@ class PlanStore:
 
     async def logs(self, plan_id: str, query: LogsQuery) -> list[LogEntry] | None:
         def read(s: Session) -> list[LogEntry] | None:
-            if repository.get_status(s, plan_id) is None:
+            if reads.get_status(s, plan_id) is None:
                 return None
-            rows = repository.get_logs(s, plan_id, query.level, query.limit, step_id=query.step_id)
+            rows = reads.get_logs(s, plan_id, query.level, query.limit, step_id=query.step_id)
             return [
                 LogEntry(at=r.at, level=r.level, message=r.message, step_id=r.step_id)  # type: ignore[arg-type]
                 for r in rows
@@ -129,31 +129,31 @@ class PlanStore:
 
     async def audit(self, plan_id: str) -> list[AuditEntry] | None:
         def read(s: Session) -> list[AuditEntry] | None:
-            if repository.get_status(s, plan_id) is None:
+            if reads.get_status(s, plan_id) is None:
                 return None
             return [
                 AuditEntry.model_validate(r.model_dump(exclude={"plan_id", "run_id", "seq"}))
-                for r in repository.get_audit(s, plan_id)
+                for r in reads.get_audit(s, plan_id)
             ]
 
         return await self._read(read)
 
     async def versions(self, plan_id: str) -> list[PlanVersion] | None:
         def read(s: Session) -> list[PlanVersion] | None:
-            if repository.get_status(s, plan_id) is None:
+            if reads.get_status(s, plan_id) is None:
                 return None
             return [
                 PlanVersion.model_validate(
                     v.model_dump(include={"version", "by", "at", "step_id", "change", "diff"})
                 )
-                for v in repository.get_versions(s, plan_id)
+                for v in reads.get_versions(s, plan_id)
             ]
 
         return await self._read(read)
 
     async def plan(self, plan_id: str) -> tuple[PlanDetailPublic, Plan] | None:
         def read(s: Session) -> tuple[PlanDetailPublic, Plan] | None:
-            detail = repository.get_plan(s, plan_id)
+            detail = reads.get_plan(s, plan_id)
             if detail is None or not detail.last_run_id or detail.document is None:
                 return None
             return detail, Plan.model_validate(detail.document)
@@ -167,7 +167,7 @@ class PlanStore:
 
         def read(s: Session) -> list[tuple[PlanRecordPublic, dict[str, Any] | None]]:
             out = []
-            for p in repository.list_plans(s, status, limit=limit, offset=offset):
+            for p in reads.list_plans(s, status, limit=limit, offset=offset):
                 run = s.get(RunRecord, (p.id, p.last_run_id)) if p.last_run_id else None
                 out.append((p, run.model_dump() if run else None))
             return out

@@ -1,7 +1,7 @@
 """What the LLM layer keeps: models configured at run time, lessons people taught, and
 a record of every planner run.
 
-Like :mod:`store.repository`, every function takes a session the caller commits
+Like the store's other writes (:mod:`store.recording`), every function takes a session the caller commits
 (``store.db.session_scope(engine, write=True)``).
 
 Lessons are matched to a new task by plain text similarity (no model to download): the

@@ -1,4 +1,6 @@
-"""The store's tables (sqlmodel), one ``XBase`` / ``X(table=True)`` / ``XPublic`` per entity.
+"""The store's tables (sqlmodel). A table the API reads back comes as ``XBase`` (the columns
+both share), ``X(table=True)`` and ``XPublic`` (what a read returns); the others are one
+``X(table=True)``.
 
 Every row is keyed by what the workflow already knows (plan id, run id, step id, an
 absolute sequence number), so activities can write with idempotent upserts: the same
@@ -14,7 +16,7 @@ Timestamps are timezone-aware UTC on the way in and on the way out, on SQLite to
 
 There is no ``XCreate`` model: nothing is created field by field from outside. Activities
 write whole :class:`contracts.snapshots.PlanSnapshot` objects and the API saves plan documents
-(:class:`plans.models.Plan`) through :mod:`store.repository`.
+(:class:`plans.models.Plan`) through :mod:`store.recording` and :mod:`store.drafts`.
 """
 
 from __future__ import annotations
@@ -183,7 +185,19 @@ class RunRecordPublic(RunRecordBase):
 # --- step results ---------------------------------------------------------------------
 
 
-class StepResultRecordBase(SQLModel):
+class StepResultRecord(SQLModel, table=True):
+    """One step of one run. ``output`` is the step's JSON output, or the reference to a
+    large output kept in ``blobs`` (then ``output_ref`` is the blob's key). ``state`` holds
+    the rest of the run's :class:`plans.run_state.StepRun`, so a later run can be resumed
+    from the store alone."""
+
+    __tablename__ = "step_results"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["plan_id", "run_id"], ["runs.plan_id", "runs.run_id"], ondelete="CASCADE"
+        ),
+    )
+
     plan_id: str = Field(primary_key=True, max_length=ID)
     run_id: str = Field(primary_key=True, max_length=ID)
     step_id: str = Field(primary_key=True, max_length=ID)
@@ -198,28 +212,9 @@ class StepResultRecordBase(SQLModel):
     skip_reason: str | None = Field(default=None, max_length=STATUS)
     skip_detail: str | None = Field(default=None, sa_type=sa.Text)
     carried: bool = False
-
-
-class StepResultRecord(StepResultRecordBase, table=True):
-    """One step of one run. ``output`` is the step's JSON output, or the reference to a
-    large output kept in ``blobs`` (then ``output_ref`` is the blob's key). ``state`` holds
-    the rest of the run's :class:`plans.run_state.StepRun`, so a later run can be resumed
-    from the store alone."""
-
-    __tablename__ = "step_results"
-    __table_args__ = (
-        sa.ForeignKeyConstraint(
-            ["plan_id", "run_id"], ["runs.plan_id", "runs.run_id"], ondelete="CASCADE"
-        ),
-    )
-
     state: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     snapshot_seq: int = 0
     updated_at: datetime = _ts()
-
-
-class StepResultRecordPublic(StepResultRecordBase):
-    pass
 
 
 # --- logs and audit -------------------------------------------------------------------
@@ -303,7 +298,11 @@ class BlobRecordPublic(BlobRecordBase):
 # --- models, lessons, planner runs (the LLM layer) ------------------------------------
 
 
-class ModelConfigRecordBase(SQLModel):
+class ModelConfigRecord(SQLModel, table=True):
+    """A model the selector may pick, configured at run time (settings hold the rest)."""
+
+    __tablename__ = "model_configs"
+
     name: str = Field(primary_key=True, max_length=NAME)
     capabilities: list[str] = Field(default_factory=list, sa_type=JSONType)
     max_tokens: int = 4096
@@ -312,17 +311,12 @@ class ModelConfigRecordBase(SQLModel):
     updated_at: datetime = _ts()
 
 
-class ModelConfigRecord(ModelConfigRecordBase, table=True):
-    """A model the selector may pick, configured at run time (settings hold the rest)."""
+class LessonRecord(SQLModel, table=True):
+    """What people taught a plan: a rejection, a correction or an answer, with what was
+    wrong and what fixed it, for the planner to use next time."""
 
-    __tablename__ = "model_configs"
+    __tablename__ = "lessons"
 
-
-class ModelConfigRecordPublic(ModelConfigRecordBase):
-    pass
-
-
-class LessonRecordBase(SQLModel):
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _ts(index=True)
     source: str = Field(max_length=STATUS)  # rejection | correction | clarification
@@ -341,18 +335,11 @@ class LessonRecordBase(SQLModel):
     times_applied: int = 0
 
 
-class LessonRecord(LessonRecordBase, table=True):
-    """What people taught a plan: a rejection, a correction or an answer, with what was
-    wrong and what fixed it, for the planner to use next time."""
+class PlanGenerationRecord(SQLModel, table=True):
+    """One run of the planner: how many rounds and problems it took, what it used."""
 
-    __tablename__ = "lessons"
+    __tablename__ = "plan_generations"
 
-
-class LessonRecordPublic(LessonRecordBase):
-    id: int
-
-
-class PlanGenerationRecordBase(SQLModel):
     id: str = Field(primary_key=True, max_length=NAME)  # the GeneratePlan workflow id
     created_at: datetime = _ts(index=True)
     agent_id: str | None = Field(default=None, max_length=NAME, index=True)
@@ -368,13 +355,3 @@ class PlanGenerationRecordBase(SQLModel):
     input_tokens: int = 0
     output_tokens: int = 0
     latency_ms: float = 0.0
-
-
-class PlanGenerationRecord(PlanGenerationRecordBase, table=True):
-    """One run of the planner: how many rounds and problems it took, what it used."""
-
-    __tablename__ = "plan_generations"
-
-
-class PlanGenerationRecordPublic(PlanGenerationRecordBase):
-    pass

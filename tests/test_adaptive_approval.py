@@ -25,7 +25,7 @@ from contracts.approval import ASSESS_APPROVAL
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.run_state import AuditEntry
 from plans.views import StatusView
-from store import repository
+from store import reads
 from store.db import session_scope
 from tests.helpers import start, status, wait_for
 from worker import ACTIVITIES, WORKFLOWS
@@ -138,7 +138,7 @@ async def test_trust_is_earned_and_a_production_delete_still_asks(client, worker
     assert st.approval_policy.trust is not None
     assert st.approval_policy.trust.inputs["approved_by_person"] == 5
     with session_scope(store_engine()) as session:  # the store keeps the decision too
-        stored = repository.get_status(session, st.plan_id)
+        stored = reads.get_status(session, st.plan_id)
     assert stored is not None and stored.approval_policy is not None
     assert stored.approval_policy.model_dump(mode="json") == st.approval_policy.model_dump(
         mode="json"

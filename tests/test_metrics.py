@@ -2,7 +2,7 @@
 PostgreSQL, with every figure asserted exactly.
 
 The store is filled through its own writers: plan runs driven by the pure engine on a
-fake clock and written with ``repository.record_snapshot``, planner runs with
+fake clock and written with ``recording.record_snapshot``, planner runs with
 ``knowledge.record_generation``. :func:`seed` is shared with the API and dashboard tests.
 
 PostgreSQL is expected on 127.0.0.1:5432 (``PLANSMITH_TEST_POSTGRES_URL`` to point
@@ -25,7 +25,7 @@ from plans.quality import critical_path, parse_step_map
 from plans.run_state import PlanRun, new_run
 from plans.scheduler import advance, finish, record_failure, record_success
 from plans.steering import apply_control, parse_control
-from store import db, knowledge, repository
+from store import db, knowledge, recording
 from store.metrics.counts import store_counts
 from store.metrics.planner import planner_stats
 from store.metrics.scores import plan_quality, recent_qualities, version_diffs
@@ -104,7 +104,7 @@ class Sim:
         self.seq += 1
         snap = snapshot_of(self.run, f"run-{self.run.plan.id}", 0, 0, seq=self.seq, at=self.now)
         with db.session_scope(engine, write=True) as s:
-            repository.record_snapshot(s, snap)
+            recording.record_snapshot(s, snap)
 
 
 def chain(*tools: str) -> list[dict[str, Any]]:

@@ -250,9 +250,7 @@ async def test_pause_with_a_question_answer_and_resume(client, worker, task_queu
     assert (await exec_state(handle)).state == "completed"
 
 
-async def test_by_signals_resume_with_feedback_answers_the_question(
-    client, worker, task_queue
-):
+async def test_by_signals_resume_with_feedback_answers_the_question(client, worker, task_queue):
     k = key()
     plan = make_plan(
         [

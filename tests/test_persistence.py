@@ -8,7 +8,7 @@ from typing import Any
 
 from activities.tools import ToolContext, tool
 from store.db import get_engine, session_scope
-from store.repository import get_audit, get_logs, get_status, get_steps
+from store.reads import get_audit, get_logs, get_status, get_steps
 from tests.helpers import make_plan, start, status, wait_for
 
 

@@ -15,7 +15,7 @@ from api import reconcile
 from api.reconcile import reconcile_once
 from api.store_reads import PlanStore
 from plans.models import PlanStatus
-from store import repository
+from store import reads
 from store.db import session_scope
 from store.metrics.waiting import waiting_plans
 from tests.helpers import make_plan, start
@@ -23,7 +23,7 @@ from tests.helpers import make_plan, start
 
 def stored_status(plan_id: str) -> PlanStatus | None:
     with session_scope(store_engine()) as session:
-        st = repository.get_status(session, plan_id)
+        st = reads.get_status(session, plan_id)
     return st.status if st else None
 
 
@@ -54,7 +54,7 @@ async def test_a_terminated_plan_is_closed_in_the_store(
     assert gone.id in closed and waits.id not in closed
 
     with session_scope(store_engine()) as session:
-        st = repository.get_status(session, gone.id or "")
+        st = reads.get_status(session, gone.id or "")
         assert st is not None and st.status == PlanStatus.CANCELLED and st.waiting == []
         assert st.outcome and st.outcome.startswith("terminated through Temporal")
         waiting = {w.plan_id for w in waiting_plans(session)}

@@ -36,7 +36,7 @@ from plans.run_state import MAX_LOG_ENTRIES, StepRun, audit, log, new_run
 from plans.scheduler import advance, finish, record_failure, record_success, running_steps
 from plans.steering import apply_control, parse_control
 from plans.views import status_view
-from store import db, repository
+from store import blobs, db, drafts, reads, recording, run_closing
 from store.models import (
     AuditRecord,
     BlobRecord,
@@ -64,7 +64,7 @@ def count(engine: Engine, model: type[SQLModel]) -> int:
 
 def write(engine: Engine, snap: PlanSnapshot) -> RecordResult:
     with db.session_scope(engine, write=True) as s:
-        return repository.record_snapshot(s, snap)
+        return recording.record_snapshot(s, snap)
 
 
 # --- plan runs, driven by hand ---------------------------------------------------------
@@ -247,7 +247,7 @@ def test_logs_and_audit_are_appended_once_across_overlapping_snapshots(engine: E
         rows = s.exec(select(LogRecord).order_by(col(LogRecord.seq))).all()
         assert [r.seq for r in rows] == list(range(len(d.run.logs)))
         assert [r.message for r in rows] == [e.message for e in d.run.logs]
-        actions = [a.action for a in repository.get_audit(s, "p1")]
+        actions = [a.action for a in reads.get_audit(s, "p1")]
         assert actions == [e.action for e in d.run.audit] == ["approve", "pause", "resume"]
 
 
@@ -297,17 +297,17 @@ def test_a_newer_run_owns_the_plan_row_and_late_snapshots_of_the_old_one_do_not(
     write(engine, d2.snap(seq=1, run_id="run-2", resumed_by="bob"))
     write(engine, failed)  # the old run's last snapshot arrives late
     with Session(engine) as s:
-        plan = repository.get_plan(s, "p1")
+        plan = reads.get_plan(s, "p1")
         assert plan is not None and plan.status == "completed" and plan.last_run_id == "run-2"
-        runs = repository.get_runs(s, "p1")
+        runs = reads.get_runs(s, "p1")
         assert [(r.run_id, r.status, r.resumed_by) for r in runs] == [
             ("run-1", "failed", None),
             ("run-2", "completed", "bob"),
         ]
-        st = repository.get_status(s, "p1")
+        st = reads.get_status(s, "p1")
         assert st is not None and st.status == PlanStatus.COMPLETED
-        assert repository.get_status(s, "p1", "run-1").status == PlanStatus.FAILED  # type: ignore[union-attr]
-        logs = repository.get_logs(s, "p1")
+        assert reads.get_status(s, "p1", "run-1").status == PlanStatus.FAILED  # type: ignore[union-attr]
+        logs = reads.get_logs(s, "p1")
         assert {r.run_id for r in logs} == {"run-1", "run-2"}
         assert logs[0].run_id == "run-1" and logs[-1].run_id == "run-2"
 
@@ -328,12 +328,12 @@ def test_status_from_the_store_is_the_status_query(engine: Engine) -> None:
     advance(d.run, d.tick())
     write(engine, d.snap(seq=1))
     with Session(engine) as s:
-        st = repository.get_status(s, "p1")
+        st = reads.get_status(s, "p1")
     assert st is not None
     assert st.waiting_for is not None and st.waiting_for.kind == "step_approval"
     assert st == status_view(d.run)
     with Session(engine) as s:
-        assert repository.get_status(s, "nope") is None
+        assert reads.get_status(s, "nope") is None
 
 
 def test_list_plans_filters_by_status_and_pages(engine: Engine) -> None:
@@ -347,20 +347,20 @@ def test_list_plans_filters_by_status_and_pages(engine: Engine) -> None:
             d.finish()
         write(engine, d.snap(seq=1))
     with Session(engine) as s:
-        assert [p.id for p in repository.list_plans(s)] == ["p4", "p3", "p2", "p1", "p0"]
-        done = repository.list_plans(s, status="completed")
+        assert [p.id for p in reads.list_plans(s)] == ["p4", "p3", "p2", "p1", "p0"]
+        done = reads.list_plans(s, status="completed")
         assert [p.id for p in done] == ["p4", "p2", "p0"]
-        assert [p.id for p in repository.list_plans(s, PlanStatus.PENDING_APPROVAL)] == [
+        assert [p.id for p in reads.list_plans(s, PlanStatus.PENDING_APPROVAL)] == [
             "p3",
             "p1",
         ]
-        assert [p.id for p in repository.list_plans(s, limit=2, offset=1)] == ["p3", "p2"]
-        assert repository.list_plans(s, status=["completed", "pending_approval"], limit=10)
-        plan = repository.get_plan(s, "p2")
+        assert [p.id for p in reads.list_plans(s, limit=2, offset=1)] == ["p3", "p2"]
+        assert reads.list_plans(s, status=["completed", "pending_approval"], limit=10)
+        plan = reads.get_plan(s, "p2")
         assert plan is not None and plan.document is not None
         assert Plan.model_validate(plan.document) == drivers[2].run.plan
         assert plan.created_at.tzinfo is not None
-        assert repository.get_plan(s, "nope") is None
+        assert reads.get_plan(s, "nope") is None
 
 
 def test_logs_by_level_and_limit_and_audit_read_back(engine: Engine) -> None:
@@ -372,18 +372,18 @@ def test_logs_by_level_and_limit_and_audit_read_back(engine: Engine) -> None:
     d.finish()
     write(engine, d.snap(seq=1))
     with Session(engine) as s:
-        every = repository.get_logs(s, "p1")
+        every = reads.get_logs(s, "p1")
         assert [e.message for e in every] == [e.message for e in d.run.logs]
-        warn = repository.get_logs(s, "p1", level="warning")
+        warn = reads.get_logs(s, "p1", level="warning")
         assert {e.level for e in warn} <= {"warning", "error"} and len(warn) >= 2
         assert warn[0].message == "careful"
-        last2 = repository.get_logs(s, "p1", limit=2)
+        last2 = reads.get_logs(s, "p1", limit=2)
         assert [e.message for e in last2] == [e.message for e in d.run.logs[-2:]]
-        on_a = repository.get_logs(s, "p1", step_id="a", level="warning")
+        on_a = reads.get_logs(s, "p1", step_id="a", level="warning")
         assert on_a[0].message == "careful" and {e.step_id for e in on_a} == {"a"}
         with pytest.raises(ValueError):
-            repository.get_logs(s, "p1", level="loud")
-        trail = repository.get_audit(s, "p1")
+            reads.get_logs(s, "p1", level="loud")
+        trail = reads.get_audit(s, "p1")
         assert [(a.by, a.action, a.accepted) for a in trail] == [("alice", "approve", True)]
         assert trail[0].at.tzinfo is not None
 
@@ -398,7 +398,7 @@ def test_versions_keep_every_document_and_diff(engine: Engine) -> None:
     d.control("apply_correction", step_id="c", correction={"updated_step": {"description": "x"}})
     write(engine, d.snap(seq=2))
     with Session(engine) as s:
-        versions = repository.get_versions(s, "p1", documents=True)
+        versions = reads.get_versions(s, "p1", documents=True)
         assert [(v.version, v.by, v.step_id) for v in versions] == [
             (1, "author", None),
             (2, "alice", "b"),
@@ -408,10 +408,10 @@ def test_versions_keep_every_document_and_diff(engine: Engine) -> None:
         docs = [Plan.model_validate(v.document) for v in versions]
         assert docs[0].step("b").params == {} and docs[1].step("b").params == {"n": 2}
         assert docs[1].step("c").description == "" and docs[2] == d.run.plan
-        assert repository.get_versions(s, "p1")[0].document is None
-        assert repository.get_plan_document(s, "p1") == d.run.plan
-        assert repository.get_plan_document(s, "p1", 1) == docs[0]
-        plan = repository.get_plan(s, "p1")
+        assert reads.get_versions(s, "p1")[0].document is None
+        assert reads.get_plan_document(s, "p1") == d.run.plan
+        assert reads.get_plan_document(s, "p1", 1) == docs[0]
+        plan = reads.get_plan(s, "p1")
         assert plan is not None and plan.current_version == 3
 
 
@@ -423,7 +423,7 @@ def test_steps_read_back_as_the_engine_had_them(engine: Engine) -> None:
     d.finish()
     write(engine, d.snap(seq=1))
     with Session(engine) as s:
-        steps = repository.get_steps(s, "p1")
+        steps = reads.get_steps(s, "p1")
     assert steps == d.run.steps
     assert steps["b"].status == StepStatus.FAILED and steps["c"].skip_reason is not None
 
@@ -431,18 +431,18 @@ def test_steps_read_back_as_the_engine_had_them(engine: Engine) -> None:
 def test_save_plan_then_a_run_takes_over(engine: Engine) -> None:
     d = Driver(STEPS)
     with db.session_scope(engine, write=True) as s:
-        row, created = repository.save_plan(s, d.run.plan, at=T0 - timedelta(hours=1))
+        row, created = drafts.save_plan(s, d.run.plan, at=T0 - timedelta(hours=1))
         assert created and row.status == "draft"
-        _, again = repository.save_plan(s, d.run.plan, at=T0)
+        _, again = drafts.save_plan(s, d.run.plan, at=T0)
         assert not again
     d.control("approve")
     d.finish()
     write(engine, d.snap(seq=1))
     with Session(engine) as s:
-        plan = repository.get_plan(s, "p1")
+        plan = reads.get_plan(s, "p1")
         assert plan is not None and plan.status == "completed"
         assert plan.created_at == T0 - timedelta(hours=1)
-        versions = repository.get_versions(s, "p1")
+        versions = reads.get_versions(s, "p1")
         assert [(v.version, v.change) for v in versions] == [(1, "created")]
 
 
@@ -453,13 +453,13 @@ def test_a_terminated_run_can_be_closed_by_the_api(engine: Engine) -> None:
     write(engine, d.snap(seq=1))
     with db.session_scope(engine, write=True) as s:
         why = "terminated in Temporal"
-        assert repository.mark_run_ended(s, "p1", "run-1", PlanStatus.CANCELLED, why, d.tick())
-        assert not repository.mark_run_ended(s, "p1", "run-1", PlanStatus.FAILED, why, d.now)
+        assert run_closing.mark_run_ended(s, "p1", "run-1", PlanStatus.CANCELLED, why, d.tick())
+        assert not run_closing.mark_run_ended(s, "p1", "run-1", PlanStatus.FAILED, why, d.now)
     write(engine, d.snap(seq=1))  # a late snapshot from before does not reopen it
     with Session(engine) as s:
-        st = repository.get_status(s, "p1")
+        st = reads.get_status(s, "p1")
         assert st is not None and st.status == PlanStatus.CANCELLED and st.waiting == []
-        assert repository.get_plan(s, "p1").status == "cancelled"  # type: ignore[union-attr]
+        assert reads.get_plan(s, "p1").status == "cancelled"  # type: ignore[union-attr]
 
 
 # --- blobs and large outputs ----------------------------------------------------------
@@ -468,14 +468,14 @@ def test_a_terminated_run_can_be_closed_by_the_api(engine: Engine) -> None:
 def test_blobs_round_trip_once(engine: Engine) -> None:
     data = os.urandom(300_000)
     with db.session_scope(engine, write=True) as s:
-        blob = repository.put_blob(s, data)
+        blob = blobs.put_blob(s, data)
         assert blob.key.startswith("sha256:") and blob.size == len(data)
-        assert repository.put_blob(s, data) == blob
-        with pytest.raises(repository.BlobMismatch):
-            repository.put_blob(s, b"other", key=blob.key)
+        assert blobs.put_blob(s, data) == blob
+        with pytest.raises(blobs.BlobMismatch):
+            blobs.put_blob(s, b"other", key=blob.key)
     with Session(engine) as s:
-        assert repository.get_blob(s, blob.key) == data
-        assert repository.get_blob(s, "missing") is None
+        assert blobs.get_blob(s, blob.key) == data
+        assert blobs.get_blob(s, "missing") is None
     assert count(engine, BlobRecord) == 1
 
 
@@ -496,7 +496,7 @@ def test_large_outputs_go_by_reference(engine: Engine) -> None:
     with Session(engine) as s:
         row = s.get(StepResultRecord, ("p1", "run-1", "a"))
         assert row is not None and row.output_ref == parsed.output_ref
-        st = repository.get_status(s, "p1")
+        st = reads.get_status(s, "p1")
         assert st is not None and OutputRef.model_validate(st.steps[0].output) == parsed
     assert count(engine, BlobRecord) == 1
 
@@ -519,7 +519,7 @@ async def test_record_snapshot_activity_uses_database_url(
         eng = db.get_engine()
         assert db.current_revision(eng) == db.HEAD_REVISION  # migrated on first use
         with Session(eng) as s:
-            st = repository.get_status(s, "p1")
+            st = reads.get_status(s, "p1")
         assert st is not None and st.status == PlanStatus.COMPLETED
     finally:
         get_settings.cache_clear()
@@ -540,7 +540,7 @@ def test_step_rows_keep_the_whole_step_state() -> None:
         created_at=T0,
         steps=[s],
     )
-    row = repository._step_row(snap, s, T0)
+    row = recording._step_row(snap, s, T0)
     assert row["state"] == {"answer": {"a": 1}, "answered": True, "runs": 2}
 
 
@@ -554,10 +554,10 @@ def test_unfinished_runs_page_in_order(engine: Engine) -> None:
     after = None
     with Session(engine) as s:
         for _ in range(5):
-            page = repository.unfinished_runs(s, later, limit=1, after=after)
+            page = run_closing.unfinished_runs(s, later, limit=1, after=after)
             if not page:
                 break
             seen.append(page[0].plan_id)
             after = (page[0].updated_at, page[0].plan_id, page[0].run_id)
-        assert repository.unfinished_runs(s, T0, limit=10) == []  # none quiet before T0
+        assert run_closing.unfinished_runs(s, T0, limit=10) == []  # none quiet before T0
     assert seen == ["open-0", "open-1", "open-2"]

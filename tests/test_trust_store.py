@@ -18,7 +18,7 @@ from contracts.snapshots import snapshot_of
 from plans import run_state, scheduler, steering
 from plans.models import Plan, PlanStatus, ToolSpec
 from plans.policy import compute_trust
-from store import db, repository
+from store import db, recording
 from store.trust import trust_history
 
 T0 = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)
@@ -88,7 +88,7 @@ class Run:
     def write(self, target: Engine, run_id: str = "run-1") -> None:
         snap = snapshot_of(self.run, run_id, 0, 0, seq=1, at=self.tick())
         with db.session_scope(target, write=True) as s:
-            repository.record_snapshot(s, snap)
+            recording.record_snapshot(s, snap)
 
 
 def test_trust_history_reads_the_agents_finished_runs(engine: Engine) -> None:
