@@ -25,7 +25,8 @@ from activities.steps import execute_step
 from config import Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from workflows.client import connect
-from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanWorkflow
+from workflows.plan_input import SEARCH_ATTRIBUTES
+from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
 
 log = logging.getLogger("plansmith.worker")

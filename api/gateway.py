@@ -40,7 +40,8 @@ from plans.models import Plan, PlanStatus, workflow_id_for
 from plans.run_state import AuditEntry, LogEntry
 from plans.validation import Problem
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
-from workflows.plan_workflow import PLAN_STATUS, WAITING_FOR, WORKFLOW_NAME, PlanWorkflow
+from workflows.plan_input import PLAN_STATUS, WAITING_FOR, WORKFLOW_NAME
+from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import PlannerUnavailable, run_planner
 from workflows.starter import ResumeRefused, resume_from_failure, start_plan
 

@@ -18,7 +18,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
-    from workflows.plan_workflow import HEARTBEAT_TIMEOUT, NON_RETRYABLE
+    from workflows.plan_input import HEARTBEAT_TIMEOUT
+    from workflows.step_policy import NON_RETRYABLE
 
 BASELINE_WORKFLOW = "BenchBaseline"
 

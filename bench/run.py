@@ -52,7 +52,8 @@ from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepKind
 from plans.validation import validate_or_raise
 from plansmith.devserver import temporal_cli_path
-from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
+from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
+from workflows.plan_workflow import PlanWorkflow
 
 # --- scenarios -----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import tests.tools_for_tests  # noqa: F401  registers the test tools
 from plansmith.devserver import temporal_cli_path, test_server_path
 from store import db
 from worker import build_worker
-from workflows.plan_workflow import SEARCH_ATTRIBUTES
+from workflows.plan_input import SEARCH_ATTRIBUTES
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,7 +10,8 @@ from temporalio.client import Client, WorkflowHandle
 
 from plans.models import Plan
 from plans.views import StatusView
-from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow
+from workflows.plan_input import PlanInput, PlanResult
+from workflows.plan_workflow import PlanWorkflow
 
 
 def make_plan(steps: list[dict[str, Any]], **options: Any) -> Plan:

@@ -29,7 +29,8 @@ from store import reads
 from store.db import session_scope
 from tests.helpers import start, status, wait_for
 from worker import ACTIVITIES, WORKFLOWS
-from workflows.plan_workflow import PlanResult, PlanWorkflow
+from workflows.plan_input import PlanResult
+from workflows.plan_workflow import PlanWorkflow
 
 PROD_URL = "https://db.prod.example.com/tables/customers"
 

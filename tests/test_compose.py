@@ -21,7 +21,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 
 from config import env_names, load_settings
 from plansmith.devserver import SEARCH_ATTRIBUTE_TYPES, server_command
-from workflows.plan_workflow import SEARCH_ATTRIBUTES
+from workflows.plan_input import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"

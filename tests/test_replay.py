@@ -21,7 +21,8 @@ from temporalio.workflow import NondeterminismError
 
 import tests.tools_for_tests  # noqa: F401  the test tools are part of the recorded plans' catalog
 from plans.models import workflow_id_for
-from workflows.plan_workflow import WORKFLOW_NAME, PlanWorkflow
+from workflows.plan_input import WORKFLOW_NAME
+from workflows.plan_workflow import PlanWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 PLAN_ID_PREFIX = "hist-"  # as in tests/histories/make_histories.py

@@ -14,10 +14,12 @@ from temporalio.client import (
 )
 from temporalio.exceptions import CancelledError
 
+from plans.controls import ApproveInput, CancelInput, ControlResult
 from plans.run_state import AuditEntry, LogEntry
-from plans.views import ExecutionState, LogsQuery, PlanView
+from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
 from tests.helpers import make_plan, start, status, wait_for
 from tests.tools_for_tests import CALLS
+from workflows.plan_workflow import PlanWorkflow
 
 
 def key() -> str:
@@ -329,6 +331,27 @@ async def test_invalid_signal_is_recorded_as_refused_and_plan_goes_on(client, wo
     assert len(refused) == 3
     assert all(a.via == "signal" and a.detail for a in refused)
     assert any("resume refused" in a.detail for a in refused)
+
+
+async def test_controls_and_queries_by_typed_handler_reference(client, worker, task_queue):
+    plan = make_plan([wait_step("a", 30)], require_approval=True)
+    handle = await start(client, plan, task_queue)
+    await wait_for(handle, lambda s: s.status == "pending_approval")
+    st = await handle.query(PlanWorkflow.status)
+    assert isinstance(st, StatusView) and st.status == "pending_approval"
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(
+            PlanWorkflow.approve, ApproveInput(by="alice", version=st.version + 1)
+        )
+    assert "stale approval" in info.value.cause.message
+    result = await handle.execute_update(PlanWorkflow.approve, ApproveInput(by="alice"))
+    assert isinstance(result, ControlResult) and result.accepted and result.control == "approve"
+    await wait_for(handle, lambda s: s.steps[0].status == "running")
+    await handle.signal(PlanWorkflow.cancel_signal, CancelInput(by="alice", reason="enough"))
+    assert (await handle.result()).status == "cancelled"
+    audit = await handle.query(PlanWorkflow.audit)
+    cancel = [a for a in audit if a.action == "cancel"]
+    assert cancel and cancel[-1].by == "alice" and cancel[-1].via == "signal"
 
 
 async def test_reject_ends_rejected_and_runs_nothing(client, worker, task_queue):

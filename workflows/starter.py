@@ -15,7 +15,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import PlanRun, StepRun
-from workflows.plan_workflow import PlanInput, PlanResult, PlanWorkflow
+from workflows.plan_input import PlanInput, PlanResult
+from workflows.plan_workflow import PlanWorkflow
 
 RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
 

@@ -40,7 +40,8 @@ from plans.models import Plan
 from plansmith.devserver import temporal_cli_path
 from tests.helpers import status, wait_for
 from worker import build_worker
-from workflows.plan_workflow import SEARCH_ATTRIBUTES, PlanInput, PlanResult, PlanWorkflow
+from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
+from workflows.plan_workflow import PlanWorkflow
 from workflows.starter import resume_from_failure
 
 HERE = Path(__file__).resolve().parent

@@ -1,0 +1,98 @@
+"""How a running plan makes itself seen: search attributes, the current details line in
+the Temporal UI, and snapshots in the store (the ``record_snapshot`` activity)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from workflows.plan_input import PLAN_STATUS, WAITING_FOR, PlanInput
+
+with workflow.unsafe.imports_passed_through():
+    from contracts.snapshots import RECORD_SNAPSHOT, RecordResult, SnapshotCursor
+    from plans.run_state import PlanRun
+    from plans.views import summary_line, waits
+
+
+class PlanPublisher:
+    """Publishes ``run`` after every change; :meth:`flush` before the run ends."""
+
+    def __init__(self, run: PlanRun, inp: PlanInput) -> None:
+        self._run = run
+        self._input = inp
+        self._published: tuple[str, str] | None = None
+        self.cursor = inp.snapshot_cursor or SnapshotCursor()  # what the store already has
+        self._persister: asyncio.Task[None] | None = None
+        self._persister_pausing = False
+        self._flushing = False
+
+    def publish(self) -> None:
+        """Search attributes and details at once (if they changed); a store snapshot soon."""
+        run = self._run
+        status = run.status.value
+        pending = waits(run)
+        waiting = pending[0].kind if pending else "none"
+        if self._input.search_attributes and self._published != (status, waiting):
+            self._published = (status, waiting)
+            workflow.upsert_search_attributes(
+                [PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)]
+            )
+        workflow.set_current_details(summary_line(run))
+        if self._input.persist and (self._persister is None or self._persister.done()):
+            self._persister = asyncio.create_task(self._send_snapshots())
+
+    async def flush(self) -> None:
+        """Before the run ends or continues as new: everything is in the store."""
+        if not self._input.persist:
+            return
+        self._flushing = True
+        if self._persister is not None and not self._persister.done():
+            if self._persister_pausing:
+                self._persister.cancel()  # only waiting to batch: send the last one now
+            await asyncio.gather(self._persister, return_exceptions=True)
+        await self._send_snapshots(flush=True)
+
+    async def _send_snapshots(self, flush: bool = False) -> None:
+        """Send what changed to the store until nothing is new.
+
+        While the plan runs, at most one snapshot per ``snapshot_interval_s`` (changes in
+        between travel together); with ``flush`` (the run is ending) at once, and at least
+        one. The plan never waits for the store while it runs; the store's writes are
+        idempotent and ordered, so retries and late deliveries are harmless.
+        """
+        force = flush
+        while True:
+            info = workflow.info()
+            snap = self.cursor.take(
+                self._run,
+                info.first_execution_run_id,
+                at=workflow.now(),
+                workflow_id=info.workflow_id,
+                execution_run_id=info.run_id,
+                resumed_by=self._input.resumed_by,
+                force=force,
+            )
+            force = False
+            if snap is None:
+                return
+            await workflow.execute_activity(
+                RECORD_SNAPSHOT,
+                snap,
+                result_type=RecordResult,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                cancellation_type=workflow.ActivityCancellationType.ABANDON,
+                summary="record in the store",
+            )
+            if flush or not self._input.snapshot_interval_s:
+                continue
+            if self._flushing:
+                return  # the run is ending: the flush sends the rest at once
+            self._persister_pausing = True
+            try:
+                await workflow.sleep(self._input.snapshot_interval_s, summary="batch store writes")
+            finally:
+                self._persister_pausing = False

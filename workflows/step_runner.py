@@ -1,0 +1,389 @@
+"""The steps of a running plan: one asyncio task per step, one activity per attempt.
+
+:class:`StepRunner` renders a step's params, runs its activity (the tool's own, else
+``execute_step``) on the tool's task queue, runs the tool calls an llm step's model asks
+for (each checked against its tool's schema, one child activity each), and records every
+outcome in the run through :mod:`plans.scheduler`. It tells the workflow of each change
+through ``changed``, so the workflow's loop wakes up and schedules what became ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError
+
+from workflows.step_policy import (
+    MAX_WORKER_LOSSES,
+    RESPOND_TOOL,
+    CallBudget,
+    StepCancelled,
+    attempts_spent,
+    error_text,
+    retry_policy,
+    sandbox_record,
+    tool_result,
+    worker_lost,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
+    from plans import run_state, scheduler
+    from plans.expressions import render
+    from plans.models import StepKind, ToolSpec
+    from plans.run_state import PlanRun
+    from plans.validation import params_errors
+
+
+class StepRunner:
+    """Runs the steps of ``run``: started by the workflow, each in a task of its own."""
+
+    def __init__(
+        self,
+        run: PlanRun,
+        catalog: dict[str, ToolSpec],
+        heartbeat_timeout: timedelta,
+        task_queues: dict[str, str],
+        changed: Callable[[], None],
+    ) -> None:
+        self._run = run
+        self._catalog = catalog
+        self._heartbeat_timeout = heartbeat_timeout
+        self._task_queues = task_queues  # logical queue of a tool -> the queue its workers poll
+        self._changed = changed  # the run changed: the workflow's loop looks again
+        self._handles: dict[str, workflow.ActivityHandle[StepOutcome]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()  # steps a cancel or a timeout reached
+
+    @property
+    def running(self) -> bool:
+        """Whether any step's task is still running."""
+        return bool(self._tasks)
+
+    async def settle(self) -> None:
+        """Wait until every running step's task has recorded its end."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def start(self, sid: str) -> None:
+        """Run step ``sid`` in a task of its own (its dependencies are done)."""
+        self._cancelled.discard(sid)
+        self._tasks[sid] = asyncio.create_task(self._run_step(sid))
+
+    def cancel_running(self, why: str) -> None:
+        """Cancel every running step's activity (a cancel or a timeout reached the plan)."""
+        self._cancelled.update(self._tasks)  # an llm step starts no more tool calls or rounds
+        for sid, handle in list(self._handles.items()):
+            run_state.log(
+                self._run, workflow.now(), f"cancelling step {sid}: {why}", "warning", sid
+            )
+            handle.cancel()
+
+    async def _run_step(self, sid: str) -> None:
+        run = self._run
+        step = run.plan.step(sid)
+        state = run.steps[sid]
+        opts = run.plan.options
+        try:
+            ctx = scheduler.context(run, sid)
+            params = render(step.params, ctx)
+            task = StepTask(
+                plan_id=run.plan.id or "",
+                step_id=sid,
+                kind=step.kind,
+                tool=step.tool,
+                params=params,
+                idempotency_key=f"{run.plan.id}:{sid}:v{state.version}",
+                step_version=state.version,
+                context=self._step_context(sid, ctx),
+            )
+        except Exception as e:  # a template that cannot render fails the step, never the workflow
+            scheduler.record_failure(
+                run, sid, f"params could not be rendered: {e}", 0, workflow.now()
+            )
+            self._finish_task(sid)
+            return
+        policy, once, attempts = retry_policy(step, self._catalog.get(step.tool or ""), opts)
+        spec = self._catalog.get(step.tool or "")
+        timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
+        try:
+            ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, 0)
+            if ran is None:
+                return
+            outcome, used = ran
+            budget = CallBudget.of(task.params)
+            while outcome.calls:  # an llm step's model asked for tools: run them, go on
+                results = await self._tool_calls(sid, task, outcome.calls, budget, timeout)
+                if sid in self._cancelled:
+                    raise StepCancelled()
+                if budget.exhausted:
+                    scheduler.record_failure(run, sid, budget.exhausted, used, workflow.now())
+                    return
+                task = task.model_copy(
+                    update={
+                        "context": {
+                            **task.context,
+                            "conversation": [
+                                *outcome.conversation,
+                                {"role": "user", "content": results},
+                            ],
+                            "llm_usage": outcome.usage,
+                            "tool_calls_made": budget.made,
+                        }
+                    }
+                )
+                ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, used)
+                if ran is None:
+                    return
+                outcome, used = ran
+            output = outcome.output
+            self._audit_sandbox(
+                sid, spec, output.get("sandbox") if isinstance(output, dict) else None
+            )
+            scheduler.record_success(run, sid, outcome.output, used, workflow.now())
+        except (asyncio.CancelledError, StepCancelled):
+            scheduler.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
+        except Exception as e:  # a bug must fail the step, never leave it running
+            scheduler.record_failure(
+                run, sid, f"{type(e).__name__}: {e}", run.steps[sid].attempts, workflow.now()
+            )
+        finally:
+            self._handles.pop(sid, None)
+            self._finish_task(sid)
+
+    async def _activity(
+        self,
+        sid: str,
+        task: StepTask,
+        spec: ToolSpec | None,
+        policy: RetryPolicy,
+        timeout: timedelta,
+        once: bool,
+        attempts: int,
+        used: int,
+    ) -> tuple[StepOutcome, int] | None:
+        """Run the step's activity: its outcome and the attempts spent so far, or None
+        once the failure (or cancellation) is recorded."""
+        run = self._run
+        step = run.plan.step(sid)
+        lost = 0  # times the worker running this step vanished (no heartbeat)
+        while True:
+            summary = f"{sid}: {step.tool or step.kind.value}"
+            handle = self._start_activity(sid, task, spec, policy, timeout, summary)
+            try:
+                outcome = await handle
+            except ActivityError as e:
+                if isinstance(e.cause, CancelledError):
+                    scheduler.record_cancelled(
+                        run, sid, workflow.now(), run.stopping or "cancelled"
+                    )
+                    return None
+                used += attempts_spent(e, attempts)
+                if worker_lost(e) and not once and lost < MAX_WORKER_LOSSES and not run.stopping:
+                    # A crashed worker is not the step's failure: run it again without
+                    # spending its own retries (it is idempotent).
+                    lost += 1
+                    run_state.log(
+                        run,
+                        workflow.now(),
+                        f"step {sid}: no heartbeat from its worker; running it again "
+                        f"({lost}/{MAX_WORKER_LOSSES})",
+                        "warning",
+                        sid,
+                    )
+                    continue
+                error = error_text(e)
+                if worker_lost(e) and once:
+                    error += (
+                        " (the step is not idempotent, so it is not run again: check its effect)"
+                    )
+                scheduler.record_failure(run, sid, error, used, workflow.now())
+                self._audit_sandbox(sid, spec, sandbox_record(e))
+                return None
+            return outcome, used + outcome.attempt
+
+    def _start_activity(
+        self,
+        sid: str,
+        task: StepTask,
+        spec: ToolSpec | None,
+        policy: RetryPolicy,
+        timeout: timedelta,
+        summary: str,
+    ) -> workflow.ActivityHandle[StepOutcome]:
+        """Start the activity that runs ``task`` (the tool's own, else ``execute_step``) on
+        the tool's queue; the step's handle, so a cancel reaches it."""
+        handle = workflow.start_activity(
+            (spec.activity if spec and spec.activity else EXECUTE_STEP),
+            task,
+            task_queue=self._queue_for(spec),
+            result_type=StepOutcome,
+            start_to_close_timeout=timeout,
+            heartbeat_timeout=min(self._heartbeat_timeout, timeout),
+            retry_policy=policy,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=summary,
+        )
+        self._handles[sid] = handle
+        return handle
+
+    async def _tool_calls(
+        self,
+        sid: str,
+        task: StepTask,
+        calls: list[dict[str, Any]],
+        budget: CallBudget,
+        timeout: timedelta,
+    ) -> list[dict[str, Any]]:
+        """Check each tool call of an llm step against its tool's schema and run the valid
+        ones, one child activity each; the results (or problems) go back to the model."""
+        run = self._run
+        tools = task.params.get("tools")
+        offered = sorted(str(t) for t in tools) if isinstance(tools, list) else []
+        results: list[dict[str, Any]] = []
+        for call in calls:
+            if sid in self._cancelled:  # the plan was cancelled meanwhile: no more calls
+                raise StepCancelled()
+            call_id, name = str(call.get("id", "")), str(call.get("name", ""))
+            raw = call.get("input")
+            params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            if name == RESPOND_TOOL:
+                results.append(
+                    tool_result(call_id, "give the final answer once the other results are in")
+                )
+                continue
+            spec = self._catalog.get(name)
+            problem = None
+            if name not in offered or spec is None:
+                problem = (
+                    f"tool {name!r} is not offered to this step; offered: {', '.join(offered)}"
+                )
+            else:
+                errors = params_errors(spec.params_schema, params, rendered=True)
+                if errors:
+                    problem = "invalid input: " + "; ".join(f"input{p}: {m}" for p, m in errors)
+            if problem is not None:
+                budget.invalid += 1
+                scheduler.record_call(
+                    run,
+                    sid,
+                    {
+                        "tool": name,
+                        "params": run_state.preview(params, 500),
+                        "status": "invalid",
+                        "error": problem,
+                    },
+                    workflow.now(),
+                )
+                self._changed()
+                results.append(tool_result(call_id, problem, error=True))
+                if budget.invalid > budget.max_invalid:
+                    budget.exhausted = (
+                        f"the model made {budget.invalid} invalid tool calls "
+                        f"(max_invalid_calls is {budget.max_invalid}); last: {problem}"
+                    )
+                    return results
+                continue
+            assert spec is not None
+            budget.made += 1
+            if budget.made > budget.max_calls:
+                budget.exhausted = (
+                    f"the model asked for more than {budget.max_calls} tool calls (max_tool_calls)"
+                )
+                return results
+            entry = scheduler.record_call(
+                run,
+                sid,
+                {"tool": name, "params": run_state.preview(params, 500), "status": "running"},
+                workflow.now(),
+            )
+            self._changed()
+            results.append(
+                await self._tool_call(sid, task, spec, call_id, params, entry["n"], timeout)
+            )
+        return results
+
+    async def _tool_call(
+        self,
+        sid: str,
+        task: StepTask,
+        spec: ToolSpec,
+        call_id: str,
+        params: dict[str, Any],
+        n: int,
+        timeout: timedelta,
+    ) -> dict[str, Any]:
+        run = self._run
+        policy, _, attempts = retry_policy(run.plan.step(sid), spec, run.plan.options)
+        child = StepTask(
+            plan_id=task.plan_id,
+            step_id=sid,
+            kind=StepKind.TOOL,
+            tool=spec.name,
+            params=params,
+            # a retried step's model may ask other things: its calls get keys of their own
+            idempotency_key=f"{task.idempotency_key}:r{run.steps[sid].runs}:call{n}",
+            step_version=task.step_version,
+        )
+        handle = self._start_activity(
+            sid, child, spec, policy, timeout, f"{sid} call {n}: {spec.name}"
+        )
+        try:
+            outcome = await handle
+        except ActivityError as e:
+            if isinstance(e.cause, CancelledError):
+                raise StepCancelled() from None
+            error = error_text(e)
+            scheduler.finish_call(
+                run, sid, n, workflow.now(), error=error, attempts=attempts_spent(e, attempts)
+            )
+            self._audit_sandbox(sid, spec, sandbox_record(e))
+            self._changed()
+            return tool_result(call_id, error, error=True)
+        output = outcome.output
+        scheduler.finish_call(run, sid, n, workflow.now(), output=output, attempts=outcome.attempt)
+        self._audit_sandbox(sid, spec, output.get("sandbox") if isinstance(output, dict) else None)
+        self._changed()
+        # The output as it is (a large one by reference): the llm step's activity resolves
+        # it and cuts it to a size the model can take.
+        return {"type": "tool_result", "tool_use_id": call_id, "content": output}
+
+    def _audit_sandbox(self, sid: str, spec: ToolSpec | None, record: Any) -> None:
+        """Every run of generated code lands in the audit trail: code hash, limits, outcome."""
+        if spec and spec.activity == "run_code" and isinstance(record, dict):
+            run_state.audit(
+                self._run,
+                workflow.now(),
+                "sandbox",
+                "run_code",
+                record.get("outcome") != "refused",
+                str(record.get("summary", ""))[:1000],
+                step_id=sid,
+            )
+
+    def _queue_for(self, spec: ToolSpec | None) -> str | None:
+        """The real task queue for a tool's dedicated pool (None: the plan's own queue)."""
+        if spec is None or spec.task_queue is None:
+            return None
+        return self._task_queues.get(spec.task_queue, spec.task_queue)
+
+    def _step_context(self, sid: str, ctx: dict[str, Any]) -> dict[str, Any]:
+        run = self._run
+        step = run.plan.step(sid)
+        extra: dict[str, Any] = {}
+        if step.kind == StepKind.VALIDATION:
+            extra.update(ctx)
+        if run.steps[sid].answered:
+            extra["answer"] = run.steps[sid].answer
+        if run.feedback:
+            extra["feedback"] = list(run.feedback)
+        return extra
+
+    def _finish_task(self, sid: str) -> None:
+        self._tasks.pop(sid, None)
+        self._changed()
