@@ -16,7 +16,6 @@ with workflow.unsafe.imports_passed_through():
     from plans.run_state import PlanRun, StepRun
 
 WORKFLOW_NAME = "PlanWorkflow"
-DEFAULT_TASK_QUEUE = "plans"
 PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
 WAITING_FOR = SearchAttributeKey.for_keyword("WaitingFor")
 SEARCH_ATTRIBUTES = (PLAN_STATUS, WAITING_FOR)
