@@ -324,11 +324,17 @@ async def test_invalid_signal_is_recorded_as_refused_and_plan_goes_on(client, wo
     await handle.signal("approve", {"who": "nobody"})  # missing `by`
     await handle.signal("approve", "not an object")
     await handle.signal("resume", {"by": "eve"})  # not paused
+    await handle.signal(
+        "approve"
+    )  # no argument at all (`temporal workflow signal` without --input)
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update("approve")
+    assert "by" in info.value.cause.message
     await handle.signal("approve", {"by": "ops"})
     assert (await handle.result()).status == "completed"
     audit = await handle.query("audit", result_type=list[AuditEntry])
     refused = [a for a in audit if not a.accepted]
-    assert len(refused) == 3
+    assert len(refused) == 4
     assert all(a.via == "signal" and a.detail for a in refused)
     assert any("resume refused" in a.detail for a in refused)
 

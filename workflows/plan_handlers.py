@@ -110,150 +110,151 @@ class PlanHandlers:
         self._dirty = True
         self._publisher.publish()
 
-    # `| Any` keeps decoding permissive: a malformed payload is refused (and audited), not dropped.
+    # `| Any = None` keeps decoding permissive: a malformed or missing payload is refused (and
+    # audited), never dropped, and never fails the workflow task.
     # Update handlers are plain methods (nothing in them waits): callers then see ControlResult.
 
     @workflow.update(name="approve")
-    def approve(self, arg: ApproveInput | Any) -> ControlResult:
+    def approve(self, arg: ApproveInput | Any = None) -> ControlResult:
         """Approve the plan (at the version and digest the approver saw)."""
         return self._on_update("approve", arg)
 
     @approve.validator
-    def validate_approve(self, arg: ApproveInput | Any) -> None:
+    def validate_approve(self, arg: ApproveInput | Any = None) -> None:
         self._validate("approve", arg)
 
     @workflow.signal(name="approve")
-    def approve_signal(self, arg: ApproveInput | Any) -> None:
+    def approve_signal(self, arg: ApproveInput | Any = None) -> None:
         self._on_signal("approve", arg)
 
     @workflow.update(name="reject")
-    def reject(self, arg: RejectInput | Any) -> ControlResult:
+    def reject(self, arg: RejectInput | Any = None) -> ControlResult:
         """Reject the plan before it runs."""
         return self._on_update("reject", arg)
 
     @reject.validator
-    def validate_reject(self, arg: RejectInput | Any) -> None:
+    def validate_reject(self, arg: RejectInput | Any = None) -> None:
         self._validate("reject", arg)
 
     @workflow.signal(name="reject")
-    def reject_signal(self, arg: RejectInput | Any) -> None:
+    def reject_signal(self, arg: RejectInput | Any = None) -> None:
         self._on_signal("reject", arg)
 
     @workflow.update(name="cancel")
-    def cancel(self, arg: CancelInput | Any) -> ControlResult:
+    def cancel(self, arg: CancelInput | Any = None) -> ControlResult:
         """Cancel the plan; running steps are cancelled."""
         return self._on_update("cancel", arg)
 
     @cancel.validator
-    def validate_cancel(self, arg: CancelInput | Any) -> None:
+    def validate_cancel(self, arg: CancelInput | Any = None) -> None:
         self._validate("cancel", arg)
 
     @workflow.signal(name="cancel")
-    def cancel_signal(self, arg: CancelInput | Any) -> None:
+    def cancel_signal(self, arg: CancelInput | Any = None) -> None:
         self._on_signal("cancel", arg)
 
     @workflow.update(name="pause")
-    def pause(self, arg: PauseInput | Any) -> ControlResult:
+    def pause(self, arg: PauseInput | Any = None) -> ControlResult:
         """Pause the plan (no new steps start), or ask a question about a step."""
         return self._on_update("pause", arg)
 
     @pause.validator
-    def validate_pause(self, arg: PauseInput | Any) -> None:
+    def validate_pause(self, arg: PauseInput | Any = None) -> None:
         self._validate("pause", arg)
 
     @workflow.signal(name="pause")
-    def pause_signal(self, arg: PauseInput | Any) -> None:
+    def pause_signal(self, arg: PauseInput | Any = None) -> None:
         self._on_signal("pause", arg)
 
     @workflow.update(name="resume")
-    def resume(self, arg: ResumeInput | Any) -> ControlResult:
+    def resume(self, arg: ResumeInput | Any = None) -> ControlResult:
         """Resume a paused plan, optionally with feedback."""
         return self._on_update("resume", arg)
 
     @resume.validator
-    def validate_resume(self, arg: ResumeInput | Any) -> None:
+    def validate_resume(self, arg: ResumeInput | Any = None) -> None:
         self._validate("resume", arg)
 
     @workflow.signal(name="resume")
-    def resume_signal(self, arg: ResumeInput | Any) -> None:
+    def resume_signal(self, arg: ResumeInput | Any = None) -> None:
         self._on_signal("resume", arg)
 
     @workflow.update(name="apply_correction")
-    def apply_correction(self, arg: ApplyCorrectionInput | Any) -> ControlResult:
+    def apply_correction(self, arg: ApplyCorrectionInput | Any = None) -> ControlResult:
         """Replace a step's definition: the plan gets a new version."""
         return self._on_update("apply_correction", arg)
 
     @apply_correction.validator
-    def validate_apply_correction(self, arg: ApplyCorrectionInput | Any) -> None:
+    def validate_apply_correction(self, arg: ApplyCorrectionInput | Any = None) -> None:
         self._validate("apply_correction", arg)
 
     @workflow.signal(name="apply_correction")
-    def apply_correction_signal(self, arg: ApplyCorrectionInput | Any) -> None:
+    def apply_correction_signal(self, arg: ApplyCorrectionInput | Any = None) -> None:
         self._on_signal("apply_correction", arg)
 
     @workflow.update(name="answer_clarification")
-    def answer_clarification(self, arg: AnswerClarificationInput | Any) -> ControlResult:
+    def answer_clarification(self, arg: AnswerClarificationInput | Any = None) -> ControlResult:
         """Answer the question a step or a pause waits on."""
         return self._on_update("answer_clarification", arg)
 
     @answer_clarification.validator
-    def validate_answer_clarification(self, arg: AnswerClarificationInput | Any) -> None:
+    def validate_answer_clarification(self, arg: AnswerClarificationInput | Any = None) -> None:
         self._validate("answer_clarification", arg)
 
     @workflow.signal(name="answer_clarification")
-    def answer_clarification_signal(self, arg: AnswerClarificationInput | Any) -> None:
+    def answer_clarification_signal(self, arg: AnswerClarificationInput | Any = None) -> None:
         self._on_signal("answer_clarification", arg)
 
     @workflow.update(name="approve_step")
-    def approve_step(self, arg: ApproveStepInput | Any) -> ControlResult:
+    def approve_step(self, arg: ApproveStepInput | Any = None) -> ControlResult:
         """Approve a step that waits for a person."""
         return self._on_update("approve_step", arg)
 
     @approve_step.validator
-    def validate_approve_step(self, arg: ApproveStepInput | Any) -> None:
+    def validate_approve_step(self, arg: ApproveStepInput | Any = None) -> None:
         self._validate("approve_step", arg)
 
     @workflow.signal(name="approve_step")
-    def approve_step_signal(self, arg: ApproveStepInput | Any) -> None:
+    def approve_step_signal(self, arg: ApproveStepInput | Any = None) -> None:
         self._on_signal("approve_step", arg)
 
     @workflow.update(name="reject_step")
-    def reject_step(self, arg: RejectStepInput | Any) -> ControlResult:
+    def reject_step(self, arg: RejectStepInput | Any = None) -> ControlResult:
         """Reject a waiting step: it and its dependents are skipped."""
         return self._on_update("reject_step", arg)
 
     @reject_step.validator
-    def validate_reject_step(self, arg: RejectStepInput | Any) -> None:
+    def validate_reject_step(self, arg: RejectStepInput | Any = None) -> None:
         self._validate("reject_step", arg)
 
     @workflow.signal(name="reject_step")
-    def reject_step_signal(self, arg: RejectStepInput | Any) -> None:
+    def reject_step_signal(self, arg: RejectStepInput | Any = None) -> None:
         self._on_signal("reject_step", arg)
 
     @workflow.update(name="retry_step")
-    def retry_step(self, arg: RetryStepInput | Any) -> ControlResult:
+    def retry_step(self, arg: RetryStepInput | Any = None) -> ControlResult:
         """Run a failed step again."""
         return self._on_update("retry_step", arg)
 
     @retry_step.validator
-    def validate_retry_step(self, arg: RetryStepInput | Any) -> None:
+    def validate_retry_step(self, arg: RetryStepInput | Any = None) -> None:
         self._validate("retry_step", arg)
 
     @workflow.signal(name="retry_step")
-    def retry_step_signal(self, arg: RetryStepInput | Any) -> None:
+    def retry_step_signal(self, arg: RetryStepInput | Any = None) -> None:
         self._on_signal("retry_step", arg)
 
     @workflow.update(name="skip_step")
-    def skip_step(self, arg: SkipStepInput | Any) -> ControlResult:
+    def skip_step(self, arg: SkipStepInput | Any = None) -> ControlResult:
         """Skip a step; its dependents go on."""
         return self._on_update("skip_step", arg)
 
     @skip_step.validator
-    def validate_skip_step(self, arg: SkipStepInput | Any) -> None:
+    def validate_skip_step(self, arg: SkipStepInput | Any = None) -> None:
         self._validate("skip_step", arg)
 
     @workflow.signal(name="skip_step")
-    def skip_step_signal(self, arg: SkipStepInput | Any) -> None:
+    def skip_step_signal(self, arg: SkipStepInput | Any = None) -> None:
         self._on_signal("skip_step", arg)
 
     # --- queries ---------------------------------------------------------------------
