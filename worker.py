@@ -2,9 +2,10 @@
 activities on a task queue.
 
 This is where the activities get what they work with: one :class:`ActivityDeps` (the
-settings, the model from :func:`chat_model_from`, the store's engine) built from the
-settings when the worker starts, handed to the activity classes whose bound methods the
-workers register (:func:`activities_for`, :func:`sandbox_activities_for`)."""
+settings, the model from :func:`activities.llm.base.chat_model_from`, the store's engine)
+built from the settings when the worker starts, handed to the activity classes whose
+bound methods the workers register (:func:`activities_for`, :func:`sandbox_activities_for`).
+"""
 
 from __future__ import annotations
 
