@@ -1,12 +1,19 @@
 """The worker process: hosts ``PlanWorkflow``, the planner (``GeneratePlan``) and their
-activities on a task queue."""
+activities on a task queue.
+
+This is where the activities get what they work with: one :class:`ActivityDeps` (the
+settings, the model from :func:`activities.llm.base.chat_model_from`, the store's engine)
+built from the settings when the worker starts, handed to the activity classes whose
+bound methods the workers register (:func:`activities_for`, :func:`sandbox_activities_for`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -17,12 +24,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
-from activities.approval import assess_approval
-from activities.persist import record_snapshot
-from activities.planning import generate_plan_activity, plan_with_this_process
-from activities.sandbox import SandboxUnavailable, isolation, run_code
-from activities.steps import execute_step
-from config import Settings, get_settings
+from activities.approval import ApprovalActivities
+from activities.deps import ActivityDeps
+from activities.persist import SnapshotActivities
+from activities.planning import PlanningActivities
+from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
+from activities.steps import StepActivities
+from config import SandboxSettings, Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from workflows.client import connect
 from workflows.plan_input import SEARCH_ATTRIBUTES
@@ -31,22 +39,43 @@ from workflows.planner_workflow import GeneratePlanWorkflow
 
 log = logging.getLogger("plansmith.worker")
 
-ACTIVITIES: Sequence = (execute_step, record_snapshot, generate_plan_activity, assess_approval)
 WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow)
-SANDBOX_ACTIVITIES: Sequence = (run_code,)
+
+
+def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
+    """The plans queue's activities, working with ``deps``."""
+    return [
+        StepActivities(deps).execute_step,
+        SnapshotActivities(deps).record_snapshot,
+        PlanningActivities(deps).generate_plan,
+        ApprovalActivities(deps).assess_approval,
+    ]
+
+
+def sandbox_activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
+    """The sandbox queue's activity (``run_code``), working with ``deps``."""
+    return [SandboxActivities(deps).run_code]
 
 
 async def plan_in_this_process(req: PlanRequest) -> GeneratedPlan:
     """The planner run here, without Temporal (``plansmith plan --local``)."""
-    return await plan_with_this_process(req)
+    return await PlanningActivities(ActivityDeps.from_settings(get_settings())).plan(req)
 
 
-def build_worker(client: Client, task_queue: str, max_concurrent_activities: int = 100) -> Worker:
+def build_worker(
+    client: Client,
+    task_queue: str,
+    max_concurrent_activities: int = 100,
+    deps: ActivityDeps | None = None,
+) -> Worker:
+    """The plans queue's worker; its activities work with ``deps`` (default: those the
+    process's settings describe)."""
+    deps = deps or ActivityDeps.from_settings(get_settings())
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=list(ACTIVITIES),
+        activities=activities_for(deps),
         max_concurrent_activities=max_concurrent_activities,
         # Cancellation reaches an activity only in answer to a heartbeat: send them often
         # enough that a cancel or a total timeout stops a running step within ~1 s.
@@ -78,23 +107,26 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         )
 
 
-def build_sandbox_worker(client: Client, task_queue: str | None = None) -> Worker:
+def build_sandbox_worker(
+    client: Client, task_queue: str | None = None, deps: ActivityDeps | None = None
+) -> Worker:
     """The code sandbox's pool: only ``run_code``, on its own queue (``sandbox``)."""
-    sandbox = get_settings().sandbox
+    deps = deps or ActivityDeps.from_settings(get_settings())
+    sandbox = deps.settings.sandbox
     return Worker(
         client,
         task_queue=task_queue or sandbox.task_queue,
-        activities=list(SANDBOX_ACTIVITIES),
+        activities=sandbox_activities_for(deps),
         max_concurrent_activities=sandbox.max_concurrent_runs,
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         default_heartbeat_throttle_interval=timedelta(seconds=1),
     )
 
 
-def check_sandbox() -> None:
+def check_sandbox(settings: SandboxSettings) -> None:
     """Say at start whether generated code can run here (steps are refused clearly if not)."""
     try:
-        iso = isolation()
+        iso = isolation(settings)
     except SandboxUnavailable as e:
         log.error("code sandbox unavailable, python steps will be refused: %s", e)
     else:
@@ -104,18 +136,19 @@ def check_sandbox() -> None:
 async def run_worker(settings: Settings | None = None, queue: str | None = None) -> None:
     """Poll ``queue``; with no queue named, both the plans queue and the sandbox queue."""
     s = settings or get_settings()
+    deps = ActivityDeps.from_settings(s)
     sandbox_queue = s.sandbox.task_queue
     client = await connect(s)
     workers = []
     if queue != sandbox_queue:
         await ensure_search_attributes(client, s.temporal.namespace)
-        workers.append(build_worker(client, queue or s.temporal.task_queue))
+        workers.append(build_worker(client, queue or s.temporal.task_queue, deps=deps))
         log.info(
             "worker polling task queue %s at %s", queue or s.temporal.task_queue, s.temporal.address
         )
     if queue is None or queue == sandbox_queue:
-        await asyncio.to_thread(check_sandbox)
-        workers.append(build_sandbox_worker(client, sandbox_queue))
+        await asyncio.to_thread(check_sandbox, s.sandbox)
+        workers.append(build_sandbox_worker(client, sandbox_queue, deps=deps))
         log.info("sandbox worker polling task queue %s", sandbox_queue)
     await asyncio.gather(*(w.run() for w in workers))
 

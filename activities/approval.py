@@ -1,4 +1,5 @@
-"""``assess_approval``: the adaptive approval policy's decision for one plan run.
+"""``assess_approval`` (:class:`ApprovalActivities`): the adaptive approval policy's
+decision for one plan run.
 
 A workflow cannot read the store, so at the start of a ``require_approval: "auto"`` plan
 it runs this short activity: it reads the agent's history from the store
@@ -7,7 +8,8 @@ and risk (:func:`plans.risk.assess_risk`, against the tool catalog the workflow 
 and returns the decision. The decision is in the workflow's history, so a replay decides
 the same even after the rules or the history change.
 
-The thresholds come from settings (``PLANSMITH_POLICY``, ``PLANSMITH_TRUST_HALF_LIFE_DAYS``).
+The thresholds come from the worker's settings (``PLANSMITH_POLICY``,
+``PLANSMITH_TRUST_HALF_LIFE_DAYS``), the history from its store (:class:`ActivityDeps`).
 When the store cannot be read the agent is treated as new (low trust): a person is asked
 more often, the plan never fails for it.
 """
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.engine import Engine
 from temporalio import activity
 
-from config import get_settings
+from activities.deps import ActivityDeps
 from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
 from plans.policy import (
     ApprovalDecision,
@@ -32,27 +35,22 @@ from plans.risk import assess_risk
 STORE_TIMEOUT_S = 10.0
 
 
-def thresholds() -> PolicyThresholds:
-    return get_settings().policy.thresholds()
-
-
-def read_history(agent_id: str, limit: int) -> TrustHistory:
+def read_history(engine: Engine, agent_id: str, limit: int) -> TrustHistory:
     """The agent's history from the store (blocking)."""
-    from activities.persist import store_engine
-    from store.db import session_scope
+    from store.db import ensure_migrated, session_scope
     from store.trust import trust_history
 
-    with session_scope(store_engine()) as session:
+    with session_scope(ensure_migrated(engine)) as session:
         return trust_history(session, agent_id, limit=limit)
 
 
-async def load_history(agent_id: str | None, limit: int) -> TrustHistory:
+async def load_history(engine: Engine, agent_id: str | None, limit: int) -> TrustHistory:
     """The history, or an empty one saying why it could not be read."""
     if agent_id is None:
         return TrustHistory()
     try:
         return await asyncio.wait_for(
-            asyncio.to_thread(read_history, agent_id, limit), timeout=STORE_TIMEOUT_S
+            asyncio.to_thread(read_history, engine, agent_id, limit), timeout=STORE_TIMEOUT_S
         )
     except Exception as e:  # the store is down or slow: no trust, a person is asked
         if isinstance(e, TimeoutError):
@@ -70,16 +68,22 @@ def decide(
     return should_require_approval(inp.plan, trust, risk, th)
 
 
-@activity.defn(name=ASSESS_APPROVAL)
-async def assess_approval(inp: AssessApprovalInput) -> ApprovalDecision:
-    """Trust, risk and the decision for ``inp.plan`` (see the module docstring)."""
-    th = thresholds()
-    history = await load_history(inp.plan.agent_id, th.trust.max_runs)
-    if history.error:
-        activity.logger.warning(
-            "plan %s: trust of %s not read (%s); treated as a new agent",
-            inp.plan.id,
-            inp.plan.agent_id,
-            history.error,
-        )
-    return decide(inp, history, th)
+class ApprovalActivities:
+    """``assess_approval``, with the thresholds and the store of ``deps``."""
+
+    def __init__(self, deps: ActivityDeps):
+        self.deps = deps
+
+    @activity.defn(name=ASSESS_APPROVAL)
+    async def assess_approval(self, inp: AssessApprovalInput) -> ApprovalDecision:
+        """Trust, risk and the decision for ``inp.plan`` (see the module docstring)."""
+        th = self.deps.settings.policy.thresholds()
+        history = await load_history(self.deps.engine, inp.plan.agent_id, th.trust.max_runs)
+        if history.error:
+            activity.logger.warning(
+                "plan %s: trust of %s not read (%s); treated as a new agent",
+                inp.plan.id,
+                inp.plan.agent_id,
+                history.error,
+            )
+        return decide(inp, history, th)

@@ -1,18 +1,20 @@
 """Persistence activities: the workflow's state into the store, large outputs out of
 workflow history.
 
-* ``record_snapshot`` (activity): writes a :class:`contracts.snapshots.PlanSnapshot` through
-  :func:`store.recording.record_snapshot`. Idempotent, so Temporal may retry it freely
-  and snapshots may arrive twice or out of order.
+* ``record_snapshot`` (activity, :class:`SnapshotActivities`): writes a
+  :class:`contracts.snapshots.PlanSnapshot` through :func:`store.recording.record_snapshot`.
+  Idempotent, so Temporal may retry it freely and snapshots may arrive twice or out of
+  order.
 * :func:`store_output` / :func:`load_output` / :func:`offload_output` (plain functions,
-  for use *inside* activities such as ``execute_step``): an output bigger than
-  ``large_output_bytes`` (default 256 KiB) is kept in the store's ``blobs`` table and only
-  an :class:`contracts.snapshots.OutputRef` goes back to the workflow. They are not activities
-  on purpose: an activity's input and result are recorded in history, which is what a
-  large output must stay out of.
+  for use *inside* activities such as ``execute_step``): an output bigger than the limit
+  (``large_output_bytes`` in settings, default 256 KiB) is kept in the store's ``blobs``
+  table and only an :class:`contracts.snapshots.OutputRef` goes back to the workflow. They
+  are not activities on purpose: an activity's input and result are recorded in history,
+  which is what a large output must stay out of.
 
-The engine comes from settings (``DATABASE_URL``); the schema is migrated on first use in
-the process (:func:`store.db.ensure_migrated`, safe with several processes).
+Every function here takes the store's engine (the worker's, :class:`ActivityDeps`); the
+schema is migrated on first use in the process (:func:`store.db.ensure_migrated`, safe
+with several processes).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from temporalio import activity
 
-from config import get_settings
+from activities.deps import ActivityDeps
 from contracts.snapshots import (
     PREVIEW_CHARS,
     RECORD_SNAPSHOT,
@@ -35,54 +37,47 @@ from contracts.snapshots import (
     as_output_ref,
 )
 from store import blobs, recording
-from store.db import ensure_migrated, get_engine, session_scope
+from store.db import ensure_migrated, session_scope
 
 __all__ = [
     "RECORD_SNAPSHOT",
-    "large_output_bytes",
+    "SnapshotActivities",
     "load_output",
     "offload_output",
-    "record_snapshot",
     "resolve_refs",
-    "store_engine",
     "store_output",
     "write_snapshot",
 ]
 
 
-def store_engine() -> Engine:
-    """The store's engine (``DATABASE_URL``), migrated to the newest schema."""
-    return ensure_migrated(get_engine())
-
-
-def large_output_bytes() -> int:
-    """Outputs whose JSON is bigger than this go to the store (``large_output_bytes`` in
-    settings, ``PLANSMITH_LARGE_OUTPUT_BYTES``; default 256 KiB)."""
-    return get_settings().store.large_output_bytes
-
-
 # --- snapshots ------------------------------------------------------------------------
 
 
-def write_snapshot(snapshot: PlanSnapshot, engine: Engine | None = None) -> RecordResult:
+def write_snapshot(snapshot: PlanSnapshot, engine: Engine) -> RecordResult:
     """Write one snapshot in its own transaction (blocking)."""
-    with session_scope(engine or store_engine(), write=True) as session:
+    with session_scope(ensure_migrated(engine), write=True) as session:
         return recording.record_snapshot(session, snapshot)
 
 
-@activity.defn(name=RECORD_SNAPSHOT)
-async def record_snapshot(snapshot: PlanSnapshot) -> RecordResult:
-    """Write a plan run's snapshot to the store (idempotent; retry freely)."""
-    if snapshot.logs_lost or snapshot.audit_lost:
-        activity.logger.warning(
-            "plan %s run %s: %d log and %d audit entries left the workflow's bounded lists "
-            "before they were sent to the store (snapshots are too far apart)",
-            snapshot.plan_id,
-            snapshot.run_id,
-            snapshot.logs_lost,
-            snapshot.audit_lost,
-        )
-    return await asyncio.to_thread(write_snapshot, snapshot)
+class SnapshotActivities:
+    """``record_snapshot``, writing to the store of ``deps``."""
+
+    def __init__(self, deps: ActivityDeps):
+        self.deps = deps
+
+    @activity.defn(name=RECORD_SNAPSHOT)
+    async def record_snapshot(self, snapshot: PlanSnapshot) -> RecordResult:
+        """Write a plan run's snapshot to the store (idempotent; retry freely)."""
+        if snapshot.logs_lost or snapshot.audit_lost:
+            activity.logger.warning(
+                "plan %s run %s: %d log and %d audit entries left the workflow's bounded "
+                "lists before they were sent to the store (snapshots are too far apart)",
+                snapshot.plan_id,
+                snapshot.run_id,
+                snapshot.logs_lost,
+                snapshot.audit_lost,
+            )
+        return await asyncio.to_thread(write_snapshot, snapshot, self.deps.engine)
 
 
 # --- large outputs --------------------------------------------------------------------
@@ -97,7 +92,7 @@ def store_output(
     run_id: str | None,
     step_id: str,
     output: Any,
-    engine: Engine | None = None,
+    engine: Engine,
 ) -> OutputRef:
     """Keep ``output`` (as JSON) in the store and return the reference to it (blocking).
 
@@ -107,7 +102,7 @@ def store_output(
     data = _encode(output)
     digest = hashlib.sha256(data).hexdigest()
     key = f"out/{plan_id}/{run_id or '-'}/{step_id}/{digest}"
-    with session_scope(engine or store_engine(), write=True) as session:
+    with session_scope(ensure_migrated(engine), write=True) as session:
         blob = blobs.put_blob(session, data, key=key)
     text = data[: PREVIEW_CHARS * 4].decode(errors="ignore")[:PREVIEW_CHARS]
     return OutputRef(
@@ -118,12 +113,12 @@ def store_output(
     )
 
 
-def load_output(ref: OutputRef | dict[str, Any], engine: Engine | None = None) -> Any:
+def load_output(ref: OutputRef | dict[str, Any], engine: Engine) -> Any:
     """The output an :class:`OutputRef` (or its dict) stands for (blocking)."""
     found = as_output_ref(ref)
     if found is None:
         raise ValueError("not an output reference")
-    with session_scope(engine or store_engine()) as session:
+    with session_scope(ensure_migrated(engine)) as session:
         data = blobs.get_blob(session, found.output_ref)
     if data is None:
         raise LookupError(f"output {found.output_ref!r} is not in the store")
@@ -135,20 +130,19 @@ def offload_output(
     run_id: str | None,
     step_id: str,
     output: Any,
-    limit: int | None = None,
-    engine: Engine | None = None,
+    limit: int,
+    engine: Engine,
 ) -> Any:
-    """``output`` itself when its JSON is at most ``limit`` bytes (default
-    :func:`large_output_bytes`), else the dict of an :class:`OutputRef` to it (blocking).
+    """``output`` itself when its JSON is at most ``limit`` bytes (``large_output_bytes``
+    in settings), else the dict of an :class:`OutputRef` to it (blocking).
 
     Call it on a step's output before returning it from the activity."""
-    limit = large_output_bytes() if limit is None else limit
     if output is None or len(_encode(output)) <= limit:
         return output
     return store_output(plan_id, run_id, step_id, output, engine).model_dump()
 
 
-def resolve_refs(value: Any, engine: Engine | None = None) -> Any:
+def resolve_refs(value: Any, engine: Engine) -> Any:
     """``value`` with every output reference in it (at any depth) replaced by the output:
     for an activity whose params were rendered from an offloaded output (blocking)."""
     if as_output_ref(value) is not None:

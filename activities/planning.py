@@ -1,13 +1,13 @@
 """The ``generate_plan`` activity: the planner with this worker's model, tools and lessons.
 
-:func:`plan_with_this_process` does the work — the model from
-:func:`~activities.llm.base.get_chat_model` (Anthropic with a key, the offline stand-in
-without), the planning model's name and token limit from the selector, the tool
-catalog, the lessons that fit the task from the store — and records the run in the
-store (``plan_generations``). The activity wraps it with heartbeats and turns its
-errors into ``ApplicationError`` s: a model error keeps its kind and retryability,
-``PlanningFailed`` and ``NoModelFits`` are not retried. ``plansmith plan --local`` calls
-the same function without Temporal.
+:meth:`PlanningActivities.plan` does the work — the worker's model
+(``ActivityDeps.chat_model``: Anthropic with a key, the offline stand-in without), the
+planning model's name and token limit from the selector, the tool catalog, the lessons
+that fit the task from the store — and records the run in the store
+(``plan_generations``). The activity wraps it with heartbeats and turns its errors into
+``ApplicationError`` s: a model error keeps its kind and retryability, ``PlanningFailed``
+and ``NoModelFits`` are not retried. ``plansmith plan --local`` calls the same method
+without Temporal (``worker.plan_in_this_process``).
 
 The store is optional here: when it cannot be read the planner goes on without lessons
 and says so in a warning.
@@ -24,20 +24,20 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.base import get_chat_model
-from activities.llm.planner import generate_plan
+from activities.deps import ActivityDeps
+from activities.llm import planner
 from activities.llm.selector import load_selector
-from activities.persist import store_engine
 from contracts.errors import LLMError, NoModelFits
 from contracts.models import PLANNING
 from contracts.planning import GENERATE_PLAN, GeneratedPlan, PlanningFailed, PlanRequest
 from contracts.tools import catalog
 from plans.models import ToolSpec
 from store import knowledge
-from store.db import session_scope
+from store.db import ensure_migrated, session_scope
 
 log = logging.getLogger("plansmith.planner")
 
@@ -56,12 +56,12 @@ def tools_named(text: str, tools: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
-def load_lessons(req: PlanRequest, tools: Iterable[str]) -> list[dict[str, Any]]:
+def load_lessons(engine: Engine, req: PlanRequest, tools: Iterable[str]) -> list[dict[str, Any]]:
     """The lessons that fit the task (``store.knowledge.relevant_lessons``); [] with a
     warning when the store cannot be read. Blocking: call it in a thread."""
     context = req.context if isinstance(req.context, str) else str(req.context or "")
     try:
-        with session_scope(store_engine()) as session:
+        with session_scope(ensure_migrated(engine)) as session:
             return knowledge.relevant_lessons(
                 session,
                 req.task,
@@ -78,6 +78,7 @@ def load_lessons(req: PlanRequest, tools: Iterable[str]) -> list[dict[str, Any]]
 
 
 def record_generation(
+    engine: Engine,
     generation_id: str,
     req: PlanRequest,
     *,
@@ -109,7 +110,7 @@ def record_generation(
         elif failure is not None:
             repairs = [*failure.repairs, [str(p) for p in failure.problems]]
             fields.update(model=failure.model, ok=False, rounds=failure.rounds, repairs=repairs)
-        with session_scope(store_engine(), write=True) as session:
+        with session_scope(ensure_migrated(engine), write=True) as session:
             knowledge.record_generation(session, **fields)
             if result is not None and fields["lessons_applied"]:
                 knowledge.mark_lessons_applied(session, fields["lessons_applied"])
@@ -122,76 +123,83 @@ def record_generation(
         )
 
 
-async def plan_with_this_process(
-    req: PlanRequest,
-    generation_id: str | None = None,
-    tools: Mapping[str, ToolSpec] | None = None,
-) -> GeneratedPlan:
-    """Plan ``req`` with this process's model, selector, tool catalog and store.
-
-    Raises:
-        NoModelFits: ``req.model`` (or a planning model) is not configured.
-        LLMError: the model call failed.
-        PlanningFailed: no valid plan within the repair rounds.
-    """
-
-    generation_id = generation_id or f"local-{uuid.uuid4().hex[:12]}"
-    started = time.monotonic()
-    selector = await asyncio.to_thread(load_selector)
-    config = selector.resolve(req.model, [PLANNING])
-    cat = dict(tools) if tools is not None else catalog()
-    lessons = await asyncio.to_thread(load_lessons, req, list(cat))
-    try:
-        result = await generate_plan(
-            req,
-            model=get_chat_model(),
-            model_name=config.name,
-            catalog=cat,
-            lessons=lessons,
-            max_tokens=config.max_tokens,
-        )
-    except PlanningFailed as e:
-        elapsed = (time.monotonic() - started) * 1000
-        await asyncio.to_thread(
-            record_generation, generation_id, req, failure=e, latency_ms=elapsed
-        )
-        raise
-    elapsed = (time.monotonic() - started) * 1000
-    await asyncio.to_thread(
-        record_generation, generation_id, req, result=result, latency_ms=elapsed
-    )
-    return result.model_copy(update={"generation_id": generation_id})
-
-
 async def _keep_heartbeating() -> None:
     while True:
         activity.heartbeat()
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 
 
-@activity.defn(name=GENERATE_PLAN)
-async def generate_plan_activity(req: PlanRequest) -> GeneratedPlan:
-    """The planner as an activity; its errors say whether Temporal may retry."""
+class PlanningActivities:
+    """``generate_plan``, with the model, the settings and the store of ``deps``."""
 
-    beat = asyncio.create_task(_keep_heartbeating())
-    try:
-        return await plan_with_this_process(req, activity.info().workflow_id)
-    except PlanningFailed as e:
-        raise ApplicationError(
-            str(e), e.details(), type="PlanningFailed", non_retryable=True
-        ) from None
-    except NoModelFits as e:
-        raise ApplicationError(
-            str(e), {"location": "model"}, type="NoModelFits", non_retryable=True
-        ) from None
-    except LLMError as e:
-        raise ApplicationError(
-            str(e),
-            {"status": e.status, "retryable": e.retryable},
-            type=e.kind,
-            non_retryable=not e.retryable,
-        ) from None
-    finally:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
+    def __init__(self, deps: ActivityDeps):
+        self.deps = deps
+
+    async def plan(
+        self,
+        req: PlanRequest,
+        generation_id: str | None = None,
+        tools: Mapping[str, ToolSpec] | None = None,
+    ) -> GeneratedPlan:
+        """Plan ``req`` with the worker's model, selector, tool catalog and store.
+
+        Raises:
+            NoModelFits: ``req.model`` (or a planning model) is not configured.
+            LLMError: the model call failed.
+            PlanningFailed: no valid plan within the repair rounds.
+        """
+
+        deps = self.deps
+        generation_id = generation_id or f"local-{uuid.uuid4().hex[:12]}"
+        started = time.monotonic()
+        selector = await asyncio.to_thread(load_selector, deps.settings, deps.engine)
+        config = selector.resolve(req.model, [PLANNING])
+        cat = dict(tools) if tools is not None else catalog()
+        lessons = await asyncio.to_thread(load_lessons, deps.engine, req, list(cat))
+        try:
+            result = await planner.generate_plan(
+                req,
+                model=deps.chat_model,
+                model_name=config.name,
+                catalog=cat,
+                lessons=lessons,
+                max_tokens=config.max_tokens,
+            )
+        except PlanningFailed as e:
+            elapsed = (time.monotonic() - started) * 1000
+            await asyncio.to_thread(
+                record_generation, deps.engine, generation_id, req, failure=e, latency_ms=elapsed
+            )
+            raise
+        elapsed = (time.monotonic() - started) * 1000
+        await asyncio.to_thread(
+            record_generation, deps.engine, generation_id, req, result=result, latency_ms=elapsed
+        )
+        return result.model_copy(update={"generation_id": generation_id})
+
+    @activity.defn(name=GENERATE_PLAN)
+    async def generate_plan(self, req: PlanRequest) -> GeneratedPlan:
+        """The planner as an activity; its errors say whether Temporal may retry."""
+
+        beat = asyncio.create_task(_keep_heartbeating())
+        try:
+            return await self.plan(req, activity.info().workflow_id)
+        except PlanningFailed as e:
+            raise ApplicationError(
+                str(e), e.details(), type="PlanningFailed", non_retryable=True
+            ) from None
+        except NoModelFits as e:
+            raise ApplicationError(
+                str(e), {"location": "model"}, type="NoModelFits", non_retryable=True
+            ) from None
+        except LLMError as e:
+            raise ApplicationError(
+                str(e),
+                {"status": e.status, "retryable": e.retryable},
+                type=e.kind,
+                non_retryable=not e.retryable,
+            ) from None
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat

@@ -1,4 +1,4 @@
-"""The one activity that runs a plan step: ``execute_step``.
+"""The one activity that runs a plan step: ``execute_step`` (:class:`StepActivities`).
 
 The workflow renders the step's params, then hands this activity a :class:`StepTask`.
 Here the params are checked again against the tool's schema (templates are only known
@@ -17,11 +17,13 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.llm.base import get_chat_model
+from activities.deps import ActivityDeps
+from activities.llm.selector import load_selector
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
 from activities.persist import offload_output, resolve_refs
 from activities.tools import ToolContext, ToolError, get_tool
 from contracts.errors import LLMError
+from contracts.models import ModelSelector
 from contracts.snapshots import OUTPUT_REF_KEY
 from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
 from plans.expressions import ExpressionError, evaluate
@@ -36,48 +38,63 @@ def _fail(message: str, kind: str, retryable: bool) -> ApplicationError:
     return ApplicationError(message, {"attempt": attempt}, type=kind, non_retryable=not retryable)
 
 
-@activity.defn(name=EXECUTE_STEP)
-async def execute_step(task: StepTask) -> StepOutcome:
-    info = activity.info()
-    beat = asyncio.create_task(_keep_heartbeating())
-    try:
-        if _has_ref(task.params):  # an earlier step's large output, kept in the store
-            task = task.model_copy(
-                update={"params": await asyncio.to_thread(resolve_refs, task.params)}
+class StepActivities:
+    """``execute_step``, with the model, the store and the settings of ``deps``."""
+
+    def __init__(self, deps: ActivityDeps):
+        self.deps = deps
+
+    @activity.defn(name=EXECUTE_STEP)
+    async def execute_step(self, task: StepTask) -> StepOutcome:
+        info = activity.info()
+        engine = self.deps.engine
+        beat = asyncio.create_task(_keep_heartbeating())
+        try:
+            if _has_ref(task.params):  # an earlier step's large output, kept in the store
+                task = task.model_copy(
+                    update={"params": await asyncio.to_thread(resolve_refs, task.params, engine)}
+                )
+            conversation = task.context.get("conversation")
+            if _has_ref(conversation):  # a tool call's large result, for the model to read
+                resolved = await asyncio.to_thread(resolve_refs, conversation, engine)
+                task = task.model_copy(
+                    update={"context": {**task.context, "conversation": resolved}}
+                )
+            output = await _dispatch(task, info.attempt, self.deps)
+            if isinstance(output, LLMStepResult) and output.calls:
+                return StepOutcome(
+                    attempt=info.attempt,
+                    calls=output.calls,
+                    conversation=output.conversation,
+                    usage=output.usage,
+                )
+            if isinstance(output, LLMStepResult):
+                output = output.output
+            # a large output goes to the store; the workflow's history keeps a reference
+            output = await asyncio.to_thread(
+                offload_output,
+                task.plan_id,
+                info.workflow_run_id,
+                task.step_id,
+                output,
+                self.deps.settings.store.large_output_bytes,
+                engine,
             )
-        conversation = task.context.get("conversation")
-        if _has_ref(conversation):  # a tool call's large result, for the model to read
-            resolved = await asyncio.to_thread(resolve_refs, conversation)
-            task = task.model_copy(update={"context": {**task.context, "conversation": resolved}})
-        output = await _dispatch(task, info.attempt)
-        if isinstance(output, LLMStepResult) and output.calls:
-            return StepOutcome(
-                attempt=info.attempt,
-                calls=output.calls,
-                conversation=output.conversation,
-                usage=output.usage,
-            )
-        if isinstance(output, LLMStepResult):
-            output = output.output
-        # a large output goes to the store; the workflow's history keeps a reference
-        output = await asyncio.to_thread(
-            offload_output, task.plan_id, info.workflow_run_id, task.step_id, output
-        )
-    except ToolError as e:
-        raise _fail(str(e), e.kind, e.retryable) from None
-    except LLMError as e:
-        raise _fail(str(e), e.kind, e.retryable) from None
-    except ApplicationError:
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:  # a bug or an unexpected failure in a tool: retry per policy
-        raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
-    finally:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
-    return StepOutcome(output=output, attempt=info.attempt)
+        except ToolError as e:
+            raise _fail(str(e), e.kind, e.retryable) from None
+        except LLMError as e:
+            raise _fail(str(e), e.kind, e.retryable) from None
+        except ApplicationError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug or an unexpected failure in a tool: retry per policy
+            raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        return StepOutcome(output=output, attempt=info.attempt)
 
 
 def _has_ref(value: Any) -> bool:
@@ -94,15 +111,20 @@ async def _keep_heartbeating() -> None:
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 
 
-async def _dispatch(task: StepTask, attempt: int) -> Any:
+async def _selector(deps: ActivityDeps) -> ModelSelector:
+    """The models configured now (settings and store), read for each model step."""
+    return await asyncio.to_thread(load_selector, deps.settings, deps.engine)
+
+
+async def _dispatch(task: StepTask, attempt: int, deps: ActivityDeps) -> Any:
     if task.kind == StepKind.TOOL:
-        return await run_tool(task, attempt)
+        return await run_tool(task, attempt, deps)
     if task.kind == StepKind.VALIDATION:
-        return await _run_validation(task)
+        return await _run_validation(task, deps)
     if task.kind == StepKind.LLM:
-        return await run_llm(task.params, task.context, get_chat_model())
+        return await run_llm(task.params, task.context, deps.chat_model, await _selector(deps))
     if task.kind == StepKind.DECISION:
-        return await run_decision(task.params, task.context, get_chat_model())
+        return await run_decision(task.params, task.context, deps.chat_model, await _selector(deps))
     raise ToolError(
         f"step kind {task.kind.value!r} has no work to do in an activity",
         retryable=False,
@@ -110,8 +132,9 @@ async def _dispatch(task: StepTask, attempt: int) -> Any:
     )
 
 
-async def run_tool(task: StepTask, attempt: int) -> Any:
-    """Check the rendered params against the tool's schema, then run the tool."""
+async def run_tool(task: StepTask, attempt: int, deps: ActivityDeps) -> Any:
+    """Check the rendered params against the tool's schema, then run the tool with
+    ``deps`` in its context."""
     registered = get_tool(task.tool or "")
     problems = params_errors(registered.spec.params_schema, task.params, rendered=True)
     if problems:
@@ -128,17 +151,18 @@ async def run_tool(task: StepTask, attempt: int) -> Any:
         attempt=attempt,
         heartbeat=activity.heartbeat,
         extra=task.context,
+        deps=deps,
     )
     return await registered.fn(task.params, ctx)
 
 
-async def _run_validation(task: StepTask) -> Any:
+async def _run_validation(task: StepTask, deps: ActivityDeps) -> Any:
     """Every declared check, then the LLM judge's criteria; all failures are named."""
     results, failed = _run_checks(task)
     out: dict[str, Any] = {"passed": True, "checks": results}
     spec = task.params.get("judge")
     if spec:
-        verdicts, usage = await judge(spec, task.context, get_chat_model())
+        verdicts, usage = await judge(spec, task.context, deps.chat_model, await _selector(deps))
         out["judge"] = {"verdicts": verdicts, **usage}
         failed += [
             f"judge: {v['criterion']}" + (f" ({v['reason']})" if v["reason"] else "")

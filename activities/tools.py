@@ -24,6 +24,7 @@ import httpx
 import jmespath
 import jmespath.exceptions
 
+from activities.deps import ActivityDeps
 from contracts.tools import HTTP_REQUEST, TRANSFORM, WAIT, define_tool
 from plans.models import ToolSpec
 
@@ -41,7 +42,8 @@ class ToolError(Exception):
 
 @dataclass
 class ToolContext:
-    """What a tool may know about the step it runs for."""
+    """What a tool may know about the step it runs for, and what the worker gives it
+    (``deps``: the settings, the model, the store; None outside a worker)."""
 
     plan_id: str
     step_id: str
@@ -49,6 +51,7 @@ class ToolContext:
     attempt: int = 1
     heartbeat: Callable[..., None] = lambda *a: None
     extra: dict[str, Any] = field(default_factory=dict)
+    deps: ActivityDeps | None = None
 
 
 @dataclass(frozen=True)

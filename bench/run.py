@@ -44,9 +44,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.persist import record_snapshot
-from activities.steps import execute_step
+from activities.deps import ActivityDeps
+from activities.persist import SnapshotActivities
+from activities.steps import StepActivities
 from bench.baseline import Baseline, BaselineInput, BaselineResult
+from config import get_settings
 from contracts.steps import StepTask
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepKind
@@ -441,11 +443,15 @@ async def main(argv: list[str] | None = None) -> int:
         dev_server_extra_args=extra_args,
     ) as env:
         queue = f"bench-{uuid.uuid4().hex[:12]}"
+        deps = ActivityDeps.from_settings(get_settings())
         worker = Worker(
             env.client,
             task_queue=queue,
             workflows=[PlanWorkflow, Baseline],
-            activities=[execute_step, record_snapshot],
+            activities=[
+                StepActivities(deps).execute_step,
+                SnapshotActivities(deps).record_snapshot,
+            ],
             max_concurrent_activities=max(100, args.fanout),
         )
         async with worker:

@@ -1,9 +1,10 @@
 """Shared fixtures: one local dev server per session (signals, updates, queries), one
 time-skipping server per session (timers), both from the pip-installed binaries, and a
-worker on a fresh task queue per test."""
+worker on a fresh task queue per test (answering with the offline model)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
@@ -24,9 +25,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import tests.tools_for_tests  # noqa: F401  registers the test tools
+from activities.llm.base import ChatModel
+from config import Settings
 from plansmith.devserver import temporal_cli_path, test_server_path
 from store import db
-from worker import build_worker
+from tests.helpers import StartWorker, worker_with
 from workflows.plan_input import SEARCH_ATTRIBUTES
 
 
@@ -71,9 +74,27 @@ async def client(env: WorkflowEnvironment) -> Client:
 
 @pytest_asyncio.fixture
 async def worker(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Worker]:
-    w = build_worker(env.client, task_queue)
+    """The worker of ``task_queue``; its model steps and planner answer offline (a test
+    that needs another model starts its own: :func:`tests.helpers.worker_with`)."""
+    w = worker_with(env.client, task_queue)
     async with w:
         yield w
+
+
+@pytest_asyncio.fixture
+async def start_worker(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[StartWorker]:
+    """Instead of ``worker``: ``await start_worker(model, settings)`` starts the worker of
+    ``task_queue`` with a model (and settings) of the test's choosing; it stops with the
+    test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            chat_model: ChatModel | None = None, settings: Settings | None = None
+        ) -> Worker:
+            w = worker_with(env.client, task_queue, chat_model, settings)
+            return await stack.enter_async_context(w)
+
+        yield start
 
 
 @pytest.fixture

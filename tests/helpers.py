@@ -1,17 +1,57 @@
-"""Helpers for workflow tests: build plans, start them, wait for states."""
+"""Helpers for workflow tests: build plans, start them, wait for states; the store, and
+workers whose activities use a model (or settings) of the test's choosing."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
 
+from activities.deps import ActivityDeps
+from activities.llm.base import ChatModel
+from activities.llm.offline.model import OfflineModel
+from config import Settings, get_settings
 from plans.models import Plan
 from plans.views import StatusView
+from store.db import ensure_migrated, get_engine
+from worker import build_worker
 from workflows.plan_input import PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
+
+
+def activity_deps(
+    chat_model: ChatModel | None = None, settings: Settings | None = None
+) -> ActivityDeps:
+    """What the tests' activities work with: the tests' settings and store, and the
+    offline model unless the test brings its own (no test talks to the Anthropic API)."""
+    return ActivityDeps.from_settings(
+        settings or get_settings(), chat_model=chat_model or OfflineModel()
+    )
+
+
+def worker_with(
+    client: Client,
+    task_queue: str,
+    chat_model: ChatModel | None = None,
+    settings: Settings | None = None,
+) -> Worker:
+    """A worker like the ``worker`` fixture's whose activities ask ``chat_model`` (and
+    read ``settings``): ``async with worker_with(client, task_queue, model): ...``."""
+    return build_worker(client, task_queue, deps=activity_deps(chat_model, settings))
+
+
+StartWorker = Callable[..., Awaitable[Worker]]
+"""The ``start_worker`` fixture: ``await start_worker(chat_model, settings)``."""
+
+
+def store_engine() -> Engine:
+    """The store the tests' workers write to (``DATABASE_URL``), migrated."""
+    return ensure_migrated(get_engine())
 
 
 def make_plan(steps: list[dict[str, Any]], **options: Any) -> Plan:

@@ -18,7 +18,6 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 
-from activities.persist import store_engine
 from api.app import create_app
 from config import get_settings
 from contracts.approval import ASSESS_APPROVAL
@@ -27,8 +26,8 @@ from plans.run_state import AuditEntry
 from plans.views import StatusView
 from store import reads
 from store.db import session_scope
-from tests.helpers import start, status, wait_for
-from worker import ACTIVITIES, WORKFLOWS
+from tests.helpers import activity_deps, start, status, store_engine, wait_for
+from worker import WORKFLOWS, activities_for
 from workflows.plan_input import PlanResult
 from workflows.plan_workflow import PlanWorkflow
 
@@ -207,7 +206,7 @@ async def test_when_the_assessment_fails_the_plan_is_decided_as_a_new_agents(
     async def broken(_: Any) -> Any:
         raise RuntimeError("the store is on fire")
 
-    activities = [a for a in ACTIVITIES if getattr(a, "__name__", "") != "assess_approval"]
+    activities = [a for a in activities_for(activity_deps()) if a.__name__ != "assess_approval"]
     async with Worker(
         env.client,
         task_queue=task_queue,

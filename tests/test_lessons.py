@@ -2,8 +2,8 @@
 the next plan for a similar task avoids the same mistake and names the lesson it used.
 
 Everything runs as a user would: the offline planner through the GeneratePlan workflow,
-the plans through PlanWorkflow on the in-process worker, the controls as updates, the
-lessons written by the worker's store snapshots.
+the plans through PlanWorkflow on the in-process worker (which answers with the offline
+model), the controls as updates, the lessons written by the worker's store snapshots.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import Any
 
 from temporalio.client import Client
 
-from activities.llm.base import use_chat_model
-from activities.llm.offline.model import OfflineModel
 from contracts.planning import PlanRequest
 from plans.models import Plan, PlanStatus
 from store import knowledge
@@ -45,8 +43,7 @@ async def test_a_rejection_and_a_correction_teach_the_next_plan(
     tag = uuid.uuid4().hex[:6]
     agent = f"agent-{tag}"
     task = f"fetch the {tag} release notes from {base}/prod/notes and summarise them"
-    with use_chat_model(OfflineModel()):
-        first = await run_planner(client, PlanRequest(task=task, agent_id=agent), task_queue)
+    first = await run_planner(client, PlanRequest(task=task, agent_id=agent), task_queue)
     fetch = next(s for s in first.plan["steps"] if s.get("tool") == "http_request")
     assert fetch["params"]["url"] == f"{base}/prod/notes"  # the mistake: production
 
@@ -74,8 +71,7 @@ async def test_a_rejection_and_a_correction_teach_the_next_plan(
         {"by": "bob", "step_id": fetch["id"], "correction": {"updated_step": fixed}},
     )
     await h2.execute_update("approve", {"by": "bob"})
-    with use_chat_model(OfflineModel()):
-        assert (await h2.result()).status == PlanStatus.COMPLETED
+    assert (await h2.result()).status == PlanStatus.COMPLETED
     assert asked == ["/staging/notes"]  # production was never read
 
     lessons = await _wait_lessons({rejected.id or "", corrected.id or ""}, 2)
@@ -91,8 +87,7 @@ async def test_a_rejection_and_a_correction_teach_the_next_plan(
     similar = (
         f"fetch the {tag} release notes from {base}/prod/notes and summarise them for the team"
     )
-    with use_chat_model(OfflineModel()):
-        again = await run_planner(client, PlanRequest(task=similar, agent_id=agent), task_queue)
+    again = await run_planner(client, PlanRequest(task=similar, agent_id=agent), task_queue)
     new_fetch = next(s for s in again.plan["steps"] if s.get("tool") == "http_request")
     assert new_fetch["params"]["url"] == f"{base}/staging/notes"
     used = {x.id for x in again.lessons_applied}
@@ -101,9 +96,8 @@ async def test_a_rejection_and_a_correction_teach_the_next_plan(
     # and the new plan runs against staging only
     plan = Plan.model_validate({**again.plan, "id": f"l-{uuid.uuid4().hex[:10]}"})
     plan.options.require_approval = False
-    with use_chat_model(OfflineModel()):
-        h3 = await start(client, plan, task_queue)
-        assert (await h3.result()).status == PlanStatus.COMPLETED
+    h3 = await start(client, plan, task_queue)
+    assert (await h3.result()).status == PlanStatus.COMPLETED
     assert asked == ["/staging/notes", "/staging/notes"]
     st = await status(h3)
     assert st.status == PlanStatus.COMPLETED

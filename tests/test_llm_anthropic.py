@@ -314,9 +314,7 @@ async def test_connection_errors_and_timeouts_are_retryable(
     assert KEY not in str(raised.value)
 
 
-async def test_from_settings_turns_the_sdk_retries_off_and_shares_one_client(
-    monkeypatch: pytest.MonkeyPatch,
-):
+async def test_from_settings_turns_the_sdk_retries_off_and_shares_one_client():
     settings = get_settings().replace(models={"anthropic_api_key": KEY, "llm_timeout_s": 7.5})
     model = AnthropicModel.from_settings(settings)
     assert model.client.max_retries == 0
@@ -325,9 +323,8 @@ async def test_from_settings_turns_the_sdk_retries_off_and_shares_one_client(
     assert model.client is model.client  # one connection pool per event loop
     assert KEY not in repr(model)
 
-    # get_chat_model() answers with Anthropic when a key is set
-    monkeypatch.setattr("activities.llm.base.get_settings", lambda: settings)
-    assert isinstance(base.get_chat_model(), AnthropicModel)
+    # the worker's model is Anthropic when a key is set
+    assert isinstance(base.chat_model_from(settings), AnthropicModel)
 
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
         AnthropicModel.from_settings(settings.replace(models={"anthropic_api_key": None}))

@@ -19,7 +19,7 @@ from activities.llm.offline.planner import split_clauses
 from activities.llm.offline.schema_instance import minimal_instance
 from activities.llm.planner import submit_plan_tool, system_prompt, user_content
 from activities.llm.steps import judge_prompt, judge_tool
-from config import get_settings
+from config import load_settings
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.validation import parse_plan, validate_plan
@@ -85,13 +85,10 @@ async def test_text_answer_mentions_feedback_from_the_system_prompt():
 
 def test_without_a_key_the_process_model_is_the_offline_model(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    get_settings.cache_clear()
-    try:
-        assert get_settings().models.anthropic_api_key is None
-        assert isinstance(base.get_chat_model(), OfflineModel)
-        assert isinstance(base.get_chat_model(), base.ChatModel)
-    finally:
-        get_settings.cache_clear()
+    settings = load_settings()
+    assert settings.models.anthropic_api_key is None
+    assert isinstance(base.chat_model_from(settings), OfflineModel)
+    assert isinstance(base.chat_model_from(settings), base.ChatModel)
 
 
 # --- submit_plan --------------------------------------------------------------------------

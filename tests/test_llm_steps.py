@@ -1,7 +1,7 @@
 """llm, decision and validation steps: in the activity and end to end through Temporal.
 
-The model is scripted (:mod:`tests.llm_fakes`) and installed for the in-process worker with
-``use_chat_model``; the Anthropic wire format itself is tested in test_llm_anthropic.py.
+The model is scripted (:mod:`tests.llm_fakes`) and given to the in-process worker
+(``start_worker``); the Anthropic wire format itself is tested in test_llm_anthropic.py.
 """
 
 from __future__ import annotations
@@ -17,20 +17,23 @@ import pytest
 import respx
 from temporalio.client import Client
 
-from activities import persist
 from activities.llm.anthropic_model import AnthropicModel
-from activities.llm.base import LLMResponse, ToolCall, use_chat_model
+from activities.llm.base import LLMResponse, ToolCall
 from activities.llm.steps import CHOOSE, RESPOND, VERDICT, run_decision, run_llm
 from activities.tools import ToolContext, ToolError, tool
+from config import get_settings
+from contracts.models import ModelSelector
 from contracts.tools import catalog
 from plans.models import PlanStatus, StepStatus
 from plans.validation import validate_plan
 from tests import tools_for_tests
-from tests.helpers import make_plan, start, status, wait_for
+from tests.helpers import StartWorker, make_plan, start, status, wait_for
 from tests.llm_fakes import RespxTransport, ScriptedModel, text, tool_use
 from tests.test_llm_anthropic import message
 
 # --- in the activity ------------------------------------------------------------------
+
+SELECTOR = ModelSelector.load(get_settings())  # the configured models, none from a store
 
 
 async def test_llm_step_records_model_tokens_latency_and_sees_feedback() -> None:
@@ -39,6 +42,7 @@ async def test_llm_step_records_model_tokens_latency_and_sees_feedback() -> None
         {"prompt": "Capital of France?", "input": {"country": "France"}},
         {"feedback": ["answer in one word"], "answer": "be brief"},
         model,
+        SELECTOR,
     )
     out = result.output
     assert out["text"] == "Paris"
@@ -58,7 +62,7 @@ async def test_output_schema_answer_is_checked_and_sent_back_with_the_problem() 
         "required": ["score"],
     }
     model = ScriptedModel(tool_use(RESPOND, {"score": 99}), tool_use(RESPOND, {"score": 7}))
-    result = await run_llm({"prompt": "rate it", "output_schema": schema}, {}, model)
+    result = await run_llm({"prompt": "rate it", "output_schema": schema}, {}, model, SELECTOR)
     assert result.output["json"] == {"score": 7}
     assert result.output["input_tokens"] == 40  # both calls counted
     first, second = model.requests
@@ -74,7 +78,9 @@ async def test_output_schema_never_met_fails_without_retry() -> None:
     schema = {"type": "object", "required": ["x"]}
     model = ScriptedModel(tool_use(RESPOND, {}))
     with pytest.raises(ToolError) as e:
-        await run_llm({"prompt": "p", "output_schema": schema, "max_invalid_calls": 1}, {}, model)
+        await run_llm(
+            {"prompt": "p", "output_schema": schema, "max_invalid_calls": 1}, {}, model, SELECTOR
+        )
     assert e.value.kind == "InvalidModelOutput" and not e.value.retryable
     assert "after 2 tries" in str(e.value) and "'x' is a required property" in str(e.value)
     assert len(model.requests) == 2
@@ -82,7 +88,9 @@ async def test_output_schema_never_met_fails_without_retry() -> None:
 
 async def test_llm_step_with_tools_returns_calls_for_the_workflow() -> None:
     model = ScriptedModel(tool_use("count", {"key": "k"}))
-    result = await run_llm({"prompt": "count k", "tools": ["count", "transform"]}, {}, model)
+    result = await run_llm(
+        {"prompt": "count k", "tools": ["count", "transform"]}, {}, model, SELECTOR
+    )
     assert result.output is None and result.calls[0]["name"] == "count"
     req = model.requests[0]
     assert [t.name for t in req.tools] == ["count", "transform"]  # stable order
@@ -100,6 +108,7 @@ async def test_decision_must_choose_a_declared_option() -> None:
         {"question": "Ship?", "options": ["ship", "hold"], "context": {"tests": "green"}},
         {},
         model,
+        SELECTOR,
     )
     assert out["choice"] == "ship" and out["reason"] == "tests pass"
     assert out["options"] == ["ship", "hold"] and out["model_calls"] == 2
@@ -115,7 +124,7 @@ def _key() -> str:
 
 
 async def test_decision_runs_the_chosen_branch_and_skips_the_other(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     a, b = _key(), _key()
     model = ScriptedModel(tool_use(CHOOSE, {"choice": "A", "reason": "A is cheaper"}))
@@ -143,9 +152,9 @@ async def test_decision_runs_the_chosen_branch_and_skips_the_other(
             {"id": "end", "tool": "count", "params": {"key": a}, "depends_on": ["a1", "b2"]},
         ]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        result = await h.result()
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    result = await h.result()
     assert result.status == PlanStatus.COMPLETED
     st = await status(h)
     steps = {s.id: s for s in st.steps}
@@ -163,7 +172,7 @@ async def test_decision_runs_the_chosen_branch_and_skips_the_other(
 
 
 async def test_validation_names_every_failing_check_and_criterion(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     model = ScriptedModel(
         tool_use(
@@ -197,9 +206,9 @@ async def test_validation_names_every_failing_check_and_criterion(
             },
         ]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        result = await h.result()
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    result = await h.result()
     assert result.status == PlanStatus.FAILED
     check = next(s for s in (await status(h)).steps if s.id == "check")
     assert check.attempts == 1  # a failed check is not retried
@@ -213,7 +222,7 @@ async def test_validation_names_every_failing_check_and_criterion(
 
 
 async def test_function_calling_validates_runs_child_steps_and_feeds_results_back(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     key = _key()
     model = ScriptedModel(
@@ -230,9 +239,9 @@ async def test_function_calling_validates_runs_child_steps_and_feeds_results_bac
             }
         ]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        result = await h.result()
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    result = await h.result()
     assert result.status == PlanStatus.COMPLETED
     assert tools_for_tests.CALLS[key] == 1  # the invalid call never ran
     step = (await status(h)).steps[0]
@@ -250,7 +259,7 @@ async def test_function_calling_validates_runs_child_steps_and_feeds_results_bac
 
 
 async def test_function_calling_budget_of_invalid_calls_fails_the_step(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     model = ScriptedModel(tool_use("transform", {"data": 1}))  # offered only count
     plan = make_plan(
@@ -262,9 +271,9 @@ async def test_function_calling_budget_of_invalid_calls_fails_the_step(
             }
         ]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        result = await h.result()
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    result = await h.result()
     assert result.status == PlanStatus.FAILED
     step = (await status(h)).steps[0]
     assert "3 invalid tool calls (max_invalid_calls is 2)" in (step.error or "")
@@ -302,7 +311,7 @@ def calls(*wanted: tuple[str, dict[str, Any]]) -> LLMResponse:
 
 
 async def test_a_cancel_stops_an_llm_steps_tool_calls_and_rounds(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     tag = _key()
     model = ScriptedModel(
@@ -313,11 +322,11 @@ async def test_a_cancel_stops_an_llm_steps_tool_calls_and_rounds(
     plan = make_plan(
         [{"id": "agent", "kind": "llm", "params": {"prompt": "go", "tools": ["stubborn"]}}]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        await wait_for(h, lambda st: bool(st.steps[0].calls))
-        await h.execute_update("cancel", {"by": "alice", "reason": "stop"})
-        result = await h.result()
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    await wait_for(h, lambda st: bool(st.steps[0].calls))
+    await h.execute_update("cancel", {"by": "alice", "reason": "stop"})
+    result = await h.result()
     assert result.status == PlanStatus.CANCELLED
     step = (await status(h)).steps[0]
     assert step.status == StepStatus.CANCELLED
@@ -329,7 +338,7 @@ async def test_a_cancel_stops_an_llm_steps_tool_calls_and_rounds(
 
 
 async def test_templated_budget_and_tools_are_read_rendered(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     key = _key()
     model = ScriptedModel(tool_use("count", {"key": key}), tool_use("count", {"key": key}))
@@ -347,9 +356,9 @@ async def test_templated_budget_and_tools_are_read_rendered(
         ]
     ).model_copy(update={"inputs": {"n": 2, "tools": ["count"]}})
     assert validate_plan(plan, catalog()) == []
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        result = await asyncio.wait_for(h.result(), 30)
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    result = await asyncio.wait_for(h.result(), 30)
     assert result.status == PlanStatus.FAILED  # the model never stops calling
     step = (await status(h)).steps[0]
     assert "more than 2 tool calls (max_tool_calls)" in (step.error or "")
@@ -357,40 +366,40 @@ async def test_templated_budget_and_tools_are_read_rendered(
 
 
 async def test_a_large_tool_result_reaches_the_model_as_data(
-    client: Client, worker: object, task_queue: str, monkeypatch: pytest.MonkeyPatch
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
-    monkeypatch.setattr(persist, "large_output_bytes", lambda: 20)  # every output by reference
+    every_output_by_reference = get_settings().replace(store={"large_output_bytes": 20})
     key = _key()
     model = ScriptedModel(tool_use("count", {"key": key, "value": "x" * 50}), text("done"))
     plan = make_plan(
         [{"id": "agent", "kind": "llm", "params": {"prompt": "go", "tools": ["count"]}}]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        assert (await h.result()).status == PlanStatus.COMPLETED
+    await start_worker(model, every_output_by_reference)
+    h = await start(client, plan, task_queue)
+    assert (await h.result()).status == PlanStatus.COMPLETED
     fed = model.requests[1].messages[-1]["content"][0]["content"]
     assert isinstance(fed, str) and "x" * 50 in fed and "output_ref" not in fed
 
 
 async def test_a_cancelled_tool_call_is_not_left_running(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     key = _key()
     model = ScriptedModel(tool_use("count", {"key": key, "sleep_s": 30}))
     plan = make_plan(
         [{"id": "agent", "kind": "llm", "params": {"prompt": "go", "tools": ["count"]}}]
     )
-    with use_chat_model(model):
-        h = await start(client, plan, task_queue)
-        await wait_for(h, lambda st: bool(st.steps[0].calls))
-        await h.execute_update("cancel", {"by": "alice", "reason": "enough"})
-        assert (await h.result()).status == PlanStatus.CANCELLED
+    await start_worker(model)
+    h = await start(client, plan, task_queue)
+    await wait_for(h, lambda st: bool(st.steps[0].calls))
+    await h.execute_update("cancel", {"by": "alice", "reason": "enough"})
+    assert (await h.result()).status == PlanStatus.CANCELLED
     (call,) = (await status(h)).steps[0].calls
     assert call["status"] == "cancelled" and "enough" in call["error"]
 
 
 async def test_function_calling_through_the_real_anthropic_client(
-    client: Client, worker: object, task_queue: str
+    client: Client, start_worker: StartWorker, task_queue: str
 ) -> None:
     """The conversation the workflow builds is what the Messages API takes: the SDK sends
     the tool_use answer back with the tool's result under the same id, then the text."""
@@ -414,9 +423,9 @@ async def test_function_calling_through_the_real_anthropic_client(
         [{"id": "agent", "kind": "llm", "params": {"prompt": "count", "tools": ["count"]}}]
     )
     async with httpx2.AsyncClient(transport=RespxTransport(router)) as http:
-        with use_chat_model(AnthropicModel("sk-ant-test-steps", http_client=http)):
-            h = await start(client, plan, task_queue)
-            assert (await h.result()).status == PlanStatus.COMPLETED
+        await start_worker(AnthropicModel("sk-ant-test-steps", http_client=http))
+        h = await start(client, plan, task_queue)
+        assert (await h.result()).status == PlanStatus.COMPLETED
     step = (await status(h)).steps[0]
     assert step.output["text"] == "counted" and step.output["input_tokens"] == 40
     assert step.output["offline"] is False and step.calls[0]["status"] == "completed"

@@ -30,6 +30,11 @@ def settings_with(**store: Any) -> Settings:
     return get_settings().replace(models={"models": None}, store=store)
 
 
+def selector_of(settings: Settings) -> ModelSelector:
+    """What a worker with ``settings`` selects from: its settings and its store."""
+    return load_selector(settings, get_engine(settings.store.database_url))
+
+
 def m(name: str, caps: list[str], priority: int = 100, **kw: Any) -> ModelConfig:
     return ModelConfig(name=name, capabilities=caps, priority=priority, **kw)
 
@@ -173,11 +178,11 @@ def put(url: str, name: str, caps: list[str], **kw: Any) -> None:
 
 def test_store_models_override_the_settings_by_name_and_can_hide_them(db_url: str):
     settings = settings_with(database_url=db_url)
-    assert load_selector(settings).fast_model().name == HAIKU
+    assert selector_of(settings).fast_model().name == HAIKU
 
     put(db_url, "claude-haiku-6", ["fast", "general"], priority=15, max_tokens=8000)
     put(db_url, SONNET, ["planning", "general"], priority=10, enabled=False)
-    selector = load_selector(settings)
+    selector = selector_of(settings)
     by_name = {x.name: x for x in selector.models}
     assert by_name["claude-haiku-6"].source == "store"
     assert by_name[SONNET].source == "store" and not by_name[SONNET].enabled
@@ -192,7 +197,7 @@ def test_store_models_override_the_settings_by_name_and_can_hide_them(db_url: st
 
     # the store changes the priority of a settings model
     put(db_url, HAIKU, ["fast", "general"], priority=1)
-    assert load_selector(settings).default_model().name == HAIKU
+    assert selector_of(settings).default_model().name == HAIKU
 
 
 def test_without_a_readable_store_the_settings_alone_answer(
@@ -200,7 +205,7 @@ def test_without_a_readable_store_the_settings_alone_answer(
 ):
     settings = settings_with(database_url=f"sqlite:///{tmp_path}/no/such/dir/store.db")
     with caplog.at_level(logging.WARNING, logger="plansmith.llm"):
-        selector = load_selector(settings)
+        selector = selector_of(settings)
     assert [x.name for x in selector.models] == [SONNET, HAIKU]
     assert any(
         "cannot read the models configured in the store" in r.message for r in caplog.records
@@ -289,7 +294,7 @@ async def test_put_and_delete_change_what_the_selector_picks(db_url: str):
         assert sonnet["source"] == "store" and sonnet["enabled"] is False
 
         # the worker's selector sees the same (same store)
-        selector = load_selector(settings_with(database_url=db_url))
+        selector = selector_of(settings_with(database_url=db_url))
         assert selector.fast_model().name == HAIKU  # priority 20 < 100
         with pytest.raises(NoModelFits):
             selector.planning_model()

@@ -10,7 +10,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,8 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.llm.base import LLMRequest, LLMResponse, use_chat_model
+from activities.llm.base import LLMRequest, LLMResponse
 from activities.llm.offline.model import OfflineModel
-from activities.persist import store_engine
 from api.drafts import StoreDrafts
 from contracts.errors import LLMError, NoModelFits
 from contracts.planning import PlanningFailed, PlanRequest
@@ -32,7 +31,7 @@ from plans.models import Plan, PlanStatus, StepStatus
 from plans.validation import parse_plan, validate_plan
 from store import knowledge
 from store.db import session_scope
-from tests.helpers import make_plan, start
+from tests.helpers import StartWorker, make_plan, start, store_engine, worker_with
 from tests.test_api import make_app, wait_status
 from tests.test_cli import cli_env, plansmith
 from tests.test_planner import CYCLE_AND_UNKNOWN_TOOL, Scripted, answer
@@ -47,13 +46,6 @@ TASK = "fetch the release notes and summarise them"
 def notes_url(text_server: tuple[str, list[str]]) -> str:
     """Release notes served on 127.0.0.1 by the test."""
     return f"{text_server[0]}/release-notes"
-
-
-@pytest.fixture
-def offline() -> Iterator[OfflineModel]:
-    """The in-process worker answers with the offline model whatever the environment says."""
-    with use_chat_model(OfflineModel()) as model:
-        yield model  # type: ignore[misc]
 
 
 def assert_valid(doc: dict[str, Any]) -> Plan:
@@ -72,7 +64,7 @@ async def run_to_end(client: Client, doc: dict[str, Any], task_queue: str) -> An
 
 
 async def test_generated_plan_fetches_summarises_and_completes(
-    client, worker, task_queue, notes_url, offline
+    client, worker, task_queue, notes_url
 ):
     result = await run_planner(
         client,
@@ -94,9 +86,7 @@ async def test_generated_plan_fetches_summarises_and_completes(
     assert summary["text"].startswith("[offline]") and "text from /release-notes" in summary["text"]
 
 
-async def test_the_acceptance_task_without_a_url_runs_to_completion(
-    client, worker, task_queue, offline
-):
+async def test_the_acceptance_task_without_a_url_runs_to_completion(client, worker, task_queue):
     result = await run_planner(client, PlanRequest(task=TASK), task_queue)
     plan = assert_valid(result.plan)
     assert [s.kind.value for s in plan.steps] == ["llm", "llm"]
@@ -107,7 +97,7 @@ async def test_the_acceptance_task_without_a_url_runs_to_completion(
 
 
 async def test_offline_answers_decisions_structured_output_and_the_judge(
-    client, worker, task_queue, offline
+    client, worker, task_queue
 ):
     schema = {
         "type": "object",
@@ -172,9 +162,12 @@ async def test_offline_answers_decisions_structured_output_and_the_judge(
     assert verdicts[1]["reason"] == "[offline] not assessed by a model"
 
 
-async def test_a_plan_that_stays_invalid_fails_once_with_the_problems(client, worker, task_queue):
+async def test_a_plan_that_stays_invalid_fails_once_with_the_problems(
+    client, start_worker: StartWorker, task_queue
+):
     model = Scripted(answer(CYCLE_AND_UNKNOWN_TOOL))
-    with use_chat_model(model), pytest.raises(PlanningFailed) as caught:
+    await start_worker(model)
+    with pytest.raises(PlanningFailed) as caught:
         await run_planner(client, PlanRequest(task="release", max_repair_rounds=1), task_queue)
     assert caught.value.rounds == 2
     assert len(model.requests) == 2  # PlanningFailed is not retried by Temporal
@@ -197,16 +190,17 @@ class Flaky:
         return await OfflineModel().complete(request)
 
 
-async def test_model_errors_are_retried_only_when_retrying_can_help(client, worker, task_queue):
+async def test_model_errors_are_retried_only_when_retrying_can_help(client, task_queue):
     overloaded = Flaky(LLMError("overloaded", retryable=True, kind="LLMOverloaded", status=529))
-    with use_chat_model(overloaded):
+    async with worker_with(client, task_queue, overloaded):
         result = await run_planner(client, PlanRequest(task=TASK), task_queue)
     assert_valid(result.plan)
     assert overloaded.calls == 2
 
     refused = Flaky(LLMError("invalid x-api-key", retryable=False, kind="LLMAuthError", status=401))
-    with use_chat_model(refused), pytest.raises(LLMError) as caught:
-        await run_planner(client, PlanRequest(task=TASK), task_queue)
+    async with worker_with(client, task_queue, refused):
+        with pytest.raises(LLMError) as caught:
+            await run_planner(client, PlanRequest(task=TASK), task_queue)
     assert refused.calls == 1
     assert caught.value.kind == "LLMAuthError" and not caught.value.retryable
     assert caught.value.status == 401 and "invalid x-api-key" in str(caught.value)
@@ -226,7 +220,7 @@ async def test_no_worker_is_said_quickly(client, task_queue):
 
 
 async def test_lessons_from_the_store_are_applied_and_the_run_is_recorded(
-    client, worker, task_queue
+    client, start_worker: StartWorker, task_queue
 ):
     task = f"reconcile the zebra ledger {uuid.uuid4().hex[:6]} and email the totals"
     with session_scope(store_engine(), write=True) as session:
@@ -246,8 +240,8 @@ async def test_lessons_from_the_store_are_applied_and_the_run_is_recorded(
             return await super().complete(request)
 
     wid = f"generate-test-{uuid.uuid4().hex[:8]}"
-    with use_chat_model(Watching()):
-        result = await run_planner(client, PlanRequest(task=task), task_queue, workflow_id=wid)
+    await start_worker(Watching())
+    result = await run_planner(client, PlanRequest(task=task), task_queue, workflow_id=wid)
     assert lesson["id"] in [x.id for x in result.lessons_applied]
     lessons_text = seen[0].messages[0]["content"][0]["text"]
     assert f"[lesson {lesson['id']}]" in lessons_text and "reconcile first" in lessons_text
@@ -263,9 +257,8 @@ async def test_lessons_from_the_store_are_applied_and_the_run_is_recorded(
 
 
 @pytest_asyncio.fixture
-async def http(
-    env: WorkflowEnvironment, worker: Any, task_queue: str
-) -> AsyncIterator[httpx.AsyncClient]:
+async def http(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API of ``task_queue`` (a test adds the worker it needs)."""
     app: FastAPI = make_app(env.client, task_queue)
     async with (
         app.router.lifespan_context(app),
@@ -276,7 +269,7 @@ async def http(
         yield c
 
 
-async def test_api_generates_saves_and_executes_a_plan(http, notes_url, offline):
+async def test_api_generates_saves_and_executes_a_plan(http, worker, notes_url):
     r = await http.post(
         "/api/plans/generate",
         json={
@@ -310,9 +303,9 @@ async def test_api_generates_saves_and_executes_a_plan(http, notes_url, offline)
     assert st["status"] == "completed", st
 
 
-async def test_api_lists_every_problem_when_no_valid_plan_comes(http):
-    with use_chat_model(Scripted(answer(CYCLE_AND_UNKNOWN_TOOL))):
-        r = await http.post("/api/plans/generate", json={"task": "release", "max_repair_rounds": 1})
+async def test_api_lists_every_problem_when_no_valid_plan_comes(http, start_worker: StartWorker):
+    await start_worker(Scripted(answer(CYCLE_AND_UNKNOWN_TOOL)))
+    r = await http.post("/api/plans/generate", json={"task": "release", "max_repair_rounds": 1})
     assert r.status_code == 422, r.text
     body = r.json()
     assert body["code"] == "planning_failed" and "2 round(s)" in body["detail"]
@@ -321,15 +314,16 @@ async def test_api_lists_every_problem_when_no_valid_plan_comes(http):
     assert any(p["message"].startswith("dependency cycle") for p in body["problems"])
 
 
-async def test_api_bad_requests_and_model_errors(http):
-    r = await http.post("/api/plans/generate", json={"task": "   "})
-    assert r.status_code == 422 and r.json()["problems"][0]["location"] == "task"
-    r = await http.post("/api/plans/generate", json={"task": "x", "max_repair_rounds": 9})
-    assert r.status_code == 422 and r.json()["problems"][0]["location"] == "max_repair_rounds"
-    r = await http.post("/api/plans/generate", json={"task": "x", "model": "no-such-model"})
-    assert r.status_code == 422 and r.json()["problems"][0]["location"] == "model"
+async def test_api_bad_requests_and_model_errors(http, env, task_queue):
+    async with worker_with(env.client, task_queue):
+        r = await http.post("/api/plans/generate", json={"task": "   "})
+        assert r.status_code == 422 and r.json()["problems"][0]["location"] == "task"
+        r = await http.post("/api/plans/generate", json={"task": "x", "max_repair_rounds": 9})
+        assert r.status_code == 422 and r.json()["problems"][0]["location"] == "max_repair_rounds"
+        r = await http.post("/api/plans/generate", json={"task": "x", "model": "no-such-model"})
+        assert r.status_code == 422 and r.json()["problems"][0]["location"] == "model"
     refused = Flaky(LLMError("invalid x-api-key", retryable=False, kind="LLMAuthError", status=401))
-    with use_chat_model(refused):
+    async with worker_with(env.client, task_queue, refused):
         r = await http.post("/api/plans/generate", json={"task": "x"})
     assert r.status_code == 502 and r.json()["code"] == "llm_error"
     assert "invalid x-api-key" in r.json()["detail"]
@@ -353,7 +347,7 @@ async def test_api_without_a_worker_answers_503(env):
 
 
 @pytest.mark.slow
-async def test_cli_plan_then_run_completes(env, worker, task_queue, notes_url, offline, tmp_path):
+async def test_cli_plan_then_run_completes(env, worker, task_queue, notes_url, tmp_path):
     code, out, err = await plansmith(
         "plan",
         TASK,
@@ -376,11 +370,11 @@ async def test_cli_plan_then_run_completes(env, worker, task_queue, notes_url, o
 
 
 @pytest.mark.slow
-async def test_cli_plan_failure_and_bad_input(env, worker, task_queue):
-    with use_chat_model(Scripted(answer(CYCLE_AND_UNKNOWN_TOOL))):
-        code, out, err = await plansmith(
-            "plan", "release", "--rounds", "1", env_vars=cli_env(env, task_queue)
-        )
+async def test_cli_plan_failure_and_bad_input(env, start_worker: StartWorker, task_queue):
+    await start_worker(Scripted(answer(CYCLE_AND_UNKNOWN_TOOL)))
+    code, out, err = await plansmith(
+        "plan", "release", "--rounds", "1", env_vars=cli_env(env, task_queue)
+    )
     assert code == 1 and out == ""
     assert "could not make a valid plan in 2 round(s)" in err
     assert "steps[0].tool: unknown tool 'htp_request'" in err and "dependency cycle" in err

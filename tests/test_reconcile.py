@@ -10,7 +10,6 @@ from typing import Any
 
 from temporalio.client import Client
 
-from activities.persist import store_engine
 from api import reconcile
 from api.reconcile import reconcile_once
 from api.store_reads import PlanStore
@@ -18,7 +17,7 @@ from plans.models import PlanStatus
 from store import reads
 from store.db import session_scope
 from store.metrics.waiting import waiting_plans
-from tests.helpers import make_plan, start
+from tests.helpers import make_plan, start, store_engine
 
 
 def stored_status(plan_id: str) -> PlanStatus | None:

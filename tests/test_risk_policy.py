@@ -35,6 +35,7 @@ from plans.run_state import Approval, new_run
 from plans.scheduler import advance
 from plans.steering import apply_control, parse_control
 from plans.views import status_view, waits
+from store.db import get_engine
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 OPEN: dict[str, Any] = {"type": "object"}
@@ -416,17 +417,18 @@ async def test_the_activity_degrades_to_no_trust_when_the_store_fails(
 ) -> None:
     import activities.approval as approval
 
-    def broken(agent_id: str, limit: int) -> TrustHistory:
+    def broken(engine: Any, agent_id: str, limit: int) -> TrustHistory:
         raise ConnectionError("connection refused")
 
     monkeypatch.setattr(approval, "read_history", broken)
-    history = await load_history("bot", 10)
+    engine = get_engine()
+    history = await load_history(engine, "bot", 10)
     assert history.runs == [] and history.error is not None
     assert "store unreachable: ConnectionError: connection refused" in history.error
     inp = AssessApprovalInput(plan=plan_of(RISKY), tools=CATALOG, now=NOW)
     d = decide(inp, history, PolicyThresholds())
     assert d.required and "could not be read" in d.reasons[1]
-    assert (await load_history(None, 10)).agent_id is None
+    assert (await load_history(engine, None, 10)).agent_id is None
 
 
 # --- the engine applies the decision -------------------------------------------------

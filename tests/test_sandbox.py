@@ -28,7 +28,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.sandbox import SandboxUnavailable, isolation, run_code
+from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
 from activities.sandbox.models import SandboxResult
 from activities.sandbox.params import request_from_params, resolve_limits
 from activities.sandbox.record import run_record
@@ -38,6 +38,7 @@ from config import SandboxSettings
 from contracts.steps import StepOutcome, StepTask
 from contracts.tools import catalog
 from plans.models import StepKind
+from tests.helpers import activity_deps
 
 SETTINGS = SandboxSettings(
     timeout_s=10,
@@ -445,6 +446,11 @@ def test_explicit_opt_out_runs_unisolated_with_limits_and_says_so(
 
 
 # --- the activity -------------------------------------------------------------------------
+
+
+async def run_code(task: StepTask) -> StepOutcome:
+    """The sandbox worker's ``run_code``, with the tests' settings."""
+    return await SandboxActivities(activity_deps()).run_code(task)
 
 
 def _env() -> ActivityEnvironment:

@@ -11,9 +11,9 @@ traffic goes to a server this module starts on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,28 +27,36 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.sandbox import run_code
-from config import get_settings
+from config import Settings, get_settings
 from plans.models import Plan
 from plans.run_state import AuditEntry
-from tests.helpers import make_plan, start, status
+from tests.helpers import activity_deps, make_plan, start, status
 from tests.test_sandbox import sandbox_processes
+from worker import sandbox_activities_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest_asyncio.fixture
-async def sandbox_queue(env: WorkflowEnvironment) -> AsyncIterator[str]:
-    """A worker of the sandbox pool: run_code only, on a queue of its own."""
+@contextlib.asynccontextmanager
+async def sandbox_pool(
+    env: WorkflowEnvironment, settings: Settings | None = None
+) -> AsyncIterator[str]:
+    """A worker of the sandbox pool: run_code only, on a queue of its own (returned)."""
     queue = f"sandbox-{uuid.uuid4()}"
     async with Worker(
         env.client,
         task_queue=queue,
-        activities=[run_code],
+        activities=sandbox_activities_for(activity_deps(settings=settings)),
         max_concurrent_activities=12,
         max_heartbeat_throttle_interval=timedelta(seconds=1),
         default_heartbeat_throttle_interval=timedelta(seconds=1),
     ):
+        yield queue
+
+
+@pytest_asyncio.fixture
+async def sandbox_queue(env: WorkflowEnvironment) -> AsyncIterator[str]:
+    async with sandbox_pool(env) as queue:
         yield queue
 
 
@@ -255,22 +263,17 @@ print("daemon started")
 
 
 async def test_a_worker_without_isolation_refuses_the_step_clearly(
-    client, worker, task_queue, sandbox_queue, monkeypatch
+    env, client, worker, task_queue
 ) -> None:
-    monkeypatch.setenv("PLANSMITH_SANDBOX_BWRAP", "/nonexistent/bwrap")
-    get_settings.cache_clear()
-    try:
+    no_bwrap = get_settings().replace(sandbox={"bwrap": "/nonexistent/bwrap"})
+    async with sandbox_pool(env, no_bwrap) as sandbox_queue:
         plan = make_plan([py("code", "print('must not run')")])
         result = await (
             await start(client, plan, task_queue, task_queues={"sandbox": sandbox_queue})
         ).result()
-    finally:
-        monkeypatch.delenv("PLANSMITH_SANDBOX_BWRAP")
-        get_settings.cache_clear()
     step = result.final_steps["code"]
     assert result.status == "failed" and step.status == "failed"
     assert step.error is not None
     assert step.error.startswith("SandboxUnavailable: sandbox isolation is unavailable")
     assert "PLANSMITH_SANDBOX_ISOLATION=none" in step.error
     assert step.attempts == 1
-    assert os.environ.get("PLANSMITH_SANDBOX_BWRAP") is None

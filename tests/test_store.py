@@ -46,6 +46,7 @@ from store.models import (
     RunRecord,
     StepResultRecord,
 )
+from tests.helpers import activity_deps
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CATALOG = {
@@ -482,11 +483,13 @@ def test_blobs_round_trip_once(engine: Engine) -> None:
 def test_large_outputs_go_by_reference(engine: Engine) -> None:
     big = {"rows": [{"i": i, "text": "x" * 100} for i in range(3000)]}  # ~330 KB of JSON
     small = {"ok": True}
-    assert persist.offload_output("p1", "run-1", "a", small, engine=engine) == small
-    ref = persist.offload_output("p1", "run-1", "a", big, engine=engine)
+    limit = 256 * 1024  # the default of large_output_bytes
+    assert persist.offload_output("p1", "run-1", "a", small, limit, engine=engine) == small
+    ref = persist.offload_output("p1", "run-1", "a", big, limit, engine=engine)
     parsed = as_output_ref(ref)
-    assert parsed is not None and parsed.size > 256 * 1024 and len(str(ref)) < 3000
-    assert persist.offload_output("p1", "run-1", "a", big, engine=engine) == ref  # idempotent
+    assert parsed is not None and parsed.size > limit and len(str(ref)) < 3000
+    again = persist.offload_output("p1", "run-1", "a", big, limit, engine=engine)
+    assert again == ref  # idempotent
     assert persist.load_output(ref, engine=engine) == big
     assert persist.resolve_refs({"x": [ref, 1]}, engine=engine) == {"x": [big, 1]}
     d = Driver(STEPS)
@@ -504,25 +507,22 @@ def test_large_outputs_go_by_reference(engine: Engine) -> None:
 # --- the activity ---------------------------------------------------------------------
 
 
-async def test_record_snapshot_activity_uses_database_url(
-    db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    get_settings.cache_clear()
+async def test_record_snapshot_activity_uses_database_url(db_url: str) -> None:
+    settings = get_settings().replace(store={"database_url": db_url})
+    record_snapshot = persist.SnapshotActivities(activity_deps(settings=settings)).record_snapshot
     try:
         d = finished_driver()
         snap = d.snap(seq=1)
         env = ActivityEnvironment()
-        first = await env.run(persist.record_snapshot, snap)
-        second = await env.run(persist.record_snapshot, snap)
+        first = await env.run(record_snapshot, snap)
+        second = await env.run(record_snapshot, snap)
         assert first.applied and first.logs == len(d.run.logs) and second.logs == 0
-        eng = db.get_engine()
+        eng = db.get_engine(db_url)
         assert db.current_revision(eng) == db.HEAD_REVISION  # migrated on first use
         with Session(eng) as s:
             st = reads.get_status(s, "p1")
         assert st is not None and st.status == PlanStatus.COMPLETED
     finally:
-        get_settings.cache_clear()
         db.get_engine(db_url).dispose()
 
 

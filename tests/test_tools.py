@@ -20,11 +20,12 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.steps import execute_step
+from activities.steps import StepActivities
 from activities.tools import ToolContext, ToolError, get_tool, tool
 from contracts.steps import StepOutcome, StepTask
 from contracts.tools import catalog
 from plans.models import StepKind, ToolSpec
+from tests.helpers import activity_deps
 
 # --- a local HTTP server -------------------------------------------------------------
 
@@ -384,6 +385,11 @@ def task(**kw: Any) -> StepTask:
         "idempotency_key": "plan-1:step-a:v1",
     }
     return StepTask(**{**base, **kw})
+
+
+async def execute_step(t: StepTask) -> StepOutcome:
+    """The worker's ``execute_step``, with the tests' settings and store."""
+    return await StepActivities(activity_deps()).execute_step(t)
 
 
 def activity_env(attempt: int = 1) -> tuple[ActivityEnvironment, list[tuple[Any, ...]]]:

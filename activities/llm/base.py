@@ -3,7 +3,8 @@
 Callers (the llm/decision/validation steps, the planner) build an :class:`LLMRequest`,
 ask a :class:`ChatModel` for a :class:`LLMResponse` and never know which model answered:
 the Anthropic client when ``ANTHROPIC_API_KEY`` is set, the offline deterministic model
-otherwise, or whatever a test installs with :func:`use_chat_model`.
+otherwise (:func:`chat_model_from`, called once by the worker), or whatever a test gives
+the activities (:class:`activities.deps.ActivityDeps`).
 
 Messages and content blocks follow the Anthropic Messages API shape (plain dicts), so a
 conversation with tool calls can be fed back to the model as it is:
@@ -20,13 +21,11 @@ the activity turns it into an ``ApplicationError`` whose ``non_retryable`` flag 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from config import get_settings
+from config import Settings
 from contracts.planning import Usage
 
 
@@ -113,15 +112,9 @@ class ChatModel(Protocol):
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
 
 
-_override: ChatModel | None = None
-
-
-def get_chat_model() -> ChatModel:
-    """The model this process talks to: a test's override, Anthropic with a key, else
+def chat_model_from(settings: Settings) -> ChatModel:
+    """The model ``settings`` call for: Anthropic with a key (``ANTHROPIC_API_KEY``), else
     the offline stand-in."""
-    if _override is not None:
-        return _override
-    settings = get_settings()
     if settings.models.anthropic_api_key:
         from activities.llm.anthropic_model import AnthropicModel
 
@@ -129,14 +122,3 @@ def get_chat_model() -> ChatModel:
     from activities.llm.offline.model import OfflineModel
 
     return OfflineModel()
-
-
-@contextlib.contextmanager
-def use_chat_model(model: ChatModel) -> Iterator[ChatModel]:
-    """Answer every LLM call in this process with ``model`` (tests, embedding)."""
-    global _override
-    previous, _override = _override, model
-    try:
-        yield model
-    finally:
-        _override = previous

@@ -1,7 +1,8 @@
 """What ``llm``, ``decision`` and ``validation`` steps do inside ``execute_step``.
 
-Every call goes to :func:`activities.llm.base.get_chat_model` — Anthropic with a key, the
-offline stand-in without — and every output records the model, tokens in/out, latency and
+Every call goes to the worker's model (``ActivityDeps.chat_model``: Anthropic with a key,
+the offline stand-in without), passed in by ``execute_step`` with the model selector that
+names the model to ask for; every output records the model, tokens in/out, latency and
 whether it was produced offline.
 
 An ``llm`` step offered registry tools (``params.tools``) does not run them here: when the
@@ -14,7 +15,6 @@ that does not fit is sent back to the model with the problem, a bounded number o
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,8 @@ import jsonschema
 
 from activities.llm.base import ChatModel, LLMRequest, LLMResponse, ToolDef
 from activities.tools import ToolError, get_tool
+from contracts.errors import NoModelFits
+from contracts.models import ModelSelector
 from contracts.planning import Usage
 
 RESPOND = "respond"
@@ -98,13 +100,11 @@ class _Meter:
         }
 
 
-def pick_model(params: dict[str, Any], default_capability: str = "general") -> tuple[str, int]:
+def pick_model(
+    params: dict[str, Any], selector: ModelSelector, default_capability: str = "general"
+) -> tuple[str, int]:
     """The model for a step (name, max_tokens): ``params.model`` if given, else the first
     configured model with ``params.capabilities`` (or the default capability)."""
-    from activities.llm.selector import load_selector
-    from contracts.errors import NoModelFits
-
-    selector = load_selector()
     name = params.get("model")
     caps = params.get("capabilities")
     try:
@@ -200,10 +200,10 @@ def _send_back(
 
 
 async def run_llm(
-    params: dict[str, Any], context: dict[str, Any], model: ChatModel
+    params: dict[str, Any], context: dict[str, Any], model: ChatModel, selector: ModelSelector
 ) -> LLMStepResult:
     """One round of an ``llm`` step (the first, or the next after tool results)."""
-    name, limit = await asyncio.to_thread(pick_model, params)
+    name, limit = pick_model(params, selector)
     schema = params.get("output_schema")
     offered = [_tool_def(t) for t in sorted(set(params.get("tools") or []))]
     if schema:
@@ -275,11 +275,11 @@ def _tool_def(name: str) -> ToolDef:
 
 
 async def run_decision(
-    params: dict[str, Any], context: dict[str, Any], model: ChatModel
+    params: dict[str, Any], context: dict[str, Any], model: ChatModel, selector: ModelSelector
 ) -> dict[str, Any]:
     """Choose one of ``params.options``; the output is ``{choice, reason, ...}``."""
     options = [str(o) for o in params["options"]]
-    name, limit = await asyncio.to_thread(pick_model, params)
+    name, limit = pick_model(params, selector)
     tool = ToolDef(
         name=CHOOSE,
         description="Record the chosen option and why.",
@@ -367,11 +367,11 @@ def judge_prompt(criteria: list[str], subject: Any) -> str:
 
 
 async def judge(
-    spec: dict[str, Any], context: dict[str, Any], model: ChatModel
+    spec: dict[str, Any], context: dict[str, Any], model: ChatModel, selector: ModelSelector
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """An LLM judge: one verdict per criterion, ``[{criterion, passed, reason}]``."""
     criteria = [str(c) for c in spec["criteria"]]
-    name, limit = await asyncio.to_thread(pick_model, spec, "reasoning")
+    name, limit = pick_model(spec, selector, "reasoning")
     tool = judge_tool(criteria)
     text = judge_prompt(criteria, spec.get("subject"))
     meter = _Meter()

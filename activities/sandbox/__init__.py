@@ -35,11 +35,11 @@ and the step's limits), ``probe`` (what isolation the worker can build), ``bwrap
 bubblewrap command line), ``runner`` (the program run inside the sandbox), ``run`` (the
 job and the child's command line), ``supervise`` (output caps, timeout, kill),
 ``outcome`` (how the run ended), ``record`` (the audit record), ``tool`` (the ``python``
-tool and the ``run_code`` activity).
+tool and the ``run_code`` activity of :class:`SandboxActivities`).
 """
 
 from activities.sandbox.models import SandboxUnavailable
 from activities.sandbox.probe import isolation
-from activities.sandbox.tool import run_code
+from activities.sandbox.tool import SandboxActivities
 
-__all__ = ["SandboxUnavailable", "isolation", "run_code"]
+__all__ = ["SandboxActivities", "SandboxUnavailable", "isolation"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from activities.sandbox.bwrap import bwrap_base
 from activities.sandbox.models import SandboxUnavailable
-from config import SandboxSettings, get_settings
+from config import SandboxSettings
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,14 @@ _ISOLATION: dict[tuple[Any, ...], Isolation] = {}
 _ISOLATION_LOCK = threading.Lock()
 
 
-def isolation(settings: SandboxSettings | None = None) -> Isolation:
+def isolation(settings: SandboxSettings) -> Isolation:
     """What this worker can build, probed once (a refusal is probed again next time).
 
     Raises:
         SandboxUnavailable: bwrap is missing or cannot create the namespaces here, and
             the operator did not opt out with ``PLANSMITH_SANDBOX_ISOLATION=none``.
     """
-    s = settings or get_settings().sandbox
+    s = settings
     key = (s.isolation, s.bwrap, s.python, s.uid, s.gid, os.geteuid())
     with _ISOLATION_LOCK:
         found = _ISOLATION.get(key)

@@ -30,7 +30,7 @@ from activities.sandbox.models import (
 )
 from activities.sandbox.probe import isolation
 from activities.sandbox.supervise import supervise
-from config import SandboxSettings, get_settings
+from config import SandboxSettings
 
 HEARTBEAT_EVERY_S = 1.0
 
@@ -40,7 +40,7 @@ RUNNER_SOURCE = Path(__file__).with_name("runner.py").read_text(encoding="utf-8"
 
 def run_sandboxed(
     request: SandboxRequest,
-    settings: SandboxSettings | None = None,
+    settings: SandboxSettings,
     cancel: threading.Event | None = None,
 ) -> SandboxResult:
     """Run ``request.code`` in the sandbox and wait for it (blocking; call it in a thread).
@@ -51,7 +51,7 @@ def run_sandboxed(
         SandboxUnavailable: the isolation cannot be built here (the code did not run).
         ToolError: the sandbox itself failed to start (retryable).
     """
-    s = settings or get_settings().sandbox
+    s = settings
     iso = isolation(s)
     limits = request.limits
     owned: set[int] = set()  # fds to close at the end (each exactly once: numbers get reused)
@@ -146,7 +146,7 @@ def _memfd(name: str, data: bytes) -> int:
 
 async def run_in_thread(
     request: SandboxRequest,
-    settings: SandboxSettings | None = None,
+    settings: SandboxSettings,
     heartbeat: Callable[..., None] = lambda *a: None,
 ) -> SandboxResult:
     """Run the sandbox in a thread of its own, heartbeating; a cancel kills the sandbox."""

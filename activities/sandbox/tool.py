@@ -1,4 +1,5 @@
-"""The ``python`` tool and the ``run_code`` activity that hosts it on the ``sandbox`` queue."""
+"""The ``python`` tool and the ``run_code`` activity (:class:`SandboxActivities`) that hosts
+it on the ``sandbox`` queue."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.deps import ActivityDeps
 from activities.sandbox.models import SandboxFailed, SandboxResult, SandboxUnavailable
 from activities.sandbox.params import request_from_params
 from activities.sandbox.record import log_record, run_record
 from activities.sandbox.run import run_in_thread
 from activities.steps import run_tool
 from activities.tools import ToolContext, ToolError, get_tool, tool
-from config import get_settings
+from config import SandboxSettings
 from contracts.steps import StepOutcome, StepTask
 from contracts.tools import PYTHON, RUN_CODE
 
@@ -73,9 +75,19 @@ def _step_ceiling_s() -> float | None:
     return max(seconds - min(2.0, seconds / 5), 0.1)
 
 
+def _sandbox_settings(ctx: ToolContext) -> SandboxSettings:
+    if ctx.deps is None:
+        raise ToolError(
+            "the python tool runs only in a worker (its settings give the sandbox's limits)",
+            retryable=False,
+            kind="SandboxUnavailable",
+        )
+    return ctx.deps.settings.sandbox
+
+
 @tool(PYTHON)
 async def python_tool(params: dict[str, Any], ctx: ToolContext) -> Any:
-    s = get_settings().sandbox
+    s = _sandbox_settings(ctx)
     request, notes = request_from_params(params, s, _step_ceiling_s())
     try:
         result = await run_in_thread(request, s, ctx.heartbeat)
@@ -95,37 +107,43 @@ async def python_tool(params: dict[str, Any], ctx: ToolContext) -> Any:
     raise SandboxFailed(message, kind=kind, record=record)
 
 
-@activity.defn(name=RUN_CODE)
-async def run_code(task: StepTask) -> StepOutcome:
-    """Run a ``python`` step in the sandbox (hosted by the ``sandbox`` worker pool).
+class SandboxActivities:
+    """``run_code``, with the sandbox settings of ``deps``."""
 
-    Same contract as ``execute_step``: the params are checked again against the tool's
-    schema, failures become ``ApplicationError`` carrying the attempt number, and the run
-    record travels in the output (``output.sandbox``) or in the error details
-    (``details[0]["sandbox"]``).
-    """
-    attempt = activity.info().attempt
-    try:
-        registered = get_tool(task.tool or "")
-        if registered.spec.activity != RUN_CODE:
-            raise ToolError(
-                f"tool {registered.spec.name!r} does not run in the sandbox",
-                retryable=False,
-                kind="UnknownTool",
-            )
-        output = await run_tool(task, attempt)
-    except SandboxFailed as e:
-        raise ApplicationError(
-            str(e), {"attempt": attempt, "sandbox": e.record}, type=e.kind, non_retryable=True
-        ) from None
-    except ToolError as e:
-        raise ApplicationError(
-            str(e), {"attempt": attempt}, type=e.kind, non_retryable=not e.retryable
-        ) from None
-    except (ApplicationError, asyncio.CancelledError):
-        raise
-    except Exception as e:
-        raise ApplicationError(
-            f"{type(e).__name__}: {e}", {"attempt": attempt}, type="SandboxError"
-        ) from e
-    return StepOutcome(output=output, attempt=attempt)
+    def __init__(self, deps: ActivityDeps):
+        self.deps = deps
+
+    @activity.defn(name=RUN_CODE)
+    async def run_code(self, task: StepTask) -> StepOutcome:
+        """Run a ``python`` step in the sandbox (hosted by the ``sandbox`` worker pool).
+
+        Same contract as ``execute_step``: the params are checked again against the tool's
+        schema, failures become ``ApplicationError`` carrying the attempt number, and the
+        run record travels in the output (``output.sandbox``) or in the error details
+        (``details[0]["sandbox"]``).
+        """
+        attempt = activity.info().attempt
+        try:
+            registered = get_tool(task.tool or "")
+            if registered.spec.activity != RUN_CODE:
+                raise ToolError(
+                    f"tool {registered.spec.name!r} does not run in the sandbox",
+                    retryable=False,
+                    kind="UnknownTool",
+                )
+            output = await run_tool(task, attempt, self.deps)
+        except SandboxFailed as e:
+            raise ApplicationError(
+                str(e), {"attempt": attempt, "sandbox": e.record}, type=e.kind, non_retryable=True
+            ) from None
+        except ToolError as e:
+            raise ApplicationError(
+                str(e), {"attempt": attempt}, type=e.kind, non_retryable=not e.retryable
+            ) from None
+        except (ApplicationError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            raise ApplicationError(
+                f"{type(e).__name__}: {e}", {"attempt": attempt}, type="SandboxError"
+            ) from e
+        return StepOutcome(output=output, attempt=attempt)

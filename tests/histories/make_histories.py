@@ -34,12 +34,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
-from activities.llm.base import use_chat_model
-from activities.llm.offline.model import OfflineModel
 from plans.models import Plan
 from plansmith.devserver import temporal_cli_path
-from tests.helpers import status, wait_for
-from worker import build_worker
+from tests.helpers import status, wait_for, worker_with
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
 from workflows.starter import resume_from_failure
@@ -311,9 +308,8 @@ async def llm_steps(client: Client, tq: str) -> Handle:
             },
         ],
     )
-    with use_chat_model(OfflineModel()):
-        handle = await start(client, plan, tq)
-        await handle.result()
+    handle = await start(client, plan, tq)  # the worker answers with the offline model
+    await handle.result()
     return handle
 
 
@@ -573,7 +569,7 @@ async def main(names: list[str], out: Path) -> None:
         identity=IDENTITY,
     ) as env:
         tq = TASK_QUEUE
-        async with build_worker(env.client, tq):
+        async with worker_with(env.client, tq):  # the offline model answers
             await asyncio.gather(*(run_one(env.client, tq, n, out) for n in names))
 
 
