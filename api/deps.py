@@ -17,13 +17,13 @@ from temporalio.client import Client
 from api.auth import ApiKeys, Principal, bearer_scheme, header_scheme
 from api.drafts import DraftStore
 from api.errors import invalid, unauthorized
-from api.gateway import Gateway, TemporalProvider
 from api.logs import actor_var, plan_id_var, step_id_var
 from api.sse import EventHub
 from api.store_reads import PlanStore
 from config import ApiSettings, Settings
 from plans.models import ID_PATTERN
 from plans.validation import Problem
+from workflows.client import PlanClient
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ApiServices:
     settings: Settings
     config: ApiSettings
     keys: ApiKeys
-    temporal: TemporalProvider
+    temporal: PlanClient
     drafts: DraftStore
     hub: EventHub
     store: PlanStore
@@ -47,17 +47,19 @@ ServicesDep = Annotated[ApiServices, Depends(get_services)]
 
 async def get_temporal(services: ServicesDep) -> Client:
     """The process's Temporal client (503 when Temporal cannot be reached)."""
-    return await services.temporal.get()
+    return await services.temporal.client()
 
 
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-def get_gateway(services: ServicesDep) -> Gateway:
-    return Gateway(services.temporal)
+def get_gateway(services: ServicesDep) -> PlanClient:
+    """The API's gateway to Temporal: the plan client (its errors become HTTP answers in
+    :func:`api.errors.api_error_of`)."""
+    return services.temporal
 
 
-GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+GatewayDep = Annotated[PlanClient, Depends(get_gateway)]
 
 
 def get_drafts(services: ServicesDep) -> DraftStore:

@@ -678,7 +678,8 @@ def _default_actor() -> str:
 
 
 async def cmd_resume_from_failure(args: argparse.Namespace, settings: Settings) -> int:
-    from workflows.starter import ResumeRefused, resume_from_failure
+    from workflows.errors import ResumeRefused
+    from workflows.starter import resume_from_failure
 
     client = await _client(settings)
     plan_id = args.id.removeprefix("plan-")
@@ -807,7 +808,8 @@ async def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     """``plansmith plan "TASK"``: the validated plan document on stdout, the rest on stderr."""
     from contracts.errors import LLMError, NoModelFits
     from contracts.planning import PlanningFailed
-    from workflows.planner_workflow import PlannerUnavailable, run_planner
+    from workflows.errors import PlannerUnavailable
+    from workflows.planner_workflow import run_planner
 
     req = _plan_request(args)
     try:

@@ -23,9 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from api.gateway import Gateway
+from api.errors import api_error_of
 from api.logs import JsonFormatter, configure_logging
 from config import ApiSettings, Settings, get_settings
+from workflows.client import PlanClient
+from workflows.errors import InvalidControl
+from workflows.plan_workflow import PlanWorkflow
 
 TEST_CONFIG = ApiSettings(
     rpc_timeout_s=5.0,
@@ -285,10 +288,10 @@ async def test_control_bodies_are_validated_and_invalid_control_maps_to_422(
     r = await http.post(f"/api/plans/{plan_id}/reject", json={})
     assert r.status_code == 422 and r.json()["problems"][0]["location"] == "reason"
     # The workflow's own validator (InvalidControl) answers 422 as well.
-    gateway = Gateway(app.state.services.temporal)
-    with pytest.raises(Exception) as info:
-        await gateway.update(plan_id, "approve", {"by": "x", "version": 0})
-    assert getattr(info.value, "status", None) == 422
+    plans: PlanClient = app.state.services.temporal
+    with pytest.raises(InvalidControl) as info:
+        await plans.update(plan_id, PlanWorkflow.approve, {"by": "x", "version": 0})
+    assert api_error_of(info.value).status == 422
     assert "invalid approve argument" in str(info.value)
     r = await http.post(f"/api/plans/{plan_id}/reject", json={"reason": "no"})
     assert r.status_code == 200
