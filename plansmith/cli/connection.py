@@ -4,10 +4,12 @@ to Temporal (it loads Temporal's SDK)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from config import Settings
 from plansmith.cli.console import CliError
 from workflows.client import PlanClient
-from workflows.errors import TemporalUnavailable
+from workflows.client import connect as connect_client
 
 # The longest wait for connecting, and for one query, update or start.
 TIMEOUT_S = 10.0
@@ -15,12 +17,14 @@ TIMEOUT_S = 10.0
 
 async def connect(settings: Settings) -> PlanClient:
     """The plan client of the settings' Temporal, connected (CliError when it cannot be)."""
-    plans = PlanClient(settings, rpc_timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S)
     try:
-        await plans.client()
-    except TemporalUnavailable as e:
-        raise CliError(f"{e}\nstart it with `plansmith server` (or `plansmith up`)") from None
-    return plans
+        client = await asyncio.wait_for(connect_client(settings), timeout=TIMEOUT_S)
+    except Exception as e:
+        raise CliError(
+            f"cannot reach Temporal at {settings.temporal.address}: {e}\n"
+            f"start it with `plansmith server` (or `plansmith up`)"
+        ) from None
+    return PlanClient(settings, client=client, rpc_timeout_s=TIMEOUT_S)
 
 
 def plan_id_of(given: str) -> str:
