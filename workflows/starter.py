@@ -1,7 +1,8 @@
 """Client-side ways to start a plan and to resume one from failure.
 
-The CLI and the API both go through these functions, so a plan is started the same way
-everywhere: workflow id ``plan-<id>``, the pydantic converter, the tool catalog snapshot.
+The plan client (:class:`workflows.client.PlanClient`, which the CLI and the API use)
+goes through these functions, so a plan is started the same way everywhere: workflow id
+``plan-<id>``, the pydantic converter, the tool catalog snapshot.
 """
 
 from __future__ import annotations
