@@ -25,8 +25,7 @@ from api.auth import ApiKeys
 from api.dashboard import router as dashboard_router
 from api.deps import ApiServices, ServicesDep
 from api.drafts import DraftStore, StoreDrafts
-from api.errors import ApiError, install_handlers
-from api.gateway import Gateway, TemporalProvider
+from api.errors import install_handlers
 from api.logs import RequestLogMiddleware, configure_logging
 from api.reconcile import reconcile_forever
 from api.routes_executions import router as executions_router
@@ -40,6 +39,8 @@ from api.sse import EventHub
 from api.store_reads import PlanStore
 from config import Settings, get_settings
 from store.db import get_engine
+from workflows.client import PlanClient
+from workflows.errors import PlanClientError
 
 log = logging.getLogger("plansmith.api")
 
@@ -81,9 +82,9 @@ async def healthz() -> Health:
 async def readyz(services: ServicesDep, response: Response) -> Health:
     async def temporal() -> str | None:
         try:
-            await Gateway(services.temporal).ping()
-        except ApiError as e:
-            return e.detail
+            await services.temporal.ping()
+        except PlanClientError as e:
+            return str(e)
         return None
 
     async def database() -> str | None:
@@ -122,7 +123,13 @@ def create_app(
         settings=settings,
         config=config,
         keys=ApiKeys.parse(settings.api.keys),
-        temporal=TemporalProvider(settings, config, client=client, connect=connect),
+        temporal=PlanClient(
+            settings,
+            client=client,
+            connect=connect,
+            rpc_timeout_s=config.rpc_timeout_s,
+            connect_timeout_s=config.connect_timeout_s,
+        ),
         drafts=drafts if drafts is not None else StoreDrafts(engine),
         hub=EventHub(config),
         store=PlanStore(engine, timeout_s=config.rpc_timeout_s),
@@ -135,10 +142,12 @@ def create_app(
             await services.store.migrate()
         except Exception as e:
             log.warning("cannot migrate the store: %s: %s", type(e).__name__, e)
-        with contextlib.suppress(ApiError):  # /readyz says so; routes retry the connection
-            await services.temporal.get()
+        with contextlib.suppress(PlanClientError):  # /readyz says so; routes retry later
+            await services.temporal.client()
         # runs Temporal ended from outside (terminate) are closed in the store too
-        reconciler = asyncio.create_task(reconcile_forever(services.store, services.temporal.get))
+        reconciler = asyncio.create_task(
+            reconcile_forever(services.store, services.temporal.client)
+        )
         try:
             yield
         finally:

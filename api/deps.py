@@ -16,13 +16,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api.auth import ApiKeys, Principal, bearer_scheme, header_scheme
 from api.drafts import DraftStore
 from api.errors import invalid, unauthorized
-from api.gateway import Gateway, TemporalProvider
 from api.logs import actor_var, plan_id_var, step_id_var
 from api.sse import EventHub
 from api.store_reads import PlanStore
 from config import ApiSettings, Settings
 from plans.models import ID_PATTERN
 from plans.validation import Problem
+from workflows.client import PlanClient
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ApiServices:
     settings: Settings
     config: ApiSettings
     keys: ApiKeys
-    temporal: TemporalProvider
+    temporal: PlanClient
     drafts: DraftStore
     hub: EventHub
     store: PlanStore
@@ -44,11 +44,13 @@ def get_services(request: Request) -> ApiServices:
 ServicesDep = Annotated[ApiServices, Depends(get_services)]
 
 
-def get_gateway(services: ServicesDep) -> Gateway:
-    return Gateway(services.temporal)
+def get_gateway(services: ServicesDep) -> PlanClient:
+    """The API's gateway to Temporal: the plan client (its errors become HTTP answers in
+    :func:`api.errors.api_error_of`)."""
+    return services.temporal
 
 
-GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+GatewayDep = Annotated[PlanClient, Depends(get_gateway)]
 
 
 def get_drafts(services: ServicesDep) -> DraftStore:

@@ -3,6 +3,11 @@
 ``{"detail": "...", "code": "...", "problems": [{"location", "message"}]}``: ``detail``
 is for people, ``code`` for programs, ``problems`` lists every located reason of a 422
 (the same ``location: message`` pairs ``plansmith validate`` prints).
+
+The errors of the plan client (:mod:`workflows.errors`) and of the planner become HTTP
+answers here (:func:`api_error_of`): unknown plan → 404, refused transition → 409,
+malformed control → 422, unreachable Temporal or no worker → 503, anything else
+Temporal says → 502.
 """
 
 from __future__ import annotations
@@ -17,7 +22,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contracts.errors import LLMError, NoModelFits
+from contracts.planning import PlanningFailed
 from plans.validation import Problem
+from workflows.errors import (
+    ControlRefused,
+    InvalidControl,
+    PlanAlreadyRan,
+    PlanClientError,
+    PlanNotFound,
+    ResumeRefused,
+    TemporalUnavailable,
+)
 
 log = logging.getLogger("plansmith.api")
 
@@ -75,6 +91,44 @@ def forbidden(detail: str) -> ApiError:
     return ApiError(403, "forbidden", detail)
 
 
+def api_error_of(e: Exception) -> ApiError:
+    """The HTTP answer to an error of the plan client or of the planner."""
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, PlanNotFound):
+        return not_found(str(e))
+    if isinstance(e, TemporalUnavailable):  # NoWorker and PlannerUnavailable too
+        return unavailable(str(e))
+    if isinstance(e, ControlRefused):
+        return conflict(str(e), code="transition_refused")
+    if isinstance(e, InvalidControl):
+        return invalid(str(e), [Problem(location="body", message=str(e))])
+    if isinstance(e, PlanAlreadyRan):
+        if e.ended is None:
+            return conflict(f"{e}; resume it with resume-from-failure", code="already_ran")
+        return conflict(
+            f"{e}; resume it with POST /api/plans/{e.plan_id}/resume-from-failure, "
+            "or create it under a new id",
+            code="already_ran",
+        )
+    if isinstance(e, ResumeRefused):
+        return conflict(f"resume-from-failure refused: {e}", code="resume_refused")
+    if isinstance(e, PlanningFailed):
+        return invalid(
+            f"the planner could not make a valid plan in {e.rounds} round(s): "
+            f"{len(e.problems)} problem(s) remain",
+            e.problems,
+            code="planning_failed",
+        )
+    if isinstance(e, NoModelFits):
+        return invalid(str(e), [Problem(location="model", message=str(e))])
+    if isinstance(e, LLMError):
+        if e.retryable:
+            return unavailable(f"the language model is unavailable: {e}")
+        return ApiError(502, "llm_error", f"the language model refused: {e}")
+    return bad_gateway(str(e))  # TemporalError, or what Temporal said unexpectedly
+
+
 def _body(status: int, code: str, detail: str, problems: Sequence[Problem] = ()) -> dict[str, Any]:
     return ErrorBody(detail=detail, code=code, problems=list(problems)).model_dump(mode="json")
 
@@ -118,6 +172,13 @@ def install_handlers(app: FastAPI) -> None:
             status_code=exc.status,
             headers=exc.headers,
         )
+
+    @app.exception_handler(PlanClientError)
+    @app.exception_handler(PlanningFailed)
+    @app.exception_handler(NoModelFits)
+    @app.exception_handler(LLMError)
+    async def _temporal_error(request: Request, exc: Exception) -> JSONResponse:
+        return await _api_error(request, api_error_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -177,7 +177,7 @@ def _control_route(action: Literal["stop", "pause", "resume"]) -> None:
         arg: dict[str, str] = {"by": by}
         if reason:
             arg["reason"] = reason
-        result: ControlResult = await gateway.update(
+        result: ControlResult = await gateway.control(
             plan_id_for_execution(execution_id), control, arg
         )
         return ExecutionControl(

@@ -59,7 +59,6 @@ from api.errors import (
     problems_from_errors,
     responses,
 )
-from api.gateway import Gateway, ended_status
 from api.schemas import (
     ConstraintAnswer,
     ExecuteResponse,
@@ -91,6 +90,7 @@ from plans.views import (
     plan_view,
     status_view,
 )
+from workflows.client import PlanClient, ended_status
 
 router = APIRouter(
     prefix="/plans",
@@ -627,7 +627,7 @@ async def get_events(
 
 
 async def _send(
-    gateway: Gateway,
+    gateway: PlanClient,
     drafts: DraftStore,
     plan_id: str,
     control: str,
@@ -636,7 +636,7 @@ async def _send(
     step_id: str | None = None,
 ) -> ControlResult:
     await _refuse_draft(drafts, plan_id, control)
-    return await gateway.update(plan_id, control, payload(body, by, step_id))
+    return await gateway.control(plan_id, control, payload(body, by, step_id))
 
 
 def _by(body: BaseModel | None) -> str | None:

@@ -39,11 +39,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.errors import ApiError
+from api.errors import ApiError, api_error_of
 from config import ApiSettings
 from plans.models import PlanStatus, StepStatus
 from plans.run_state import WaitingFor
 from plans.views import StatusView, StepView
+from workflows.errors import PlanClientError
 
 log = logging.getLogger("plansmith.api")
 JOURNAL_SIZE = 2000
@@ -243,7 +244,8 @@ class Feed:
                     continue
                 try:
                     view = await self.fetch()
-                except ApiError as e:
+                except (ApiError, PlanClientError) as exc:
+                    e = api_error_of(exc)
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if e.status == 404 or now - failing_since >= cfg.sse_give_up_s:
@@ -324,7 +326,8 @@ class EventHub:
         self.closing = False
 
     async def open(self, plan_id: str, fetch: Fetch) -> Feed:
-        """The plan's feed, made (with a first read that may raise ApiError) if needed.
+        """The plan's feed, made (with a first read that may raise ApiError or a
+        PlanClientError) if needed.
 
         Opening does not count as watching: :meth:`Feed.stream` does, from its first step
         to its end, so a response that never starts streaming leaves nothing behind.

@@ -18,13 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.errors import ApiError, unavailable
+from api.errors import ApiError, api_error_of, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import ExecutionState, LogsQuery, StatusView
 from store import knowledge, reads
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
+from workflows.errors import PlanNotFound, TemporalUnavailable
 
 T = TypeVar("T")
 
@@ -36,8 +37,8 @@ async def temporal_or_store(
     the store. The first error stands when the store does not have the plan either."""
     try:
         return await from_temporal()
-    except ApiError as e:
-        if e.status not in (404, 503):
+    except (ApiError, PlanNotFound, TemporalUnavailable) as e:
+        if api_error_of(e).status not in (404, 503):
             raise
         try:
             found = await from_store()

@@ -17,6 +17,10 @@ every run the same starting state, so neither system profits from going first. P
 ``--server-config history.transferProcessorMaxPollRPS=1000`` to lift that limit and see
 the per-step cost without it (any ``KEY=VALUE`` goes to ``--dynamic-config-value``).
 
+Before the server starts, a CLI-latency section times ``plansmith --help`` and
+``plansmith validate examples/ci_diamond.yaml`` as new processes (median of ``--cli-runs``;
+``--cli-only`` runs just that, without Temporal).
+
 This is a benchmark, not a test: timings are only printed. It exits non-zero if a plan
 does not end ``completed`` (or a baseline workflow fails).
 """
@@ -29,6 +33,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +41,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import temporalio
@@ -355,6 +361,28 @@ def _mib(kib: int) -> str:
     return f"{kib / 1024:.1f} MiB"  # ru_maxrss is in KiB on Linux
 
 
+# --- CLI latency -----------------------------------------------------------------------
+
+CLI_COMMANDS = [["--help"], ["validate", "examples/ci_diamond.yaml"]]
+
+
+def cli_latency(runs: int) -> str:
+    """The median wall time of each of :data:`CLI_COMMANDS` run as ``plansmith`` in a new
+    process (after one run not counted), as lines to print. Needs no Temporal."""
+    root = Path(__file__).resolve().parent.parent
+    lines = [f"CLI latency (median wall time of {runs} run(s), a new process each)"]
+    for argv in CLI_COMMANDS:
+        cmd = [sys.executable, "-m", "plansmith.cli", *argv]
+        times = []
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=root, stdout=subprocess.DEVNULL, check=True)
+            if i:
+                times.append(time.perf_counter() - t0)
+        lines.append(f"  plansmith {' '.join(argv):<40} {statistics.median(times):.3f}s")
+    return "\n".join(lines)
+
+
 # --- main ----------------------------------------------------------------------------
 
 
@@ -388,6 +416,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default 2000, quick 300; 0 skips it)",
     )
     ap.add_argument(
+        "--cli-runs",
+        type=int,
+        default=5,
+        help="runs of each CLI command timed for the CLI-latency section (default 5; 0 skips it)",
+    )
+    ap.add_argument(
+        "--cli-only",
+        action="store_true",
+        help="only the CLI-latency section: no Temporal server, no plans",
+    )
+    ap.add_argument(
         "--server-config",
         action="append",
         default=[],
@@ -400,6 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.wait = args.wait if args.wait is not None else (0.25 if args.quick else 1.0)
     args.pause = args.pause if args.pause is not None else 1.0
     args.long = args.long if args.long is not None else (300 if args.quick else 2000)
+    if args.cli_runs < 0 or (args.cli_only and args.cli_runs < 1):
+        ap.error("--cli-runs must be >= 0 (>= 1 with --cli-only)")
     if args.repeat < 1 or args.chain < 1 or args.fanout < 1 or args.wait <= 0 or args.pause < 0:
         ap.error("--repeat, --chain and --fanout must be >= 1, --wait > 0 and --pause >= 0")
     if any("=" not in kv for kv in args.server_config):
@@ -412,6 +453,11 @@ STORE = [True]  # record plans in the store (as deployed); --no-store measures w
 
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # timed first, while no dev server or worker competes for the processors
+    cli_report = cli_latency(args.cli_runs) if args.cli_runs else None
+    if args.cli_only:
+        print(cli_report)
+        return 0
     STORE[0] = args.store
     # plans are recorded in a throwaway SQLite store, never in ./plansmith.db
     os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='plansmith-bench-')}/store.db"
@@ -479,6 +525,9 @@ async def main(argv: list[str] | None = None) -> int:
     if long_report:
         print()
         print(long_report)
+    if cli_report:
+        print()
+        print(cli_report)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print()

@@ -23,9 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from api.gateway import Gateway
+from api.errors import api_error_of
 from api.logs import JsonFormatter, configure_logging
 from config import ApiSettings, Settings, get_settings
+from workflows.client import PlanClient
+from workflows.errors import ControlRefused, InvalidControl, PlanNotFound
+from workflows.plan_workflow import PlanWorkflow
 
 TEST_CONFIG = ApiSettings(
     rpc_timeout_s=5.0,
@@ -285,14 +288,31 @@ async def test_control_bodies_are_validated_and_invalid_control_maps_to_422(
     r = await http.post(f"/api/plans/{plan_id}/reject", json={})
     assert r.status_code == 422 and r.json()["problems"][0]["location"] == "reason"
     # The workflow's own validator (InvalidControl) answers 422 as well.
-    gateway = Gateway(app.state.services.temporal)
-    with pytest.raises(Exception) as info:
-        await gateway.update(plan_id, "approve", {"by": "x", "version": 0})
-    assert getattr(info.value, "status", None) == 422
+    plans: PlanClient = app.state.services.temporal
+    with pytest.raises(InvalidControl) as info:
+        await plans.update(plan_id, PlanWorkflow.approve, {"by": "x", "version": 0})
+    assert api_error_of(info.value).status == 422
     assert "invalid approve argument" in str(info.value)
     r = await http.post(f"/api/plans/{plan_id}/reject", json={"reason": "no"})
     assert r.status_code == 200
     await wait_status(http, plan_id, lambda s: s["status"] == "rejected")
+
+
+async def test_plan_client_sends_controls_as_signals_and_names_its_refusals(
+    http: httpx.AsyncClient, app: FastAPI
+):
+    plan_id = await create_and_execute(http, plan_doc([wait_step("a")], require_approval=True))
+    await wait_status(http, plan_id, lambda s: s["status"] == "pending_approval")
+    plans: PlanClient = app.state.services.temporal
+    await plans.signal(plan_id, "approve", {"by": "sig"})
+    await wait_status(http, plan_id, lambda s: s["status"] == "completed")
+    audit = await plans.audit(plan_id)
+    assert any(a.action == "approve" and a.by == "sig" and a.via == "signal" for a in audit)
+    await closed(await plans.client(), plan_id)
+    with pytest.raises(ControlRefused, match="cancel refused: the plan already ended completed"):
+        await plans.control(plan_id, "cancel", {"by": "late", "reason": "too late"})
+    with pytest.raises(PlanNotFound):
+        await plans.status(f"no-such-{plan_id}")
 
 
 async def test_ask_correct_retry_pause_resume_and_skip(http: httpx.AsyncClient):

@@ -3,6 +3,7 @@ the `temporal` CLI steering a plan."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -50,6 +51,49 @@ def write(tmp_path: Path, text: str) -> str:
     p = tmp_path / f"plan-{uuid.uuid4().hex[:6]}.yaml"
     p.write_text(textwrap.dedent(text))
     return str(p)
+
+
+def test_every_verb_has_its_command_and_every_control_its_verb():
+    from plans.controls import CONTROL_MODELS
+    from plansmith.cli.main import CONTROL_ARGS, build_parser, command_for
+
+    assert list(CONTROL_ARGS) == list(CONTROL_MODELS)
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for verb in verbs.choices:
+        assert callable(command_for(verb)), verb
+
+
+HEAVY = {"temporalio", "fastapi", "sqlalchemy", "sqlmodel", "anthropic", "httpx", "worker"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "allowed"),
+    [
+        (["--help"], {"plansmith", "workflows"}),
+        (
+            ["validate", "examples/ci_diamond.yaml"],
+            {"plansmith", "workflows", "config", "plans", "contracts"},
+        ),
+    ],
+)
+def test_help_and_validate_load_only_what_they_need(argv: list[str], allowed: set[str]):
+    """``--help`` loads the standard library only (and the plain errors of the plan
+    client); ``validate`` the configuration, the plan domain and the tool catalog."""
+    probe = (
+        "import sys, contextlib\n"
+        "from plansmith.cli.main import run_cli\n"
+        "with contextlib.redirect_stdout(None), contextlib.suppress(SystemExit):\n"
+        f"    run_cli({argv!r})\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    project = {"plansmith", "workflows", "config", "plans", "contracts", "store", "api"}
+    assert not HEAVY & set(out)
+    assert project & set(out) <= allowed
+    if "--help" in argv:
+        assert "pydantic" not in out
 
 
 async def test_validate_accepts_the_examples():

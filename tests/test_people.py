@@ -25,8 +25,9 @@ from plans.run_state import AuditEntry, LogEntry, PlanRun
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView, StepView
 from tests.helpers import make_plan, start, status, wait_for
 from tests.tools_for_tests import CALLS
+from workflows.errors import ResumeRefused
 from workflows.plan_input import PlanResult
-from workflows.starter import ResumeRefused, resume_from_failure
+from workflows.starter import resume_from_failure
 
 # --- a probe tool: what a tool receives (idempotency key, context) -------------------
 

@@ -35,7 +35,8 @@ from tests.helpers import StartWorker, make_plan, start, store_engine, worker_wi
 from tests.test_api import make_app, wait_status
 from tests.test_cli import cli_env, plansmith
 from tests.test_planner import CYCLE_AND_UNKNOWN_TOOL, Scripted, answer
-from workflows.planner_workflow import PlannerUnavailable, run_planner
+from workflows.errors import PlannerUnavailable
+from workflows.planner_workflow import run_planner
 from workflows.starter import start_plan
 
 NOTES = "Release 2.4: plans are generated offline; the login bug is fixed."

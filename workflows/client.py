@@ -1,15 +1,84 @@
-"""The one way to reach Temporal: a client with the pydantic data converter.
+"""The one way to reach Temporal: a client with the pydantic data converter, and
+:class:`PlanClient`, every call the API and the CLI make about plans.
 
 The API, the worker, the CLI and the tests all connect through :func:`connect`, so they
-share one data converter.
+share one data converter. :class:`PlanClient` starts plans, reads their queries, sends
+controls (as updates, or as signals), resumes them from failure and runs the planner.
+Every call is bounded in time (``rpc_timeout_s``: neither the API nor the CLI hangs on
+Temporal), and Temporal's failures become the errors of :mod:`workflows.errors`:
+:class:`PlanNotFound`, :class:`ControlRefused` (the workflow's reason),
+:class:`InvalidControl`, :class:`TemporalUnavailable`, :class:`NoWorker`… The planner's
+own failures (:class:`~contracts.planning.PlanningFailed`,
+:class:`~contracts.errors.NoModelFits`, :class:`~contracts.errors.LLMError`) pass through.
 """
 
 from __future__ import annotations
 
-from temporalio.client import Client
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from config import Settings, get_settings
+from contracts.planning import GeneratedPlan, PlanRequest
+from plans.controls import CONTROL_MODELS, ControlResult
+from plans.models import Plan, PlanStatus, workflow_id_for
+from plans.run_state import AuditEntry, LogEntry
+from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
+from workflows.errors import (
+    ControlRefused,
+    InvalidControl,
+    NoWorker,
+    PlanAlreadyRan,
+    PlanNotFound,
+    ResumeRefused,
+    TemporalError,
+    TemporalUnavailable,
+)
+from workflows.plan_input import PLAN_STATUS
+from workflows.plan_workflow import PlanWorkflow
+from workflows.planner_workflow import run_planner
+from workflows.starter import resume_from_failure, start_plan
+
+T = TypeVar("T")
+
+# Every control is an update (the caller learns at once whether it was accepted) and a
+# signal of the same name (fire and forget), both declared on PlanWorkflow.
+CONTROL_UPDATES: dict[str, Any] = {name: getattr(PlanWorkflow, name) for name in CONTROL_MODELS}
+CONTROL_SIGNALS: dict[str, Any] = {
+    name: getattr(PlanWorkflow, f"{name}_signal") for name in CONTROL_MODELS
+}
+_CONTROL_NAMES = {ref: name for name, ref in CONTROL_UPDATES.items()}
+
+_UNREACHABLE = {
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.ABORTED,
+}
+_NO_WORKER = {
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.FAILED_PRECONDITION,
+}
 
 
 async def connect(settings: Settings | None = None, address: str | None = None) -> Client:
@@ -20,3 +89,312 @@ async def connect(settings: Settings | None = None, address: str | None = None) 
         namespace=s.temporal.namespace,
         data_converter=pydantic_data_converter,
     )
+
+
+class PlanClient:
+    """Plan-level operations on Temporal, for the API and the CLI.
+
+    The Temporal client is given, or connected at the first call that needs it (bounded
+    by ``connect_timeout_s``; after a failure, calls within the next second fail at once
+    rather than each waiting again), so what can answer without Temporal does not fail
+    when it is down. Plans are named by their plan id (workflow ``plan-<id>``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: Client | None = None,
+        connect: Callable[[Settings], Awaitable[Client]] | None = None,
+        rpc_timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0,
+    ):
+        self.settings = settings
+        self.task_queue = settings.temporal.task_queue
+        self.rpc_timeout_s = rpc_timeout_s
+        self.rpc_timeout = timedelta(seconds=rpc_timeout_s)
+        self.connect_timeout_s = connect_timeout_s
+        self._client = client
+        self._connect = connect
+        self._lock = asyncio.Lock()
+        self._failed_at: float | None = None
+        self._last_error: str | None = None
+
+    # --- the connection -----------------------------------------------------------
+
+    async def client(self) -> Client:
+        """The Temporal client, connected now if it was not yet (TemporalUnavailable)."""
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is not None:
+                return self._client
+            if self._failed_at is not None and time.monotonic() - self._failed_at < 1.0:
+                raise TemporalUnavailable(self._last_error or "Temporal is unreachable")
+            try:
+                self._client = await asyncio.wait_for(
+                    (self._connect or connect)(self.settings), timeout=self.connect_timeout_s
+                )
+            except Exception as e:
+                self._failed_at = time.monotonic()
+                reason = "timed out" if isinstance(e, TimeoutError) else str(e)
+                self._last_error = (
+                    f"Temporal is unreachable at {self.settings.temporal.address}: {reason}"
+                )
+                raise TemporalUnavailable(self._last_error) from None
+            self._failed_at, self._last_error = None, None
+            return self._client
+
+    async def handle(self, plan_id: str) -> WorkflowHandle[Any, Any]:
+        return (await self.client()).get_workflow_handle(workflow_id_for(plan_id))
+
+    async def _call(self, aw: Awaitable[T], what: str, no_worker: str | None = None) -> T:
+        """Await a Temporal call with a hard deadline; NOT_FOUND is left to the caller."""
+        limit = self.rpc_timeout_s + 2
+        try:
+            return await asyncio.wait_for(aw, timeout=limit)
+        except TimeoutError:
+            if no_worker:
+                raise NoWorker(no_worker) from None
+            raise TemporalUnavailable(f"Temporal did not answer {what} within {limit:g}s") from None
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise
+            if no_worker and e.status in _NO_WORKER:
+                raise NoWorker(f"{no_worker} ({e.message})") from None
+            if e.status in _UNREACHABLE:
+                raise TemporalUnavailable(
+                    f"Temporal is unreachable for {what}: {e.message}"
+                ) from None
+            raise TemporalError(f"{what}: Temporal answered {e.status.name}: {e.message}") from None
+        except RuntimeError as e:  # the client could not (re)connect
+            raise TemporalUnavailable(f"Temporal is unreachable for {what}: {e}") from None
+
+    def _no_worker(self, what: str, plan_id: str) -> str:
+        return (
+            f"no worker answered {what} for plan {plan_id} within "
+            f"{self.rpc_timeout_s:g}s: is a worker polling task queue "
+            f"{self.task_queue!r} (`plansmith worker`)?"
+        )
+
+    async def ping(self) -> None:
+        """Ask Temporal for its system info (TemporalUnavailable when it cannot answer)."""
+        await self._call(
+            (await self.client()).workflow_service.get_system_info(
+                GetSystemInfoRequest(), timeout=self.rpc_timeout
+            ),
+            "a health check",
+        )
+
+    async def describe(self, plan_id: str) -> WorkflowExecutionDescription | None:
+        """The plan's workflow as Temporal describes it; None when Temporal knows none."""
+        try:
+            return await self._call(
+                (await self.handle(plan_id)).describe(rpc_timeout=self.rpc_timeout), "describe"
+            )
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise TemporalError(f"describe: {e.message}") from None
+
+    # --- queries ------------------------------------------------------------------
+
+    async def query(self, plan_id: str, query: Any, *args: Any) -> Any:
+        """Run a query, given as a typed reference such as ``PlanWorkflow.status``."""
+        name = getattr(query, "__name__", str(query))
+        try:
+            return await self._call(
+                (await self.handle(plan_id)).query(query, *args, rpc_timeout=self.rpc_timeout),
+                f"the {name} query",
+                no_worker=self._no_worker(f"the {name} query", plan_id),
+            )
+        except RPCError as e:  # NOT_FOUND
+            raise PlanNotFound(plan_id, workflow_id_for(plan_id)) from e
+        except WorkflowQueryFailedError as e:
+            raise TemporalError(f"the {name} query failed in the workflow: {e.message}") from None
+
+    async def status(self, plan_id: str) -> StatusView:
+        result: StatusView = await self.query(plan_id, PlanWorkflow.status)
+        return result
+
+    async def execution_state(self, plan_id: str) -> ExecutionState:
+        result: ExecutionState = await self.query(plan_id, PlanWorkflow.execution_state)
+        return result
+
+    async def logs(self, plan_id: str, query: LogsQuery) -> list[LogEntry]:
+        result: list[LogEntry] = await self.query(plan_id, PlanWorkflow.logs, query)
+        return result
+
+    async def audit(self, plan_id: str) -> list[AuditEntry]:
+        result: list[AuditEntry] = await self.query(plan_id, PlanWorkflow.audit)
+        return result
+
+    async def plan(self, plan_id: str) -> PlanView:
+        result: PlanView = await self.query(plan_id, PlanWorkflow.plan)
+        return result
+
+    # --- controls -----------------------------------------------------------------
+
+    async def control(self, plan_id: str, name: str, arg: dict[str, Any]) -> ControlResult:
+        """Send the control ``name`` (a key of ``CONTROL_MODELS``) as its update."""
+        return await self.update(plan_id, CONTROL_UPDATES[name], arg)
+
+    async def update(self, plan_id: str, update: Any, arg: dict[str, Any]) -> ControlResult:
+        """Send a control as an update, given as a typed reference such as
+        ``PlanWorkflow.approve``: the caller learns at once whether it was accepted.
+
+        Raises ControlRefused (the transition is not allowed now, or the plan already
+        ended), InvalidControl (a malformed argument), PlanNotFound, NoWorker…
+        """
+        control = _CONTROL_NAMES.get(update) or getattr(update, "__name__", str(update))
+        try:
+            result: ControlResult = await self._call(
+                (await self.handle(plan_id)).execute_update(
+                    update, arg, result_type=ControlResult, rpc_timeout=self.rpc_timeout
+                ),
+                f"the {control} update",
+            )
+            return result
+        except WorkflowUpdateFailedError as e:
+            cause = e.cause
+            message = getattr(cause, "message", None) or str(cause or e)
+            if isinstance(cause, ApplicationError) and cause.type == "InvalidControl":
+                raise InvalidControl(message) from None
+            if isinstance(cause, ApplicationError) and cause.type == "TransitionRefused":
+                raise ControlRefused(message) from None
+            raise TemporalError(f"{control} failed in the workflow: {message}") from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise NoWorker(self._no_worker(f"the {control} update", plan_id)) from None
+        except RPCError as e:  # NOT_FOUND: no such workflow, or it already closed
+            desc = await self.describe(plan_id)
+            if desc is None:
+                raise PlanNotFound(plan_id, workflow_id_for(plan_id)) from e
+            raise ControlRefused(
+                f"{control} refused: the plan already ended {ended_status(desc)}"
+            ) from None
+
+    async def signal(self, plan_id: str, name: str, arg: dict[str, Any]) -> None:
+        """Send the control ``name`` as its signal: accepted by Temporal, not awaited by
+        the workflow (a refusal shows only in the plan's audit trail)."""
+        try:
+            await self._call(
+                (await self.handle(plan_id)).signal(
+                    CONTROL_SIGNALS[name], arg, rpc_timeout=self.rpc_timeout
+                ),
+                f"the {name} signal",
+            )
+        except RPCError as e:  # NOT_FOUND: no such workflow, or it already closed
+            desc = await self.describe(plan_id)
+            if desc is None:
+                raise PlanNotFound(plan_id, workflow_id_for(plan_id)) from e
+            raise ControlRefused(
+                f"{name} refused: the plan already ended {ended_status(desc)}"
+            ) from None
+
+    # --- starting and resuming ----------------------------------------------------
+
+    async def start(self, plan: Plan) -> tuple[WorkflowHandle[Any, Any], bool]:
+        """Start ``plan``; a plan already running is returned as it is (started=False).
+
+        Raises PlanAlreadyRan when its workflow already ended (resume it instead).
+        """
+        assert plan.id is not None
+        desc = await self.describe(plan.id)
+        if desc is not None:
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                return await self.handle(plan.id), False
+            raise PlanAlreadyRan(plan.id, plan.workflow_id, ended_status(desc))
+        try:
+            handle = await self._call(
+                start_plan(
+                    await self.client(),
+                    plan,
+                    self.task_queue,
+                    heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                ),
+                "start",
+            )
+        except WorkflowAlreadyStartedError:
+            raise PlanAlreadyRan(plan.id, plan.workflow_id) from None
+        except RPCError as e:
+            raise TemporalError(f"start: {e.message}") from None
+        return handle, True
+
+    async def resume(self, plan_id: str, by: str) -> tuple[WorkflowHandle[Any, Any], int]:
+        """Run a failed, partial or cancelled plan again, carrying its completed steps:
+        the new run's handle and how many steps were carried (ResumeRefused otherwise)."""
+        desc = await self.describe(plan_id)
+        if desc is None:
+            raise PlanNotFound(plan_id, workflow_id_for(plan_id))
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            # A plan shows its final status a moment before its run closes (its last
+            # records are written first): wait for that, bounded, rather than refuse.
+            view = await self.status(plan_id)
+            if view.status.terminal:
+                handle = await self.handle(plan_id)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(handle.result(), timeout=self.rpc_timeout_s)
+        try:
+            return await self._call(
+                resume_from_failure(
+                    await self.client(),
+                    plan_id,
+                    by,
+                    self.task_queue,
+                    heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                ),
+                "resume-from-failure",
+            )
+        except WorkflowAlreadyStartedError:
+            raise ResumeRefused(f"plan {plan_id} was resumed meanwhile") from None
+        except RPCError as e:
+            raise TemporalError(f"resume-from-failure: {e.message}") from None
+
+    # --- the planner --------------------------------------------------------------
+
+    async def generate(self, req: PlanRequest) -> GeneratedPlan:
+        """Run the LLM planner (the ``GeneratePlan`` workflow) and wait for its plan.
+
+        Starting is bounded like every call; the planning itself may take minutes (model
+        calls and repair rounds). Raises PlanningFailed, NoModelFits, LLMError as the
+        planner does; PlannerUnavailable when no worker ran it or it did not finish.
+        """
+        client = await self.client()
+        try:
+            return await run_planner(
+                client,
+                req,
+                self.task_queue,
+                no_worker_after_s=self.rpc_timeout_s,
+                rpc_timeout=self.rpc_timeout,
+            )
+        except RPCError as e:
+            if e.status in _UNREACHABLE:
+                raise TemporalUnavailable(
+                    f"Temporal is unreachable for the planner: {e.message}"
+                ) from None
+            raise TemporalError(
+                f"the planner: Temporal answered {e.status.name}: {e.message}"
+            ) from None
+        except RuntimeError as e:  # the client could not (re)connect
+            raise TemporalUnavailable(f"Temporal is unreachable for the planner: {e}") from None
+
+
+def plan_status_of(w: WorkflowExecution) -> PlanStatus | None:
+    """The plan status a workflow last published (its ``PlanStatus`` search attribute)."""
+    try:
+        raw = w.typed_search_attributes.get(PLAN_STATUS)
+    except Exception:  # an attribute of another type under the same name
+        return None
+    try:
+        return PlanStatus(raw) if isinstance(raw, str) and raw else None
+    except ValueError:
+        return None
+
+
+def ended_status(desc: WorkflowExecution) -> str:
+    """How a closed workflow ended, in the plan's words when it published them."""
+    status = plan_status_of(desc)
+    if status is not None:
+        return status.value
+    return desc.status.name.lower() if desc.status is not None else "unknown"

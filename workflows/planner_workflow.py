@@ -6,9 +6,10 @@ rate-limited, overloaded or unreachable is tried again; a plan that stays invali
 is not. It ends with the :class:`~activities.llm.planner.GeneratedPlan`, or fails with an
 ``ApplicationError`` of the activity's type and details.
 
-:func:`run_planner` is how the API and the CLI use it: start, wait, and turn a failure
-back into :class:`PlanningFailed`, :class:`NoModelFits`, :class:`LLMError` or
-:class:`PlannerUnavailable`.
+:func:`run_planner` starts it, waits, and turns a failure back into
+:class:`PlanningFailed`, :class:`NoModelFits`, :class:`LLMError` or
+:class:`~workflows.errors.PlannerUnavailable`; the API and the CLI call it through
+:meth:`workflows.client.PlanClient.generate`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from contracts.planning import GeneratedPlan, PlanningFailed, PlanRequest
+    from workflows.errors import PlannerUnavailable
 
 GENERATE_PLAN_WORKFLOW = "GeneratePlan"
 GENERATE_PLAN_ACTIVITY = "generate_plan"
@@ -85,10 +87,6 @@ class GeneratePlanWorkflow:
 
 
 # --- client side -------------------------------------------------------------------------
-
-
-class PlannerUnavailable(Exception):
-    """No worker ran the planner, or it did not finish in time."""
 
 
 def _details(err: ApplicationError) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Client-side ways to start a plan and to resume one from failure.
 
-The CLI and the API both go through these functions, so a plan is started the same way
-everywhere: workflow id ``plan-<id>``, the pydantic converter, the tool catalog snapshot.
+The plan client (:class:`workflows.client.PlanClient`, which the CLI and the API use)
+goes through these functions, so a plan is started the same way everywhere: workflow id
+``plan-<id>``, the pydantic converter, the tool catalog snapshot.
 """
 
 from __future__ import annotations
@@ -15,14 +16,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import PlanRun, StepRun
+from workflows.errors import ResumeRefused
 from workflows.plan_input import PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
 
 RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
-
-
-class ResumeRefused(ValueError):
-    """The plan cannot be resumed now; the message says why."""
 
 
 async def start_plan(
@@ -80,7 +78,7 @@ async def last_run(client: Client, plan_id: str) -> LastRun:
     # Cancelled, terminated, failed or timed out in Temporal's terms: the workflow's own
     # state (from the query, which needs a worker) says what was done.
     try:
-        state = await handle.query("run_state", result_type=PlanRun)
+        state: PlanRun = await handle.query(PlanWorkflow.run_state)
     except RPCError as e:
         raise ResumeRefused(
             f"plan {plan_id} ended {desc.status.name.lower() if desc.status else 'unknown'} in Temporal and its state cannot be read: {e.message}"

@@ -1,0 +1,117 @@
+"""The processes of a Plansmith stack: ``server`` (Temporal's dev server), ``worker``,
+``api``, and ``up`` (the three as child processes, stopped together)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+from config import Settings
+from plansmith.cli.console import EXIT_OK, CliError, err, ui_url
+from plansmith.devserver import (
+    port_open,
+    server_command,
+    start_server,
+    stop_process,
+    wait_until_ready,
+)
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    cmd = server_command(settings, args.db_filename)
+    print(
+        f"Temporal dev server on {settings.temporal.address}, Web UI on {ui_url(settings)}",
+        flush=True,
+    )
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    # deferred: the worker's wiring loads every activity (model clients, sandbox, store)
+    from worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_worker(settings, args.queue))
+    return EXIT_OK
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn  # deferred: the web server is needed by this verb only
+
+    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "plansmith.cli", *argv], start_new_session=True)
+
+
+class Stack:
+    """Dev server + worker + API as child processes; stopped together."""
+
+    def __init__(self, settings: Settings, api_port: int = 8000, host: str = "127.0.0.1"):
+        self.settings, self.api_port, self.host = settings, api_port, host
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(self) -> None:
+        if port_open(self.host, self.api_port):
+            raise CliError(
+                f"port {self.api_port} on {self.host} is taken; pass --port to use another"
+            )
+        try:
+            self.procs.append(start_server(self.settings))
+        except RuntimeError as e:
+            raise CliError(str(e)) from None
+        await wait_until_ready(self.settings)
+        self.procs.append(_spawn(["worker"]))
+        self.procs.append(_spawn(["api", "--host", self.host, "--port", str(self.api_port)]))
+        deadline = time.monotonic() + 30
+        while not port_open(self.host, self.api_port):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise CliError("the worker or the API did not start; see the messages above")
+            await asyncio.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            stop_process(proc)
+        self.procs.clear()
+
+    def print_where(self) -> None:
+        print(f"  Temporal:   {self.settings.temporal.address}", flush=True)
+        print(f"  Web UI:     {ui_url(self.settings)}", flush=True)
+        print(f"  API:        http://{self.host}:{self.api_port}/healthz", flush=True)
+
+
+def wait_forever(stack: Stack) -> None:
+    """Until Ctrl-C, or until a process of the stack stops."""
+    try:
+        while all(p.poll() is None for p in stack.procs):
+            time.sleep(0.5)
+        err("a process of the stack stopped; stopping the others")
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    stack = Stack(settings, args.port, args.host)
+    try:
+        asyncio.run(stack.start())
+        print("Plansmith is up (Ctrl-C stops it):", flush=True)
+        stack.print_where()
+        wait_forever(stack)
+    finally:
+        stack.stop()
+    return EXIT_OK
