@@ -29,7 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.test_api_metrics import build_app, seeded_url
+from tests.api.test_metrics_routes import build_app, seeded_url
 
 CHROMIUM = os.environ.get("PLANSMITH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

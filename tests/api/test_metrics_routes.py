@@ -1,5 +1,5 @@
 """``/api/metrics/*``, ``GET /metrics`` (Prometheus) and the dashboard's files, against a
-temporary SQLite store filled by :func:`tests.test_metrics.seed`; no Temporal."""
+temporary SQLite store filled by :func:`tests.store.test_metrics.seed`; no Temporal."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from temporalio.client import Client
 from api.app import create_app
 from config import Settings, get_settings
 from store import db
-from tests.test_metrics import DAY, seed
+from tests.store.test_metrics import DAY, seed
 
 CONFIG = {"log_format": "text", "log_level": "WARNING", "rpc_timeout_s": 20}
 

@@ -17,7 +17,7 @@ import pytest
 from plansmith.devserver import temporal_cli_path
 from tests.helpers import make_plan, start, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

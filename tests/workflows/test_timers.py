@@ -2,7 +2,7 @@
 
 The time-skipping server supports neither updates nor search attributes, and it does not
 skip time while an activity runs; the total timeout (which cancels a running step) is
-tested on the dev server in test_workflow.py with a short real timeout."""
+tested on the dev server in test_plan_workflow.py with a short real timeout."""
 
 from __future__ import annotations
 
