@@ -15,6 +15,7 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 
 from plans.controls import ApproveInput, CancelInput, ControlResult
+from plans.models import PlanStatus
 from plans.run_state import AuditEntry, LogEntry
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
 from tests.helpers import make_plan, start, status, wait_for
@@ -251,6 +252,38 @@ async def test_when_false_skips_step(client, worker, task_queue):
     res = await (await start(client, plan, task_queue)).result()
     assert res.status == "completed"
     assert res.steps["prod-only"] == "skipped"
+
+
+async def result_or_terminate(handle, seconds: float):
+    """The plan's result, or (it hangs) terminate it and fail saying what it showed."""
+    try:
+        return await asyncio.wait_for(handle.result(), seconds)
+    except TimeoutError:
+        try:
+            st = await status(handle)
+            seen = f"status {st.status}: {[(s.id, s.status.value, s.error) for s in st.steps]}"
+        except Exception as e:  # RPCError: the workflow task is in failed state
+            seen = f"query failed: {e}"
+        await handle.terminate("the plan did not end (test cleanup)")
+        raise AssertionError(f"plan did not end within {seconds}s; {seen}") from None
+
+
+@pytest.mark.parametrize(
+    "overflowing",
+    [
+        pytest.param({"when": "int(1e400) > 0"}, id="condition"),
+        pytest.param({"params": {"key": "{{ str(int(1e400)) }}"}}, id="template"),
+    ],
+)
+async def test_an_expression_that_overflows_fails_the_plan_instead_of_hanging(
+    client, worker, task_queue, overflowing
+):
+    """A validated plan whose condition or param template raises OverflowError: the step
+    fails and the plan ends failed (the workflow task must not fail on every attempt)."""
+    plan = make_plan([{"id": "a", "tool": "count", "params": {"key": key()}, **overflowing}])
+    handle = await start(client, plan, task_queue)
+    res = await result_or_terminate(handle, 15)
+    assert res.status == PlanStatus.FAILED
 
 
 async def test_approval_by_signal_starts_a_waiting_plan(client, worker, task_queue):
