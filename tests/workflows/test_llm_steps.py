@@ -1,7 +1,8 @@
 """llm, decision and validation steps: in the activity and end to end through Temporal.
 
 The model is scripted (:mod:`tests.llm_fakes`) and given to the in-process worker
-(``start_worker``); the Anthropic wire format itself is tested in tests/activities/test_llm_anthropic.py.
+(``start_worker``); the Anthropic wire format itself is tested in
+tests/activities/test_llm_anthropic.py.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ async def test_function_calling_budget_of_invalid_calls_fails_the_step(
     assert [c["status"] for c in step.calls] == ["invalid"] * 3
 
 
-# --- regressions found in review ------------------------------------------------------
+# --- function calling: cancels, templated budgets, large results ----------------------
 
 STUBBORN: list[str] = []
 
