@@ -41,27 +41,10 @@ def overlaps(a, b) -> bool:
     return a.started_at < b.completed_at and b.started_at < a.completed_at
 
 
-async def test_diamond_runs_independent_steps_in_parallel(client, worker, task_queue):
-    plan = make_plan(
-        [
-            wait_step("a", 1),
-            wait_step("b", 1, ["a"]),
-            wait_step("c", 1, ["a"]),
-            wait_step("d", 1, ["b", "c"]),
-        ]
-    )
-    res = await (await start(client, plan, task_queue)).result()
-    assert res.status == "completed"
-    st = await status(client.get_workflow_handle(plan.workflow_id))
-    steps = {s.id: s for s in st.steps}
-    assert overlaps(steps["b"], steps["c"]), "b and c must overlap when allow_parallel is true"
-    assert steps["b"].started_at >= steps["a"].completed_at
-    assert steps["d"].started_at >= max(steps["b"].completed_at, steps["c"].completed_at)
-    makespan = (st.finished_at - st.started_at).total_seconds()
-    assert makespan < 4.0, f"diamond with parallel b/c took {makespan:.2f}s (serial would be 4s)"
-
-
-async def test_diamond_serial_when_parallel_is_off(client, worker, task_queue):
+@pytest.mark.parametrize("allow_parallel", [True, False])
+async def test_diamond_branches_overlap_only_when_parallel_is_allowed(
+    client, worker, task_queue, allow_parallel
+):
     plan = make_plan(
         [
             wait_step("a", 1),
@@ -69,13 +52,20 @@ async def test_diamond_serial_when_parallel_is_off(client, worker, task_queue):
             wait_step("c", 1, ["a"]),
             wait_step("d", 1, ["b", "c"]),
         ],
-        allow_parallel=False,
+        allow_parallel=allow_parallel,
     )
-    await (await start(client, plan, task_queue)).result()
+    res = await (await start(client, plan, task_queue)).result()
+    assert res.status == "completed"
     st = await status(client.get_workflow_handle(plan.workflow_id))
     steps = {s.id: s for s in st.steps}
-    assert not overlaps(steps["b"], steps["c"])
-    assert (st.finished_at - st.started_at).total_seconds() >= 4.0
+    assert overlaps(steps["b"], steps["c"]) is allow_parallel
+    assert steps["b"].started_at >= steps["a"].completed_at
+    assert steps["d"].started_at >= max(steps["b"].completed_at, steps["c"].completed_at)
+    makespan = (st.finished_at - st.started_at).total_seconds()
+    if allow_parallel:
+        assert makespan < 4.0, f"diamond with parallel b/c took {makespan:.2f}s (serial: 4s)"
+    else:
+        assert makespan >= 4.0
 
 
 async def test_step_starts_when_its_own_dependencies_finish_not_a_batch(client, worker, task_queue):
