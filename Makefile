@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install test-install sandbox-deps browser-deps run up test test-fast lint format bench clean
+.PHONY: install test-install sandbox-deps browser-deps run up test test-fast test-unit lint format bench clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
@@ -41,7 +41,7 @@ sandbox-deps:
 	  else echo "warning: bubblewrap (bwrap) is missing: python steps will be refused" >&2; fi; }
 
 # The dashboard's tests drive Debian's Chromium (/usr/bin/chromium) headless with
-# Playwright; no browser is downloaded. Without it tests/test_dashboard.py fails.
+# Playwright; no browser is downloaded. Without it tests/api/test_dashboard.py fails.
 browser-deps:
 	@test -x /usr/bin/chromium || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -59,6 +59,10 @@ test: test-install
 
 test-fast: test-install
 	$(BIN)/pytest -q -m "not slow" -x
+
+# Only the pure-code tests (tests/plans, tests/test_architecture.py): no server, no database.
+test-unit: test-install
+	$(BIN)/pytest -q -m unit
 
 lint: test-install
 	$(BIN)/ruff check .

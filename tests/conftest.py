@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +42,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # No test talks to the real Anthropic API: without a key the offline model answers,
     # and the Anthropic path is tested against a mocked transport (test_llm_anthropic).
     os.environ.pop("ANTHROPIC_API_KEY", None)
+
+
+TESTS = Path(__file__).resolve().parent
+KINDS = ("unit", "integration", "e2e")
+UNIT = {"plans", "config", "test_architecture.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by where it lives: tests/plans (and tests/config,
+    tests/test_architecture.py) are ``unit``, tests/e2e is ``e2e``, the rest ``integration``
+    -- unless its file says otherwise with a module-level ``pytestmark``."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            continue
+        first = item.path.resolve().relative_to(TESTS).parts[0]
+        kind = "unit" if first in UNIT else "e2e" if first == "e2e" else "integration"
+        item.add_marker(kind)
 
 
 @pytest_asyncio.fixture(scope="session")

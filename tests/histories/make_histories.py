@@ -1,4 +1,4 @@
-"""Record the histories that ``tests/test_replay.py`` replays.
+"""Record the histories that ``tests/workflows/test_replay.py`` replays.
 
 Run from the project root::
 

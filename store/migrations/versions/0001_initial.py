@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-21
 
 Written by hand with plain SQLAlchemy types (no imports from the application), so it
-keeps working whatever the models become later. ``tests/test_store.py`` checks that the
+keeps working whatever the models become later. ``tests/store/test_store.py`` checks that the
 models and this schema agree.
 """
 

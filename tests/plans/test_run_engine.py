@@ -10,7 +10,7 @@ import pytest
 
 from plans.approval_gate import needs_approval
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
-from plans.run_state import PlanRun, Refused, SkipReason, derive_status, new_run
+from plans.run_state import PlanRun, Refused, SkipReason, StepRun, derive_status, new_run
 from plans.scheduler import (
     advance,
     finish,
@@ -19,8 +19,10 @@ from plans.scheduler import (
     record_failure,
     record_success,
     running_steps,
+    stop,
 )
 from plans.steering import apply_control, check_control, parse_control
+from plans.validation import validate_plan
 from plans.views import execution_state, progress, status_view, waits
 
 CATALOG: dict[str, ToolSpec] = {
@@ -469,6 +471,50 @@ def test_retry_step_on_continue_resets_skipped_dependents() -> None:
     assert d.drain() == PlanStatus.COMPLETED
 
 
+def test_retry_step_is_refused_while_a_total_timeout_stops_the_plan() -> None:
+    """The total timeout fired: one cancelled step is recorded while another is still
+    being cancelled. Retrying the cancelled one is refused, so nothing starts after the
+    timeout."""
+    d = Driver([S("a"), S("b"), S("c", "a"), S("d", "b")], on_error="continue")
+    assert d.advance() == ["a", "b"]
+    # what PlanWorkflow does when the total timeout fires:
+    stop(d.run, "total timeout of 10s exceeded", d.clock.tick())
+    d.run.outcome = "total timeout of 10s exceeded"
+    record_cancelled(d.run, "a", d.clock.tick(), d.run.stopping or "")  # a's cancellation done
+    d.advance()  # b still being cancelled
+    assert "the plan is stopping" in d.refused("retry_step", step_id="a")
+    started = d.advance()
+    assert started == [], f"steps started after the total timeout fired: {started}"
+
+
+def test_on_error_stop_holds_after_retrying_one_of_two_failed_steps() -> None:
+    """on_error=stop: a and b failed while r runs. Retrying a does not lift the stop while
+    b is still failed: the independent step y does not start."""
+    d = Driver([S("a"), S("b"), S("r"), S("y")], on_error="stop", max_parallel_steps=3)
+    assert d.advance() == ["a", "b", "r"]
+    d.fail("a")
+    d.fail("b")
+    d.advance()
+    assert d.status("y") == StepStatus.PENDING  # waits for r, then is skipped (stopped)
+    d.control("retry_step", step_id="a")
+    started = d.advance()
+    assert "y" not in started, "on_error=stop: b is still failed, no new step may start"
+
+
+def test_skip_step_on_continue_lets_the_skipped_dependents_go_on() -> None:
+    """Under on_error=continue the dependents of a failed step are skipped (upstream);
+    skip_step says they go on, and they do."""
+    d = Driver([S("a"), S("b", "a"), S("slow")], on_error="continue")
+    assert d.advance() == ["a", "slow"]
+    d.fail("a")
+    d.advance()
+    assert d.status("b") == StepStatus.SKIPPED  # upstream
+    detail = d.control("skip_step", step_id="a", reason="not needed")
+    assert "dependents go on" in detail
+    started = d.advance()
+    assert started == ["b"], f"b is {d.status('b')}"
+
+
 def test_when_false_skips_and_counts_as_done() -> None:
     d = Driver(
         [S("a"), S("b", "a", when="steps.a.output.go"), S("c", "a", when="not steps.a.output.go")]
@@ -548,6 +594,17 @@ def test_condition_that_cannot_be_evaluated_fails_the_step() -> None:
     assert d.drain() == PlanStatus.PARTIAL
 
 
+@pytest.mark.parametrize("expr", ["int(1e400) > 0", "round(1e400) > 0", "2.0 ** 5000 > 1"])
+def test_a_condition_that_overflows_fails_the_step_and_advance_goes_on(expr: str) -> None:
+    """A `when` that validates but overflows fails its step like any other bad condition;
+    an exception escaping advance() would fail the workflow task forever."""
+    d = Driver([S("a", when=expr)])
+    assert validate_plan(d.run.plan, CATALOG) == []  # accepted up front
+    d.advance()
+    assert d.status("a") == StepStatus.FAILED
+    assert "condition could not be evaluated" in (d.run.steps["a"].error or "")
+
+
 # --- pause, resume, clarification ----------------------------------------------------
 
 
@@ -617,6 +674,22 @@ def test_answer_needs_a_step_id_when_several_steps_ask() -> None:
     assert "name step_id" in d.refused("answer_clarification", answer="x")
     d.control("answer_clarification", step_id="b", answer="y")
     assert d.advance() == ["b"]
+
+
+def test_resume_from_failure_keeps_a_clarification_answer() -> None:
+    """A step answered in the failed run is not asked again in the resumed one."""
+    plan = make_plan([S("a", requires_clarification=True, clarification_question="Which region?")])
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    earlier = {
+        "a": StepRun(id="a", status=StepStatus.FAILED, answered=True, answer="eu-west-1", error="x")
+    }
+    run = new_run(plan, now, earlier)
+    run.approval_required = False
+    apply_control(run, "approve", parse_control("approve", {"by": "alice"}), now, CATALOG)
+    advance(run, now)
+    s = run.steps["a"]
+    assert s.status == StepStatus.RUNNING, f"the person is asked again: {s.status}"
+    assert s.answer == "eu-west-1"
 
 
 # --- step gates ----------------------------------------------------------------------

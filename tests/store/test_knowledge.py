@@ -14,7 +14,7 @@ from plans.run_state import new_run
 from plans.scheduler import advance, end, record_success
 from plans.steering import apply_control, parse_control
 from store import db, knowledge
-from tests.test_store import CATALOG, T0, write
+from tests.store.test_store import CATALOG, T0, write
 
 DOC = {
     "id": "deploy-notes",

@@ -31,10 +31,10 @@ from plans.models import Plan, PlanStatus, StepStatus
 from plans.validation import parse_plan, validate_plan
 from store import knowledge
 from store.db import session_scope
+from tests.activities.test_planner import CYCLE_AND_UNKNOWN_TOOL, Scripted, answer
+from tests.api.test_plans_routes import make_app, wait_status
+from tests.e2e.test_cli import cli_env, plansmith
 from tests.helpers import StartWorker, make_plan, start, store_engine, worker_with
-from tests.test_api import make_app, wait_status
-from tests.test_cli import cli_env, plansmith
-from tests.test_planner import CYCLE_AND_UNKNOWN_TOOL, Scripted, answer
 from workflows.errors import PlannerUnavailable
 from workflows.planner_workflow import run_planner
 from workflows.starter import start_plan

@@ -2,26 +2,16 @@
 
 The time-skipping server supports neither updates nor search attributes, and it does not
 skip time while an activity runs; the total timeout (which cancels a running step) is
-tested on the dev server in test_workflow.py with a short real timeout."""
+tested on the dev server in test_plan_workflow.py with a short real timeout."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
 
-import pytest_asyncio
-
 from plans.run_state import AuditEntry
 from tests.helpers import make_plan, start, status
 from tests.tools_for_tests import CALLS
-from worker import build_worker
-
-
-@pytest_asyncio.fixture
-async def ts(ts_env):
-    tq = f"ts-{uuid.uuid4()}"
-    async with build_worker(ts_env.client, tq):
-        yield ts_env, tq
 
 
 async def test_approval_timeout_rejects_with_a_distinct_outcome(ts):

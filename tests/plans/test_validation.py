@@ -152,16 +152,29 @@ def test_unknown_dependency_without_a_close_match_has_no_suggestion() -> None:
     assert "did you mean" not in p.message
 
 
-def test_self_dependency() -> None:
-    p = only(problems_of(doc(step("a"), step("loop", depends_on=["a", "loop"]))))
-    assert p.location == "steps[1].depends_on[1]"
-    assert "'loop' depends on itself" in p.message
-
-
-def test_dependency_listed_twice() -> None:
-    p = only(problems_of(doc(step("a"), step("b", depends_on=["a", "a"]))))
-    assert p.location == "steps[1].depends_on"
-    assert "'a' is listed more than once" in p.message
+@pytest.mark.parametrize(
+    ("document", "location", "says"),
+    [
+        pytest.param(
+            doc(step("a"), step("loop", depends_on=["a", "loop"])),
+            "steps[1].depends_on[1]",
+            "'loop' depends on itself",
+            id="self dependency",
+        ),
+        pytest.param(
+            doc(step("a"), step("b", depends_on=["a", "a"])),
+            "steps[1].depends_on",
+            "'a' is listed more than once",
+            id="dependency listed twice",
+        ),
+    ],
+)
+def test_a_bad_dependency_list_is_located(
+    document: dict[str, Any], location: str, says: str
+) -> None:
+    p = only(problems_of(document))
+    assert p.location == location
+    assert says in p.message
 
 
 def test_two_step_cycle_names_both_steps() -> None:
@@ -242,16 +255,35 @@ def test_unknown_builtin_tool() -> None:
     assert "did you mean 'http_request'?" in p.message
 
 
-def test_tool_step_without_tool() -> None:
-    p = only(problems_of(doc({"id": "a", "kind": "tool"})))
-    assert p.location == "steps[0].tool"
-    assert "must name a tool" in p.message
-
-
-def test_missing_required_param() -> None:
-    p = only(problems_of(doc({"id": "a", "tool": "echo", "params": {}})))
-    assert p.location == "steps[0].params"
-    assert "'message' is a required property" in p.message
+@pytest.mark.parametrize(
+    ("document", "location", "says"),
+    [
+        pytest.param(
+            doc({"id": "a", "kind": "tool"}),
+            "steps[0].tool",
+            "must name a tool",
+            id="tool step without tool",
+        ),
+        pytest.param(
+            doc({"id": "a", "tool": "echo", "params": {}}),
+            "steps[0].params",
+            "'message' is a required property",
+            id="missing required param",
+        ),
+        pytest.param(
+            doc({"id": "a", "tool": "deploy", "params": {"env": "qa"}}),
+            "steps[0].params.env",
+            "'qa' is not one of",
+            id="value outside the enum",
+        ),
+    ],
+)
+def test_a_tool_step_missing_its_tool_or_a_param_is_located(
+    document: dict[str, Any], location: str, says: str
+) -> None:
+    p = only(problems_of(document))
+    assert p.location == location
+    assert says in p.message
 
 
 def test_param_errors_point_into_params() -> None:
@@ -280,12 +312,6 @@ def test_unexpected_param_lists_allowed_names() -> None:
     assert p.location == "steps[0].params"
     assert "'mesage' was unexpected" in p.message
     assert "allowed: message, nested, tags, times" in p.message
-
-
-def test_enum_param() -> None:
-    p = only(problems_of(doc({"id": "a", "tool": "deploy", "params": {"env": "qa"}})))
-    assert p.location == "steps[0].params.env"
-    assert "'qa' is not one of" in p.message
 
 
 def test_templated_values_skip_type_checks_but_still_need_valid_references() -> None:
@@ -328,45 +354,55 @@ def test_builtin_param_errors() -> None:
 # --- templates and conditions --------------------------------------------------------
 
 
-def test_template_unknown_step() -> None:
-    d = doc(step("build"), step("b", depends_on=["build"], params={"x": "{{ steps.bild.output }}"}))
-    p = only(problems_of(d))
-    assert p.location == "steps[1].params.x"
-    assert "unknown step 'bild'" in p.message
-    assert "did you mean 'build'?" in p.message
-
-
-def test_template_step_that_is_not_a_dependency() -> None:
-    d = doc(
-        step("a"),
-        step("b"),
-        step("c", depends_on=["b"], params={"list": ["ok", "{{ steps.a.output }}"]}),
-    )
-    p = only(problems_of(d))
-    assert p.location == "steps[2].params.list[1]"
-    assert "'a' is not among the dependencies of 'c'" in p.message
-
-
-def test_template_own_output() -> None:
-    p = only(problems_of(doc(step("a", params={"x": "{{ steps.a.output }}"}))))
-    assert "cannot read its own output" in p.message
-
-
-def test_template_unknown_input() -> None:
-    d = doc(step("a", params={"x": "value: {{ inputs.regoin }}"}), inputs={"region": "eu"})
-    p = only(problems_of(d))
-    assert p.location == "steps[0].params.x"
-    assert "no input 'regoin'" in p.message
-    assert "did you mean 'region'?" in p.message
-
-
-def test_template_syntax_error() -> None:
-    p = only(
-        problems_of(doc(step("a", params={"nested": {"x": "{{ inputs.a + }}"}}), inputs={"a": 1}))
-    )
-    assert p.location == "steps[0].params.nested.x"
-    assert "bad template" in p.message
-    assert "cannot parse" in p.message
+@pytest.mark.parametrize(
+    ("document", "location", "says"),
+    [
+        pytest.param(
+            doc(
+                step("build"),
+                step("b", depends_on=["build"], params={"x": "{{ steps.bild.output }}"}),
+            ),
+            "steps[1].params.x",
+            ["unknown step 'bild'", "did you mean 'build'?"],
+            id="unknown step",
+        ),
+        pytest.param(
+            doc(
+                step("a"),
+                step("b"),
+                step("c", depends_on=["b"], params={"list": ["ok", "{{ steps.a.output }}"]}),
+            ),
+            "steps[2].params.list[1]",
+            ["'a' is not among the dependencies of 'c'"],
+            id="step that is not a dependency",
+        ),
+        pytest.param(
+            doc(step("a", params={"x": "{{ steps.a.output }}"})),
+            "steps[0].params.x",
+            ["cannot read its own output"],
+            id="own output",
+        ),
+        pytest.param(
+            doc(step("a", params={"x": "value: {{ inputs.regoin }}"}), inputs={"region": "eu"}),
+            "steps[0].params.x",
+            ["no input 'regoin'", "did you mean 'region'?"],
+            id="unknown input",
+        ),
+        pytest.param(
+            doc(step("a", params={"nested": {"x": "{{ inputs.a + }}"}}), inputs={"a": 1}),
+            "steps[0].params.nested.x",
+            ["bad template", "cannot parse"],
+            id="syntax error",
+        ),
+    ],
+)
+def test_a_bad_template_is_located_and_explained(
+    document: dict[str, Any], location: str, says: list[str]
+) -> None:
+    p = only(problems_of(document))
+    assert p.location == location
+    for words in says:
+        assert words in p.message
 
 
 def test_template_unknown_name_and_bad_field() -> None:

@@ -3,7 +3,8 @@ PostgreSQL, with every figure asserted exactly.
 
 The store is filled through its own writers: plan runs driven by the pure engine on a
 fake clock and written with ``recording.record_snapshot``, planner runs with
-``knowledge.record_generation``. :func:`seed` is shared with the API and dashboard tests.
+``knowledge.record_generation``. :func:`fill_store` is shared with the API and dashboard
+tests.
 
 PostgreSQL is expected on 127.0.0.1:5432 (``PLANSMITH_TEST_POSTGRES_URL`` to point
 elsewhere); without it the PostgreSQL cases fail, they are not skipped.
@@ -116,13 +117,13 @@ def chain(*tools: str) -> list[dict[str, Any]]:
 
 
 @dataclass
-class Seeded:
+class FilledStore:
     now: datetime
     finished: list[str]
     waiting: list[str]
 
 
-def seed(engine: Engine, now: datetime = NOW) -> Seeded:
+def fill_store(engine: Engine, now: datetime = NOW) -> FilledStore:
     """Four finished plans over three days, two plans waiting for a person, and three
     planner runs. The figures below follow from these numbers by hand."""
     d8, d9, d10 = now - 2 * DAY, now - DAY, now - timedelta(hours=1)
@@ -211,14 +212,16 @@ def seed(engine: Engine, now: datetime = NOW) -> Seeded:
             output_tokens=300,
             latency_ms=500.0,
         )
-    return Seeded(now=now, finished=["alpha", "beta", "gamma", "zeta"], waiting=["delta", "eps"])
+    return FilledStore(
+        now=now, finished=["alpha", "beta", "gamma", "zeta"], waiting=["delta", "eps"]
+    )
 
 
 # --- plan quality ---------------------------------------------------------------------
 
 
 def test_quality_components_and_scores(engine: Engine) -> None:
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         q = {p: plan_quality(s, p) for p in ("alpha", "beta", "gamma", "zeta", "delta")}
         assert plan_quality(s, "nope") is None
@@ -299,7 +302,7 @@ def test_duration_falls_back_to_timeouts_without_history(engine: Engine) -> None
 
 
 def test_recent_qualities_and_version_diffs(engine: Engine) -> None:
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         recent = recent_qualities(s, limit=3)
         diffs = version_diffs(s, "beta")
@@ -317,7 +320,7 @@ def test_recent_qualities_and_version_diffs(engine: Engine) -> None:
 
 
 def test_success_by_agent_tool_and_step_kind(engine: Engine) -> None:
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         by_agent = {r.key: r for r in success_by(s, "agent")}
         by_tool = {r.key: r for r in success_by(s, "tool")}
@@ -360,7 +363,7 @@ def test_success_by_agent_tool_and_step_kind(engine: Engine) -> None:
 
 
 def test_trends_by_day(engine: Engine) -> None:
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         t = trends(s, "day", 7, now=NOW)
         hourly = trends(s, "hour", 1, now=NOW)
@@ -384,7 +387,7 @@ def test_trends_by_day(engine: Engine) -> None:
 
 
 def test_waiting_plans(engine: Engine) -> None:
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         waiting = waiting_plans(s, now=NOW)
     assert [(w.plan_id, w.status, w.kind) for w in waiting] == [
@@ -401,7 +404,7 @@ def test_planner_stats(engine: Engine) -> None:
     with db.session_scope(engine) as s:
         empty = planner_stats(s)
     assert empty.runs == 0 and empty.mean_rounds is None and empty.offline_share is None
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         p = planner_stats(s)
         recent = planner_stats(s, since=NOW - timedelta(hours=30))
@@ -426,7 +429,7 @@ def test_planner_stats(engine: Engine) -> None:
 
 
 def test_agents_and_store_counts(engine: Engine) -> None:
-    seed(engine)
+    fill_store(engine)
     with db.session_scope(engine) as s:
         rows = {r.agent_id: r for r in agents(s, now=NOW)}
         counts = store_counts(s, now=NOW)
@@ -454,7 +457,7 @@ def test_agents_and_store_counts(engine: Engine) -> None:
 def test_agents_without_trust_when_it_cannot_be_computed(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seed(engine)
+    fill_store(engine)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no trust today")

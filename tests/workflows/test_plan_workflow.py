@@ -15,6 +15,7 @@ from temporalio.client import (
 from temporalio.exceptions import CancelledError
 
 from plans.controls import ApproveInput, CancelInput, ControlResult
+from plans.models import PlanStatus
 from plans.run_state import AuditEntry, LogEntry
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
 from tests.helpers import make_plan, start, status, wait_for
@@ -40,27 +41,10 @@ def overlaps(a, b) -> bool:
     return a.started_at < b.completed_at and b.started_at < a.completed_at
 
 
-async def test_diamond_runs_independent_steps_in_parallel(client, worker, task_queue):
-    plan = make_plan(
-        [
-            wait_step("a", 1),
-            wait_step("b", 1, ["a"]),
-            wait_step("c", 1, ["a"]),
-            wait_step("d", 1, ["b", "c"]),
-        ]
-    )
-    res = await (await start(client, plan, task_queue)).result()
-    assert res.status == "completed"
-    st = await status(client.get_workflow_handle(plan.workflow_id))
-    steps = {s.id: s for s in st.steps}
-    assert overlaps(steps["b"], steps["c"]), "b and c must overlap when allow_parallel is true"
-    assert steps["b"].started_at >= steps["a"].completed_at
-    assert steps["d"].started_at >= max(steps["b"].completed_at, steps["c"].completed_at)
-    makespan = (st.finished_at - st.started_at).total_seconds()
-    assert makespan < 4.0, f"diamond with parallel b/c took {makespan:.2f}s (serial would be 4s)"
-
-
-async def test_diamond_serial_when_parallel_is_off(client, worker, task_queue):
+@pytest.mark.parametrize("allow_parallel", [True, False])
+async def test_diamond_branches_overlap_only_when_parallel_is_allowed(
+    client, worker, task_queue, allow_parallel
+):
     plan = make_plan(
         [
             wait_step("a", 1),
@@ -68,13 +52,20 @@ async def test_diamond_serial_when_parallel_is_off(client, worker, task_queue):
             wait_step("c", 1, ["a"]),
             wait_step("d", 1, ["b", "c"]),
         ],
-        allow_parallel=False,
+        allow_parallel=allow_parallel,
     )
-    await (await start(client, plan, task_queue)).result()
+    res = await (await start(client, plan, task_queue)).result()
+    assert res.status == "completed"
     st = await status(client.get_workflow_handle(plan.workflow_id))
     steps = {s.id: s for s in st.steps}
-    assert not overlaps(steps["b"], steps["c"])
-    assert (st.finished_at - st.started_at).total_seconds() >= 4.0
+    assert overlaps(steps["b"], steps["c"]) is allow_parallel
+    assert steps["b"].started_at >= steps["a"].completed_at
+    assert steps["d"].started_at >= max(steps["b"].completed_at, steps["c"].completed_at)
+    makespan = (st.finished_at - st.started_at).total_seconds()
+    if allow_parallel:
+        assert makespan < 4.0, f"diamond with parallel b/c took {makespan:.2f}s (serial: 4s)"
+    else:
+        assert makespan >= 4.0
 
 
 async def test_step_starts_when_its_own_dependencies_finish_not_a_batch(client, worker, task_queue):
@@ -251,6 +242,38 @@ async def test_when_false_skips_step(client, worker, task_queue):
     res = await (await start(client, plan, task_queue)).result()
     assert res.status == "completed"
     assert res.steps["prod-only"] == "skipped"
+
+
+async def result_or_terminate(handle, seconds: float):
+    """The plan's result, or (it hangs) terminate it and fail saying what it showed."""
+    try:
+        return await asyncio.wait_for(handle.result(), seconds)
+    except TimeoutError:
+        try:
+            st = await status(handle)
+            seen = f"status {st.status}: {[(s.id, s.status.value, s.error) for s in st.steps]}"
+        except Exception as e:  # RPCError: the workflow task is in failed state
+            seen = f"query failed: {e}"
+        await handle.terminate("the plan did not end (test cleanup)")
+        raise AssertionError(f"plan did not end within {seconds}s; {seen}") from None
+
+
+@pytest.mark.parametrize(
+    "overflowing",
+    [
+        pytest.param({"when": "int(1e400) > 0"}, id="condition"),
+        pytest.param({"params": {"key": "{{ str(int(1e400)) }}"}}, id="template"),
+    ],
+)
+async def test_an_expression_that_overflows_fails_the_plan_instead_of_hanging(
+    client, worker, task_queue, overflowing
+):
+    """A validated plan whose condition or param template raises OverflowError: the step
+    fails and the plan ends failed (the workflow task must not fail on every attempt)."""
+    plan = make_plan([{"id": "a", "tool": "count", "params": {"key": key()}, **overflowing}])
+    handle = await start(client, plan, task_queue)
+    res = await result_or_terminate(handle, 15)
+    assert res.status == PlanStatus.FAILED
 
 
 async def test_approval_by_signal_starts_a_waiting_plan(client, worker, task_queue):

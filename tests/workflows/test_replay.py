@@ -24,7 +24,7 @@ from plans.models import workflow_id_for
 from workflows.plan_input import WORKFLOW_NAME
 from workflows.plan_workflow import PlanWorkflow
 
-HISTORIES = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 PLAN_ID_PREFIX = "hist-"  # as in tests/histories/make_histories.py
 MIN_HISTORIES = 15  # an emptied or half-deleted folder must not pass
 

@@ -34,7 +34,7 @@ from schemathesis.checks import (
 from temporalio.testing import WorkflowEnvironment
 
 from plans.models import ID_RE
-from tests.test_api import make_app, plan_doc, wait_step
+from tests.api.test_plans_routes import make_app, plan_doc, wait_step
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 8

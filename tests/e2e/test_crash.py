@@ -19,7 +19,7 @@ import pytest
 from plans.models import Plan
 from tests.helpers import start, status, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -783,15 +783,18 @@ async def test_live_retry_of_a_failed_step_while_another_branch_runs(client, wor
 # --- resume from failure -------------------------------------------------------------
 
 
-async def test_temporal_cancel_mid_run_then_resume_from_failure_never_reruns_completed_steps(
-    client, worker, task_queue
+@pytest.mark.parametrize("cancelled_by", ["temporal", "update"])
+async def test_cancel_mid_run_then_resume_from_failure_never_reruns_completed_steps(
+    client, worker, task_queue, cancelled_by
 ):
+    """Cancelled through Temporal (no workflow code decides) or by the cancel update, the
+    plan resumes from failure with its completed steps carried, not run again."""
     k = key()
     plan = make_plan(
         [
             count_step("a", f"{k}-a"),
             count_step("b", f"{k}-b", ["a"]),
-            wait_step("c", 1.5, ["b"]),
+            wait_step("c", 2, ["b"]),
             count_step("d", f"{k}-d", ["c"]),
         ]
     )
@@ -799,9 +802,13 @@ async def test_temporal_cancel_mid_run_then_resume_from_failure_never_reruns_com
     await wait_for(handle, lambda s: step(s, "c").status == "running")
     with pytest.raises(ResumeRefused, match="still running"):
         await resume_from_failure(client, plan.id, by="rita", task_queue=task_queue)
-    await handle.cancel()
-    with pytest.raises(WorkflowFailureError):
-        await result_within(handle)
+    if cancelled_by == "temporal":
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await result_within(handle)
+    else:
+        await update(handle, "cancel", {"by": "carl", "reason": "maintenance"})
+        assert (await result_within(handle)).status == "cancelled"
     st = await status(handle)
     assert st.status == "cancelled"
     assert {s.id: s.status for s in st.steps} == {
@@ -825,42 +832,6 @@ async def test_temporal_cancel_mid_run_then_resume_from_failure_never_reruns_com
     assert state.steps["a"].carried and state.steps["b"].carried
     assert not state.steps["c"].carried and state.steps["c"].runs == 1
     assert not any(a.action == "cancel" for a in audit)  # a new run, a fresh audit
-
-
-async def test_cancel_mid_run_then_resume_from_failure_never_reruns_completed_steps(
-    client, worker, task_queue
-):
-    k = key()
-    plan = make_plan(
-        [
-            count_step("a", f"{k}-a"),
-            count_step("b", f"{k}-b", ["a"]),
-            wait_step("c", 2, ["b"]),
-            count_step("d", f"{k}-d", ["c"]),
-        ]
-    )
-    handle = await start(client, plan, task_queue)
-    await wait_for(handle, lambda s: step(s, "c").status == "running")
-    with pytest.raises(ResumeRefused, match="still running"):
-        await resume_from_failure(client, plan.id, by="rita", task_queue=task_queue)
-    await update(handle, "cancel", {"by": "carl", "reason": "maintenance"})
-    res = await result_within(handle)
-    assert res.status == "cancelled"
-    assert res.steps == {"a": "completed", "b": "completed", "c": "cancelled", "d": "cancelled"}
-
-    handle2, carried = await resume_from_failure(client, plan.id, by="rita", task_queue=task_queue)
-    assert carried == 2
-    res2 = await result_within(handle2)
-    assert res2.status == "completed"
-    assert all(v == "completed" for v in res2.steps.values())
-    assert CALLS[f"{k}-a"] == 1 and CALLS[f"{k}-b"] == 1 and CALLS[f"{k}-d"] == 1
-    audit = await audit_of(handle2)
-    resumed = [a for a in audit if a.action == "resume_from_failure"]
-    assert len(resumed) == 1 and resumed[0].by == "rita" and resumed[0].accepted
-    assert "2 completed step(s)" in resumed[0].detail
-    state = await handle2.query("run_state", result_type=PlanRun)
-    assert state.steps["a"].carried and state.steps["b"].carried
-    assert not state.steps["c"].carried and state.steps["c"].runs == 1
     with pytest.raises(ResumeRefused, match="ended completed"):
         await resume_from_failure(client, plan.id, by="rita", task_queue=task_queue)
 

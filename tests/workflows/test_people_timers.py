@@ -16,21 +16,12 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import pytest_asyncio
 from temporalio.client import WorkflowHandle
 
 from plans.run_state import AuditEntry, PlanRun
 from plans.views import StatusView, StepView
 from tests.helpers import make_plan, start, status
 from tests.tools_for_tests import CALLS
-from worker import build_worker
-
-
-@pytest_asyncio.fixture
-async def ts(ts_env):
-    tq = f"ts-people-{uuid.uuid4()}"
-    async with build_worker(ts_env.client, tq):
-        yield ts_env, tq
 
 
 def key() -> str:

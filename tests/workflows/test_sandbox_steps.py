@@ -30,11 +30,11 @@ from temporalio.worker import Worker
 from config import Settings, get_settings
 from plans.models import Plan
 from plans.run_state import AuditEntry
+from tests.activities.test_sandbox import sandbox_processes
 from tests.helpers import activity_deps, make_plan, start, status
-from tests.test_sandbox import sandbox_processes
 from worker import sandbox_activities_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from tests.test_api import closed, create_and_execute, make_app, plan_doc, wait_step
+from tests.api.test_plans_routes import closed, create_and_execute, make_app, plan_doc, wait_step
 
 
 @pytest_asyncio.fixture
@@ -30,7 +30,7 @@ async def http(
         yield c
 
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "execution_request.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "execution_request.json"
 
 
 def execution(nodes: list[dict], edges: list[dict], **inputs: Any) -> dict:

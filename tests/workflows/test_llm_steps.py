@@ -1,7 +1,8 @@
 """llm, decision and validation steps: in the activity and end to end through Temporal.
 
 The model is scripted (:mod:`tests.llm_fakes`) and given to the in-process worker
-(``start_worker``); the Anthropic wire format itself is tested in test_llm_anthropic.py.
+(``start_worker``); the Anthropic wire format itself is tested in
+tests/activities/test_llm_anthropic.py.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from contracts.tools import catalog
 from plans.models import PlanStatus, StepStatus
 from plans.validation import validate_plan
 from tests import tools_for_tests
+from tests.activities.test_llm_anthropic import message
 from tests.helpers import StartWorker, make_plan, start, status, wait_for
 from tests.llm_fakes import RespxTransport, ScriptedModel, text, tool_use
-from tests.test_llm_anthropic import message
 
 # --- in the activity ------------------------------------------------------------------
 
@@ -281,7 +282,7 @@ async def test_function_calling_budget_of_invalid_calls_fails_the_step(
     assert [c["status"] for c in step.calls] == ["invalid"] * 3
 
 
-# --- regressions found in review ------------------------------------------------------
+# --- function calling: cancels, templated budgets, large results ----------------------
 
 STUBBORN: list[str] = []
 

@@ -18,8 +18,15 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from tests.test_api import closed, create_and_execute, make_app, plan_doc, wait_status, wait_step
-from tests.test_api_executions import execution
+from tests.api.test_executions_routes import execution
+from tests.api.test_plans_routes import (
+    closed,
+    create_and_execute,
+    make_app,
+    plan_doc,
+    wait_status,
+    wait_step,
+)
 
 
 @contextlib.asynccontextmanager

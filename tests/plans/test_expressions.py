@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +23,10 @@ from plans.expressions import (
     references,
     render,
 )
+from plans.models import Plan, ToolSpec
+from plans.validation import Problem, validate_plan
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_context() -> dict[str, Any]:
@@ -283,6 +290,111 @@ def test_huge_results_are_refused() -> None:
         evaluate("'a' * 10000000000", {})
     with pytest.raises(ExpressionError):
         evaluate("2 ** 100000000", {})
+
+
+# --- limits: conditions run inside workflow code ---------------------------------------
+#
+# An expression that raises anything but ExpressionError, hangs, or answers differently on
+# another process would fail the workflow task on every retry (or break replay): each of
+# these is refused with an ExpressionError, or by validation before the plan starts.
+
+NOOP: dict[str, ToolSpec] = {
+    "noop": ToolSpec(name="noop", description="does nothing", params_schema={"type": "object"})
+}
+
+
+def condition_problems(expr: str, inputs: dict[str, Any] | None = None) -> list[Problem]:
+    """What validation says of a plan whose one step has ``when: expr``."""
+    plan = Plan.model_validate(
+        {"id": "p1", "inputs": inputs or {}, "steps": [{"id": "a", "tool": "noop", "when": expr}]}
+    )
+    return validate_plan(plan, NOOP)
+
+
+def evaluate_in_subprocess(expr: str, timeout: float) -> str:
+    code = (
+        "import sys\n"
+        "from plans.expressions import evaluate, ExpressionError\n"
+        "try:\n"
+        "    v = evaluate(sys.argv[1], {'inputs': {}, 'steps': {}})\n"
+        "    print('VALUE', type(v).__name__, len(v) if hasattr(v, '__len__') else '')\n"
+        "except ExpressionError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, expr],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(ROOT),
+        )
+    except subprocess.TimeoutExpired:
+        return "TIMEOUT"
+    return (out.stdout + out.stderr).strip()
+
+
+def test_template_that_overflows_is_an_expression_error() -> None:
+    """Rendering a step's params (workflow code) only catches ExpressionError."""
+    with pytest.raises(ExpressionError):
+        render({"n": "{{ int(1e400) }}"}, {"inputs": {}, "steps": {}})
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "4000000 ** 4000000 > 0",  # both operands pass safe_power's limit; minutes of CPU
+        "len(sum([[1] * 99999] * 9999, [])) > 0",  # quadratic list concat, ~1e9 items
+        "len(('x' * 100000).replace('x', 'y' * 100000)) > 0",  # a 10**10-char string
+    ],
+)
+def test_expensive_expressions_are_refused_quickly(expr: str) -> None:
+    """A condition taking more than 2 s trips the workflow's deadlock detector: the
+    evaluator refuses these at once (they pass validation, so the refusal is at run time)."""
+    assert condition_problems(expr) == []
+    result = evaluate_in_subprocess(expr, timeout=5)
+    assert result.startswith("REFUSED"), result
+
+
+def test_str_methods_cannot_build_huge_strings() -> None:
+    """``'a' * 10**8`` is refused by the size limit, and so is a str method that would
+    build a 100 MB string inside the workflow worker."""
+    expr = "len('a'.ljust(10**8)) > 0"
+    assert condition_problems(expr) == []
+    with pytest.raises(ExpressionError):
+        evaluate(expr, {"inputs": {}, "steps": {}})
+
+
+@pytest.mark.parametrize("expr", ["-" * 1500 + "1 > 0", "str({inputs.a, inputs.b})[2] == 'l'"])
+def test_deeply_nested_and_set_expressions_are_refused_by_validation(expr: str) -> None:
+    problems = condition_problems(expr, inputs={"a": "left", "b": "right"})
+    assert [p.location for p in problems] == ["steps[0].when"], problems
+
+
+def test_a_condition_gives_the_same_answer_in_every_worker_process() -> None:
+    """Sets iterate in a hash order that differs per process (PYTHONHASHSEED): a condition
+    built on one could take different branches on different workers. They are refused,
+    and the refusal is the same everywhere."""
+    expr = "str({inputs.a, inputs.b})[2] == 'l'"
+    code = (
+        "from plans.expressions import evaluate, ExpressionError\n"
+        "try:\n"
+        f"    print(evaluate({expr!r}, {{'inputs': {{'a': 'left', 'b': 'right'}}, 'steps': {{}}}}))\n"
+        "except ExpressionError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    results = set()
+    for hash_seed in range(4):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+            env={"PYTHONHASHSEED": str(hash_seed), "PATH": "/usr/bin:/bin"},
+        )
+        results.add(out.stdout.strip() or out.stderr.strip()[-200:])
+    assert len(results) == 1, f"same condition, different results per process: {results}"
+    assert next(iter(results)).startswith("refused:")
 
 
 # --- references ----------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """``/api/metrics/*``, ``GET /metrics`` (Prometheus) and the dashboard's files, against a
-temporary SQLite store filled by :func:`tests.test_metrics.seed`; no Temporal."""
+temporary SQLite store filled by :func:`tests.store.test_metrics.fill_store`; no Temporal."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from temporalio.client import Client
 from api.app import create_app
 from config import Settings, get_settings
 from store import db
-from tests.test_metrics import DAY, seed
+from tests.store.test_metrics import DAY, fill_store
 
 CONFIG = {"log_format": "text", "log_level": "WARNING", "rpc_timeout_s": 20}
 
@@ -35,21 +35,21 @@ def build_app(database_url: str, api_keys: str | None = None) -> FastAPI:
 
 
 def midday() -> datetime:
-    """Noon UTC today, or yesterday before noon: the seeded runs then sit far from
+    """Noon UTC today, or yesterday before noon: the runs filled in then sit far from
     midnight (the day buckets are certain) and never in the future."""
     now = datetime.now(UTC)
     noon = now.replace(hour=12, minute=0, second=0, microsecond=0)
     return noon if now >= noon else noon - timedelta(days=1)
 
 
-SEEDED_AT = midday()
+FILLED_AT = midday()
 
 
-def seeded_url(tmp_path: Any, now: datetime = SEEDED_AT) -> str:
+def filled_store_url(tmp_path: Any, now: datetime = FILLED_AT) -> str:
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
     engine = db.make_engine(url)
     db.migrate(engine)
-    seed(engine, now)
+    fill_store(engine, now)
     engine.dispose()
     return url
 
@@ -75,7 +75,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def url(tmp_path: Any) -> str:
-    return seeded_url(tmp_path)
+    return filled_store_url(tmp_path)
 
 
 async def test_plan_quality_and_corrections(url: str) -> None:
@@ -122,7 +122,7 @@ async def test_success_trends_waiting_planner_agents(url: str) -> None:
         t = (await http.get("/api/metrics/trends", params={"days": 7})).json()
         assert t["bucket"] == "day" and len(t["points"]) == 7
         by_day = {datetime.fromisoformat(p["start"]): p for p in t["points"]}
-        today = SEEDED_AT.replace(hour=0)
+        today = FILLED_AT.replace(hour=0)
         assert [by_day[today - n * DAY]["finished"] for n in (2, 1, 0)] == [2, 1, 1]
         assert by_day[today - 2 * DAY]["mean_quality"] == 0.8664
         assert sum(p["finished"] for p in t["points"]) == 4
@@ -168,7 +168,7 @@ async def test_prometheus_text_parses_and_has_the_store_figures(url: str) -> Non
         assert v("plansmith_plans_waiting") == 2
         assert v("plansmith_waits", kind="plan_approval") == 1
         assert v("plansmith_waits", kind="correction") == 0
-        age = (datetime.now(UTC) - SEEDED_AT).total_seconds() + 3 * 3600
+        age = (datetime.now(UTC) - FILLED_AT).total_seconds() + 3 * 3600
         assert age - 60 < v("plansmith_wait_oldest_seconds", kind="plan_approval") <= age
         assert v("plansmith_runs_finished_total", agent="bot-a", status="completed") == 2
         assert v("plansmith_runs_finished_total", agent="", status="partial") == 1

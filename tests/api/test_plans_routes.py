@@ -600,11 +600,14 @@ async def test_json_logs_carry_plan_and_step_ids(http: httpx.AsyncClient):
     capture = Capture()
     capture.filters = handler.filters
     logger = logging.getLogger("plansmith.api")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the first app of the process set it (maybe to WARNING)
     logger.addHandler(capture)
     try:
         await http.post("/api/plans/p-log-1/steps/s-9/retry", json={})
     finally:
         logger.removeHandler(capture)
+        logger.setLevel(level)
     records = [json.loads(x) for x in lines]
     req = [r for r in records if r.get("path") == "/api/plans/p-log-1/steps/s-9/retry"]
     assert req and req[0]["plan_id"] == "p-log-1" and req[0]["step_id"] == "s-9"

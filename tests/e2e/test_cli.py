@@ -18,7 +18,7 @@ import pytest
 from plansmith.devserver import temporal_cli_path
 from tests.helpers import make_plan, start, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -255,7 +255,7 @@ async def temporal(env, *args: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-async def test_seed_001_flow_through_temporal_cli_and_plansmith_cli(
+async def test_a_pause_question_asked_with_the_temporal_cli_is_answered_with_plansmith(
     env, client, worker, task_queue
 ):
     """Pause with a question -> execution_state shows it -> answer -> resume -> completed."""

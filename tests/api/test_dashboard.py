@@ -29,7 +29,7 @@ import uvicorn
 from fastapi import FastAPI
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.test_api_metrics import build_app, seeded_url
+from tests.api.test_metrics_routes import build_app, filled_store_url
 
 CHROMIUM = os.environ.get("PLANSMITH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -195,7 +195,7 @@ def near(seen: dict[tuple[int, int, int], int], rgb: tuple[int, int, int], tol: 
 
 
 async def test_dashboard_shows_waiting_plans_and_trends(tmp_path: Path) -> None:
-    url = seeded_url(tmp_path)
+    url = filled_store_url(tmp_path)
     with uvicorn_serving(build_app(url)) as base:
         async with browser() as b:
             page = await b.new_page(viewport={"width": 1280, "height": 900})
@@ -264,7 +264,7 @@ async def test_dashboard_on_an_empty_store(tmp_path: Path) -> None:
 
 
 async def test_dashboard_with_api_keys(tmp_path: Path) -> None:
-    url = seeded_url(tmp_path)
+    url = filled_store_url(tmp_path)
     with uvicorn_serving(build_app(url, api_keys="s3cr3t:alice")) as base:
         async with browser() as b:
             page = await b.new_page()

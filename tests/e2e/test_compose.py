@@ -23,7 +23,7 @@ from config import env_names, load_settings
 from plansmith.devserver import SEARCH_ATTRIBUTE_TYPES, server_command
 from workflows.plan_input import SEARCH_ATTRIBUTES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
