@@ -2,7 +2,7 @@
 activities on a task queue.
 
 This is where the activities get what they work with: one :class:`ActivityDeps` (the
-settings, the model from :func:`activities.llm.base.chat_model_from`, the store's engine)
+settings, the model from :func:`activities.llm.factory.chat_model_from`, the store's engine)
 built from the settings when the worker starts, handed to the activity classes whose
 bound methods the workers register (:func:`activities_for`, :func:`sandbox_activities_for`).
 """

@@ -31,14 +31,14 @@ from plans.policy import (
     should_require_approval,
 )
 from plans.risk import assess_risk
+from store.db import ensure_migrated, session_scope
+from store.trust import trust_history
 
 STORE_TIMEOUT_S = 10.0
 
 
 def read_history(engine: Engine, agent_id: str, limit: int) -> TrustHistory:
     """The agent's history from the store (blocking)."""
-    from store.db import ensure_migrated, session_scope
-    from store.trust import trust_history
 
     with session_scope(ensure_migrated(engine)) as session:
         return trust_history(session, agent_id, limit=limit)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
-from activities.llm.base import ChatModel, chat_model_from
+from activities.llm.base import ChatModel
+from activities.llm.factory import chat_model_from
 from config import Settings
 from store.db import get_engine
 
@@ -32,7 +33,7 @@ class ActivityDeps:
     @classmethod
     def from_settings(cls, settings: Settings, chat_model: ChatModel | None = None) -> ActivityDeps:
         """The dependencies ``settings`` describe: the store at ``DATABASE_URL`` and the
-        model :func:`~activities.llm.base.chat_model_from` picks, unless ``chat_model``
+        model :func:`~activities.llm.factory.chat_model_from` picks, unless ``chat_model``
         is given."""
         return cls(
             settings=settings,

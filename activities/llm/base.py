@@ -3,7 +3,7 @@
 Callers (the llm/decision/validation steps, the planner) build an :class:`LLMRequest`,
 ask a :class:`ChatModel` for a :class:`LLMResponse` and never know which model answered:
 the Anthropic client when ``ANTHROPIC_API_KEY`` is set, the offline deterministic model
-otherwise (:func:`chat_model_from`, called once by the worker), or whatever a test gives
+otherwise (:func:`activities.llm.factory.chat_model_from`, called once by the worker), or whatever a test gives
 the activities (:class:`activities.deps.ActivityDeps`).
 
 Messages and content blocks follow the Anthropic Messages API shape (plain dicts), so a
@@ -25,7 +25,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from config import Settings
 from contracts.planning import Usage
 
 
@@ -110,15 +109,3 @@ class ChatModel(Protocol):
     """Anything that answers an :class:`LLMRequest`."""
 
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
-
-
-def chat_model_from(settings: Settings) -> ChatModel:
-    """The model ``settings`` call for: Anthropic with a key (``ANTHROPIC_API_KEY``), else
-    the offline stand-in."""
-    if settings.models.anthropic_api_key:
-        from activities.llm.anthropic_model import AnthropicModel
-
-        return AnthropicModel.from_settings(settings)
-    from activities.llm.offline.model import OfflineModel
-
-    return OfflineModel()

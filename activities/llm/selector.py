@@ -12,6 +12,8 @@ from sqlalchemy.engine import Engine
 from config import Settings
 from config.models import ENV_VAR
 from contracts.models import ModelSelector
+from store import knowledge
+from store.db import ensure_migrated, session_scope
 
 log = logging.getLogger("plansmith.llm")
 
@@ -19,8 +21,6 @@ log = logging.getLogger("plansmith.llm")
 def read_store_models(engine: Engine) -> list[dict[str, Any]]:
     """The store's model rows (``store.knowledge.list_model_configs``); raises when the
     store cannot be read."""
-    from store import knowledge
-    from store.db import ensure_migrated, session_scope
 
     with session_scope(ensure_migrated(engine)) as session:
         return knowledge.list_model_configs(session)

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 import respx
 
-from activities.llm import base
+from activities.llm import factory
 from activities.llm.anthropic_model import AnthropicModel
 from activities.llm.base import LLMRequest, ToolDef
 from config import get_settings
@@ -324,7 +324,7 @@ async def test_from_settings_turns_the_sdk_retries_off_and_shares_one_client():
     assert KEY not in repr(model)
 
     # the worker's model is Anthropic when a key is set
-    assert isinstance(base.chat_model_from(settings), AnthropicModel)
+    assert isinstance(factory.chat_model_from(settings), AnthropicModel)
 
     with pytest.raises(ValueError, match="ANTHROPIC_API_KEY"):
         AnthropicModel.from_settings(settings.replace(models={"anthropic_api_key": None}))

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities.llm import base
+from activities.llm import base, factory
 from activities.llm.base import LLMRequest, ToolDef
 from activities.llm.offline.model import OfflineModel
 from activities.llm.offline.planner import split_clauses
@@ -87,8 +87,8 @@ def test_without_a_key_the_process_model_is_the_offline_model(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     settings = load_settings()
     assert settings.models.anthropic_api_key is None
-    assert isinstance(base.chat_model_from(settings), OfflineModel)
-    assert isinstance(base.chat_model_from(settings), base.ChatModel)
+    assert isinstance(factory.chat_model_from(settings), OfflineModel)
+    assert isinstance(factory.chat_model_from(settings), base.ChatModel)
 
 
 # --- submit_plan --------------------------------------------------------------------------
