@@ -1,6 +1,7 @@
 """The FastAPI façade: ``create_app()`` and the ``app`` uvicorn serves.
 
-Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_executions`);
+Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_plan_reads`,
+:mod:`api.routes_plan_controls`, :mod:`api.routes_executions`);
 ``/healthz`` and ``/readyz`` are outside it and never need an API key. One Temporal client per
 process, made by the lifespan at start-up (when Temporal is down then, the first request
 that needs it connects, bounded; until then such requests answer 503). Tests build the
@@ -31,7 +32,8 @@ from api.reconcile import reconcile_forever
 from api.routes_executions import router as executions_router
 from api.routes_metrics import router as metrics_router
 from api.routes_models import router as models_router
-from api.routes_plans import controls as controls_router
+from api.routes_plan_controls import controls as controls_router
+from api.routes_plan_reads import reads as plan_reads_router
 from api.routes_plans import router as plans_router
 from api.routes_trust import router as trust_router
 from api.schemas import Health
@@ -187,6 +189,7 @@ def create_app(
         )
     app.include_router(health)
     app.include_router(plans_router, prefix="/api")
+    app.include_router(plan_reads_router, prefix="/api")
     app.include_router(controls_router, prefix="/api")
     app.include_router(executions_router, prefix="/api")
     app.include_router(models_router, prefix="/api")

@@ -20,7 +20,9 @@ from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from api.errors import conflict
 from plans.models import Plan, PlanStatus
+from plans.run_state import PlanRun, new_run
 from store.db import ensure_migrated, session_scope
 from store.drafts import save_plan
 from store.models import PlanRecord, PlanVersionRecord
@@ -124,3 +126,23 @@ class StoreDrafts:
 
     async def remove(self, plan_id: str) -> None:
         await asyncio.to_thread(self._remove, plan_id)
+
+
+async def draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
+    """A draft's state as a fresh run would have it (status ``draft``, nothing ran)."""
+    draft = await drafts.get(plan_id)
+    if draft is None:
+        return None
+    run = new_run(draft.plan, draft.created_at)
+    run.versions[0].by = draft.plan.agent_id or draft.created_by
+    return run
+
+
+async def refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
+    """409 when ``plan_id`` is a draft: ``what`` needs its workflow."""
+    if await drafts.get(plan_id) is not None:
+        raise conflict(
+            f"{what} refused: plan {plan_id} is a draft that was not executed yet; "
+            f"POST /api/plans/{plan_id}/execute first",
+            code="not_executed",
+        )

@@ -174,3 +174,11 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     temporal: str | None = Field(default=None, description="reachable, or why not")
     database: str | None = Field(default=None, description="reachable, or why not")
+
+
+def examples_of(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's examples as OpenAPI ``examples`` of a request body."""
+    extra = model.model_config.get("json_schema_extra")
+    found = extra.get("examples") if isinstance(extra, dict) else None
+    values = found if isinstance(found, list) and found else [{}]
+    return {f"example{i + 1}": {"value": v} for i, v in enumerate(values)}

@@ -1,0 +1,159 @@
+"""``/api/plans/{id}/{approve,reject,…}`` and ``…/steps/{step}/{approve,…}``: the
+controls people send, each as a Temporal *update*, so the caller learns at once whether
+it was accepted: a refused transition is a 409 with the workflow's reason, a malformed
+argument a 422, and a draft (not executed yet) a 409.
+"""
+
+# No ``from __future__ import annotations`` here: the control routes are built in a
+# loop, and FastAPI must see their body models as real objects in the annotations.
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from pydantic import BaseModel
+
+from api.controls import (
+    PLAN_BODIES,
+    PLAN_ROUTES,
+    STEP_BODIES,
+    STEP_ROUTES,
+    SUMMARIES,
+    body_is_optional,
+    payload,
+)
+from api.deps import (
+    ActorDep,
+    DraftsDep,
+    GatewayDep,
+    PlanIdDep,
+    StepIdDep,
+    get_principal,
+    reject_unknown_query,
+)
+from api.drafts import DraftStore, refuse_draft
+from api.errors import (
+    responses,
+)
+from api.schemas import examples_of
+from plans.controls import ControlResult
+from workflows.client import PlanClient
+
+controls = APIRouter(
+    prefix="/plans",
+    tags=["controls"],
+    dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
+)
+
+CONTROL = responses(401, 403, 404, 409, 422, 502, 503)
+
+
+# --- controls ------------------------------------------------------------------------
+
+
+async def _send(
+    gateway: PlanClient,
+    drafts: DraftStore,
+    plan_id: str,
+    control: str,
+    body: BaseModel | None,
+    by: str,
+    step_id: str | None = None,
+) -> ControlResult:
+    await refuse_draft(drafts, plan_id, control)
+    return await gateway.control(plan_id, control, payload(body, by, step_id))
+
+
+def _by(body: BaseModel | None) -> str | None:
+    value = getattr(body, "by", None) if body is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _plan_control(control: str, model: type[BaseModel]) -> Any:
+    if body_is_optional(model):
+
+        async def optional_body(
+            plan_id: PlanIdDep,
+            gateway: GatewayDep,
+            drafts: DraftsDep,
+            actor: ActorDep,
+            body: Annotated[model | None, Body(openapi_examples=examples_of(model))] = None,  # type: ignore[valid-type]
+        ) -> ControlResult:
+            return await _send(gateway, drafts, plan_id, control, body, actor.actor(_by(body)))
+
+        return optional_body
+
+    async def required_body(
+        plan_id: PlanIdDep,
+        gateway: GatewayDep,
+        drafts: DraftsDep,
+        actor: ActorDep,
+        body: Annotated[model, Body(openapi_examples=examples_of(model))],  # type: ignore[valid-type]
+    ) -> ControlResult:
+        return await _send(gateway, drafts, plan_id, control, body, actor.actor(_by(body)))
+
+    return required_body
+
+
+def _step_control(control: str, model: type[BaseModel]) -> Any:
+    if body_is_optional(model):
+
+        async def optional_body(
+            plan_id: PlanIdDep,
+            step_id: StepIdDep,
+            gateway: GatewayDep,
+            drafts: DraftsDep,
+            actor: ActorDep,
+            body: Annotated[model | None, Body(openapi_examples=examples_of(model))] = None,  # type: ignore[valid-type]
+        ) -> ControlResult:
+            by = actor.actor(_by(body))
+            return await _send(gateway, drafts, plan_id, control, body, by, step_id)
+
+        return optional_body
+
+    async def required_body(
+        plan_id: PlanIdDep,
+        step_id: StepIdDep,
+        gateway: GatewayDep,
+        drafts: DraftsDep,
+        actor: ActorDep,
+        body: Annotated[model, Body(openapi_examples=examples_of(model))],  # type: ignore[valid-type]
+    ) -> ControlResult:
+        by = actor.actor(_by(body))
+        return await _send(gateway, drafts, plan_id, control, body, by, step_id)
+
+    return required_body
+
+
+_CONTROL_DESCRIPTION = (
+    "Sent to the workflow as the `{control}` update, so the answer says at "
+    "once whether it was accepted. 409: the transition is not allowed now (the workflow's "
+    "reason; the refusal is also in the audit trail) or the plan is a draft. 422: the "
+    "argument is malformed. The recorded `by` is the API key's owner (or the body's `by`, "
+    "`api` by default, without keys)."
+)
+
+for _verb, _control in PLAN_ROUTES.items():
+    controls.add_api_route(
+        f"/{{plan_id}}/{_verb}",
+        _plan_control(_control, PLAN_BODIES[_control]),
+        methods=["POST"],
+        response_model=ControlResult,
+        name=_control,
+        operation_id=_control,
+        summary=SUMMARIES[_control],
+        description=_CONTROL_DESCRIPTION.format(control=_control),
+        responses=CONTROL,
+    )
+
+for _verb, _control in STEP_ROUTES.items():
+    controls.add_api_route(
+        f"/{{plan_id}}/steps/{{step_id}}/{_verb}",
+        _step_control(_control, STEP_BODIES[_control]),
+        methods=["POST"],
+        response_model=ControlResult,
+        name=_control,
+        operation_id=_control,
+        summary=SUMMARIES[_control],
+        description=_CONTROL_DESCRIPTION.format(control=_control),
+        responses=CONTROL,
+    )

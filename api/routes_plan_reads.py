@@ -1,0 +1,203 @@
+"""``/api/plans/{id}/…`` reads: the workflow's queries (status, execution state, logs,
+audit, versions) and the live event stream. A draft answers from its document, as a
+fresh run would; an executed plan asks its workflow first and falls back to the store
+(:func:`api.store_reads.temporal_or_store`).
+"""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.responses import StreamingResponse
+
+from api.deps import (
+    DraftsDep,
+    GatewayDep,
+    HubDep,
+    PlanIdDep,
+    StoreDep,
+    get_principal,
+    reject_unknown_query,
+)
+from api.drafts import draft_run, refuse_draft
+from api.errors import (
+    responses,
+)
+from api.schemas import (
+    LogLine,
+)
+from api.sse import EventsDoc
+from api.store_reads import temporal_or_store
+from plans.models import ID_PATTERN
+from plans.run_state import AuditEntry, LogEntry, PlanVersion
+from plans.views import (
+    ExecutionState,
+    LogsQuery,
+    StatusView,
+    audit_view,
+    execution_state,
+    logs_view,
+    plan_view,
+    status_view,
+)
+
+reads = APIRouter(
+    prefix="/plans",
+    tags=["plans"],
+    dependencies=[Depends(get_principal), Depends(reject_unknown_query)],
+)
+
+READ = responses(401, 404, 422, 502, 503)
+
+
+# --- queries -------------------------------------------------------------------------
+
+
+@reads.get(
+    "/{plan_id}/status",
+    response_model=StatusView,
+    summary="The status query: plan status, progress, what it waits for, every step",
+    responses=READ,
+)
+async def get_status(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> StatusView:
+    run = await draft_run(drafts, plan_id)
+    if run is not None:
+        return status_view(run)
+    return await temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
+
+
+@reads.get(
+    "/{plan_id}/execution-state",
+    response_model=ExecutionState,
+    summary="The execution_state query (state, step_id, question, paused_at)",
+    responses=READ,
+)
+async def get_execution_state(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> ExecutionState:
+    run = await draft_run(drafts, plan_id)
+    if run is not None:
+        return execution_state(run)
+    return await temporal_or_store(
+        lambda: gateway.execution_state(plan_id), lambda: store.execution_state(plan_id)
+    )
+
+
+@reads.get(
+    "/{plan_id}/logs",
+    response_model=list[LogLine],
+    summary="The plan's log (newest 500 entries are kept)",
+    description="`level` keeps entries of that level and above (debug < info < warning < "
+    "error); `limit` keeps the newest ones; `step_id` keeps one step's entries.",
+    responses=READ,
+)
+async def get_logs(
+    plan_id: PlanIdDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    store: StoreDep,
+    level: Annotated[Literal["debug", "info", "warning", "error"] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
+    step_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+) -> list[LogLine]:
+    query = LogsQuery(level=level, limit=limit, step_id=step_id)
+    run = await draft_run(drafts, plan_id)
+    entries: list[LogEntry]
+    if run is not None:
+        entries = logs_view(run, query)
+    else:
+        entries = await temporal_or_store(
+            lambda: gateway.logs(plan_id, query), lambda: store.logs(plan_id, query)
+        )
+    return [LogLine(at=e.at, level=e.level, message=e.message, step_id=e.step_id) for e in entries]
+
+
+@reads.get(
+    "/{plan_id}/audit",
+    response_model=list[AuditEntry],
+    summary="The audit trail: every control, accepted or refused, with who, when and what",
+    responses=READ,
+)
+async def get_audit(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> list[AuditEntry]:
+    run = await draft_run(drafts, plan_id)
+    if run is not None:
+        return audit_view(run)
+    return await temporal_or_store(lambda: gateway.audit(plan_id), lambda: store.audit(plan_id))
+
+
+@reads.get(
+    "/{plan_id}/versions",
+    response_model=list[PlanVersion],
+    summary="The plan's versions: who changed which step, field by field",
+    responses=READ,
+)
+async def get_versions(
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+) -> list[PlanVersion]:
+    run = await draft_run(drafts, plan_id)
+    if run is not None:
+        return [PlanVersion.model_validate(v) for v in plan_view(run).versions]
+
+    async def from_temporal() -> list[PlanVersion]:
+        view = await gateway.plan(plan_id)
+        return [PlanVersion.model_validate(v) for v in view.versions]
+
+    return await temporal_or_store(from_temporal, lambda: store.versions(plan_id))
+
+
+@reads.get(
+    "/{plan_id}/events",
+    response_class=StreamingResponse,
+    response_model=None,
+    summary="Server-sent events: every plan and step change until the plan ends",
+    description="`text/event-stream` with events `plan`, `step`, `end` and `error`; the data "
+    "of each is a JSON object (schema `EventsDoc` under `x-event`). A new watcher first gets a "
+    "snapshot (a `plan` event and a `step` event per step), then every change the server "
+    "sees (it polls the status query every 0.25 s, so a client never polls). Ids are "
+    "`<feed>:<n>`, n growing by one; reconnect with `Last-Event-ID` to get exactly the events "
+    "after it (or a fresh snapshot if they are gone). The stream ends after `end` (the plan "
+    "reached a final status) or `error`; reconnecting after `end` answers 204. Close the "
+    "EventSource on `end`. With API keys, send the key in a header (a browser EventSource "
+    "cannot: use a fetch-based client).",
+    responses={
+        200: {
+            "description": "the event stream",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'retry: 2000\n\nid: 3fa2c1d0:4\nevent: step\ndata: {"plan_id":'
+                    '"release-2-4","step_id":"build","status":"completed","attempts":1,...}\n\n',
+                    "x-event": EventsDoc.model_json_schema(),
+                }
+            },
+        },
+        204: {"description": "the watcher already saw the `end` event: nothing more will come"},
+        **responses(401, 404, 409, 422, 502, 503),
+    },
+)
+async def get_events(
+    plan_id: PlanIdDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    hub: HubDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=200, description="resume after this event"),
+    ] = None,
+) -> Response:
+    await refuse_draft(drafts, plan_id, "events")
+
+    async def fetch() -> StatusView:
+        return await gateway.status(plan_id)
+
+    feed = await hub.open(plan_id, fetch)
+    if feed.finished_for(last_event_id):
+        return Response(status_code=204)
+    return StreamingResponse(
+        feed.stream(last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
