@@ -3,12 +3,9 @@ temporary SQLite store filled by :func:`tests.store.test_metrics.fill_store`; no
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +14,7 @@ from temporalio.client import Client
 from api.app import create_app
 from config import Settings, get_settings
 from store import db
+from tests.api.serving import serve
 from tests.store.test_metrics import DAY, fill_store
 
 CONFIG = {"log_format": "text", "log_level": "WARNING", "rpc_timeout_s": 20}
@@ -52,17 +50,6 @@ def filled_store_url(tmp_path: Any, now: datetime = FILLED_AT) -> str:
     fill_store(engine, now)
     engine.dispose()
     return url
-
-
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30
-        ) as http,
-    ):
-        yield http
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -4,20 +4,18 @@ once the workflow is gone from Temporal, ``/readyz`` checks the database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from tests.api.serving import serve
 from tests.api.test_executions_routes import execution
 from tests.api.test_plans_routes import (
     closed,
@@ -27,17 +25,6 @@ from tests.api.test_plans_routes import (
     wait_status,
     wait_step,
 )
-
-
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30
-        ) as http,
-    ):
-        yield http
 
 
 async def delete_workflow(client: Client, plan_id: str) -> None:
