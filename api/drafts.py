@@ -12,8 +12,8 @@ run), so the routes stop treating it as a draft at once. The routes only use the
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -21,11 +21,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.errors import conflict
+from plans.controls import ApproveInput, ControlResult
 from plans.models import Plan, PlanStatus
-from plans.run_state import PlanRun, new_run
+from plans.run_state import Approval, PlanRun, new_run
 from store.db import ensure_migrated, session_scope
 from store.drafts import save_plan
 from store.models import PlanRecord, PlanVersionRecord
+
+# A plan row not executed yet: a draft, or a draft a person approved.
+DRAFT_STATUSES = (PlanStatus.DRAFT.value, PlanStatus.APPROVED.value)
 
 # last_run_id of a draft that was executed but whose run has not written a snapshot yet.
 EXECUTED = ""
@@ -35,6 +39,8 @@ class Draft(BaseModel):
     plan: Plan
     created_at: datetime
     created_by: str
+    # a person approved the draft before it ran: bound to the digest they saw
+    approval: Approval | None = None
 
 
 class DraftExists(Exception):
@@ -54,10 +60,21 @@ class DraftStore(Protocol):
 
     async def remove(self, plan_id: str) -> None: ...
 
+    async def approve(self, plan_id: str, approval: Approval) -> Draft | None:
+        """Record a person's approval of the draft (None: not a draft any more); the first
+        approval stands, a second one raises :class:`DraftAlreadyApproved`."""
+        ...
+
+
+class DraftAlreadyApproved(Exception):
+    def __init__(self, approval: Approval):
+        super().__init__(f"already approved by {approval.by}")
+        self.approval = approval
+
 
 def _draft(session: Session, plan_id: str) -> Draft | None:
     record = session.get(PlanRecord, plan_id)
-    if record is None or record.status != PlanStatus.DRAFT.value or record.last_run_id is not None:
+    if record is None or record.status not in DRAFT_STATUSES or record.last_run_id is not None:
         return None
     version = session.get(PlanVersionRecord, (plan_id, 1))
     if version is None or version.document is None:
@@ -66,6 +83,7 @@ def _draft(session: Session, plan_id: str) -> Draft | None:
         plan=Plan.model_validate(version.document),
         created_at=record.created_at,
         created_by=version.by,
+        approval=Approval.model_validate(record.draft_approval) if record.draft_approval else None,
     )
 
 
@@ -97,7 +115,7 @@ class StoreDrafts:
         with session_scope(self.engine) as session:
             rows = session.execute(
                 sa.select(PlanRecord.id)  # type: ignore[call-overload]
-                .where(PlanRecord.status == PlanStatus.DRAFT.value)
+                .where(PlanRecord.status.in_(DRAFT_STATUSES))  # type: ignore[attr-defined]
                 .where(PlanRecord.last_run_id.is_(None))  # type: ignore[union-attr]
             ).all()
             drafts = [d for (pid,) in rows if (d := _draft(session, pid)) is not None]
@@ -115,8 +133,26 @@ class StoreDrafts:
                 .values(last_run_id=EXECUTED)
             )
 
+    def _approve(self, plan_id: str, approval: Approval) -> Draft | None:
+        ensure_migrated(self.engine)
+        with session_scope(self.engine, write=True) as session:
+            draft = _draft(session, plan_id)
+            if draft is None:
+                return None
+            if draft.approval is not None:
+                raise DraftAlreadyApproved(draft.approval)
+            record = session.get(PlanRecord, plan_id)
+            assert record is not None
+            record.draft_approval = approval.model_dump(mode="json")
+            record.status = PlanStatus.APPROVED.value
+            session.add(record)
+            return draft.model_copy(update={"approval": approval})
+
     async def add(self, draft: Draft) -> tuple[Draft, bool]:
         return await asyncio.to_thread(self._add, draft)
+
+    async def approve(self, plan_id: str, approval: Approval) -> Draft | None:
+        return await asyncio.to_thread(self._approve, plan_id, approval)
 
     async def get(self, plan_id: str) -> Draft | None:
         return await asyncio.to_thread(self._get, plan_id)
@@ -135,6 +171,7 @@ async def draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:
         return None
     run = new_run(draft.plan, draft.created_at)
     run.versions[0].by = draft.plan.agent_id or draft.created_by
+    run.approval = draft.approval
     return run
 
 
@@ -146,3 +183,45 @@ async def refuse_draft(drafts: DraftStore, plan_id: str, what: str) -> None:
             f"POST /api/plans/{plan_id}/execute first",
             code="not_executed",
         )
+
+
+async def approve_draft(
+    drafts: DraftStore, plan_id: str, arg: dict[str, Any]
+) -> ControlResult | None:
+    """``approve`` sent to a draft: a person approves the plan before it runs, bound to the
+    version and digest they saw (a stale ``version`` or ``digest`` is a 409). Executing it
+    then runs it without asking again, unless the document changed. None: not a draft."""
+    draft = await drafts.get(plan_id)
+    if draft is None:
+        return None
+    msg = ApproveInput.model_validate(arg)
+    digest = draft.plan.digest()
+    if msg.version is not None and msg.version != 1:
+        raise conflict(
+            f"approve refused: stale approval for version {msg.version}; the plan is at version 1",
+            code="stale",
+        )
+    if msg.digest is not None and msg.digest != digest:
+        raise conflict(
+            f"approve refused: digest {msg.digest} does not match the current plan ({digest})",
+            code="stale",
+        )
+    approval = Approval(
+        by=msg.by, at=datetime.now(UTC), comment=msg.comment, version=1, digest=digest
+    )
+    try:
+        approved = await drafts.approve(plan_id, approval)
+    except DraftAlreadyApproved as e:
+        raise conflict(
+            f"approve refused: the plan was already approved by {e.approval.by}",
+            code="already_approved",
+        ) from None
+    if approved is None:
+        return None  # executed meanwhile: its workflow decides
+    return ControlResult(
+        control="approve",
+        status=PlanStatus.APPROVED.value,
+        version=1,
+        detail=f"plan approved at version 1 (digest {digest}) before it runs; "
+        f"POST /api/plans/{plan_id}/execute runs it without asking again",
+    )

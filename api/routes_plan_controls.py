@@ -30,7 +30,7 @@ from api.deps import (
     get_principal,
     reject_unknown_query,
 )
-from api.drafts import DraftStore, refuse_draft
+from api.drafts import DraftStore, approve_draft, refuse_draft
 from api.errors import (
     responses,
 )
@@ -59,6 +59,10 @@ async def _send(
     by: str,
     step_id: str | None = None,
 ) -> ControlResult:
+    if control == "approve" and step_id is None:
+        approved = await approve_draft(drafts, plan_id, payload(body, by))
+        if approved is not None:
+            return approved
     await refuse_draft(drafts, plan_id, control)
     return await gateway.control(plan_id, control, payload(body, by, step_id))
 

@@ -209,7 +209,7 @@ async def get_plan(
             plan_id=plan_id,
             workflow_id=workflow_id_for(plan_id),
             executed=False,
-            status=PlanStatus.DRAFT,
+            status=PlanStatus.APPROVED if draft.approval else PlanStatus.DRAFT,
             version=1,
             digest=draft.plan.digest(),
             plan=draft.plan,
@@ -344,7 +344,7 @@ async def execute_plan(
 ) -> ExecuteResponse:
     draft = await drafts.get(plan_id)
     if draft is not None:
-        handle, started = await gateway.start(draft.plan)
+        handle, started = await gateway.start(draft.plan, approval=draft.approval)
         await drafts.remove(plan_id)
     else:
         desc = await gateway.describe(plan_id)

@@ -47,6 +47,12 @@ class Correction(BaseModel):
 class ApplyCorrectionInput(Control):
     step_id: str
     correction: Correction
+    approve: bool = Field(
+        default=False,
+        description="correct and approve: the sender also approves the change they make "
+        "(after the plan was approved, a change to what a step runs needs a person's "
+        "approval before the step runs; agent keys may not approve)",
+    )
 
 
 class AnswerClarificationInput(Control):

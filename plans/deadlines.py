@@ -60,10 +60,12 @@ def _expire_step_approval(run: PlanRun, sid: str, now: datetime) -> str:
     action = opts.on_step_approval_timeout
     what = f"step approval timed out after {opts.step_approval_timeout_s:g}s; on_step_approval_timeout={action}"
     s = run.steps[sid]
-    if action == "approve" and s.policy_gate:
-        # A critical step always needs a person: a timeout never approves it.
+    if action == "approve" and (s.policy_gate or s.change_gate):
+        # A critical step, or a change made after approval, always needs a person: a
+        # timeout never approves it.
         action = "reject"
-        what += " (not applied: the approval policy gates this step, so it is rejected)"
+        gate = "the approval policy gates" if s.policy_gate else "a change after approval gates"
+        what += f" (not applied: {gate} this step, so it is rejected)"
     s.timed_out = what
     if action == "approve":
         s.gate_approved_by = "system:timeout"

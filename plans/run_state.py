@@ -81,6 +81,13 @@ class StepRun(_Compact):
     # the adaptive approval policy gates this step (it is critical): why; a person approves
     # it before it runs, through the same approve_step / reject_step as requires_approval
     policy_gate: str | None = None
+    # the step's executable content changed after the plan was approved: why (who changed
+    # what, at which version); a person approves the change (approve_step) before it runs
+    change_gate: str | None = None
+    # what the change gate asks a person to approve: field -> {old, new}
+    change_diff: dict[str, Any] | None = None
+    # the step version a person's approve_step saw (an approval is bound to what it saw)
+    gate_approved_version: int | None = None
     # an llm step's tool calls, each a child activity: {n, tool, params, status, ...}
     calls: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -110,6 +117,8 @@ class Approval(BaseModel):
     at: datetime
     comment: str | None = None
     version: int
+    # the digest of the plan document the approval saw (None: recorded before digests)
+    digest: str | None = None
     timed_out: bool = False
 
 
@@ -128,6 +137,11 @@ class WaitingFor(BaseModel):
     kind: Literal["plan_approval", "step_approval", "clarification", "correction", "resume"]
     step_id: str | None = None
     question: str | None = None
+    change: dict[str, Any] | None = Field(
+        default=None,
+        description="a step changed after approval: what changed, field -> {old, new}; "
+        "the person approves this change",
+    )
     since: datetime | None = None
     who: str = "an operator"
 
@@ -168,6 +182,9 @@ class PlanRun(BaseModel):
     audit_total: int = 0  # likewise for `audit`: absolute numbers for the store
     approval_required: bool = False
     approval_policy: str = ""  # why the plan did or did not wait for a person
+    # approvals are bound to content: a step whose executable content changes after the
+    # plan was approved waits for a person again (set when the workflow first corrects)
+    bind_approvals: bool = False
     # require_approval "auto": what the adaptive policy decided, with risk and trust
     policy_decision: ApprovalDecision | None = None
 

@@ -20,7 +20,10 @@ from plans.run_state import PlanRun, SkipReason, StepRun, log, preview
 def _gated(step: Step, s: StepRun) -> bool:
     """The step waits for a person before it runs (and nobody approved it yet)."""
     return (
-        step.requires_approval or step.kind == StepKind.APPROVAL or s.policy_gate is not None
+        step.requires_approval
+        or step.kind == StepKind.APPROVAL
+        or s.policy_gate is not None
+        or s.change_gate is not None
     ) and s.gate_approved_by is None
 
 
@@ -185,7 +188,9 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
             if _gated(step, s):
                 s.status = StepStatus.WAITING_APPROVAL
                 s.waiting_since = now
-                why = f" ({s.policy_gate})" if s.policy_gate else ""
+                why = (
+                    f" ({s.change_gate or s.policy_gate})" if s.change_gate or s.policy_gate else ""
+                )
                 log(run, now, f"step {step.id} waits for approval{why}", "info", step.id)
                 changed = True
                 continue

@@ -269,8 +269,11 @@ def apply_control(
 
 def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, ToolSpec]) -> str:
     if isinstance(msg, ApproveInput):
-        run.approval = Approval(by=msg.by, at=now, comment=msg.comment, version=run.version)
-        return f"plan approved at version {run.version}"
+        digest = run.plan.digest()
+        run.approval = Approval(
+            by=msg.by, at=now, comment=msg.comment, version=run.version, digest=digest
+        )
+        return f"plan approved at version {run.version} (digest {digest})"
     if isinstance(msg, RejectInput):
         end(run, PlanStatus.REJECTED, f"rejected by {msg.by}: {msg.reason}", now)
         return "plan rejected; nothing runs"
@@ -331,9 +334,10 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         return f"step {sid} answered"
     if isinstance(msg, ApproveStepInput):
         s = run.steps[msg.step_id]
-        s.gate_approved_by = msg.by
+        s.gate_approved_by, s.gate_approved_version = msg.by, s.version
         s.status, s.waiting_since = StepStatus.PENDING, None
-        return f"step {msg.step_id} approved"
+        what = " and its change" if s.change_gate else ""
+        return f"step {msg.step_id} approved{what} at step version {s.version}"
     if isinstance(msg, RejectStepInput):
         mark_skipped(
             run, msg.step_id, SkipReason.REJECTED, f"rejected by {msg.by}: {msg.reason}", now
@@ -368,15 +372,52 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         )
         s = run.steps[msg.step_id]
         s.version += 1
-        s.gate_approved_by = None  # earlier approvals of this step lapse
+        s.gate_approved_by = s.gate_approved_version = None  # earlier approvals lapse
         if s.status == StepStatus.WAITING_APPROVAL:
             s.waiting_since = now
-        gate = policy_gate_after_correction(run, msg.step_id, catalog, now)
+        gate = _change_gate(run, msg, changes)
+        gate += policy_gate_after_correction(run, msg.step_id, catalog, now)
         return (
             f"step {msg.step_id} corrected ({', '.join(changes)}); plan version {run.version}"
             + gate
         )
     raise Refused(f"unknown control {type(msg).__name__}")
+
+
+# What a step does not run: a change to these alone needs no new approval. Every other
+# field (tool, params, when, depends_on, requires_approval, retries, timeouts, kind...) is
+# executable content, and so is any field added later.
+DESCRIPTIVE_FIELDS = frozenset({"description", "clarification_question"})
+
+
+def executable_changes(changes: Mapping[str, Any]) -> list[str]:
+    """The fields of a step diff (:func:`diff_step`) that change what the step runs."""
+    return sorted(k for k in changes if k not in DESCRIPTIVE_FIELDS)
+
+
+def _change_gate(run: PlanRun, msg: ApplyCorrectionInput, changes: dict[str, Any]) -> str:
+    """After the plan was approved, a change to what a step runs needs a person's approval
+    of that change before the step runs: the approval covered the content it saw. The step
+    waits at ``waiting_approval`` with the diff, whatever its own ``requires_approval``
+    says (a correction never removes a gate by itself). ``approve: true`` (correct and
+    approve) is the sender approving their own change."""
+    if not run.bind_approvals or run.approval is None:
+        return ""  # before approval, the plan's approval covers the corrected version
+    fields = executable_changes(changes)
+    if not fields:
+        return ""
+    s = run.steps[msg.step_id]
+    if msg.approve:
+        # The change is approved; a gate the step has of its own (requires_approval, the
+        # policy) still waits for its approve_step.
+        s.change_gate = s.change_diff = None
+        return f"; the change was approved by {msg.by} as it was sent"
+    s.change_gate = (
+        f"step {msg.step_id} changed after the plan was approved ({', '.join(fields)} by "
+        f"{msg.by}, plan version {run.version}): a person approves the change before it runs"
+    )
+    s.change_diff = {k: changes[k] for k in fields}
+    return "; it waits for a person to approve the change before it runs"
 
 
 def diff_step(old: Step, new: Step) -> dict[str, Any]:

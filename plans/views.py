@@ -44,6 +44,12 @@ class StatusView(BaseModel):
     waiting: list[WaitingFor]
     outcome: str | None
     approved_by: str | None
+    approved_version: int | None = Field(
+        default=None, description="the plan version the approval saw"
+    )
+    approved_digest: str | None = Field(
+        default=None, description="the digest of the plan document the approval saw"
+    )
     approval_note: str | None = None
     approval_policy: ApprovalDecision | None = Field(
         default=None,
@@ -148,8 +154,9 @@ def waits(run: PlanRun) -> list[WaitingFor]:
             )
         elif s.status == StepStatus.WAITING_APPROVAL:
             question = step.description or None
-            if s.policy_gate:
-                question = f"{question}: {s.policy_gate}" if question else s.policy_gate
+            for gate in (s.change_gate, s.policy_gate):
+                if gate:
+                    question = f"{question}: {gate}" if question else gate
             ranked.append(
                 (
                     4,
@@ -157,6 +164,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
                         kind="step_approval",
                         step_id=sid,
                         question=question,
+                        change=s.change_diff if s.change_gate else None,
                         since=s.waiting_since,
                         who="an approver",
                     ),
@@ -207,6 +215,8 @@ def status_view(run: PlanRun) -> StatusView:
         waiting=pending,
         outcome=run.outcome,
         approved_by=run.approval.by if run.approval else None,
+        approved_version=run.approval.version if run.approval else None,
+        approved_digest=run.approval.digest if run.approval else None,
         approval_note=run.approval_policy or None,
         approval_policy=run.policy_decision,
         stopping=run.stopping,

@@ -97,6 +97,9 @@ class PlanRecord(PlanRecordBase, table=True):
     # Which snapshot last wrote the row: (run created at, run id, snapshot seq) only grows.
     last_run_created_at: datetime | None = _ts(default=None)
     last_snapshot_seq: int = 0
+    # a person's approval of the draft before it was executed: by, at, comment, version,
+    # digest (plans.run_state.Approval); the run counts it only for that digest
+    draft_approval: dict[str, Any] | None = Field(default=None, sa_type=JSONType, nullable=True)
 
 
 class PlanRecordPublic(PlanRecordBase):

@@ -40,7 +40,7 @@ from config import Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from plans.controls import CONTROL_MODELS, ControlResult
 from plans.models import Plan, PlanStatus, workflow_id_for
-from plans.run_state import AuditEntry, LogEntry
+from plans.run_state import Approval, AuditEntry, LogEntry
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
 from workflows.errors import (
     ControlRefused,
@@ -293,9 +293,13 @@ class PlanClient:
 
     # --- starting and resuming ----------------------------------------------------
 
-    async def start(self, plan: Plan) -> tuple[WorkflowHandle[Any, Any], bool]:
+    async def start(
+        self, plan: Plan, approval: Approval | None = None
+    ) -> tuple[WorkflowHandle[Any, Any], bool]:
         """Start ``plan``; a plan already running is returned as it is (started=False).
 
+        ``approval``: a person's approval given to the plan before it ran (a draft's); the
+        run counts it only if the plan is still the document it saw (its digest).
         Raises PlanAlreadyRan when its workflow already ended (resume it instead).
         """
         assert plan.id is not None
@@ -311,6 +315,7 @@ class PlanClient:
                     plan,
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                    approval=approval,
                 ),
                 "start",
             )

@@ -47,6 +47,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
+# Approvals bound to content (a step changed after approval waits for a person again):
+# histories recorded before it replay the old rule, where the change ran unasked.
+APPROVAL_BOUND_PATCH = "approval-bound-to-content"
+
+
 class PlanHandlers:
     """The signals, updates and queries of ``PlanWorkflow`` (its base class)."""
 
@@ -70,6 +75,7 @@ class PlanHandlers:
             run_state.audit(self._run, workflow.now(), by, name, False, str(e), via="signal")
             run_state.log(self._run, workflow.now(), f"{name} signal refused: {e}", "warning")
             return
+        self._bind_approvals(msg)
         try:
             steering.apply_control(
                 self._run, name, msg, workflow.now(), self._catalog, via="signal"
@@ -94,6 +100,7 @@ class PlanHandlers:
     def _on_update(self, name: str, arg: Any) -> ControlResult:
         try:
             msg = steering.parse_control(name, arg)
+            self._bind_approvals(msg)
             detail = steering.apply_control(
                 self._run, name, msg, workflow.now(), self._catalog, via="update"
             )
@@ -103,6 +110,12 @@ class PlanHandlers:
         return ControlResult(
             control=name, status=self._run.status.value, version=self._run.version, detail=detail
         )
+
+    def _bind_approvals(self, msg: Any) -> None:
+        """Decide once, the first time a correction arrives, whether this run binds
+        approvals to content (:data:`APPROVAL_BOUND_PATCH`)."""
+        if isinstance(msg, ApplyCorrectionInput) and not self._run.bind_approvals:
+            self._run.bind_approvals = workflow.patched(APPROVAL_BOUND_PATCH)
 
     def _after_control(self, name: str) -> None:
         if name == "cancel" and self._run.cancel_requested:

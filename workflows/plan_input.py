@@ -13,7 +13,7 @@ from temporalio.common import SearchAttributeKey
 with workflow.unsafe.imports_passed_through():
     from contracts.snapshots import SnapshotCursor
     from plans.models import Plan, PlanStatus, ToolSpec
-    from plans.run_state import PlanRun, StepRun
+    from plans.run_state import Approval, PlanRun, StepRun
 
 WORKFLOW_NAME = "PlanWorkflow"
 PLAN_STATUS = SearchAttributeKey.for_keyword("PlanStatus")
@@ -43,6 +43,11 @@ class PlanInput(BaseModel):
         "the worker registers them at start)",
     )
     resumed_by: str | None = Field(default=None, description="who resumed this plan from failure")
+    approval: Approval | None = Field(
+        default=None,
+        description="a person's approval given before the run started (a draft's), naming the "
+        "version and digest it saw: the run counts it only if the plan is that document",
+    )
     feedback: list[str] = Field(
         default_factory=list,
         description="feedback people gave an earlier run (resume from failure)",

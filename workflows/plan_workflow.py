@@ -61,6 +61,8 @@ class PlanWorkflow(PlanHandlers):
             self._run.versions[0].change = "carried from the earlier run"
         if inp.run is None and inp.feedback:
             self._run.feedback = list(inp.feedback)
+        if inp.run is None and inp.approval is not None:
+            self._take_prior_approval(inp.approval)
         if inp.run is None and inp.resumed_by:
             carried = sum(1 for s in self._run.steps.values() if s.carried)
             run_state.audit(
@@ -81,6 +83,26 @@ class PlanWorkflow(PlanHandlers):
             self._changed,
         )
         self._publisher = PlanPublisher(self._run, inp)
+
+    def _take_prior_approval(self, approval: Approval) -> None:
+        """A person approved the plan before it ran (a draft): it runs without asking
+        again if it is the very document they approved, and waits for a person if not."""
+        run, now = self._run, workflow.now()
+        digest = run.plan.digest()
+        if approval.digest == digest and approval.version == run.version:
+            run.approval = approval
+            run.approval_policy = f"approved by {approval.by} before it ran (digest {digest})"
+            run_state.audit(
+                run, now, approval.by, "approve", True, run.approval_policy, via="update"
+            )
+            return
+        why = (
+            f"the approval by {approval.by} was for version {approval.version} digest "
+            f"{approval.digest}; the plan is version {run.version} digest {digest}: "
+            "it waits for approval again"
+        )
+        run_state.audit(run, now, approval.by, "approve", False, why, via="update")
+        run_state.log(run, now, why, "warning")
 
     # --- main ------------------------------------------------------------------------
 

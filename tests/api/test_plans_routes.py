@@ -177,7 +177,7 @@ async def test_create_execute_approve_gate_and_read_everything(
     assert (await http.get(f"/api/plans/{plan_id}/execution-state")).json()["state"] == "draft"
     listed = (await http.get("/api/plans", params={"status": "draft"})).json()
     assert plan_id in {p["plan_id"] for p in listed["plans"] if not p["executed"]}
-    refused = await http.post(f"/api/plans/{plan_id}/approve", json={})
+    refused = await http.post(f"/api/plans/{plan_id}/pause", json={})
     assert refused.status_code == 409 and refused.json()["code"] == "not_executed"
     assert (await http.get(f"/api/plans/{plan_id}/events")).status_code == 409
 
@@ -791,3 +791,35 @@ async def test_event_hub_journal_errors_and_a_new_run():
     assert feed3 is not feed2 and feed3.final is None
     await hub.close()
     assert hub.closing
+
+
+async def test_create_approve_then_execute_runs_without_asking_again(http: httpx.AsyncClient):
+    """The order create -> approve -> execute: the approval of the draft is bound to the
+    digest it saw, and the run it starts does not ask again."""
+    plan_id = pid()
+    doc = plan_doc([wait_step("build", 0)], plan_id, require_approval=True)
+    created = (await http.post("/api/plans", json=doc)).json()
+    stale = await http.post(
+        f"/api/plans/{plan_id}/approve", json={"by": "carol", "digest": "0" * 16}
+    )
+    assert stale.status_code == 409 and "does not match" in stale.json()["detail"]
+    ok = await http.post(
+        f"/api/plans/{plan_id}/approve",
+        json={"by": "carol", "version": 1, "digest": created["digest"], "comment": "fine"},
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["status"] == "approved" and "without asking again" in ok.json()["detail"]
+    assert (await http.get(f"/api/plans/{plan_id}")).json()["status"] == "approved"
+    st = (await http.get(f"/api/plans/{plan_id}/status")).json()
+    assert st["status"] == "approved" and st["approved_by"] == "carol"
+    assert st["approved_digest"] == created["digest"]
+    twice = await http.post(f"/api/plans/{plan_id}/approve", json={"by": "dan"})
+    assert twice.status_code == 409 and "already approved by carol" in twice.json()["detail"]
+
+    r = await http.post(f"/api/plans/{plan_id}/execute")
+    assert r.status_code == 202, r.text
+    st = await wait_status(http, plan_id, lambda s: s["status"] == "completed")
+    assert st["approved_by"] == "carol" and st["approved_digest"] == created["digest"]
+    audit = (await http.get(f"/api/plans/{plan_id}/audit")).json()
+    approvals = [(a["by"], a["accepted"]) for a in audit if a["action"] == "approve"]
+    assert approvals == [("carol", True)]

@@ -657,7 +657,15 @@ async def test_on_error_ask_waits_for_correction_then_retry_completes(client, wo
         },
     )
     assert r.version == 2 and r.status == "waiting_correction"  # still waits for a retry
+    assert "waits for a person to approve the change" in r.detail
     await update(handle, "retry_step", {"by": "rae", "step_id": "bad"})
+    # the plan was approved at version 1: the changed step waits for a person, with the diff
+    st = await wait_for(handle, lambda s: step(s, "bad").status == "waiting_approval")
+    assert st.waiting_for is not None and st.waiting_for.kind == "step_approval"
+    assert "changed after the plan was approved" in (st.waiting_for.question or "")
+    assert st.waiting_for.change["tool"] == {"old": "boom", "new": "count"}
+    assert CALLS.get(f"{k}-fix", 0) == 0
+    await update(handle, "approve_step", {"by": "rae", "step_id": "bad", "version": 2})
     res = await result_within(handle)
     assert res.status == "completed" and res.version == 2
     assert res.steps == {"bad": "completed", "after": "completed"}
@@ -735,6 +743,7 @@ async def test_idempotency_key_is_stable_across_retries_and_bumped_by_a_correcti
             "by": "cora",
             "step_id": "p",
             "correction": {"updated_step": {"params": {"fail_times": 0}}},
+            "approve": True,  # corrected and approved at once
         },
     )
     await update(handle, "retry_step", {"by": "rae", "step_id": "p"})

@@ -155,8 +155,9 @@ async def test_step_approval_timeout_restarts_after_a_correction(ts):
     await until(handle, lambda s: step(s, "gate").status == "waiting_approval")
     await env.sleep(600)
     correction = {"updated_step": {"params": {"value": "v2"}}}
-    await handle.signal(
-        "apply_correction", {"by": "cora", "step_id": "gate", "correction": correction}
+    await handle.signal(  # corrected and approved by cora: the step's own gate still waits
+        "apply_correction",
+        {"by": "cora", "step_id": "gate", "correction": correction, "approve": True},
     )
     await until(handle, lambda s: s.version == 2)
     await env.sleep(600)  # 1200 s after the gate opened, 600 s after the correction
