@@ -29,6 +29,8 @@ def control_argument(args: argparse.Namespace) -> dict[str, Any]:
         except json.JSONDecodeError as e:
             raise CliError(f"--updated-step is not JSON: {e}") from None
         payload["correction"] = {"updated_step": updated}
+        if getattr(args, "approve", False):
+            payload["approve"] = True
     return payload
 
 

@@ -43,6 +43,14 @@ CONTROL_ARGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "apply_correction": [
         ("--step-id", {"required": True}),
         ("--updated-step", {"required": True, "help": "JSON object"}),
+        (
+            "--approve",
+            {
+                "action": "store_true",
+                "help": "correct and approve: you also approve the change (after the plan's "
+                "approval, a changed step otherwise waits for approve-step)",
+            },
+        ),
     ],
     "answer_clarification": [("--step-id", {}), ("--answer", {"required": True})],
     "approve_step": [

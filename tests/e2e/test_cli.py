@@ -326,3 +326,56 @@ async def test_a_pause_question_asked_with_the_temporal_cli_is_answered_with_pla
     assert {s.id: s.output for s in st.steps}["step_2"]["value"] == "yes", (
         "the answer is part of the step's input"
     )
+
+
+async def test_a_cli_correction_after_approval_waits_for_approve_step(
+    env, client, worker, task_queue
+):
+    plan = make_plan(
+        [
+            {"id": "a", "tool": "wait", "params": {"seconds": 4.0}},  # outlasts two CLI calls
+            {"id": "b", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["a"]},
+            {"id": "c", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["a"]},
+        ],
+        require_approval=True,
+    )
+    handle = await start(client, plan, task_queue)
+    await wait_for(handle, lambda s: s.status == "pending_approval")
+    e = cli_env(env, task_queue)
+    code, _, err = await plansmith("approve", plan.id, "--by", "alice", env_vars=e)
+    assert code == 0, err
+    change = json.dumps({"params": {"seconds": 0.1}})
+    code, out, err = await plansmith(
+        "apply-correction",
+        plan.id,
+        "--by",
+        "bot",
+        "--step-id",
+        "b",
+        "--updated-step",
+        change,
+        env_vars=e,
+    )
+    assert code == 0, err
+    assert "waits for a person to approve the change" in json.loads(out)["detail"]
+    code, out, err = await plansmith(  # the sender approves their own change at once
+        "apply-correction",
+        plan.id,
+        "--by",
+        "carol",
+        "--step-id",
+        "c",
+        "--updated-step",
+        change,
+        "--approve",
+        env_vars=e,
+    )
+    assert code == 0, err
+    assert "approved by carol" in json.loads(out)["detail"]
+    st = await wait_for(handle, lambda s: any(w.step_id == "b" for w in s.waiting))
+    assert [w.step_id for w in st.waiting] == ["b"]
+    code, _, err = await plansmith(
+        "approve-step", plan.id, "--by", "dan", "--step-id", "b", "--version", "2", env_vars=e
+    )
+    assert code == 0, err
+    assert (await handle.result()).status == "completed"
