@@ -110,6 +110,9 @@ class PlanSnapshot(BaseModel):
     paused_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
     resumed_by: str | None = None
+    submitted_by: str | None = Field(
+        default=None, description="the API key owner that submitted the plan (PlanInput)"
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -180,6 +183,7 @@ def snapshot_of(
     resumed_by: str | None = None,
     steps: Collection[str] | None = None,
     include_plan: bool = True,
+    submitted_by: str | None = None,
 ) -> PlanSnapshot:
     """Build the snapshot of ``run`` (pure).
 
@@ -196,6 +200,7 @@ def snapshot_of(
         resumed_by: who resumed the plan from failure, when this run is such a resume.
         steps: ids of the steps to include; None = all of them.
         include_plan: send the current plan document (needed when its version changed).
+        submitted_by: the API key owner that submitted the plan (``PlanInput.submitted_by``).
 
     The run counts every log and audit entry it ever appended in ``run.logs_total`` and
     ``run.audit_total`` (the lists themselves are bounded); without those counters the
@@ -237,6 +242,7 @@ def snapshot_of(
         paused_reason=run.pause.reason if run.pause else None,
         feedback=list(run.feedback),
         resumed_by=resumed_by,
+        submitted_by=submitted_by,
         created_at=created,
         started_at=run.started_at,
         finished_at=run.finished_at,
@@ -294,6 +300,7 @@ class SnapshotCursor(BaseModel):
         execution_run_id: str | None = None,
         resumed_by: str | None = None,
         force: bool = False,
+        submitted_by: str | None = None,
     ) -> PlanSnapshot | None:
         """The next snapshot, or None when nothing changed since the last one (unless
         ``force``). Advances the cursor: the caller must send what it gets."""
@@ -309,6 +316,7 @@ class SnapshotCursor(BaseModel):
             workflow_id=workflow_id,
             execution_run_id=execution_run_id,
             resumed_by=resumed_by,
+            submitted_by=submitted_by,
             steps=changed,
             include_plan=run.version != self.version,
         )

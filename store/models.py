@@ -97,6 +97,9 @@ class PlanRecord(PlanRecordBase, table=True):
     # Which snapshot last wrote the row: (run created at, run id, snapshot seq) only grows.
     last_run_created_at: datetime | None = _ts(default=None)
     last_snapshot_seq: int = 0
+    # The API key owner that submitted the plan (None with keys off); the first one known
+    # stays. Never from the plan document. The approval policy's trust reads it.
+    submitted_by: str | None = Field(default=None, max_length=NAME, index=True)
 
 
 class PlanRecordPublic(PlanRecordBase):

@@ -293,9 +293,13 @@ class PlanClient:
 
     # --- starting and resuming ----------------------------------------------------
 
-    async def start(self, plan: Plan) -> tuple[WorkflowHandle[Any, Any], bool]:
+    async def start(
+        self, plan: Plan, submitted_by: str | None = None
+    ) -> tuple[WorkflowHandle[Any, Any], bool]:
         """Start ``plan``; a plan already running is returned as it is (started=False).
 
+        ``submitted_by``: the API key owner that created or started it (None with keys
+        off), for the approval policy (``PlanInput.submitted_by``).
         Raises PlanAlreadyRan when its workflow already ended (resume it instead).
         """
         assert plan.id is not None
@@ -311,6 +315,7 @@ class PlanClient:
                     plan,
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                    submitted_by=submitted_by,
                 ),
                 "start",
             )

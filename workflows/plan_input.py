@@ -43,6 +43,13 @@ class PlanInput(BaseModel):
         "the worker registers them at start)",
     )
     resumed_by: str | None = Field(default=None, description="who resumed this plan from failure")
+    submitted_by: str | None = Field(
+        default=None,
+        description="the API key owner that created or started the plan (None with API keys "
+        "off); set by the API from the request's key, never from the plan document. The "
+        "approval policy reads it (approvals by the submitter do not earn trust; an agent "
+        "with too few runs starts from its submitter's record) and the store keeps it",
+    )
     feedback: list[str] = Field(
         default_factory=list,
         description="feedback people gave an earlier run (resume from failure)",
