@@ -220,7 +220,7 @@ def _explain(
     if history.error:
         return (
             f"{head}: the trust of {history.agent_id or 'the plan (no agent_id)'} could not be "
-            f"read ({history.error}); a person must approve"
+            f"read ({history.error})"
         )
     n = inputs["runs_considered"]
     if history.from_submitter:
