@@ -93,7 +93,7 @@ async def execute(
     if problems:
         raise invalid(f"definition is invalid ({len(problems)} problem(s))", problems)
     assert tr.plan.id is not None
-    _, started = await gateway.start(tr.plan)
+    _, started = await gateway.start(tr.plan, submitted_by=actor.owner)
     if started:
         return ExecutionStatus(
             execution_id=request.execution_id,

@@ -340,11 +340,15 @@ async def generate_plan(
     responses=responses(401, 404, 409, 422, 502, 503),
 )
 async def execute_plan(
-    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep
+    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, actor: ActorDep
 ) -> ExecuteResponse:
     draft = await drafts.get(plan_id)
     if draft is not None:
-        handle, started = await gateway.start(draft.plan, approval=draft.approval)
+        # the submitter: the key that created the draft (None with keys off)
+        submitted_by = draft.created_by if actor.owner is not None else None
+        handle, started = await gateway.start(
+            draft.plan, approval=draft.approval, submitted_by=submitted_by
+        )
         await drafts.remove(plan_id)
     else:
         desc = await gateway.describe(plan_id)

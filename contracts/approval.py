@@ -18,3 +18,9 @@ class AssessApprovalInput(BaseModel):
         default_factory=dict, description="the catalog entries the plan's steps use"
     )
     now: datetime = Field(description="workflow time: recency weights count from it")
+    submitted_by: str | None = Field(
+        default=None,
+        description="the API key owner that submitted the plan (PlanInput.submitted_by; None "
+        "with API keys off): approvals by it do not count as a person's, and an agent with "
+        "too few runs of its own starts from its record",
+    )

@@ -101,6 +101,8 @@ class PlanSnapshot(BaseModel):
     progress: float = 0.0
     waiting: list[WaitingFor] = Field(default_factory=list)
     approved_by: str | None = None
+    approved_version: int | None = None
+    approved_digest: str | None = None
     approval_note: str | None = None
     approval_decision: dict[str, Any] | None = Field(
         default=None, description="the adaptive policy's decision (require_approval auto)"
@@ -110,6 +112,9 @@ class PlanSnapshot(BaseModel):
     paused_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
     resumed_by: str | None = None
+    submitted_by: str | None = Field(
+        default=None, description="the API key owner that submitted the plan (PlanInput)"
+    )
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -180,6 +185,7 @@ def snapshot_of(
     resumed_by: str | None = None,
     steps: Collection[str] | None = None,
     include_plan: bool = True,
+    submitted_by: str | None = None,
 ) -> PlanSnapshot:
     """Build the snapshot of ``run`` (pure).
 
@@ -196,6 +202,7 @@ def snapshot_of(
         resumed_by: who resumed the plan from failure, when this run is such a resume.
         steps: ids of the steps to include; None = all of them.
         include_plan: send the current plan document (needed when its version changed).
+        submitted_by: the API key owner that submitted the plan (``PlanInput.submitted_by``).
 
     The run counts every log and audit entry it ever appended in ``run.logs_total`` and
     ``run.audit_total`` (the lists themselves are bounded); without those counters the
@@ -228,6 +235,8 @@ def snapshot_of(
         progress=progress(run),
         waiting=waits(run),
         approved_by=run.approval.by if run.approval else None,
+        approved_version=run.approval.version if run.approval else None,
+        approved_digest=run.approval.digest if run.approval else None,
         approval_note=run.approval_policy or None,
         approval_decision=(
             run.policy_decision.model_dump(mode="json") if run.policy_decision else None
@@ -237,6 +246,7 @@ def snapshot_of(
         paused_reason=run.pause.reason if run.pause else None,
         feedback=list(run.feedback),
         resumed_by=resumed_by,
+        submitted_by=submitted_by,
         created_at=created,
         started_at=run.started_at,
         finished_at=run.finished_at,
@@ -294,6 +304,7 @@ class SnapshotCursor(BaseModel):
         execution_run_id: str | None = None,
         resumed_by: str | None = None,
         force: bool = False,
+        submitted_by: str | None = None,
     ) -> PlanSnapshot | None:
         """The next snapshot, or None when nothing changed since the last one (unless
         ``force``). Advances the cursor: the caller must send what it gets."""
@@ -309,6 +320,7 @@ class SnapshotCursor(BaseModel):
             workflow_id=workflow_id,
             execution_run_id=execution_run_id,
             resumed_by=resumed_by,
+            submitted_by=submitted_by,
             steps=changed,
             include_plan=run.version != self.version,
         )

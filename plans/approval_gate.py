@@ -63,7 +63,9 @@ def apply_policy_decision(run: PlanRun, decision: ApprovalDecision, now: datetim
         f"risk {decision.risk_level}, trust{who} {decision.trust_score:.2f} "
         f"({decision.trust_level})"
     )
-    if decision.source == "fallback":
+    if decision.trust_unread:
+        head += f" [the trust could not be read ({decision.trust_unread}): a person is asked]"
+    elif decision.source == "fallback":  # runs recorded before the policy failed closed
         head += " [no assessment could be made: decided as for a new agent]"
     audit(run, now, "policy", "approval_policy", True, f"{head}. {decision.summary()}")
     for sid, why in decision.step_gates.items():

@@ -10,7 +10,12 @@ applied and ``step_rejection_penalty`` for each step a person rejected. A run co
 weight ``w = 0.5 ** (age_days / half_life_days)``; what went well counts only
 ``unattended_success_weight`` (``u`` = 0.5) when no person approved the run (the policy
 did, or a timeout), what went wrong always counts fully: unattended low-risk successes
-earn trust half as fast as plans a person looked at. Cancelled runs and plans rejected
+earn trust half as fast as plans a person looked at. An approval by the plan's own agent
+(``approved_by`` equal to its ``agent_id``) or by whoever submitted it (its API key owner,
+``submitted_by``) approves the run but is no person's approval: such a run's success earns
+nothing (``self_approved_success_weight`` 0), its failure still counts. An agent with
+fewer than ``min_runs`` runs of its own starts from its submitter's record
+(:func:`store.trust.trust_history`), so a new ``agent_id`` does not wipe a bad record. Cancelled runs and plans rejected
 because nobody answered in time say nothing about the agent and are left out. With
 ``prior`` (0.3) worth ``prior_weight`` (2.5) runs::
 
@@ -24,7 +29,9 @@ unattended ones reach high; a failure among five good runs leaves 0.68.
 
 **Policy** (:func:`should_require_approval`): the trust score maps to a level (untrusted,
 low, moderate, high); each level may run plans up to a risk level without a person
-(``max_unattended_risk``). A step at ``gate_level`` (critical) or above always waits for a
+(``max_unattended_risk``; low trust at most medium). It fails closed: when the trust could
+not be read a person must approve, and an agent with no record never runs a high-risk
+plan (writes to production, deletions, money) without a person. A step at ``gate_level`` (critical) or above always waits for a
 person before it runs, whatever the trust (a step gate), and for the plan decision it
 counts one level lower, since a person will see it anyway.
 """
@@ -37,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from config.policy import TRUST_LEVELS, PolicyThresholds, TrustLevel
+from config.policy import LEGACY_RISK_RULES, TRUST_LEVELS, PolicyThresholds, TrustLevel
 from plans.models import Plan, StepKind, ToolSpec
 from plans.risk import (
     LEVELS,
@@ -72,6 +79,10 @@ class TrustRun(BaseModel):
     ended_at: datetime
     approved_by: str | None = None
     rejected_by: str | None = Field(default=None, description="the person who rejected the plan")
+    agent_id: str | None = Field(default=None, description="the agent_id of the run's plan")
+    submitted_by: str | None = Field(
+        default=None, description="the API key owner that submitted the run's plan"
+    )
     step_rejections: int = Field(default=0, ge=0, description="steps a person rejected")
     corrections: int = Field(default=0, ge=0, description="corrections a person applied")
 
@@ -82,6 +93,21 @@ class TrustHistory(BaseModel):
     error: str | None = Field(
         default=None, description="why the history could not be read (then it is empty)"
     )
+    submitted_by: str | None = Field(
+        default=None, description="who submitted the plan being decided (its API key owner)"
+    )
+    from_submitter: bool = Field(
+        default=False,
+        description="the agent had too few runs of its own: `runs` are those of every plan "
+        "`submitted_by` submitted (the agent's own included)",
+    )
+    own_runs: int = Field(default=0, ge=0, description="finished runs of the agent's own plans")
+
+    def self_approved(self, run: TrustRun) -> bool:
+        """Whether the run was approved by its own agent or by whoever submitted it: that
+        approves the run, but it is not a person vouching for the agent."""
+        by = run.approved_by
+        return bool(by) and by in {self.agent_id, run.agent_id, run.submitted_by} - {None}
 
 
 class TrustScore(BaseModel):
@@ -100,7 +126,7 @@ def compute_trust(
     p = th.trust
     counts = {k: 0 for k in ("completed", "partial", "failed", "rejected", "cancelled")}
     left_out = {"cancelled": 0, "rejected_unanswered": 0}
-    by_person = by_policy = corrections = step_rejections = considered = 0
+    by_person = by_policy = by_self = corrections = step_rejections = considered = 0
     good = bad = 0.0
     newest: datetime | None = None
     oldest: datetime | None = None
@@ -119,9 +145,13 @@ def compute_trust(
         considered += 1
         newest = r.ended_at if newest is None or r.ended_at > newest else newest
         oldest = r.ended_at if oldest is None or r.ended_at < oldest else oldest
-        vouched = is_person(r.approved_by) or is_person(r.rejected_by)
-        if is_person(r.approved_by):
+        own = history.self_approved(r)
+        approved_by_person = is_person(r.approved_by) and not own
+        vouched = approved_by_person or is_person(r.rejected_by)
+        if approved_by_person:
             by_person += 1
+        elif own:
+            by_self += 1
         elif r.approved_by:
             by_policy += 1
         value = {"completed": 1.0, "partial": p.partial_value}.get(r.status, 0.0)
@@ -129,7 +159,10 @@ def compute_trust(
         value = min(1.0, max(0.0, value))
         age_days = max(0.0, (now - r.ended_at).total_seconds() / 86400)
         w = 0.5 ** (age_days / p.half_life_days)
-        good += w * value * (1.0 if vouched else p.unattended_success_weight)
+        weight = 1.0 if vouched else p.unattended_success_weight
+        if own:
+            weight = p.self_approved_success_weight
+        good += w * value * weight
         bad += w * (1.0 - value)
     raw = (p.prior * p.prior_weight + good) / (p.prior_weight + good + bad)
     score = round(raw, 4)
@@ -143,6 +176,7 @@ def compute_trust(
         "left_out": left_out,
         "approved_by_person": by_person,
         "approved_by_policy_or_timeout": by_policy,
+        "approved_by_self": by_self,
         "corrections": corrections,
         "step_rejections": step_rejections,
         "evidence_for": round(good, 4),
@@ -151,12 +185,16 @@ def compute_trust(
         "prior_weight": p.prior_weight,
         "half_life_days": p.half_life_days,
         "unattended_success_weight": p.unattended_success_weight,
+        "self_approved_success_weight": p.self_approved_success_weight,
         "newest_run_at": newest.isoformat() if newest else None,
         "oldest_run_at": oldest.isoformat() if oldest else None,
         "capped_by_min_runs": capped,
     }
     if history.error:
         inputs["history_error"] = history.error
+    if history.from_submitter:
+        inputs["from_submitter"] = history.submitted_by
+        inputs["own_runs"] = history.own_runs
     return TrustScore(
         agent_id=history.agent_id,
         score=score,
@@ -179,20 +217,42 @@ def _explain(
     capped: bool,
 ) -> str:
     head = f"trust {score:.2f} ({level})"
-    if history.agent_id is None:
-        return f"{head}: the plan names no agent_id, so there is no history to trust"
     if history.error:
-        return f"{head}: the history of {history.agent_id} could not be read ({history.error}); treated as a new agent"
+        return (
+            f"{head}: the trust of {history.agent_id or 'the plan (no agent_id)'} could not be "
+            f"read ({history.error})"
+        )
     n = inputs["runs_considered"]
-    if n == 0:
+    if history.from_submitter:
+        whose = f"{history.agent_id}" if history.agent_id else "the plan (no agent_id)"
+        head += (
+            f": {whose} has {history.own_runs} finished run(s) of its own, so its trust "
+            f"starts from the record of its submitter {history.submitted_by}"
+        )
+        if n == 0:
+            return (
+                f"{head}, who has no finished run on record yet either (prior {th.trust.prior:.2f})"
+            )
+        subject = f"plans submitted by {history.submitted_by}"
+    elif history.agent_id is None:
+        return f"{head}: the plan names no agent_id, so there is no history to trust"
+    elif n == 0:
         return f"{head}: {history.agent_id} has no finished run on record yet (a new agent starts at {th.trust.prior:.2f})"
+    else:
+        subject = history.agent_id
     parts = [
         f"{k} {inputs[k]}" for k in ("completed", "partial", "failed", "rejected") if inputs[k]
     ]
+    sep = "; " if history.from_submitter else ": "
     text = (
-        f"{head}: {n} finished run(s) of {history.agent_id} ({', '.join(parts)}), "
+        f"{head}{sep}{n} finished run(s) of {subject} ({', '.join(parts)}), "
         f"{inputs['approved_by_person']} approved by a person"
     )
+    if inputs["approved_by_self"]:
+        text += (
+            f" ({inputs['approved_by_self']} approved by their own agent or submitter, "
+            "which does not count as a person's approval)"
+        )
     if inputs["corrections"] or inputs["step_rejections"]:
         text += (
             f"; {inputs['corrections']} correction(s) and {inputs['step_rejections']} "
@@ -242,7 +302,13 @@ class ApprovalDecision(BaseModel):
     trust: TrustScore | None = None
     source: Literal["policy", "fallback"] = Field(
         default="policy",
-        description="fallback: no assessment could be made (the plan was treated as a new agent's)",
+        description="fallback: the assessment itself failed and the workflow decided alone "
+        "(a person is asked; before that rule, runs were decided as for a new agent)",
+    )
+    trust_unread: str | None = Field(
+        default=None,
+        description="why the agent's trust could not be read (the store was unreachable, the "
+        "assessment failed): then a person must approve",
     )
 
     def summary(self) -> str:
@@ -283,6 +349,10 @@ def should_require_approval(
     decision_risk = highest(counted)
     allowed = th.max_unattended_risk.get(trust.level)
     required = allowed is None or rank(decision_risk) > rank(allowed)
+    unread = trust.inputs.get("history_error")
+    no_record = not unread and not trust.inputs.get("runs_considered")
+    high_without_record = no_record and at_least(decision_risk, "high")
+    required = required or bool(unread) or high_without_record
 
     reasons = [f"risk {risk.level}: " + "; ".join(risk.reasons[:5])]
     if len(risk.reasons) > 5:
@@ -293,7 +363,17 @@ def should_require_approval(
         weighed += (
             f" (its {th.gate_level}-risk steps wait at their own gate and count as {below_gate})"
         )
-    if allowed is None:
+    if unread:
+        reasons.append(
+            f"a person must approve: the trust could not be read ({unread}), and the policy "
+            "runs nothing without a person when it cannot tell"
+        )
+    elif high_without_record and not (allowed is None or rank(decision_risk) > rank(allowed)):
+        reasons.append(
+            f"a person must approve: {weighed}, and an agent with no record runs nothing "
+            "high-risk without a person"
+        )
+    elif allowed is None:
         reasons.append(
             f"a person must approve: an agent of {trust.level} trust runs nothing without a person"
         )
@@ -320,7 +400,25 @@ def should_require_approval(
         gate_level=th.gate_level,
         risk=risk.above_low(),
         trust=trust,
+        trust_unread=str(unread) if unread else None,
     )
+
+
+def decide_without_trust(
+    plan: Plan,
+    catalog: Mapping[str, ToolSpec],
+    now: datetime,
+    why: str,
+    thresholds: PolicyThresholds | None = None,
+) -> ApprovalDecision:
+    """The decision when no assessment could be made (``why``): the trust could not be
+    read, so a person must approve (the risk is still assessed and shown, and its step
+    gates kept). Pure, so a workflow may call it."""
+    th = thresholds or PolicyThresholds()
+    trust = fresh_trust(plan.agent_id, now, th, error=why)
+    decision = should_require_approval(plan, trust, assess_risk(plan, catalog, th.risk), th)
+    assert decision.required
+    return decision.model_copy(update={"source": "fallback"})
 
 
 def decide_as_new_agent(
@@ -330,9 +428,19 @@ def decide_as_new_agent(
     why: str,
     thresholds: PolicyThresholds | None = None,
 ) -> ApprovalDecision:
-    """The decision when no assessment could be made (``why``): the agent is treated as
-    new, with the default thresholds. Pure, so a workflow may call it."""
+    """The earlier fallback, kept for replay of runs recorded before
+    :func:`decide_without_trust`: the agent was treated as new (a low-risk or medium-risk
+    plan ran without a person). Never used for new runs."""
     th = thresholds or PolicyThresholds()
-    trust = fresh_trust(plan.agent_id, now, th, error=why)
+    th = th.model_copy(update={"risk": LEGACY_RISK_RULES})
+    trust = fresh_trust(plan.agent_id, now, th)
     decision = should_require_approval(plan, trust, assess_risk(plan, catalog, th.risk), th)
-    return decision.model_copy(update={"source": "fallback"})
+    trust = trust.model_copy(
+        update={
+            "inputs": {**trust.inputs, "history_error": why},
+            "explanation": f"{trust.explanation.split(':')[0]}: the history of "
+            f"{plan.agent_id} could not be read ({why}); treated as a new agent",
+        }
+    )
+    reasons = [decision.reasons[0], trust.explanation, *decision.reasons[2:]]
+    return decision.model_copy(update={"source": "fallback", "trust": trust, "reasons": reasons})

@@ -6,27 +6,38 @@ highest of them (plus a size signal). The signals:
 
 * the tool's declared risk (:class:`plans.models.ToolSpec.risk`) is the floor of a tool
   step; an llm step takes the highest declared risk of the tools it is offered;
+* the tool's name: one that says it moves money (payments, transfer, payout, refund...),
+  deletes or deploys -> ``high``, as when its parameters say so;
 * the parameters, walked recursively (``{{ inputs.x }}`` templates are filled in from the
   plan's inputs; templates on earlier outputs stay as text, and a host that depends on
   them counts as unknown):
 
-  - a production target (``prod``, ``production``, ``prd`` as a word of a host name, a
-    path, an environment name) -> at least ``medium``;
-  - deletion (an HTTP ``DELETE``, ``DROP TABLE``, ``TRUNCATE``, ``DELETE FROM``, ``rm -rf``,
-    ``rmtree``, the words delete/destroy/wipe/purge/erase) -> ``high``; deletion on a
-    production target -> ``critical``;
+  - a write (``POST``/``PUT``/``PATCH``/``DELETE``, or a method not known before the run)
+    to a production target -> ``high``, on any host, this machine included: the URL (host,
+    path or query) or the body names production (``prod``, ``production``, ``prd``,
+    ``env=production``) or a deploy (``deploy``, ``deployment``, ``rollout``);
+  - a production target named otherwise (a read, an environment name in text) -> at least
+    ``medium``;
+  - deletion (an HTTP ``DELETE`` anywhere, ``DROP TABLE``, ``TRUNCATE``, ``DELETE FROM``,
+    ``rm -rf``, ``rmtree``, the words delete/destroy/wipe/purge/erase) -> ``high``;
+    deletion on a production target -> ``critical``;
   - money (payment, charge, refund, payout, invoice, billing, withdrawal, a wire or bank
-    transfer, a payment provider's host, an amount with a currency, an ``amount`` field)
-    -> ``high``; money written to a production target -> ``critical``;
+    transfer, a payment provider's host, an amount with a currency, an ``amount`` field;
+    transfer/pay in a write's URL) -> ``high``; money written to a production target ->
+    ``critical``;
   - an external write (``POST``/``PUT``/``PATCH``/``DELETE`` to a host that is not this
     machine, or to a host not known before the run) -> ``high``;
 
   a read (``GET``/``HEAD``/``OPTIONS``) is not a deletion or a payment because of words in
   its URL; an llm step's prompt is only read for these signals when it is offered a tool
-  that can act (declared ``medium`` or more), since text alone does nothing;
+  that can act (declared ``medium`` or more, or named as above), since text alone does
+  nothing;
 * a step that is not idempotent (runs once, never retried) -> ``high``;
 * plan size: more than ``many_steps`` steps -> the plan is at least ``medium``, more than
   ``very_many_steps`` -> ``high``.
+
+The words, hosts and levels are data (:class:`config.policy.RiskRules`, ``"risk"`` in
+``PLANSMITH_POLICY``); the defaults are above.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,29 +107,80 @@ class PlanRisk(BaseModel):
 
 # --- signals in text -----------------------------------------------------------------
 
-_B = r"(?<![a-z0-9])"  # a word boundary where '_', '-', '.', '/' separate words
+_B = r"(?<![a-z0-9])"  # a word boundary where '_', '-', '.', '/', '=' separate words
 _E = r"(?![a-z0-9])"
-PRODUCTION_RE = re.compile(_B + r"(prod|production|prd)" + _E, re.I)
-DELETION_RES = (
+# Always deletions, whatever the configured words.
+SQL_DELETION_RES = (
     re.compile(r"\b(drop|truncate)\s+(table|database|schema|index|view|collection)\b", re.I),
     re.compile(r"\btruncate\b", re.I),
     re.compile(r"\bdelete\s+from\b", re.I),
     re.compile(r"\brm\s+(-[a-z]*\s+)*-[a-z]*[rf][a-z]*\b", re.I),
     re.compile(r"\b(shutil\.rmtree|os\.remove|os\.unlink|os\.rmdir)\b", re.I),
-    re.compile(_B + r"(delete|destroy|wipe|purge|erase)" + _E, re.I),
 )
 _CURRENCIES = r"(usd|eur|gbp|jpy|cny|rub|chf|cad|aud|inr|btc|eth|usdt)"
-MONEY_RES = (
-    re.compile(
-        _B + r"(payments?|payouts?|refunds?|charges?|invoices?|billing|checkout|"
-        r"withdraw(al|als)?|(wire|bank|money|fund|funds)[\s_-]?transfers?)" + _E,
-        re.I,
-    ),
-    re.compile(r"(stripe\.com|paypal\.com|adyen\.com|braintreegateway\.com|squareup\.com)", re.I),
+# Always money, whatever the configured words: amounts with a currency.
+AMOUNT_RES = (
     re.compile(r"[$€£¥₽]\s?\d", re.I),
     re.compile(r"\d[\d,]*(\.\d+)?\s?" + _CURRENCIES + _E, re.I),
     re.compile(_B + _CURRENCIES + r"\s?\d", re.I),
 )
+
+
+def words_re(words: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern for whole ``words`` (a plural ``s`` too; a space in a word matches a
+    space, ``-``, ``_`` or nothing); None when there are none."""
+    alts = []
+    for w in sorted({w.strip().lower() for w in words if w and w.strip()}, key=len, reverse=True):
+        alts.append(r"[\s_-]?".join(re.escape(part) for part in w.split()))
+    if not alts:
+        return None
+    return re.compile(_B + "(" + "|".join(alts) + ")s?" + _E, re.I)
+
+
+def hosts_re(hosts: Iterable[str]) -> re.Pattern[str] | None:
+    alts = [re.escape(h.strip().lower()) for h in hosts if h and h.strip()]
+    if not alts:
+        return None
+    return re.compile(_B + "(" + "|".join(alts) + ")" + _E, re.I)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The patterns of one :class:`config.policy.RiskRules`."""
+
+    rules: RiskRules
+    production: tuple[re.Pattern[str], ...]
+    deploy: tuple[re.Pattern[str], ...]
+    deletion: tuple[re.Pattern[str], ...]
+    money: tuple[re.Pattern[str], ...]
+    money_write: tuple[re.Pattern[str], ...]
+
+
+def _some(*patterns: re.Pattern[str] | None) -> tuple[re.Pattern[str], ...]:
+    return tuple(p for p in patterns if p is not None)
+
+
+@lru_cache(maxsize=16)
+def _signals_of(key: str) -> Signals:
+    rules = RiskRules.model_validate_json(key)
+    return Signals(
+        rules=rules,
+        production=_some(words_re(rules.production_words)),
+        deploy=_some(words_re(rules.deploy_words)),
+        deletion=(*SQL_DELETION_RES, *_some(words_re(rules.deletion_words))),
+        money=(
+            *_some(words_re(rules.money_words), hosts_re(rules.payment_hosts)),
+            *AMOUNT_RES,
+        ),
+        money_write=_some(words_re(rules.money_write_words)),
+    )
+
+
+def signals(rules: RiskRules | None = None) -> Signals:
+    """The compiled patterns of ``rules`` (the defaults when None), cached."""
+    return _signals_of((rules or RiskRules()).model_dump_json())
+
+
 MONEY_KEY_RE = re.compile(r"^(amount|price|total)(_cents|_minor|_value)?$", re.I)
 
 
@@ -164,8 +228,10 @@ def _host_of(url: str) -> tuple[str | None, bool]:
 class _Evidence:
     """What the walk over one step's params found."""
 
-    def __init__(self) -> None:
+    def __init__(self, sig: Signals) -> None:
+        self.sig = sig
         self.production: list[str] = []
+        self.production_writes: list[str] = []  # "POST http://..." to a production target
         self.deletion: list[str] = []
         self.money: list[str] = []
         self.writes: list[str] = []  # "POST https://..." to a host that is not local
@@ -197,15 +263,15 @@ class _Evidence:
                 self.walk(v, read_only, depth + 1)
 
     def text(self, text: str, read_only: bool) -> None:
-        found = _first((PRODUCTION_RE,), text)
+        found = _first(self.sig.production, text)
         if found:
             self.production.append(found)
         if read_only:
             return
-        found = _first(DELETION_RES, text)
+        found = _first(self.sig.deletion, text)
         if found:
             self.deletion.append(found)
-        found = _first(MONEY_RES, text)
+        found = _first(self.sig.money, text)
         if found:
             self.money.append(found)
 
@@ -227,16 +293,43 @@ class _Evidence:
             )
         if method == "DELETE":
             self.deletion.append(label)
+        if write:
+            found = _first(self.sig.money_write, url)
+            if found:
+                self.money.append(found)
         for k, v in req.items():
             if k in ("url", "method"):
                 continue
             self.text(str(k), read_only=not write)
             self.walk(v, read_only=not write, depth=depth + 1)
         on_prod = len(self.production) > prod_before
+        if write and (on_prod or _first(self.sig.deploy, url) or self._deploy_in(req)):
+            self.production_writes.append(label)
         if write and on_prod and (method == "DELETE" or len(self.deletion) > del_before):
             self.deletes_on_production.append(label)
         if write and on_prod and len(self.money) > money_before:
             self.money_writes_on_production.append(label)
+
+    def _deploy_in(self, req: dict[str, Any]) -> bool:
+        """A deploy word in a write's body or query (``{"action": "deploy"}``)."""
+        found: list[bool] = []
+
+        def look(v: Any, depth: int) -> None:
+            if found or depth > MAX_DEPTH:
+                return
+            if isinstance(v, str):
+                if _first(self.sig.deploy, v):
+                    found.append(True)
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    look(str(k), depth + 1)
+                    look(x, depth + 1)
+            elif isinstance(v, list):
+                for x in v:
+                    look(x, depth + 1)
+
+        look({k: v for k, v in req.items() if k not in ("url", "method")}, 0)
+        return bool(found)
 
 
 def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
@@ -276,8 +369,36 @@ def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
 # --- steps and plans -----------------------------------------------------------------
 
 
-def assess_step(plan: Plan, step: Step, catalog: Mapping[str, ToolSpec]) -> StepRisk:
+def _tool_name_signals(name: str, sig: Signals) -> list[tuple[RiskLevel, str]]:
+    """What a tool's name says it does: moves money, deletes, deploys."""
+    rules = sig.rules
+    if not rules.tool_names:
+        return []
+    words = name.replace(".", " ")
+    out: list[tuple[RiskLevel, str]] = []
+    money = _first((*sig.money, *sig.money_write), words)
+    if money:
+        out.append((rules.money_level, f"tool {name} moves money (its name says {money!r})"))
+    deletion = _first(sig.deletion, words)
+    if deletion:
+        out.append((rules.deletion_level, f"tool {name} deletes (its name says {deletion!r})"))
+    deploy = _first(sig.deploy, words)
+    if deploy:
+        out.append(
+            (
+                rules.production_write_level,
+                f"tool {name} changes production (its name says {deploy!r})",
+            )
+        )
+    return out
+
+
+def assess_step(
+    plan: Plan, step: Step, catalog: Mapping[str, ToolSpec], rules: RiskRules | None = None
+) -> StepRisk:
     """One step's risk level and the reasons for it."""
+    sig = signals(rules)
+    rules = sig.rules
     sid = step.id
     levels: list[RiskLevel] = ["low"]
     reasons: list[str] = []
@@ -296,6 +417,8 @@ def assess_step(plan: Plan, step: Step, catalog: Mapping[str, ToolSpec]) -> Step
             add(spec.risk, f"tool {spec.name} is declared {spec.risk}-risk")
             if not spec.idempotent:
                 add("high", f"tool {spec.name} is not idempotent (it runs once, never retried)")
+        for level, why in _tool_name_signals(step.tool or "", sig):
+            add(level, why)
         scan = step.params
     elif step.kind == StepKind.LLM:
         offered = step.params.get("tools")
@@ -310,12 +433,15 @@ def assess_step(plan: Plan, step: Step, catalog: Mapping[str, ToolSpec]) -> Step
             if not spec.idempotent:
                 add("high", f"the model may call tool {spec.name}, which is not idempotent")
                 acting = True
+            for level, why in _tool_name_signals(spec.name, sig):
+                add(level, f"the model may call {why}")
+                acting = True
         if acting:
             scan = {k: step.params[k] for k in LLM_TEXT_PARAMS if k in step.params}
     if not step.idempotent:
         add("high", "the step is not idempotent (it runs once and is never retried)")
     if scan:
-        found = _Evidence()
+        found = _Evidence(sig)
         found.walk(_fill_inputs(scan, plan.inputs))
         on_production = False  # a critical reason already names the production target
         if found.deletes_on_production:
@@ -327,7 +453,7 @@ def assess_step(plan: Plan, step: Step, catalog: Mapping[str, ToolSpec]) -> Step
             add("critical", f"deletion on a production target {where}")
             on_production = True
         elif found.deletion:
-            add("high", f"deletion ({found.deletion[0]})")
+            add(rules.deletion_level, f"deletion ({found.deletion[0]})")
         if found.money_writes_on_production:
             add(
                 "critical",
@@ -335,12 +461,23 @@ def assess_step(plan: Plan, step: Step, catalog: Mapping[str, ToolSpec]) -> Step
             )
             on_production = True
         elif found.money:
-            add("high", f"payment or money ({found.money[0]})")
+            add(rules.money_level, f"payment or money ({found.money[0]})")
+        if found.production_writes and not on_production:
+            extra = (
+                f" and {len(found.production_writes) - 1} more"
+                if len(found.production_writes) > 1
+                else ""
+            )
+            add(
+                rules.production_write_level,
+                f"write to a production target ({found.production_writes[0]}{extra})",
+            )
+            on_production = True
         if found.writes:
             extra = f" and {len(found.writes) - 1} more" if len(found.writes) > 1 else ""
-            add("high", f"external write ({found.writes[0]}{extra})")
+            add(rules.external_write_level, f"external write ({found.writes[0]}{extra})")
         if found.production and not on_production:
-            add("medium", f"production target ({found.production[0]})")
+            add(rules.production_level, f"production target ({found.production[0]})")
     level = highest(levels)
     top = [reason for lv, reason in found_at if lv == level]
     return StepRisk(level=level, reasons=reasons, top=top)
@@ -351,7 +488,7 @@ def assess_risk(
 ) -> PlanRisk:
     """Every step's risk and the plan's, with the reasons (see the module docstring)."""
     rules = rules or RiskRules()
-    steps = {s.id: assess_step(plan, s, catalog) for s in plan.steps}
+    steps = {s.id: assess_step(plan, s, catalog, rules) for s in plan.steps}
     levels: list[RiskLevel] = [r.level for r in steps.values()]
     reasons: list[str] = []
     n = len(plan.steps)

@@ -97,6 +97,9 @@ class PlanRecord(PlanRecordBase, table=True):
     # Which snapshot last wrote the row: (run created at, run id, snapshot seq) only grows.
     last_run_created_at: datetime | None = _ts(default=None)
     last_snapshot_seq: int = 0
+    # The API key owner that submitted the plan (None with keys off); the first one known
+    # stays. Never from the plan document. The approval policy's trust reads it.
+    submitted_by: str | None = Field(default=None, max_length=NAME, index=True)
     # a person's approval of the draft before it was executed: by, at, comment, version,
     # digest (plans.run_state.Approval); the run counts it only for that digest
     draft_approval: dict[str, Any] | None = Field(default=None, sa_type=JSONType, nullable=True)
@@ -157,6 +160,8 @@ class RunRecordBase(SQLModel):
     progress: float = 0.0
     waiting: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONType)
     approved_by: str | None = Field(default=None, max_length=NAME)
+    approved_version: int | None = None  # the plan version the approval saw
+    approved_digest: str | None = Field(default=None, max_length=ID)  # and its digest
     approval_note: str | None = Field(default=None, sa_type=sa.Text)
     # the adaptive policy's decision for require_approval auto: risk, trust, reasons
     approval_decision: dict[str, Any] | None = Field(default=None, sa_type=JSONType, nullable=True)

@@ -179,6 +179,8 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         waiting=waiting,
         outcome=run.outcome,
         approved_by=run.approved_by,
+        approved_version=run.approved_version,
+        approved_digest=run.approved_digest,
         approval_note=run.approval_note,
         approval_policy=(
             ApprovalDecision.model_validate(run.approval_decision)

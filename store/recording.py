@@ -5,7 +5,7 @@ number, in one transaction that the caller commits (use
 ``store.db.session_scope(engine, write=True)``):
 
 * the plan row follows the plan's newest run (``(run created_at, run id, snapshot seq)``
-  only grows), the run and its step rows follow the newest snapshot of that run (``seq``
+  only grows; its ``submitted_by`` is the first one known), the run and its step rows follow the newest snapshot of that run (``seq``
   only grows), so an older snapshot arriving late changes nothing;
 * log and audit entries are inserted once, by ``(plan_id, run_id, seq)``;
 * versions are inserted once, by ``(plan_id, version)``; a missing document is filled in,
@@ -105,6 +105,7 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "last_snapshot_seq": snap.seq,
         "created_at": created,
         "updated_at": at,
+        "submitted_by": snap.submitted_by,
     }
     newer = sa.or_(
         plan.last_run_created_at.is_(None),
@@ -115,7 +116,9 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
             ins.excluded.last_snapshot_seq,
         ),
     )
-    updates = {k: ins.excluded[k] for k in row if k not in ("id", "created_at")}
+    updates = {k: ins.excluded[k] for k in row if k not in ("id", "created_at", "submitted_by")}
+    # the first submitter known stays (a resumed run is started by whoever resumed it)
+    updates["submitted_by"] = sa.func.coalesce(plan.submitted_by, ins.excluded.submitted_by)
     session.execute(
         ins.values(row).on_conflict_do_update(index_elements=["id"], set_=updates, where=newer)
     )
@@ -188,6 +191,8 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "progress": snap.progress,
         "waiting": [w.model_dump(mode="json") for w in snap.waiting],
         "approved_by": snap.approved_by,
+        "approved_version": snap.approved_version,
+        "approved_digest": snap.approved_digest,
         "approval_note": snap.approval_note,
         "approval_decision": snap.approval_decision,
         "stopping": snap.stopping,

@@ -294,12 +294,14 @@ class PlanClient:
     # --- starting and resuming ----------------------------------------------------
 
     async def start(
-        self, plan: Plan, approval: Approval | None = None
+        self, plan: Plan, approval: Approval | None = None, submitted_by: str | None = None
     ) -> tuple[WorkflowHandle[Any, Any], bool]:
         """Start ``plan``; a plan already running is returned as it is (started=False).
 
         ``approval``: a person's approval given to the plan before it ran (a draft's); the
         run counts it only if the plan is still the document it saw (its digest).
+        ``submitted_by``: the API key owner that created or started it (None with keys
+        off), for the approval policy (``PlanInput.submitted_by``).
         Raises PlanAlreadyRan when its workflow already ended (resume it instead).
         """
         assert plan.id is not None
@@ -316,6 +318,7 @@ class PlanClient:
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
                     approval=approval,
+                    submitted_by=submitted_by,
                 ),
                 "start",
             )

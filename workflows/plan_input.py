@@ -48,6 +48,13 @@ class PlanInput(BaseModel):
         description="a person's approval given before the run started (a draft's), naming the "
         "version and digest it saw: the run counts it only if the plan is that document",
     )
+    submitted_by: str | None = Field(
+        default=None,
+        description="the API key owner that created or started the plan (None with API keys "
+        "off); set by the API from the request's key, never from the plan document. The "
+        "approval policy reads it (approvals by the submitter do not earn trust; an agent "
+        "with too few runs starts from its submitter's record) and the store keeps it",
+    )
     feedback: list[str] = Field(
         default_factory=list,
         description="feedback people gave an earlier run (resume from failure)",

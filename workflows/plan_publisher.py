@@ -73,6 +73,7 @@ class PlanPublisher:
                 workflow_id=info.workflow_id,
                 execution_run_id=info.run_id,
                 resumed_by=self._input.resumed_by,
+                submitted_by=self._input.submitted_by,
                 force=force,
             )
             force = False

@@ -31,12 +31,15 @@ with workflow.unsafe.imports_passed_through():
     from contracts.tools import catalog
     from plans import approval_gate, deadlines, run_state, scheduler
     from plans.models import PlanStatus, StepKind
-    from plans.policy import ApprovalDecision, decide_as_new_agent
+    from plans.policy import ApprovalDecision, decide_as_new_agent, decide_without_trust
     from plans.run_state import Approval, PlanRun
 
 # require_approval "auto" asks the assess_approval activity (risk and trust) first; runs
 # recorded before it decided with the engine's legacy rule and replay without it.
 ADAPTIVE_APPROVAL_PATCH = "adaptive-approval"
+# When the assessment fails a person is asked; runs recorded before decided as for a new
+# agent (which could run a medium-risk plan unattended) and replay that way.
+APPROVAL_FAILS_CLOSED_PATCH = "approval-fails-closed"
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -210,8 +213,9 @@ class PlanWorkflow(PlanHandlers):
     async def _assess_approval(self) -> None:
         """The adaptive policy's decision (risk and trust, from the store) into the run.
 
-        The activity degrades to "a new agent" when the store is unreachable; when the
-        activity itself fails, the same pure decision is made here."""
+        When the store is unreachable the activity answers that a person must approve
+        (the trust could not be read); when the activity itself fails, the same pure
+        decision is made here."""
         run = self._run
         plan = run.plan
         names = {s.tool for s in plan.steps if s.tool}
@@ -222,16 +226,23 @@ class PlanWorkflow(PlanHandlers):
         try:
             decision = await workflow.execute_activity(
                 ASSESS_APPROVAL,
-                AssessApprovalInput(plan=plan, tools=tools, now=workflow.now()),
+                AssessApprovalInput(
+                    plan=plan,
+                    tools=tools,
+                    now=workflow.now(),
+                    submitted_by=self._input.submitted_by,
+                ),
                 result_type=ApprovalDecision,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=5)),
                 summary="approval policy: risk and trust",
             )
         except ActivityError as e:
-            decision = decide_as_new_agent(
-                plan, self._catalog, workflow.now(), f"the assessment failed: {error_text(e)}"
-            )
+            why = f"the assessment failed: {error_text(e)}"
+            if workflow.patched(APPROVAL_FAILS_CLOSED_PATCH):
+                decision = decide_without_trust(plan, self._catalog, workflow.now(), why)
+            else:
+                decision = decide_as_new_agent(plan, self._catalog, workflow.now(), why)
         approval_gate.apply_policy_decision(run, decision, workflow.now())
 
     async def _execute(self) -> None:

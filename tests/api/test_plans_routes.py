@@ -332,6 +332,7 @@ async def test_ask_correct_retry_pause_resume_and_skip(http: httpx.AsyncClient):
         json={
             "step_id": "fetch",
             "correction": {"updated_step": {"tool": "wait", "params": {"seconds": 0}}},
+            "approve": True,  # correct and approve: the step needs no approve_step after
         },
     )
     assert r.status_code == 200 and r.json()["version"] == 2, r.text

@@ -26,6 +26,7 @@ from plans.policy import (
     TrustRun,
     compute_trust,
     decide_as_new_agent,
+    decide_without_trust,
     fresh_trust,
     is_person,
     should_require_approval,
@@ -406,10 +407,31 @@ def test_settings_read_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-def test_the_fallback_decides_as_for_a_new_agent() -> None:
+def test_the_fallback_asks_a_person() -> None:
+    for steps in (RISKY, MEDIUM, LOW):
+        d = decide_without_trust(plan_of(steps), CATALOG, NOW, "the assessment failed: boom")
+        assert d.source == "fallback" and d.required and d.trust_level == "low"
+        assert d.trust_unread == "the assessment failed: boom"
+        assert d.trust is not None and d.trust.inputs["history_error"].endswith("boom")
+        assert "could not be read (the assessment failed: boom)" in d.reasons[1]
+    run = new_run(plan_of(LOW), NOW)
+    apply_policy_decision(run, decide_without_trust(run.plan, CATALOG, NOW, "boom"), NOW)
+    assert needs_approval(run, CATALOG)[0] is True
+    assert "[the trust could not be read (boom): a person is asked]" in run.audit[0].detail
+
+
+def test_the_legacy_fallback_still_decides_as_for_a_new_agent_on_replay() -> None:
+    """Runs recorded before the policy failed closed replay with the earlier rule."""
     d = decide_as_new_agent(plan_of(RISKY), CATALOG, NOW, "the assessment failed: boom")
     assert d.source == "fallback" and d.required and d.trust_level == "low"
     assert d.trust is not None and d.trust.inputs["history_error"].endswith("boom")
+    assert d.trust_unread is None
+    medium = decide_as_new_agent(plan_of(MEDIUM), CATALOG, NOW, "boom")
+    assert not medium.required
+    # a local write to production was medium then, and stays so for the replay
+    local = [http("ship", "http://127.0.0.1:9/prod-deploy?env=production", "POST")]
+    assert not decide_as_new_agent(plan_of(local), CATALOG, NOW, "boom").required
+    assert decide_without_trust(plan_of(local), CATALOG, NOW, "boom").required
 
 
 async def test_the_activity_degrades_to_no_trust_when_the_store_fails(
@@ -417,7 +439,7 @@ async def test_the_activity_degrades_to_no_trust_when_the_store_fails(
 ) -> None:
     import activities.approval as approval
 
-    def broken(engine: Any, agent_id: str, limit: int) -> TrustHistory:
+    def broken(*args: Any) -> TrustHistory:
         raise ConnectionError("connection refused")
 
     monkeypatch.setattr(approval, "read_history", broken)
@@ -429,6 +451,13 @@ async def test_the_activity_degrades_to_no_trust_when_the_store_fails(
     d = decide(inp, history, PolicyThresholds())
     assert d.required and "could not be read" in d.reasons[1]
     assert (await load_history(engine, None, 10)).agent_id is None
+    # Fails closed: even a low-risk plan waits for a person when the trust is unknown.
+    low = decide(
+        AssessApprovalInput(plan=plan_of(LOW), tools=CATALOG, now=NOW), history, PolicyThresholds()
+    )
+    assert low.required and low.risk_level == "low"
+    assert low.trust_unread is not None and "connection refused" in low.trust_unread
+    assert low.reasons[-1].startswith("a person must approve: the trust could not be read (")
 
 
 # --- the engine applies the decision -------------------------------------------------

@@ -19,7 +19,7 @@ from plans import run_state, scheduler, steering
 from plans.models import Plan, PlanStatus, ToolSpec
 from plans.policy import compute_trust
 from store import db, recording
-from store.trust import trust_history
+from store.trust import plan_submitter, trust_history
 
 T0 = datetime(2025, 5, 1, 9, 0, tzinfo=UTC)
 CATALOG = {
@@ -85,8 +85,12 @@ class Run:
         scheduler.finish(self.run, self.tick())
         return self
 
-    def write(self, target: Engine, run_id: str = "run-1") -> None:
-        snap = snapshot_of(self.run, run_id, 0, 0, seq=1, at=self.tick())
+    def write(
+        self, target: Engine, run_id: str = "run-1", submitted_by: str | None = None, seq: int = 1
+    ) -> None:
+        snap = snapshot_of(
+            self.run, run_id, 0, 0, seq=seq, at=self.tick(), submitted_by=submitted_by
+        )
         with db.session_scope(target, write=True) as s:
             recording.record_snapshot(s, snap)
 
@@ -161,3 +165,71 @@ def test_trust_history_reads_the_agents_finished_runs(engine: Engine) -> None:
     assert t.inputs["approved_by_person"] == 4 and t.inputs["approved_by_policy_or_timeout"] == 1
     assert t.inputs["corrections"] == 1 and t.inputs["step_rejections"] == 1
     assert t.level == "low"  # two failures and a rejection among six runs
+
+
+def test_the_submitter_is_kept_and_self_approvals_earn_no_trust(engine: Engine) -> None:
+    """An agent (and its key) approving its own plans: the approvals stand for the run,
+    and the store says who approved and who submitted, so trust does not grow."""
+    for i in range(4):  # approved by the agent itself
+        Run(f"self-{i}", "farmer", T0).control("approve", by="farmer").step("a").step(
+            "b"
+        ).finish().write(engine, submitted_by="farm-key")
+    for i in range(4):  # approved by the key that submitted them
+        Run(f"key-{i}", "farmer", T0).control("approve", by="farm-key").step("a").step(
+            "b"
+        ).finish().write(engine, submitted_by="farm-key")
+    r = Run("vouched", "honest", T0).control("approve", by="alice").step("a").step("b")
+    r.finish().write(engine, submitted_by="farm-key")
+    # a later snapshot naming nobody (a resumed run) or someone else keeps the first one
+    r.write(engine, seq=2)
+    r.write(engine, seq=3, submitted_by="someone-else")
+    with Session(engine) as s:
+        farmed = trust_history(s, "farmer")
+        honest = trust_history(s, "honest")
+        assert plan_submitter(s, "vouched") == "farm-key"
+        assert plan_submitter(s, "nope") is None and plan_submitter(s, None) is None
+    assert {(x.approved_by, x.submitted_by, x.agent_id) for x in farmed.runs} == {
+        ("farmer", "farm-key", "farmer"),
+        ("farm-key", "farm-key", "farmer"),
+    }
+    t = compute_trust(farmed, T0 + timedelta(days=1))
+    assert t.inputs["approved_by_self"] == 8 and t.inputs["approved_by_person"] == 0
+    assert (t.score, t.level) == (0.3, "low")
+    assert compute_trust(honest, T0).inputs["approved_by_person"] == 1
+
+
+def test_a_new_agent_id_starts_from_its_submitters_record(engine: Engine) -> None:
+    for i in range(3):  # a bad record: three plans a person rejected
+        Run(f"bad-{i}", "old-name", T0).control("reject", by="alice", reason="no").write(
+            engine, submitted_by="k"
+        )
+    Run("good", "other", T0).control("approve").step("a").step("b").finish().write(
+        engine, submitted_by="someone"
+    )
+    now = T0 + timedelta(days=1)
+    with Session(engine) as s:
+        renamed = trust_history(s, "new-name", submitted_by="k")
+        nameless = trust_history(s, None, submitted_by="k")
+        elsewhere = trust_history(s, "new-name", submitted_by="someone-new")
+        plain = trust_history(s, "new-name")
+    assert renamed.from_submitter and renamed.own_runs == 0
+    assert sorted(x.plan_id for x in renamed.runs) == ["bad-0", "bad-1", "bad-2"]
+    t = compute_trust(renamed, now)
+    assert t.level == "untrusted" and t.inputs["from_submitter"] == "k"
+    assert "so its trust starts from the record of its submitter k" in t.explanation
+    assert compute_trust(nameless, now).level == "untrusted"
+    for fresh in (elsewhere, plain):
+        assert fresh.runs == [] and compute_trust(fresh, now).score == 0.3
+
+    # One good run under the new name does not wash the record: with fewer than min_runs
+    # runs of its own, the agent's runs and its submitter's count together.
+    Run("one-good", "new-name", T0 + timedelta(hours=1)).control("approve").step("a").step(
+        "b"
+    ).finish().write(engine, submitted_by="k")
+    with Session(engine) as s:
+        mixed = trust_history(s, "new-name", submitted_by="k", min_own_runs=3)
+        own = trust_history(s, "new-name", submitted_by="k", min_own_runs=1)
+    assert mixed.from_submitter and mixed.own_runs == 1 and len(mixed.runs) == 4
+    # below a newcomer's 0.30, where the one run alone would give 0.50
+    assert compute_trust(mixed, now).score < 0.3 < 0.45 < compute_trust(own, now).score
+    assert not own.from_submitter and [x.plan_id for x in own.runs] == ["one-good"]

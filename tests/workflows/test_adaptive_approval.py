@@ -197,9 +197,8 @@ async def test_explicit_options_keep_their_meaning(client, worker, task_queue):
     assert not [a for a in await audit(handle) if a.action == "approval_policy"]
 
 
-async def test_when_the_assessment_fails_the_plan_is_decided_as_a_new_agents(
-    client, env, task_queue
-):
+async def test_when_the_assessment_fails_a_person_is_asked(client, env, task_queue):
+    """Fails closed: even a low-risk plan the policy would run alone waits for a person."""
     from temporalio import activity
 
     @activity.defn(name=ASSESS_APPROVAL)
@@ -213,10 +212,17 @@ async def test_when_the_assessment_fails_the_plan_is_decided_as_a_new_agents(
         workflows=list(WORKFLOWS),
         activities=[*activities, broken],
     ):
-        handle = await start(client, risky(agent()), task_queue)
+        handle = await start(client, low_risk(agent()), task_queue)
         st = await wait_for(handle, lambda s: s.status == PlanStatus.PENDING_APPROVAL)
         assert st.approval_policy is not None and st.approval_policy.source == "fallback"
+        assert st.approval_policy.required and st.approval_policy.risk_level == "low"
         assert "the store is on fire" in st.approval_policy.reasons[1]
+        assert st.approval_policy.trust_unread is not None
+        assert st.approval_policy.trust_unread.startswith("the assessment failed: ")
+        decided = next(a for a in await audit(handle) if a.action == "approval_policy")
+        assert "[the trust could not be read (the assessment failed: " in decided.detail
+        replayer = Replayer(workflows=[PlanWorkflow], data_converter=pydantic_data_converter)
+        await replayer.replay_workflow(await handle.fetch_history())
         await handle.execute_update("reject", {"by": "alice", "reason": "test"})
         assert (await result(handle)).status == PlanStatus.REJECTED
 
