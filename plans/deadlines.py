@@ -64,6 +64,10 @@ def _expire_step_approval(run: PlanRun, sid: str, now: datetime) -> str:
         # A critical step always needs a person: a timeout never approves it.
         action = "reject"
         what += " (not applied: the approval policy gates this step, so it is rejected)"
+    elif action == "approve" and s.judge_gate:
+        # An unjudged validation never passes without a person.
+        action = "reject"
+        what += " (not applied: no model assessed this step's judge criteria, so it is rejected)"
     s.timed_out = what
     if action == "approve":
         s.gate_approved_by = "system:timeout"

@@ -148,8 +148,9 @@ def waits(run: PlanRun) -> list[WaitingFor]:
             )
         elif s.status == StepStatus.WAITING_APPROVAL:
             question = step.description or None
-            if s.policy_gate:
-                question = f"{question}: {s.policy_gate}" if question else s.policy_gate
+            for why in (s.policy_gate, s.judge_gate):
+                if why:
+                    question = f"{question}: {why}" if question else why
             ranked.append(
                 (
                     4,
