@@ -51,9 +51,9 @@ from store.db import ensure_migrated, session_scope
 __all__ = [
     "RECORD_SNAPSHOT",
     "OutputNotStored",
-    "offload_after_effect",
     "SnapshotActivities",
     "load_output",
+    "offload_after_effect",
     "offload_output",
     "resolve_refs",
     "store_output",

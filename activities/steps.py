@@ -85,7 +85,8 @@ class StepActivities:
             if isinstance(output, LLMStepResult):
                 output = output.output
             if isinstance(output, Unassessed):
-                output, unassessed = output.output, output.criteria
+                unassessed = output.criteria
+                output = output.output
             # A large output goes to the store; the workflow's history keeps a reference.
             # The tool has run: only the store write is retried from here on.
             output = await offload_after_effect(

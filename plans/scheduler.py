@@ -275,7 +275,11 @@ def _pass_judge_gate(run: PlanRun, sid: str, now: datetime) -> bool:
     s = run.steps[sid]
     if s.gate_approved_by is not None and s.judge_gate_version == s.version:
         by = s.gate_approved_by
-        s.output = {**s.output, "passed": True, "passed_by": by} if isinstance(s.output, dict) else s.output
+        s.output = (
+            {**s.output, "passed": True, "passed_by": by}
+            if isinstance(s.output, dict)
+            else s.output
+        )
         s.status = StepStatus.COMPLETED
         s.completed_at = now
         log(run, now, f"step {sid} passed by {by}: {s.judge_gate}", "info", sid)

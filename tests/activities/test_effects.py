@@ -173,9 +173,7 @@ async def test_on_unassessed_ask_hands_the_criterion_to_a_person() -> None:
 
 async def test_on_unassessed_ask_still_fails_what_did_fail() -> None:
     with pytest.raises(ApplicationError) as caught:
-        await run(
-            validation(["mentions 'rollback'", "is polite"], "release", on_unassessed="ask")
-        )
+        await run(validation(["mentions 'rollback'", "is polite"], "release", on_unassessed="ask"))
     msg = caught.value.message
     assert "judge: mentions 'rollback'" in msg and "judge: is polite (no model assessed it)" in msg
 
@@ -212,6 +210,8 @@ async def test_a_models_verdict_missing_a_criterion_counts_as_unassessed(
         await run(task, model)
     assert "judge: cites a source (no model assessed it)" in caught.value.message
     assert "is polite" not in caught.value.message
-    out = await run(task.model_copy(update={"params": {**task.params, "on_unassessed": "ask"}}), model)
+    out = await run(
+        task.model_copy(update={"params": {**task.params, "on_unassessed": "ask"}}), model
+    )
     assert out.unassessed == ["cites a source"]
     assert isinstance(model.requests[0], LLMRequest)

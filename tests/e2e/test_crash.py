@@ -121,16 +121,17 @@ async def test_sigkill_worker_mid_plan_then_new_worker_finishes_without_repeats(
         assert server.paths["/first"] == 1, "a completed step ran again after the crash"
         assert server.paths["/last"] == 1
         first = plan.step("first")
-        assert server.keys[request_key(plan.id or "", "first", first.kind, first.tool, first.params)] == 1
+        assert (
+            server.keys[request_key(plan.id or "", "first", first.kind, first.tool, first.params)]
+            == 1
+        )
         long = next(s for s in st.steps if s.id == "long")
         assert long.attempts == 2, (
             "the interrupted step runs again after its heartbeat timeout, though it has no retries of its own"
         )
 
 
-async def test_sigkill_after_a_post_reached_the_server_then_resume_sends_one_key(
-    env, task_queue
-):
+async def test_sigkill_after_a_post_reached_the_server_then_resume_sends_one_key(env, task_queue):
     """The worker dies right after the POST reached the server; the step (not idempotent,
     so never re-run by itself) fails, the plan fails, a person resumes it unchanged: the
     server sees the POST again under the key it already knows, so it can answer it

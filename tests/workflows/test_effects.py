@@ -73,7 +73,9 @@ async def test_resume_from_failure_of_an_unchanged_step_sends_the_same_key(
     client, worker, task_queue, server
 ):
     step = pay(server, "/flaky?fail=1", max_retries=0)
-    plan = make_plan([step, {"id": "ok", "tool": "wait", "params": {"seconds": 0}}], on_error="continue")
+    plan = make_plan(
+        [step, {"id": "ok", "tool": "wait", "params": {"seconds": 0}}], on_error="continue"
+    )
     handle = await start(client, plan, task_queue)
     assert (await result_within(handle)).status == "partial"
     handle2, carried = await resume_from_failure(client, plan.id, by="rita", task_queue=task_queue)
@@ -132,7 +134,9 @@ async def test_an_llm_steps_tool_call_keeps_its_key_when_the_plan_is_resumed(
     server.release()
     handle2, _ = await resume_from_failure(client, plan.id, by="rita", task_queue=task_queue)
     assert (await result_within(handle2)).status == "completed"
-    expected = key_of(plan.id, step) + ":call-" + request_digest(StepKind.TOOL, "http_request", call)
+    expected = (
+        key_of(plan.id, step) + ":call-" + request_digest(StepKind.TOOL, "http_request", call)
+    )
     assert server.requests("/hold", "POST") == [expected, expected]
 
 
