@@ -20,7 +20,7 @@ from activities.steps import StepActivities
 from config import get_settings
 from contracts.planning import Usage
 from contracts.snapshots import as_output_ref
-from contracts.steps import StepOutcome, StepTask
+from contracts.steps import StepOutcome, StepTask, request_key
 from plans.models import StepKind
 from store import blobs
 from tests.helpers import activity_deps, store_engine
@@ -215,3 +215,23 @@ async def test_a_models_verdict_missing_a_criterion_counts_as_unassessed(
     )
     assert out.unassessed == ["cites a source"]
     assert isinstance(model.requests[0], LLMRequest)
+
+
+# --- the key of a request -------------------------------------------------------------
+
+
+def test_the_request_key_follows_the_request_and_nothing_else() -> None:
+    params = {"url": "http://127.0.0.1:9/pay", "method": "POST", "json": {"a": 1, "b": 2}}
+    key = request_key("plan-1", "pay", StepKind.TOOL, "http_request", params)
+    assert key.startswith("plan-1:pay:") and len(key.rsplit(":", 1)[1]) == 16
+    reordered = {"json": {"b": 2, "a": 1}, "method": "POST", "url": params["url"]}
+    assert request_key("plan-1", "pay", StepKind.TOOL, "http_request", reordered) == key
+    changed = {**params, "json": {"a": 1, "b": 3}}
+    assert request_key("plan-1", "pay", StepKind.TOOL, "http_request", changed) != key
+    assert request_key("plan-2", "pay", StepKind.TOOL, "http_request", params) != key
+    assert request_key("plan-1", "refund", StepKind.TOOL, "http_request", params) != key
+    # a secret travels as its reference: the key never depends on (or reveals) its value
+    ref = {**params, "headers": {"Authorization": "{{ secrets.PAY_TOKEN }}"}}
+    assert request_key("plan-1", "pay", "tool", "http_request", ref) == request_key(
+        "plan-1", "pay", StepKind.TOOL, "http_request", ref
+    )
