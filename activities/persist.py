@@ -11,6 +11,13 @@ workflow history.
   table and only an :class:`contracts.snapshots.OutputRef` goes back to the workflow. They
   are not activities on purpose: an activity's input and result are recorded in history,
   which is what a large output must stay out of.
+* :func:`offload_after_effect`: :func:`offload_output` for an output whose tool already
+  ran. The store write is retried on its own, with backoff, inside the activity (which
+  keeps heartbeating); if the store still refuses it, :class:`OutputNotStored` is raised
+  and the step fails *without* a retry, because retrying the activity would run the tool
+  -- and its effect, say a ``POST`` -- again. Keeping the result for a later attempt is
+  not an option: a large output cannot travel in heartbeat details or history, and a
+  worker's memory does not survive the worker.
 
 Every function here takes the store's engine (the worker's, :class:`ActivityDeps`); the
 schema is migrated on first use in the process (:func:`store.db.ensure_migrated`, safe
@@ -22,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import time
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -41,13 +50,24 @@ from store.db import ensure_migrated, session_scope
 
 __all__ = [
     "RECORD_SNAPSHOT",
+    "OutputNotStored",
     "SnapshotActivities",
     "load_output",
+    "offload_after_effect",
     "offload_output",
     "resolve_refs",
     "store_output",
     "write_snapshot",
 ]
+
+logger = logging.getLogger(__name__)
+
+# How a large output's store write is retried after its tool ran (module constants, so a
+# test can make them short): up to STORE_TRIES tries, waiting STORE_FIRST_DELAY_S, then
+# twice as long each time up to STORE_MAX_DELAY_S, and never past the activity's deadline.
+STORE_TRIES = 6
+STORE_FIRST_DELAY_S = 0.5
+STORE_MAX_DELAY_S = 8.0
 
 
 # --- snapshots ------------------------------------------------------------------------
@@ -140,6 +160,54 @@ def offload_output(
     if output is None or len(_encode(output)) <= limit:
         return output
     return store_output(plan_id, run_id, step_id, output, engine).model_dump()
+
+
+class OutputNotStored(Exception):
+    """A step's output could not be stored after its tool ran (the store kept failing)."""
+
+
+async def offload_after_effect(
+    plan_id: str,
+    run_id: str | None,
+    step_id: str,
+    output: Any,
+    limit: int,
+    engine: Engine,
+    deadline: float | None = None,
+) -> Any:
+    """:func:`offload_output`, retried on its own: the tool already ran, so only the store
+    write is tried again (up to :data:`STORE_TRIES` times with backoff, and not past
+    ``deadline``, a :func:`time.monotonic` instant). Raises :class:`OutputNotStored`
+    naming the last error when every try failed. The blob key is the output's digest, so
+    a write that did land before an error is simply found again."""
+    delay = STORE_FIRST_DELAY_S
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await asyncio.to_thread(
+                offload_output, plan_id, run_id, step_id, output, limit, engine
+            )
+        except Exception as e:  # the store is down, locked, full...: only this is retried
+            last = f"{type(e).__name__}: {e}"
+        late = deadline is not None and time.monotonic() + delay > deadline
+        if tries >= STORE_TRIES or late:
+            size = len(_encode(output))
+            raise OutputNotStored(
+                f"the output ({size} bytes) could not be stored after {tries} "
+                f"tr{'y' if tries == 1 else 'ies'}: {last}"
+            ) from None
+        logger.warning(
+            "plan %s step %s: storing the output failed (try %d of %d, next in %.1fs): %s",
+            plan_id,
+            step_id,
+            tries,
+            STORE_TRIES,
+            delay,
+            last,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STORE_MAX_DELAY_S)
 
 
 def resolve_refs(value: Any, engine: Engine) -> Any:

@@ -6,12 +6,19 @@ now), the tool runs with a heartbeat kept alive in the background, and every err
 becomes an ``ApplicationError`` whose ``non_retryable`` flag says whether Temporal's
 retry policy may try again. The attempt number travels in the error details so the
 workflow can show how many attempts a failed step took.
+
+Effects happen once per attempt at most: once the tool has run, nothing after it may make
+Temporal run the attempt again. A large output's store write is retried here on its own
+(:func:`activities.persist.offload_after_effect`) and, if the store still fails, the step
+fails without a retry (``OutputNotStored``) rather than sending, say, a ``POST`` twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from temporalio import activity
@@ -20,7 +27,7 @@ from temporalio.exceptions import ApplicationError
 from activities.deps import ActivityDeps
 from activities.llm.selector import load_selector
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
-from activities.persist import offload_output, resolve_refs
+from activities.persist import OutputNotStored, offload_after_effect, resolve_refs
 from activities.tools import ToolContext, ToolError, get_tool
 from contracts.errors import LLMError
 from contracts.models import ModelSelector
@@ -31,6 +38,7 @@ from plans.models import StepKind
 from plans.validation import params_errors
 
 HEARTBEAT_EVERY_S = 2.0
+STORE_DEADLINE_MARGIN_S = 3.0  # the store write's retries end this long before the timeout
 
 
 def _fail(message: str, kind: str, retryable: bool) -> ApplicationError:
@@ -48,6 +56,12 @@ class StepActivities:
     async def execute_step(self, task: StepTask) -> StepOutcome:
         info = activity.info()
         engine = self.deps.engine
+        timeout = info.start_to_close_timeout
+        deadline = None
+        if timeout:
+            seconds = timeout.total_seconds()
+            deadline = time.monotonic() + seconds - min(STORE_DEADLINE_MARGIN_S, seconds / 4)
+        unassessed: list[str] = []
         beat = asyncio.create_task(_keep_heartbeating())
         try:
             if _has_ref(task.params):  # an earlier step's large output, kept in the store
@@ -70,16 +84,28 @@ class StepActivities:
                 )
             if isinstance(output, LLMStepResult):
                 output = output.output
-            # a large output goes to the store; the workflow's history keeps a reference
-            output = await asyncio.to_thread(
-                offload_output,
+            if isinstance(output, Unassessed):
+                unassessed = output.criteria
+                output = output.output
+            # A large output goes to the store; the workflow's history keeps a reference.
+            # The tool has run: only the store write is retried from here on.
+            output = await offload_after_effect(
                 task.plan_id,
                 info.workflow_run_id,
                 task.step_id,
                 output,
                 self.deps.settings.store.large_output_bytes,
                 engine,
+                deadline,
             )
+        except OutputNotStored as e:
+            raise _fail(
+                f"{e}; step {task.step_id} ran ({task.tool or task.kind.value}) but is not run "
+                "again by itself, since its effect may have happened: retry_step runs it "
+                "again under the same idempotency key",
+                "OutputNotStored",
+                retryable=False,
+            ) from None
         except ToolError as e:
             raise _fail(str(e), e.kind, e.retryable) from None
         except LLMError as e:
@@ -94,7 +120,7 @@ class StepActivities:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-        return StepOutcome(output=output, attempt=info.attempt)
+        return StepOutcome(output=output, attempt=info.attempt, unassessed=unassessed)
 
 
 def _has_ref(value: Any) -> bool:
@@ -156,10 +182,24 @@ async def run_tool(task: StepTask, attempt: int, deps: ActivityDeps) -> Any:
     return await registered.fn(task.params, ctx)
 
 
+@dataclass
+class Unassessed:
+    """A validation step with ``on_unassessed: ask`` whose judge criteria no model
+    assessed: its output, and the criteria a person must pass."""
+
+    output: dict[str, Any]
+    criteria: list[str]
+
+
 async def _run_validation(task: StepTask, deps: ActivityDeps) -> Any:
-    """Every declared check, then the LLM judge's criteria; all failures are named."""
+    """Every declared check, then the LLM judge's criteria; all failures are named.
+
+    A criterion no model assessed never passes: it fails the step (non-retryable, named
+    with "no model assessed it"), or, with ``on_unassessed: ask`` and nothing else
+    failed, the step waits for a person (:class:`Unassessed`)."""
     results, failed = _run_checks(task)
     out: dict[str, Any] = {"passed": True, "checks": results}
+    unassessed: list[str] = []
     spec = task.params.get("judge")
     if spec:
         verdicts, usage = await judge(spec, task.context, deps.chat_model, await _selector(deps))
@@ -167,14 +207,29 @@ async def _run_validation(task: StepTask, deps: ActivityDeps) -> Any:
         failed += [
             f"judge: {v['criterion']}" + (f" ({v['reason']})" if v["reason"] else "")
             for v in verdicts
-            if not v["passed"]
+            if not v["passed"] and v.get("assessed", True)
         ]
+        unassessed = [v["criterion"] for v in verdicts if not v.get("assessed", True)]
+    ask = task.params.get("on_unassessed") == "ask"
+    hint = ""
+    if unassessed and (failed or not ask):
+        failed += [f"judge: {c} (no model assessed it)" for c in unassessed]
+        if not ask:
+            hint = (
+                " -- an unassessed criterion never passes: give the worker a model "
+                "(ANTHROPIC_API_KEY), quote the terms the subject must contain ('like "
+                "this') for the offline judge, or set on_unassessed: ask to let a person decide"
+            )
     if failed:
         raise ToolError(
-            f"{len(failed)} check(s) failed: " + "; ".join(failed),
+            f"{len(failed)} check(s) failed: " + "; ".join(failed) + hint,
             retryable=False,
             kind="ValidationFailed",
         )
+    if unassessed:
+        out["passed"] = False
+        out["unassessed"] = unassessed
+        return Unassessed(out, unassessed)
     return out
 
 

@@ -66,6 +66,10 @@ def _expire_step_approval(run: PlanRun, sid: str, now: datetime) -> str:
         action = "reject"
         gate = "the approval policy gates" if s.policy_gate else "a change after approval gates"
         what += f" (not applied: {gate} this step, so it is rejected)"
+    elif action == "approve" and s.judge_gate:
+        # An unjudged validation never passes without a person.
+        action = "reject"
+        what += " (not applied: no model assessed this step's judge criteria, so it is rejected)"
     s.timed_out = what
     if action == "approve":
         s.gate_approved_by = "system:timeout"

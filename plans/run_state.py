@@ -88,6 +88,11 @@ class StepRun(_Compact):
     change_diff: dict[str, Any] | None = None
     # the step version a person's approve_step saw (an approval is bound to what it saw)
     gate_approved_version: int | None = None
+    # a validation step with on_unassessed: ask whose judge criteria no model assessed:
+    # why it waits for a person (approve_step passes it with the output it had, reject_step
+    # skips it), and the step version that output belongs to (a correction re-runs it)
+    judge_gate: str | None = None
+    judge_gate_version: int = 0
     # an llm step's tool calls, each a child activity: {n, tool, params, status, ...}
     calls: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -200,8 +205,10 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
     """A fresh run; ``carried`` holds the steps of an earlier run (resume from failure).
 
     Completed steps are kept as they are and never run again. Every other step starts
-    over as a new version of itself, so its idempotency key differs from the failed
-    run's: a server that cached the failed request does not answer the retry with it.
+    over as a new version of itself (approvals bound to the old run lapse). Its
+    idempotency key does not follow the version: it is derived from the plan id and the
+    step's request (:func:`contracts.steps.request_key`), so an unchanged step sends the
+    key of its earlier attempts again and a server that saw it does not repeat the effect.
     """
     run = PlanRun(plan=plan, created_at=now)
     run.versions.append(

@@ -126,6 +126,9 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
                 continue
             if s.status != StepStatus.PENDING:
                 continue
+            if s.judge_gate is not None and _pass_judge_gate(run, step.id, now):
+                changed = True
+                continue
             state, dep = _dependency_state(run, step)
             if state == "wait":
                 continue
@@ -244,6 +247,51 @@ def record_success(run: PlanRun, sid: str, output: Any, attempts: int, now: date
             "info",
             sid,
         )
+
+
+def record_unassessed(
+    run: PlanRun, sid: str, output: Any, criteria: list[str], attempts: int, now: datetime
+) -> None:
+    """A validation step (``on_unassessed: ask``) whose judge criteria no model assessed:
+    it is not done; it waits for a person like a step gate. ``approve_step`` passes it
+    (with ``output``), ``reject_step`` skips it, a correction makes it run again."""
+    s = run.steps[sid]
+    s.status = StepStatus.WAITING_APPROVAL
+    s.waiting_since = now
+    s.output = output
+    s.attempts = attempts
+    s.error = None
+    s.gate_approved_by = None  # an approval given before it ran does not pass the judgement
+    s.judge_gate = "no model assessed judge criteria " + ", ".join(repr(c) for c in criteria)
+    s.judge_gate_version = s.version
+    log(
+        run,
+        now,
+        f"step {sid} waits for a person to pass it: {s.judge_gate} (on_unassessed: ask)",
+        "warning",
+        sid,
+    )
+
+
+def _pass_judge_gate(run: PlanRun, sid: str, now: datetime) -> bool:
+    """A pending step that waited on its judge: completed when a person approved it for the
+    version it judged (True); otherwise (retried after a reject, corrected) the stale
+    judgement is dropped and the step runs again (False)."""
+    s = run.steps[sid]
+    if s.gate_approved_by is not None and s.judge_gate_version == s.version:
+        by = s.gate_approved_by
+        s.output = (
+            {**s.output, "passed": True, "passed_by": by}
+            if isinstance(s.output, dict)
+            else s.output
+        )
+        s.status = StepStatus.COMPLETED
+        s.completed_at = now
+        log(run, now, f"step {sid} passed by {by}: {s.judge_gate}", "info", sid)
+        s.judge_gate = None
+        return True
+    s.judge_gate, s.judge_gate_version, s.output = None, 0, None
+    return False
 
 
 def _branch_not_taken(run: PlanRun, sid: str) -> str | None:

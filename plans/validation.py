@@ -257,6 +257,12 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
                 "a validation step needs 'checks': a non-empty list of {name?, expr} "
                 "(or a 'judge' with criteria)",
             )
+        if "on_unassessed" in step.params and not step.params.get("judge"):
+            add(
+                f"{where}.params.on_unassessed",
+                "on_unassessed says what happens to judge criteria no model assessed; "
+                "this step has no 'judge'",
+            )
     elif step.kind == StepKind.LLM:
         tools = step.params.get("tools")
         for j, name in enumerate(tools if isinstance(tools, list) else []):
@@ -355,6 +361,7 @@ KIND_PARAMS: dict[StepKind, dict[str, Any]] = {
                 },
                 "required": ["criteria", "subject"],
             },
+            "on_unassessed": {"enum": ["fail", "ask"]},
         },
     },
 }
@@ -366,6 +373,8 @@ KIND_MESSAGES: dict[tuple[StepKind, str], str] = {
     (StepKind.DECISION, ".question"): "a decision step needs a 'question' string",
     (StepKind.LLM, ""): "an llm step needs a 'prompt' string",
     (StepKind.LLM, ".prompt"): "an llm step needs a 'prompt' string",
+    (StepKind.VALIDATION, ".on_unassessed"): "on_unassessed is 'fail' (the default: a judge "
+    "criterion no model assessed fails the step) or 'ask' (a person passes or rejects it)",
 }
 
 

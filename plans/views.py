@@ -154,7 +154,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
             )
         elif s.status == StepStatus.WAITING_APPROVAL:
             question = step.description or None
-            for gate in (s.change_gate, s.policy_gate):
+            for gate in (s.change_gate, s.policy_gate, s.judge_gate):
                 if gate:
                     question = f"{question}: {gate}" if question else gate
             ranked.append(

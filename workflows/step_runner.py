@@ -10,6 +10,7 @@ through ``changed``, so the workflow's loop wakes up and schedules what became r
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -32,12 +33,16 @@ from workflows.step_policy import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
+    from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask, request_digest, request_key
     from plans import run_state, scheduler
     from plans.expressions import render
     from plans.models import StepKind, ToolSpec
     from plans.run_state import PlanRun
     from plans.validation import params_errors
+
+# Idempotency keys derived from the step's request (plan id, step id, a digest of kind,
+# tool and rendered params) instead of its version; runs recorded before keep theirs.
+REQUEST_KEY_PATCH = "request-idempotency-key"
 
 
 class StepRunner:
@@ -59,6 +64,15 @@ class StepRunner:
         self._handles: dict[str, workflow.ActivityHandle[StepOutcome]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()  # steps a cancel or a timeout reached
+        self._request_keys: bool | None = None  # idempotency keys from the request (patch)
+        self._call_keys: dict[str, Counter[str]] = {}  # an llm step's calls, by request
+
+    def _keys_from_requests(self) -> bool:
+        """Whether idempotency keys come from the request (every run since the patch);
+        asked once, at the first step, so one run never mixes the two kinds of key."""
+        if self._request_keys is None:
+            self._request_keys = workflow.patched(REQUEST_KEY_PATCH)
+        return self._request_keys
 
     @property
     def running(self) -> bool:
@@ -73,6 +87,7 @@ class StepRunner:
     def start(self, sid: str) -> None:
         """Run step ``sid`` in a task of its own (its dependencies are done)."""
         self._cancelled.discard(sid)
+        self._call_keys.pop(sid, None)
         self._tasks[sid] = asyncio.create_task(self._run_step(sid))
 
     def cancel_running(self, why: str) -> None:
@@ -92,13 +107,17 @@ class StepRunner:
         try:
             ctx = scheduler.context(run, sid)
             params = render(step.params, ctx)
+            if self._keys_from_requests():
+                key = request_key(run.plan.id or "", sid, step.kind, step.tool, params)
+            else:  # runs recorded before the patch keyed on the step's version
+                key = f"{run.plan.id}:{sid}:v{state.version}"
             task = StepTask(
                 plan_id=run.plan.id or "",
                 step_id=sid,
                 kind=step.kind,
                 tool=step.tool,
                 params=params,
-                idempotency_key=f"{run.plan.id}:{sid}:v{state.version}",
+                idempotency_key=key,
                 step_version=state.version,
                 context=self._step_context(sid, ctx),
             )
@@ -145,7 +164,12 @@ class StepRunner:
             self._audit_sandbox(
                 sid, spec, output.get("sandbox") if isinstance(output, dict) else None
             )
-            scheduler.record_success(run, sid, outcome.output, used, workflow.now())
+            if outcome.unassessed:  # on_unassessed: ask -- a person passes the judgement
+                scheduler.record_unassessed(
+                    run, sid, outcome.output, outcome.unassessed, used, workflow.now()
+                )
+            else:
+                scheduler.record_success(run, sid, outcome.output, used, workflow.now())
         except (asyncio.CancelledError, StepCancelled):
             scheduler.record_cancelled(run, sid, workflow.now(), run.stopping or "cancelled")
         except Exception as e:  # a bug must fail the step, never leave it running
@@ -320,14 +344,24 @@ class StepRunner:
     ) -> dict[str, Any]:
         run = self._run
         policy, _, attempts = retry_policy(run.plan.step(sid), spec, run.plan.options)
+        if self._keys_from_requests():
+            # The call's own request decides its key: the same call asked again (the step
+            # retried or resumed, its model asking the same) reuses it; the k-th identical
+            # call within one run of the step gets a key of its own.
+            digest = request_digest(StepKind.TOOL, spec.name, params)
+            seen = self._call_keys.setdefault(sid, Counter())
+            seen[digest] += 1
+            same = seen[digest]
+            key = f"{task.idempotency_key}:call-{digest}" + (f"-{same}" if same > 1 else "")
+        else:
+            key = f"{task.idempotency_key}:r{run.steps[sid].runs}:call{n}"
         child = StepTask(
             plan_id=task.plan_id,
             step_id=sid,
             kind=StepKind.TOOL,
             tool=spec.name,
             params=params,
-            # a retried step's model may ask other things: its calls get keys of their own
-            idempotency_key=f"{task.idempotency_key}:r{run.steps[sid].runs}:call{n}",
+            idempotency_key=key,
             step_version=task.step_version,
         )
         handle = self._start_activity(

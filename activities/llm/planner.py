@@ -88,9 +88,10 @@ that only make sense for one choice depend on the decision step and are guarded 
 when: "steps.<decision id>.output.choice == 'A'", or are listed under that label in \
 branches; a step of a branch not taken is skipped.
 - validation: params: {checks: [{name, expr, message?}], judge?: {criteria: [...], \
-subject}}. Every expr must be true (an expression over earlier outputs); judge asks a \
-model whether subject (usually a template such as "{{ steps.draft.output.text }}") \
-meets each criterion. A failed check fails the step.
+subject}, on_unassessed?: "fail"|"ask"}. Every expr must be true (an expression over \
+earlier outputs); judge asks a model whether subject (usually a template such as \
+"{{ steps.draft.output.text }}") meets each criterion. A failed check fails the step; \
+so does a criterion no model assessed, unless on_unassessed is "ask" (a person decides).
 - approval: a gate where a person approves before dependents run; params: {}.
 
 # Templates and expressions

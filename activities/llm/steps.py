@@ -45,8 +45,10 @@ DECISION_SYSTEM = (
 JUDGE_SYSTEM = (
     "You check the output of a plan step against criteria. For every criterion, say with "
     f"the {VERDICT} tool whether the subject meets it, with a short reason. Be strict: "
-    "a criterion the subject does not clearly meet fails."
+    "a criterion the subject does not clearly meet fails. When you cannot judge a "
+    "criterion at all, say so with assessed: false."
 )
+NOT_ASSESSED = "no model assessed this criterion"
 
 
 @dataclass
@@ -350,6 +352,11 @@ def judge_tool(criteria: list[str]) -> ToolDef:
                             "criterion": {"type": "string", "enum": criteria},
                             "passed": {"type": "boolean"},
                             "reason": {"type": "string"},
+                            "assessed": {
+                                "type": "boolean",
+                                "description": "false when you could not judge this "
+                                "criterion (it then fails); true by default",
+                            },
                         },
                         "required": ["criterion", "passed", "reason"],
                     },
@@ -369,7 +376,11 @@ def judge_prompt(criteria: list[str], subject: Any) -> str:
 async def judge(
     spec: dict[str, Any], context: dict[str, Any], model: ChatModel, selector: ModelSelector
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """An LLM judge: one verdict per criterion, ``[{criterion, passed, reason}]``."""
+    """An LLM judge: one verdict per criterion, ``[{criterion, passed, assessed, reason}]``.
+
+    A criterion the model gave no verdict for, or said it could not judge
+    (``assessed: false``), is unassessed: ``assessed`` false and ``passed`` false. It is
+    never passed here; the validation step fails it or asks a person (``on_unassessed``)."""
     criteria = [str(c) for c in spec["criteria"]]
     name, limit = pick_model(spec, selector, "reasoning")
     tool = judge_tool(criteria)
@@ -396,15 +407,27 @@ async def judge(
     verdicts = []
     for c in criteria:
         v = given.get(c)
-        if v is None:
+        if v is None or v.get("assessed") is False:
+            why = "the judge gave no verdict" if v is None else str(v.get("reason", ""))
+            if resp.offline:
+                why += (
+                    " (the offline model, used without an API key, checks only criteria "
+                    "with quoted terms, 'like this')"
+                )
             verdicts.append(
-                {"criterion": c, "passed": False, "reason": "the judge gave no verdict"}
+                {
+                    "criterion": c,
+                    "passed": False,
+                    "assessed": False,
+                    "reason": f"{NOT_ASSESSED}: {why}" if why else NOT_ASSESSED,
+                }
             )
         else:
             verdicts.append(
                 {
                     "criterion": c,
                     "passed": v.get("passed") is True,
+                    "assessed": True,
                     "reason": str(v.get("reason", "")),
                 }
             )

@@ -307,11 +307,15 @@ async def test_verdicts_check_quoted_terms_in_the_subject():
     jsonschema.validate(call.input, tool.input_schema)
     verdicts = {v["criterion"]: v for v in call.input["verdicts"]}
     assert verdicts[criteria[0]]["passed"] is True
-    assert verdicts[criteria[1]] == {
+    assert verdicts[criteria[1]] == {  # nothing to look for: not judged, never passed
         "criterion": criteria[1],
-        "passed": True,
-        "reason": "[offline] not assessed by a model",
+        "passed": False,
+        "assessed": False,
+        "reason": "[offline] not assessed: no quoted terms to look for",
     }
+    assert verdicts[criteria[0]].get("assessed", True) and verdicts[criteria[2]].get(
+        "assessed", True
+    )
     assert verdicts[criteria[2]]["passed"] is False
     assert "rollback plan" in verdicts[criteria[2]]["reason"]
     assert all(v["reason"].startswith("[offline]") for v in verdicts.values())

@@ -1,5 +1,6 @@
 """A worker killed with SIGKILL mid-plan: a new worker finishes the plan and no completed
-step runs twice (counted by a local HTTP server that sees every request)."""
+step runs twice (counted by a local HTTP server that sees every request); a ``POST`` cut
+off by the kill and sent again on resume-from-failure carries the same idempotency key."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from contracts.steps import request_key
 from plans.models import Plan
 from tests.helpers import start, status, wait_for
+from tests.key_server import KeyServer
+from workflows.starter import resume_from_failure
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -116,8 +120,68 @@ async def test_sigkill_worker_mid_plan_then_new_worker_finishes_without_repeats(
         assert res.status == "completed"
         assert server.paths["/first"] == 1, "a completed step ran again after the crash"
         assert server.paths["/last"] == 1
-        assert server.keys[f"{plan.id}:first:v1"] == 1
+        first = plan.step("first")
+        assert (
+            server.keys[request_key(plan.id or "", "first", first.kind, first.tool, first.params)]
+            == 1
+        )
         long = next(s for s in st.steps if s.id == "long")
         assert long.attempts == 2, (
             "the interrupted step runs again after its heartbeat timeout, though it has no retries of its own"
         )
+
+
+async def test_sigkill_after_a_post_reached_the_server_then_resume_sends_one_key(env, task_queue):
+    """The worker dies right after the POST reached the server; the step (not idempotent,
+    so never re-run by itself) fails, the plan fails, a person resumes it unchanged: the
+    server sees the POST again under the key it already knows, so it can answer it
+    without a second effect."""
+    with KeyServer() as server:
+        plan = Plan.model_validate(
+            {
+                "id": f"post-crash-{uuid.uuid4().hex[:8]}",
+                "options": {"require_approval": False},
+                "steps": [
+                    {
+                        "id": "charge",
+                        "tool": "http_request",
+                        "idempotent": False,
+                        "params": {
+                            "url": server.url("/hold"),
+                            "method": "POST",
+                            "json": {"amount": 42},
+                        },
+                    },
+                ],
+            }
+        )
+        worker = spawn_worker(env, task_queue)
+        try:
+            handle = await start(env.client, plan, task_queue, heartbeat_timeout_s=2)
+            assert await asyncio.to_thread(server.arrived.wait, 30), "the POST never arrived"
+            os.killpg(worker.pid, signal.SIGKILL)  # the request reached the server
+            worker.wait()
+            server.release()
+            worker = spawn_worker(env, task_queue)
+            first = await asyncio.wait_for(handle.result(), timeout=60)
+            assert first.status == "failed"
+            assert "not idempotent" in (first.final_steps["charge"].error or "")
+            handle2, carried = await resume_from_failure(
+                env.client, plan.id or "", by="rita", task_queue=task_queue
+            )
+            assert carried == 0
+            second = await asyncio.wait_for(handle2.result(), timeout=60)
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGINT)
+                try:
+                    worker.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait()
+        assert second.status == "completed"
+        keys = server.requests("/hold", "POST")
+        assert len(keys) == 2, keys  # sent once per run...
+        assert len(set(keys)) == 1, keys  # ...under one idempotency key
+        step = plan.step("charge")
+        assert keys[0] == request_key(plan.id or "", "charge", step.kind, step.tool, step.params)

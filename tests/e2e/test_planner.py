@@ -34,7 +34,7 @@ from store.db import session_scope
 from tests.activities.test_planner import CYCLE_AND_UNKNOWN_TOOL, Scripted, answer
 from tests.api.test_plans_routes import make_app, wait_status
 from tests.e2e.test_cli import cli_env, plansmith
-from tests.helpers import StartWorker, make_plan, start, store_engine, worker_with
+from tests.helpers import StartWorker, make_plan, start, store_engine, wait_for, worker_with
 from workflows.errors import PlannerUnavailable
 from workflows.planner_workflow import run_planner
 from workflows.starter import start_plan
@@ -146,11 +146,16 @@ async def test_offline_answers_decisions_structured_output_and_the_judge(
                         "criteria": ["mentions '2.4'", "is friendly"],
                         "subject": "{{ steps.notes.output }}",
                     },
+                    # "is friendly" has no quoted term: the offline judge cannot assess
+                    # it, so a person passes it (it never passes by itself)
+                    "on_unassessed": "ask",
                 },
             },
         ]
     )
     handle = await start(client, plan, task_queue, tools=catalog())
+    await wait_for(handle, lambda s: s.status == "waiting_approval", timeout=60)
+    await handle.execute_update("approve_step", {"by": "ed", "step_id": "review"})
     run = await asyncio.wait_for(handle.result(), 60)
     assert run.status == PlanStatus.COMPLETED, run.outcome
     steps = run.final_steps
@@ -159,8 +164,10 @@ async def test_offline_answers_decisions_structured_output_and_the_judge(
     assert steps["quiet"].status == StepStatus.SKIPPED
     assert steps["announce"].output["json"] == {"headline": "[offline]"}
     verdicts = steps["review"].output["judge"]["verdicts"]
-    assert [v["passed"] for v in verdicts] == [True, True]
-    assert verdicts[1]["reason"] == "[offline] not assessed by a model"
+    assert [(v["passed"], v["assessed"]) for v in verdicts] == [(True, True), (False, False)]
+    assert verdicts[1]["reason"].startswith("no model assessed this criterion")
+    assert steps["review"].output["passed"] is True
+    assert steps["review"].output["passed_by"] == "ed"
 
 
 async def test_a_plan_that_stays_invalid_fails_once_with_the_problems(

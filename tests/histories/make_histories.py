@@ -303,7 +303,10 @@ async def llm_steps(client: Client, tq: str) -> Handle:
                 "depends_on": ["ship", "hold"],
                 "params": {
                     "checks": [{"expr": "steps.route.output.choice == 'ship'"}],
-                    "judge": {"criteria": ["it was shipped"], "subject": "{{ steps.ship.output }}"},
+                    "judge": {
+                        "criteria": ["it names 'hist-ship'"],
+                        "subject": "{{ steps.ship.output }}",
+                    },
                 },
             },
         ],
@@ -529,6 +532,67 @@ async def gate_timeout(client: Client, tq: str) -> Handle:
     """A step gate nobody answers: rejected by its durable timer."""
     plan = plan_of("gate_timeout", gated("gate-timeout"), step_approval_timeout_s=0.5)
     return await start(client, plan, tq)
+
+
+@scenario("resumed_same_key", expect="completed")
+async def resumed_same_key(client: Client, tq: str) -> Handle:
+    """Like resumed_from_failure, recorded since idempotency keys follow the request
+    (the ``request-idempotency-key`` patch): the resumed step sends its old key."""
+    key = f"same-key-flaky-{uuid.uuid4().hex[:8]}"
+    plan = plan_of(
+        "resumed_same_key",
+        [
+            count_step("first", "same-key-first"),
+            {
+                "id": "flaky",
+                "tool": "flaky",
+                "params": {"key": key, "failures": 1},
+                "depends_on": ["first"],
+            },
+        ],
+    )
+    handle = await start(client, plan, tq)
+    if (await handle.result()).status.value != "failed":
+        raise AssertionError("the first run should fail on the flaky step")
+    new, _ = await resume_from_failure(client, plan.id or "", "ops", tq)
+    return new
+
+
+@scenario("judge_gate_approved", expect="completed")
+async def judge_gate_approved(client: Client, tq: str) -> Handle:
+    """An llm step calls a tool (a child activity under a request key), then a validation
+    step's judge criterion the offline model cannot assess waits for a person
+    (on_unassessed: ask), who passes it."""
+    plan = plan_of(
+        "judge_gate_approved",
+        [
+            {
+                "id": "agent",
+                "kind": "llm",
+                "params": {
+                    "prompt": 'Count it: use count with {"key": "hist-judge-agent"}',
+                    "tools": ["count"],
+                },
+            },
+            {
+                "id": "review",
+                "kind": "validation",
+                "depends_on": ["agent"],
+                "params": {
+                    "judge": {
+                        "criteria": ["mentions 'offline'", "is tidy"],
+                        "subject": "{{ steps.agent.output }}",
+                    },
+                    "on_unassessed": "ask",
+                },
+            },
+            count_step("after", "hist-judge-after", ["review"]),
+        ],
+    )
+    handle = await start(client, plan, tq)
+    await wait_for(handle, step_is("review", "waiting_approval"))
+    await handle.execute_update("approve_step", {"by": "ann", "step_id": "review"})
+    return handle
 
 
 # --- driver ------------------------------------------------------------------------------

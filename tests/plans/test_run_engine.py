@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from plans.approval_gate import needs_approval
+from plans.deadlines import expire_waits
 from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
 from plans.run_state import PlanRun, Refused, SkipReason, StepRun, derive_status, new_run
 from plans.scheduler import (
@@ -18,6 +19,7 @@ from plans.scheduler import (
     record_cancelled,
     record_failure,
     record_success,
+    record_unassessed,
     running_steps,
     stop,
 )
@@ -973,3 +975,64 @@ def test_cancel_ends_a_plan_with_a_step_waiting_at_its_gate() -> None:
     assert d.status("b") == StepStatus.CANCELLED
     assert is_finished(d.run)
     assert finish(d.run, d.clock.tick()) == PlanStatus.CANCELLED
+
+
+# --- a validation step whose judge criteria no model assessed (on_unassessed: ask) ------
+
+
+def judged(d: Driver) -> None:
+    """``v`` ran; its judge left 'is tidy' unassessed: it waits for a person."""
+    assert d.advance() == ["v"]
+    out = {"passed": False, "unassessed": ["is tidy"]}
+    record_unassessed(d.run, "v", out, ["is tidy"], 1, d.clock.tick())
+
+
+def judge_driver(**options: Any) -> Driver:
+    return Driver([S("v", requires_approval=False), S("after", "v")], **options)
+
+
+def test_an_unassessed_judgement_waits_and_approve_step_passes_it() -> None:
+    d = judge_driver()
+    judged(d)
+    assert d.status("v") == StepStatus.WAITING_APPROVAL
+    assert derive_status(d.run) == PlanStatus.WAITING_APPROVAL
+    (wait,) = waits(d.run)
+    assert wait.kind == "step_approval" and "no model assessed judge criteria 'is tidy'" in (
+        wait.question or ""
+    )
+    assert d.advance() == []  # nothing runs after it meanwhile
+    d.control("approve_step", step_id="v", by="judy")
+    assert d.advance() == ["after"]  # passed, not run again
+    s = d.run.steps["v"]
+    assert s.status == StepStatus.COMPLETED and s.runs == 1
+    assert s.output == {"passed": True, "passed_by": "judy", "unassessed": ["is tidy"]}
+    d.ok("after")
+    assert d.drain() == PlanStatus.COMPLETED
+
+
+def test_an_unassessed_judgement_rejected_is_skipped_and_a_retry_judges_again() -> None:
+    d = judge_driver(on_error="continue")
+    judged(d)
+    d.control("reject_step", step_id="v", reason="not tidy")
+    d.advance()
+    assert d.statuses() == {"v": "skipped", "after": "skipped"}
+    d.control("retry_step", step_id="v")
+    assert d.advance() == ["v"]  # the stale judgement is dropped: the judge runs again
+    assert d.run.steps["v"].judge_gate is None and d.run.steps["v"].runs == 2
+
+
+def test_a_corrected_unassessed_step_runs_again_once_approved() -> None:
+    d = judge_driver()
+    judged(d)
+    d.control("apply_correction", step_id="v", correction={"updated_step": {"params": {"n": 2}}})
+    d.control("approve_step", step_id="v")
+    assert d.advance() == ["v"]  # the approval is not a pass of a judgement on other params
+
+
+def test_a_step_approval_timeout_never_passes_an_unassessed_judgement() -> None:
+    d = judge_driver(step_approval_timeout_s=5, on_step_approval_timeout="approve")
+    judged(d)
+    expire_waits(d.run, d.clock.tick(10))
+    s = d.run.steps["v"]
+    assert s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.REJECTED
+    assert "no model assessed" in (s.timed_out or "")

@@ -632,3 +632,29 @@ def test_parse_plan_reports_every_shape_problem_at_once() -> None:
             {"steps": [{"id": "a", "x": 1}, {"id": "b", "y": 2}, {"id": "c", "max_retries": -1}]}
         )
     assert set(located(e.value.problems)) == {"steps[0].x", "steps[1].y", "steps[2].max_retries"}
+
+
+def judge_step(**params: Any) -> dict[str, Any]:
+    return {
+        "id": "v",
+        "kind": "validation",
+        "params": {"judge": {"criteria": ["is tidy"], "subject": "x"}, **params},
+    }
+
+
+@pytest.mark.parametrize("value", ["ask", "fail"])
+def test_on_unassessed_is_a_validation_param(value: str) -> None:
+    assert problems_of(doc(judge_step(on_unassessed=value))) == []
+
+
+def test_a_bad_on_unassessed_says_what_it_may_be_and_where() -> None:
+    p = only(problems_of(doc(judge_step(on_unassessed="pass"))))
+    assert p.location == "steps[0].params.on_unassessed"
+    assert "'fail'" in p.message and "'ask'" in p.message
+
+
+def test_on_unassessed_without_a_judge_is_located() -> None:
+    v = {"id": "v", "kind": "validation", "params": {"checks": [{"expr": "true"}]}}
+    v["params"]["on_unassessed"] = "ask"
+    p = only(problems_of(doc(v)))
+    assert p.location == "steps[0].params.on_unassessed" and "no 'judge'" in p.message

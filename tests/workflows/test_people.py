@@ -20,7 +20,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.tools import ToolContext, ToolError, tool
+from contracts.steps import request_key
 from plans.controls import ControlResult
+from plans.models import StepKind
 from plans.run_state import AuditEntry, LogEntry, PlanRun
 from plans.views import ExecutionState, LogsQuery, PlanView, StatusView, StepView
 from tests.helpers import make_plan, start, status, wait_for
@@ -714,7 +716,7 @@ async def test_on_error_ask_cancel_ends_cancelled(client, worker, task_queue):
     assert res.status == "cancelled" and "give up" in (res.outcome or "")
 
 
-async def test_idempotency_key_is_stable_across_retries_and_bumped_by_a_correction(
+async def test_idempotency_key_is_stable_across_retries_and_changed_by_a_correction(
     client, worker, task_queue
 ):
     k = key()
@@ -730,11 +732,12 @@ async def test_idempotency_key_is_stable_across_retries_and_bumped_by_a_correcti
         ],
         on_error="ask",
     )
+    first = request_key(plan.id or "", "p", StepKind.TOOL, "people_probe", plan.steps[0].params)
     handle = await start(client, plan, task_queue)
     await wait_for(handle, lambda s: s.status == "waiting_correction")
     assert [(p["idempotency_key"], p["attempt"]) for p in PROBES[k]] == [
-        (f"{plan.id}:p:v1", 1),
-        (f"{plan.id}:p:v1", 2),
+        (first, 1),
+        (first, 2),
     ]
     await update(
         handle,
@@ -748,7 +751,11 @@ async def test_idempotency_key_is_stable_across_retries_and_bumped_by_a_correcti
     )
     await update(handle, "retry_step", {"by": "rae", "step_id": "p"})
     assert (await result_within(handle)).status == "completed"
-    assert PROBES[k][-1]["idempotency_key"] == f"{plan.id}:p:v2"
+    corrected = {"key": k, "fail_times": 0}
+    assert PROBES[k][-1]["idempotency_key"] == request_key(
+        plan.id or "", "p", StepKind.TOOL, "people_probe", corrected
+    )
+    assert PROBES[k][-1]["idempotency_key"] != first  # the request changed: a new key
     assert len(PROBES[k]) == 3
 
 
@@ -862,7 +869,7 @@ async def test_resume_from_failure_of_a_partial_plan(client, worker, task_queue)
     assert CALLS[f"{k}-ok"] == 1 and CALLS[f"{k}-f"] == 2
 
 
-async def test_resume_from_failure_runs_re_run_steps_under_a_new_idempotency_key(
+async def test_resume_from_failure_runs_an_unchanged_step_under_the_same_idempotency_key(
     client, worker, task_queue
 ):
     k = key()
@@ -879,8 +886,9 @@ async def test_resume_from_failure_runs_re_run_steps_under_a_new_idempotency_key
     assert carried == 1
     assert (await result_within(handle2)).status == "completed"
     keys = [p["idempotency_key"] for p in PROBES[k]]
-    assert len(keys) == 2 and keys[0] != keys[1]  # a cached failure is not replayed
-    assert keys[0] == f"{plan.id}:p:v1"
+    # the same logical request: a server that saw it once does not repeat its effect
+    params = {"key": k, "fail_times": 1}
+    assert keys == [request_key(plan.id or "", "p", StepKind.TOOL, "people_probe", params)] * 2
     assert CALLS[f"{k}-a"] == 1
 
 

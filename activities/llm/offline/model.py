@@ -13,8 +13,9 @@ always gets the same answer, and every answer says it was produced offline
 - forced ``choose_option`` (a decision): the option sharing the most words with the rest
   of the request (the first one on a tie).
 - forced ``record_verdict`` (an LLM judge): a criterion passes when every quoted term in
-  it (``'x'`` or ``"x"``) appears in the subject; one without quoted terms passes with the
-  reason ``[offline] not assessed by a model``.
+  it (``'x'`` or ``"x"``) appears in the subject; one without quoted terms is not judged
+  at all (``assessed: false``, ``passed: false``): no model assessed it, so the
+  validation step fails it or asks a person, never passes it.
 - any other forced tool (``respond`` of an llm step's ``output_schema``…): the smallest
   value valid against the tool's input schema
   (:mod:`activities.llm.offline.schema_instance`).
@@ -225,7 +226,8 @@ def _subject(request: LLMRequest, criteria: list[str]) -> str:
 
 
 def record_verdict(request: LLMRequest, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """One verdict per criterion: passed when every quoted term is in the subject."""
+    """One verdict per criterion: passed when every quoted term is in the subject; a
+    criterion without quoted terms is not assessed (``assessed: false``)."""
     item = _prop(schema, "verdicts").get("items") or {}
     criteria = [str(c) for c in (_prop(item, "criterion").get("enum") or [])]
     subject = _subject(request, criteria).casefold()
@@ -233,18 +235,23 @@ def record_verdict(request: LLMRequest, schema: Mapping[str, Any]) -> dict[str, 
     for c in criteria:
         terms = _quoted_terms(c)
         if not terms:
-            passed, reason = True, f"{OFFLINE} not assessed by a model"
+            verdicts.append(
+                {
+                    "criterion": c,
+                    "passed": False,
+                    "assessed": False,
+                    "reason": f"{OFFLINE} not assessed: no quoted terms to look for",
+                }
+            )
+            continue
+        missing = [t for t in terms if t.casefold() not in subject]
+        passed = not missing
+        if passed:
+            reason = f"{OFFLINE} every quoted term appears in the subject: " + ", ".join(
+                repr(t) for t in terms
+            )
         else:
-            missing = [t for t in terms if t.casefold() not in subject]
-            passed = not missing
-            if passed:
-                reason = f"{OFFLINE} every quoted term appears in the subject: " + ", ".join(
-                    repr(t) for t in terms
-                )
-            else:
-                reason = f"{OFFLINE} missing from the subject: " + ", ".join(
-                    repr(t) for t in missing
-                )
+            reason = f"{OFFLINE} missing from the subject: " + ", ".join(repr(t) for t in missing)
         verdicts.append({"criterion": c, "passed": passed, "reason": reason})
     out = minimal_instance(schema)
     out["verdicts"] = verdicts
