@@ -12,20 +12,23 @@ run), so the routes stop treating it as a draft at once. The routes only use the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.errors import conflict
+from api.errors import conflict, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import PlanRun, new_run
 from store.db import ensure_migrated, session_scope
 from store.drafts import save_plan
 from store.models import PlanRecord, PlanVersionRecord
+
+T = TypeVar("T")
 
 # last_run_id of a draft that was executed but whose run has not written a snapshot yet.
 EXECUTED = ""
@@ -116,16 +119,25 @@ class StoreDrafts:
             )
 
     async def add(self, draft: Draft) -> tuple[Draft, bool]:
-        return await asyncio.to_thread(self._add, draft)
+        return await _in_thread(self._add, draft)
 
     async def get(self, plan_id: str) -> Draft | None:
-        return await asyncio.to_thread(self._get, plan_id)
+        return await _in_thread(self._get, plan_id)
 
     async def list(self) -> list[Draft]:
-        return await asyncio.to_thread(self._list)
+        return await _in_thread(self._list)
 
     async def remove(self, plan_id: str) -> None:
-        await asyncio.to_thread(self._remove, plan_id)
+        await _in_thread(self._remove, plan_id)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread; a database that cannot be used is a 503 that names
+    only the error's type (its message may carry the database's address)."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except sa.exc.SQLAlchemyError as e:
+        raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
 
 
 async def draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:

@@ -34,6 +34,7 @@ from schemathesis.checks import (
 from temporalio.testing import WorkflowEnvironment
 
 from plans.models import ID_RE
+from tests.api.serving import BASE_URL, JSON
 from tests.api.test_plans_routes import make_app, plan_doc, wait_step
 
 POSITIVE_EXAMPLES = 15
@@ -42,7 +43,7 @@ NOT_LIVE = ("/api/plans/{plan_id}/events",)  # a live plan's stream only ends wi
 
 
 def _httpx_kwargs(case: Any) -> dict[str, Any]:
-    kw = case.as_transport_kwargs(base_url="http://test")
+    kw = case.as_transport_kwargs(base_url=BASE_URL)
     out: dict[str, Any] = {
         "method": kw["method"],
         "url": kw["url"],
@@ -70,7 +71,7 @@ async def test_no_server_error_for_any_generated_request(
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, timeout=60
         ) as http,
     ):
         live = plan_doc(
@@ -78,7 +79,8 @@ async def test_no_server_error_for_any_generated_request(
             require_approval=True,
         )
         assert (await http.post("/api/plans", json=live)).status_code == 201
-        assert (await http.post(f"/api/plans/{live['id']}/execute")).status_code == 202
+        r = await http.post(f"/api/plans/{live['id']}/execute", headers=JSON)
+        assert r.status_code == 202, r.text
         served: list[tuple[str, str, int]] = []
 
         def send(case: Any) -> httpx.Response:
