@@ -217,15 +217,19 @@ def create_app(
             expose_headers=["X-Request-ID", "Location"],
         )
     app.include_router(health)
-    app.include_router(plans_router, prefix="/api")
-    app.include_router(plan_reads_router, prefix="/api")
-    app.include_router(controls_router, prefix="/api")
-    app.include_router(executions_router, prefix="/api")
-    app.include_router(models_router, prefix="/api")
-    app.include_router(trust_router, prefix="/api")
-    app.include_router(metrics_router, prefix="/api")
+    api_routers = (
+        plans_router,
+        plan_reads_router,
+        controls_router,
+        executions_router,
+        models_router,
+        trust_router,
+        metrics_router,
+    )
+    document_guard(*api_routers)
+    for router in api_routers:
+        app.include_router(router, prefix="/api")
     app.include_router(dashboard_router)
-    document_guard(app)
     prometheus.install(app)  # last, after the other middleware: it then times every request
     return app
 

@@ -20,7 +20,7 @@ import ipaddress
 import json
 from collections.abc import Iterable
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -152,16 +152,17 @@ async def _answer(send: Send, status: int, code: str, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def document(app: FastAPI) -> None:
-    """Add the guard's answers to the OpenAPI document: 415 on every state-changing route
-    under ``/api``, 400 (a Host that is not this API) on every route but the probes."""
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or not route.include_in_schema:
-            continue
-        if route.path not in HOST_EXEMPT:
+def document(*routers: APIRouter) -> None:
+    """Add the guard's answers to the OpenAPI document of the routers mounted under
+    ``/api`` (before they are included): 400 (a Host that is not this API) on every
+    route, 415 on every state-changing one. Idempotent."""
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
             _add(route, 400, "the Host header names another host than this API")
-        if (route.methods or set()) & STATE_CHANGING and route.path.startswith("/api/"):
-            _add(route, 415, "Content-Type is not application/json")
+            if (route.methods or set()) & STATE_CHANGING:
+                _add(route, 415, "Content-Type is not application/json")
 
 
 def _add(route: APIRoute, status: int, description: str) -> None:

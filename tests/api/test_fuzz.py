@@ -35,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from plans.models import ID_RE
 from tests.api.serving import BASE_URL, JSON
-from tests.api.test_plans_routes import make_app, plan_doc, wait_step
+from tests.api.test_plans_routes import TEST_CONFIG, make_app, plan_doc, wait_step
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 8
@@ -64,7 +64,11 @@ async def test_no_server_error_for_any_generated_request(
     env: WorkflowEnvironment, worker: Any, task_queue: str
 ):
     app = make_app(env.client, task_queue)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", make_app(env.client, task_queue))
+    # schemathesis reads the document through Starlette's test client (Host: testserver)
+    reader = TEST_CONFIG.model_copy(update={"allowed_hosts": ("testserver",)})
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", make_app(env.client, task_queue, config=reader)
+    )
     loop = asyncio.get_running_loop()
     # POST /api/plans/generate runs the planner on the worker: offline (the ``worker``
     # fixture's model), so nothing leaves the machine.
