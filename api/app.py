@@ -2,7 +2,8 @@
 
 Routes live under ``/api`` (:mod:`api.routes_plans`, :mod:`api.routes_plan_reads`,
 :mod:`api.routes_plan_controls`, :mod:`api.routes_executions`);
-``/healthz`` and ``/readyz`` are outside it and never need an API key. One Temporal client per
+``/healthz`` and ``/readyz`` are outside it and never need an API key. Who may do what is
+:mod:`api.auth`; the Host and JSON checks in front of every route are :mod:`api.guard`. One Temporal client per
 process, made by the lifespan at start-up (when Temporal is down then, the first request
 that needs it connects, bounded; until then such requests answer 503). Tests build the
 app with their own client and settings: ``create_app(settings=..., client=...)``. The
@@ -16,17 +17,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response, Security
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.security import HTTPAuthorizationCredentials
 from temporalio.client import Client
 
 from api import prometheus
-from api.auth import ApiKeys
+from api.auth import ApiKeys, bearer_scheme, header_scheme
 from api.dashboard import router as dashboard_router
 from api.deps import ApiServices, ServicesDep
 from api.drafts import DraftStore, StoreDrafts
 from api.errors import install_handlers
+from api.guard import RequestGuard, allowed_hosts
+from api.guard import document as document_guard
 from api.logs import RequestLogMiddleware, configure_logging
 from api.reconcile import reconcile_forever
 from api.routes_executions import router as executions_router
@@ -61,8 +66,11 @@ store.
 
 Errors share one shape, `{detail, code, problems}`: 404 unknown plan, 409 refused
 transition, 422 invalid input with every located problem, 401 missing or unknown API key
-(when `PLANSMITH_API_KEYS` is set), 503 Temporal or the database unreachable, or no
-worker.
+(when `PLANSMITH_API_KEYS` is set), 403 a key's role does not allow it (agent keys
+propose and run only their own plans and never approve; configuration changes need an
+admin key), 400 a Host header that is not this API's, 415 a state-changing request
+without `Content-Type: application/json`, 503 Temporal or the database unreachable, or
+no worker.
 """
 
 DB_PING_TIMEOUT_S = 2.0
@@ -79,9 +87,17 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="Ready: Temporal and the database are reachable",
+    description="Anyone learns whether Temporal and the database are reachable; why one "
+    "is not (which may name an internal address or a driver's message) is logged, and "
+    "answered only to a caller with a valid API key.",
     responses={503: {"model": Health, "description": "Temporal or the database is unreachable"}},
 )
-async def readyz(services: ServicesDep, response: Response) -> Health:
+async def readyz(
+    services: ServicesDep,
+    response: Response,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    header_key: Annotated[str | None, Security(header_scheme)],
+) -> Health:
     async def temporal() -> str | None:
         try:
             await services.temporal.ping()
@@ -101,10 +117,19 @@ async def readyz(services: ServicesDep, response: Response) -> Health:
     t_error, db_error = await asyncio.gather(temporal(), database())
     if t_error or db_error:
         response.status_code = 503
+        log.warning("not ready: temporal: %s; database: %s", t_error or "ok", db_error or "ok")
+    key = (bearer.credentials if bearer else None) or header_key
+    detailed = services.keys.enabled and bool(key) and services.keys.find(key or "") is not None
+
+    def said(error: str | None) -> str:
+        if error is None:
+            return "reachable"
+        return error if detailed else "unreachable"
+
     return Health(
         status="unavailable" if t_error or db_error else "ok",
-        temporal=t_error or "reachable",
-        database=db_error or "reachable",
+        temporal=said(t_error),
+        database=said(db_error),
     )
 
 
@@ -115,9 +140,12 @@ def create_app(
     connect: Callable[[Settings], Awaitable[Client]] | None = None,
     drafts: DraftStore | None = None,
     database_url: str | None = None,
+    bind_host: str | None = None,
 ) -> FastAPI:
     """The API, with its Temporal client (given, or connected at start-up) and the store
-    at ``database_url`` (default: ``DATABASE_URL``), migrated at start-up."""
+    at ``database_url`` (default: ``DATABASE_URL``), migrated at start-up. ``bind_host``
+    (what ``plansmith api --host`` listens on) is one of the hosts it answers to
+    (:mod:`api.guard`)."""
     settings = settings or get_settings()
     config = settings.api
     engine = get_engine(database_url or settings.store.database_url)
@@ -178,6 +206,7 @@ def create_app(
     )
     app.state.services = services
     install_handlers(app)
+    app.add_middleware(RequestGuard, allowed=allowed_hosts(config.allowed_hosts, bind_host))
     app.add_middleware(RequestLogMiddleware)
     if config.cors_origins:
         app.add_middleware(
@@ -188,13 +217,18 @@ def create_app(
             expose_headers=["X-Request-ID", "Location"],
         )
     app.include_router(health)
-    app.include_router(plans_router, prefix="/api")
-    app.include_router(plan_reads_router, prefix="/api")
-    app.include_router(controls_router, prefix="/api")
-    app.include_router(executions_router, prefix="/api")
-    app.include_router(models_router, prefix="/api")
-    app.include_router(trust_router, prefix="/api")
-    app.include_router(metrics_router, prefix="/api")
+    api_routers = (
+        plans_router,
+        plan_reads_router,
+        controls_router,
+        executions_router,
+        models_router,
+        trust_router,
+        metrics_router,
+    )
+    document_guard(*api_routers)
+    for router in api_routers:
+        app.include_router(router, prefix="/api")
     app.include_router(dashboard_router)
     prometheus.install(app)  # last, after the other middleware: it then times every request
     return app

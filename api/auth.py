@@ -1,16 +1,39 @@
-"""API keys (``PLANSMITH_API_KEYS``) and who is acting.
+"""API keys (``PLANSMITH_API_KEYS``): who is acting, and what their role lets them do.
 
-Format: comma-separated ``key:owner`` pairs, e.g. ``PLANSMITH_API_KEYS=s3cr3t:alice,t0k3n:ci-bot``.
-The key is what comes before the first ``:``; the owner is the actor recorded as ``by``
-for every control sent with that key. A key given without ``:owner`` acts as
-``key-<first 8 hex digits of its SHA-256>`` (never the key itself, which would land in
-the audit trail). Blank entries are ignored.
+Format: comma-separated ``key:owner[:role]`` entries, e.g.
+``PLANSMITH_API_KEYS=s3cr3t:alice:operator,t0k3n:ci-bot:agent,r00t:ops:admin``. The key is
+what comes before the first ``:``; the owner is the actor recorded as ``by`` for every
+control sent with that key (alice's approval is recorded as alice). A key given without
+``:owner`` acts as ``key-<first 8 hex digits of its SHA-256>`` (never the key itself,
+which would land in the audit trail). Blank entries are ignored; an unknown role stops
+the process at start-up with an error naming the variable (never the key).
+
+Roles:
+
+* ``agent`` — a program that proposes plans. It creates and executes plans only as
+  itself: its owner is the plan's ``agent_id`` (a missing one is filled in, another one
+  is a 403), on ``POST /api/plans``, ``/generate``, ``/{id}/execute`` and the nodes/edges
+  ``POST /api/v1/execute``. It never decides for a person: approve, reject, answer a
+  clarification, approve or reject a step, skip a step, resume a paused plan and
+  resume-from-failure are 403. On its *own* plans (``agent_id`` = its owner) it may
+  pause, cancel, correct a step (a correction made after approval waits for a person's
+  approval again) and retry a failed step; on anyone else's plan those are 403 too.
+  It reads like any key.
+* ``operator`` (the default) — a person who steers plans: everything above, on any plan,
+  but no configuration change.
+* ``admin`` — an operator who may also change the configuration: ``PUT`` and ``DELETE
+  /api/models/{name}`` (403 for the other roles).
 
 With keys configured, every route under ``/api`` needs ``Authorization: Bearer <key>``
-or ``X-API-Key: <key>`` (401 otherwise); ``/healthz``, ``/readyz`` and the OpenAPI
-document and its pages are open. A control body's ``by`` may be left out (the owner is
-used) or equal the owner; a different ``by`` is refused with 403 — a key cannot act as
-someone else. Without keys, ``by`` comes from the body, ``"api"`` when absent.
+or ``X-API-Key: <key>`` (401 otherwise); ``/healthz``, ``/readyz`` (which then gives
+details only to a valid key) and the OpenAPI document and its pages are open. A control
+body's ``by`` may be left out (the owner is used) or equal the owner; a different ``by``
+is refused with 403 — a key cannot act as someone else.
+
+Without keys (local development) nobody is checked: ``by`` comes from the body (``"api"``
+when absent) and every route is open, as before roles existed. ``plansmith api`` refuses
+to listen beyond loopback that way unless ``PLANSMITH_ALLOW_OPEN_API=1``
+(:func:`plansmith.cli.processes.check_exposure`).
 """
 
 from __future__ import annotations
@@ -18,11 +41,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from enum import StrEnum
 
 from fastapi.security import APIKeyHeader, HTTPBearer
 
 from api.errors import forbidden
 from api.logs import actor_var
+from config.settings import parse_api_keys
+from plans.models import Plan
 
 DEFAULT_ACTOR = "api"
 
@@ -40,45 +66,77 @@ header_scheme = APIKeyHeader(
 )
 
 
+class Role(StrEnum):
+    AGENT = "agent"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+# Controls only a person decides (403 for an agent key, whoever's plan it is).
+PERSON_CONTROLS = frozenset(
+    {
+        "approve",
+        "reject",
+        "resume",
+        "answer_clarification",
+        "approve_step",
+        "reject_step",
+        "skip_step",
+        "resume_from_failure",
+    }
+)
+# What an agent key may do to the plans it proposed (agent_id = its owner), and only them.
+AGENT_OWN_CONTROLS = frozenset({"execute", "pause", "cancel", "apply_correction", "retry_step"})
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: bytes
+    owner: str
+    role: Role
+
+
 @dataclass(frozen=True)
 class ApiKeys:
-    owners: tuple[tuple[bytes, str], ...] = ()
+    entries: tuple[ApiKey, ...] = ()
 
     @property
     def enabled(self) -> bool:
-        return bool(self.owners)
+        return bool(self.entries)
 
     @classmethod
     def parse(cls, raw: str | None) -> ApiKeys:
-        pairs: list[tuple[bytes, str]] = []
-        for item in (raw or "").split(","):
-            item = item.strip()
-            if not item:
-                continue
-            key, sep, owner = item.partition(":")
-            key, owner = key.strip(), owner.strip()
-            if not key:
-                raise ValueError("PLANSMITH_API_KEYS has an entry with an empty key")
-            if not sep or not owner:
-                owner = "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
-            pairs.append((key.encode(), owner))
-        return cls(tuple(pairs))
+        """Raises ValueError naming PLANSMITH_API_KEYS (never a key) for a bad entry."""
+        entries = []
+        for key, owner, role in parse_api_keys(raw):
+            name = owner or "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+            entries.append(ApiKey(key.encode(), name, Role(role)))
+        return cls(tuple(entries))
 
-    def owner_of(self, key: str) -> str | None:
-        """The owner of ``key``; every configured key is compared in constant time."""
+    def find(self, key: str) -> ApiKey | None:
+        """The entry of ``key``; every configured key is compared in constant time."""
         found = None
         given = key.encode()
-        for k, owner in self.owners:
-            if hmac.compare_digest(k, given) and found is None:
-                found = owner
+        for entry in self.entries:
+            if hmac.compare_digest(entry.key, given) and found is None:
+                found = entry
         return found
+
+    def owner_of(self, key: str) -> str | None:
+        entry = self.find(key)
+        return entry.owner if entry else None
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who sent the request: the key's owner, or None when no keys are configured."""
+    """Who sent the request: the key's owner and role, or nobody (no keys configured)."""
 
     owner: str | None = None
+    role: Role | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        return self.role is Role.AGENT
 
     def actor(self, body_by: str | None) -> str:
         """The ``by`` recorded for a control; refuses a body ``by`` naming someone else."""
@@ -93,3 +151,58 @@ class Principal:
             actor = self.owner
         actor_var.set(actor)
         return actor
+
+    def agent_id_for(self, claimed: str | None) -> str | None:
+        """The ``agent_id`` a plan created with this key gets: an agent key's owner (403
+        when the document names another agent), else what the document says."""
+        if not self.is_agent:
+            return claimed
+        if claimed is not None and claimed != self.owner:
+            raise forbidden(
+                f"agent_id={claimed!r} differs from the API key's owner {self.owner!r}: an "
+                "agent key creates and runs plans only as itself; leave agent_id out (the "
+                "key's owner is used) or send the owner"
+            )
+        return self.owner
+
+    def claim(self, plan: Plan) -> Plan:
+        """``plan`` with the ``agent_id`` this key may create it under (see
+        :meth:`agent_id_for`)."""
+        agent_id = self.agent_id_for(plan.agent_id)
+        return plan if agent_id == plan.agent_id else plan.model_copy(update={"agent_id": agent_id})
+
+    def may_control(self, control: str, plan_agent_id: str | None = None) -> None:
+        """403 unless this key may send ``control`` to a plan proposed by
+        ``plan_agent_id`` (only agent keys are limited; see the module docstring)."""
+        if not self.is_agent:
+            return
+        verb = control.replace("_", "-")
+        if control not in AGENT_OWN_CONTROLS:
+            raise forbidden(
+                f"{verb} refused: the API key of {self.owner!r} is an agent key, and only "
+                "a person (an operator or admin key) may send it"
+            )
+        if plan_agent_id != self.owner:
+            raise forbidden(
+                f"{verb} refused: the API key of {self.owner!r} is an agent key, and the "
+                f"plan was proposed by {plan_agent_id or 'no agent'!r}, not by it; an agent "
+                "may execute, pause, cancel, correct or retry only its own plans"
+            )
+
+    def may_approve_own_change(self) -> None:
+        """403 for an agent key sending a correction with ``approve: true``: after the
+        plan's approval, a change to what a step runs needs a person's approval."""
+        if self.is_agent:
+            raise forbidden(
+                f"apply-correction with approve=true refused: the API key of {self.owner!r} "
+                "is an agent key; its correction waits for a person to approve the change "
+                "(send it without approve)"
+            )
+
+    def require_admin(self, what: str) -> None:
+        """403 unless keys are off or this is an admin key."""
+        if self.role is not None and self.role is not Role.ADMIN:
+            raise forbidden(
+                f"{what} refused: it changes the configuration, which needs an admin key; "
+                f"the API key of {self.owner!r} has the role {self.role.value!r}"
+            )

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
-from api.auth import ApiKeys, Principal, bearer_scheme, header_scheme
+from api.auth import AGENT_OWN_CONTROLS, ApiKeys, Principal, bearer_scheme, header_scheme
 from api.drafts import DraftStore
 from api.errors import invalid, unauthorized
 from api.logs import actor_var, plan_id_var, step_id_var
@@ -89,16 +89,42 @@ async def get_principal(
     key = (bearer.credentials if bearer else None) or header_key
     if not key:
         raise unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key")
-    owner = services.keys.owner_of(key)
-    if owner is None:
+    entry = services.keys.find(key)
+    if entry is None:
         raise unauthorized("unknown API key")
-    actor_var.set(owner)
-    return Principal(owner=owner)
+    actor_var.set(entry.owner)
+    return Principal(owner=entry.owner, role=entry.role)
 
 
-# Who acts: the API key's owner (or nobody in particular without keys); a route turns it
-# into the recorded ``by`` with ``actor.actor(body.by)``.
+# Who acts: the API key's owner and role (or nobody in particular without keys); a route
+# turns it into the recorded ``by`` with ``actor.actor(body.by)``.
 ActorDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_admin(request: Request, actor: ActorDep) -> None:
+    """A route that changes the configuration: 403 for agent and operator keys."""
+    actor.require_admin(f"{request.method} {request.url.path}")
+
+
+async def plan_agent_id(gateway: PlanClient, drafts: DraftStore, plan_id: str) -> str | None:
+    """Who proposed the plan: its draft's ``agent_id``, else the running workflow's
+    (404 when neither knows the plan)."""
+    draft = await drafts.get(plan_id)
+    if draft is not None:
+        return draft.plan.agent_id
+    return (await gateway.plan(plan_id)).plan.agent_id
+
+
+async def authorize_control(
+    actor: Principal, gateway: PlanClient, drafts: DraftStore, plan_id: str, control: str
+) -> None:
+    """403 unless ``actor`` may send ``control`` to the plan. Only agent keys are limited:
+    a person's control at once, their own plans' others after asking who proposed it."""
+    if not actor.is_agent:
+        return
+    if control not in AGENT_OWN_CONTROLS:
+        actor.may_control(control)  # raises: only a person sends it
+    actor.may_control(control, await plan_agent_id(gateway, drafts, plan_id))
 
 
 def _query_names(dependant: Any) -> set[str]:

@@ -12,15 +12,16 @@ run), so the routes stop treating it as a draft at once. The routes only use the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from api.errors import conflict
+from api.errors import conflict, unavailable
 from plans.controls import ApproveInput, ControlResult
 from plans.models import Plan, PlanStatus
 from plans.run_state import Approval, PlanRun, new_run
@@ -30,6 +31,8 @@ from store.models import PlanRecord, PlanVersionRecord
 
 # A plan row not executed yet: a draft, or a draft a person approved.
 DRAFT_STATUSES = (PlanStatus.DRAFT.value, PlanStatus.APPROVED.value)
+
+T = TypeVar("T")
 
 # last_run_id of a draft that was executed but whose run has not written a snapshot yet.
 EXECUTED = ""
@@ -149,19 +152,28 @@ class StoreDrafts:
             return draft.model_copy(update={"approval": approval})
 
     async def add(self, draft: Draft) -> tuple[Draft, bool]:
-        return await asyncio.to_thread(self._add, draft)
+        return await _in_thread(self._add, draft)
 
     async def approve(self, plan_id: str, approval: Approval) -> Draft | None:
-        return await asyncio.to_thread(self._approve, plan_id, approval)
+        return await _in_thread(self._approve, plan_id, approval)
 
     async def get(self, plan_id: str) -> Draft | None:
-        return await asyncio.to_thread(self._get, plan_id)
+        return await _in_thread(self._get, plan_id)
 
     async def list(self) -> list[Draft]:
-        return await asyncio.to_thread(self._list)
+        return await _in_thread(self._list)
 
     async def remove(self, plan_id: str) -> None:
-        await asyncio.to_thread(self._remove, plan_id)
+        await _in_thread(self._remove, plan_id)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread; a database that cannot be used is a 503 that names
+    only the error's type (its message may carry the database's address)."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except sa.exc.SQLAlchemyError as e:
+        raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
 
 
 async def draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:

@@ -8,10 +8,16 @@ The errors of the plan client (:mod:`workflows.errors`) and of the planner becom
 answers here (:func:`api_error_of`): unknown plan → 404, refused transition → 409,
 malformed control → 422, unreachable Temporal or no worker → 503, anything else
 Temporal says → 502.
+
+No answer carries a secret, the database URL or an internal address: the reason Temporal
+is unreachable is logged, not answered, and every error detail has the API keys, the
+model API key, the database URL (its password, its host) and Temporal's address
+replaced by ``[redacted]`` (:func:`redact`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,14 +26,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from config.settings import parse_api_keys
 from contracts.errors import LLMError, NoModelFits
 from contracts.planning import PlanningFailed
 from plans.validation import Problem
 from workflows.errors import (
     ControlRefused,
     InvalidControl,
+    NoWorker,
     PlanAlreadyRan,
     PlanClientError,
     PlanNotFound,
@@ -36,6 +45,9 @@ from workflows.errors import (
 )
 
 log = logging.getLogger("plansmith.api")
+
+TEMPORAL_UNAVAILABLE = "Temporal is unreachable or did not answer in time (the API's log says why)"
+REDACTED = "[redacted]"
 
 
 class ErrorBody(BaseModel):
@@ -97,8 +109,10 @@ def api_error_of(e: Exception) -> ApiError:
         return e
     if isinstance(e, PlanNotFound):
         return not_found(str(e))
-    if isinstance(e, TemporalUnavailable):  # NoWorker and PlannerUnavailable too
+    if isinstance(e, NoWorker):  # PlannerUnavailable too: says which task queue to serve
         return unavailable(str(e))
+    if isinstance(e, TemporalUnavailable):  # the reason may name internal addresses: logged
+        return unavailable(TEMPORAL_UNAVAILABLE)
     if isinstance(e, ControlRefused):
         return conflict(str(e), code="transition_refused")
     if isinstance(e, InvalidControl):
@@ -164,11 +178,45 @@ def problems_from_errors(errors: Sequence[Mapping[str, Any]]) -> list[Problem]:
     return [Problem(location=_location(e.get("loc", ())), message=_message(e)) for e in errors]
 
 
+def _confidential(request: Request) -> list[str]:
+    """What no answer may carry: the API keys, the model API key, the database URL (and
+    its password and address) and Temporal's address, longest first."""
+    services = getattr(request.app.state, "services", None)
+    settings = getattr(services, "settings", None)
+    if settings is None:
+        return []
+    found: list[str] = [settings.temporal.address]
+    found += [key for key, _, _ in parse_api_keys(settings.api.keys)]
+    if settings.models.anthropic_api_key:
+        found.append(settings.models.anthropic_api_key)
+    raw_url = settings.store.database_url
+    found.append(raw_url)
+    with contextlib.suppress(Exception):
+        url = make_url(raw_url)
+        found.append(url.render_as_string(hide_password=True))
+        if url.password:
+            found.append(str(url.password))
+        if url.host:
+            found.append(f"{url.host}:{url.port}" if url.port else f"@{url.host}")
+    return sorted({x for x in found if x and len(x) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, confidential: Sequence[str]) -> str:
+    for secret in confidential:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        confidential = _confidential(request)
+        problems = [
+            Problem(location=p.location, message=redact(p.message, confidential))
+            for p in exc.problems
+        ]
         return JSONResponse(
-            _body(exc.status, exc.code, exc.detail, exc.problems),
+            _body(exc.status, exc.code, redact(exc.detail, confidential), problems),
             status_code=exc.status,
             headers=exc.headers,
         )
@@ -178,6 +226,8 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(NoModelFits)
     @app.exception_handler(LLMError)
     async def _temporal_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, TemporalUnavailable) and not isinstance(exc, NoWorker):
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
         return await _api_error(request, api_error_of(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -216,7 +266,9 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error statuses a route can answer."""
     text = {
         401: "missing or unknown API key (only when PLANSMITH_API_KEYS is set)",
-        403: "the body's `by` names someone else than the API key's owner",
+        403: "the API key's role does not allow it (an agent key acts only on its own "
+        "plans and never approves; configuration needs an admin key), or the body's `by` "
+        "or `agent_id` names someone else than the API key's owner",
         404: "no such plan",
         409: "refused: the transition is not allowed now (the reason says why), or the plan "
         "is in the wrong state for this route",

@@ -16,7 +16,15 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, Field
 
 from api.controls import ByBody
-from api.deps import ActorDep, GatewayDep, StoreDep, get_principal, reject_unknown_query
+from api.deps import (
+    ActorDep,
+    DraftsDep,
+    GatewayDep,
+    StoreDep,
+    authorize_control,
+    get_principal,
+    reject_unknown_query,
+)
 from api.errors import invalid, responses
 from api.logs import plan_id_var
 from api.store_reads import temporal_or_store
@@ -78,8 +86,9 @@ ExecutionIdDep = Annotated[str, Depends(_execution_id)]
     "every problem, located in the request) and starts it at once. Idempotent on "
     "`execution_id`: an execution already running is answered with its status and nothing "
     "new starts; one that already ended is a 409. `llm` nodes are translated into `llm` "
-    "steps, which fail at run time until the LLM layer lands.",
-    responses=responses(401, 409, 422, 502, 503),
+    "steps, which fail at run time until the LLM layer lands. With an agent key the plan's "
+    "`agent_id` is the key's owner.",
+    responses=responses(401, 403, 409, 422, 502, 503),
 )
 async def execute(
     request: ExecutionCreate, gateway: GatewayDep, actor: ActorDep
@@ -93,7 +102,8 @@ async def execute(
     if problems:
         raise invalid(f"definition is invalid ({len(problems)} problem(s))", problems)
     assert tr.plan.id is not None
-    _, started = await gateway.start(tr.plan, submitted_by=actor.owner)
+    plan = actor.claim(tr.plan)  # an agent key runs plans only as itself
+    _, started = await gateway.start(plan, submitted_by=actor.owner)
     if started:
         return ExecutionStatus(
             execution_id=request.execution_id,
@@ -168,18 +178,19 @@ def _control_route(action: Literal["stop", "pause", "resume"]) -> None:
     async def endpoint(
         execution_id: ExecutionIdDep,
         gateway: GatewayDep,
+        drafts: DraftsDep,
         actor: ActorDep,
         body: Annotated[
             ByBody | None, Body(openapi_examples={"by": {"value": {"by": "alice"}}})
         ] = None,
     ) -> ExecutionControl:
+        plan_id = plan_id_for_execution(execution_id)
+        await authorize_control(actor, gateway, drafts, plan_id, control)
         by = actor.actor(body.by if body else None)
         arg: dict[str, str] = {"by": by}
         if reason:
             arg["reason"] = reason
-        result: ControlResult = await gateway.control(
-            plan_id_for_execution(execution_id), control, arg
-        )
+        result: ControlResult = await gateway.control(plan_id, control, arg)
         return ExecutionControl(
             execution_id=execution_id,
             action=action,
@@ -200,7 +211,8 @@ def _control_route(action: Literal["stop", "pause", "resume"]) -> None:
             "resume": "Resume a paused execution",
         }[action],
         description="Sent as an update: 409 with the reason when refused (e.g. pausing an "
-        "execution that is not running, resuming one that is not paused).",
+        "execution that is not running, resuming one that is not paused). 403: an agent key "
+        "may stop or pause only its own executions, and never resume one.",
         responses=responses(401, 403, 404, 409, 422, 502, 503),
     )
 

@@ -4,7 +4,8 @@ Models come from ``PLANSMITH_MODELS`` (or the defaults) and from the store; ``PU
 configures a model in the store, which wins over the settings by name (``enabled:
 false`` hides a model of the settings), and ``DELETE`` removes the store's
 configuration (a model of the settings is then back as the settings have it). Changes
-apply to the next model call, without a restart. Without ``ANTHROPIC_API_KEY`` the
+apply to the next model call, without a restart. With API keys, ``PUT`` and ``DELETE`` need
+an admin key (:mod:`api.auth`). Without ``ANTHROPIC_API_KEY`` the
 offline model answers every call, whichever model is chosen (``offline: true``).
 """
 
@@ -18,7 +19,14 @@ from fastapi import APIRouter, Body, Depends, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
-from api.deps import ActorDep, ApiServices, ServicesDep, get_principal, reject_unknown_query
+from api.deps import (
+    ActorDep,
+    ApiServices,
+    ServicesDep,
+    get_principal,
+    reject_unknown_query,
+    require_admin,
+)
 from api.errors import ApiError, ErrorBody, not_found, responses
 from config import ModelConfig
 from contracts.models import ModelSelector
@@ -130,11 +138,13 @@ async def list_models(services: ServicesDep) -> ModelList:
     summary="Configure a model in the store (created: 201, replaced: 200)",
     description="Creates or replaces the store's configuration of the model. It wins over "
     "a model of the same name in PLANSMITH_MODELS; `enabled: false` hides that model "
-    "from the selector. Applies to the next model call.",
+    "from the selector. Applies to the next model call. Needs an admin key when "
+    "PLANSMITH_API_KEYS is set (403 for agent and operator keys).",
     responses={
         201: {"model": ModelView, "description": "the model was not in the store before"},
-        **responses(401, 422, 503),
+        **responses(401, 403, 422, 503),
     },
+    dependencies=[Depends(require_admin)],
 )
 async def put_model(
     name: NameDep,
@@ -174,9 +184,11 @@ async def put_model(
     description="Answers the models as configured afterwards: a model of PLANSMITH_MODELS "
     "is back as the settings have it. 404 when the store has no configuration of the "
     "model (a model of the settings alone cannot be deleted: PUT it with `enabled: false` "
-    "to hide it).",
+    "to hide it). Needs an admin key when PLANSMITH_API_KEYS is set (403 for agent and "
+    "operator keys).",
+    dependencies=[Depends(require_admin)],
     responses={
-        **responses(401, 422, 503),
+        **responses(401, 403, 422, 503),
         404: {"model": ErrorBody, "description": "the store has no configuration of the model"},
     },
 )

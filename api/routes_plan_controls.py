@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel
 
+from api.auth import Principal
 from api.controls import (
     PLAN_BODIES,
     PLAN_ROUTES,
@@ -27,6 +28,7 @@ from api.deps import (
     GatewayDep,
     PlanIdDep,
     StepIdDep,
+    authorize_control,
     get_principal,
     reject_unknown_query,
 )
@@ -56,9 +58,13 @@ async def _send(
     plan_id: str,
     control: str,
     body: BaseModel | None,
-    by: str,
+    actor: Principal,
     step_id: str | None = None,
 ) -> ControlResult:
+    await authorize_control(actor, gateway, drafts, plan_id, control)
+    by = actor.actor(_by(body))
+    if control == "apply_correction" and getattr(body, "approve", False):
+        actor.may_approve_own_change()
     if control == "approve" and step_id is None:
         approved = await approve_draft(drafts, plan_id, payload(body, by))
         if approved is not None:
@@ -82,7 +88,7 @@ def _plan_control(control: str, model: type[BaseModel]) -> Any:
             actor: ActorDep,
             body: Annotated[model | None, Body(openapi_examples=examples_of(model))] = None,  # type: ignore[valid-type]
         ) -> ControlResult:
-            return await _send(gateway, drafts, plan_id, control, body, actor.actor(_by(body)))
+            return await _send(gateway, drafts, plan_id, control, body, actor)
 
         return optional_body
 
@@ -93,7 +99,7 @@ def _plan_control(control: str, model: type[BaseModel]) -> Any:
         actor: ActorDep,
         body: Annotated[model, Body(openapi_examples=examples_of(model))],  # type: ignore[valid-type]
     ) -> ControlResult:
-        return await _send(gateway, drafts, plan_id, control, body, actor.actor(_by(body)))
+        return await _send(gateway, drafts, plan_id, control, body, actor)
 
     return required_body
 
@@ -109,8 +115,7 @@ def _step_control(control: str, model: type[BaseModel]) -> Any:
             actor: ActorDep,
             body: Annotated[model | None, Body(openapi_examples=examples_of(model))] = None,  # type: ignore[valid-type]
         ) -> ControlResult:
-            by = actor.actor(_by(body))
-            return await _send(gateway, drafts, plan_id, control, body, by, step_id)
+            return await _send(gateway, drafts, plan_id, control, body, actor, step_id)
 
         return optional_body
 
@@ -122,8 +127,7 @@ def _step_control(control: str, model: type[BaseModel]) -> Any:
         actor: ActorDep,
         body: Annotated[model, Body(openapi_examples=examples_of(model))],  # type: ignore[valid-type]
     ) -> ControlResult:
-        by = actor.actor(_by(body))
-        return await _send(gateway, drafts, plan_id, control, body, by, step_id)
+        return await _send(gateway, drafts, plan_id, control, body, actor, step_id)
 
     return required_body
 
@@ -132,7 +136,8 @@ _CONTROL_DESCRIPTION = (
     "Sent to the workflow as the `{control}` update, so the answer says at "
     "once whether it was accepted. 409: the transition is not allowed now (the workflow's "
     "reason; the refusal is also in the audit trail) or the plan is a draft. 422: the "
-    "argument is malformed. The recorded `by` is the API key's owner (or the body's `by`, "
+    "argument is malformed. 403: an agent key sends only pause, cancel, apply-correction and "
+    "retry, to its own plans. The recorded `by` is the API key's owner (or the body's `by`, "
     "`api` by default, without keys)."
 )
 

@@ -26,6 +26,7 @@ from api.deps import (
     PlanIdDep,
     StoreDep,
     get_principal,
+    plan_agent_id,
     reject_unknown_query,
 )
 from api.drafts import Draft, DraftExists, refuse_draft
@@ -110,7 +111,7 @@ def _new_plan_id(plan: Plan) -> str:
     "API process sees it).",
     responses={
         200: {"model": PlanCreated, "description": "the same document was already stored"},
-        **responses(401, 409, 422, 502, 503),
+        **responses(401, 403, 409, 422, 502, 503),
     },
 )
 async def create_plan(
@@ -128,6 +129,7 @@ async def create_plan(
     response: Response,
 ) -> PlanCreated:
     plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
+    plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
     problems = validate_plan(plan, catalog())
     if problems:
         raise invalid(f"plan is invalid ({len(problems)} problem(s))", problems)
@@ -271,7 +273,7 @@ async def get_plan(
             "description": "the language model API refused the request, or Temporal answered "
             "with an unexpected error",
         },
-        **responses(401, 409, 503),
+        **responses(401, 403, 409, 503),
     },
 )
 async def generate_plan(
@@ -281,15 +283,16 @@ async def generate_plan(
     actor: ActorDep,
     store: StoreDep,
 ) -> GenerateResponse:
+    agent_id = actor.agent_id_for(request.agent_id)  # an agent key plans only as itself
     try:
-        req = PlanRequest(**request.model_dump(exclude={"save"}))
+        req = PlanRequest(**request.model_dump(exclude={"save"}) | {"agent_id": agent_id})
     except ValidationError as e:
         problems = problems_from_errors(e.errors(include_url=False))
         raise invalid(f"request is invalid ({len(problems)} problem(s))", problems) from None
     result = await gateway.generate(req)
     document, plan_id = result.plan, None
     if request.save:
-        plan = Plan.model_validate(result.plan)
+        plan = actor.claim(Plan.model_validate(result.plan))
         plan = plan.model_copy(update={"id": _new_plan_id(plan)})
         problems = validate_plan(plan, catalog())
         if problems:  # the API's tool catalog differs from the worker's
@@ -337,11 +340,13 @@ async def generate_plan(
     "plan id: executing a plan that is already running answers 202 with `started: false` "
     "and starts nothing. A plan whose workflow already ended is a 409 (resume it with "
     "resume-from-failure).",
-    responses=responses(401, 404, 409, 422, 502, 503),
+    responses=responses(401, 403, 404, 409, 422, 502, 503),
 )
 async def execute_plan(
     plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, actor: ActorDep
 ) -> ExecuteResponse:
+    if actor.is_agent:  # an agent key runs only the plans it proposed
+        actor.may_control("execute", await plan_agent_id(gateway, drafts, plan_id))
     draft = await drafts.get(plan_id)
     if draft is not None:
         # the submitter: the key that created the draft (None with keys off)
@@ -394,6 +399,7 @@ async def resume_plan_from_failure(
     actor: ActorDep,
     body: Annotated[ByBody | None, Body(openapi_examples=examples_of(ByBody))] = None,
 ) -> ResumeResponse:
+    actor.may_control("resume_from_failure")  # a person's decision (403 for an agent key)
     by = actor.actor(body.by if body else None)
     await refuse_draft(drafts, plan_id, "resume-from-failure")
     handle, carried = await gateway.resume(plan_id, by)

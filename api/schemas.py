@@ -172,8 +172,14 @@ class GenerateResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
-    temporal: str | None = Field(default=None, description="reachable, or why not")
-    database: str | None = Field(default=None, description="reachable, or why not")
+    temporal: str | None = Field(
+        default=None,
+        description="reachable or unreachable; why not only for a valid API key (the "
+        "reason may name internal addresses; it is always in the API's log)",
+    )
+    database: str | None = Field(
+        default=None, description="reachable or unreachable; why not only for a valid API key"
+    )
 
 
 def examples_of(model: type[BaseModel]) -> dict[str, Any]:

@@ -16,7 +16,9 @@ temporal.ui_url                    ``PLANSMITH_UI_URL``
 temporal.heartbeat_timeout_s       ``PLANSMITH_HEARTBEAT_TIMEOUT_S`` (20)
 store.database_url                 ``DATABASE_URL`` (``sqlite:///plansmith.db``)
 store.large_output_bytes           ``PLANSMITH_LARGE_OUTPUT_BYTES`` (262144)
-api.keys                           ``PLANSMITH_API_KEYS``
+api.keys                           ``PLANSMITH_API_KEYS`` (``key:owner[:role]``, comma-separated)
+api.allow_open_api                 ``PLANSMITH_ALLOW_OPEN_API`` (false)
+api.allowed_hosts                  ``PLANSMITH_API_ALLOWED_HOSTS`` (loopback + the bound host)
 api.cors_origins                   ``PLANSMITH_CORS_ORIGINS``
 api.rpc_timeout_s                  ``PLANSMITH_API_TIMEOUT_S`` (10)
 api.connect_timeout_s              ``PLANSMITH_API_CONNECT_TIMEOUT_S`` (5)
@@ -121,12 +123,60 @@ class StoreSettings(_Section):
     )
 
 
+API_ROLES = ("agent", "operator", "admin")
+DEFAULT_API_ROLE = "operator"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def parse_api_keys(raw: str | None) -> list[tuple[str, str | None, str]]:
+    """``PLANSMITH_API_KEYS`` as ``(key, owner or None, role)`` entries.
+
+    An entry is ``key``, ``key:owner`` or ``key:owner:role`` (role: agent, operator — the
+    default — or admin); blank entries are ignored. Raises ValueError naming the variable
+    and the entry's position, never the key itself.
+    """
+    entries: list[tuple[str, str | None, str]] = []
+    for position, item in enumerate((raw or "").split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, rest = item.partition(":")
+        owner, _, role = rest.partition(":")
+        key, owner, role = key.strip(), owner.strip(), role.strip().lower()
+        if not key:
+            raise ValueError(f"PLANSMITH_API_KEYS entry {position} has an empty key")
+        if role and role not in API_ROLES:
+            shown = role if len(role) <= 40 else role[:40] + "…"
+            raise ValueError(
+                f"PLANSMITH_API_KEYS entry {position} (owner {owner or '(none)'!r}) has the "
+                f"unknown role {shown!r}; roles are {', '.join(API_ROLES)} "
+                "(format key:owner[:role])"
+            )
+        entries.append((key, owner or None, role or DEFAULT_API_ROLE))
+    return entries
+
+
 class ApiSettings(_Section):
     keys: str | None = Field(
         default=None,
         validation_alias="PLANSMITH_API_KEYS",
         repr=False,
-        description="comma-separated key:owner pairs; unset: no key is asked for",
+        description="comma-separated key:owner[:role] entries, role agent, operator (the "
+        "default) or admin; unset: no key is asked for (local development only)",
+    )
+    allow_open_api: bool = Field(
+        default=False,
+        validation_alias="PLANSMITH_ALLOW_OPEN_API",
+        description="1: `plansmith api` may listen beyond loopback without API keys "
+        "(anyone who reaches it can approve plans); otherwise it refuses to start",
+    )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias="PLANSMITH_API_ALLOWED_HOSTS",
+        description="comma-separated host names the API answers to (the Host header; a "
+        "request naming another host gets 400, which defeats DNS rebinding); `*.example.com` "
+        "matches its subdomains, `*` any host; default: localhost, 127.0.0.1, [::1] and the "
+        "host `plansmith api` is bound to",
     )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -173,6 +223,23 @@ class ApiSettings(_Section):
         if isinstance(value, str):
             return tuple(o.strip() for o in value.split(",") if o.strip())
         return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _check_keys(cls, value: str | None) -> str | None:
+        parse_api_keys(value)  # raises ValueError("PLANSMITH_API_KEYS entry N ...")
+        return value
+
+    @property
+    def keys_enabled(self) -> bool:
+        return bool(parse_api_keys(self.keys))
 
     @field_validator("log_format", mode="before")
     @classmethod

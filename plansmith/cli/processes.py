@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import subprocess
@@ -48,10 +49,42 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``::1``: only this machine can connect."""
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # another name, or a wildcard address: reachable from elsewhere
+
+
+def check_exposure(host: str, settings: Settings) -> None:
+    """Refuse (CliError) to serve the API beyond loopback without API keys, unless the
+    operator said so with PLANSMITH_ALLOW_OPEN_API=1: anyone who reaches an open API can
+    approve plans."""
+    api = settings.api
+    if is_loopback(host) or api.keys_enabled or api.allow_open_api:
+        return
+    raise CliError(
+        f"refusing to serve the API on {host}, beyond loopback, without API keys: anyone "
+        "who reaches it could create, approve and cancel plans. Set PLANSMITH_API_KEYS "
+        "(key:owner[:role],...; docs/operating.md), bind to 127.0.0.1, or set "
+        "PLANSMITH_ALLOW_OPEN_API=1 to run it open on purpose"
+    )
+
+
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    check_exposure(args.host, settings)  # before anything is imported or bound
     import uvicorn  # deferred: the web server is needed by this verb only
 
-    uvicorn.run("api.app:app", host=args.host, port=args.port, log_level="warning")
+    from api.app import create_app
+
+    if not settings.api.keys_enabled and not is_loopback(args.host):
+        err(f"warning: the API on {args.host} asks for no API key (PLANSMITH_ALLOW_OPEN_API=1)")
+    app = create_app(settings=settings, bind_host=args.host)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
 
 
@@ -106,6 +139,7 @@ def wait_forever(stack: Stack) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    check_exposure(args.host, settings)  # before any process of the stack starts
     stack = Stack(settings, args.port, args.host)
     try:
         asyncio.run(stack.start())

@@ -22,6 +22,7 @@ from contracts.errors import NoModelFits
 from contracts.models import ModelSelector
 from store import knowledge
 from store.db import get_engine, migrate, session_scope
+from tests.api.serving import BASE_URL, JSON
 
 SONNET, HAIKU = "claude-sonnet-5-5", "claude-haiku-5-5"
 
@@ -234,7 +235,7 @@ async def api(
         database_url=db_url,
     )
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON, timeout=30
     ) as http:
         yield http
 
@@ -342,7 +343,7 @@ async def test_put_refuses_a_bad_model_name(db_url: str):
 
 
 async def test_the_models_routes_need_an_api_key_when_keys_are_configured(db_url: str):
-    async with api(db_url, api_keys="k-alice:alice") as http:
+    async with api(db_url, api_keys="k-alice:alice,k-root:root:admin") as http:
         assert (await http.get("/api/models")).status_code == 401
         r = await http.put("/api/models/x-model", json={"capabilities": ["fast"]})
         assert r.status_code == 401
@@ -352,7 +353,12 @@ async def test_the_models_routes_need_an_api_key_when_keys_are_configured(db_url
             == 2
         )
 
-        auth = {"Authorization": "Bearer k-alice"}
+        # changing the models needs an admin key: alice's (an operator's) is refused
+        alice = {"Authorization": "Bearer k-alice"}
+        r = await http.put("/api/models/x-model", json={"capabilities": ["fast"]}, headers=alice)
+        assert r.status_code == 403 and "needs an admin key" in r.json()["detail"], r.text
+        assert (await http.delete("/api/models/x-model", headers=alice)).status_code == 403
+        auth = {"Authorization": "Bearer k-root"}
         r = await http.put("/api/models/x-model", json={"capabilities": ["fast"]}, headers=auth)
         assert r.status_code == 201
         assert (await http.delete("/api/models/x-model", headers=auth)).status_code == 200

@@ -15,6 +15,7 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from tests.api.serving import BASE_URL, JSON
 from tests.api.test_plans_routes import closed, create_and_execute, make_app, plan_doc, wait_step
 
 
@@ -25,7 +26,9 @@ async def http(
     app = make_app(env.client, task_queue)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON
+        ) as c,
     ):
         yield c
 

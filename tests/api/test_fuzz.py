@@ -34,7 +34,8 @@ from schemathesis.checks import (
 from temporalio.testing import WorkflowEnvironment
 
 from plans.models import ID_RE
-from tests.api.test_plans_routes import make_app, plan_doc, wait_step
+from tests.api.serving import BASE_URL, JSON
+from tests.api.test_plans_routes import TEST_CONFIG, make_app, plan_doc, wait_step
 
 POSITIVE_EXAMPLES = 15
 NEGATIVE_EXAMPLES = 8
@@ -42,7 +43,7 @@ NOT_LIVE = ("/api/plans/{plan_id}/events",)  # a live plan's stream only ends wi
 
 
 def _httpx_kwargs(case: Any) -> dict[str, Any]:
-    kw = case.as_transport_kwargs(base_url="http://test")
+    kw = case.as_transport_kwargs(base_url=BASE_URL)
     out: dict[str, Any] = {
         "method": kw["method"],
         "url": kw["url"],
@@ -63,14 +64,18 @@ async def test_no_server_error_for_any_generated_request(
     env: WorkflowEnvironment, worker: Any, task_queue: str
 ):
     app = make_app(env.client, task_queue)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", make_app(env.client, task_queue))
+    # schemathesis reads the document through Starlette's test client (Host: testserver)
+    reader = TEST_CONFIG.model_copy(update={"allowed_hosts": ("testserver",)})
+    schema = schemathesis.openapi.from_asgi(
+        "/openapi.json", make_app(env.client, task_queue, config=reader)
+    )
     loop = asyncio.get_running_loop()
     # POST /api/plans/generate runs the planner on the worker: offline (the ``worker``
     # fixture's model), so nothing leaves the machine.
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, timeout=60
         ) as http,
     ):
         live = plan_doc(
@@ -78,7 +83,8 @@ async def test_no_server_error_for_any_generated_request(
             require_approval=True,
         )
         assert (await http.post("/api/plans", json=live)).status_code == 201
-        assert (await http.post(f"/api/plans/{live['id']}/execute")).status_code == 202
+        r = await http.post(f"/api/plans/{live['id']}/execute", headers=JSON)
+        assert r.status_code == 202, r.text
         served: list[tuple[str, str, int]] = []
 
         def send(case: Any) -> httpx.Response:

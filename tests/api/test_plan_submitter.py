@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from plans.graph_document import plan_id_for_execution
 from store.db import session_scope
 from store.models import PlanRecord
+from tests.api.serving import client
 from tests.api.test_plans_routes import closed, make_app
 from tests.helpers import store_engine
 
@@ -52,7 +53,7 @@ async def test_the_submitter_comes_from_the_key_and_its_own_approval_earns_no_tr
     doc["steps"][0]["idempotent"] = False  # high risk: a fresh agent waits for a person
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        client(app) as http,
     ):
         # A document cannot name its submitter.
         forged = {**doc, "id": f"sub-{uuid.uuid4().hex[:10]}", "submitted_by": "alice"}
@@ -92,7 +93,7 @@ async def test_an_execution_started_with_a_key_records_its_submitter(
     plan_id = plan_id_for_execution(body["execution_id"])
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        client(app) as http,
     ):
         r = await http.post("/api/v1/execute", json=body, headers=bot)
         assert r.status_code == 202, r.text

@@ -26,6 +26,7 @@ from api.app import create_app
 from api.errors import api_error_of
 from api.logs import JsonFormatter, configure_logging
 from config import ApiSettings, Settings, get_settings
+from tests.api.serving import BASE_URL, JSON
 from workflows.client import PlanClient
 from workflows.errors import ControlRefused, InvalidControl, PlanNotFound
 from workflows.plan_workflow import PlanWorkflow
@@ -63,7 +64,7 @@ async def app(env: WorkflowEnvironment, worker: Any, task_queue: str) -> AsyncIt
 @pytest_asyncio.fixture
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON, timeout=30
     ) as c:
         yield c
 
@@ -484,7 +485,9 @@ async def test_events_arrive_live_over_http(env: WorkflowEnvironment, worker: An
     try:
         while not server.started:
             await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=JSON, timeout=20
+        ) as http:
             plan_id = await create_and_execute(
                 http, plan_doc([wait_step("a")], require_approval=True)
             )
@@ -528,7 +531,9 @@ async def test_api_keys_and_the_recorded_actor(
     app = make_app(env.client, task_queue, api_keys="k-alice:alice, k-bot")
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON
+        ) as http,
     ):
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/readyz")).status_code == 200
@@ -572,7 +577,7 @@ async def test_cors_is_configurable(env: WorkflowEnvironment, task_queue: str):
     config = ApiSettings(cors_origins=("https://ui.example",), log_format="text")
     app = make_app(env.client, task_queue, config=config)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON
     ) as http:
         r = await http.options(
             "/api/plans",
@@ -584,7 +589,7 @@ async def test_cors_is_configurable(env: WorkflowEnvironment, task_queue: str):
         assert "access-control-allow-origin" not in r.headers
     plain = make_app(env.client, task_queue)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=plain), base_url="http://test"
+        transport=httpx.ASGITransport(app=plain), base_url=BASE_URL, headers=JSON
     ) as http:
         r = await http.get("/healthz", headers={"Origin": "https://ui.example"})
         assert "access-control-allow-origin" not in r.headers
@@ -633,7 +638,7 @@ async def test_temporal_unreachable_is_503_quickly(task_queue: str):
         async with (
             app.router.lifespan_context(app),
             httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://test"
+                transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON
             ) as http,
         ):
             t0 = time.monotonic()
@@ -658,7 +663,9 @@ async def test_no_worker_is_503_within_the_timeout(env: WorkflowEnvironment):
     app = make_app(env.client, f"tq-nobody-{uuid.uuid4()}", config=config)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON
+        ) as http,
     ):
         doc = plan_doc([wait_step("a")], require_approval=True)
         await http.post("/api/plans", json=doc)

@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import IndexedValueType
 
 from config import env_names, load_settings
+from plansmith.cli.console import CliError
+from plansmith.cli.processes import check_exposure
 from plansmith.devserver import SEARCH_ATTRIBUTE_TYPES, server_command
 from workflows.plan_input import SEARCH_ATTRIBUTES
 
@@ -173,9 +175,15 @@ def environment(service: dict[str, Any]) -> dict[str, str | None]:
     return {str(k): None if v is None else str(v) for k, v in raw.items()}
 
 
-def resolved_env(service: dict[str, Any]) -> dict[str, str]:
-    """The values a container would get from a host with an empty environment."""
-    return {k: interpolate(v) for k, v in environment(service).items() if v is not None}
+# What the host must give compose (`${VAR:?...}`): the API refuses to run without keys.
+HOST_ENV = {"PLANSMITH_API_KEYS": "compose-test-key:ops:admin"}
+
+
+def resolved_env(service: dict[str, Any], host_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The values a container would get from a host that sets only what compose requires
+    (``HOST_ENV``), or only ``host_env``."""
+    env = HOST_ENV if host_env is None else host_env
+    return {k: interpolate(v, env) for k, v in environment(service).items() if v is not None}
 
 
 def command(service: dict[str, Any]) -> list[str]:
@@ -403,6 +411,34 @@ def test_temporal_address_points_at_the_temporal_service(
         host, _, service_port = address.rpartition(":")
         assert host == TEMPORAL, f"{name}: TEMPORAL_ADDRESS {address} is not the {TEMPORAL} service"
         assert int(service_port) == port, f"{name}: TEMPORAL_ADDRESS {address}, frontend on {port}"
+
+
+def test_the_api_ships_closed(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API listens beyond loopback, so compose will not start it without API keys,
+    and the API itself would refuse to (`plansmith api` checks before binding)."""
+    api = services["api"]
+    raw = environment(api)["PLANSMITH_API_KEYS"]
+    assert raw and re.fullmatch(r"\$\{PLANSMITH_API_KEYS:\?[^}]*PLANSMITH_API_KEYS[^}]*\}", raw), (
+        "the api service must require PLANSMITH_API_KEYS (${PLANSMITH_API_KEYS:?...}), "
+        f"got {raw!r}"
+    )
+    with pytest.raises(AssertionError, match="requires PLANSMITH_API_KEYS"):
+        resolved_env(api, host_env={})
+    with pytest.raises(AssertionError, match="requires PLANSMITH_API_KEYS"):
+        resolved_env(api, host_env={"PLANSMITH_API_KEYS": ""})
+    for name, service in services.items():
+        assert "PLANSMITH_ALLOW_OPEN_API" not in environment(service), name
+
+    host = command(api)[command(api).index("--host") + 1]
+    for key, value in resolved_env(api).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(env_file=None)
+    assert settings.api.keys_enabled and not settings.api.allow_open_api
+    check_exposure(host, settings)  # keys given: it starts
+    with pytest.raises(CliError, match="PLANSMITH_API_KEYS"):
+        check_exposure(host, settings.replace(api={"keys": None}))
 
 
 def test_one_namespace_everywhere(services: dict[str, dict[str, Any]]) -> None:

@@ -32,6 +32,7 @@ from plans.validation import parse_plan, validate_plan
 from store import knowledge
 from store.db import session_scope
 from tests.activities.test_planner import CYCLE_AND_UNKNOWN_TOOL, Scripted, answer
+from tests.api.serving import BASE_URL, JSON
 from tests.api.test_plans_routes import make_app, wait_status
 from tests.e2e.test_cli import cli_env, plansmith
 from tests.helpers import StartWorker, make_plan, start, store_engine, wait_for, worker_with
@@ -271,7 +272,7 @@ async def http(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[httpx
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON, timeout=60
         ) as c,
     ):
         yield c
@@ -342,7 +343,7 @@ async def test_api_without_a_worker_answers_503(env):
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON, timeout=30
         ) as c,
     ):
         t0 = time.monotonic()

@@ -26,6 +26,7 @@ from plans.run_state import AuditEntry
 from plans.views import StatusView
 from store import reads
 from store.db import session_scope
+from tests.api.serving import BASE_URL, JSON
 from tests.helpers import activity_deps, start, status, store_engine, wait_for
 from worker import WORKFLOWS, activities_for
 from workflows.plan_input import PlanResult
@@ -234,7 +235,9 @@ async def test_trust_and_risk_over_the_api(client, worker, task_queue):
     app = create_app(settings=settings, client=client)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=JSON
+        ) as http,
     ):
         got = (await http.get(f"/api/agents/{bot}/trust")).json()
         assert got["agent_id"] == bot and got["inputs"]["completed"] == 1

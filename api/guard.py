@@ -1,0 +1,177 @@
+"""Two checks on every request, before any route runs (:class:`RequestGuard`):
+
+* **Host.** The ``Host`` header must name this API: the loopback names (``localhost``,
+  ``127.0.0.1``, ``[::1]``), the host ``plansmith api`` is bound to, and the names in
+  ``PLANSMITH_API_ALLOWED_HOSTS`` (``*.example.com`` matches its subdomains, ``*`` any
+  host). Any other host gets **400**: a web page whose name was re-pointed at this
+  machine (DNS rebinding) cannot talk to a local API. ``/healthz`` and ``/readyz`` are
+  exempt (probes address containers by IP; they tell nothing to an anonymous caller).
+* **JSON.** A state-changing request under ``/api`` (``POST``, ``PUT``, ``PATCH``,
+  ``DELETE``) must say ``Content-Type: application/json``, with a body or without one;
+  anything else (none, a form, ``text/plain``) gets **415**. A browser sends such a
+  request cross-site only after a CORS preflight, which this API answers only for
+  ``PLANSMITH_CORS_ORIGINS``, so a web page cannot approve or cancel a plan behind a
+  person's back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from fastapi.utils import create_model_field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.errors import ErrorBody
+from config.settings import LOOPBACK_HOSTS
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HOST_EXEMPT = ("/healthz", "/readyz")
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "[::]", "*"})
+
+
+def normalize_host(value: str) -> str | None:
+    """The host of a ``Host`` header or a configured name, lower case, without port or
+    trailing dot: ``Example.COM:8000`` → ``example.com``, ``[::1]:8000`` and ``::1`` →
+    ``[::1]``. None when it is malformed."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        end = v.find("]")
+        rest = v[end + 1 :]
+        if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return v[: end + 1]
+    if v.count(":") > 1:  # a bare IPv6 address (a configured name, a bind address)
+        try:
+            return f"[{ipaddress.IPv6Address(v).compressed}]"
+        except ValueError:
+            return None
+    host, sep, port = v.partition(":")
+    if sep and not port.isdigit():
+        return None
+    host = host.rstrip(".")
+    if not host or any(c in host for c in " /\\@?#"):
+        return None
+    return host
+
+
+def allowed_hosts(configured: Iterable[str], bind_host: str | None = None) -> tuple[str, ...]:
+    """The hosts the API answers to: loopback names, the bound host (unless a wildcard
+    address) and the configured names."""
+    names: list[str] = [*LOOPBACK_HOSTS]
+    if bind_host is not None:
+        bound = normalize_host(bind_host)
+        if bound and bound not in WILDCARD_BINDS:
+            names.append(bound)
+    for name in configured:
+        name = name.strip().lower()
+        if name == "*" or name.startswith("*."):
+            names.append(name)
+        elif (host := normalize_host(name)) is not None:
+            names.append(host)
+    return tuple(dict.fromkeys(names))
+
+
+def host_allowed(host: str | None, allowed: Iterable[str]) -> bool:
+    if host is None:
+        return False
+    for pattern in allowed:
+        if pattern == "*" or pattern == host:
+            return True
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+    return False
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+class RequestGuard:
+    """ASGI middleware: the Host and the JSON checks of the module docstring."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path: str = scope.get("path", "")
+        if path not in HOST_EXEMPT:
+            raw = headers.get("host")
+            host = normalize_host(raw) if raw is not None else None
+            if not host_allowed(host, self.allowed):
+                shown = (raw or "")[:100]
+                await _answer(
+                    send,
+                    400,
+                    "bad_host",
+                    f"this API does not answer to the host {shown!r} (Host header); "
+                    "allowed are the loopback names, the host it is bound to and "
+                    "PLANSMITH_API_ALLOWED_HOSTS",
+                )
+                return
+        method = scope.get("method", "")
+        if (
+            scope["type"] == "http"
+            and method in STATE_CHANGING
+            and (path == "/api" or path.startswith("/api/"))
+        ):
+            given = headers.get("content-type")
+            if given is None or media_type(given) != "application/json":
+                got = "none" if given is None else repr(given[:100])
+                await _answer(
+                    send,
+                    415,
+                    "unsupported_media_type",
+                    f"{method} {path} needs Content-Type: application/json (got {got}); "
+                    "a request without arguments sends it with an empty body or {}",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, code: str, detail: str) -> None:
+    body = json.dumps(ErrorBody(detail=detail, code=code).model_dump(mode="json")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def document(*routers: APIRouter) -> None:
+    """Add the guard's answers to the OpenAPI document of the routers mounted under
+    ``/api`` (before they are included): 400 (a Host that is not this API) on every
+    route, 415 on every state-changing one. Idempotent."""
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            _add(route, 400, "the Host header names another host than this API")
+            if (route.methods or set()) & STATE_CHANGING:
+                _add(route, 415, "Content-Type is not application/json")
+
+
+def _add(route: APIRoute, status: int, description: str) -> None:
+    if status in route.responses:
+        return
+    route.responses = {**route.responses, status: {"model": ErrorBody, "description": description}}
+    route.response_fields = {
+        **route.response_fields,
+        status: create_model_field(
+            name=f"Response_{status}_{route.unique_id}", type_=ErrorBody, mode="serialization"
+        ),
+    }

@@ -1,0 +1,455 @@
+"""Oversight that cannot be bypassed, attacked the way an attacker would.
+
+The real app, with ``PLANSMITH_API_KEYS=k1:alice:operator,k2:bot:agent`` read from the
+environment, against the dev server and a worker: the agent key tries to act as another
+agent, to approve its own plan, to steer someone else's plan and to change the models;
+an operator tries to change the models. Then what a web page can do to a local API:
+a control without a JSON content type (415), a re-pointed name (Host ``evil.example``,
+400, also over a real socket), and what ``/readyz`` and error answers tell an anonymous
+caller when Temporal or the database is down. And the CLI: ``plansmith api --host
+0.0.0.0`` without keys refuses to start (a real process, before binding anything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from api.auth import AGENT_OWN_CONTROLS, PERSON_CONTROLS, ApiKeys, Role
+from api.guard import allowed_hosts, host_allowed, normalize_host
+from config import ConfigError, Settings, load_settings
+from plans.controls import CONTROL_MODELS
+from plansmith.cli.processes import check_exposure, is_loopback
+from tests.api.serving import BASE_URL, JSON, serve
+from tests.api.test_dashboard import uvicorn_serving
+from tests.api.test_plans_routes import TEST_CONFIG, plan_doc, wait_step
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = "k1:alice:operator,k2:bot:agent"
+ALICE = {"Authorization": "Bearer k1"}
+BOT = {"X-API-Key": "k2"}
+
+
+async def wait_status(
+    http: httpx.AsyncClient, plan_id: str, predicate: Any, timeout: float = 20
+) -> dict:
+    """The plan's status (read with alice's key) once ``predicate`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await http.get(f"/api/plans/{plan_id}/status", headers=ALICE)
+        assert r.status_code == 200, r.text
+        if predicate(st := r.json()):
+            return dict(st)
+        assert time.monotonic() < deadline, f"status not reached: {st['status']}"
+        await asyncio.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    """The settings a process started with ``env`` reads (no .env file)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return load_settings(env_file=None)
+
+
+def app_with_keys(
+    monkeypatch: pytest.MonkeyPatch, client: Client | None, task_queue: str, **kw: Any
+) -> FastAPI:
+    settings = settings_from_env(monkeypatch, PLANSMITH_API_KEYS=KEYS)
+    settings = settings.replace(
+        temporal={"task_queue": task_queue},
+        api={**TEST_CONFIG.model_dump(), "keys": settings.api.keys},
+    )
+    return create_app(settings=settings, client=client, **kw)
+
+
+# --- roles on the real app --------------------------------------------------------------
+
+
+async def test_an_agent_key_proposes_only_as_itself_and_never_approves(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    async with serve(app) as http:
+        # bot creating a plan as another agent: 403, and nothing is stored
+        doc = plan_doc([wait_step("a")], require_approval=True) | {"agent_id": "other"}
+        r = await http.post("/api/plans", json=doc, headers=BOT)
+        assert r.status_code == 403, r.text
+        assert "agent_id='other' differs from the API key's owner 'bot'" in r.json()["detail"]
+        assert (await http.get(f"/api/plans/{doc['id']}", headers=ALICE)).status_code == 404
+        # ... nor through the planner or the nodes/edges API
+        r = await http.post(
+            "/api/plans/generate", json={"task": "say hi", "agent_id": "other"}, headers=BOT
+        )
+        assert r.status_code == 403 and "agent_id='other'" in r.json()["detail"], r.text
+
+        # without agent_id, the plan is the bot's
+        doc.pop("agent_id")
+        r = await http.post("/api/plans", json=doc, headers=BOT)
+        assert r.status_code == 201, r.text
+        assert r.json()["plan"]["agent_id"] == "bot"
+        plan_id = doc["id"]
+        r = await http.post(f"/api/plans/{plan_id}/execute", headers=BOT | JSON)
+        assert r.status_code == 202, r.text
+        await wait_status(http, plan_id, lambda s: s["status"] == "pending_approval")
+
+        # bot approving (or rejecting) its own plan: 403; the plan still waits for a person
+        for verb, body in (("approve", {}), ("reject", {"reason": "no"}), ("resume", {})):
+            r = await http.post(f"/api/plans/{plan_id}/{verb}", json=body, headers=BOT)
+            assert r.status_code == 403, (verb, r.text)
+            assert "agent key" in r.json()["detail"] and "a person" in r.json()["detail"]
+        r = await http.post(f"/api/plans/{plan_id}/resume-from-failure", json={}, headers=BOT)
+        assert r.status_code == 403, r.text
+        st = (await http.get(f"/api/plans/{plan_id}/status", headers=BOT)).json()
+        assert st["status"] == "pending_approval" and st["approved_by"] is None
+        audit = (await http.get(f"/api/plans/{plan_id}/audit", headers=ALICE)).json()
+        assert not [a for a in audit if a["action"] in ("approve", "reject")]
+
+        # alice's approval is recorded as alice, in the status and the audit trail
+        r = await http.post(f"/api/plans/{plan_id}/approve", json={}, headers=ALICE)
+        assert r.status_code == 200, r.text
+        st = await wait_status(http, plan_id, lambda s: s["status"] == "completed")
+        assert st["approved_by"] == "alice"
+        audit = (await http.get(f"/api/plans/{plan_id}/audit", headers=ALICE)).json()
+        assert [a["by"] for a in audit if a["action"] == "approve"] == ["alice"]
+
+        # alice's plan: the bot may neither run it nor steer it
+        theirs = plan_doc([wait_step("a", 30)], require_approval=False)
+        assert (await http.post("/api/plans", json=theirs, headers=ALICE)).status_code == 201
+        r = await http.post(f"/api/plans/{theirs['id']}/execute", headers=BOT | JSON)
+        assert r.status_code == 403 and "proposed by 'no agent'" in r.json()["detail"], r.text
+        r = await http.post(f"/api/plans/{theirs['id']}/execute", headers=ALICE | JSON)
+        assert r.status_code == 202, r.text
+        await wait_status(http, theirs["id"], lambda s: s["status"] == "executing")
+        for verb in ("pause", "cancel"):
+            r = await http.post(
+                f"/api/plans/{theirs['id']}/{verb}", json={"reason": "mine now"}, headers=BOT
+            )
+            assert r.status_code == 403 and "only its own plans" in r.json()["detail"], r.text
+        r = await http.post(
+            f"/api/plans/{theirs['id']}/steps/a/skip", json={"reason": "x"}, headers=BOT
+        )
+        assert r.status_code == 403, r.text
+        st = (await http.get(f"/api/plans/{theirs['id']}/status", headers=ALICE)).json()
+        assert st["status"] == "executing"
+        r = await http.post(
+            f"/api/plans/{theirs['id']}/cancel", json={"reason": "done"}, headers=ALICE
+        )
+        assert r.status_code == 200, r.text
+
+        # its own running plan: the bot may pause and cancel it
+        own = plan_doc([wait_step("a", 30)], require_approval=False)
+        assert (await http.post("/api/plans", json=own, headers=BOT)).status_code == 201
+        assert (
+            await http.post(f"/api/plans/{own['id']}/execute", headers=BOT | JSON)
+        ).status_code == 202
+        await wait_status(http, own["id"], lambda s: s["status"] == "executing")
+        r = await http.post(f"/api/plans/{own['id']}/cancel", json={"reason": "x"}, headers=BOT)
+        assert r.status_code == 200, r.text
+        st = await wait_status(http, own["id"], lambda s: s["status"] == "cancelled")
+
+
+async def test_an_agent_key_runs_nodes_edges_executions_as_itself(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    definition = {
+        "nodes": [
+            {"id": "start", "type": "input", "config": {"fields": ["message"]}},
+            {"id": "end", "type": "output"},
+        ],
+        "edges": [{"source": "start", "target": "end"}],
+    }
+    async with serve(app) as http:
+        exec_id = f"ex-{uuid.uuid4().hex[:8]}"
+        body = {
+            "execution_id": exec_id,
+            "workflow_id": "wf-1",
+            "definition": definition,
+            "input_data": {"message": "hi"},
+        }
+        r = await http.post("/api/v1/execute", json=body, headers=BOT)
+        assert r.status_code == 202, r.text
+        plan = (await http.get(f"/api/plans/{exec_id}", headers=ALICE)).json()["plan"]
+        assert plan["agent_id"] == "bot"
+        r = await http.post(f"/api/v1/execute/{exec_id}/resume", json={}, headers=BOT)
+        assert r.status_code == 403, r.text
+
+
+async def test_only_an_admin_key_changes_the_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    async def no_temporal(settings: Settings) -> Client:
+        raise RuntimeError("this test needs no Temporal")
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = settings_from_env(
+        monkeypatch, PLANSMITH_API_KEYS=KEYS + ",k3:root:admin", DATABASE_URL=url
+    )
+    app = create_app(settings=settings, connect=no_temporal, database_url=url)
+    async with serve(app) as http:
+        body = {"capabilities": ["planning"], "priority": -5}
+        for who in (BOT, ALICE):
+            r = await http.put("/api/models/x-model", json=body, headers=who)
+            assert r.status_code == 403 and "needs an admin key" in r.json()["detail"], r.text
+            r = await http.delete("/api/models/x-model", headers=who)
+            assert r.status_code == 403, r.text
+        names = [m["name"] for m in (await http.get("/api/models", headers=BOT)).json()["models"]]
+        assert "x-model" not in names  # nothing changed
+        root = {"Authorization": "Bearer k3"}
+        assert (await http.put("/api/models/x-model", json=body, headers=root)).status_code == 201
+        models = (await http.get("/api/models", headers=BOT)).json()
+        assert models["choices"]["planning"] == "x-model"
+
+
+def test_the_role_table_covers_every_control():
+    assert set(CONTROL_MODELS) <= PERSON_CONTROLS | AGENT_OWN_CONTROLS
+    assert not (PERSON_CONTROLS & AGENT_OWN_CONTROLS)
+    assert {"approve", "reject", "approve_step", "reject_step", "answer_clarification"} <= (
+        PERSON_CONTROLS
+    )
+
+
+def test_key_entries_with_roles(monkeypatch: pytest.MonkeyPatch):
+    keys = ApiKeys.parse("k1:alice:operator, k2:bot:agent,k3:root:ADMIN,k4:carol,k5,,")
+    roles = {e.owner: e.role for e in keys.entries}
+    assert roles["alice"] is Role.OPERATOR and roles["bot"] is Role.AGENT
+    assert roles["root"] is Role.ADMIN and roles["carol"] is Role.OPERATOR
+    hashed = next(e for e in keys.entries if e.owner.startswith("key-"))
+    assert hashed.role is Role.OPERATOR and "k5" not in hashed.owner
+    # an unknown role stops the process, naming the variable and never the key
+    with pytest.raises(ConfigError) as e:
+        settings_from_env(monkeypatch, PLANSMITH_API_KEYS="s3cr3t-key-9:alice:wizard")
+    text = str(e.value)
+    assert "PLANSMITH_API_KEYS" in text and "'wizard'" in text and "agent, operator, admin" in text
+    assert "s3cr3t-key-9" not in text
+
+
+# --- what a web page can do to a local API --------------------------------------------
+
+
+async def test_a_control_without_a_json_content_type_is_415_and_never_sent(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    async with serve(app) as http:
+        doc = plan_doc([wait_step("a")], require_approval=True)
+        assert (await http.post("/api/plans", json=doc, headers=ALICE)).status_code == 201
+        r = await http.post(f"/api/plans/{doc['id']}/execute", headers=ALICE)
+        assert r.status_code == 202
+        await wait_status(http, doc["id"], lambda s: s["status"] == "pending_approval")
+    # what a cross-site form or fetch can send without a CORS preflight
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as bare:
+        url = f"/api/plans/{doc['id']}/approve"
+        for kw in (
+            {},  # no body, no content type
+            {"content": b"{}", "headers": {"Content-Type": "text/plain"}},
+            {"data": {"by": "alice"}},  # an HTML form
+            {"content": b"{}", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+        ):
+            headers = ALICE | kw.pop("headers", {})
+            r = await bare.post(url, headers=headers, **kw)
+            assert r.status_code == 415, (kw, r.text)
+            assert r.json()["code"] == "unsupported_media_type"
+            assert "Content-Type: application/json" in r.json()["detail"]
+        r = await bare.request("DELETE", "/api/models/x", headers=ALICE)
+        assert r.status_code == 415
+        st = (await bare.get(f"/api/plans/{doc['id']}/status", headers=ALICE)).json()
+        assert st["status"] == "pending_approval" and st["approved_by"] is None
+        # the same control as JSON, with a charset, goes through
+        r = await bare.post(
+            url, content=b"", headers=ALICE | {"Content-Type": "application/json; charset=utf-8"}
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_a_rebound_host_name_gets_400(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    async def no_temporal(settings: Settings) -> Client:
+        raise RuntimeError("this test needs no Temporal")
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = settings_from_env(monkeypatch, PLANSMITH_API_KEYS=KEYS, DATABASE_URL=url)
+    app = create_app(settings=settings, connect=no_temporal, database_url=url)
+    # over a real socket: what a browser sends once evil.example resolves to 127.0.0.1
+    with uvicorn_serving(app) as base:
+        port = base.rsplit(":", 1)[1]
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            for path in ("/api/plans", "/dashboard", "/openapi.json", "/metrics"):
+                r = await http.get(path, headers=ALICE | {"Host": f"evil.example:{port}"})
+                assert r.status_code == 400, (path, r.text)
+                assert r.json()["code"] == "bad_host"
+            r = await http.get("/api/plans", headers=ALICE | {"Host": "evil.example"})
+            assert r.status_code == 400
+            r = await http.get("/api/plans", headers=ALICE | {"Host": "localhost.evil.example"})
+            assert r.status_code == 400
+            # the names of this machine work
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "LOCALHOST."):
+                r = await http.get("/api/plans", headers=ALICE | {"Host": host})
+                assert r.status_code == 200, (host, r.text)
+            # probes address containers by IP: they stay open, and tell nothing
+            r = await http.get("/healthz", headers={"Host": "10.1.2.3:8000"})
+            assert r.status_code == 200
+
+    # PLANSMITH_API_ALLOWED_HOSTS adds names; the bound host is one of them
+    settings = settings.replace(api={"allowed_hosts": ("plansmith.example.org", "*.corp.test")})
+    app = create_app(settings=settings, connect=no_temporal, database_url=url, bind_host="10.9.8.7")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        for host, status in (
+            ("plansmith.example.org", 200),
+            ("api.corp.test:8443", 200),
+            ("10.9.8.7:8000", 200),
+            ("localhost", 200),
+            ("corp.test", 400),
+            ("evil.example", 400),
+        ):
+            r = await http.get(f"http://{host}/api/plans", headers=ALICE)
+            assert r.status_code == status, (host, r.text)
+
+
+def test_host_names_are_normalized_and_matched():
+    assert normalize_host("Example.COM.:8000") == "example.com"
+    assert normalize_host("[::1]:8000") == normalize_host("::1") == "[::1]"
+    assert normalize_host("a b") is None and normalize_host("x:y") is None
+    allowed = allowed_hosts(["*.example.org"], "0.0.0.0")
+    assert "0.0.0.0" not in allowed and "[::1]" in allowed and "localhost" in allowed
+    assert host_allowed("a.example.org", allowed) and not host_allowed("example.org", allowed)
+    assert not host_allowed(None, allowed)
+    assert host_allowed("anything", allowed_hosts(["*"]))
+
+
+async def test_readyz_and_errors_tell_an_anonymous_caller_no_address(
+    task_queue: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    temporal_port, db_port = free_port(), free_port()
+    temporal_address = f"127.0.0.1:{temporal_port}"
+    password = f"pw-{uuid.uuid4().hex[:10]}"
+    dsn = f"postgresql+psycopg://plansmith:{password}@127.0.0.1:{db_port}/plansmith"
+
+    async def dead_temporal(settings: Settings) -> Client:
+        return await Client.connect(
+            settings.temporal.address, data_converter=pydantic_data_converter, lazy=True
+        )
+
+    settings = settings_from_env(
+        monkeypatch, PLANSMITH_API_KEYS=KEYS, TEMPORAL_ADDRESS=temporal_address, DATABASE_URL=dsn
+    ).replace(temporal={"task_queue": task_queue}, api={"rpc_timeout_s": 2.0})
+    app = create_app(settings=settings, connect=dead_temporal, database_url=dsn)
+    caplog.set_level(logging.WARNING, logger="plansmith.api")
+    leaks = (temporal_address, str(temporal_port), password, str(db_port), dsn)
+    async with serve(app) as http:
+        r = await http.get("/readyz")
+        assert r.status_code == 503
+        assert r.json() == {
+            "status": "unavailable",
+            "temporal": "unreachable",
+            "database": "unreachable",
+        }
+        r = await http.get("/readyz", headers={"X-API-Key": "not-a-key"})
+        assert r.json()["temporal"] == "unreachable"
+        answers = [r.text]
+        # what a key holder learns proves the server did know the details
+        r = await http.get("/readyz", headers=ALICE)
+        assert r.status_code == 503 and temporal_address in r.json()["temporal"]
+        assert r.json()["database"] != "unreachable"
+        # every route that needs Temporal or the database: 503 without an address
+        for method, path in (
+            ("GET", "/api/plans/some-plan/status"),
+            ("POST", "/api/plans/some-plan/approve"),
+            ("GET", "/api/plans"),
+            ("GET", "/api/models"),
+            ("GET", "/api/metrics/success"),
+        ):
+            r = await http.request(method, path, headers=ALICE)
+            assert r.status_code == 503, (path, r.text)
+            answers.append(r.text)
+    for text in answers:
+        for leak in leaks:
+            assert leak not in text, (leak, text)
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert temporal_address in logged  # the operator finds why in the log
+
+
+def test_the_redaction_net_catches_configured_secrets():
+    from api.errors import redact
+
+    assert redact("at db.internal:5432 with pw", ["db.internal:5432", "pw!x"]) == (
+        "at [redacted] with pw"
+    )
+
+
+# --- the CLI refuses to serve an open API beyond loopback -----------------------------
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PLANSMITH_API")}
+    base.pop("PLANSMITH_ALLOW_OPEN_API", None)
+    return subprocess.run(
+        [sys.executable, "-m", "plansmith.cli", *args],
+        cwd=ROOT,
+        env=base | {"PLANSMITH_API_KEYS": ""} | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_plansmith_api_beyond_loopback_without_keys_refuses_to_start():
+    port = free_port()
+    t0 = time.monotonic()
+    done = cli("api", "--host", "0.0.0.0", "--port", str(port))
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "PLANSMITH_API_KEYS" in done.stderr and "PLANSMITH_ALLOW_OPEN_API" in done.stderr
+    assert time.monotonic() - t0 < 30
+    with socket.socket() as s:  # it bound nothing: the port is still free
+        s.bind(("127.0.0.1", port))
+    # `plansmith up` refuses before it starts any process of the stack
+    done = cli("up", "--host", "0.0.0.0", "--port", str(port))
+    assert done.returncode != 0 and "PLANSMITH_API_KEYS" in done.stderr
+    assert "Temporal dev server" not in done.stdout
+    # an unknown role: the variable is named, the key is not printed
+    done = cli("api", "--port", str(port), PLANSMITH_API_KEYS="sekrit-k3y-77:alice:boss")
+    assert done.returncode == 2 and "PLANSMITH_API_KEYS" in done.stderr
+    assert "'boss'" in done.stderr and "sekrit-k3y-77" not in done.stderr + done.stdout
+
+
+def test_exposure_rules(monkeypatch: pytest.MonkeyPatch):
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.5", "plansmith.example.org"):
+        assert not is_loopback(host), host
+    open_settings = settings_from_env(monkeypatch, PLANSMITH_API_KEYS="")
+    check_exposure("127.0.0.1", open_settings)
+    from plansmith.cli.console import CliError
+
+    with pytest.raises(CliError, match="PLANSMITH_API_KEYS"):
+        check_exposure("0.0.0.0", open_settings)
+    check_exposure("0.0.0.0", open_settings.replace(api={"keys": "k:ops:admin"}))
+    check_exposure("0.0.0.0", open_settings.replace(api={"allow_open_api": True}))
+    allowed = settings_from_env(monkeypatch, PLANSMITH_ALLOW_OPEN_API="1")
+    assert allowed.api.allow_open_api is True
+
+
+@pytest.fixture(autouse=True)
+def _no_env_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PLANSMITH_API_KEYS", raising=False)
