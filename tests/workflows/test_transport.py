@@ -105,7 +105,7 @@ async def test_codec_round_trip_rotation_and_tampering():
     assert resealed.metadata["encryption-key-id"] == b"new"
     # a plain payload (written before encryption was on) passes as it is
     assert await after.decode([payload]) == [payload]
-    with pytest.raises(PayloadDecryptionError, match="key 'new'.*PLANSMITH_PAYLOAD_OLD_KEYS"):
+    with pytest.raises(PayloadDecryptionError, match=r"key 'new'.*PLANSMITH_PAYLOAD_OLD_KEYS"):
         await before.decode([resealed])
     tampered = Payload()
     tampered.CopyFrom(sealed)
