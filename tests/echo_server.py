@@ -22,7 +22,7 @@ class EchoServer:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode() if length else ""
-                seen = {"path": self.path, "headers": dict(self.headers), "body": body}
+                seen = {"body": body, "path": self.path, "headers": dict(self.headers)}
                 outer.requests.append(seen)
                 data = json.dumps({"you_sent": seen}).encode()
                 self.send_response(400 if self.path.startswith("/reject") else 200)

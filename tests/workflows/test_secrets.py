@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from config import Settings, get_settings
 from plans.controls import ControlResult
 from plans.models import PlanStatus
-from plansmith.devserver import temporal_cli_path
 from tests.echo_server import EchoServer
 from tests.helpers import make_plan, start, status, wait_for
+from tests.history_text import history_text
 
 
 @pytest.fixture
@@ -43,27 +42,10 @@ def secret_settings(tmp_path: Path, token: str) -> Settings:
 
 
 async def everything_temporal_knows(env, handle: WorkflowHandle) -> str:
-    """The raw history (the temporal CLI, no codec: the tests' converter is plain JSON, so
-    a value anywhere in it would show) and every query a person reads."""
-    raw = subprocess.run(
-        [
-            temporal_cli_path(),
-            "workflow",
-            "show",
-            "-w",
-            handle.id,
-            "--address",
-            env.client.service_client.config.target_host,
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert handle.id in raw or '"events"' in raw
-    texts = [raw]
+    """The history as Temporal keeps it (the temporal CLI, payloads decoded: the tests'
+    converter is plain JSON, so a value anywhere in it would show) and every query a
+    person reads."""
+    texts = [history_text(env.client.service_client.config.target_host, handle.id)]
     for q in ("status", "run_state", "plan", "audit", "execution_state"):
         texts.append(json.dumps(await handle.query(q)))
     texts.append(json.dumps(await handle.query("logs", {})))
