@@ -530,9 +530,9 @@ def _config_error(error: ValidationError, section: type[_Section]) -> ConfigErro
             ),
             None,
         )
-        name = section.env_name(field) if field else section.__name__
         msg = str(err["msg"]).removeprefix("Value error, ")
-        problems.append(f"{name}: {msg}")
+        # a rule across fields names its variables itself
+        problems.append(f"{section.env_name(field)}: {msg}" if field else msg)
     return ConfigError("invalid configuration: " + "; ".join(problems))
 
 

@@ -3,7 +3,9 @@ plan put a reference, and redacted from everything the step activity hands back.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.secrets import (
     Redactor,
+    SecretLogFilter,
     SecretsFileError,
     load_secrets,
     redact_url_credentials,
@@ -174,3 +177,25 @@ async def test_an_unknown_secret_fails_the_step_without_retry(tmp_path: Path, ec
     assert e.value.type == "UnknownSecret" and e.value.non_retryable
     assert "params.headers.A: unknown secret TOKEN" in e.value.message
     assert echo.requests == []
+
+
+def test_the_worker_log_filter_redacts_values_and_url_credentials(tmp_path: Path):
+    s = settings_with_file(tmp_path, f"TOKEN={TOKEN}\n")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(SecretLogFilter(s))
+    log = logging.getLogger(f"test-secrets-{uuid.uuid4().hex}")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("calling %s", f"http://127.0.0.1:1/x?token={TOKEN}&sig=abc")
+        try:
+            raise RuntimeError(f"boom {TOKEN}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    text = stream.getvalue()
+    assert "calling http://127.0.0.1:1/x?token=***&sig=***" in text
+    assert "RuntimeError: boom ***" in text
+    assert TOKEN not in text
