@@ -140,8 +140,8 @@ def _step_problems(
         problems.append(
             (
                 f"{where}.params",
-                f"secrets may be used only in a tool step's params, never in a "
-                f"{step.kind.value} step (its params go to a model or into the run's state)",
+                f"secrets may be used only in a tool step's params, never in a step of kind "
+                f"{step.kind.value!r} (its params go to a model or into the run's state)",
             )
         )
     else:

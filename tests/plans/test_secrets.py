@@ -86,7 +86,8 @@ def test_an_unknown_secret_is_named_where_it_is_used():
     [
         (
             {"id": "ask", "kind": "llm", "params": {"prompt": "use {{ secrets.TOKEN }}"}},
-            "steps[0].params: secrets may be used only in a tool step's params, never in a llm step",
+            "steps[0].params: secrets may be used only in a tool step's params, never in a step "
+            "of kind 'llm'",
         ),
         (
             {
@@ -94,7 +95,7 @@ def test_an_unknown_secret_is_named_where_it_is_used():
                 "kind": "decision",
                 "params": {"question": "{{ secrets.T }}?", "options": ["a", "b"]},
             },
-            "never in a decision step",
+            "never in a step of kind 'decision'",
         ),
         (
             http({"url": "http://127.0.0.1:1/"}, when="secrets.TOKEN == 'x'"),
