@@ -122,8 +122,8 @@ def load_secrets(settings: Settings, environ: Mapping[str, str] | None = None) -
 
 _USERINFO_RE = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s'\"]+@")
 _CREDENTIAL_PARAM_RE = re.compile(
-    r"([?&;][^=&#\s'\"]*(?:token|key|secret|password|passwd|signature|sig|credential|auth)"
-    r"[^=&#\s'\"]*=)[^&#\s'\"]*",
+    r"([?&;](?:[^=&#\s'\"]*(?:token|key|secret|password|passwd|signature|credential|auth)"
+    r"[^=&#\s'\"]*|sig)=)[^&#\s'\"]*",
     re.IGNORECASE,
 )
 

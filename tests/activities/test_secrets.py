@@ -91,6 +91,7 @@ def test_redaction_covers_escaped_forms_and_credentials_in_urls():
     text += f" q {quote(value, safe='')} qp {quote_plus(value)}"
     assert "p@ss" not in r.text(text)
     assert r.value({"k": [value, {value: 1}]}) == {"k": ["***", {"***": 1}]}
+    assert redact_url_credentials("http://h/?design=a&sig=b") == "http://h/?design=a&sig=***"
     assert (
         redact_url_credentials(
             "GET https://bob:hunter2@example.test/x?page=2&access_token=abc&X-Amz-Signature=f00&apiKey=k#frag"
@@ -165,6 +166,16 @@ async def test_a_connection_error_hides_the_url_credentials(tmp_path: Path):
     with pytest.raises(ApplicationError) as e:
         await ActivityEnvironment().run(StepActivities(deps).execute_step, plain)
     assert "plain-key-1" not in e.value.message and "api_key=***" in e.value.message
+
+
+async def test_a_reference_outside_the_plan_paths_is_sent_as_text(tmp_path: Path, echo: EchoServer):
+    """A tool call a model asks for (or a value an earlier step produced) comes with no
+    secret paths: a reference in it is never resolved."""
+    deps = activity_deps(settings=settings_with_file(tmp_path, f"TOKEN={TOKEN}\n"))
+    task = _task({"url": echo.url + "/x", "json": {"leak": "{{ secrets.TOKEN }}"}}, [])
+    outcome = await ActivityEnvironment().run(StepActivities(deps).execute_step, task)
+    assert outcome.output["status"] == 200
+    assert not echo.received(TOKEN) and "{{ secrets.TOKEN }}" in echo.requests[0]["body"]
 
 
 async def test_an_unknown_secret_fails_the_step_without_retry(tmp_path: Path, echo: EchoServer):
