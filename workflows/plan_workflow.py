@@ -239,7 +239,7 @@ class PlanWorkflow(PlanHandlers):
             ]
         except ActivityError as e:
             problems = [f"the plan's secrets could not be checked: {error_text(e)}"]
-        if problems:
+        if problems and run.final_status is None:  # (a cancel may have come meanwhile)
             now = workflow.now()
             why = "; ".join(problems)
             run_state.log(run, now, f"the plan cannot run: {why}", "error")
