@@ -40,6 +40,7 @@ from plans.models import StepKind
 from plans.secrets import NAME_RE, REDACTED, location
 
 ENV_PREFIX = "PLANSMITH_SECRET_"
+log = logging.getLogger("plansmith.secrets")
 
 
 class SecretsFileError(ValueError):
@@ -314,7 +315,14 @@ class SecretLogFilter(logging.Filter):
 
 
 def redact_logs(settings: Settings) -> None:
-    """Attach :class:`SecretLogFilter` to every handler of the root logger."""
+    """Attach :class:`SecretLogFilter` to every handler of the root logger, and say which
+    secrets (names only) this worker has, or why its file cannot be read."""
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, SecretLogFilter) for f in handler.filters):
             handler.addFilter(SecretLogFilter(settings))
+    try:
+        names = sorted(load_secrets(settings))
+    except SecretsFileError as e:
+        log.error("secrets unavailable, plans that use them will fail: %s", e)
+        return
+    log.info("secrets available to plans: %s", ", ".join(names) if names else "none")

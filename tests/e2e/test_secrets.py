@@ -179,6 +179,7 @@ async def test_a_secret_reaches_the_tool_and_nowhere_else(env, task_queue, tmp_p
         assert text, f"the {name} wrote no log"
         assert token not in text, f"the value is in the {name}'s log"
     assert "/api/plans" in logs["api"].read_text()  # the API logged the requests
+    assert "secrets available to plans: TOKEN" in logs["worker"].read_text()  # names only
     assert len(routes) >= 10
     for url, body in routes.items():
         assert token not in body, url
