@@ -156,12 +156,54 @@ async def test_a_secret_reaches_the_tool_and_nowhere_else(env, task_queue, tmp_p
                 assert steps["deploy"]["status"] == "completed"
                 assert "answered 400" in steps["notify"]["error"]
                 routes = await every_get_route(http, plan["id"])
+                # a secret the worker does not have: accepted by the API (it knows no
+                # secrets), refused by the worker when the plan starts, before any step
+                unknown = {
+                    "id": f"sec-unknown-{uuid.uuid4().hex[:8]}",
+                    "options": {"require_approval": False},
+                    "steps": [
+                        {
+                            "id": "call",
+                            "tool": "http_request",
+                            "params": {
+                                "url": server.url + "/never",
+                                "headers": {"Authorization": "Bearer {{ secrets.NOPE }}"},
+                            },
+                        }
+                    ],
+                }
+                assert (await http.post("/api/plans", json=unknown)).status_code == 201
+                assert (await http.post(f"/api/plans/{unknown['id']}/execute")).status_code == 202
+                deadline = time.monotonic() + 60
+                while (st2 := (await http.get(f"/api/plans/{unknown['id']}/status")).json())[
+                    "status"
+                ] != "failed":
+                    assert time.monotonic() < deadline, st2
+                    await asyncio.sleep(0.3)
+                assert st2["outcome"] == (
+                    "steps[0].params.headers.Authorization: unknown secret NOPE"
+                )
+                # a secret where it may not go: refused by the API's validation, located
+                misplaced = {
+                    "steps": [
+                        {"id": "ask", "kind": "llm", "params": {"prompt": "{{ secrets.TOKEN }}"}}
+                    ]
+                }
+                refused = await http.post("/api/plans", json=misplaced)
+                assert refused.status_code == 422, refused.text
+                assert (
+                    "steps[0].params" in refused.text
+                    and "never in a step of kind 'llm'" in refused.text
+                )
         finally:
             stop(api)
             stop(worker)
 
         # the value did reach the tool's server, in the URL, a header and a body ...
-        assert [r["path"].split("?")[0] for r in server.requests] == ["/prod-deploy", "/reject"]
+        assert [r["path"].split("?")[0] for r in server.requests] == [
+            "/prod-deploy",
+            "/reject",
+        ]  # not /never
         assert f"token={token}" in server.requests[0]["path"]
         assert server.requests[0]["headers"]["Authorization"] == f"Bearer {token}"
         assert token in server.requests[1]["body"]
