@@ -29,6 +29,7 @@ from activities.deps import ActivityDeps
 from activities.persist import SnapshotActivities
 from activities.planning import PlanningActivities
 from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
+from activities.secrets import SecretActivities, redact_logs
 from activities.steps import StepActivities
 from config import SandboxSettings, Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
@@ -49,6 +50,7 @@ def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
         SnapshotActivities(deps).record_snapshot,
         PlanningActivities(deps).generate_plan,
         ApprovalActivities(deps).assess_approval,
+        SecretActivities(deps).check_secrets,
     ]
 
 
@@ -136,6 +138,7 @@ def check_sandbox(settings: SandboxSettings) -> None:
 async def run_worker(settings: Settings | None = None, queue: str | None = None) -> None:
     """Poll ``queue``; with no queue named, both the plans queue and the sandbox queue."""
     s = settings or get_settings()
+    redact_logs(s)  # no secret value reaches the worker's log
     deps = ActivityDeps.from_settings(s)
     sandbox_queue = s.sandbox.task_queue
     client = await connect(s)

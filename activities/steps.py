@@ -28,6 +28,7 @@ from activities.deps import ActivityDeps
 from activities.llm.selector import load_selector
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
 from activities.persist import OutputNotStored, offload_after_effect, resolve_refs
+from activities.secrets import with_secrets
 from activities.tools import ToolContext, ToolError, get_tool
 from contracts.errors import LLMError
 from contracts.models import ModelSelector
@@ -74,7 +75,10 @@ class StepActivities:
                 task = task.model_copy(
                     update={"context": {**task.context, "conversation": resolved}}
                 )
-            output = await _dispatch(task, info.attempt, self.deps)
+            # {{ secrets.NAME }} resolved for the tool only; values redacted from what returns
+            output = await with_secrets(
+                task, self.deps.settings, lambda t: _dispatch(t, info.attempt, self.deps)
+            )
             if isinstance(output, LLMStepResult) and output.calls:
                 return StepOutcome(
                     attempt=info.attempt,

@@ -179,8 +179,9 @@ def problems_from_errors(errors: Sequence[Mapping[str, Any]]) -> list[Problem]:
 
 
 def _confidential(request: Request) -> list[str]:
-    """What no answer may carry: the API keys, the model API key, the database URL (and
-    its password and address) and Temporal's address, longest first."""
+    """What no answer may carry: the API keys, the model API key, the payload encryption
+    keys, the database URL (and its password and address) and Temporal's address, longest
+    first."""
     services = getattr(request.app.state, "services", None)
     settings = getattr(services, "settings", None)
     if settings is None:
@@ -189,6 +190,9 @@ def _confidential(request: Request) -> list[str]:
     found += [key for key, _, _ in parse_api_keys(settings.api.keys)]
     if settings.models.anthropic_api_key:
         found.append(settings.models.anthropic_api_key)
+    if settings.temporal.payload_key:  # the payload encryption key, and older ones
+        found.append(settings.temporal.payload_key)
+    found += [k.rpartition(":")[2] for k in (settings.temporal.payload_old_keys or "").split(",")]
     raw_url = settings.store.database_url
     found.append(raw_url)
     with contextlib.suppress(Exception):

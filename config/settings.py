@@ -14,6 +14,10 @@ temporal.task_queue                ``PLANSMITH_TASK_QUEUE`` (``plans``)
 temporal.db_file                   ``PLANSMITH_TEMPORAL_DB`` (``.plansmith/temporal.db``)
 temporal.ui_url                    ``PLANSMITH_UI_URL``
 temporal.heartbeat_timeout_s       ``PLANSMITH_HEARTBEAT_TIMEOUT_S`` (20)
+temporal.tls*                      ``PLANSMITH_TEMPORAL_TLS``, ``..._TLS_CERT``, ``..._TLS_KEY``,
+                                   ``..._TLS_CA``, ``..._TLS_SERVER_NAME``
+temporal.payload_key*              ``PLANSMITH_PAYLOAD_KEY``, ``PLANSMITH_PAYLOAD_KEY_ID``,
+                                   ``PLANSMITH_PAYLOAD_OLD_KEYS``
 store.database_url                 ``DATABASE_URL`` (``sqlite:///plansmith.db``)
 store.large_output_bytes           ``PLANSMITH_LARGE_OUTPUT_BYTES`` (262144)
 api.keys                           ``PLANSMITH_API_KEYS`` (``key:owner[:role]``, comma-separated)
@@ -32,6 +36,7 @@ models.llm_timeout_s               ``PLANSMITH_LLM_TIMEOUT_S`` (120)
 policy.policy                      ``PLANSMITH_POLICY``
 policy.trust_half_life_days        ``PLANSMITH_TRUST_HALF_LIFE_DAYS``
 sandbox.*                          ``PLANSMITH_SANDBOX_*`` (see :class:`SandboxSettings`)
+secrets.file                       ``PLANSMITH_SECRETS_FILE`` (and ``PLANSMITH_SECRET_<NAME>``)
 =================================  ===========================================================
 
 docs/operating.md explains each one for an operator.
@@ -39,6 +44,9 @@ docs/operating.md explains each one for an operator.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -91,6 +99,53 @@ class TemporalSettings(_Section):
         description="a step activity that does not heartbeat this long is retried elsewhere",
     )
 
+    tls: bool = Field(
+        default=False,
+        validation_alias="PLANSMITH_TEMPORAL_TLS",
+        description="reach Temporal over TLS (implied by any other TLS setting)",
+    )
+    tls_cert: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_TEMPORAL_TLS_CERT",
+        description="client certificate (PEM file) for mTLS, e.g. Temporal Cloud",
+    )
+    tls_key: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_TEMPORAL_TLS_KEY",
+        description="the client certificate's private key (PEM file)",
+    )
+    tls_ca: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_TEMPORAL_TLS_CA",
+        description="CA certificate(s) (PEM file) that sign the server's certificate "
+        "(default: the system's roots)",
+    )
+    tls_server_name: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_TEMPORAL_TLS_SERVER_NAME",
+        description="the name the server's certificate must carry (default: the host)",
+    )
+    payload_key: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_PAYLOAD_KEY",
+        repr=False,
+        description="base64 of 32 random bytes: every payload sent to Temporal (inputs, "
+        "results, signals, queries, failures) is encrypted with AES-256-GCM; unset: not encrypted",
+    )
+    payload_key_id: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_PAYLOAD_KEY_ID",
+        description="the name written next to each encrypted payload (default: derived from "
+        "the key), so payloads of an older key can still be read after a rotation",
+    )
+    payload_old_keys: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_PAYLOAD_OLD_KEYS",
+        repr=False,
+        description="comma-separated older keys, each BASE64 or ID:BASE64, still used to "
+        "decrypt (never to encrypt)",
+    )
+
     @field_validator("address")
     @classmethod
     def _host_port(cls, value: str) -> str:
@@ -98,6 +153,54 @@ class TemporalSettings(_Section):
         if not sep or not host or not port.isdigit():
             raise ValueError(f"must be host:port, got {value!r}")
         return value
+
+    @field_validator("payload_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            _decode_key(value)
+            return value.strip()
+        return None
+
+    @field_validator("payload_old_keys")
+    @classmethod
+    def _check_old_keys(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            _parse_old_keys(value)
+            return value
+        return None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TemporalSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(
+                "PLANSMITH_TEMPORAL_TLS_CERT and PLANSMITH_TEMPORAL_TLS_KEY go together "
+                "(a client certificate needs its key)"
+            )
+        if self.payload_key_id is not None and not self.payload_key:
+            raise ValueError("PLANSMITH_PAYLOAD_KEY_ID is set without PLANSMITH_PAYLOAD_KEY")
+        if self.payload_old_keys and not self.payload_key:
+            raise ValueError(
+                "PLANSMITH_PAYLOAD_OLD_KEYS is set without PLANSMITH_PAYLOAD_KEY "
+                "(the current key encrypts; old keys only decrypt)"
+            )
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether Temporal is reached over TLS."""
+        return self.tls or any((self.tls_cert, self.tls_ca, self.tls_server_name))
+
+    def payload_keys(self) -> tuple[str, dict[str, bytes]] | None:
+        """The encryption key's id and every key by id (current and old), or None when
+        payloads are not encrypted."""
+        if not self.payload_key:
+            return None
+        key = _decode_key(self.payload_key)
+        current = self.payload_key_id or key_id_of(key)
+        keys = dict(_parse_old_keys(self.payload_old_keys or ""))
+        keys[current] = key
+        return current, keys
 
     @property
     def host(self) -> str:
@@ -110,6 +213,35 @@ class TemporalSettings(_Section):
     @property
     def ui_port(self) -> int:
         return self.port + 1000
+
+
+def key_id_of(key: bytes) -> str:
+    """The default id of a payload key: a short hash, which says nothing of the key."""
+    return "k-" + hashlib.sha256(b"plansmith-payload-key:" + key).hexdigest()[:12]
+
+
+def _decode_key(text: str) -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 (e.g. from `openssl rand -base64 32`)") from None
+    if len(key) != 32:
+        raise ValueError(f"must be base64 of 32 bytes (AES-256), got {len(key)} bytes")
+    return key
+
+
+def _parse_old_keys(text: str) -> list[tuple[str, bytes]]:
+    out = []
+    for i, item in enumerate(p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        kid, sep, b64 = item.rpartition(":")
+        try:
+            key = _decode_key(b64)
+        except ValueError as e:
+            raise ValueError(f"old key {i + 1}: {e}") from None
+        out.append((kid if sep else key_id_of(key), key))
+    return out
 
 
 class StoreSettings(_Section):
@@ -403,6 +535,19 @@ class SandboxSettings(_Section):
         return self
 
 
+class SecretsSettings(_Section):
+    """Where the worker finds the values of ``{{ secrets.NAME }}``: its environment
+    (``PLANSMITH_SECRET_<NAME>``, read by the worker when a step needs it) and this file.
+    Only the worker needs them; the API and the CLI never see a value."""
+
+    file: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_SECRETS_FILE",
+        description="a file of secrets: a JSON object {NAME: value} or NAME=value lines "
+        "(# comments); read anew when it changes; the environment wins on a clash",
+    )
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "temporal": TemporalSettings,
     "store": StoreSettings,
@@ -410,6 +555,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "models": ModelSettings,
     "policy": PolicySettings,
     "sandbox": SandboxSettings,
+    "secrets": SecretsSettings,
 }
 
 
@@ -422,6 +568,7 @@ class Settings(BaseModel):
     models: ModelSettings = Field(default_factory=ModelSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
 
     def replace(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some fields of some sections changed, validated like the environment:
@@ -450,9 +597,9 @@ def _config_error(error: ValidationError, section: type[_Section]) -> ConfigErro
             ),
             None,
         )
-        name = section.env_name(field) if field else section.__name__
         msg = str(err["msg"]).removeprefix("Value error, ")
-        problems.append(f"{name}: {msg}")
+        # a rule across fields names its variables itself
+        problems.append(f"{section.env_name(field)}: {msg}" if field else msg)
     return ConfigError("invalid configuration: " + "; ".join(problems))
 
 

@@ -51,6 +51,10 @@ class StepTask(BaseModel):
     idempotency_key: str
     step_version: int = 1
     context: dict[str, Any] = Field(default_factory=dict)
+    # Where the plan's own params reference a secret (``{{ secrets.NAME }}``): the paths
+    # into ``params`` the activity resolves. A reference anywhere else (inside a value a
+    # step or an input produced, or in a tool call a model asked for) stays text.
+    secret_params: list[list[str | int]] = Field(default_factory=list)
 
 
 class StepOutcome(BaseModel):

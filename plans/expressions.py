@@ -43,6 +43,8 @@ _STEP_REF_RE = re.compile(
     r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")|\bsteps\.([a-z0-9][a-z0-9_-]*)"""
 )
 TEMPLATE_RE = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.DOTALL)
+# ``{{ secrets.NAME }}``: resolved by the step activity, never here (plans/secrets.py).
+SECRET_REF_RE = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 _FUNCTIONS: dict[str, Any] = {
     "len": len,
@@ -346,18 +348,27 @@ def render(value: Any, context: dict[str, Any]) -> Any:
 
     A string that is exactly one ``{{ expr }}`` becomes the expression's value with its
     type (a list stays a list); templates inside longer strings are interpolated, with
-    dicts and lists written as JSON.
+    dicts and lists written as JSON. A secret reference ``{{ secrets.NAME }}`` is left as
+    it is: only the step activity resolves it (:mod:`plans.secrets`).
     """
     if isinstance(value, str):
         whole = TEMPLATE_RE.fullmatch(value.strip())
         if whole and value.strip().count("{{") == 1:
+            if SECRET_REF_RE.fullmatch(value.strip()):
+                return value
             return evaluate(whole.group(1), context)
-        return TEMPLATE_RE.sub(lambda m: _as_text(evaluate(m.group(1), context)), value)
+        return TEMPLATE_RE.sub(lambda m: _render_one(m, context), value)
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):
         return [render(v, context) for v in value]
     return value
+
+
+def _render_one(m: re.Match[str], context: dict[str, Any]) -> str:
+    if SECRET_REF_RE.fullmatch(m.group(0)):
+        return m.group(0)
+    return _as_text(evaluate(m.group(1), context))
 
 
 def _as_text(v: Any) -> str:

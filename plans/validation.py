@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import jsonschema
@@ -17,6 +17,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from plans.expressions import ROOT_NAMES, ExpressionError, iter_templates, references
 from plans.models import Plan, Step, StepKind, ToolSpec
+from plans.secrets import ROOT as SECRETS_ROOT
+from plans.secrets import secret_problems
 
 
 class Problem(BaseModel):
@@ -150,8 +152,14 @@ def find_cycles(plan: Plan) -> list[list[str]]:
     return cycles
 
 
-def validate_plan(plan: Plan, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
-    """Every problem of the document against the tool catalog; empty means valid."""
+def validate_plan(
+    plan: Plan, catalog: Mapping[str, ToolSpec], secrets: Collection[str] | None = None
+) -> list[Problem]:
+    """Every problem of the document against the tool catalog; empty means valid.
+
+    ``secrets``: the names of the secrets that exist, where they are known (the worker);
+    a reference to another one is then a problem. ``None``: names are not checked here.
+    """
     problems: list[Problem] = []
 
     def add(location: str, message: str) -> None:
@@ -210,11 +218,15 @@ def validate_plan(plan: Plan, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
                         index,
                         add,
                     )
+    for location, message in secret_problems(plan, catalog, secrets):
+        add(location, message)
     return problems
 
 
-def validate_or_raise(plan: Plan, catalog: Mapping[str, ToolSpec]) -> Plan:
-    problems = validate_plan(plan, catalog)
+def validate_or_raise(
+    plan: Plan, catalog: Mapping[str, ToolSpec], secrets: Collection[str] | None = None
+) -> Plan:
+    problems = validate_plan(plan, catalog, secrets)
     if problems:
         raise PlanInvalid(problems)
     return plan
@@ -473,6 +485,13 @@ def _check_expression(
                 add(
                     where,
                     f"bad {what} {expr!r}: a step has 'output', 'status' and 'error', not {ref.field!r}",
+                )
+        elif ref.root == SECRETS_ROOT:
+            if not template:  # templates: plans.secrets.secret_problems says what is wrong
+                add(
+                    where,
+                    f"bad {what} {expr!r}: a condition or check cannot read a secret; "
+                    "secrets go in a tool step's params as {{ secrets.NAME }}",
                 )
         elif ref.root not in ROOT_NAMES:
             add(

@@ -32,7 +32,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -56,6 +55,7 @@ from workflows.plan_input import PLAN_STATUS
 from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import run_planner
 from workflows.starter import resume_from_failure, start_plan
+from workflows.transport import data_converter, tls_config
 
 T = TypeVar("T")
 
@@ -82,12 +82,15 @@ _NO_WORKER = {
 
 
 async def connect(settings: Settings | None = None, address: str | None = None) -> Client:
-    """A client of the settings' Temporal (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``)."""
+    """A client of the settings' Temporal (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``),
+    over TLS/mTLS and with payloads encrypted when the settings say so
+    (:mod:`workflows.transport`)."""
     s = settings or get_settings()
     return await Client.connect(
         address or s.temporal.address,
         namespace=s.temporal.namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(s.temporal),
+        tls=tls_config(s.temporal),
     )
 
 

@@ -28,11 +28,13 @@ from workflows.step_runner import StepRunner
 
 with workflow.unsafe.imports_passed_through():
     from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
+    from contracts.secrets import CHECK_SECRETS, SecretCheck
     from contracts.tools import catalog
     from plans import approval_gate, deadlines, run_state, scheduler
     from plans.models import PlanStatus, StepKind
     from plans.policy import ApprovalDecision, decide_as_new_agent, decide_without_trust
     from plans.run_state import Approval, PlanRun
+    from plans.secrets import referenced as secrets_referenced
 
 # require_approval "auto" asks the assess_approval activity (risk and trust) first; runs
 # recorded before it decided with the engine's legacy rule and replay without it.
@@ -40,6 +42,8 @@ ADAPTIVE_APPROVAL_PATCH = "adaptive-approval"
 # When the assessment fails a person is asked; runs recorded before decided as for a new
 # agent (which could run a medium-risk plan unattended) and replay that way.
 APPROVAL_FAILS_CLOSED_PATCH = "approval-fails-closed"
+# A plan that uses {{ secrets.NAME }} asks a worker whether it has them all, first.
+SECRETS_CHECK_PATCH = "secrets-check"
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -113,6 +117,8 @@ class PlanWorkflow(PlanHandlers):
     async def run(self, inp: PlanInput) -> PlanResult:
         run = self._run
         try:
+            if inp.run is None:  # a fresh run (not a continuation): are its secrets here?
+                await self._check_secrets()
             await self._approval_phase()
             if run.final_status is None and not self._continue:
                 await self._execute()
@@ -244,6 +250,33 @@ class PlanWorkflow(PlanHandlers):
             else:
                 decision = decide_as_new_agent(plan, self._catalog, workflow.now(), why)
         approval_gate.apply_policy_decision(run, decision, workflow.now())
+
+    async def _check_secrets(self) -> None:
+        """A plan that references a secret the workers of its queue do not have fails
+        now, before approval and before any step runs, naming where each one is used."""
+        run = self._run
+        refs = secrets_referenced(run.plan)
+        if not refs or run.final_status is not None or not workflow.patched(SECRETS_CHECK_PATCH):
+            return
+        try:
+            missing = await workflow.execute_activity(
+                CHECK_SECRETS,
+                SecretCheck(names=sorted({name for _, name in refs})),
+                result_type=list[str],
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3, maximum_interval=timedelta(seconds=5)),
+                summary="secrets: does the worker have them",
+            )
+            problems = [
+                f"{where}: unknown secret {name}" for where, name in refs if name in missing
+            ]
+        except ActivityError as e:
+            problems = [f"the plan's secrets could not be checked: {error_text(e)}"]
+        if problems and run.final_status is None:  # (a cancel may have come meanwhile)
+            now = workflow.now()
+            why = "; ".join(problems)
+            run_state.log(run, now, f"the plan cannot run: {why}", "error")
+            scheduler.end(run, PlanStatus.FAILED, why, now)
 
     async def _execute(self) -> None:
         run = self._run

@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from plans.expressions import render
     from plans.models import StepKind, ToolSpec
     from plans.run_state import PlanRun
+    from plans.secrets import secret_paths
     from plans.validation import params_errors
 
 # Idempotency keys derived from the step's request (plan id, step id, a digest of kind,
@@ -120,6 +121,7 @@ class StepRunner:
                 idempotency_key=key,
                 step_version=state.version,
                 context=self._step_context(sid, ctx),
+                secret_params=[path for path, _ in secret_paths(step.params)],  # resolved there
             )
         except Exception as e:  # a template that cannot render fails the step, never the workflow
             scheduler.record_failure(

@@ -595,6 +595,24 @@ async def judge_gate_approved(client: Client, tq: str) -> Handle:
     return handle
 
 
+@scenario("secrets", expect="completed")
+async def secrets(client: Client, tq: str) -> Handle:
+    """``{{ secrets.NAME }}``: the check_secrets activity first, then a tool step given the
+    value (its length comes back; the history keeps only the reference)."""
+    os.environ["PLANSMITH_SECRET_HIST_TOKEN"] = "replay-secret-value"  # read by the worker
+    plan = plan_of(
+        "secrets",
+        [
+            {
+                "id": "measure",
+                "tool": "transform",
+                "params": {"data": {"t": "{{ secrets.HIST_TOKEN }}"}, "expression": "length(t)"},
+            }
+        ],
+    )
+    return await start(client, plan, tq)
+
+
 # --- driver ------------------------------------------------------------------------------
 
 

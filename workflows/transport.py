@@ -1,0 +1,137 @@
+"""How Plansmith talks to Temporal: TLS (or mTLS) and payloads encrypted end to end.
+
+:func:`tls_config` turns the ``PLANSMITH_TEMPORAL_TLS*`` settings into the SDK's
+``TLSConfig``; :func:`data_converter` is the pydantic converter, with
+:class:`EncryptionCodec` when ``PLANSMITH_PAYLOAD_KEY`` is set. Every process connects
+through :func:`workflows.client.connect`, so the worker, the API and the CLI encrypt and
+decrypt alike; the Temporal server (and its Web UI, unless a codec server is set up)
+sees only ciphertext.
+
+Each encrypted payload carries the id of the key that encrypted it
+(``encryption-key-id``), so a new key can encrypt while older ones
+(``PLANSMITH_PAYLOAD_OLD_KEYS``) still decrypt the histories they wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
+from temporalio.service import TLSConfig
+
+from config import ConfigError, TemporalSettings
+
+ENCODING = b"binary/encrypted"
+CIPHER = b"AES-256-GCM"
+KEY_ID = "encryption-key-id"
+NONCE_BYTES = 12
+
+
+class PayloadDecryptionError(ValueError):
+    """A payload cannot be decrypted: its key is unknown here, or it was altered."""
+
+
+class EncryptionCodec(PayloadCodec):
+    """AES-256-GCM over each whole payload (its metadata and data), with a fresh random
+    nonce each time; the key's id travels in the metadata, outside the ciphertext."""
+
+    def __init__(self, key_id: str, keys: Mapping[str, bytes]):
+        if key_id not in keys:
+            raise ValueError(f"no key {key_id!r} among the keys given")
+        self.key_id = key_id
+        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        cipher = self._ciphers[self.key_id]
+        out = []
+        for p in payloads:
+            nonce = os.urandom(NONCE_BYTES)
+            sealed = cipher.encrypt(nonce, p.SerializeToString(), self.key_id.encode())
+            out.append(
+                Payload(
+                    metadata={
+                        "encoding": ENCODING,
+                        "encryption-cipher": CIPHER,
+                        KEY_ID: self.key_id.encode(),
+                    },
+                    data=nonce + sealed,
+                )
+            )
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for p in payloads:
+            if p.metadata.get("encoding") != ENCODING:
+                out.append(p)  # written before encryption was turned on
+                continue
+            kid = p.metadata.get(KEY_ID, b"").decode()
+            cipher = self._ciphers.get(kid)
+            if cipher is None:
+                raise PayloadDecryptionError(
+                    f"payload encrypted with key {kid!r}, which this process does not have "
+                    "(add it to PLANSMITH_PAYLOAD_OLD_KEYS)"
+                )
+            try:
+                plain = cipher.decrypt(p.data[:NONCE_BYTES], p.data[NONCE_BYTES:], kid.encode())
+            except InvalidTag:
+                raise PayloadDecryptionError(
+                    f"payload encrypted with key {kid!r} does not decrypt (altered, or another "
+                    "key under the same id)"
+                ) from None
+            out.append(Payload.FromString(plain))
+        return out
+
+
+def data_converter(settings: TemporalSettings) -> DataConverter:
+    """The pydantic converter; with a payload key, payloads and failure messages are
+    encrypted (a failure's message and stack trace move into an encrypted payload)."""
+    keys = settings.payload_keys()
+    if keys is None:
+        return pydantic_data_converter
+    current, by_id = keys
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(current, by_id),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def _read(path: str | None, variable: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{variable}: cannot read {path}: {e.strerror or e}") from None
+
+
+def tls_config(settings: TemporalSettings) -> TLSConfig | bool:
+    """The TLS to reach Temporal with: False (plain TCP, the dev server), True (TLS with the
+    system's roots) or a ``TLSConfig`` with a CA, a client certificate (mTLS) and the
+    server's name as the settings give them."""
+    if not settings.tls_enabled:
+        return False
+    env = TemporalSettings.env_name
+    ca = _read(settings.tls_ca, env("tls_ca"))
+    cert = _read(settings.tls_cert, env("tls_cert"))
+    key = _read(settings.tls_key, env("tls_key"))
+    if ca is None and cert is None and not settings.tls_server_name:
+        return True
+    return TLSConfig(
+        server_root_ca_cert=ca,
+        domain=settings.tls_server_name,
+        client_cert=cert,
+        client_private_key=key,
+    )
