@@ -29,16 +29,21 @@ from fastapi import FastAPI
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from api.app import create_app
 from api.auth import AGENT_OWN_CONTROLS, PERSON_CONTROLS, ApiKeys, Role
 from api.guard import allowed_hosts, host_allowed, normalize_host
 from config import ConfigError, Settings, load_settings
+from contracts.tools import SANDBOX_QUEUE
 from plans.controls import CONTROL_MODELS
 from plansmith.cli.processes import check_exposure, is_loopback
 from tests.api.serving import BASE_URL, JSON, serve
 from tests.api.test_dashboard import uvicorn_serving
 from tests.api.test_plans_routes import TEST_CONFIG, plan_doc, wait_step
+from tests.counting_server import CountingServer
+from tests.helpers import activity_deps
+from worker import sandbox_activities_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = "k1:alice:operator,k2:bot:agent"
@@ -453,3 +458,88 @@ def test_exposure_rules(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(autouse=True)
 def _no_env_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PLANSMITH_API_KEYS", raising=False)
+
+
+# --- approvals bound to content, through the API with roles ----------------------------
+
+
+async def test_an_agent_correction_to_code_after_approval_runs_only_after_an_operator_approves(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice approves version 1; the bot (agent key) turns a pending step into python code.
+    That step waits with the diff; the bot can neither approve it nor correct-and-approve;
+    a counting server behind it sees nothing until alice approves version 2 of the step."""
+
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    sandbox = Worker(  # the sandbox pool the API's plans send python steps to
+        env.client,
+        task_queue=SANDBOX_QUEUE,
+        activities=sandbox_activities_for(activity_deps()),
+    )
+    async with sandbox:
+        await _code_change_waits_for_an_operator(app)
+
+
+async def _code_change_waits_for_an_operator(app: FastAPI) -> None:
+    with CountingServer() as srv:
+        notify = {
+            "id": "notify",
+            "tool": "http_request",
+            "params": {"url": srv.url("/hook"), "method": "POST", "json": {"done": True}},
+            "depends_on": ["code"],
+        }
+        doc = plan_doc(
+            [wait_step("first", 1.5), wait_step("code", 0, ["first"]), notify],
+            require_approval=True,
+        )
+        plan_id = doc["id"]
+        async with serve(app) as http:
+            assert (await http.post("/api/plans", json=doc, headers=BOT)).status_code == 201
+            r = await http.post(f"/api/plans/{plan_id}/execute", headers=BOT)
+            assert r.status_code == 202, r.text
+            st = await wait_status(http, plan_id, lambda s: s["status"] == "pending_approval")
+            r = await http.post(
+                f"/api/plans/{plan_id}/approve",
+                json={"version": 1, "digest": st["digest"]},
+                headers=ALICE,
+            )
+            assert r.status_code == 200, r.text
+            await wait_status(http, plan_id, lambda s: s["steps"][0]["status"] == "running")
+
+            code = "print('hello from a change nobody approved')"
+            change = {"tool": "python", "params": {"code": code}}
+            sneaky = {"step_id": "code", "correction": {"updated_step": change}, "approve": True}
+            r = await http.post(f"/api/plans/{plan_id}/apply-correction", json=sneaky, headers=BOT)
+            assert r.status_code == 403 and "agent key" in r.json()["detail"], r.text
+            sneaky.pop("approve")
+            r = await http.post(f"/api/plans/{plan_id}/apply-correction", json=sneaky, headers=BOT)
+            assert r.status_code == 200 and r.json()["version"] == 2, r.text
+
+            st = await wait_status(
+                http, plan_id, lambda s: s["steps"][1]["status"] == "waiting_approval"
+            )
+            wait = next(w for w in st["waiting"] if w["step_id"] == "code")
+            assert "changed after the plan was approved" in wait["question"]
+            assert "by bot" in wait["question"]
+            assert wait["change"]["tool"] == {"old": "wait", "new": "python"}
+            assert wait["change"]["params"]["new"]["code"] == code
+            assert st["approved_by"] == "alice" and st["approved_version"] == 1
+            r = await http.post(f"/api/plans/{plan_id}/steps/code/approve", json={}, headers=BOT)
+            assert r.status_code == 403, r.text
+            await asyncio.sleep(0.5)
+            assert srv.count == 0
+            assert (await wait_status(http, plan_id, lambda s: True))["steps"][2][
+                "status"
+            ] == "pending"
+
+            r = await http.post(
+                f"/api/plans/{plan_id}/steps/code/approve", json={"version": 2}, headers=ALICE
+            )
+            assert r.status_code == 200, r.text
+            st = await wait_status(http, plan_id, lambda s: s["status"] == "completed", 60)
+            assert "hello from a change" in str(st["steps"][1]["output"])
+            assert srv.count == 1
+            audit = (await http.get(f"/api/plans/{plan_id}/audit", headers=ALICE)).json()
+            accepted = [(a["by"], a["action"]) for a in audit if a["accepted"]]
+            assert ("alice", "approve") in accepted and ("alice", "approve_step") in accepted
+            assert ("bot", "apply_correction") in accepted

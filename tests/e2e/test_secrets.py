@@ -112,7 +112,11 @@ async def test_a_secret_reaches_the_tool_and_nowhere_else(env, task_queue, tmp_p
         worker = spawn(["worker", "--queue", task_queue], worker_env, logs["worker"])
         api = spawn(["api", "--port", str(port)], base, logs["api"])
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            ) as http:
                 await wait_ready(http, api)
                 plan = {
                     "id": f"sec-{uuid.uuid4().hex[:8]}",
