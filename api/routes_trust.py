@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
 from api.deps import (
     DraftsDep,
@@ -40,7 +41,7 @@ from plans.policy import (
     should_require_approval,
 )
 from plans.risk import PlanRisk, RiskLevel, assess_risk
-from store.trust import trust_history
+from store.trust import plan_submitter, trust_history
 
 router = APIRouter(
     tags=["trust"],
@@ -67,13 +68,27 @@ class PlanRiskView(BaseModel):
     )
 
 
-async def _trust(store: PlanStore, agent_id: str | None, th: PolicyThresholds) -> TrustScore:
-    """The agent's trust from the store (503 when the store cannot answer)."""
+async def _trust(
+    store: PlanStore, agent_id: str | None, th: PolicyThresholds, plan_id: str | None = None
+) -> TrustScore:
+    """The agent's trust from the store (503 when the store cannot answer). For a plan,
+    as the approval policy reads it: an agent with too few runs of its own is judged on
+    the record of the key that submitted the plan."""
     now = datetime.now(UTC)
-    if agent_id is None:
-        return compute_trust(TrustHistory(), now, th)
-    history = await store._read(lambda s: trust_history(s, agent_id, limit=th.trust.max_runs))
-    return compute_trust(history, now, th)
+
+    def read(session: Session) -> TrustHistory:
+        submitter = plan_submitter(session, plan_id)
+        if agent_id is None and submitter is None:
+            return TrustHistory()
+        return trust_history(
+            session,
+            agent_id,
+            limit=th.trust.max_runs,
+            submitted_by=submitter,
+            min_own_runs=th.min_runs if submitter else 1,
+        )
+
+    return compute_trust(await store._read(read), now, th)
 
 
 @router.get(
@@ -118,7 +133,7 @@ async def get_risk(
     trust: TrustScore | None
     decision: ApprovalDecision | None = None
     try:
-        trust = await _trust(store, plan.agent_id, th)
+        trust = await _trust(store, plan.agent_id, th, plan_id)
     except ApiError:
         trust = None
     if trust is not None:
