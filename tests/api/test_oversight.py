@@ -41,8 +41,8 @@ from plansmith.cli.processes import check_exposure, is_loopback
 from tests.api.serving import BASE_URL, JSON, serve
 from tests.api.test_dashboard import uvicorn_serving
 from tests.api.test_plans_routes import TEST_CONFIG, plan_doc, wait_step
-from tests.counting_server import CountingServer
 from tests.helpers import activity_deps
+from tests.key_server import KeyServer
 from worker import sandbox_activities_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -481,7 +481,7 @@ async def test_an_agent_correction_to_code_after_approval_runs_only_after_an_ope
 
 
 async def _code_change_waits_for_an_operator(app: FastAPI) -> None:
-    with CountingServer() as srv:
+    with KeyServer() as srv:
         notify = {
             "id": "notify",
             "tool": "http_request",
@@ -527,7 +527,7 @@ async def _code_change_waits_for_an_operator(app: FastAPI) -> None:
             r = await http.post(f"/api/plans/{plan_id}/steps/code/approve", json={}, headers=BOT)
             assert r.status_code == 403, r.text
             await asyncio.sleep(0.5)
-            assert srv.count == 0
+            assert srv.seen == []
             assert (await wait_status(http, plan_id, lambda s: True))["steps"][2][
                 "status"
             ] == "pending"
@@ -538,7 +538,7 @@ async def _code_change_waits_for_an_operator(app: FastAPI) -> None:
             assert r.status_code == 200, r.text
             st = await wait_status(http, plan_id, lambda s: s["status"] == "completed", 60)
             assert "hello from a change" in str(st["steps"][1]["output"])
-            assert srv.count == 1
+            assert len(srv.requests("/hook", "POST")) == 1
             audit = (await http.get(f"/api/plans/{plan_id}/audit", headers=ALICE)).json()
             accepted = [(a["by"], a["action"]) for a in audit if a["accepted"]]
             assert ("alice", "approve") in accepted and ("alice", "approve_step") in accepted

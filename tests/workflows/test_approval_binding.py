@@ -14,8 +14,8 @@ from temporalio.client import WorkflowHandle
 
 from plans.controls import ControlResult
 from plans.run_state import Approval
-from tests.counting_server import CountingServer
 from tests.helpers import make_plan, start, status, wait_for
+from tests.key_server import KeyServer
 
 
 def _step(st: Any, sid: str) -> Any:
@@ -33,7 +33,7 @@ async def _send(handle: WorkflowHandle, how: str, name: str, arg: dict[str, Any]
 async def test_a_step_changed_after_approval_runs_only_after_a_person_approves_the_change(
     client, worker, task_queue, how
 ):
-    with CountingServer() as srv:
+    with KeyServer() as srv:
         plan = make_plan(
             [
                 {"id": "first", "tool": "wait", "params": {"seconds": 1.0}},
@@ -67,13 +67,13 @@ async def test_a_step_changed_after_approval_runs_only_after_a_person_approves_t
         assert wait.change["tool"] == {"old": "wait", "new": "http_request"}
         assert wait.change["params"]["new"]["url"] == target
         await asyncio.sleep(0.5)
-        assert srv.count == 0, "the changed step must not run before a person approves it"
+        assert srv.seen == [], "the changed step must not run before a person approves it"
         assert _step(await status(handle), "deploy").status == "waiting_approval"
 
         await _send(handle, how, "approve_step", {"by": "carol", "step_id": "deploy", "version": 2})
         res = await asyncio.wait_for(handle.result(), timeout=20)
         assert res.status == "completed"
-        assert srv.count == 1 and srv.requests[0]["method"] == "POST"
+        assert [(m, p) for m, p, _ in srv.seen] == [("POST", "/prod-deploy")]
         audit = await handle.query("audit")
         approvals = [e for e in audit if e["action"] == "approve_step" and e["accepted"]]
         assert [e["by"] for e in approvals] == ["carol"]

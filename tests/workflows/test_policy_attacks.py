@@ -22,7 +22,6 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -37,6 +36,7 @@ from plans.views import StatusView
 from store import db
 from store.models import PlanRecord
 from tests.helpers import start, wait_for, worker_with
+from tests.key_server import KeyServer
 from workflows.plan_input import PlanResult
 
 
@@ -89,58 +89,29 @@ async def waits_for_a_person(handle: WorkflowHandle) -> StatusView:
 # --- a production deploy --------------------------------------------------------------
 
 
-@pytest.fixture
-def deploy_server() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    """A local HTTP server counting every request (method, path) it receives."""
-    received: list[tuple[str, str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            received.append((self.command, self.path))
-            body = b'{"deployed": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_POST = do_GET = _answer
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", received
-    httpd.shutdown()
-    httpd.server_close()
-
-
 async def test_a_fresh_agents_production_deploy_waits_for_a_person(
-    client: Client, worker: Any, task_queue: str, deploy_server: Any
+    client: Client, worker: Any, task_queue: str
 ) -> None:
-    base, received = deploy_server
-    url = f"{base}/prod-deploy?env=production"
-    plan = plan_of(
-        agent(),
-        [{"id": "ship", "tool": "http_request", "params": {"url": url, "method": "POST"}}],
-    )
-    handle = await start(client, plan, task_queue)
-    st = await waits_for_a_person(handle)
-    policy = st.approval_policy
-    assert policy is not None
-    assert (policy.risk_level, policy.trust_level) == ("high", "low")
-    assert f"step ship: write to a production target (POST {url})" in policy.reasons[0]
-    assert "has no finished run on record yet" in policy.reasons[1]
-    await asyncio.sleep(1.0)  # it keeps waiting: nothing was sent
-    assert (await wait_for(handle, lambda s: True)).status == PlanStatus.PENDING_APPROVAL
-    assert received == []
+    with KeyServer() as srv:
+        url = srv.url("/prod-deploy?env=production")
+        plan = plan_of(
+            agent(),
+            [{"id": "ship", "tool": "http_request", "params": {"url": url, "method": "POST"}}],
+        )
+        handle = await start(client, plan, task_queue)
+        st = await waits_for_a_person(handle)
+        policy = st.approval_policy
+        assert policy is not None
+        assert (policy.risk_level, policy.trust_level) == ("high", "low")
+        assert f"step ship: write to a production target (POST {url})" in policy.reasons[0]
+        assert "has no finished run on record yet" in policy.reasons[1]
+        await asyncio.sleep(1.0)  # it keeps waiting: nothing was sent
+        assert (await wait_for(handle, lambda s: True)).status == PlanStatus.PENDING_APPROVAL
+        assert srv.seen == []
 
-    await handle.execute_update("approve", {"by": "alice"})
-    assert (await result(handle)).status == PlanStatus.COMPLETED
-    assert received == [("POST", "/prod-deploy?env=production")]
+        await handle.execute_update("approve", {"by": "alice"})
+        assert (await result(handle)).status == PlanStatus.COMPLETED
+        assert [(m, p) for m, p, _ in srv.seen] == [("POST", "/prod-deploy")]
 
 
 # --- the store unreachable ------------------------------------------------------------
