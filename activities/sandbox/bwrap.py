@@ -3,7 +3,8 @@
 The code sees a read-only ``/usr`` (and the interpreter's prefix when it lives elsewhere),
 fresh size-limited tmpfs mounts for the work dir, ``/tmp`` and ``/dev/shm``, and nothing
 else of the host's filesystem; the code itself and ``/etc/passwd``, ``/etc/group`` and
-``/etc/hosts`` are bound read-only from memfds.
+``/etc/hosts`` are bound read-only from memfds. bwrap loads the seccomp filter
+(``syscalls.py``) just before it starts the runner.
 """
 
 from __future__ import annotations
@@ -68,18 +69,20 @@ def sandbox_argv(
     disk_mb: int,
     data_fds: dict[str, int],
     info_fd: int,
+    seccomp_fd: int,
     env: dict[str, str],
     command: list[str],
 ) -> list[str]:
     """The full bwrap command line that runs ``command`` in the sandbox.
 
     ``data_fds`` maps a path inside the sandbox to the memfd bound there; bwrap reports
-    the sandbox's PID 1 on ``info_fd``.
+    the sandbox's PID 1 on ``info_fd``; ``seccomp_fd`` holds the compiled seccomp filter.
     """
     argv = bwrap_base(bwrap, prefix, disk_mb)
     for dest, fd in data_fds.items():
         argv += ["--ro-bind-data", str(fd), dest]
     argv += ["--remount-ro", "/", "--chdir", WORKDIR, "--info-fd", str(info_fd)]
+    argv += ["--seccomp", str(seccomp_fd)]
     for key, value in env.items():
         argv += ["--setenv", key, value]
     return [*argv, "--", *command]

@@ -1,6 +1,6 @@
 """How a run ended: the runner's report and the captured output become a ``SandboxResult``.
 
-A kill by the supervisor (timeout, cancellation, output flood) wins; otherwise the exit
+A kill by the supervisor (timeout, cancellation, output flood, a whole-sandbox limit) wins; otherwise the exit
 status, the signal and the last line of stderr tell which limit the code hit, if any.
 """
 
@@ -30,6 +30,7 @@ def sandbox_result(
     killed: tuple[Outcome, str] | None,
     outer_returncode: int,
     duration: float,
+    watched_peak: int = 0,
 ) -> SandboxResult:
     """The result of one run, from what the supervisor captured and why it killed, if it did.
 
@@ -39,7 +40,7 @@ def sandbox_result(
     limits = request.limits
     lines = bytes(report_capture.data).split(b"\n")
     started = lines[0] == b"started"
-    sampled_peak = 0
+    sampled_peak = watched_peak
     report: dict[str, Any] | None = None
     for line in lines[1:]:
         if line.startswith(b"peak "):
@@ -138,7 +139,7 @@ _PATTERNS: list[tuple[re.Pattern[str], Outcome, str]] = [
     (
         re.compile(r"MemoryError|Cannot allocate memory|\[Errno 12\]"),
         "memory_limit",
-        "memory limit of {memory_mb} MB (address space) reached",
+        "memory limit of {memory_mb} MB (address space of one process) reached",
     ),
     (
         re.compile(r"\[Errno 27\]|File too large"),

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from activities.sandbox.bwrap import bwrap_base
 from activities.sandbox.models import SandboxUnavailable
+from activities.sandbox.syscalls import seccomp_bpf
+from activities.sandbox.watch import MECHANISM
 from config import SandboxSettings
 
 
@@ -82,6 +84,7 @@ def _probe(s: SandboxSettings) -> Isolation:
             "`make install` does it), or set PLANSMITH_SANDBOX_ISOLATION=none to run "
             "generated code WITHOUT isolation (not recommended). The code was not run."
         )
+    seccomp_bpf()  # raises SandboxUnavailable when the filter cannot be built
     errors = []
     for python, prefix in _python_candidates(s):
         argv = [
@@ -127,7 +130,9 @@ def _probe(s: SandboxSettings) -> Isolation:
                 switch_user=switch,
                 description=(
                     f"{bw_version}: new user, pid, network, ipc, uts and cgroup namespaces; "
-                    f"read-only /usr; tmpfs work dir, /tmp and /dev/shm; runs as {who}"
+                    f"read-only /usr; tmpfs work dir, /tmp and /dev/shm; seccomp filter; "
+                    f"memory and processes limited for the whole sandbox ({MECHANISM}); "
+                    f"runs as {who}"
                 ),
             )
         errors.append(f"{python}: {done.stderr.strip()[:300] or f'exit {done.returncode}'}")

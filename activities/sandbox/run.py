@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from activities.sandbox.models import (
 )
 from activities.sandbox.probe import isolation
 from activities.sandbox.supervise import supervise
+from activities.sandbox.syscalls import seccomp_bpf
 from config import SandboxSettings
 
 HEARTBEAT_EVERY_S = 1.0
@@ -56,6 +58,7 @@ def run_sandboxed(
     limits = request.limits
     owned: set[int] = set()  # fds to close at the end (each exactly once: numbers get reused)
     tmp: str | None = None
+    mounts: socket.socket | None = None
     try:
         if iso.mode == "bwrap":
             workdir, tmpdir = WORKDIR, "/tmp"
@@ -64,6 +67,8 @@ def run_sandboxed(
             files = data_files(request.code, uid, gid)
             data_fds = {dest: _memfd(dest, data) for dest, data in files.items()}
             owned.update(data_fds.values())
+            seccomp_fd = _memfd("seccomp", seccomp_bpf())
+            owned.add(seccomp_fd)
         else:
             tmp = tempfile.mkdtemp(prefix="plansmith-sandbox-")
             os.chmod(tmp, 0o711)
@@ -108,6 +113,8 @@ def run_sandboxed(
             "max_file_bytes": s.max_output_file_bytes,
             "max_files_bytes": s.max_output_files_bytes,
             "count_left_behind": iso.mode == "bwrap",
+            # the tmpfs mounts the worker's watch counts as the sandbox's memory
+            "mounts": [workdir, tmpdir, "/dev/shm"] if iso.mode == "bwrap" else [],
         }
         job_fd = _memfd("job", json.dumps(job).encode())
         owned.add(job_fd)
@@ -119,15 +126,30 @@ def run_sandboxed(
             assert iso.bwrap is not None
             _, info_w = pipes["info"] = os.pipe()
             owned.update(pipes["info"])
+            # the runner hands its tmpfs mounts to the worker's watch over this socket
+            mounts, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            mounts_w = theirs.detach()
+            owned.add(mounts_w)
+            pipes["mounts"] = (-1, mounts_w)
+            runner.append(str(mounts_w))
             argv = sandbox_argv(
-                iso.bwrap, iso.python_prefix, limits.disk_mb, data_fds, info_w, env, runner
+                iso.bwrap,
+                iso.python_prefix,
+                limits.disk_mb,
+                data_fds,
+                info_w,
+                seccomp_fd,
+                env,
+                runner,
             )
+            passed = [*data_fds.values(), seccomp_fd]
         else:
             argv = runner
-        return supervise(
-            argv, job_fd, pipes, list(data_fds.values()), owned, iso, s, request, cancel
-        )
+            passed = []
+        return supervise(argv, job_fd, pipes, passed, mounts, owned, iso, s, request, cancel)
     finally:
+        if mounts is not None:
+            mounts.close()
         for fd in owned:
             with contextlib.suppress(OSError):
                 os.close(fd)

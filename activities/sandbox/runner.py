@@ -2,7 +2,8 @@
 """The runner: the sandbox's first process, which starts the code and reports on it.
 
 This file is never imported by the worker: its source is passed to the sandbox's own
-interpreter with ``python -I -B -c <source> <report fd>`` (see ``activities.sandbox.run``),
+interpreter with ``python -I -B -c <source> <report fd> [<mounts fd>]`` (see
+``activities.sandbox.run``),
 so it uses the standard library only and must run on any Python 3.9+. The first line
 marks the runner's command line, so a leftover sandbox process can be recognised.
 
@@ -11,7 +12,11 @@ itself non-dumpable so the code can neither ptrace it nor write to its report pi
 /proc, and reports on a pipe the code does not inherit:
 
 - the job (JSON) arrives on stdin: the work dir, the files to put in it, the code's stdin,
-  the rlimits, the command line, the environment and the output files to bring back;
+  the rlimits, the command line, the environment, the output files to bring back and the
+  tmpfs mounts whose directories it hands to the worker (on the mounts fd, before the
+  code starts), so the worker counts what the code stores there as its memory;
+- it runs under the sandbox's seccomp filter already (no ``memfd_create``: the code's
+  stdin is an unnamed file in its ``/tmp``);
 - on the report fd it writes ``started``, then ``peak <bytes>`` lines as the code's
   resident memory grows, then one JSON line: the exit status, resource usage, the
   processes left behind and the declared output files (base64) or what is wrong with them.
@@ -24,9 +29,11 @@ import contextlib
 import json
 import os
 import resource
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -119,7 +126,16 @@ def main() -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
-    stdin = os.memfd_create("stdin")
+    if len(sys.argv) > 2:
+        mounts = socket.socket(fileno=int(sys.argv[2]))
+        fds = [os.open(m, os.O_RDONLY | os.O_DIRECTORY) for m in job.get("mounts", [])]
+        if fds:
+            socket.send_fds(mounts, [b"m"], fds)
+        for fd in fds:
+            os.close(fd)
+        mounts.close()
+    with tempfile.TemporaryFile(dir=job["env"]["TMPDIR"]) as f:
+        stdin = os.dup(f.fileno())
     write_all(stdin, base64.b64decode(job["stdin"]))
     os.lseek(stdin, 0, 0)
     if job["nice"]:

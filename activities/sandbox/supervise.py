@@ -1,7 +1,7 @@
 """Supervising the sandbox process: bounded output capture, the timeout, and the kill.
 
-bwrap runs in its own session and process group; on timeout, cancellation or an output
-flood the group is killed, then the sandbox's PID 1, which makes the kernel kill every
+bwrap runs in its own session and process group; on timeout, cancellation, an output
+flood or a whole-sandbox limit (``watch``: memory with tmpfs, process cap) the group is killed, then the sandbox's PID 1, which makes the kernel kill every
 process left in its namespace. The same happens to whatever the code left behind when it
 ends normally.
 """
@@ -14,6 +14,7 @@ import os
 import select
 import selectors
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ import time
 from activities.sandbox.models import KILL_GRACE_S, Outcome, SandboxRequest, SandboxResult
 from activities.sandbox.outcome import sandbox_result
 from activities.sandbox.probe import Isolation, user_kwargs
+from activities.sandbox.watch import SAMPLE_EVERY_S, SandboxWatch
 from activities.tools import ToolError
 from config import SandboxSettings
 
@@ -51,6 +53,7 @@ def supervise(
     job_fd: int,
     pipes: dict[str, tuple[int, int]],
     data_fds: list[int],
+    mounts: socket.socket | None,
     owned: set[int],
     iso: Isolation,
     s: SandboxSettings,
@@ -60,7 +63,8 @@ def supervise(
     """Start ``argv`` and read its output until it ends, is killed or floods; then judge it.
 
     The write ends of ``pipes`` are closed here once the child holds them, so their read
-    ends see EOF when the sandbox is gone.
+    ends see EOF when the sandbox is gone. ``mounts`` is the worker's end of the socket on
+    which the runner hands over its tmpfs mounts (bwrap only).
     """
     limits = request.limits
     started = time.monotonic()
@@ -86,6 +90,9 @@ def supervise(
             owned.discard(w)
             os.close(w)
     assert proc.stdout is not None and proc.stderr is not None
+    watch = SandboxWatch(proc.pid, limits, namespaced=iso.mode == "bwrap")
+    if mounts is not None:
+        mounts.setblocking(False)
     out, err = Capture(s.max_stdout_bytes), Capture(s.max_stderr_bytes)
     report = Capture(s.max_output_files_bytes * 2 + 1024 * 1024)
     info = Capture(64 * 1024)
@@ -121,6 +128,8 @@ def supervise(
                                 f"{name} exceeded {cap.cap * s.flood_factor} bytes; the sandbox "
                                 "was killed",
                             )
+                if killed is None:
+                    killed = watch.check(now)
                 if killed is not None:
                     _kill_group(proc.pid)
                     kill_deadline = now + KILL_GRACE_S
@@ -132,7 +141,9 @@ def supervise(
                 exited_at = exited_at or now
                 if now - exited_at > 1.0:
                     break
-            wait = min(0.1, max(deadline - now, 0.0)) if killed is None else 0.1
+            if mounts is not None and not watch.mount_fds:
+                watch.mount_fds = _receive_mounts(mounts)
+            wait = min(SAMPLE_EVERY_S, max(deadline - now, 0.0)) if killed is None else 0.1
             for key, _ in sel.select(wait):
                 fd = key.fd
                 try:
@@ -147,6 +158,7 @@ def supervise(
                     sel.unregister(fd)
     finally:
         sel.close()
+        watch.close()
         # Kill the group while its leader is a zombie at worst, so its id cannot have
         # been reused by an unrelated process.
         _kill_group(proc.pid)
@@ -163,7 +175,28 @@ def supervise(
                 select.select([init_pidfd], [], [], KILL_GRACE_S)
             os.close(init_pidfd)
     duration = time.monotonic() - started
-    return sandbox_result(request, iso, out, err, report, killed, proc.returncode, duration)
+    return sandbox_result(
+        request,
+        iso,
+        out,
+        err,
+        report,
+        killed,
+        proc.returncode,
+        duration,
+        watch.peak_process_bytes,
+    )
+
+
+def _receive_mounts(sock: socket.socket) -> list[int]:
+    """The runner's tmpfs directories (fds), once it has sent them."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 8)
+    except (BlockingIOError, InterruptedError):
+        return []
+    except OSError:
+        return []
+    return list(fds)
 
 
 def _pidfd_of_init(info: Capture) -> int | None:
