@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
-from activities.sandbox.models import SandboxResult
+from activities.sandbox.models import MB, SandboxResult
 from activities.sandbox.params import request_from_params, resolve_limits
 from activities.sandbox.record import run_record
 from activities.sandbox.run import run_sandboxed
@@ -523,3 +523,161 @@ async def test_cancelling_the_activity_kills_the_sandbox() -> None:
         await running
     assert time.monotonic() - start < 4
     assert sandbox_processes() == []
+
+
+# --- the sandbox as a whole: memory (with tmpfs) and processes; the seccomp filter --------
+
+SIX_CHILDREN = """
+import os, time
+kids = []
+for _ in range(6):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(200 * 2**20)          # under RLIMIT_AS (256 MB) in each child
+        for i in range(0, len(block), 4096):
+            block[i] = 1                        # resident, not just reserved
+        time.sleep(30)                          # {marker}
+        os._exit(0)
+    kids.append(pid)
+for pid in kids:
+    os.waitpid(pid, 0)
+print("1.2 GB held")
+"""
+
+
+def test_six_children_of_200_mb_are_stopped_by_the_memory_limit_of_the_whole_sandbox() -> None:
+    marker = f"marker-{uuid.uuid4().hex}"
+    start = time.monotonic()
+    r = run(SIX_CHILDREN.replace("{marker}", marker), memory_mb=256, timeout_s=20)
+    assert r.outcome == "memory_limit", r
+    assert "memory limit of 256 MB for the whole sandbox exceeded" in r.reason
+    assert "PSS of all the sandbox's processes" in r.reason  # the mechanism is named
+    assert r.stdout == ""  # never got to hold 1.2 GB
+    # stopped soon after the total passed 256 MB, long before the 1.2 GB were reached
+    assert r.peak_memory_bytes is not None and 256 * MB < r.peak_memory_bytes < 700 * MB
+    assert time.monotonic() - start < 10
+    assert sandbox_processes(marker) == []
+
+
+def test_forked_children_sharing_their_parents_memory_are_not_counted_twice() -> None:
+    # 100 MB in the parent, shared (copy-on-write) by 3 children that only read it: a sum
+    # of RSS would say 400 MB; the sandbox really holds 100 MB, well under 256.
+    code = """
+import os
+block = bytearray(100 * 2**20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+kids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        import time
+        total = sum(block[::4096])
+        time.sleep(1)
+        os._exit(0 if total == len(block) // 4096 else 1)
+    kids.append(pid)
+print([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in kids])
+"""
+    r = run(code, memory_mb=256, timeout_s=20)
+    assert r.outcome == "ok", r
+    assert r.stdout == "[0, 0, 0]\n"
+
+
+FILL = """
+chunk = b"x" * 2**20
+for i in range(300):                            # 300 MB in 1 MB files (file_size_mb is 4)
+    with open(f"{where}/f{i}", "wb") as f:
+        f.write(chunk)
+print("300 MB stored")
+"""
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/dev/shm", "."])
+def test_files_in_the_sandboxs_tmpfs_count_against_its_memory(where: str) -> None:
+    # disk_mb alone would allow 512 MB in each mount: the memory limit stops it first
+    r = run(FILL.replace("{where}", where), memory_mb=256, disk_mb=512, timeout_s=20)
+    assert r.outcome == "memory_limit", r
+    assert "memory limit of 256 MB for the whole sandbox exceeded" in r.reason
+    assert "tmpfs files" in r.reason
+    assert r.stdout == ""
+    # with the default disk_mb (16 here) the same write is refused by the tmpfs size
+    small = run(FILL.replace("{where}", where), memory_mb=256, timeout_s=20)
+    assert small.outcome == "disk_limit", small
+
+
+def test_a_fork_bomb_that_ignores_refusals_is_stopped_by_the_process_cap() -> None:
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    start = time.monotonic()
+    r = run(code, processes=8, timeout_s=20)
+    assert r.outcome == "process_limit", r
+    assert "process limit of 8 processes/threads for the whole sandbox" in r.reason
+    assert time.monotonic() - start < 6  # not the 20 s timeout
+    assert sandbox_processes() == []
+
+
+SYSCALLS = """
+import ctypes, errno, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(fn, *args):
+    ctypes.set_errno(0)
+    r = fn(*args)
+    return errno.errorcode.get(ctypes.get_errno(), "ok") if r == -1 else "ok"
+seen = {
+    "ptrace": call(libc.ptrace, 0, 0, 0, 0),                 # PTRACE_TRACEME
+    "unshare": call(libc.unshare, 0x20000),                  # CLONE_NEWNS
+    "setns": call(libc.setns, 0, 0),
+    "personality": call(libc.personality, 0x0008),
+    "io_uring_setup": call(libc.syscall, 425, 8, None),
+    "perf_event_open": call(libc.syscall, 298, None, 0, -1, -1, 0),
+    "bpf": call(libc.syscall, 321, 0, None, 0),
+    "keyctl": call(libc.syscall, 250, 0, 0, 0, 0, 0),
+}
+for name, fam, kind in [("netlink", socket.AF_NETLINK, socket.SOCK_RAW),
+                        ("packet", socket.AF_PACKET, socket.SOCK_RAW),
+                        ("vsock", 40, socket.SOCK_STREAM)]:
+    try:
+        socket.socket(fam, kind).close()
+        seen[name] = "ok"
+    except OSError as e:
+        seen[name] = errno.errorcode[e.errno]
+try:
+    os.memfd_create("hidden")
+    seen["memfd_create"] = "ok"
+except OSError as e:
+    seen["memfd_create"] = errno.errorcode[e.errno]
+# ordinary code still works: processes, threads, pools, shared memory, local sockets
+import multiprocessing, subprocess, sys, threading
+from multiprocessing import shared_memory
+seen["subprocess"] = subprocess.run([sys.executable, "-c", "print(6 * 7)"],
+                                    capture_output=True, text=True).stdout.strip()
+with multiprocessing.Pool(2) as pool:
+    seen["pool"] = pool.map(abs, [-1, -2, -3])
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+shm = shared_memory.SharedMemory(create=True, size=4096); shm.close(); shm.unlink()
+a, b = socket.socketpair(); a.sendall(b"hi"); seen["socketpair"] = b.recv(2).decode()
+print(json.dumps(seen))
+"""
+
+
+def test_the_seccomp_filter_refuses_what_generated_code_never_needs() -> None:
+    r = run(SYSCALLS, timeout_s=20, processes=16)
+    assert r.outcome == "ok", r
+    seen = json.loads(r.stdout)
+    for name in ("ptrace", "unshare", "setns", "personality", "io_uring_setup",
+                 "perf_event_open", "bpf", "keyctl", "netlink", "packet", "vsock",
+                 "memfd_create"):  # fmt: skip
+        assert seen[name] == "EPERM", (name, seen)
+    assert seen["subprocess"] == "42" and seen["pool"] == [1, 2, 3]
+    assert seen["socketpair"] == "hi"
+    # the refusals come from the filter: without it (the operator's opt-out, no bwrap)
+    # the same harmless calls succeed
+    harmless = """
+import os, socket
+os.close(os.memfd_create("x"))
+socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()
+print("allowed")
+"""
+    loose = run(harmless, SETTINGS.model_copy(update={"isolation": "none"}))
+    assert loose.outcome == "ok" and loose.stdout == "allowed\n", loose
+    assert run(harmless).outcome == "denied"
