@@ -30,7 +30,7 @@ from temporalio.worker import Worker
 from config import Settings, get_settings
 from plans.models import Plan
 from plans.run_state import AuditEntry
-from tests.activities.test_sandbox import sandbox_processes
+from tests.activities.test_sandbox import FILL, SIX_CHILDREN, sandbox_processes
 from tests.helpers import activity_deps, make_plan, start, status
 from worker import sandbox_activities_for
 
@@ -260,6 +260,42 @@ print("daemon started")
     done = await (await start(client, after, task_queue, task_queues=queues)).result()
     assert done.status == "completed"
     assert done.final_steps["after"].output["stdout"] == "still here\n"
+
+
+async def test_steps_that_hold_too_much_together_are_stopped_by_the_whole_sandbox_limits(
+    client, worker, task_queue, sandbox_queue
+) -> None:
+    marker = f"marker-{uuid.uuid4().hex}"
+    plan = make_plan(
+        [
+            py("children", SIX_CHILDREN.replace("{marker}", marker), memory_mb=256),
+            py("tmpfs", FILL.replace("{where}", "/tmp"), memory_mb=256, disk_mb=512),
+            py(
+                "fork-bomb",
+                "import os\nwhile True:\n    try:\n        os.fork()\n"
+                "    except OSError:\n        pass\n",
+                processes=8,
+            ),
+            py("fine", "print(sum(range(10)))", memory_mb=256),
+        ],
+        on_error="continue",
+        max_parallel_steps=1,
+    )
+    handle = await start(client, plan, task_queue, task_queues={"sandbox": sandbox_queue})
+    result = await asyncio.wait_for(handle.result(), 60)
+    steps = result.final_steps
+    assert result.status == "partial"
+    for sid in ("children", "tmpfs"):
+        assert steps[sid].status == "failed", (sid, steps[sid])
+        assert "memory limit of 256 MB for the whole sandbox exceeded" in (steps[sid].error or "")
+        assert steps[sid].attempts == 1
+    assert "tmpfs files" in (steps["tmpfs"].error or "")
+    assert steps["fork-bomb"].status == "failed"
+    assert "process limit of 8 processes/threads for the whole sandbox" in (
+        steps["fork-bomb"].error or ""
+    )
+    assert steps["fine"].status == "completed" and steps["fine"].output["stdout"] == "45\n"
+    assert sandbox_processes(marker) == [] and sandbox_processes() == []
 
 
 async def test_a_worker_without_isolation_refuses_the_step_clearly(
