@@ -62,7 +62,7 @@ CMD ["--help"]
 FROM runtime AS sandbox
 USER root
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap \
+    && apt-get install -y --no-install-recommends bubblewrap libseccomp2 \
     && rm -rf /var/lib/apt/lists/*
 USER plansmith
 CMD ["worker", "--queue", "sandbox"]

@@ -35,13 +35,14 @@ install: $(VENV)/.installed sandbox-deps
 # What the tests need besides: the sandbox (bubblewrap) and a browser (Chromium).
 test-install: $(VENV)/.installed-dev sandbox-deps browser-deps
 
-# The code sandbox runs generated code under bubblewrap (Debian's package); without it
-# python steps are refused with a clear message.
+# The code sandbox runs generated code under bubblewrap with a seccomp filter built by
+# libseccomp (Debian's packages bubblewrap and libseccomp2; the Python binding, pyseccomp,
+# is a project dependency); without them python steps are refused with a clear message.
 sandbox-deps:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap >/dev/null 2>&1 && { ldconfig -p 2>/dev/null || /sbin/ldconfig -p; } | grep -q 'libseccomp\.so\.2'; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; \
-	  else echo "warning: bubblewrap (bwrap) is missing: python steps will be refused" >&2; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2; \
+	  else echo "warning: bubblewrap (bwrap) or libseccomp2 is missing: python steps will be refused" >&2; fi; }
 
 # The dashboard's tests drive Debian's Chromium (/usr/bin/chromium) headless with
 # Playwright; no browser is downloaded. Without it tests/api/test_dashboard.py fails.

@@ -20,6 +20,12 @@ ones:
   the kernel kills every process left in the namespace, daemons included. When the code
   ends normally the same happens to whatever it left behind.
 - an **empty environment**: bwrap is started with ``PATH`` only and clears that too.
+- **limits for the sandbox as a whole** (``watch``): the worker samples the PSS of all
+  the sandbox's processes plus its tmpfs usage every 50 ms and kills the sandbox above
+  ``memory_mb``; ``RLIMIT_NPROC`` in the sandbox's own user namespace caps its
+  processes and threads together.
+- a **seccomp filter** (``syscalls``, built with libseccomp) that refuses what generated
+  code never needs (ptrace, namespaces, mounts, bpf, io_uring, keyrings, memfds...).
 
 When bwrap is missing or the kernel refuses the namespaces, ``run_code`` refuses to run
 with a clear ``SandboxUnavailable`` error, unless the operator opted out on purpose with
@@ -34,6 +40,7 @@ Modules: ``models`` (names, errors, request/limits/result), ``params`` (the tool
 and the step's limits), ``probe`` (what isolation the worker can build), ``bwrap`` (the
 bubblewrap command line), ``runner`` (the program run inside the sandbox), ``run`` (the
 job and the child's command line), ``supervise`` (output caps, timeout, kill),
+``watch`` (the whole-sandbox limits), ``syscalls`` (the seccomp filter),
 ``outcome`` (how the run ended), ``record`` (the audit record), ``tool`` (the ``python``
 tool and the ``run_code`` activity of :class:`SandboxActivities`).
 """

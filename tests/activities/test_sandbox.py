@@ -606,7 +606,9 @@ def test_files_in_the_sandboxs_tmpfs_count_against_its_memory(where: str) -> Non
 
 
 def test_a_fork_bomb_that_ignores_refusals_is_stopped_by_the_process_cap() -> None:
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    code = (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    )
     start = time.monotonic()
     r = run(code, processes=8, timeout_s=20)
     assert r.outcome == "process_limit", r
