@@ -6,6 +6,7 @@ processes are left, and the ports must be ours to listen on again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -153,10 +154,8 @@ def launch(tmp_path: Path) -> Iterator:
     for running in started:  # whatever a failed test left: its whole tree goes
         leftovers = descendants(running.proc.pid) | {running.proc.pid}
         for pid in alive(leftovers):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         running.proc.wait(timeout=10)
 
 
