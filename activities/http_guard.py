@@ -22,6 +22,7 @@ import asyncio
 import ipaddress
 import json
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,11 +65,16 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
     ``connections`` lists the (host, address) pairs it connected to, in order."""
 
-    def __init__(self, policy: UrlPolicy, resolve: Resolver = resolve_host) -> None:
+    def __init__(
+        self,
+        policy: UrlPolicy,
+        resolve: Resolver = resolve_host,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         self.policy = policy
         self.resolve = resolve
         self.connections: list[tuple[str, str]] = []
-        self._inner = httpx.AsyncHTTPTransport(trust_env=False)
+        self._inner = httpx.AsyncHTTPTransport(verify=verify, trust_env=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url

@@ -7,10 +7,13 @@ answers (no DNS query leaves the machine)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import json
+import ssl
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -101,6 +104,83 @@ async def test_each_hop_resolves_and_is_checked_again_and_connects_to_the_checke
         assert transport.connections == [("rebind.test", "127.0.0.1")]
         assert len(server.received) == 1
         assert server.received[0].headers["Host"] == f"rebind.test:{server.port}"
+
+
+async def test_https_connects_to_the_checked_address_and_verifies_the_name(tmp_path) -> None:
+    """The pinned connection still sends the host name for SNI and checks the
+    certificate against it (a certificate for another name fails)."""
+    cert, key = self_signed(tmp_path, "service.test")
+    seen: dict[str, Any] = {}
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    def on_sni(sock: Any, name: str | None, context: Any) -> None:
+        seen["sni"] = name
+
+    server_ctx.sni_callback = on_sni
+    with KeyServer() as server:
+        server.httpd.socket = server_ctx.wrap_socket(server.httpd.socket, server_side=True)
+
+        async def to_loopback(host: str, port: int) -> Sequence[IPAddress]:
+            return [ipaddress.ip_address("127.0.0.1")]
+
+        trust = ssl.create_default_context(cafile=cert)
+        for name, ok in (("service.test", True), ("other.test", False)):
+            transport = GuardedTransport(UrlPolicy(), resolve=to_loopback, verify=trust)
+            call = exchange(
+                "GET",
+                f"https://{name}:{server.port}/ok",
+                headers={},
+                query=None,
+                body={},
+                timeout_s=10,
+                max_redirects=0,
+                max_response_bytes=10_000,
+                transport=transport,
+            )
+            if ok:
+                got = await call
+                assert got.status == 200 and got.body()["path"] == "/ok"
+                assert server.received[-1].headers["Host"] == f"service.test:{server.port}"
+            else:
+                with pytest.raises(httpx.ConnectError, match="certificate"):
+                    await call
+            assert seen["sni"] == name
+            assert transport.connections == [(name, "127.0.0.1")]
+        assert len(server.received) == 1
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
 
 
 # --- redirects -------------------------------------------------------------------------
