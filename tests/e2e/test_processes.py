@@ -81,6 +81,22 @@ def descendants(root: int) -> set[int]:
     return found
 
 
+def carrying(marker: str) -> set[int]:
+    """Live processes whose environment holds ``marker`` (inherited by every process a
+    test's command starts, orphaned or not)."""
+    needle = marker.encode()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if needle in environ.split(b"\0") and _stat(int(entry)) is not None:
+                found.add(int(entry))
+    return found
+
+
 def alive(pids: set[int]) -> set[int]:
     return {p for p in pids if _stat(p) is not None}
 
@@ -97,6 +113,10 @@ class Running:
     proc: subprocess.Popen[bytes]
     log: Path
     ports: tuple[int, int, int]
+
+    @property
+    def marker(self) -> str:
+        return f"PLANSMITH_TASK_QUEUE=procs-{self.ports[0]}"
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -159,20 +179,30 @@ def launch(tmp_path: Path) -> Iterator:
         running.proc.wait(timeout=10)
 
 
-def assert_all_gone(pids: set[int], ports: tuple[int, ...], since: float) -> None:
+def assert_all_gone(
+    pids: set[int], ports: tuple[int, ...], since: float, marker: str | None = None
+) -> None:
+    """Within STOPPED_WITHIN_S of ``since``: none of ``pids`` (nor any process carrying
+    ``marker``) is alive, and every port can be listened on again."""
     deadline = since + STOPPED_WITHIN_S
-    while alive(pids) and time.monotonic() < deadline:
+
+    def left_over() -> set[int]:
+        return alive(pids) | (carrying(marker) if marker else set())
+
+    while left_over() and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = alive(pids)
+    left = left_over()
     assert not left, {p: cmdline(p) for p in left}
     while not all(can_listen(p) for p in ports) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert all(can_listen(p) for p in ports), [p for p in ports if not can_listen(p)]
 
 
-def the_stack(root: int) -> set[int]:
-    """The stack's processes under ``root``: the dev server, the worker and the API."""
+def the_stack(root: int, marker: str) -> set[int]:
+    """The stack's processes under ``root``: the dev server, the worker and the API (all
+    found by their environment's ``marker`` too)."""
     pids = descendants(root)
+    assert pids <= carrying(marker), (pids, carrying(marker))
     lines = [cmdline(p) for p in pids]
     assert any("start-dev" in line for line in lines), lines
     assert any("plansmith.cli worker" in line for line in lines), lines
@@ -184,24 +214,24 @@ def the_stack(root: int) -> set[int]:
 def test_a_stop_signal_to_up_stops_the_whole_stack_and_frees_the_ports(launch, sig) -> None:
     up = launch("up")
     up.wait_for("Plansmith is up")
-    pids = the_stack(up.proc.pid)
+    pids = the_stack(up.proc.pid, up.marker)
     for port in up.ports:
         assert not can_listen(port), f"port {port} should be in use while the stack is up"
     sent = time.monotonic()
     up.proc.send_signal(sig)
     assert up.proc.wait(timeout=STOPPED_WITHIN_S) == 0
     assert "stopping" in up.output()
-    assert_all_gone(pids, up.ports, sent)
+    assert_all_gone(pids, up.ports, sent, up.marker)
 
 
 def test_up_killed_outright_takes_its_children_along(launch) -> None:
     up = launch("up")
     up.wait_for("Plansmith is up")
-    pids = the_stack(up.proc.pid)
+    pids = the_stack(up.proc.pid, up.marker)
     sent = time.monotonic()
     up.proc.kill()  # SIGKILL: no handler runs; only the children's parent-death signal
     up.proc.wait(timeout=5)
-    assert_all_gone(pids, up.ports, sent)
+    assert_all_gone(pids, up.ports, sent, up.marker)
 
 
 def test_up_with_exit_with_parent_stops_when_its_parent_dies(launch) -> None:
@@ -209,21 +239,21 @@ def test_up_with_exit_with_parent_stops_when_its_parent_dies(launch) -> None:
     parent = launch("up", "--exit-with-parent", wrapper=True)
     parent.wait_for("Plansmith is up")
     [up] = [p for p in descendants(parent.proc.pid) if "plansmith.cli up" in cmdline(p)]
-    pids = the_stack(up) | {up}
+    pids = the_stack(up, parent.marker) | {up}
     sent = time.monotonic()
     parent.proc.terminate()
     parent.proc.wait(timeout=5)
-    assert_all_gone(pids, parent.ports, sent)
+    assert_all_gone(pids, parent.ports, sent, parent.marker)
 
 
 def test_demo_interrupted_while_it_runs_stops_the_stack(launch) -> None:
     demo = launch("demo", "--no-planner", "--no-keep")
     demo.wait_for("Plansmith is up")
-    pids = the_stack(demo.proc.pid)
+    pids = the_stack(demo.proc.pid, demo.marker)
     sent = time.monotonic()
     demo.proc.send_signal(signal.SIGINT)
     demo.proc.wait(timeout=STOPPED_WITHIN_S)
-    assert_all_gone(pids, demo.ports, sent)
+    assert_all_gone(pids, demo.ports, sent, demo.marker)
 
 
 def test_server_stops_its_dev_server_on_sigterm_and_when_killed(launch) -> None:
@@ -236,7 +266,23 @@ def test_server_stops_its_dev_server_on_sigterm_and_when_killed(launch) -> None:
             time.sleep(0.2)
         pids = descendants(server.proc.pid)
         assert any("start-dev" in cmdline(p) for p in pids)
+        assert pids <= carrying(server.marker)
         sent = time.monotonic()
         getattr(server.proc, how)()
         server.proc.wait(timeout=STOPPED_WITHIN_S)
-        assert_all_gone(pids, (temporal, ui), sent)
+        assert_all_gone(pids, (temporal, ui), sent, server.marker)
+
+
+def test_sigterm_while_the_stack_is_still_starting_leaves_nothing(launch) -> None:
+    up = launch("up")
+    deadline = time.monotonic() + 60
+    while not any("start-dev" in cmdline(p) for p in descendants(up.proc.pid)):
+        assert time.monotonic() < deadline and up.proc.poll() is None, up.output()
+        time.sleep(0.05)
+    pids = descendants(up.proc.pid)
+    sent = time.monotonic()
+    up.proc.terminate()
+    up.proc.wait(timeout=STOPPED_WITHIN_S)
+    assert "Plansmith is up" not in up.output()
+    # whatever it had started by then, and anything started while it stopped
+    assert_all_gone(pids, up.ports, sent, up.marker)
