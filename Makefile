@@ -53,10 +53,10 @@ browser-deps:
 	  else echo "warning: chromium is missing (/usr/bin/chromium): the dashboard tests will fail; as root: apt-get install chromium" >&2; fi; }
 
 run: $(VENV)/.installed
-	$(BIN)/plansmith demo
+	$(BIN)/plansmith demo --exit-with-parent
 
 up: install
-	$(BIN)/plansmith up
+	$(BIN)/plansmith up --exit-with-parent
 
 test: test-install
 	$(BIN)/pytest -q

@@ -25,6 +25,9 @@ import jmespath
 import jmespath.exceptions
 
 from activities.deps import ActivityDeps
+from activities.http_guard import GuardedTransport, TooManyRedirects, exchange
+from config.http import HostDenied
+from config.settings import HttpSettings
 from contracts.tools import HTTP_REQUEST, TRANSFORM, WAIT, define_tool
 from plans.models import ToolSpec
 
@@ -90,47 +93,75 @@ def get_tool(name: str) -> RegisteredTool:
 
 @tool(HTTP_REQUEST)
 async def http_request(params: dict[str, Any], ctx: ToolContext) -> Any:
+    # The guard rails (activities/http_guard.py): where it may connect, redirects, size, time.
+    limits = ctx.deps.settings.http if ctx.deps is not None else HttpSettings()
     method = params.get("method", "GET")
+    url = params["url"]
     expect = set(params.get("expect_status") or [])
     headers = {"Idempotency-Key": ctx.idempotency_key, **(params.get("headers") or {})}
-    kwargs: dict[str, Any] = {"headers": headers, "params": params.get("query")}
+    body: dict[str, Any] = {}
     if "json" in params:
-        kwargs["json"] = params["json"]
+        body["json"] = params["json"]
     elif "body" in params:
-        kwargs["content"] = params["body"]
-    timeout = params.get("timeout_s", 30)
+        body["content"] = params["body"]
+    timeout = params.get("timeout_s", limits.timeout_s)
+    if timeout > limits.max_timeout_s:
+        raise ToolError(
+            f"params.timeout_s: {timeout:g} is above the maximum of {limits.max_timeout_s:g} "
+            "seconds (PLANSMITH_HTTP_MAX_TIMEOUT_S)",
+            retryable=False,
+            kind="BadRequest",
+        )
     try:
-        port = httpx.URL(params["url"]).port
+        port = httpx.URL(url).port
         if port is not None and port > 65535:  # else an OverflowError escapes and is retried
             raise httpx.InvalidURL(f"Invalid port: {port}")
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-            resp = await client.request(method, params["url"], **kwargs)
-    except httpx.InvalidURL as e:
+        got = await exchange(
+            method,
+            url,
+            headers=headers,
+            query=params.get("query"),
+            body=body,
+            timeout_s=timeout,
+            max_redirects=limits.max_redirects,
+            max_response_bytes=limits.max_response_bytes,
+            transport=GuardedTransport(limits.policy()),
+        )
+    except HostDenied as e:
         raise ToolError(
-            f"invalid url {params['url']!r}: {e}", retryable=False, kind="BadRequest"
+            f"{method} {url}: refused: {e}", retryable=False, kind="HostDenied"
         ) from None
+    except TooManyRedirects as e:
+        raise ToolError(f"{method} {url}: {e}", retryable=False, kind="TooManyRedirects") from None
+    except httpx.InvalidURL as e:
+        raise ToolError(f"invalid url {url!r}: {e}", retryable=False, kind="BadRequest") from None
     except httpx.UnsupportedProtocol as e:
         raise ToolError(
-            f"unsupported url {params['url']!r}: {e}", retryable=False, kind="BadRequest"
+            f"unsupported url {url!r}: {e}", retryable=False, kind="BadRequest"
         ) from None
     except httpx.HTTPError as e:
         raise ToolError(
-            f"{method} {params['url']}: {type(e).__name__}: {e}",
+            f"{method} {url}: {type(e).__name__}: {e}", retryable=True, kind="ConnectionError"
+        ) from None
+    except TimeoutError:
+        raise ToolError(
+            f"{method} {url}: no complete answer within timeout_s={timeout:g} seconds",
             retryable=True,
             kind="ConnectionError",
         ) from None
-    body: Any
-    try:
-        body = resp.json()
-    except ValueError:
-        body = resp.text
-    result = {"status": resp.status_code, "headers": dict(resp.headers), "body": body}
-    if 200 <= resp.status_code < 300 or resp.status_code in expect:
-        return result
-    snippet = resp.text[:300]
-    retryable = resp.status_code == 429 or resp.status_code >= 500
+    accepted = 200 <= got.status < 300 or got.status in expect
+    if accepted and got.too_large is not None:
+        raise ToolError(
+            f"{method} {url} answered {got.status}, but {got.too_large}",
+            retryable=False,
+            kind="ResponseTooLarge",
+        )
+    if accepted:
+        return {"status": got.status, "headers": got.headers, "body": got.body()}
+    snippet = got.text()[:300]
+    retryable = got.status == 429 or got.status >= 500
     raise ToolError(
-        f"{method} {params['url']} answered {resp.status_code}: {snippet}",
+        f"{method} {url} answered {got.status}: {snippet}",
         retryable=retryable,
         kind="HttpServerError" if retryable else "HttpClientError",
     )

@@ -6,11 +6,13 @@ fails with the variable's name when a value is wrong. The schemas of the structu
 values (``PLANSMITH_MODELS``, ``PLANSMITH_POLICY``) live beside it.
 """
 
+from config.http import HostDenied, UrlPolicy
 from config.models import DEFAULT_MODELS, ModelConfig, parse_models
 from config.policy import PolicyThresholds, RiskRules, TrustParams, parse_thresholds
 from config.settings import (
     ApiSettings,
     ConfigError,
+    HttpSettings,
     ModelSettings,
     PolicySettings,
     SandboxSettings,
@@ -27,6 +29,8 @@ __all__ = [
     "DEFAULT_MODELS",
     "ApiSettings",
     "ConfigError",
+    "HostDenied",
+    "HttpSettings",
     "ModelConfig",
     "ModelSettings",
     "PolicySettings",
@@ -38,6 +42,7 @@ __all__ = [
     "StoreSettings",
     "TemporalSettings",
     "TrustParams",
+    "UrlPolicy",
     "env_names",
     "get_settings",
     "load_settings",

@@ -36,6 +36,7 @@ models.llm_timeout_s               ``PLANSMITH_LLM_TIMEOUT_S`` (120)
 policy.policy                      ``PLANSMITH_POLICY``
 policy.trust_half_life_days        ``PLANSMITH_TRUST_HALF_LIFE_DAYS``
 sandbox.*                          ``PLANSMITH_SANDBOX_*`` (see :class:`SandboxSettings`)
+http.*                             ``PLANSMITH_HTTP_*`` (see :class:`HttpSettings`)
 secrets.file                       ``PLANSMITH_SECRETS_FILE`` (and ``PLANSMITH_SECRET_<NAME>``)
 =================================  ===========================================================
 
@@ -50,9 +51,17 @@ import hashlib
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from config.http import UrlPolicy, parse_host_rules
 from config.models import DEFAULT_MODELS, ModelConfig, parse_models
 from config.policy import PolicyThresholds, parse_thresholds
 
@@ -535,6 +544,75 @@ class SandboxSettings(_Section):
         return self
 
 
+class HttpSettings(_Section):
+    """The guard rails of the ``http_request`` tool: where it may connect (the URL policy,
+    :mod:`config.http`), how much it reads and how long it may wait. A step's params can
+    ask for less, never for more."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLANSMITH_HTTP_", env_file=ENV_FILE, extra="ignore", populate_by_name=True
+    )
+    env_prefix_: ClassVar[str] = "PLANSMITH_HTTP_"
+
+    allow: str | None = Field(
+        default=None,
+        description="comma-separated host names (example.com, *.example.com), addresses and "
+        "CIDRs; when set, http_request reaches only these. An address or CIDR here also "
+        "lifts the default denials for it (a host name does not)",
+    )
+    deny: str | None = Field(
+        default=None,
+        description="comma-separated host names, addresses and CIDRs http_request never "
+        "reaches (wins over everything)",
+    )
+    allow_private: bool = Field(
+        default=True,
+        description="false: refuse private addresses (10/8, 172.16/12, 192.168/16, "
+        "100.64/10, fc00::/7). Link-local and cloud metadata addresses are always refused "
+        "unless PLANSMITH_HTTP_ALLOW names them",
+    )
+    allow_loopback: bool = Field(
+        default=True, description="false: refuse loopback addresses (127/8, ::1)"
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="how long a request may take when its step does not say"
+    )
+    max_timeout_s: float = Field(
+        default=300.0, gt=0, description="the largest timeout_s a step may ask for"
+    )
+    max_response_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        description="the largest response body read (after decompression); a larger one "
+        "fails the step, and the reading stops there",
+    )
+    max_redirects: int = Field(default=10, ge=0, description="redirects followed at most")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _check_rules(cls, value: str | None, info: ValidationInfo) -> str | None:
+        parse_host_rules(value, f"PLANSMITH_HTTP_{str(info.field_name).upper()}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_within_maximum(self) -> HttpSettings:
+        if self.timeout_s > self.max_timeout_s:
+            raise ValueError(
+                f"PLANSMITH_HTTP_TIMEOUT_S={self.timeout_s:g} is above "
+                f"PLANSMITH_HTTP_MAX_TIMEOUT_S={self.max_timeout_s:g}"
+            )
+        return self
+
+    def policy(self) -> UrlPolicy:
+        """The URL policy these settings describe."""
+        return UrlPolicy(
+            allow=parse_host_rules(self.allow, "PLANSMITH_HTTP_ALLOW"),
+            deny=parse_host_rules(self.deny, "PLANSMITH_HTTP_DENY"),
+            allow_private=self.allow_private,
+            allow_loopback=self.allow_loopback,
+        )
+
+
 class SecretsSettings(_Section):
     """Where the worker finds the values of ``{{ secrets.NAME }}``: its environment
     (``PLANSMITH_SECRET_<NAME>``, read by the worker when a step needs it) and this file.
@@ -556,6 +634,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "policy": PolicySettings,
     "sandbox": SandboxSettings,
     "secrets": SecretsSettings,
+    "http": HttpSettings,
 }
 
 
@@ -569,6 +648,7 @@ class Settings(BaseModel):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     def replace(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some fields of some sections changed, validated like the environment:

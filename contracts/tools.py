@@ -61,7 +61,10 @@ HTTP_REQUEST = define_tool(
     description=(
         "Send an HTTP request and return {status, headers, body}. Fails on a non-2xx status "
         "unless it is listed in expect_status; connection errors, 429 and 5xx are retried, "
-        "other 4xx are not. Sends the step's Idempotency-Key header."
+        "other 4xx are not. Sends the step's Idempotency-Key header. Reaches only hosts the "
+        "operator's URL policy allows (never link-local or cloud metadata addresses); a "
+        "redirect to another origin drops the step's headers and body; the body read and "
+        "timeout_s are capped by the operator."
     ),
     params_schema={
         "properties": {

@@ -8,8 +8,8 @@ UI on that port + 1000.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from config import Settings
+from plansmith.children import popen, stop_processes
 from workflows.client import connect
 
 SEARCH_ATTRIBUTE_TYPES = {"PlanStatus": "Keyword", "WaitingFor": "Keyword"}
@@ -78,13 +79,14 @@ def port_open(host: str, port: int) -> bool:
 
 
 def start_server(settings: Settings, db_file: str | None = None) -> subprocess.Popen[bytes]:
-    """Start the dev server in its own process group; raise if the port is taken."""
+    """Start the dev server in its own process group, to receive SIGTERM if this process
+    dies (:func:`plansmith.children.popen`); raise if the port is taken."""
     if port_open(settings.temporal.host, settings.temporal.port):
         raise RuntimeError(
             f"something already listens on {settings.temporal.address}; stop it or set "
             f"TEMPORAL_ADDRESS to another host:port"
         )
-    return subprocess.Popen(server_command(settings, db_file), start_new_session=True)
+    return popen(server_command(settings, db_file), death_signal=signal.SIGTERM)
 
 
 async def wait_until_ready(settings: Settings, timeout_s: float = 60.0) -> None:
@@ -109,14 +111,4 @@ async def wait_until_ready(settings: Settings, timeout_s: float = 60.0) -> None:
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     """Interrupt a child's process group, then kill it if it lingers."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, 2)  # SIGINT: the clean way for the temporal CLI and uvicorn
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+    stop_processes([proc], grace_s=timeout_s)

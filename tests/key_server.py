@@ -9,6 +9,12 @@ Paths (any method; the query string is ignored for counting):
 - ``/flaky``: 503 for the first ``?fail=N`` requests to it, then 200.
 - ``/hold``: marks the request as arrived (:attr:`KeyServer.arrived`), then waits until
   :meth:`KeyServer.release` (at most ``hold_s`` seconds) before answering 200.
+- ``/redirect?to=URL&code=307``: that redirect (any 3xx code) to ``URL``.
+- ``/stream?size=N``: N bytes, chunked, without a Content-Length; :attr:`KeyServer.streamed`
+  counts what was written before the client went away (:attr:`KeyServer.stream_ended`).
+
+Every request is also kept whole, headers and body, in :attr:`KeyServer.received`.
+``host`` picks the loopback address it listens on (``127.0.0.2``...).
 """
 
 from __future__ import annotations
@@ -16,14 +22,26 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
+@dataclass
+class Received:
+    method: str
+    path: str  # with the query string
+    headers: dict[str, str]
+    body: bytes
+
+
 class KeyServer:
-    def __init__(self, hold_s: float = 30.0) -> None:
+    def __init__(self, hold_s: float = 30.0, host: str = "127.0.0.1") -> None:
         self.seen: list[tuple[str, str, str]] = []  # (method, path, idempotency key)
+        self.received: list[Received] = []
+        self.streamed = 0
+        self.stream_ended = threading.Event()
         self.arrived = threading.Event()
         self._release = threading.Event()
         self._lock = threading.Lock()
@@ -38,13 +56,15 @@ class KeyServer:
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                body = self.rfile.read(length) if length else b""
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 key = self.headers.get("Idempotency-Key", "")
                 with outer._lock:
                     outer.seen.append((self.command, url.path, key))
+                    outer.received.append(
+                        Received(self.command, self.path, dict(self.headers.items()), body)
+                    )
                     outer._hits[url.path] += 1
                     hits = outer._hits[url.path]
                 if url.path == "/hold":
@@ -54,6 +74,13 @@ class KeyServer:
                     self._send(503, {"error": f"flaky failure {hits}"})
                 elif url.path == "/big":
                     self._send(200, {"ok": True, "pad": "x" * int(query.get("size", "1000"))})
+                elif url.path == "/redirect":
+                    self.send_response(int(query.get("code", "307")))
+                    self.send_header("Location", query.get("to", "/ok"))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif url.path == "/stream":
+                    self._stream(int(query.get("size", "1000000")))
                 else:
                     self._send(200, {"ok": True, "path": url.path})
 
@@ -65,15 +92,36 @@ class KeyServer:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _stream(self, size: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk = b"y" * 65536
+                try:
+                    left = size
+                    while left > 0:
+                        part = chunk[: min(left, len(chunk))]
+                        self.wfile.write(b"%x\r\n%b\r\n" % (len(part), part))
+                        left -= len(part)
+                        with outer._lock:
+                            outer.streamed += len(part)
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client stopped reading and went away
+                    self.close_connection = True
+                finally:
+                    outer.stream_ended.set()
+
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = host
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def release(self) -> None:
         """Let every held (``/hold``) request answer."""

@@ -14,10 +14,11 @@ from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.models import PlanStatus
 from plans.validation import parse_plan, validate_or_raise
+from plansmith.children import StopSignals
 from plansmith.cli.connection import connect
 from plansmith.cli.console import EXIT_NOT_COMPLETED, EXIT_OK, ui_url
 from plansmith.cli.planning import print_generated
-from plansmith.cli.processes import Stack, wait_forever
+from plansmith.cli.processes import Stack, follow_parent, wait_forever
 from plansmith.cli.running import cmd_run, watch
 from workflows.plan_workflow import PlanWorkflow
 
@@ -30,36 +31,41 @@ DEMO_TASK = (
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Start the stack, run an example plan to completion, say where to look."""
     stack = Stack(settings, args.port, "127.0.0.1")
-    try:
-        asyncio.run(stack.start())
-        print("Plansmith is up:", flush=True)
-        stack.print_where()
-        inputs = [f"api_url=http://127.0.0.1:{args.port}", *(args.input or [])]
-        run_id = f"{Path(args.file).stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-        code = asyncio.run(
-            cmd_run(
-                argparse.Namespace(file=args.file, input=inputs, id=run_id, watch=True), settings
-            )
-        )
+    with StopSignals() as signals:
+        try:
+            follow_parent(args)
+            return _demo(args, settings, stack)
+        finally:
+            signals.stopping()
+            stack.stop()
+
+
+def _demo(args: argparse.Namespace, settings: Settings, stack: Stack) -> int:
+    asyncio.run(stack.start())
+    print("Plansmith is up:", flush=True)
+    stack.print_where()
+    inputs = [f"api_url=http://127.0.0.1:{args.port}", *(args.input or [])]
+    run_id = f"{Path(args.file).stem.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    code = asyncio.run(
+        cmd_run(argparse.Namespace(file=args.file, input=inputs, id=run_id, watch=True), settings)
+    )
+    verdict = "completed" if code == EXIT_OK else "did NOT complete"
+    print(f"\nThe example plan {verdict}.", flush=True)
+    if code == EXIT_OK and not args.no_planner:
+        code = asyncio.run(_demo_planner(args.port, settings))
         verdict = "completed" if code == EXIT_OK else "did NOT complete"
-        print(f"\nThe example plan {verdict}.", flush=True)
-        if code == EXIT_OK and not args.no_planner:
-            code = asyncio.run(_demo_planner(args.port, settings))
-            verdict = "completed" if code == EXIT_OK else "did NOT complete"
-            print(f"\nThe generated plan {verdict}.", flush=True)
-        print(f"Their histories are kept in {settings.temporal.db_file}.", flush=True)
-        keep = args.keep if args.keep is not None else sys.stdin.isatty()
-        if keep:
-            print(f"Browse it at {ui_url(settings)} — Ctrl-C stops everything.", flush=True)
-            wait_forever(stack)
-        else:
-            print(
-                "Run `make up` (or `plansmith up`) to start the stack again and browse it.",
-                flush=True,
-            )
-        return code
-    finally:
-        stack.stop()
+        print(f"\nThe generated plan {verdict}.", flush=True)
+    print(f"Their histories are kept in {settings.temporal.db_file}.", flush=True)
+    keep = args.keep if args.keep is not None else sys.stdin.isatty()
+    if keep:
+        print(f"Browse it at {ui_url(settings)} — Ctrl-C stops everything.", flush=True)
+        wait_forever(stack)
+    else:
+        print(
+            "Run `make up` (or `plansmith up`) to start the stack again and browse it.",
+            flush=True,
+        )
+    return code
 
 
 async def _demo_planner(port: int, settings: Settings) -> int:

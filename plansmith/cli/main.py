@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("up", help="dev server + worker + API in the foreground; Ctrl-C stops them")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="API port")
+    s.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop everything when the process that started this one ends (make, a "
+        "supervisor that does not pass SIGTERM on)",
+    )
     s = sub.add_parser(
         "demo",
         help="start everything, run an example plan to completion, then a plan the planner made",
@@ -100,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?", default="examples/ci_diamond.yaml")
     s.add_argument("--port", type=int, default=8000, help="API port")
     s.add_argument("--input", action="append", metavar="KEY=VALUE")
+    s.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop everything when the process that started this one ends (make, a "
+        "supervisor that does not pass SIGTERM on)",
+    )
     s.add_argument(
         "--keep",
         action=argparse.BooleanOptionalAction,

@@ -1,5 +1,10 @@
 """The processes of a Plansmith stack: ``server`` (Temporal's dev server), ``worker``,
-``api``, and ``up`` (the three as child processes, stopped together)."""
+``api``, and ``up`` (the three as child processes, stopped together).
+
+No child outlives the command (:mod:`plansmith.children`): SIGTERM, SIGHUP and SIGINT
+stop them all, and a parent that is killed outright takes them along (parent-death
+signal). ``--exit-with-parent`` makes ``up``/``demo`` themselves stop with the process that
+started them (``make run``/``make up``: make does not pass SIGTERM on)."""
 
 from __future__ import annotations
 
@@ -14,14 +19,16 @@ import sys
 import time
 
 from config import Settings
+from plansmith.children import Stopping, StopSignals, exit_with_parent, popen, stop_processes
 from plansmith.cli.console import EXIT_OK, CliError, err, ui_url
 from plansmith.devserver import (
     port_open,
     server_command,
     start_server,
-    stop_process,
     wait_until_ready,
 )
+
+STOP_GRACE_S = 4.0  # per phase (API and worker, then the dev server); then SIGKILL
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
@@ -30,12 +37,15 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
         f"Temporal dev server on {settings.temporal.address}, Web UI on {ui_url(settings)}",
         flush=True,
     )
-    proc = subprocess.Popen(cmd)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+    with StopSignals() as signals:
+        proc = popen(cmd, death_signal=signal.SIGTERM)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP
+            return EXIT_OK
+        finally:
+            signals.stopping()
+            stop_processes([proc], grace_s=2 * STOP_GRACE_S)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,11 +99,15 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "plansmith.cli", *argv], start_new_session=True)
+    # SIGKILL if we die: nobody would be left to end a graceful stop that hangs
+    return popen([sys.executable, "-m", "plansmith.cli", *argv], death_signal=signal.SIGKILL)
 
 
 class Stack:
-    """Dev server + worker + API as child processes; stopped together."""
+    """Dev server + worker + API as child processes; stopped together.
+
+    Start and stop it from the main thread: a child's parent-death signal follows the
+    thread that started it."""
 
     def __init__(self, settings: Settings, api_port: int = 8000, host: str = "127.0.0.1"):
         self.settings, self.api_port, self.host = settings, api_port, host
@@ -118,8 +132,11 @@ class Stack:
             await asyncio.sleep(0.2)
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            stop_process(proc)
+        """The API and the worker first, then the dev server; each phase gets
+        ``STOP_GRACE_S``, then what is left is killed."""
+        server, others = self.procs[:1], self.procs[1:]
+        stop_processes(others, grace_s=STOP_GRACE_S)
+        stop_processes(server, grace_s=STOP_GRACE_S)
         self.procs.clear()
 
     def print_where(self) -> None:
@@ -129,23 +146,33 @@ class Stack:
 
 
 def wait_forever(stack: Stack) -> None:
-    """Until Ctrl-C, or until a process of the stack stops."""
+    """Until Ctrl-C (or SIGTERM, SIGHUP), or until a process of the stack stops."""
     try:
         while all(p.poll() is None for p in stack.procs):
             time.sleep(0.5)
         err("a process of the stack stopped; stopping the others")
-    except KeyboardInterrupt:
-        print("\nstopping…", flush=True)
+    except KeyboardInterrupt as e:
+        said = f" ({e.args[0]})" if isinstance(e, Stopping) else ""
+        print(f"\nstopping{said}…", flush=True)
+
+
+def follow_parent(args: argparse.Namespace) -> None:
+    """``--exit-with-parent``: stop (SIGTERM) when the process that started us ends."""
+    if getattr(args, "exit_with_parent", False) and not exit_with_parent():
+        err("warning: --exit-with-parent is not supported on this platform")
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     check_exposure(args.host, settings)  # before any process of the stack starts
     stack = Stack(settings, args.port, args.host)
-    try:
-        asyncio.run(stack.start())
-        print("Plansmith is up (Ctrl-C stops it):", flush=True)
-        stack.print_where()
-        wait_forever(stack)
-    finally:
-        stack.stop()
+    with StopSignals() as signals:
+        try:
+            follow_parent(args)
+            asyncio.run(stack.start())
+            print("Plansmith is up (Ctrl-C stops it):", flush=True)
+            stack.print_where()
+            wait_forever(stack)
+        finally:
+            signals.stopping()
+            stack.stop()
     return EXIT_OK
