@@ -106,7 +106,9 @@ class StoreDrafts:
         try:
             return await self.pool.call(fn, *args, timeout_s=self.timeout_s)
         except StoreBusy:
-            raise unavailable("the database is not answering (every store thread waits for it)") from None
+            raise unavailable(
+                "the database is not answering (every store thread waits for it)"
+            ) from None
         except TimeoutError:
             raise unavailable(f"the database did not answer within {self.timeout_s:g}s") from None
         except sa.exc.SQLAlchemyError as e:
