@@ -253,3 +253,33 @@ async def unless_store_down(read: Awaitable[T]) -> T | None:
             raise
         logging.getLogger("plansmith.api").info("store read skipped: %s", e.detail)
         return None
+
+
+class StoreOrSkip:
+    """Store reads a control may do without (the draft lookups): a 503 is remembered in
+    ``error`` and the read answers None, so the control goes on to Temporal."""
+
+    def __init__(self) -> None:
+        self.error: ApiError | None = None
+
+    async def skip(self, read: Awaitable[T]) -> T | None:
+        try:
+            return await read
+        except ApiError as e:
+            if e.status != 503:
+                raise
+            self.error = self.error or e
+            return None
+
+    def tolerant(self, drafts: Any) -> Any:
+        """``drafts`` whose ``get`` answers None (not a draft) when the store is down."""
+        outer = self
+
+        class _Tolerant:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(drafts, name)
+
+            async def get(self, plan_id: str) -> Any:
+                return await outer.skip(drafts.get(plan_id))
+
+        return _Tolerant()
