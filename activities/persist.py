@@ -31,7 +31,9 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How a large output's store write is retried after its tool ran (module constants, so a
 # test can make them short): up to STORE_TRIES tries, waiting STORE_FIRST_DELAY_S, then
@@ -68,6 +71,18 @@ logger = logging.getLogger(__name__)
 STORE_TRIES = 6
 STORE_FIRST_DELAY_S = 0.5
 STORE_MAX_DELAY_S = 8.0
+
+
+# The worker's own threads for store writes: a hung database (connections open, nothing
+# answered) holds at most these, never the event loop's default executor that the other
+# activities use. A call waiting for a free one is bounded by its activity's timeout.
+STORE_THREADS = 8
+_store_threads = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="store-write")
+
+
+async def in_store_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` (blocking, talks to the store) on one of the worker's store threads."""
+    return await asyncio.get_running_loop().run_in_executor(_store_threads, fn, *args)
 
 
 # --- snapshots ------------------------------------------------------------------------
@@ -97,7 +112,7 @@ class SnapshotActivities:
                 snapshot.logs_lost,
                 snapshot.audit_lost,
             )
-        return await asyncio.to_thread(write_snapshot, snapshot, self.deps.engine)
+        return await in_store_thread(write_snapshot, snapshot, self.deps.engine)
 
 
 # --- large outputs --------------------------------------------------------------------
@@ -185,7 +200,7 @@ async def offload_after_effect(
     while True:
         tries += 1
         try:
-            return await asyncio.to_thread(
+            return await in_store_thread(
                 offload_output, plan_id, run_id, step_id, output, limit, engine
             )
         except Exception as e:  # the store is down, locked, full...: only this is retried

@@ -43,7 +43,7 @@ from api.routes_plans import router as plans_router
 from api.routes_trust import router as trust_router
 from api.schemas import Health
 from api.sse import EventHub
-from api.store_reads import PlanStore
+from api.store_reads import PlanStore, StorePool
 from config import Settings, get_settings
 from store.db import get_engine
 from workflows.client import PlanClient
@@ -149,6 +149,8 @@ def create_app(
     settings = settings or get_settings()
     config = settings.api
     engine = get_engine(database_url or settings.store.database_url)
+    # the store's own threads: a hung database cannot take the default executor
+    pool = StorePool(settings.store.read_threads)
     services = ApiServices(
         settings=settings,
         config=config,
@@ -160,9 +162,11 @@ def create_app(
             rpc_timeout_s=config.rpc_timeout_s,
             connect_timeout_s=config.connect_timeout_s,
         ),
-        drafts=drafts if drafts is not None else StoreDrafts(engine),
+        drafts=drafts
+        if drafts is not None
+        else StoreDrafts(engine, pool=pool, timeout_s=config.rpc_timeout_s),
         hub=EventHub(config),
-        store=PlanStore(engine, timeout_s=config.rpc_timeout_s),
+        store=PlanStore(engine, timeout_s=config.rpc_timeout_s, pool=pool),
     )
 
     @asynccontextmanager

@@ -11,7 +11,6 @@ run), so the routes stop treating it as a draft at once. The routes only use the
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -22,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.errors import conflict, unavailable
+from api.store_reads import StoreBusy, StorePool
 from plans.controls import ApproveInput, ControlResult
 from plans.models import Plan, PlanStatus
 from plans.run_state import Approval, PlanRun, new_run
@@ -91,10 +91,28 @@ def _draft(session: Session, plan_id: str) -> Draft | None:
 
 
 class StoreDrafts:
-    """Drafts in the store (see the module docstring); each call runs in a thread."""
+    """Drafts in the store (see the module docstring); each call runs on one of the API's
+    store threads (:class:`api.store_reads.StorePool`), bounded by ``timeout_s``."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, pool: StorePool | None = None, timeout_s: float = 10.0):
         self.engine = engine
+        self.pool = pool or StorePool()
+        self.timeout_s = timeout_s
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a store thread; a database that cannot be used, does not
+        answer in time or holds every store thread is a 503 that names only the error's
+        type (its message may carry the database's address)."""
+        try:
+            return await self.pool.call(fn, *args, timeout_s=self.timeout_s)
+        except StoreBusy:
+            raise unavailable(
+                "the database is not answering (every store thread waits for it)"
+            ) from None
+        except TimeoutError:
+            raise unavailable(f"the database did not answer within {self.timeout_s:g}s") from None
+        except sa.exc.SQLAlchemyError as e:
+            raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
 
     def _add(self, draft: Draft) -> tuple[Draft, bool]:
         plan_id = draft.plan.id or ""
@@ -152,28 +170,19 @@ class StoreDrafts:
             return draft.model_copy(update={"approval": approval})
 
     async def add(self, draft: Draft) -> tuple[Draft, bool]:
-        return await _in_thread(self._add, draft)
+        return await self._in_thread(self._add, draft)
 
     async def approve(self, plan_id: str, approval: Approval) -> Draft | None:
-        return await _in_thread(self._approve, plan_id, approval)
+        return await self._in_thread(self._approve, plan_id, approval)
 
     async def get(self, plan_id: str) -> Draft | None:
-        return await _in_thread(self._get, plan_id)
+        return await self._in_thread(self._get, plan_id)
 
     async def list(self) -> list[Draft]:
-        return await _in_thread(self._list)
+        return await self._in_thread(self._list)
 
     async def remove(self, plan_id: str) -> None:
-        await _in_thread(self._remove, plan_id)
-
-
-async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a thread; a database that cannot be used is a 503 that names
-    only the error's type (its message may carry the database's address)."""
-    try:
-        return await asyncio.to_thread(fn, *args)
-    except sa.exc.SQLAlchemyError as e:
-        raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
+        await self._in_thread(self._remove, plan_id)
 
 
 async def draft_run(drafts: DraftStore, plan_id: str) -> PlanRun | None:

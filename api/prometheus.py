@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import get_principal
 from api.errors import responses, unavailable
+from api.store_reads import StorePool
 from plans.models import TERMINAL_PLAN_STATUSES, PlanStatus
 from plans.run_state import WaitingFor
 from store.db import ensure_migrated, session_scope
@@ -60,13 +61,20 @@ def _label(value: str | None) -> str:
 class StoreCollector(Collector):
     """Plans, waits, runs, steps and planner runs, read from the store at each scrape."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, pool: StorePool | None = None, timeout_s: float = 10.0):
         self.engine = engine
+        self.pool = pool  # the API's store threads (the read waits at most timeout_s)
+        self.timeout_s = timeout_s
 
-    def _read(self) -> StoreCounts:
+    def _count(self) -> StoreCounts:
         ensure_migrated(self.engine)
         with session_scope(self.engine) as session:
             return store_counts(session)
+
+    def _read(self) -> StoreCounts:
+        if self.pool is None:
+            return self._count()
+        return self.pool.submit(self._count).result(timeout=self.timeout_s)
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
@@ -218,12 +226,16 @@ class HttpMetricsMiddleware:
             self.latency.labels(method, route).observe(time.perf_counter() - start)
 
 
-def make_registry(engine: Engine) -> tuple[CollectorRegistry, Counter, Histogram]:
-    """A registry of the app's own (not the process-global one: tests build many apps)."""
+def make_registry(
+    engine: Engine, pool: StorePool | None = None, timeout_s: float = 10.0
+) -> tuple[CollectorRegistry, Counter, Histogram]:
+    """A registry of the app's own (not the process-global one: tests build many apps).
+    With ``pool``, the store is read on the API's store threads, for ``timeout_s`` at most
+    (``plansmith_store_up`` 0 otherwise)."""
     registry = CollectorRegistry(auto_describe=True)
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    registry.register(StoreCollector(engine))
+    registry.register(StoreCollector(engine, pool, timeout_s))
     requests = Counter(
         "plansmith_http_requests",
         "HTTP requests served by this API process",
@@ -270,8 +282,10 @@ def install(app: FastAPI) -> None:
     """Add ``GET /metrics`` and the request counters to an app of
     :func:`api.app.create_app` (call it after the other middleware: it is then the
     outermost and times everything)."""
-    engine = app.state.services.store.engine
-    registry, requests, latency = make_registry(engine)
+    services = app.state.services
+    registry, requests, latency = make_registry(
+        services.store.engine, services.store.pool, services.config.rpc_timeout_s / 2
+    )
     app.state.prometheus_registry = registry
     app.add_middleware(HttpMetricsMiddleware, requests=requests, latency=latency)
     app.include_router(router)

@@ -33,12 +33,12 @@ from api.deps import (
     reject_unknown_query,
 )
 from api.drafts import DraftStore, approve_draft, refuse_draft
-from api.errors import (
-    responses,
-)
+from api.errors import ApiError, api_error_of, responses
 from api.schemas import examples_of
+from api.store_reads import StoreOrSkip
 from plans.controls import ControlResult
 from workflows.client import PlanClient
+from workflows.errors import PlanNotFound
 
 controls = APIRouter(
     prefix="/plans",
@@ -61,16 +61,25 @@ async def _send(
     actor: Principal,
     step_id: str | None = None,
 ) -> ControlResult:
-    await authorize_control(actor, gateway, drafts, plan_id, control)
+    # While the database is down, a plan's workflow still takes controls: the draft
+    # lookups are skipped, and only a plan Temporal does not know is then a 503 (it may
+    # be a draft in the store that cannot be read).
+    store = StoreOrSkip()
+    await authorize_control(actor, gateway, store.tolerant(drafts), plan_id, control)
     by = actor.actor(_by(body))
     if control == "apply_correction" and getattr(body, "approve", False):
         actor.may_approve_own_change()
     if control == "approve" and step_id is None:
-        approved = await approve_draft(drafts, plan_id, payload(body, by))
+        approved = await store.skip(approve_draft(drafts, plan_id, payload(body, by)))
         if approved is not None:
             return approved
-    await refuse_draft(drafts, plan_id, control)
-    return await gateway.control(plan_id, control, payload(body, by, step_id))
+    await store.skip(refuse_draft(drafts, plan_id, control))
+    try:
+        return await gateway.control(plan_id, control, payload(body, by, step_id))
+    except (ApiError, PlanNotFound) as e:
+        if store.error is not None and api_error_of(e).status == 404:
+            raise store.error from None
+        raise
 
 
 def _by(body: BaseModel | None) -> str | None:

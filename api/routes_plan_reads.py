@@ -1,7 +1,8 @@
 """``/api/plans/{id}/…`` reads: the workflow's queries (status, execution state, logs,
 audit, versions) and the live event stream. A draft answers from its document, as a
 fresh run would; an executed plan asks its workflow first and falls back to the store
-(:func:`api.store_reads.temporal_or_store`).
+(:func:`api.store_reads.temporal_or_store`). While the database is down, what Temporal
+answers still answers (the draft lookup is skipped), and what needs the store is a 503.
 """
 
 from typing import Annotated, Literal
@@ -26,7 +27,7 @@ from api.schemas import (
     LogLine,
 )
 from api.sse import EventsDoc
-from api.store_reads import temporal_or_store
+from api.store_reads import temporal_or_store, unless_store_down
 from plans.models import ID_PATTERN
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import (
@@ -61,7 +62,7 @@ READ = responses(401, 404, 422, 502, 503)
 async def get_status(
     plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> StatusView:
-    run = await draft_run(drafts, plan_id)
+    run = await unless_store_down(draft_run(drafts, plan_id))
     if run is not None:
         return status_view(run)
     return await temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
@@ -76,7 +77,7 @@ async def get_status(
 async def get_execution_state(
     plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> ExecutionState:
-    run = await draft_run(drafts, plan_id)
+    run = await unless_store_down(draft_run(drafts, plan_id))
     if run is not None:
         return execution_state(run)
     return await temporal_or_store(
@@ -102,7 +103,7 @@ async def get_logs(
     step_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
 ) -> list[LogLine]:
     query = LogsQuery(level=level, limit=limit, step_id=step_id)
-    run = await draft_run(drafts, plan_id)
+    run = await unless_store_down(draft_run(drafts, plan_id))
     entries: list[LogEntry]
     if run is not None:
         entries = logs_view(run, query)
@@ -122,7 +123,7 @@ async def get_logs(
 async def get_audit(
     plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> list[AuditEntry]:
-    run = await draft_run(drafts, plan_id)
+    run = await unless_store_down(draft_run(drafts, plan_id))
     if run is not None:
         return audit_view(run)
     return await temporal_or_store(lambda: gateway.audit(plan_id), lambda: store.audit(plan_id))
@@ -137,7 +138,7 @@ async def get_audit(
 async def get_versions(
     plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> list[PlanVersion]:
-    run = await draft_run(drafts, plan_id)
+    run = await unless_store_down(draft_run(drafts, plan_id))
     if run is not None:
         return [PlanVersion.model_validate(v) for v in plan_view(run).versions]
 
@@ -188,7 +189,7 @@ async def get_events(
         Header(alias="Last-Event-ID", max_length=200, description="resume after this event"),
     ] = None,
 ) -> Response:
-    await refuse_draft(drafts, plan_id, "events")
+    await unless_store_down(refuse_draft(drafts, plan_id, "events"))
 
     async def fetch() -> StatusView:
         return await gateway.status(plan_id)

@@ -51,7 +51,7 @@ from api.schemas import (
     ResumeResponse,
     examples_of,
 )
-from api.store_reads import temporal_or_store
+from api.store_reads import temporal_or_store, unless_store_down
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, workflow_id_for
@@ -205,7 +205,7 @@ async def list_plans(
 async def get_plan(
     plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
 ) -> PlanDetail:
-    draft = await drafts.get(plan_id)
+    draft = await unless_store_down(drafts.get(plan_id))
     if draft is not None:
         return PlanDetail(
             plan_id=plan_id,

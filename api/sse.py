@@ -316,14 +316,43 @@ class Feed:
             self.hub.release(self)
 
 
+class _Gate:
+    """One plan id's lock, and how many openers hold it or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class EventHub:
-    """The feeds of one process, keyed by plan id."""
+    """The feeds of one process, keyed by plan id.
+
+    Openers of one plan id take turns (one first read makes its feed); the lock of a plan
+    id exists only while someone holds or waits for it, so ids that never became a feed
+    (unknown plans, probes) leave nothing behind.
+    """
 
     def __init__(self, config: ApiSettings):
         self.config = config
         self.feeds: dict[str, Feed] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _Gate] = {}
         self.closing = False
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, plan_id: str) -> AsyncIterator[None]:
+        gate = self._locks.get(plan_id)
+        if gate is None:
+            gate = self._locks[plan_id] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0 and self._locks.get(plan_id) is gate:
+                del self._locks[plan_id]
 
     async def open(self, plan_id: str, fetch: Fetch) -> Feed:
         """The plan's feed, made (with a first read that may raise ApiError or a
@@ -332,8 +361,7 @@ class EventHub:
         Opening does not count as watching: :meth:`Feed.stream` does, from its first step
         to its end, so a response that never starts streaming leaves nothing behind.
         """
-        lock = self._locks.setdefault(plan_id, asyncio.Lock())
-        async with lock:
+        async with self._turn(plan_id):
             feed = self.feeds.get(plan_id)
             if feed is not None and feed.final is not None and feed.final.kind == "error":
                 # It gave up reading the plan: try afresh rather than repeat the old error.
@@ -368,7 +396,6 @@ class EventHub:
     def drop(self, feed: Feed) -> None:
         if self.feeds.get(feed.plan_id) is feed:
             del self.feeds[feed.plan_id]
-            self._locks.pop(feed.plan_id, None)
 
     async def close(self) -> None:
         """Stop every poller and end every stream (at shutdown)."""

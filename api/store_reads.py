@@ -4,14 +4,20 @@ Temporal stays the truth for a live plan (the routes query the workflow first); 
 answer once the workflow is gone from Temporal (retention, ``delete``, another Temporal)
 or Temporal cannot be reached. Every change of a running plan is written to the store by
 the workflow's ``record_snapshot`` activity, so these are the plan's last recorded state.
-Each read runs in a thread, bounded by ``PLANSMITH_API_TIMEOUT_S``.
+Each read runs in one of the API's own store threads (:class:`StorePool`,
+``PLANSMITH_DB_READ_THREADS``), never in the event loop's default executor, and is
+bounded by ``PLANSMITH_API_TIMEOUT_S``: a slow or hung database answers 503 within that
+time, and once every store thread is held by it, at once; ``/healthz``, ``/readyz`` and
+reads answered by Temporal do not queue behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -34,7 +40,8 @@ async def temporal_or_store(
     from_temporal: Callable[[], Awaitable[T]], from_store: Callable[[], Awaitable[T | None]]
 ) -> T:
     """Ask the workflow; when Temporal does not know it (404) or cannot answer (503), ask
-    the store. The first error stands when the store does not have the plan either."""
+    the store. The first error stands when the store does not have the plan either; a
+    store that cannot be read makes it a 503 (the plan may well exist)."""
     try:
         return await from_temporal()
     except (ApiError, PlanNotFound, TemporalUnavailable) as e:
@@ -42,48 +49,107 @@ async def temporal_or_store(
             raise
         try:
             found = await from_store()
-        except ApiError:
+        except ApiError as store_error:
+            if store_error.status == 503:  # the store cannot say: neither can we
+                raise store_error from None
             raise e from None
         if found is None:
             raise
         return found
 
 
+class StoreBusy(Exception):
+    """Every store thread is taken (the database is slow or hung): nothing was started."""
+
+
+class StorePool:
+    """The threads that talk to the store: at most ``size`` calls run at once, and a call
+    that finds them all taken fails at once (:class:`StoreBusy`) rather than queue.
+
+    A call that times out keeps its thread until the database lets go of it (the
+    connection, statement and lock timeouts of :mod:`store.db` bound that), so a hung
+    database holds at most ``size`` threads, never the default executor's.
+    """
+
+    def __init__(self, size: int = 8, name: str = "plansmith-store"):
+        self.size = size
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+        self._lock = threading.Lock()
+        self.busy = 0  # calls started and not finished (timed-out ones included)
+
+    def _release(self, _: Future[Any]) -> None:
+        with self._lock:
+            self.busy -= 1
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start ``fn(*args)`` on a free store thread; :class:`StoreBusy` when none is."""
+        with self._lock:
+            if self.busy >= self.size:
+                raise StoreBusy(f"all {self.size} store threads are waiting for the database")
+            self.busy += 1
+        try:
+            future = self._executor.submit(fn, *args)
+        except BaseException:
+            with self._lock:
+                self.busy -= 1
+            raise
+        future.add_done_callback(self._release)  # also when it is cancelled before it ran
+        return future
+
+    async def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+        """``fn(*args)`` on a store thread, awaited at most ``timeout_s`` (TimeoutError)."""
+        return await asyncio.wait_for(asyncio.wrap_future(self.submit(fn, *args)), timeout_s)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class PlanStore:
-    def __init__(self, engine: Engine, timeout_s: float = 10.0):
+    def __init__(self, engine: Engine, timeout_s: float = 10.0, pool: StorePool | None = None):
         self.engine = engine
         self.timeout_s = timeout_s
+        self.pool = pool or StorePool()
+
+    async def call(self, fn: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
+        """``fn(*args)`` (blocking, talks to the store) on a store thread, bounded by the
+        API's timeout; 503 when the store fails, does not answer, or every store thread
+        is already waiting for it."""
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return await self.pool.call(fn, *args, timeout_s=timeout)
+        except StoreBusy as e:
+            raise unavailable(f"the database is not answering: {e}") from None
+        except TimeoutError:
+            raise unavailable(f"the database did not answer within {timeout:g}s") from None
+        except sa.exc.SQLAlchemyError as e:
+            raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
 
     async def run(self, fn: Callable[[Session], T], *, write: bool = False) -> T:
-        """Run ``fn`` in a store session (committed when ``write``), in a thread, bounded
-        by the API's timeout; 503 when the store fails or does not answer."""
+        """Run ``fn`` in a store session (committed when ``write``), on a store thread,
+        bounded by the API's timeout; 503 when the store fails or does not answer."""
 
         def run() -> T:
             ensure_migrated(self.engine)
             with session_scope(self.engine, write=write) as session:
                 return fn(session)
 
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(run), timeout=self.timeout_s)
-        except TimeoutError:
-            raise unavailable(f"the database did not answer within {self.timeout_s:g}s") from None
-        except sa.exc.SQLAlchemyError as e:
-            raise unavailable(f"the database cannot be used: {type(e).__name__}") from None
+        return await self.call(run)
 
     async def _read(self, fn: Callable[[Session], T]) -> T:
         return await self.run(fn)
 
     async def ping(self, timeout_s: float) -> None:
-        """``select 1``, bounded (raises on failure or timeout)."""
+        """``select 1``, bounded (raises on failure or timeout; :class:`StoreBusy` at once
+        when every store thread waits for the database)."""
 
         def run() -> None:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("select 1"))
 
-        await asyncio.wait_for(asyncio.to_thread(run), timeout=timeout_s)
+        await self.pool.call(run, timeout_s=timeout_s)
 
     async def migrate(self) -> None:
-        await asyncio.to_thread(ensure_migrated, self.engine)
+        await self.pool.call(ensure_migrated, self.engine)
 
     async def link_generation(self, generation_id: str | None, plan_id: str) -> None:
         """Note which plan a planner run became (metrics read it); a warning, never an
@@ -174,3 +240,46 @@ class PlanStore:
             return out
 
         return await self._read(read)
+
+
+async def unless_store_down(read: Awaitable[T]) -> T | None:
+    """``await read`` (a store read such as the draft lookup); None when the store cannot
+    be used (503), so the caller goes on to Temporal, which keeps answering for the
+    plans it runs while the database is down."""
+    try:
+        return await read
+    except ApiError as e:
+        if e.status != 503:
+            raise
+        logging.getLogger("plansmith.api").info("store read skipped: %s", e.detail)
+        return None
+
+
+class StoreOrSkip:
+    """Store reads a control may do without (the draft lookups): a 503 is remembered in
+    ``error`` and the read answers None, so the control goes on to Temporal."""
+
+    def __init__(self) -> None:
+        self.error: ApiError | None = None
+
+    async def skip(self, read: Awaitable[T]) -> T | None:
+        try:
+            return await read
+        except ApiError as e:
+            if e.status != 503:
+                raise
+            self.error = self.error or e
+            return None
+
+    def tolerant(self, drafts: Any) -> Any:
+        """``drafts`` whose ``get`` answers None (not a draft) when the store is down."""
+        outer = self
+
+        class _Tolerant:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(drafts, name)
+
+            async def get(self, plan_id: str) -> Any:
+                return await outer.skip(drafts.get(plan_id))
+
+        return _Tolerant()

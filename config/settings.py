@@ -20,6 +20,12 @@ temporal.payload_key*              ``PLANSMITH_PAYLOAD_KEY``, ``PLANSMITH_PAYLOA
                                    ``PLANSMITH_PAYLOAD_OLD_KEYS``
 store.database_url                 ``DATABASE_URL`` (``sqlite:///plansmith.db``)
 store.large_output_bytes           ``PLANSMITH_LARGE_OUTPUT_BYTES`` (262144)
+store.connect_timeout_s            ``PLANSMITH_DB_CONNECT_TIMEOUT_S`` (5)
+store.statement_timeout_s          ``PLANSMITH_DB_STATEMENT_TIMEOUT_S`` (30)
+store.lock_timeout_s               ``PLANSMITH_DB_LOCK_TIMEOUT_S`` (10)
+store.busy_timeout_s               ``PLANSMITH_DB_BUSY_TIMEOUT_S`` (30, SQLite)
+store.pool_timeout_s               ``PLANSMITH_DB_POOL_TIMEOUT_S`` (5)
+store.read_threads                 ``PLANSMITH_DB_READ_THREADS`` (8)
 api.keys                           ``PLANSMITH_API_KEYS`` (``key:owner[:role]``, comma-separated)
 api.allow_open_api                 ``PLANSMITH_ALLOW_OPEN_API`` (false)
 api.allowed_hosts                  ``PLANSMITH_API_ALLOWED_HOSTS`` (loopback + the bound host)
@@ -261,6 +267,52 @@ class StoreSettings(_Section):
         validation_alias="PLANSMITH_LARGE_OUTPUT_BYTES",
         description="step outputs larger than this (JSON bytes) are kept in the store and "
         "passed by reference",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0,
+        ge=1,
+        le=600,
+        validation_alias="PLANSMITH_DB_CONNECT_TIMEOUT_S",
+        description="PostgreSQL: longest wait to open a connection (libpq connect_timeout, "
+        "whole seconds)",
+    )
+    statement_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        validation_alias="PLANSMITH_DB_STATEMENT_TIMEOUT_S",
+        description="PostgreSQL: the server cancels a statement running longer (0: never); "
+        "migrations are not bounded",
+    )
+    lock_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=86400,
+        validation_alias="PLANSMITH_DB_LOCK_TIMEOUT_S",
+        description="PostgreSQL: the server gives up waiting for a row or table lock after "
+        "this (0: never)",
+    )
+    busy_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        validation_alias="PLANSMITH_DB_BUSY_TIMEOUT_S",
+        description="SQLite: how long a statement waits for another writer's lock",
+    )
+    pool_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        validation_alias="PLANSMITH_DB_POOL_TIMEOUT_S",
+        description="longest wait for a free connection of the process's pool",
+    )
+    read_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        validation_alias="PLANSMITH_DB_READ_THREADS",
+        description="API: threads that talk to the store; when all are busy (a slow or hung "
+        "database) a store read answers 503 at once",
     )
 
 

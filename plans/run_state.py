@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
@@ -20,7 +20,16 @@ from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
 
 MAX_LOG_ENTRIES = 500  # kept in the workflow's state (the newest ones)
-MAX_AUDIT_ENTRIES = 2000
+MAX_AUDIT_ENTRIES = 2000  # kept when they are in the store (see ``audit``)
+# refused controls recorded per actor (and from all actors) per minute of workflow time;
+# the rest are counted, and one summary entry per actor and minute says how many
+REFUSED_PER_ACTOR_PER_MINUTE = 20
+REFUSED_PER_MINUTE = 200
+REFUSED_WINDOW = timedelta(minutes=1)
+ALL_ACTORS = "*"
+# entries not handed to the store yet that the workflow keeps at most (the store is
+# down); past it, refused controls are counted, not recorded (accepted ones always are)
+MAX_AUDIT_UNSTORED = 4 * MAX_AUDIT_ENTRIES
 PREVIEW_CHARS = 2000
 
 
@@ -95,6 +104,16 @@ class StepRun(_Compact):
     judge_gate_version: int = 0
     # an llm step's tool calls, each a child activity: {n, tool, params, status, ...}
     calls: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RefusedCount(BaseModel):
+    """Refused controls of one actor (or all, ``*``) in one minute of workflow time."""
+
+    since: datetime
+    recorded: int = 0
+    dropped: int = 0
+    first_dropped: datetime | None = None
+    last_dropped: datetime | None = None
 
 
 class AuditEntry(BaseModel):
@@ -192,6 +211,12 @@ class PlanRun(BaseModel):
     bind_approvals: bool = False
     # require_approval "auto": what the adaptive policy decided, with risk and trust
     policy_decision: ApprovalDecision | None = None
+    # the audit trail's limits are on (the workflow sets it; an older run keeps the old
+    # rule: the newest MAX_AUDIT_ENTRIES, sent to the store or not)
+    audit_limits: bool = False
+    audit_stored: int = 0  # absolute number of entries handed to the store so far
+    audit_unrecorded: int = 0  # refused controls counted, not recorded (rate limit, cap)
+    refused: dict[str, RefusedCount] = Field(default_factory=dict)  # this minute's counts
 
     @property
     def status(self) -> PlanStatus:
@@ -250,6 +275,26 @@ def audit(
     detail: str = "",
     step_id: str | None = None,
     via: Literal["signal", "update", "system"] = "system",
+) -> bool:
+    """Record a control (or what the system did) in the audit trail; False when a refused
+    control was only counted (see :func:`admit_refused`). An accepted one always is."""
+    if run.audit_limits:
+        settle_refused(run, now)
+        if not accepted and not admit_refused(run, now, by):
+            return False
+    _append_audit(run, now, by, action, accepted, detail, step_id, via)
+    return True
+
+
+def _append_audit(
+    run: PlanRun,
+    now: datetime,
+    by: str,
+    action: str,
+    accepted: bool,
+    detail: str = "",
+    step_id: str | None = None,
+    via: Literal["signal", "update", "system"] = "system",
 ) -> None:
     run.audit_total = max(run.audit_total, len(run.audit)) + 1
     run.audit.append(
@@ -264,8 +309,92 @@ def audit(
             via=via,
         )
     )
-    if len(run.audit) > MAX_AUDIT_ENTRIES:
-        del run.audit[: len(run.audit) - MAX_AUDIT_ENTRIES]
+    trim_audit(run)
+
+
+def trim_audit(run: PlanRun) -> None:
+    """Keep the newest :data:`MAX_AUDIT_ENTRIES`, dropping only entries already handed to
+    the store (``audit_stored``): while the store is down, the list grows instead."""
+    excess = len(run.audit) - MAX_AUDIT_ENTRIES
+    if excess <= 0:
+        return
+    if run.audit_limits:
+        first_kept = max(run.audit_total, len(run.audit)) - len(run.audit)
+        excess = min(excess, max(0, run.audit_stored - first_kept))
+    if excess > 0:
+        del run.audit[:excess]
+
+
+def unstored_audit(run: PlanRun) -> int:
+    """Entries in the workflow's list that were not handed to the store yet."""
+    return max(0, max(run.audit_total, len(run.audit)) - max(run.audit_stored, 0))
+
+
+def admit_refused(run: PlanRun, now: datetime, by: str) -> bool:
+    """Whether a refused control of ``by`` is recorded: at most
+    :data:`REFUSED_PER_ACTOR_PER_MINUTE` per actor and :data:`REFUSED_PER_MINUTE` in all
+    per minute of workflow time, and none while :data:`MAX_AUDIT_UNSTORED` entries wait
+    for the store. The others are counted (``audit_unrecorded``, and a summary entry per
+    actor and minute). Deterministic: only ``now`` and the state decide."""
+    everyone = run.refused.get(ALL_ACTORS)
+    if everyone is None:
+        everyone = run.refused[ALL_ACTORS] = RefusedCount(since=now)
+    mine = run.refused.get(by)
+    full = everyone.recorded >= REFUSED_PER_MINUTE or unstored_audit(run) >= MAX_AUDIT_UNSTORED
+    if not full and mine is None:
+        mine = run.refused[by] = RefusedCount(since=now)
+    if full or mine is None or mine.recorded >= REFUSED_PER_ACTOR_PER_MINUTE:
+        counted = everyone if full or mine is None else mine
+        counted.dropped += 1
+        counted.first_dropped = counted.first_dropped or now
+        counted.last_dropped = now
+        run.audit_unrecorded += 1
+        return False
+    mine.recorded += 1
+    everyone.recorded += 1
+    return True
+
+
+def settle_refused(run: PlanRun, now: datetime, *, final: bool = False) -> None:
+    """Close the minutes that ended by ``now`` (every one with ``final``): one summary
+    entry for each actor whose refused controls were counted, not recorded."""
+    for actor in sorted(run.refused, key=lambda a: (a == ALL_ACTORS, a)):
+        c = run.refused[actor]
+        if not final and now < c.since + REFUSED_WINDOW:
+            continue
+        del run.refused[actor]
+        if not c.dropped:
+            continue
+        who = "all actors" if actor == ALL_ACTORS else actor
+        limit = (
+            f"{REFUSED_PER_MINUTE} per minute from all actors, or {MAX_AUDIT_UNSTORED} "
+            "entries waiting for the store"
+            if actor == ALL_ACTORS
+            else f"{REFUSED_PER_ACTOR_PER_MINUTE} per actor per minute"
+        )
+        _append_audit(
+            run,
+            now,
+            actor,
+            "refused_controls_not_recorded",
+            False,
+            f"{c.dropped} refused control(s) from {who} between "
+            f"{(c.first_dropped or c.since).isoformat()} and "
+            f"{(c.last_dropped or now).isoformat()} were counted, not recorded "
+            f"(limit: {limit})",
+        )
+
+
+def audit_note(run: PlanRun) -> str | None:
+    """What the status says when the audit trail does not hold every control."""
+    if not run.audit_unrecorded:
+        return None
+    return (
+        f"{run.audit_unrecorded} refused control(s) were counted, not recorded in the "
+        f"audit trail (more than {REFUSED_PER_ACTOR_PER_MINUTE} per actor or "
+        f"{REFUSED_PER_MINUTE} in all per minute); summary entries "
+        "(refused_controls_not_recorded) say from whom and when"
+    )
 
 
 # --- status --------------------------------------------------------------------------

@@ -258,8 +258,8 @@ def apply_control(
     try:
         check_control(run, name, msg, catalog)
     except Refused as e:
-        audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via)
-        log(run, now, f"{e} (sent by {msg.by})", "warning", getattr(msg, "step_id", None))
+        if audit(run, now, msg.by, name, False, str(e), getattr(msg, "step_id", None), via):
+            log(run, now, f"{e} (sent by {msg.by})", "warning", getattr(msg, "step_id", None))
         raise
     detail = _apply(run, msg, now, catalog)
     audit(run, now, msg.by, name, True, detail, getattr(msg, "step_id", None), via)

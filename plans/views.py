@@ -9,7 +9,15 @@ from pydantic import BaseModel, Field
 
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
-from plans.run_state import AuditEntry, LogEntry, PlanRun, WaitingFor, derive_status, preview
+from plans.run_state import (
+    AuditEntry,
+    LogEntry,
+    PlanRun,
+    WaitingFor,
+    audit_note,
+    derive_status,
+    preview,
+)
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -64,6 +72,14 @@ class StatusView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     steps: list[StepView]
+    audit_unrecorded: int = Field(
+        default=0,
+        description="refused controls counted but not recorded in the audit trail (a flood "
+        "beyond the per-minute limits); 0: the trail holds every control",
+    )
+    audit_note: str | None = Field(
+        default=None, description="why the audit trail does not hold every control"
+    )
 
 
 class ExecutionState(BaseModel):
@@ -227,6 +243,8 @@ def status_view(run: PlanRun) -> StatusView:
         started_at=run.started_at,
         finished_at=run.finished_at,
         steps=steps,
+        audit_unrecorded=run.audit_unrecorded,
+        audit_note=audit_note(run),
     )
 
 

@@ -5,6 +5,12 @@ PostgreSQL with ``postgresql://...`` (driven by psycopg 3). SQLite connections g
 foreign keys and a busy timeout; write sessions take SQLite's write lock up front
 (``BEGIN IMMEDIATE``) so concurrent writers queue instead of failing.
 
+A slow or dead database must not hang a process (the ``store`` settings): PostgreSQL
+connections are opened with ``connect_timeout`` and TCP keepalives, and start with
+``statement_timeout`` and ``lock_timeout`` (the server cancels what runs or waits longer);
+a free connection of the pool is waited for ``pool_timeout_s`` at most. What the caller
+gets then is an ordinary SQLAlchemy error.
+
 The schema belongs to Alembic (``store/migrations``): :func:`migrate` upgrades a database
 to the newest revision, serialised between processes (an advisory lock on PostgreSQL, the
 write lock on SQLite), so every worker and API process may call it at start.
@@ -12,6 +18,7 @@ write lock on SQLite), so every worker and API process may call it at start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -24,9 +31,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from config import get_settings
+from config.settings import StoreSettings
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
-SQLITE_BUSY_TIMEOUT_S = 30.0
 HEAD_REVISION = "0004"  # the newest migration (tests check the database reaches it)
 MIGRATION_LOCK_ID = 0x706C616E736D6974  # "plansmit": pg_advisory_xact_lock key
 _BEGIN = "plansmith_sqlite_begin"
@@ -40,15 +47,53 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """A new engine for ``url``, set up for this store (see the module docstring)."""
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def postgres_connect_args(url: str, cfg: StoreSettings) -> dict[str, Any]:
+    """psycopg connection arguments that bound every wait on the server (pure: opens
+    nothing). Options already in the URL are kept, and a timeout they set wins."""
+    query = sa.engine.make_url(url).query.get("options") or ""
+    options = " ".join(query) if isinstance(query, tuple) else str(query)
+    extra = [
+        f"-c {name}={_ms(value)}"
+        for name, value in (
+            ("statement_timeout", cfg.statement_timeout_s),
+            ("lock_timeout", cfg.lock_timeout_s),
+        )
+        if name not in options
+    ]
+    return {
+        "connect_timeout": max(1, round(cfg.connect_timeout_s)),
+        "options": " ".join(o for o in (options.strip(), *extra) if o),
+        # a peer that vanished without a FIN is noticed within about a minute
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+
+
+def make_engine(url: str, *, settings: StoreSettings | None = None, **kwargs: Any) -> Engine:
+    """A new engine for ``url``, set up for this store (see the module docstring); the
+    timeouts come from ``settings`` (default: the ``store`` settings)."""
+    cfg = settings or get_settings().store
     url = normalize_url(url)
     if not url.startswith("sqlite"):
         kwargs.setdefault("pool_pre_ping", True)
+        if "poolclass" not in kwargs:
+            kwargs.setdefault("pool_timeout", cfg.pool_timeout_s)
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {
+                **postgres_connect_args(url, cfg),
+                **kwargs.get("connect_args", {}),
+            }
         return sa.create_engine(url, **kwargs)
+    busy_s = cfg.busy_timeout_s
     connect_args = kwargs.pop("connect_args", {})
     connect_args.setdefault("check_same_thread", False)
-    connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+    connect_args.setdefault("timeout", busy_s)
     engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
 
     @sa.event.listens_for(engine, "connect")
@@ -59,7 +104,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cur.execute(f"PRAGMA busy_timeout={_ms(busy_s)}")
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -126,9 +171,22 @@ def migrate(target: str | Engine | None = None, revision: str = "head") -> None:
     engine = target if isinstance(target, Engine) else get_engine(target)
     cfg = alembic_config()
     with writer(engine).connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        conn.commit()
+        unbounded = conn.dialect.name == "postgresql"
+        if unbounded:  # a migration may wait for another process's, and may take long
+            conn.exec_driver_sql("SET statement_timeout = 0")
+            conn.exec_driver_sql("SET lock_timeout = 0")
+            conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+        finally:
+            if unbounded:
+                with contextlib.suppress(sa.exc.SQLAlchemyError):
+                    conn.rollback()
+                    conn.exec_driver_sql("RESET statement_timeout")
+                    conn.exec_driver_sql("RESET lock_timeout")
+                    conn.commit()
 
 
 def current_revision(target: str | Engine | None = None) -> str | None:

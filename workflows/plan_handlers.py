@@ -72,8 +72,9 @@ class PlanHandlers:
                 if isinstance(arg, dict) and isinstance(arg.get("by"), str)
                 else "unknown"
             )
-            run_state.audit(self._run, workflow.now(), by, name, False, str(e), via="signal")
-            run_state.log(self._run, workflow.now(), f"{name} signal refused: {e}", "warning")
+            now = workflow.now()
+            if run_state.audit(self._run, now, by, name, False, str(e), via="signal"):
+                run_state.log(self._run, now, f"{name} signal refused: {e}", "warning")
             return
         self._bind_approvals(msg)
         try:

@@ -13,7 +13,7 @@ from workflows.plan_input import PLAN_STATUS, WAITING_FOR, PlanInput
 
 with workflow.unsafe.imports_passed_through():
     from contracts.snapshots import RECORD_SNAPSHOT, RecordResult, SnapshotCursor
-    from plans.run_state import PlanRun
+    from plans.run_state import PlanRun, settle_refused, trim_audit
     from plans.views import summary_line, waits
 
 
@@ -41,11 +41,16 @@ class PlanPublisher:
                 [PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)]
             )
         workflow.set_current_details(summary_line(run))
+        if run.audit_limits and not self._input.persist:  # no store: nothing to wait for
+            run.audit_stored = max(run.audit_total, len(run.audit))
+            trim_audit(run)
         if self._input.persist and (self._persister is None or self._persister.done()):
             self._persister = asyncio.create_task(self._send_snapshots())
 
     async def flush(self) -> None:
         """Before the run ends or continues as new: everything is in the store."""
+        if self._run.audit_limits:  # every counted-not-recorded minute gets its summary
+            settle_refused(self._run, workflow.now(), final=True)
         if not self._input.persist:
             return
         self._flushing = True
@@ -79,6 +84,11 @@ class PlanPublisher:
             force = False
             if snap is None:
                 return
+            if self._run.audit_limits:
+                # what the store will have (the activity retries until it lands): the
+                # audit list may now drop those entries, and only those
+                self._run.audit_stored = self.cursor.audit
+                trim_audit(self._run)
             await workflow.execute_activity(
                 RECORD_SNAPSHOT,
                 snap,

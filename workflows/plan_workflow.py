@@ -116,6 +116,8 @@ class PlanWorkflow(PlanHandlers):
     @workflow.run
     async def run(self, inp: PlanInput) -> PlanResult:
         run = self._run
+        if not run.audit_limits and workflow.patched("audit-limits"):
+            run.audit_limits = True  # refused controls rate-limited, trimmed once stored
         try:
             if inp.run is None:  # a fresh run (not a continuation): are its secrets here?
                 await self._check_secrets()

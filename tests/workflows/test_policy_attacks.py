@@ -17,16 +17,12 @@ activity and a real store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from temporalio.client import Client, WorkflowHandle
 
 from config import get_settings
@@ -37,6 +33,7 @@ from store import db
 from store.models import PlanRecord
 from tests.helpers import start, wait_for, worker_with
 from tests.key_server import KeyServer
+from tests.tcp_proxy import TcpProxy, pg_schema_behind_proxy
 from workflows.plan_input import PlanResult
 
 
@@ -117,81 +114,12 @@ async def test_a_fresh_agents_production_deploy_waits_for_a_person(
 # --- the store unreachable ------------------------------------------------------------
 
 
-class TcpProxy:
-    """A TCP proxy on 127.0.0.1 to ``upstream``; :meth:`cut` closes its listening socket
-    and every connection, as a store that went away."""
-
-    def __init__(self, upstream: tuple[str, int]):
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.accepted = 0
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._cut = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(self.upstream, timeout=5)
-            except OSError:
-                conn.close()
-                continue
-            up.settimeout(None)
-            with self._lock:
-                if self._cut:
-                    conn.close()
-                    up.close()
-                    return
-                self.accepted += 1
-                self._sockets += [conn, up]
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with self._lock:
-            self._cut = True
-            self.listener.close()
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self._sockets.clear()
-
-
 @pytest.fixture
 def pg_behind_proxy(pg_database: str) -> Iterator[tuple[str, str, TcpProxy]]:
     """A fresh schema in the session's PostgreSQL database: (direct URL, URL through a
     TCP proxy, the proxy)."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = db.make_engine(pg_database, poolclass=sa.NullPool)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    direct = make_url(pg_database).update_query_dict({"options": f"-csearch_path={schema}"})
-    proxy = TcpProxy((direct.host or "127.0.0.1", direct.port or 5432))
-    via = direct.set(host="127.0.0.1", port=proxy.port)
-    yield (
-        direct.render_as_string(hide_password=False),
-        via.render_as_string(hide_password=False),
-        proxy,
-    )
-    proxy.cut()
+    with pg_schema_behind_proxy(pg_database) as found:
+        yield found
 
 
 async def test_with_the_store_unreachable_an_auto_plan_waits_for_a_person(
