@@ -118,6 +118,13 @@ class StepActivities:
             raise
         except asyncio.CancelledError:
             raise
+        except (MemoryError, RecursionError) as e:  # would do the same again on any worker
+            raise _fail(
+                f"step {task.step_id!r} ran out of memory or stack ({type(e).__name__}); "
+                "it is not retried",
+                "ResourceExhausted",
+                retryable=False,
+            ) from None
         except Exception as e:  # a bug or an unexpected failure in a tool: retry per policy
             raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
         finally:

@@ -125,10 +125,27 @@ def _key_of(node: ast.expr) -> str | None:
 def references(expr: str) -> list[Reference]:
     """Every name the expression reads from, with the first key below it."""
     tree = parse(expr)
-    found: list[Reference] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id not in _FUNCTIONS:
-            found.append(_reference_for(tree, node))
+    return [_reference_for(tree, node) for node in _free_names(tree) if node.id not in _FUNCTIONS]
+
+
+def _free_names(tree: ast.AST) -> list[ast.Name]:
+    """The names read from outside: not the variables of an enclosing comprehension."""
+    found: list[ast.Name] = []
+    stack: list[tuple[ast.AST, frozenset[str]]] = [(tree, frozenset())]
+    while stack:
+        node, bound = stack.pop()
+        if isinstance(node, ast.Name):
+            if node.id not in bound:
+                found.append(node)
+        elif isinstance(node, ast.ListComp | ast.GeneratorExp):
+            inner = bound
+            for g in node.generators:
+                stack.append((g.iter, inner))
+                inner = inner | {n.id for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+                stack.extend((cond, inner) for cond in g.ifs)
+            stack.append((node.elt, inner))
+        else:
+            stack.extend((child, bound) for child in ast.iter_child_nodes(node))
     return found
 
 
@@ -762,6 +779,61 @@ def evaluate(expr: str, context: dict[str, Any], budget: Budget | None = None) -
         raise ExpressionError(f"{expr!r}: {type(e).__name__}: {e}") from None
     except (RecursionError, MemoryError) as e:
         raise BudgetExceeded(f"{expr!r}: too large to evaluate ({type(e).__name__})") from None
+
+
+VALIDATION_OPERATIONS = MAX_OPERATIONS // 4  # for the constant parts of one expression
+
+
+def budget_problem(expr: str) -> str | None:
+    """What validation can see of a budget: the parts of ``expr`` that read nothing from
+    the run (``'x' * 100000``, a comprehension over a literal) are evaluated now, under a
+    budget of ``VALIDATION_OPERATIONS``; the first that goes over it is reported (None
+    when none does). Other errors are left for run time."""
+    tree = parse(expr)
+    free: dict[int, frozenset[str]] = {}
+
+    def names_of(node: ast.AST) -> frozenset[str]:
+        if isinstance(node, ast.Name):
+            out = frozenset() if node.id in _FUNCTIONS or node.id in _LITERALS else {node.id}
+        elif isinstance(node, ast.ListComp | ast.GeneratorExp):
+            bound: set[str] = set()
+            out = frozenset()
+            for g in node.generators:
+                out |= names_of(g.iter) - bound
+                bound |= {n.id for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+                for cond in g.ifs:
+                    out |= names_of(cond) - bound
+                names_of(g.target)
+            out |= names_of(node.elt) - bound
+        else:
+            out = frozenset()
+            for child in ast.iter_child_nodes(node):
+                out |= names_of(child)
+        free[id(node)] = frozenset(out)
+        return free[id(node)]
+
+    names_of(tree.body)
+    stack: list[ast.AST] = [tree.body]
+    while stack:
+        node = stack.pop()
+        if free.get(id(node)) or isinstance(
+            node, ast.Attribute | ast.keyword | ast.comprehension | ast.Starred
+        ):
+            stack.extend(ast.iter_child_nodes(node))
+            continue
+        if isinstance(node, ast.Constant | ast.Name | ast.expr_context):
+            continue  # nothing to build
+        budget = Budget(operations=VALIDATION_OPERATIONS)
+        try:
+            _evaluator({}, budget).eval(expr, previously_parsed=node)
+        except BudgetExceeded as e:
+            part = ast.unparse(node)
+            return f"{part[:80]!r}: {e}"
+        except (RecursionError, MemoryError):
+            return f"{ast.unparse(node)[:80]!r} is too large to evaluate"
+        except Exception:  # any other error is the run's to report
+            pass
+    return None
 
 
 def evaluate_condition(expr: str, context: dict[str, Any]) -> bool:
