@@ -146,7 +146,7 @@ def _free_names(tree: ast.AST) -> list[ast.Name]:
             stack.append((node.elt, inner))
         else:
             stack.extend((child, bound) for child in ast.iter_child_nodes(node))
-    return found
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))  # in the order written
 
 
 def _reference_for(tree: ast.AST, name: ast.Name) -> Reference:
