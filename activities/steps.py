@@ -34,7 +34,7 @@ from contracts.errors import LLMError
 from contracts.models import ModelSelector
 from contracts.snapshots import OUTPUT_REF_KEY
 from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
-from plans.expressions import ExpressionError, evaluate
+from plans.expressions import Budget, ExpressionError, evaluate
 from plans.models import StepKind
 from plans.validation import params_errors
 
@@ -247,10 +247,11 @@ async def _run_validation(task: StepTask, deps: ActivityDeps) -> Any:
 def _run_checks(task: StepTask) -> tuple[list[dict[str, Any]], list[str]]:
     results = []
     failed: list[str] = []
+    budget = Budget()  # the step's checks together, like a step's templates
     for i, check in enumerate(task.params.get("checks", [])):
         name = check.get("name") or f"check {i + 1}"
         try:
-            ok = bool(evaluate(check["expr"], task.context))
+            ok = bool(evaluate(check["expr"], task.context, budget))
             error = None
         except ExpressionError as e:
             ok, error = False, str(e)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simpleeval import (
+    DEFAULT_OPERATORS,
     DISALLOW_FUNCTIONS,
     DISALLOW_METHODS,
     DISALLOW_PREFIXES,
@@ -282,7 +283,9 @@ class Budget:
             raise self.too_big(what)
 
 
-_KEYS, _VALUES, _ITEMS = type({}.keys()), type({}.values()), type({}.items())
+_KEYS: type = type({}.keys())
+_VALUES: type = type({}.values())
+_ITEMS: type = type({}.items())
 _SEQUENCES = frozenset({list, tuple, _KEYS, _VALUES, _ITEMS})
 _TEXTS = frozenset({str, bytes})
 
@@ -431,7 +434,7 @@ class _SafeEval(EvalWithCompoundTypes):
         for name, fn in (("list", list), ("tuple", tuple), ("dict", dict), ("set", set)):
             self.functions[name] = self._building(fn)
         self.operators = {
-            **self.operators,
+            **DEFAULT_OPERATORS,
             ast.Add: self._add,
             ast.Mult: self._mult,
             ast.Mod: self._mod,
