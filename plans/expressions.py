@@ -571,9 +571,10 @@ class _SafeEval(EvalWithCompoundTypes):
     def _comparing(self, fn: Any) -> Any:
         def compare(a: Any, b: Any) -> Any:
             if _is_container(a) and _is_container(b):
-                # Comparing walks at most the smaller: charge that.
-                wa = weight(a, self.budget.size, self.budget)
-                weight(b, wa, self.budget)
+                # Comparing walks at most the smaller: charge that (walking the shorter
+                # first, then the other only as far).
+                first, second = (a, b) if len(a) <= len(b) else (b, a)
+                weight(second, weight(first, self.budget.size, self.budget), self.budget)
             elif isinstance(a, str) and isinstance(b, str):
                 self.budget.chars(min(len(a), len(b)))
             return fn(a, b)
@@ -632,7 +633,11 @@ class _SafeEval(EvalWithCompoundTypes):
         """A safe method, charged by the size of what it reads; its result checked."""
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._scan_cost(base)
+            if isinstance(base, str | bytes):
+                self.budget.chars(len(base))
+            elif isinstance(base, list | tuple):  # count, index: one pass
+                self.budget.items(len(base))
+            # a dict's get, keys, values, items: no pass over it
             for a in args:
                 self._scan_cost(a)
             result = method(*args, **kwargs)
