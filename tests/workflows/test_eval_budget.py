@@ -101,6 +101,7 @@ async def test_hostile_evaluations_fail_their_steps_not_the_worker(client, worke
     results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 120)
     took = time.monotonic() - began
     peak = _vm("VmHWM")
+    print(f"plans took {took:.1f} s; worker process RSS {rss_before} MB before, peak {peak} MB")
 
     # Plans running beside it complete.
     assert [r.status for r in results[:2]] == ["completed", "completed"]
