@@ -34,7 +34,7 @@ from contracts.errors import LLMError
 from contracts.models import ModelSelector
 from contracts.snapshots import OUTPUT_REF_KEY
 from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
-from plans.expressions import ExpressionError, evaluate
+from plans.expressions import Budget, ExpressionError, evaluate
 from plans.models import StepKind
 from plans.validation import params_errors
 
@@ -118,6 +118,13 @@ class StepActivities:
             raise
         except asyncio.CancelledError:
             raise
+        except (MemoryError, RecursionError) as e:  # would do the same again on any worker
+            raise _fail(
+                f"step {task.step_id!r} ran out of memory or stack ({type(e).__name__}); "
+                "it is not retried",
+                "ResourceExhausted",
+                retryable=False,
+            ) from None
         except Exception as e:  # a bug or an unexpected failure in a tool: retry per policy
             raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
         finally:
@@ -240,10 +247,11 @@ async def _run_validation(task: StepTask, deps: ActivityDeps) -> Any:
 def _run_checks(task: StepTask) -> tuple[list[dict[str, Any]], list[str]]:
     results = []
     failed: list[str] = []
+    budget = Budget()  # the step's checks together, like a step's templates
     for i, check in enumerate(task.params.get("checks", [])):
         name = check.get("name") or f"check {i + 1}"
         try:
-            ok = bool(evaluate(check["expr"], task.context))
+            ok = bool(evaluate(check["expr"], task.context, budget))
             error = None
         except ExpressionError as e:
             ok, error = False, str(e)

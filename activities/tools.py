@@ -24,11 +24,13 @@ import httpx
 import jmespath
 import jmespath.exceptions
 
+from activities import jmes_budget
 from activities.deps import ActivityDeps
 from activities.http_guard import GuardedTransport, TooManyRedirects, exchange
 from config.http import HostDenied
 from config.settings import HttpSettings
 from contracts.tools import HTTP_REQUEST, TRANSFORM, WAIT, define_tool
+from plans.expressions import weight
 from plans.models import ToolSpec
 
 ToolFn = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]
@@ -181,10 +183,26 @@ async def wait(params: dict[str, Any], ctx: ToolContext) -> Any:
 
 @tool(TRANSFORM)
 async def transform(params: dict[str, Any], ctx: ToolContext) -> Any:
+    """JMESPath over ``data``, under a budget (:mod:`activities.jmes_budget`), in a thread
+    so a long search does not hold the worker's event loop."""
+    return await asyncio.to_thread(_transform, params, ctx.step_id)
+
+
+def _transform(params: dict[str, Any], step_id: str) -> Any:
     data = params["data"]
     try:
         if "expression" in params:
-            return jmespath.search(params["expression"], data)
-        return {key: jmespath.search(expr, data) for key, expr in params["fields"].items()}
+            return jmes_budget.search(params["expression"], data)
+        result = {}
+        for key, expr in params["fields"].items():
+            result[key] = jmes_budget.search(expr, data)
+        if weight(result, jmes_budget.MAX_TRANSFORM_SIZE) > jmes_budget.MAX_TRANSFORM_SIZE:
+            raise jmes_budget.TransformTooLarge(
+                f"the fields together would hold more than {jmes_budget.MAX_TRANSFORM_SIZE} "
+                "characters or items (the limit of a transform's result)"
+            )
+        return result
     except jmespath.exceptions.JMESPathError as e:
         raise ToolError(f"JMESPath error: {e}", retryable=False, kind="BadExpression") from None
+    except jmes_budget.TransformTooLarge as e:
+        raise ToolError(f"step {step_id!r}: {e}", retryable=False, kind="BudgetExceeded") from None

@@ -12,6 +12,7 @@ running plan actually got is in its ``status`` (``approval_policy``) and audit t
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -129,7 +130,9 @@ async def get_risk(
     detail = await get_plan(plan_id, gateway, drafts, store)
     plan = detail.plan
     th = services.settings.policy.thresholds()
-    risk = assess_risk(plan, catalog(), th.risk)
+    # Off the event loop: assessing reads the templates over inputs (evaluated under the
+    # expressions' budget, which bounds the work, not the time of the others' requests).
+    risk = await asyncio.to_thread(assess_risk, plan, catalog(), th.risk)
     trust: TrustScore | None
     decision: ApprovalDecision | None = None
     try:

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from config.policy import LEVELS, RiskLevel, RiskRules
-from plans.expressions import TEMPLATE_RE, evaluate
+from plans.expressions import TEMPLATE_RE, Budget, evaluate
 from plans.models import Plan, Step, StepKind, ToolSpec
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -332,8 +332,12 @@ class _Evidence:
         return bool(found)
 
 
-def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
-    """``value`` with ``{{ inputs... }}`` templates filled in; others stay as text."""
+def _fill_inputs(
+    value: Any, inputs: dict[str, Any], depth: int = 0, budget: Budget | None = None
+) -> Any:
+    """``value`` with ``{{ inputs... }}`` templates filled in; others stay as text. All
+    of them share one evaluation budget: once spent, the rest stay as text too."""
+    budget = budget or Budget()
     if depth > MAX_DEPTH:
         return value
     if isinstance(value, str):
@@ -344,7 +348,7 @@ def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
             expr = whole.group(1)
             if expr.strip().startswith("inputs"):
                 try:
-                    return evaluate(expr, {"inputs": inputs})
+                    return evaluate(expr, {"inputs": inputs}, budget)
                 except Exception:
                     return value
             return value
@@ -353,16 +357,16 @@ def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
             if not m.group(1).strip().startswith("inputs"):
                 return m.group(0)
             try:
-                got = evaluate(m.group(1), {"inputs": inputs})
+                got = evaluate(m.group(1), {"inputs": inputs}, budget)
             except Exception:
                 return m.group(0)
             return got if isinstance(got, str) else str(got)
 
         return TEMPLATE_RE.sub(one, value)
     if isinstance(value, dict):
-        return {k: _fill_inputs(v, inputs, depth + 1) for k, v in value.items()}
+        return {k: _fill_inputs(v, inputs, depth + 1, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill_inputs(v, inputs, depth + 1) for v in value]
+        return [_fill_inputs(v, inputs, depth + 1, budget) for v in value]
     return value
 
 

@@ -163,7 +163,7 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
                     ok = evaluate_condition(step.when, context(run, step.id))
                 except Exception as e:  # any evaluation failure fails the step, never the workflow
                     s.status = StepStatus.FAILED
-                    s.error = f"condition could not be evaluated: {e}"
+                    s.error = f"condition could not be evaluated: step {step.id!r}, when: {e}"
                     s.completed_at = now
                     after_failure(run, step.id, now)
                     changed = True

@@ -15,7 +15,13 @@ import yaml
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from plans.expressions import ROOT_NAMES, ExpressionError, iter_templates, references
+from plans.expressions import (
+    ROOT_NAMES,
+    ExpressionError,
+    budget_problem,
+    iter_templates,
+    references,
+)
 from plans.models import Plan, Step, StepKind, ToolSpec
 from plans.secrets import ROOT as SECRETS_ROOT
 from plans.secrets import secret_problems
@@ -455,9 +461,12 @@ def _check_expression(
     what = "template" if template else "expression"
     try:
         refs = references(expr)
+        too_costly = budget_problem(expr)
     except ExpressionError as e:
         add(where, f"bad {what}: {e}")
         return
+    if too_costly:
+        add(where, f"bad {what} in step {step.id!r}: {too_costly}")
     for ref in refs:
         if ref.root == "inputs":
             if ref.key is not None and ref.key not in plan.inputs:

@@ -124,8 +124,10 @@ class StepRunner:
                 secret_params=[path for path, _ in secret_paths(step.params)],  # resolved there
             )
         except Exception as e:  # a template that cannot render fails the step, never the workflow
+            # (MemoryError and RecursionError too: evaluation turns them into its budget's
+            # error, and they are Exceptions here as well).
             scheduler.record_failure(
-                run, sid, f"params could not be rendered: {e}", 0, workflow.now()
+                run, sid, f"params could not be rendered: step {sid!r}, {e}", 0, workflow.now()
             )
             self._finish_task(sid)
             return
