@@ -15,7 +15,8 @@ highest of them (plus a size signal). The signals:
   - a write (``POST``/``PUT``/``PATCH``/``DELETE``, or a method not known before the run)
     to a production target -> ``high``, on any host, this machine included: the URL (host,
     path or query) or the body names production (``prod``, ``production``, ``prd``,
-    ``env=production``) or a deploy (``deploy``, ``deployment``, ``rollout``);
+    ``env=production``) or a deploy (``deploy``, ``deployment``, ``rollout``); a URL is
+    read percent-decoded (``/pr%6fd`` is ``/prod``), as its server reads it;
   - a production target named otherwise (a read, an environment name in text) -> at least
     ``medium``;
   - deletion (an HTTP ``DELETE`` anywhere, ``DROP TABLE``, ``TRUNCATE``, ``DELETE FROM``,
@@ -48,7 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field
 
@@ -206,6 +207,19 @@ def _around(text: str, m: re.Match[str]) -> str:
     return ("..." if start else "") + _quote(text[start:end]) + ("..." if end < len(text) else "")
 
 
+def decoded_url(url: str) -> str:
+    """``url`` as a server reads it: percent-escapes decoded until nothing changes (a few
+    rounds), so ``/pr%6fd`` or ``/%2570roduction`` is read as the word it spells; a ``+``
+    is a space."""
+    text = url
+    for _ in range(4):
+        new = unquote(text.replace("+", " "))
+        if new == text:
+            break
+        text = new
+    return text
+
+
 def _host_of(url: str) -> tuple[str | None, bool]:
     """(host, local) of a URL; host None when it is not known before the run."""
     try:
@@ -286,7 +300,8 @@ class _Evidence:
         host, local = _host_of(url)
         prod_before, money_before = len(self.production), len(self.money)
         del_before = len(self.deletion)
-        self.text(url, read_only=not write)
+        plain = decoded_url(url)  # percent-escapes hide no word: the server decodes them
+        self.text(plain, read_only=not write)
         if write:
             (self.local_writes if local else self.writes).append(
                 label if host else f"{label} (a host not known before the run)"
@@ -294,7 +309,7 @@ class _Evidence:
         if method == "DELETE":
             self.deletion.append(label)
         if write:
-            found = _first(self.sig.money_write, url)
+            found = _first(self.sig.money_write, plain)
             if found:
                 self.money.append(found)
         for k, v in req.items():
@@ -303,7 +318,7 @@ class _Evidence:
             self.text(str(k), read_only=not write)
             self.walk(v, read_only=not write, depth=depth + 1)
         on_prod = len(self.production) > prod_before
-        if write and (on_prod or _first(self.sig.deploy, url) or self._deploy_in(req)):
+        if write and (on_prod or _first(self.sig.deploy, plain) or self._deploy_in(req)):
             self.production_writes.append(label)
         if write and on_prod and (method == "DELETE" or len(self.deletion) > del_before):
             self.deletes_on_production.append(label)
