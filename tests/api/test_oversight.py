@@ -164,15 +164,67 @@ async def test_an_agent_key_proposes_only_as_itself_and_never_approves(
         assert r.status_code == 200, r.text
 
         # its own running plan: the bot may pause and cancel it
-        own = plan_doc([wait_step("a", 30)], require_approval=False)
+        own = plan_doc([wait_step("a", 30)], require_approval=True)
         assert (await http.post("/api/plans", json=own, headers=BOT)).status_code == 201
         assert (
             await http.post(f"/api/plans/{own['id']}/execute", headers=BOT | JSON)
         ).status_code == 202
+        await wait_status(http, own["id"], lambda s: s["status"] == "pending_approval")
+        r = await http.post(f"/api/plans/{own['id']}/approve", json={}, headers=ALICE)
+        assert r.status_code == 200, r.text
         await wait_status(http, own["id"], lambda s: s["status"] == "executing")
         r = await http.post(f"/api/plans/{own['id']}/cancel", json={"reason": "x"}, headers=BOT)
         assert r.status_code == 200, r.text
         st = await wait_status(http, own["id"], lambda s: s["status"] == "cancelled")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"require_approval": False}, "options.require_approval=false"),
+        ({"require_approval": "auto", "auto_approve": True}, "options.auto_approve=true"),
+        (
+            {"require_approval": True, "approval_timeout_s": 0.5, "on_approval_timeout": "approve"},
+            "options.on_approval_timeout='approve'",
+        ),
+        (
+            {"require_approval": "auto", "on_step_approval_timeout": "approve"},
+            "options.on_step_approval_timeout='approve'",
+        ),
+    ],
+)
+async def test_an_agent_key_cannot_waive_a_persons_approval_in_its_own_plan(
+    env: WorkflowEnvironment,
+    worker: Any,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, Any],
+    named: str,
+):
+    """The bot proposes a DELETE on a production target and says nobody needs to approve
+    it (or that a timeout approves it): 403, nothing is stored or run; a person's key may
+    still make that choice."""
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    with KeyServer() as srv:
+        wipe = {
+            "id": "wipe",
+            "tool": "http_request",
+            "params": {"url": srv.url("/prod/users"), "method": "DELETE"},
+            "requires_approval": True,
+        }
+        doc = plan_doc([wipe]) | {"options": options}
+        async with serve(app) as http:
+            r = await http.post("/api/plans", json=doc, headers=BOT)
+            assert r.status_code == 403, r.text
+            assert named in r.json()["detail"] and "agent key" in r.json()["detail"], r.text
+            assert (await http.get(f"/api/plans/{doc['id']}", headers=ALICE)).status_code == 404
+            r = await http.post(f"/api/plans/{doc['id']}/execute", headers=BOT)
+            assert r.status_code == 404, r.text
+            await asyncio.sleep(1)  # longer than the approval timeout the bot asked for
+            assert srv.seen == []
+            # a person's key may waive its own approval (the plan is only stored)
+            r = await http.post("/api/plans", json=doc, headers=ALICE)
+            assert r.status_code == 201, r.text
 
 
 async def test_an_agent_key_runs_nodes_edges_executions_as_itself(
