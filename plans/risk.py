@@ -28,6 +28,9 @@ highest of them (plus a size signal). The signals:
     ``critical``;
   - an external write (``POST``/``PUT``/``PATCH``/``DELETE`` to a host that is not this
     machine, or to a host not known before the run) -> ``high``;
+  - a request of any method that carries a ``{{ secrets.NAME }}`` (URL, headers, query,
+    body) to a host that is not this machine or not known before the run -> ``high``
+    (the external write level): a credential leaves the machine;
 
   a read (``GET``/``HEAD``/``OPTIONS``) is not a deletion or a payment because of words in
   its URL; an llm step's prompt is only read for these signals when it is offered a tool
@@ -54,7 +57,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, Field
 
 from config.policy import LEVELS, RiskLevel, RiskRules
-from plans.expressions import TEMPLATE_RE, evaluate
+from plans.expressions import SECRET_REF_RE, TEMPLATE_RE, evaluate
 from plans.models import Plan, Step, StepKind, ToolSpec
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -252,6 +255,8 @@ class _Evidence:
         self.local_writes: list[str] = []
         self.deletes_on_production: list[str] = []
         self.money_writes_on_production: list[str] = []
+        # "secret(s) T sent to GET https://..." on a host that is not this machine
+        self.secret_sends: list[str] = []
 
     def walk(self, value: Any, read_only: bool = False, depth: int = 0) -> None:
         if depth > MAX_DEPTH:
@@ -317,6 +322,10 @@ class _Evidence:
                 continue
             self.text(str(k), read_only=not write)
             self.walk(v, read_only=not write, depth=depth + 1)
+        sent = sorted(set(SECRET_REF_RE.findall(_strings(req))))
+        if sent and not local:
+            where = label if host else f"{label} (a host not known before the run)"
+            self.secret_sends.append(f"secret(s) {', '.join(sent)} sent with {where}")
         on_prod = len(self.production) > prod_before
         if write and (on_prod or _first(self.sig.deploy, plain) or self._deploy_in(req)):
             self.production_writes.append(label)
@@ -345,6 +354,19 @@ class _Evidence:
 
         look({k: v for k, v in req.items() if k not in ("url", "method")}, 0)
         return bool(found)
+
+
+def _strings(value: Any, depth: int = 0) -> str:
+    """Every string in ``value`` (keys too), one per line."""
+    if depth > MAX_DEPTH:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(f"{k}\n{_strings(v, depth + 1)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "\n".join(_strings(v, depth + 1) for v in value)
+    return ""
 
 
 def _fill_inputs(value: Any, inputs: dict[str, Any], depth: int = 0) -> Any:
@@ -491,6 +513,14 @@ def assess_step(
         if found.writes:
             extra = f" and {len(found.writes) - 1} more" if len(found.writes) > 1 else ""
             add(rules.external_write_level, f"external write ({found.writes[0]}{extra})")
+        if found.secret_sends:
+            extra = (
+                f" and {len(found.secret_sends) - 1} more" if len(found.secret_sends) > 1 else ""
+            )
+            add(
+                rules.external_write_level,
+                f"sends a secret off this machine ({found.secret_sends[0]}{extra})",
+            )
         if found.production and not on_production:
             add(rules.production_level, f"production target ({found.production[0]})")
     level = highest(levels)
