@@ -384,6 +384,67 @@ async def test_a_rebound_host_name_gets_400(tmp_path: Path, monkeypatch: pytest.
             assert r.status_code == status, (host, r.text)
 
 
+async def test_guard_bypasses_by_header_tricks_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Ways round the Host and JSON checks: a header sent twice (the guard and the routes
+    could read different copies), an absolute-form request target naming another host,
+    X-Forwarded-Host, media types that only start like JSON. Parameters and case of the
+    JSON type pass (the request reaches validation: 422)."""
+
+    async def no_temporal(settings: Settings) -> Client:
+        raise RuntimeError("this test needs no Temporal")
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = settings_from_env(monkeypatch, PLANSMITH_API_KEYS=KEYS, DATABASE_URL=url)
+    app = create_app(settings=settings, connect=no_temporal, database_url=url)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as http:
+        auth = list(ALICE.items())
+        for headers in (
+            [*auth, ("Content-Type", "text/plain"), ("Content-Type", "application/json")],
+            [*auth, ("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            [*auth, ("Host", "evil.example"), ("Host", "localhost"), *JSON.items()],
+        ):
+            r = await http.post("/api/plans", content=b"{}", headers=headers)
+            assert r.status_code == 400, (headers, r.text)
+            assert r.json()["code"] == "bad_request" and "more than one" in r.json()["detail"]
+        for ctype, status in (
+            ("application/json-patch+json", 415),
+            ("application/jsonx", 415),
+            ("text/plain; application/json", 415),
+            ("application/json, text/plain", 415),
+            ("APPLICATION/JSON", 422),
+            ("application/json;charset=utf-8", 422),
+        ):
+            r = await http.post(
+                "/api/plans", content=b"{}", headers=ALICE | {"Content-Type": ctype}
+            )
+            assert r.status_code == status, (ctype, r.text)
+    with uvicorn_serving(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def raw(request: str) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request.encode())
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            return data
+
+        key = "Authorization: Bearer k1\r\nConnection: close\r\n"
+        for request in (
+            f"GET /api/plans HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n{key}\r\n",
+            f"GET /api/plans HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: localhost\r\n"
+            f"{key}\r\n",
+        ):
+            assert raw(request).startswith(b"HTTP/1.1 400"), request
+        # an absolute-form target naming another host is not served (no route matches it)
+        answer = raw(f"GET http://evil.example/api/plans HTTP/1.1\r\nHost: localhost\r\n{key}\r\n")
+        assert answer.split(b" ", 2)[1] in (b"400", b"404"), answer[:200]
+        answer = raw(f"GET http://localhost/api/plans HTTP/1.1\r\nHost: evil.example\r\n{key}\r\n")
+        assert answer.startswith(b"HTTP/1.1 400")
+
+
 def test_host_names_are_normalized_and_matched():
     assert normalize_host("Example.COM.:8000") == "example.com"
     assert normalize_host("[::1]:8000") == normalize_host("::1") == "[::1]"
