@@ -253,6 +253,18 @@ async def test_an_agent_key_runs_nodes_edges_executions_as_itself(
         r = await http.post(f"/api/v1/execute/{exec_id}/resume", json={}, headers=BOT)
         assert r.status_code == 403, r.text
 
+        # squatting the id of a person's approved draft: 409, and the draft still runs
+        doc = plan_doc([wait_step("a", 0)], require_approval=True)
+        assert (await http.post("/api/plans", json=doc, headers=ALICE)).status_code == 201
+        r = await http.post(f"/api/plans/{doc['id']}/approve", json={"version": 1}, headers=ALICE)
+        assert r.status_code == 200, r.text
+        r = await http.post("/api/v1/execute", json=body | {"execution_id": doc["id"]}, headers=BOT)
+        assert r.status_code == 409 and r.json()["code"] == "id_taken", r.text
+        r = await http.post(f"/api/plans/{doc['id']}/execute", headers=ALICE)
+        assert r.status_code == 202 and r.json()["started"] is True, r.text
+        st = await wait_status(http, doc["id"], lambda s: s["status"] == "completed")
+        assert st["approved_by"] == "alice"
+
 
 async def test_only_an_admin_key_changes_the_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
