@@ -21,7 +21,7 @@ Roles:
   clarification, approve or reject a step, skip a step, resume a paused plan and
   resume-from-failure are 403. On its *own* plans (``agent_id`` = its owner) it may
   pause, cancel, correct a step (a correction made after approval waits for a person's
-  approval again) and retry a failed step; on anyone else's plan those are 403 too.
+  approval again) and retry a failed step (not a step a person skipped or rejected); on anyone else's plan those are 403 too.
   It reads like any key.
 * ``operator`` (the default) — a person who steers plans: everything above, on any plan,
   but no configuration change.

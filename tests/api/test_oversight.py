@@ -668,3 +668,38 @@ async def _code_change_waits_for_an_operator(app: FastAPI) -> None:
             accepted = [(a["by"], a["action"]) for a in audit if a["accepted"]]
             assert ("alice", "approve") in accepted and ("alice", "approve_step") in accepted
             assert ("bot", "apply_correction") in accepted
+
+
+async def test_an_agent_key_cannot_undo_a_persons_skip_by_retrying(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice skips the bot's notify step (a POST); the bot retries it on its own plan:
+    403, and the server never sees the POST (before, the retry ran it)."""
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    with KeyServer() as srv:
+        notify = {
+            "id": "notify",
+            "tool": "http_request",
+            "params": {"url": srv.url("/hook"), "method": "POST", "json": {"n": 1}},
+            "depends_on": ["first"],
+        }
+        doc = plan_doc([wait_step("first", 1.5), notify], require_approval=True)
+        plan_id = doc["id"]
+        async with serve(app) as http:
+            assert (await http.post("/api/plans", json=doc, headers=BOT)).status_code == 201
+            assert (
+                await http.post(f"/api/plans/{plan_id}/execute", headers=BOT)
+            ).status_code == 202
+            await wait_status(http, plan_id, lambda s: s["status"] == "pending_approval")
+            r = await http.post(f"/api/plans/{plan_id}/approve", json={}, headers=ALICE)
+            assert r.status_code == 200, r.text
+            r = await http.post(
+                f"/api/plans/{plan_id}/steps/notify/skip", json={"reason": "no"}, headers=ALICE
+            )
+            assert r.status_code == 200, r.text
+            r = await http.post(f"/api/plans/{plan_id}/steps/notify/retry", json={}, headers=BOT)
+            assert r.status_code == 403, r.text
+            assert "only a person undoes" in r.json()["detail"]
+            st = await wait_status(http, plan_id, lambda s: s["status"] in ("completed", "partial"))
+            assert st["steps"][1]["status"] == "skipped"
+            assert srv.seen == []
