@@ -7,7 +7,7 @@ file ``PLANSMITH_SECRETS_FILE`` names (a JSON object, or ``NAME=value`` lines), 
 anew when it changes. The workflow hands the activity only the references and where the
 plan's own params hold them (``StepTask.secret_params``); :func:`with_secrets` puts the
 values in a copy of the params that lives only in this activity, runs the tool, and
-redacts every value it resolved (also URL- and JSON-escaped) as ``***`` from the output
+redacts every value it resolved (also URL- and JSON-escaped, and base64) as ``***`` from the output
 and from any error, before either goes back to Temporal. The same redaction hides
 credentials in URLs (user:password@, ``?token=`` and the like) in error messages.
 
@@ -17,6 +17,7 @@ uses this worker does not have, so an unknown secret stops the plan before a ste
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -135,13 +136,18 @@ def redact_url_credentials(text: str) -> str:
 
 
 def _forms(values: Iterable[str]) -> list[str]:
-    """Each value as it may appear in text: plain, URL-encoded, JSON-escaped; longest
-    first so a longer form is replaced before a shorter one inside it."""
+    """Each value as it may appear in text: plain, URL-encoded, JSON-escaped and
+    base64 (standard and URL-safe, padded or not: a service that echoes the value
+    encoded); longest first so a longer form is replaced before a shorter one inside it.
+    A value encoded together with other text (``base64("user:" + value)``), or
+    transformed otherwise (reversed, split), is not recognized."""
     forms: set[str] = set()
     for v in values:
         if not v:
             continue
         forms |= {v, quote(v, safe=""), quote_plus(v), json.dumps(v)[1:-1]}
+        for b64 in (base64.b64encode(v.encode()), base64.urlsafe_b64encode(v.encode())):
+            forms |= {b64.decode(), b64.decode().rstrip("=")}
     return sorted(forms, key=len, reverse=True)
 
 

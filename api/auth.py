@@ -13,11 +13,15 @@ Roles:
 * ``agent`` — a program that proposes plans. It creates and executes plans only as
   itself: its owner is the plan's ``agent_id`` (a missing one is filled in, another one
   is a 403), on ``POST /api/plans``, ``/generate``, ``/{id}/execute`` and the nodes/edges
-  ``POST /api/v1/execute``. It never decides for a person: approve, reject, answer a
+  ``POST /api/v1/execute``. The plans it proposes cannot waive a person's approval:
+  ``require_approval: false``, ``auto_approve: true``, ``on_approval_timeout`` or
+  ``on_step_approval_timeout`` ``approve`` are a 403 (``true`` or ``"auto"``, where the
+  adaptive policy decides; nodes/edges executions, which cannot act on anything, start
+  at once as before). It never decides for a person: approve, reject, answer a
   clarification, approve or reject a step, skip a step, resume a paused plan and
   resume-from-failure are 403. On its *own* plans (``agent_id`` = its owner) it may
   pause, cancel, correct a step (a correction made after approval waits for a person's
-  approval again) and retry a failed step; on anyone else's plan those are 403 too.
+  approval again) and retry a failed step (not a step a person skipped or rejected); on anyone else's plan those are 403 too.
   It reads like any key.
 * ``operator`` (the default) — a person who steers plans: everything above, on any plan,
   but no configuration change.
@@ -87,6 +91,22 @@ PERSON_CONTROLS = frozenset(
 )
 # What an agent key may do to the plans it proposed (agent_id = its owner), and only them.
 AGENT_OWN_CONTROLS = frozenset({"execute", "pause", "cancel", "apply_correction", "retry_step"})
+
+
+def approval_waivers(plan: Plan) -> list[str]:
+    """The options of ``plan`` that let it run, or a gated step run, without a person:
+    each as ``options.<name>=<value>`` (empty when there is none)."""
+    opts = plan.options
+    found = []
+    if opts.auto_approve:
+        found.append("options.auto_approve=true")
+    if opts.require_approval is False:
+        found.append("options.require_approval=false")
+    if opts.on_approval_timeout == "approve":
+        found.append("options.on_approval_timeout='approve'")
+    if opts.on_step_approval_timeout == "approve":
+        found.append("options.on_step_approval_timeout='approve'")
+    return found
 
 
 @dataclass(frozen=True)
@@ -165,9 +185,18 @@ class Principal:
             )
         return self.owner
 
-    def claim(self, plan: Plan) -> Plan:
+    def claim(self, plan: Plan, *, waivers: bool = False) -> Plan:
         """``plan`` with the ``agent_id`` this key may create it under (see
-        :meth:`agent_id_for`)."""
+        :meth:`agent_id_for`). An agent key may not waive a person's approval in the plan
+        it proposes (:func:`approval_waivers`, 403) unless ``waivers`` (the nodes/edges
+        executions, whose steps cannot act on anything)."""
+        if self.is_agent and not waivers and (found := approval_waivers(plan)):
+            raise forbidden(
+                f"{'; '.join(found)}: an agent key may not waive a person's approval in the "
+                f"plan it proposes (the API key of {self.owner!r} is an agent key); send "
+                'options.require_approval true or "auto", and on_approval_timeout / '
+                "on_step_approval_timeout reject (their default)"
+            )
         agent_id = self.agent_id_for(plan.agent_id)
         return plan if agent_id == plan.agent_id else plan.model_copy(update={"agent_id": agent_id})
 

@@ -12,6 +12,9 @@
   request cross-site only after a CORS preflight, which this API answers only for
   ``PLANSMITH_CORS_ORIGINS``, so a web page cannot approve or cancel a plan behind a
   person's back.
+
+A request that sends ``Host`` or ``Content-Type`` twice gets **400** (``bad_request``):
+the checks read one copy, the routes could read the other.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from config.settings import LOOPBACK_HOSTS
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HOST_EXEMPT = ("/healthz", "/readyz")
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "[::]", "*"})
+# Headers the checks read: a request sending one of them twice is refused (400), so the
+# guard and the routes never read different copies.
+SINGLE_HEADERS = ("host", "content-type")
 
 
 def normalize_host(value: str) -> str | None:
@@ -103,6 +109,20 @@ class RequestGuard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope.get("path", "")
+        twice = [
+            name
+            for name in SINGLE_HEADERS
+            if sum(1 for k, _ in scope["headers"] if k.decode("latin-1").lower() == name) > 1
+        ]
+        if twice:
+            # The checks below would read one copy and the routes another.
+            await _answer(
+                send,
+                400,
+                "bad_request",
+                f"the request has more than one {', '.join(twice)} header; send each once",
+            )
+            return
         if path not in HOST_EXEMPT:
             raw = headers.get("host")
             host = normalize_host(raw) if raw is not None else None

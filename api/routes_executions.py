@@ -25,7 +25,7 @@ from api.deps import (
     get_principal,
     reject_unknown_query,
 )
-from api.errors import invalid, responses
+from api.errors import conflict, invalid, responses
 from api.logs import plan_id_var
 from api.store_reads import temporal_or_store
 from contracts.tools import catalog
@@ -87,11 +87,12 @@ ExecutionIdDep = Annotated[str, Depends(_execution_id)]
     "`execution_id`: an execution already running is answered with its status and nothing "
     "new starts; one that already ended is a 409. `llm` nodes are translated into `llm` "
     "steps, which fail at run time until the LLM layer lands. With an agent key the plan's "
-    "`agent_id` is the key's owner.",
+    "`agent_id` is the key's owner. An `execution_id` that is the id of a draft (a plan "
+    "created with POST /api/plans, not executed) is a 409.",
     responses=responses(401, 403, 409, 422, 502, 503),
 )
 async def execute(
-    request: ExecutionCreate, gateway: GatewayDep, actor: ActorDep
+    request: ExecutionCreate, gateway: GatewayDep, drafts: DraftsDep, actor: ActorDep
 ) -> ExecutionStatus:
     plan_id_var.set(plan_id_for_execution(request.execution_id))
     try:
@@ -102,7 +103,17 @@ async def execute(
     if problems:
         raise invalid(f"definition is invalid ({len(problems)} problem(s))", problems)
     assert tr.plan.id is not None
-    plan = actor.claim(tr.plan)  # an agent key runs plans only as itself
+    # an agent key runs plans only as itself; an execution starts at once (its transform and
+    # llm steps without tools act on nothing)
+    plan = actor.claim(tr.plan, waivers=True)
+    if await drafts.get(tr.plan.id) is not None:
+        # a plan created with POST /api/plans (maybe approved) has this id: an execution
+        # must not run under it, or executing the draft would start nothing of its own
+        raise conflict(
+            f"execution id {request.execution_id!r} is the id of plan {tr.plan.id}, a draft "
+            "created with POST /api/plans and not executed yet; choose another execution_id",
+            code="id_taken",
+        )
     _, started = await gateway.start(plan, submitted_by=actor.owner)
     if started:
         return ExecutionStatus(

@@ -33,7 +33,7 @@ from api.deps import (
     reject_unknown_query,
 )
 from api.drafts import DraftStore, approve_draft, refuse_draft
-from api.errors import ApiError, api_error_of, responses
+from api.errors import ApiError, api_error_of, forbidden, responses
 from api.schemas import examples_of
 from api.store_reads import StoreOrSkip
 from plans.controls import ControlResult
@@ -66,6 +66,8 @@ async def _send(
     # be a draft in the store that cannot be read).
     store = StoreOrSkip()
     await authorize_control(actor, gateway, store.tolerant(drafts), plan_id, control)
+    if actor.is_agent and control == "retry_step" and step_id is not None:
+        await _not_a_persons_skip(gateway, plan_id, step_id, actor)
     by = actor.actor(_by(body))
     if control == "apply_correction" and getattr(body, "approve", False):
         actor.may_approve_own_change()
@@ -80,6 +82,25 @@ async def _send(
         if store.error is not None and api_error_of(e).status == 404:
             raise store.error from None
         raise
+
+
+# Skips a person decided (skip_step, reject_step or its timeout): an agent does not undo them.
+PERSONS_SKIPS = ("operator", "rejected")
+
+
+async def _not_a_persons_skip(
+    gateway: PlanClient, plan_id: str, step_id: str, actor: Principal
+) -> None:
+    """403 when an agent key retries a step a person skipped or rejected: retrying it
+    would run what a person decided should not run."""
+    view = await gateway.status(plan_id)
+    step = next((s for s in view.steps if s.id == step_id), None)
+    if step is not None and step.status == "skipped" and step.skip_reason in PERSONS_SKIPS:
+        raise forbidden(
+            f"retry-step refused: step {step_id} was {step.skip_reason} "
+            f"({step.skip_detail or 'by a person'}), and the API key of {actor.owner!r} is an "
+            "agent key: only a person undoes a person's decision"
+        )
 
 
 def _by(body: BaseModel | None) -> str | None:
@@ -146,7 +167,7 @@ _CONTROL_DESCRIPTION = (
     "once whether it was accepted. 409: the transition is not allowed now (the workflow's "
     "reason; the refusal is also in the audit trail) or the plan is a draft. 422: the "
     "argument is malformed. 403: an agent key sends only pause, cancel, apply-correction and "
-    "retry, to its own plans. The recorded `by` is the API key's owner (or the body's `by`, "
+    "retry, to its own plans (and does not retry a step a person skipped or rejected). The recorded `by` is the API key's owner (or the body's `by`, "
     "`api` by default, without keys)."
 )
 

@@ -15,7 +15,8 @@ highest of them (plus a size signal). The signals:
   - a write (``POST``/``PUT``/``PATCH``/``DELETE``, or a method not known before the run)
     to a production target -> ``high``, on any host, this machine included: the URL (host,
     path or query) or the body names production (``prod``, ``production``, ``prd``,
-    ``env=production``) or a deploy (``deploy``, ``deployment``, ``rollout``);
+    ``env=production``) or a deploy (``deploy``, ``deployment``, ``rollout``); a URL is
+    read percent-decoded (``/pr%6fd`` is ``/prod``), as its server reads it;
   - a production target named otherwise (a read, an environment name in text) -> at least
     ``medium``;
   - deletion (an HTTP ``DELETE`` anywhere, ``DROP TABLE``, ``TRUNCATE``, ``DELETE FROM``,
@@ -27,6 +28,9 @@ highest of them (plus a size signal). The signals:
     ``critical``;
   - an external write (``POST``/``PUT``/``PATCH``/``DELETE`` to a host that is not this
     machine, or to a host not known before the run) -> ``high``;
+  - a request of any method that carries a ``{{ secrets.NAME }}`` (URL, headers, query,
+    body) to a host that is not this machine or not known before the run -> ``high``
+    (the external write level): a credential leaves the machine;
 
   a read (``GET``/``HEAD``/``OPTIONS``) is not a deletion or a payment because of words in
   its URL; an llm step's prompt is only read for these signals when it is offered a tool
@@ -48,12 +52,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, Field
 
 from config.policy import LEVELS, RiskLevel, RiskRules
-from plans.expressions import TEMPLATE_RE, Budget, evaluate
+from plans.expressions import SECRET_REF_RE, TEMPLATE_RE, Budget, evaluate
 from plans.models import Plan, Step, StepKind, ToolSpec
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -206,6 +210,19 @@ def _around(text: str, m: re.Match[str]) -> str:
     return ("..." if start else "") + _quote(text[start:end]) + ("..." if end < len(text) else "")
 
 
+def decoded_url(url: str) -> str:
+    """``url`` as a server reads it: percent-escapes decoded until nothing changes (a few
+    rounds), so ``/pr%6fd`` or ``/%2570roduction`` is read as the word it spells; a ``+``
+    is a space."""
+    text = url
+    for _ in range(4):
+        new = unquote(text.replace("+", " "))
+        if new == text:
+            break
+        text = new
+    return text
+
+
 def _host_of(url: str) -> tuple[str | None, bool]:
     """(host, local) of a URL; host None when it is not known before the run."""
     try:
@@ -238,6 +255,8 @@ class _Evidence:
         self.local_writes: list[str] = []
         self.deletes_on_production: list[str] = []
         self.money_writes_on_production: list[str] = []
+        # "secret(s) T sent to GET https://..." on a host that is not this machine
+        self.secret_sends: list[str] = []
 
     def walk(self, value: Any, read_only: bool = False, depth: int = 0) -> None:
         if depth > MAX_DEPTH:
@@ -286,7 +305,8 @@ class _Evidence:
         host, local = _host_of(url)
         prod_before, money_before = len(self.production), len(self.money)
         del_before = len(self.deletion)
-        self.text(url, read_only=not write)
+        plain = decoded_url(url)  # percent-escapes hide no word: the server decodes them
+        self.text(plain, read_only=not write)
         if write:
             (self.local_writes if local else self.writes).append(
                 label if host else f"{label} (a host not known before the run)"
@@ -294,7 +314,7 @@ class _Evidence:
         if method == "DELETE":
             self.deletion.append(label)
         if write:
-            found = _first(self.sig.money_write, url)
+            found = _first(self.sig.money_write, plain)
             if found:
                 self.money.append(found)
         for k, v in req.items():
@@ -302,8 +322,12 @@ class _Evidence:
                 continue
             self.text(str(k), read_only=not write)
             self.walk(v, read_only=not write, depth=depth + 1)
+        sent = sorted(set(SECRET_REF_RE.findall(_strings(req))))
+        if sent and not local:
+            where = label if host else f"{label} (a host not known before the run)"
+            self.secret_sends.append(f"secret(s) {', '.join(sent)} sent with {where}")
         on_prod = len(self.production) > prod_before
-        if write and (on_prod or _first(self.sig.deploy, url) or self._deploy_in(req)):
+        if write and (on_prod or _first(self.sig.deploy, plain) or self._deploy_in(req)):
             self.production_writes.append(label)
         if write and on_prod and (method == "DELETE" or len(self.deletion) > del_before):
             self.deletes_on_production.append(label)
@@ -330,6 +354,19 @@ class _Evidence:
 
         look({k: v for k, v in req.items() if k not in ("url", "method")}, 0)
         return bool(found)
+
+
+def _strings(value: Any, depth: int = 0) -> str:
+    """Every string in ``value`` (keys too), one per line."""
+    if depth > MAX_DEPTH:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(f"{k}\n{_strings(v, depth + 1)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "\n".join(_strings(v, depth + 1) for v in value)
+    return ""
 
 
 def _fill_inputs(
@@ -480,6 +517,14 @@ def assess_step(
         if found.writes:
             extra = f" and {len(found.writes) - 1} more" if len(found.writes) > 1 else ""
             add(rules.external_write_level, f"external write ({found.writes[0]}{extra})")
+        if found.secret_sends:
+            extra = (
+                f" and {len(found.secret_sends) - 1} more" if len(found.secret_sends) > 1 else ""
+            )
+            add(
+                rules.external_write_level,
+                f"sends a secret off this machine ({found.secret_sends[0]}{extra})",
+            )
         if found.production and not on_production:
             add(rules.production_level, f"production target ({found.production[0]})")
     level = highest(levels)

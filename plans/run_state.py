@@ -226,7 +226,12 @@ class PlanRun(BaseModel):
 # --- construction --------------------------------------------------------------------
 
 
-def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = None) -> PlanRun:
+def new_run(
+    plan: Plan,
+    now: datetime,
+    carried: Mapping[str, StepRun] | None = None,
+    keep_change_gates: bool = False,
+) -> PlanRun:
     """A fresh run; ``carried`` holds the steps of an earlier run (resume from failure).
 
     Completed steps are kept as they are and never run again. Every other step starts
@@ -234,6 +239,11 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
     idempotency key does not follow the version: it is derived from the plan id and the
     step's request (:func:`contracts.steps.request_key`), so an unchanged step sends the
     key of its earlier attempts again and a server that saw it does not repeat the effect.
+
+    With ``keep_change_gates`` a step changed after approval whose change no person
+    approved keeps its ``change_gate`` (and diff): resuming is not approving the change;
+    a person approves it with ``approve_step``, or with the plan when the new run's
+    plan approval is a person's (:mod:`plans.steering`).
     """
     run = PlanRun(plan=plan, created_at=now)
     run.versions.append(
@@ -249,6 +259,9 @@ def new_run(plan: Plan, now: datetime, carried: Mapping[str, StepRun] | None = N
             run.steps[step.id] = StepRun(
                 id=step.id, version=prev.version + 1, answer=prev.answer, answered=prev.answered
             )
+            if keep_change_gates and prev.change_gate is not None and prev.gate_approved_by is None:
+                run.steps[step.id].change_gate = prev.change_gate
+                run.steps[step.id].change_diff = prev.change_diff
         else:
             run.steps[step.id] = StepRun(id=step.id)
     return run

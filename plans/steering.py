@@ -273,7 +273,17 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         run.approval = Approval(
             by=msg.by, at=now, comment=msg.comment, version=run.version, digest=digest
         )
-        return f"plan approved at version {run.version} (digest {digest})"
+        # A change made after an earlier run's approval and carried unapproved into this
+        # run (resume-from-failure) is part of the document this person approves.
+        covered = [
+            sid
+            for sid, s in run.steps.items()
+            if s.change_gate is not None and s.gate_approved_by is None
+        ]
+        for sid in covered:
+            run.steps[sid].change_gate = run.steps[sid].change_diff = None
+        also = f"; it covers the change(s) to step(s) {', '.join(covered)}" if covered else ""
+        return f"plan approved at version {run.version} (digest {digest}){also}"
     if isinstance(msg, RejectInput):
         end(run, PlanStatus.REJECTED, f"rejected by {msg.by}: {msg.reason}", now)
         return "plan rejected; nothing runs"

