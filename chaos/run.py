@@ -1001,10 +1001,29 @@ class Chaos:
                     f"{stored.status.value if stored else 'no run'}"
                 )
             self._effects(t, keys, result)
+            if t.kind.startswith("hostile"):
+                self._hostile_end(t, result)
         else:
             r.plans_lost += 1
             r.outcomes[f"workflow {desc.status.name.lower() if desc.status else '?'}"] += 1
             r.problems.append(f"{t.plan_id} ({t.kind}): the workflow ended {desc.status}")
+
+    def _hostile_end(self, t: Tracked, result: PlanResult) -> None:
+        """How a started hostile plan ended; one that only the suite's memory cap stopped
+        (a MemoryError) was not handled by the product: uncapped, the worker would have
+        allocated it."""
+        r = self.report
+        errors = [f"{sid}: {s.error}" for sid, s in result.final_steps.items() if s.error]
+        said = "; ".join(errors) or result.outcome or ""
+        r.hostile.append(
+            f"{t.kind.removeprefix('hostile:')} ended {result.status.value}: {said[:200]}"
+        )
+        if "MemoryError" in said:
+            r.hostile_not_handled += 1
+            r.problems.append(
+                f"{t.plan_id} ({t.kind}): stopped only by the suite's memory cap "
+                f"(worker RLIMIT_AS {self.p.worker_memory_mb} MB): {said[:200]}"
+            )
 
     def _effects(self, t: Tracked, keys: KeyServer, result: PlanResult) -> None:
         r = self.report
