@@ -981,11 +981,8 @@ class Chaos:
         if desc.status == WorkflowExecutionStatus.RUNNING:
             r.stuck_plans += 1
             r.outcomes["still running"] += 1
-            r.problems.append(
-                f"{t.plan_id} ({t.kind}): stuck, {desc.raw_description.workflow_execution_info}"[
-                    :300
-                ]
-            )
+            why = await self._why_stuck(handle, desc, history)
+            r.problems.append(f"{t.plan_id} ({t.kind}): stuck: {why}")
         elif desc.status == WorkflowExecutionStatus.COMPLETED:
             result = await handle.result()
             status = result.status.value
@@ -1007,6 +1004,27 @@ class Chaos:
             r.plans_lost += 1
             r.outcomes[f"workflow {desc.status.name.lower() if desc.status else '?'}"] += 1
             r.problems.append(f"{t.plan_id} ({t.kind}): the workflow ended {desc.status}")
+
+    async def _why_stuck(self, handle: Any, desc: Any, history: Any) -> str:
+        """What a plan still running waits for: its pending activities, its last events,
+        and its status query if a worker answers."""
+        parts = []
+        for a in desc.raw_description.pending_activities:
+            failure = a.last_failure.message[:120] if a.HasField("last_failure") else ""
+            parts.append(
+                f"pending {a.activity_type.name} (state {a.state}, attempt {a.attempt}"
+                + (f", last failure: {failure}" if failure else "")
+                + ")"
+            )
+        names = [EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events]
+        parts.append(f"{len(names)} events, last: {', '.join(names[-6:])}")
+        try:
+            st = await handle.query("status", rpc_timeout=timedelta(seconds=5))
+            steps = ", ".join(f"{s['id']}={s['status']}" for s in st.get("steps", []))
+            parts.append(f"status {st.get('status')} ({steps})")
+        except Exception as e:
+            parts.append(f"status query: {type(e).__name__}")
+        return "; ".join(parts)
 
     def _hostile_end(self, t: Tracked, result: PlanResult) -> None:
         """How a started hostile plan ended; one that only the suite's memory cap stopped
