@@ -23,9 +23,15 @@ CutMode = Literal["reset", "hang"]
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with an RST (SO_LINGER 0), as a dead peer would."""
+    """End the connection at once, as a dead peer would (RST, SO_LINGER 0).
+
+    ``shutdown`` first: ``close`` alone does not end a socket that another thread is
+    blocked reading (the pump), so the server would keep the session -- and the locks
+    of its open transaction -- while its client is long gone."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 

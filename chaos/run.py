@@ -954,6 +954,8 @@ class Chaos:
         try:
             for t in self.tracked.values():
                 await self._judge(client, engine, keys, t)
+            if r.stuck_plans:
+                r.problems += await asyncio.to_thread(self._store_sessions, store)
         finally:
             engine.dispose()
 
@@ -1004,6 +1006,27 @@ class Chaos:
             r.plans_lost += 1
             r.outcomes[f"workflow {desc.status.name.lower() if desc.status else '?'}"] += 1
             r.problems.append(f"{t.plan_id} ({t.kind}): the workflow ended {desc.status}")
+
+    def _store_sessions(self, store: StoreDatabase) -> list[str]:
+        """The store's sessions now (a stuck plan may wait on a lock one of them holds)."""
+        with store.admin.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT pid, state, wait_event_type, wait_event, client_port, "
+                    "now() - xact_start AS in_xact, left(query, 160) AS query "
+                    "FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": store.name},
+            ).all()
+            locks = conn.execute(
+                sa.text(
+                    "SELECT pid, locktype, mode, granted, relation::regclass::text "
+                    "FROM pg_locks WHERE NOT granted OR locktype = 'advisory'"
+                )
+            ).all()
+        out = [f"store session {tuple(r)}" for r in rows]
+        out += [f"store lock {tuple(r)}" for r in locks]
+        return out
 
     async def _why_stuck(self, handle: Any, desc: Any, history: Any) -> str:
         """What a plan still running waits for: its pending activities, its last events,

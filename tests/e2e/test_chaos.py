@@ -55,15 +55,18 @@ def refused(port: int) -> bool:
 
 
 def test_the_proxy_cuts_and_restores_a_connection() -> None:
-    """The store cut is real: a connection through the proxy is reset, new ones are
-    refused, and after the restore they reach the server again."""
+    """The store cut is real: a connection through the proxy is reset on both sides, new
+    ones are refused, and after the restore they reach the server again."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
+
+    ended = threading.Semaphore(0)  # one release per connection the server saw end
 
     def answer(conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn:
             while data := conn.recv(1024):
                 conn.sendall(data)
+        ended.release()
 
     def echo() -> None:
         while True:
@@ -79,6 +82,9 @@ def test_the_proxy_cuts_and_restores_a_connection() -> None:
         a.sendall(b"ping")
         assert a.recv(4) == b"ping"
         proxy.cut("reset")
+        # the server's side ends too: a session left open there would keep the locks of
+        # its transaction while its client is gone
+        assert ended.acquire(timeout=3), "the server still holds the cut connection"
         assert cut_off(a), "an open connection still reached the server"
         assert refused(proxy.port), "a new connection reached the server while it was away"
         assert proxy.refused >= 1
