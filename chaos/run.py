@@ -624,7 +624,8 @@ def run_hostile(
         os.killpg(proc.pid, signal.SIGKILL)
         out, errs = proc.communicate()
         code = None
-    lines = [ln for ln in (errs or out).decode(errors="replace").splitlines() if ln.strip()]
+    text = (errs or out).decode(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip(" ^~\t")]
     said = " | ".join(lines[-2:]) if code not in (0, 2) else (lines[0] if lines else "")
     return HostileOutcome(name, plan_id, code, time.monotonic() - t0, said)
 
