@@ -991,7 +991,12 @@ class Chaos:
             status = result.status.value
             r.outcomes[status] += 1
             if status != "completed" and not t.kind.startswith("hostile"):
-                r.not_completed.append(f"{t.plan_id}: {status}: {(result.outcome or '')[:160]}")
+                errors = "; ".join(
+                    f"{sid}: {s.error}" for sid, s in result.final_steps.items() if s.error
+                )
+                r.not_completed.append(
+                    f"{t.plan_id}: {status}: {(errors or result.outcome or '')[:200]}"
+                )
             with db.session_scope(engine) as session:
                 stored = reads.get_status(session, t.plan_id)
             if stored is None or stored.status.value != status:
