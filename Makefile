@@ -11,7 +11,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # the time (`plansmith validate` 0.6 s -> 0.2 s here), also where PYTHONDONTWRITEBYTECODE is set.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install test-install sandbox-deps browser-deps run up test test-fast test-unit lint format bench clean
+.PHONY: install test-install sandbox-deps browser-deps run up test test-fast test-unit lint format bench chaos clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
@@ -80,6 +80,12 @@ format: test-install
 
 bench: test-install
 	$(BIN)/python -m bench.run
+
+# The chaos suite's long profile (docs/chaos.md): 100 plans through worker SIGKILLs, a dev
+# server restart, a 30 s store outage, a control storm and hostile documents. Needs
+# PostgreSQL on 127.0.0.1:5432 (PLANSMITH_TEST_POSTGRES_URL). Exit 1 unless every figure is 0.
+chaos: test-install
+	$(BIN)/python -m chaos.run --profile long
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache .hypothesis
