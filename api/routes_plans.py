@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
@@ -24,12 +24,14 @@ from api.deps import (
     DraftsDep,
     GatewayDep,
     PlanIdDep,
+    ServicesDep,
     StoreDep,
     get_principal,
     plan_agent_id,
     reject_unknown_query,
 )
 from api.drafts import Draft, DraftExists, refuse_draft
+from api.limits import off_loop
 from api.errors import (
     ErrorBody,
     conflict,
@@ -55,7 +57,7 @@ from api.store_reads import temporal_or_store
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, workflow_id_for
-from plans.validation import validate_plan
+from plans.validation import too_many_steps, validate_plan
 from workflows.client import ended_status
 
 router = APIRouter(
@@ -94,6 +96,25 @@ def _new_plan_id(plan: Plan) -> str:
     return f"{slug or 'plan'}-{uuid.uuid4().hex[:8]}"
 
 
+async def steps_within_limit(request: Request, services: ServicesDep) -> None:
+    """A plan with more than ``PLANSMITH_MAX_PLAN_STEPS`` steps is refused (422) before
+    its body becomes a model per step. FastAPI has parsed the JSON already (and keeps
+    it); the models are made after the dependencies."""
+    try:
+        data = await request.json()
+    except Exception:  # FastAPI has answered a malformed body before this runs
+        return
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if isinstance(steps, list):
+        over = too_many_steps(len(steps), services.config.max_plan_steps)
+        if over is not None:
+            raise invalid("plan is invalid (1 problem(s))", [over], code="too_many_steps")
+
+
+async def _digest(plan: Plan) -> str:
+    return await off_loop(plan.digest)
+
+
 # --- create, list, read --------------------------------------------------------------
 
 
@@ -115,6 +136,7 @@ def _new_plan_id(plan: Plan) -> str:
     },
 )
 async def create_plan(
+    _limit: Annotated[None, Depends(steps_within_limit)],
     document: Annotated[
         Plan,
         Body(
@@ -126,11 +148,15 @@ async def create_plan(
     actor: ActorDep,
     gateway: GatewayDep,
     drafts: DraftsDep,
+    services: ServicesDep,
     response: Response,
 ) -> PlanCreated:
     plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
     plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
-    problems = validate_plan(plan, catalog())
+    # linear in the plan, but a big one takes a while: off the event loop
+    problems = await off_loop(
+        validate_plan, plan, catalog(), max_steps=services.config.max_plan_steps
+    )
     if problems:
         raise invalid(f"plan is invalid ({len(problems)} problem(s))", problems)
     assert plan.id is not None
@@ -157,7 +183,7 @@ async def create_plan(
         workflow_id=workflow_id_for(plan.id),
         status=PlanStatus.DRAFT,
         version=1,
-        digest=draft.plan.digest(),
+        digest=await _digest(draft.plan),
         created=created,
         plan=draft.plan,
     )
@@ -213,7 +239,7 @@ async def get_plan(
             executed=False,
             status=PlanStatus.APPROVED if draft.approval else PlanStatus.DRAFT,
             version=1,
-            digest=draft.plan.digest(),
+            digest=await _digest(draft.plan),
             plan=draft.plan,
         )
 
@@ -282,6 +308,7 @@ async def generate_plan(
     drafts: DraftsDep,
     actor: ActorDep,
     store: StoreDep,
+    services: ServicesDep,
 ) -> GenerateResponse:
     agent_id = actor.agent_id_for(request.agent_id)  # an agent key plans only as itself
     try:
@@ -294,7 +321,9 @@ async def generate_plan(
     if request.save:
         plan = actor.claim(Plan.model_validate(result.plan))
         plan = plan.model_copy(update={"id": _new_plan_id(plan)})
-        problems = validate_plan(plan, catalog())
+        problems = await off_loop(
+            validate_plan, plan, catalog(), max_steps=services.config.max_plan_steps
+        )
         if problems:  # the API's tool catalog differs from the worker's
             raise invalid(
                 f"the generated plan is not valid against this API's tools "
