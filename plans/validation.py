@@ -552,6 +552,22 @@ def _check_branches(
                 )
 
 
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: Mapping[str, Any]) -> jsonschema.Draft202012Validator:
+    """One validator per schema object (the catalog's and the kinds' schemas live as long
+    as the process): a plan of thousands of steps does not build thousands of them."""
+    hit = _VALIDATORS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    validator = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) > 256:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
+
+
 def params_errors(
     schema: Mapping[str, Any], params: Mapping[str, Any], rendered: bool = False
 ) -> list[tuple[str, str]]:
@@ -561,7 +577,7 @@ def params_errors(
     type error on it is not reported; the activity checks the ``rendered`` params again,
     and then a ``{{`` left in a value is just a wrong value.
     """
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(schema)
     out: list[tuple[str, str]] = []
     for err in sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))):
         if not rendered and isinstance(err.instance, str) and "{{" in err.instance:

@@ -218,3 +218,17 @@ async def test_healthz_answers_while_a_big_plan_is_validated(
     during = [s for at, s in answered if at < took * 0.8]
     assert len(during) >= 3, answered
     assert max(s for _, s in answered) < 1.0, answered
+
+
+def test_json_depth_counts_brackets_outside_strings() -> None:
+    from api.limits import json_depth
+
+    assert json_depth(b'{"a": [1, {"b": []}]}', 1) == 3
+    assert json_depth(b'{"a": "[[[[[[[[[[", "b": "\\"[[[["}', 2) == 1
+    assert json_depth(b"[" * 500 + b"]" * 500, 64) == 500
+    assert json_depth(b'["\\\\", [[["x"]]]]', 2) == 4  # an escaped backslash ends no string
+    assert json_depth(b"[]" * 1000, 64) == 1
+    # quotes that never close cost one pass, not one per quote
+    t0 = time.perf_counter()
+    json_depth(b'["' + b'\\"' * 2_000_000 + b"[" * 100, 64)
+    assert time.perf_counter() - t0 < 5
