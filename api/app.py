@@ -211,9 +211,7 @@ def create_app(
     app.state.services = services
     install_handlers(app)
     # inside the guard: a request for another host or without JSON is refused unread
-    app.add_middleware(
-        BodyLimit, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth
-    )
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth)
     app.add_middleware(RequestGuard, allowed=allowed_hosts(config.allowed_hosts, bind_host))
     app.add_middleware(RequestLogMiddleware)
     if config.cors_origins:

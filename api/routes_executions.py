@@ -103,7 +103,10 @@ async def execute(
             f"a definition has at most {max_steps} nodes (PLANSMITH_MAX_PLAN_STEPS); "
             f"this one has {nodes}"
         )
-        raise invalid("definition is invalid (1 problem(s))", [Problem(location="definition.nodes", message=message)])
+        raise invalid(
+            "definition is invalid (1 problem(s))",
+            [Problem(location="definition.nodes", message=message)],
+        )
     try:  # translation and validation grow with the definition: off the event loop
         tr = await off_loop(translate, request)
     except PlanInvalid as e:

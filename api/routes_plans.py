@@ -31,7 +31,6 @@ from api.deps import (
     reject_unknown_query,
 )
 from api.drafts import Draft, DraftExists, refuse_draft
-from api.limits import off_loop
 from api.errors import (
     ErrorBody,
     conflict,
@@ -40,6 +39,7 @@ from api.errors import (
     problems_from_errors,
     responses,
 )
+from api.limits import off_loop
 from api.schemas import (
     ConstraintAnswer,
     ExecuteResponse,

@@ -74,7 +74,9 @@ def test_a_long_cycle_is_found_once() -> None:
     problems = validate_plan(plan, catalog())
     assert [p.location for p in problems] == ["steps[4999].depends_on"]
     assert problems[0].message.startswith("dependency cycle: s4999 -> s4998 -> s4997 -> ")
-    assert problems[0].message.endswith("-> s1 -> s0 -> s4999 (each step waits for the one before it)")
+    assert problems[0].message.endswith(
+        "-> s1 -> s0 -> s4999 (each step waits for the one before it)"
+    )
 
 
 def test_a_full_dag_validates() -> None:
