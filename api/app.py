@@ -33,6 +33,7 @@ from api.errors import install_handlers
 from api.guard import RequestGuard, allowed_hosts
 from api.guard import document as document_guard
 from api.limits import BodyLimit
+from api.limits import document as document_limits
 from api.logs import RequestLogMiddleware, configure_logging
 from api.reconcile import reconcile_forever
 from api.routes_executions import router as executions_router
@@ -233,6 +234,7 @@ def create_app(
         metrics_router,
     )
     document_guard(*api_routers)
+    document_limits(*api_routers)
     for router in api_routers:
         app.include_router(router, prefix="/api")
     app.include_router(dashboard_router)

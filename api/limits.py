@@ -22,9 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate
 from typing import ParamSpec, TypeVar
 
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ErrorBody
+from api.guard import STATE_CHANGING
+from api.guard import _add as add_response
 from plans.validation import Problem
 
 P = ParamSpec("P")
@@ -159,3 +163,12 @@ async def _answer(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def document(*routers: APIRouter) -> None:
+    """Add 413 (a body over the limit) to the OpenAPI document of the state-changing
+    routes of ``routers`` (before they are included). Idempotent."""
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and (route.methods or set()) & STATE_CHANGING:
+                add_response(route, 413, "the body is larger than PLANSMITH_API_MAX_BODY_BYTES")
