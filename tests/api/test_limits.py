@@ -223,7 +223,7 @@ async def test_healthz_answers_while_a_big_plan_is_validated(
 def test_json_depth_counts_brackets_outside_strings() -> None:
     from api.limits import json_depth
 
-    assert json_depth(b'{"a": [1, {"b": []}]}', 1) == 3
+    assert json_depth(b'{"a": [1, {"b": []}]}', 1) == 4
     assert json_depth(b'{"a": "[[[[[[[[[[", "b": "\\"[[[["}', 2) == 1
     assert json_depth(b"[" * 500 + b"]" * 500, 64) == 500
     assert json_depth(b'["\\\\", [[["x"]]]]', 2) == 4  # an escaped backslash ends no string
