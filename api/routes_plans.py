@@ -10,10 +10,11 @@ import asyncio
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from pydantic import ValidationError
+from fastapi.exceptions import RequestValidationError
+from pydantic import SkipValidation, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from api.controls import (
@@ -111,6 +112,15 @@ async def steps_within_limit(request: Request, services: ServicesDep) -> None:
             raise invalid("plan is invalid (1 problem(s))", [over], code="too_many_steps")
 
 
+def _plan_of(body: Any) -> Plan:
+    """The body as a :class:`Plan`, or the 422 FastAPI would have answered."""
+    try:
+        return Plan.model_validate(body)
+    except ValidationError as e:
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
 async def _digest(plan: Plan) -> str:
     return await off_loop(plan.digest)
 
@@ -137,8 +147,10 @@ async def _digest(plan: Plan) -> str:
 )
 async def create_plan(
     _limit: Annotated[None, Depends(steps_within_limit)],
+    # the body's JSON Schema is the Plan's; its models are made off the event loop
     document: Annotated[
         Plan,
+        SkipValidation,
         Body(
             openapi_examples={
                 "release": {"summary": "two steps, the second behind a gate", "value": PLAN_EXAMPLE}
@@ -151,6 +163,7 @@ async def create_plan(
     services: ServicesDep,
     response: Response,
 ) -> PlanCreated:
+    document = await off_loop(_plan_of, document)
     plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
     plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
     # linear in the plan, but a big one takes a while: off the event loop
