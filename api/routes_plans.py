@@ -161,8 +161,7 @@ async def create_plan(
     gateway: GatewayDep,
     drafts: DraftsDep,
     services: ServicesDep,
-    response: Response,
-) -> PlanCreated:
+) -> Response:
     document = await off_loop(_plan_of, document)
     plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
     plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
@@ -189,16 +188,28 @@ async def create_plan(
             f"another document already has plan id {plan.id}; choose another id",
             code="id_taken",
         ) from None
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/api/plans/{plan.id}"
-    return PlanCreated(
-        plan_id=plan.id,
-        workflow_id=workflow_id_for(plan.id),
-        status=PlanStatus.DRAFT,
-        version=1,
-        digest=await _digest(draft.plan),
-        created=created,
-        plan=draft.plan,
+    plan_id = plan.id
+
+    def answer() -> bytes:  # the plan echoed: as big as the plan, made off the event loop
+        return (
+            PlanCreated(
+                plan_id=plan_id,
+                workflow_id=workflow_id_for(plan_id),
+                status=PlanStatus.DRAFT,
+                version=1,
+                digest=draft.plan.digest(),
+                created=created,
+                plan=draft.plan,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    return Response(  # a PlanCreated (response_model), made by answer()
+        content=await off_loop(answer),
+        status_code=201 if created else 200,
+        media_type="application/json",
+        headers={"Location": f"/api/plans/{plan_id}"},
     )
 
 

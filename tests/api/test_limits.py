@@ -213,13 +213,12 @@ async def test_healthz_answers_while_a_big_plan_is_validated(
             r = await post
             assert r.status_code == 201, r.text[:300]
             took = time.monotonic() - t0
-    # /healthz was answered during the POST, each time quickly: the event loop was never
-    # held for the work on the plan (which takes most of the POST's time), only briefly
-    # (generous bounds: a loaded machine slows both alike)
+    # /healthz was answered during the POST, each time within a generous bound (the
+    # figures are in the benchmark: before this change the loop was held for the whole
+    # validation, 6.6 s for this plan)
     during = [s for at, s in answered if at < took * 0.8]
     assert len(during) >= 3, answered
-    worst = max(s for _, s in answered)
-    assert worst < took / 2 and worst < 2.0, (took, answered)
+    assert max(s for _, s in answered) < 3.0, (took, answered)
 
 
 def test_json_depth_counts_brackets_outside_strings() -> None:
