@@ -22,7 +22,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from api.errors import conflict, unavailable
-from api.limits import off_loop
 from plans.controls import ApproveInput, ControlResult
 from plans.models import Plan, PlanStatus
 from plans.run_state import Approval, PlanRun, new_run
@@ -208,6 +207,8 @@ async def approve_draft(
     if draft is None:
         return None
     msg = ApproveInput.model_validate(arg)
+    from api.limits import off_loop
+
     digest = await off_loop(draft.plan.digest)  # grows with the plan
     if msg.version is not None and msg.version != 1:
         raise conflict(
