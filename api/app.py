@@ -32,6 +32,8 @@ from api.drafts import DraftStore, StoreDrafts
 from api.errors import install_handlers
 from api.guard import RequestGuard, allowed_hosts
 from api.guard import document as document_guard
+from api.limits import BodyLimit
+from api.limits import document as document_limits
 from api.logs import RequestLogMiddleware, configure_logging
 from api.reconcile import reconcile_forever
 from api.routes_executions import router as executions_router
@@ -69,7 +71,10 @@ transition, 422 invalid input with every located problem, 401 missing or unknown
 (when `PLANSMITH_API_KEYS` is set), 403 a key's role does not allow it (agent keys
 propose and run only their own plans and never approve; configuration changes need an
 admin key), 400 a Host header that is not this API's, 415 a state-changing request
-without `Content-Type: application/json`, 503 Temporal or the database unreachable, or
+without `Content-Type: application/json`, 413 a body larger than
+`PLANSMITH_API_MAX_BODY_BYTES` (422 `too_deep`: nested deeper than
+`PLANSMITH_API_MAX_JSON_DEPTH`; a plan of more than `PLANSMITH_MAX_PLAN_STEPS` steps is a
+422 too), 503 Temporal or the database unreachable, or
 no worker.
 """
 
@@ -210,6 +215,8 @@ def create_app(
     )
     app.state.services = services
     install_handlers(app)
+    # inside the guard: a request for another host or without JSON is refused unread
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth)
     app.add_middleware(RequestGuard, allowed=allowed_hosts(config.allowed_hosts, bind_host))
     app.add_middleware(RequestLogMiddleware)
     if config.cors_origins:
@@ -231,6 +238,7 @@ def create_app(
         metrics_router,
     )
     document_guard(*api_routers)
+    document_limits(*api_routers)
     for router in api_routers:
         app.include_router(router, prefix="/api")
     app.include_router(dashboard_router)

@@ -216,7 +216,9 @@ async def approve_draft(
     if draft is None:
         return None
     msg = ApproveInput.model_validate(arg)
-    digest = draft.plan.digest()
+    from api.limits import off_loop
+
+    digest = await off_loop(draft.plan.digest)  # grows with the plan
     if msg.version is not None and msg.version != 1:
         raise conflict(
             f"approve refused: stale approval for version {msg.version}; the plan is at version 1",

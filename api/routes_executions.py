@@ -20,12 +20,14 @@ from api.deps import (
     ActorDep,
     DraftsDep,
     GatewayDep,
+    ServicesDep,
     StoreDep,
     authorize_control,
     get_principal,
     reject_unknown_query,
 )
 from api.errors import conflict, invalid, responses
+from api.limits import off_loop
 from api.logs import plan_id_var
 from api.store_reads import temporal_or_store
 from contracts.tools import catalog
@@ -34,7 +36,7 @@ from plans.graph_document import ExecutionCreate, plan_id_for_execution
 from plans.graph_import import node_id_of, translate, validate_translation
 from plans.graph_views import ExecutionStatus, StatusWord, execution_status, status_word
 from plans.models import PlanStatus, workflow_id_for
-from plans.validation import PlanInvalid
+from plans.validation import PlanInvalid, Problem, too_many_steps
 from plans.views import LogsQuery
 
 router = APIRouter(
@@ -92,14 +94,29 @@ ExecutionIdDep = Annotated[str, Depends(_execution_id)]
     responses=responses(401, 403, 409, 422, 502, 503),
 )
 async def execute(
-    request: ExecutionCreate, gateway: GatewayDep, drafts: DraftsDep, actor: ActorDep
+    request: ExecutionCreate,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    actor: ActorDep,
+    services: ServicesDep,
 ) -> ExecutionStatus:
     plan_id_var.set(plan_id_for_execution(request.execution_id))
-    try:
-        tr = translate(request)
+    max_steps = services.config.max_plan_steps
+    nodes = len(request.definition.nodes)
+    if too_many_steps(nodes, max_steps) is not None:  # each node becomes a step
+        message = (
+            f"a definition has at most {max_steps} nodes (PLANSMITH_MAX_PLAN_STEPS); "
+            f"this one has {nodes}"
+        )
+        raise invalid(
+            "definition is invalid (1 problem(s))",
+            [Problem(location="definition.nodes", message=message)],
+        )
+    try:  # translation and validation grow with the definition: off the event loop
+        tr = await off_loop(translate, request)
     except PlanInvalid as e:
         raise invalid(f"definition is invalid ({len(e.problems)} problem(s))", e.problems) from None
-    problems = validate_translation(tr, catalog())
+    problems = await off_loop(validate_translation, tr, catalog(), max_steps=max_steps)
     if problems:
         raise invalid(f"definition is invalid ({len(problems)} problem(s))", problems)
     assert tr.plan.id is not None

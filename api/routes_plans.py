@@ -10,10 +10,11 @@ import asyncio
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
-from pydantic import ValidationError
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import SkipValidation, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
 from api.controls import (
@@ -24,6 +25,7 @@ from api.deps import (
     DraftsDep,
     GatewayDep,
     PlanIdDep,
+    ServicesDep,
     StoreDep,
     get_principal,
     plan_agent_id,
@@ -38,6 +40,7 @@ from api.errors import (
     problems_from_errors,
     responses,
 )
+from api.limits import off_loop
 from api.schemas import (
     ConstraintAnswer,
     ExecuteResponse,
@@ -55,7 +58,7 @@ from api.store_reads import temporal_or_store, unless_store_down
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, workflow_id_for
-from plans.validation import validate_plan
+from plans.validation import too_many_steps, validate_plan
 from workflows.client import ended_status
 
 router = APIRouter(
@@ -94,6 +97,34 @@ def _new_plan_id(plan: Plan) -> str:
     return f"{slug or 'plan'}-{uuid.uuid4().hex[:8]}"
 
 
+async def steps_within_limit(request: Request, services: ServicesDep) -> None:
+    """A plan with more than ``PLANSMITH_MAX_PLAN_STEPS`` steps is refused (422) before
+    its body becomes a model per step. FastAPI has parsed the JSON already (and keeps
+    it); the models are made after the dependencies."""
+    try:
+        data = await request.json()
+    except Exception:  # FastAPI has answered a malformed body before this runs
+        return
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if isinstance(steps, list):
+        over = too_many_steps(len(steps), services.config.max_plan_steps)
+        if over is not None:
+            raise invalid("plan is invalid (1 problem(s))", [over], code="too_many_steps")
+
+
+def _plan_of(body: Any) -> Plan:
+    """The body as a :class:`Plan`, or the 422 FastAPI would have answered."""
+    try:
+        return Plan.model_validate(body)
+    except ValidationError as e:
+        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+async def _digest(plan: Plan) -> str:
+    return await off_loop(plan.digest)
+
+
 # --- create, list, read --------------------------------------------------------------
 
 
@@ -115,8 +146,11 @@ def _new_plan_id(plan: Plan) -> str:
     },
 )
 async def create_plan(
+    _limit: Annotated[None, Depends(steps_within_limit)],
+    # the body's JSON Schema is the Plan's; its models are made off the event loop
     document: Annotated[
         Plan,
+        SkipValidation,
         Body(
             openapi_examples={
                 "release": {"summary": "two steps, the second behind a gate", "value": PLAN_EXAMPLE}
@@ -126,11 +160,15 @@ async def create_plan(
     actor: ActorDep,
     gateway: GatewayDep,
     drafts: DraftsDep,
-    response: Response,
-) -> PlanCreated:
+    services: ServicesDep,
+) -> Response:
+    document = await off_loop(_plan_of, document)
     plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
     plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
-    problems = validate_plan(plan, catalog())
+    # linear in the plan, but a big one takes a while: off the event loop
+    problems = await off_loop(
+        validate_plan, plan, catalog(), max_steps=services.config.max_plan_steps
+    )
     if problems:
         raise invalid(f"plan is invalid ({len(problems)} problem(s))", problems)
     assert plan.id is not None
@@ -150,16 +188,28 @@ async def create_plan(
             f"another document already has plan id {plan.id}; choose another id",
             code="id_taken",
         ) from None
-    response.status_code = 201 if created else 200
-    response.headers["Location"] = f"/api/plans/{plan.id}"
-    return PlanCreated(
-        plan_id=plan.id,
-        workflow_id=workflow_id_for(plan.id),
-        status=PlanStatus.DRAFT,
-        version=1,
-        digest=draft.plan.digest(),
-        created=created,
-        plan=draft.plan,
+    plan_id = plan.id
+
+    def answer() -> bytes:  # the plan echoed: as big as the plan, made off the event loop
+        return (
+            PlanCreated(
+                plan_id=plan_id,
+                workflow_id=workflow_id_for(plan_id),
+                status=PlanStatus.DRAFT,
+                version=1,
+                digest=draft.plan.digest(),
+                created=created,
+                plan=draft.plan,
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    return Response(  # a PlanCreated (response_model), made by answer()
+        content=await off_loop(answer),
+        status_code=201 if created else 200,
+        media_type="application/json",
+        headers={"Location": f"/api/plans/{plan_id}"},
     )
 
 
@@ -213,7 +263,7 @@ async def get_plan(
             executed=False,
             status=PlanStatus.APPROVED if draft.approval else PlanStatus.DRAFT,
             version=1,
-            digest=draft.plan.digest(),
+            digest=await _digest(draft.plan),
             plan=draft.plan,
         )
 
@@ -282,6 +332,7 @@ async def generate_plan(
     drafts: DraftsDep,
     actor: ActorDep,
     store: StoreDep,
+    services: ServicesDep,
 ) -> GenerateResponse:
     agent_id = actor.agent_id_for(request.agent_id)  # an agent key plans only as itself
     try:
@@ -294,7 +345,9 @@ async def generate_plan(
     if request.save:
         plan = actor.claim(Plan.model_validate(result.plan))
         plan = plan.model_copy(update={"id": _new_plan_id(plan)})
-        problems = validate_plan(plan, catalog())
+        problems = await off_loop(
+            validate_plan, plan, catalog(), max_steps=services.config.max_plan_steps
+        )
         if problems:  # the API's tool catalog differs from the worker's
             raise invalid(
                 f"the generated plan is not valid against this API's tools "

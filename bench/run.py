@@ -17,6 +17,9 @@ every run the same starting state, so neither system profits from going first. P
 ``--server-config history.transferProcessorMaxPollRPS=1000`` to lift that limit and see
 the per-step cost without it (any ``KEY=VALUE`` goes to ``--dynamic-config-value``).
 
+With ``--big-docs``, a "big documents" section (:mod:`bench.big_documents`) times the
+validation of big plans and ``/healthz`` during a big ``POST /api/plans``.
+
 Before the server starts, a CLI-latency section times ``plansmith --help`` and
 ``plansmith validate examples/ci_diamond.yaml`` as new processes (median of ``--cli-runs``;
 ``--cli-only`` runs just that, without Temporal).
@@ -53,6 +56,7 @@ from temporalio.worker import Worker
 from activities.deps import ActivityDeps
 from activities.persist import SnapshotActivities
 from activities.steps import StepActivities
+from bench import big_documents
 from bench.baseline import Baseline, BaselineInput, BaselineResult
 from config import get_settings
 from contracts.steps import StepTask
@@ -422,6 +426,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="runs of each CLI command timed for the CLI-latency section (default 5; 0 skips it)",
     )
     ap.add_argument(
+        "--big-docs",
+        action="store_true",
+        help="also the big-documents section (bench.big_documents: validation of big "
+        "plans, /healthz during a big POST); with --cli-only, that and the CLI section",
+    )
+    ap.add_argument(
         "--cli-only",
         action="store_true",
         help="only the CLI-latency section: no Temporal server, no plans",
@@ -455,8 +465,11 @@ async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # timed first, while no dev server or worker competes for the processors
     cli_report = cli_latency(args.cli_runs) if args.cli_runs else None
+    big_report = big_documents.report() if args.big_docs else None
     if args.cli_only:
         print(cli_report)
+        if big_report:
+            print(big_report)
         return 0
     STORE[0] = args.store
     # plans are recorded in a throwaway SQLite store, never in ./plansmith.db
@@ -528,6 +541,8 @@ async def main(argv: list[str] | None = None) -> int:
     if cli_report:
         print()
         print(cli_report)
+    if big_report:
+        print(big_report)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print()

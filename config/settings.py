@@ -405,6 +405,28 @@ class ApiSettings(_Section):
         default=30.0, gt=0, description="how long a stream waits for an unreachable Temporal"
     )
     sse_retry_ms: int = Field(default=2000, gt=0, description="the reconnect delay sent")
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        validation_alias="PLANSMITH_API_MAX_BODY_BYTES",
+        description="largest request body the API reads (counted as it arrives, with or "
+        "without Content-Length); a bigger one gets 413",
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=8,
+        le=500,
+        validation_alias="PLANSMITH_API_MAX_JSON_DEPTH",
+        description="deepest nesting of arrays and objects in a request body; a deeper one "
+        "gets 422 before it is parsed",
+    )
+    max_plan_steps: int = Field(
+        default=10_000,
+        ge=1,
+        validation_alias="PLANSMITH_MAX_PLAN_STEPS",
+        description="most steps a plan may have; validation refuses a bigger one (the API "
+        "with 422, `plansmith validate` and `run` too)",
+    )
     log_format: Literal["json", "text"] = Field(
         default="json", validation_alias="PLANSMITH_LOG_FORMAT"
     )

@@ -208,9 +208,11 @@ def translate(req: ExecutionCreate) -> Translation:
     )
 
 
-def validate_translation(tr: Translation, catalog: Mapping[str, ToolSpec]) -> list[Problem]:
+def validate_translation(
+    tr: Translation, catalog: Mapping[str, ToolSpec], *, max_steps: int | None = None
+) -> list[Problem]:
     """The whole-plan problems of a translation, located in the request."""
-    return [tr.relocate(p) for p in validate_plan(tr.plan, catalog)]
+    return [tr.relocate(p) for p in validate_plan(tr.plan, catalog, max_steps=max_steps)]
 
 
 def _describe(node: GraphNode, kind: str) -> str:

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections import Counter
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from functools import reduce
+from itertools import repeat
+from operator import or_
 from typing import Any
 
 import jsonschema
@@ -64,6 +69,10 @@ def load_document(text: str, source: str = "<input>") -> dict[str, Any]:
         raise PlanInvalid(
             [Problem(location=source, message=f"not valid JSON/YAML at {where}: {e}")]
         ) from None
+    except RecursionError:  # the parsers recurse once per level of nesting
+        raise PlanInvalid(
+            [Problem(location=source, message="the document is nested too deeply to be read")]
+        ) from None
     if not isinstance(data, dict):
         raise PlanInvalid([Problem(location=source, message="a plan document must be an object")])
     return data
@@ -92,45 +101,121 @@ def _pydantic_message(err: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+# A suggestion among many names costs a comparison with each: a document with thousands
+# of unknown names among thousands of steps gets suggestions for the first few only.
+SUGGESTIONS_AMONG_MANY = 100
+_MANY = 64
+_suggestions_left: ContextVar[list[int] | None] = ContextVar("suggestions_left", default=None)
+
+
+def _did_you_mean(word: str, choices: Collection[str]) -> str:
+    if len(choices) > _MANY:
+        left = _suggestions_left.get()
+        if left is not None:
+            if left[0] <= 0:
+                return ""
+            left[0] -= 1
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def ancestors(plan: Plan) -> dict[str, set[str]]:
-    """Transitive dependencies of each step (unknown ids and cycles are tolerated)."""
-    deps = {s.id: [d for d in s.depends_on] for s in plan.steps}
-    memo: dict[str, set[str]] = {}
+class Ancestry:
+    """Which steps each step waits for, directly or not, as one bit set per step.
 
-    def visit(sid: str, stack: frozenset[str]) -> set[str]:
-        if sid in memo:
-            return memo[sid]
-        out: set[str] = set()
-        for d in deps.get(sid, []):
-            if d in stack or d not in deps:
+    Built in one pass over the dependencies (iterative: a chain of any length is fine),
+    so a plan of *n* steps and *e* dependencies costs O(e) set unions of n bits each, in
+    place of the n² sets of names a plain transitive closure would keep. Unknown ids and
+    cycles are tolerated (a cycle is reported elsewhere; its members see what they can).
+    """
+
+    def __init__(self, plan: Plan):
+        self.index: dict[str, int] = {}
+        for s in plan.steps:
+            self.index.setdefault(s.id, len(self.index))
+        deps: dict[str, list[str]] = {}
+        for s in plan.steps:
+            known = [d for d in s.depends_on if d in self.index]
+            if s.id in deps:  # a duplicate id (reported elsewhere): both lists count
+                deps[s.id] += known
+            else:
+                deps[s.id] = known
+        # closed[id]: the bits of its ancestors and its own; a DFS that pushes all the
+        # dependencies of a step at once, and ORs theirs when it leaves the step.
+        closed: dict[str, int] = {}
+        gray: set[str] = set()  # entered, not left: the DFS path
+        self.has_cycle = False
+        for root in deps:
+            if root in closed:
                 continue
-            out.add(d)
-            out |= visit(d, stack | {d})
-        memo[sid] = out
-        return out
+            stack: list[tuple[str, bool]] = [(root, False)]
+            while stack:
+                sid, leaving = stack.pop()
+                if leaving:
+                    gray.discard(sid)
+                    # a dependency still on the path (a cycle) is not yet in ``closed``
+                    acc = reduce(or_, map(closed.get, deps[sid], repeat(0)), 0)
+                    closed[sid] = acc | 1 << self.index[sid]
+                    continue
+                if sid in closed:
+                    continue
+                if sid in gray:
+                    self.has_cycle = True
+                    continue
+                gray.add(sid)
+                stack.append((sid, True))
+                stack.extend([(d, False) for d in deps[sid] if d not in closed])
+        self.closed = closed
 
-    for sid in deps:
-        visit(sid, frozenset({sid}))
-    return memo
+    def waits_for(self, step_id: str, other: str) -> bool:
+        """Whether ``step_id`` runs only after ``other`` (a transitive dependency)."""
+        i = self.index.get(other)
+        return i is not None and other != step_id and bool(self.closed.get(step_id, 0) >> i & 1)
+
+    def of(self, step_id: str) -> _Ancestors:
+        return _Ancestors(self, step_id)
+
+
+class _Ancestors(Container[str]):
+    """The steps one step waits for, as something ``in`` answers."""
+
+    def __init__(self, ancestry: Ancestry, step_id: str):
+        self.ancestry, self.step_id = ancestry, step_id
+
+    def __contains__(self, other: object) -> bool:
+        return isinstance(other, str) and self.ancestry.waits_for(self.step_id, other)
+
+
+def ancestors(plan: Plan) -> dict[str, set[str]]:
+    """Transitive dependencies of each step, as sets of ids (unknown ids and cycles are
+    tolerated). O(n²) in space for a long chain: validation uses :class:`Ancestry`."""
+    a = Ancestry(plan)
+    ids = list(a.index)
+    return {
+        sid: {ids[i] for i in range(bits.bit_length()) if bits >> i & 1 and ids[i] != sid}
+        for sid, bits in a.closed.items()
+    }
 
 
 def find_cycles(plan: Plan) -> list[list[str]]:
-    """Each elementary cycle found by DFS, as ``[a, b, ..., a]``; one per strongly tied group."""
+    """Each elementary cycle found by DFS, as ``[a, b, ..., a]``; one per strongly tied group.
+
+    Iterative and linear in the size of the graph: the position of each node on the DFS
+    path is kept, and so is, for each position, the highest position at or below it that
+    belongs to a cycle already reported (a later cycle through it is not reported again).
+    """
     graph = {s.id: [d for d in s.depends_on if d != s.id] for s in plan.steps}
     color: dict[str, int] = {}  # 0 new, 1 on stack, 2 done
     cycles: list[list[str]] = []
-    seen_members: set[str] = set()
+    pos: dict[str, int] = {}  # position on the path of each node on the stack
+    seen_upto: list[int] = []  # per path position: highest reported position <= it, or -1
 
     for root in graph:
         if color.get(root):
             continue
-        stack: list[tuple[str, Iterable[str]]] = [(root, iter(graph[root]))]
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(graph[root]))]
         path = [root]
+        pos[root] = 0
+        seen_upto.append(-1)
         color[root] = 1
         while stack:
             node, it = stack[-1]
@@ -140,14 +225,18 @@ def find_cycles(plan: Plan) -> list[list[str]]:
                     continue
                 if color.get(nxt, 0) == 0:
                     color[nxt] = 1
+                    pos[nxt] = len(path)
+                    seen_upto.append(seen_upto[-1])
                     path.append(nxt)
                     stack.append((nxt, iter(graph[nxt])))
                     advanced = True
                     break
                 if color.get(nxt) == 1:
-                    cyc = path[path.index(nxt) :]
-                    if not seen_members.intersection(cyc):
-                        seen_members.update(cyc)
+                    start = pos[nxt]
+                    if seen_upto[-1] < start:  # no member already in a reported cycle
+                        cyc = path[start:]
+                        for k in range(start, len(path)):
+                            seen_upto[k] = k
                         # Show it in execution order: a runs before b runs before ... a.
                         order = list(reversed(cyc))
                         cycles.append([*order, order[0]])
@@ -155,17 +244,53 @@ def find_cycles(plan: Plan) -> list[list[str]]:
                 color[node] = 2
                 stack.pop()
                 path.pop()
+                seen_upto.pop()
+                del pos[node]
     return cycles
 
 
+DEFAULT_MAX_PLAN_STEPS = 10_000
+
+
+def too_many_steps(count: int, max_steps: int | None) -> Problem | None:
+    """The problem of a plan of ``count`` steps when at most ``max_steps`` are allowed."""
+    if max_steps is None or count <= max_steps:
+        return None
+    return Problem(
+        location="steps",
+        message=f"a plan has at most {max_steps} steps (PLANSMITH_MAX_PLAN_STEPS); "
+        f"this one has {count}",
+    )
+
+
 def validate_plan(
-    plan: Plan, catalog: Mapping[str, ToolSpec], secrets: Collection[str] | None = None
+    plan: Plan,
+    catalog: Mapping[str, ToolSpec],
+    secrets: Collection[str] | None = None,
+    *,
+    max_steps: int | None = None,
 ) -> list[Problem]:
     """Every problem of the document against the tool catalog; empty means valid.
 
     ``secrets``: the names of the secrets that exist, where they are known (the worker);
     a reference to another one is then a problem. ``None``: names are not checked here.
+    ``max_steps``: a plan with more steps is refused with that one problem (nothing else
+    is checked); ``None``: no limit (the callers pass the configured one,
+    ``PLANSMITH_MAX_PLAN_STEPS``). Linear in the size of the plan, never recursive.
     """
+    over = too_many_steps(len(plan.steps), max_steps)
+    if over is not None:
+        return [over]
+    token = _suggestions_left.set([SUGGESTIONS_AMONG_MANY])
+    try:
+        return _validate(plan, catalog, secrets)
+    finally:
+        _suggestions_left.reset(token)
+
+
+def _validate(
+    plan: Plan, catalog: Mapping[str, ToolSpec], secrets: Collection[str] | None
+) -> list[Problem]:
     problems: list[Problem] = []
 
     def add(location: str, message: str) -> None:
@@ -186,26 +311,29 @@ def validate_plan(
 
     for i, step in enumerate(plan.steps):
         for j, dep in enumerate(step.depends_on):
-            where = f"steps[{i}].depends_on[{j}]"
             if dep == step.id:
-                add(where, f"step {step.id!r} depends on itself")
+                add(f"steps[{i}].depends_on[{j}]", f"step {step.id!r} depends on itself")
             elif dep not in index:
-                add(where, f"unknown step {dep!r}{_did_you_mean(dep, index)}")
-        dupes = {d for d in step.depends_on if step.depends_on.count(d) > 1}
-        for d in sorted(dupes):
-            add(f"steps[{i}].depends_on", f"{d!r} is listed more than once")
+                add(
+                    f"steps[{i}].depends_on[{j}]",
+                    f"unknown step {dep!r}{_did_you_mean(dep, index)}",
+                )
+        if len(set(step.depends_on)) != len(step.depends_on):
+            dupes = {d for d, n in Counter(step.depends_on).items() if n > 1}
+            for d in sorted(dupes):
+                add(f"steps[{i}].depends_on", f"{d!r} is listed more than once")
 
-    for cycle in find_cycles(plan):
+    anc = Ancestry(plan)
+    for cycle in find_cycles(plan) if anc.has_cycle else []:
         first = cycle[0]
         add(
             f"steps[{index[first]}].depends_on",
             "dependency cycle: " + " -> ".join(cycle) + " (each step waits for the one before it)",
         )
 
-    anc = ancestors(plan)
     for i, step in enumerate(plan.steps):
         _check_kind(step, f"steps[{i}]", catalog, add)
-        known = anc.get(step.id, set())
+        known = anc.of(step.id)
         if step.kind == StepKind.DECISION:
             _check_branches(step, f"steps[{i}]", plan, anc, index, add)
         if step.when is not None:
@@ -230,9 +358,13 @@ def validate_plan(
 
 
 def validate_or_raise(
-    plan: Plan, catalog: Mapping[str, ToolSpec], secrets: Collection[str] | None = None
+    plan: Plan,
+    catalog: Mapping[str, ToolSpec],
+    secrets: Collection[str] | None = None,
+    *,
+    max_steps: int | None = None,
 ) -> Plan:
-    problems = validate_plan(plan, catalog, secrets)
+    problems = validate_plan(plan, catalog, secrets, max_steps=max_steps)
     if problems:
         raise PlanInvalid(problems)
     return plan
@@ -400,7 +532,7 @@ def _check_branches(
     step: Step,
     where: str,
     plan: Plan,
-    anc: Mapping[str, set[str]],
+    anc: Ancestry,
     index: Mapping[str, int],
     add: Any,
 ) -> None:
@@ -418,12 +550,28 @@ def _check_branches(
                 continue
             if sid not in index:
                 add(f"{loc}[{j}]", f"unknown step {sid!r}{_did_you_mean(sid, index)}")
-            elif step.id not in anc.get(sid, set()):
+            elif not anc.waits_for(sid, step.id):
                 add(
                     f"{loc}[{j}]",
                     f"step {sid!r} must depend on {step.id!r} (directly or not), "
                     "so that it waits for the choice",
                 )
+
+
+_VALIDATORS: dict[int, tuple[Mapping[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
+def _validator(schema: Mapping[str, Any]) -> jsonschema.Draft202012Validator:
+    """One validator per schema object (the catalog's and the kinds' schemas live as long
+    as the process): a plan of thousands of steps does not build thousands of them."""
+    hit = _VALIDATORS.get(id(schema))
+    if hit is not None and hit[0] is schema:
+        return hit[1]
+    validator = jsonschema.Draft202012Validator(schema)
+    if len(_VALIDATORS) > 256:
+        _VALIDATORS.clear()
+    _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
 
 
 def params_errors(
@@ -435,7 +583,7 @@ def params_errors(
     type error on it is not reported; the activity checks the ``rendered`` params again,
     and then a ``{{`` left in a value is just a wrong value.
     """
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(schema)
     out: list[tuple[str, str]] = []
     for err in sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path))):
         if not rendered and isinstance(err.instance, str) and "{{" in err.instance:
@@ -453,7 +601,7 @@ def _check_expression(
     where: str,
     plan: Plan,
     step: Step,
-    known: set[str],
+    known: Container[str],
     index: Mapping[str, int],
     add: Any,
     template: bool = False,

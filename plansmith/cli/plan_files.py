@@ -11,15 +11,21 @@ import argparse
 import uuid
 from pathlib import Path
 
-from config import Settings
+from config import Settings, get_settings
 from contracts.tools import catalog
 from plans.models import Plan
 from plans.validation import load_document, parse_plan, validate_or_raise
 from plansmith.cli.console import EXIT_OK, CliError, parse_inputs
 
 
-def load_plan(path: str, inputs: list[str] | None = None, plan_id: str | None = None) -> Plan:
-    """Read, shape-check and fully validate a plan file; give it an id if it has none."""
+def load_plan(
+    path: str,
+    inputs: list[str] | None = None,
+    plan_id: str | None = None,
+    max_steps: int | None = None,
+) -> Plan:
+    """Read, shape-check and fully validate a plan file; give it an id if it has none.
+    ``max_steps``: default ``PLANSMITH_MAX_PLAN_STEPS``."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"{path}: no such file")
@@ -32,11 +38,13 @@ def load_plan(path: str, inputs: list[str] | None = None, plan_id: str | None = 
     if plan.id is None:
         stem = "".join(c if c.isalnum() else "-" for c in p.stem.lower()).strip("-") or "plan"
         plan = plan.model_copy(update={"id": f"{stem[:40]}-{uuid.uuid4().hex[:8]}"})
-    return validate_or_raise(plan, catalog())
+    if max_steps is None:
+        max_steps = get_settings().api.max_plan_steps
+    return validate_or_raise(plan, catalog(), max_steps=max_steps)
 
 
 def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
-    plan = load_plan(args.file)
+    plan = load_plan(args.file, max_steps=settings.api.max_plan_steps)
     kinds: dict[str, int] = {}
     for s in plan.steps:
         kinds[s.kind.value] = kinds.get(s.kind.value, 0) + 1

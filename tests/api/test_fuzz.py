@@ -18,6 +18,7 @@ import httpx
 # thread while the in-process worker runs workflows, whose sandbox swaps the import
 # machinery, and a first import at that moment can fail (seen: SystemError from the AST).
 import schemathesis
+import schemathesis.generation.dictionaries
 import schemathesis.transport.asgi
 import schemathesis.transport.requests
 import schemathesis.transport.wsgi

@@ -379,3 +379,20 @@ async def test_a_cli_correction_after_approval_waits_for_approve_step(
     )
     assert code == 0, err
     assert (await handle.result()).status == "completed"
+
+
+async def test_validate_holds_the_step_limit_and_deep_documents(tmp_path):
+    big = tmp_path / "big.json"
+    steps = [{"id": f"s{i}", "tool": "wait", "params": {"seconds": 0}} for i in range(30)]
+    big.write_text(json.dumps({"steps": steps}))
+    code, _, err = await plansmith(
+        "validate", str(big), env_vars={**os.environ, "PLANSMITH_MAX_PLAN_STEPS": "20"}
+    )
+    assert code == 2, err
+    assert "steps: a plan has at most 20 steps (PLANSMITH_MAX_PLAN_STEPS); this one has 30" in err
+    code, out, err = await plansmith("validate", str(big))
+    assert code == 0 and "30 step(s)" in out, err
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"steps": ' + "[" * 20_000 + "]" * 20_000 + "}")
+    code, _, err = await plansmith("validate", str(deep))
+    assert code == 2 and "nested too deeply" in err and "Traceback" not in err, err
