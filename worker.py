@@ -135,13 +135,37 @@ def check_sandbox(settings: SandboxSettings) -> None:
         log.info("code sandbox: %s; python %s", iso.description, iso.python_version)
 
 
+async def connect_patiently(s: Settings) -> Client:
+    """Connect to Temporal, trying again (backing off to 5 s) for up to
+    ``PLANSMITH_WORKER_CONNECT_WAIT_S``: a worker started while the server restarts, or
+    before it, waits for it instead of exiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + s.temporal.worker_connect_wait_s
+    delay = 0.2
+    while True:
+        try:
+            return await connect(s)
+        except RuntimeError as e:  # the SDK's "Failed client connect: ..."
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            log.warning(
+                "Temporal at %s is not reachable yet (%s); trying again for %.0f s",
+                s.temporal.address,
+                str(e).splitlines()[0][:200],
+                left,
+            )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
 async def run_worker(settings: Settings | None = None, queue: str | None = None) -> None:
     """Poll ``queue``; with no queue named, both the plans queue and the sandbox queue."""
     s = settings or get_settings()
     redact_logs(s)  # no secret value reaches the worker's log
     deps = ActivityDeps.from_settings(s)
     sandbox_queue = s.sandbox.task_queue
-    client = await connect(s)
+    client = await connect_patiently(s)
     workers = []
     if queue != sandbox_queue:
         await ensure_search_attributes(client, s.temporal.namespace)

@@ -14,6 +14,7 @@ temporal.task_queue                ``PLANSMITH_TASK_QUEUE`` (``plans``)
 temporal.db_file                   ``PLANSMITH_TEMPORAL_DB`` (``.plansmith/temporal.db``)
 temporal.ui_url                    ``PLANSMITH_UI_URL``
 temporal.heartbeat_timeout_s       ``PLANSMITH_HEARTBEAT_TIMEOUT_S`` (20)
+temporal.worker_connect_wait_s     ``PLANSMITH_WORKER_CONNECT_WAIT_S`` (60)
 temporal.tls*                      ``PLANSMITH_TEMPORAL_TLS``, ``..._TLS_CERT``, ``..._TLS_KEY``,
                                    ``..._TLS_CA``, ``..._TLS_SERVER_NAME``
 temporal.payload_key*              ``PLANSMITH_PAYLOAD_KEY``, ``PLANSMITH_PAYLOAD_KEY_ID``,
@@ -106,6 +107,13 @@ class TemporalSettings(_Section):
         default=None,
         validation_alias="PLANSMITH_UI_URL",
         description="where people open the Temporal Web UI (default: the Temporal host, port + 1000)",
+    )
+    worker_connect_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias="PLANSMITH_WORKER_CONNECT_WAIT_S",
+        description="how long a starting worker keeps trying to reach Temporal (a server "
+        "restarting, a stack starting in any order) before it gives up",
     )
     heartbeat_timeout_s: float = Field(
         default=20.0,

@@ -59,10 +59,72 @@ def _loc(parts: Iterable[Any]) -> str:
     return out or "(document)"
 
 
+# What one document may expand to once YAML aliases are followed: an alias bomb (an
+# anchor of nine aliases of an anchor of nine aliases...) is small text but 9^9 values.
+MAX_DOCUMENT_VALUES = 1_000_000
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> str | None:
+    """Why the node graph is refused (None: fine): it expands to more than ``limit``
+    values, or an alias refers to a node that contains it. Iterative, linear in the
+    number of distinct nodes (each one's expanded size is computed once)."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > limit:
+                return f"the document expands to more than {limit} values (YAML aliases)"
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            return "a YAML alias refers to a value that contains it"
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                return "a YAML alias refers to a value that contains it"
+            if id(child) not in size:
+                stack.append((child, False))
+    return None
+
+
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load``, refusing documents whose aliases expand beyond
+    :data:`MAX_DOCUMENT_VALUES` before anything is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        why = _expanded_size(node, MAX_DOCUMENT_VALUES)
+        if why is not None:
+            raise _TooBig(why)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _TooBig(Exception):
+    pass
+
+
 def load_document(text: str, source: str = "<input>") -> dict[str, Any]:
     """Parse JSON or YAML text into a mapping, with a located error when it is neither."""
     try:
-        data = yaml.safe_load(text)
+        data = _safe_load(text)
+    except _TooBig as e:
+        raise PlanInvalid([Problem(location=source, message=str(e))]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

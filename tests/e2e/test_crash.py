@@ -185,3 +185,51 @@ async def test_sigkill_after_a_post_reached_the_server_then_resume_sends_one_key
         assert len(set(keys)) == 1, keys  # ...under one idempotency key
         step = plan.step("charge")
         assert keys[0] == request_key(plan.id or "", "charge", step.kind, step.tool, step.params)
+
+
+async def test_a_worker_started_before_temporal_is_reachable_waits_for_it(
+    env, task_queue, tmp_path
+):
+    """A worker started while the server is down (restarting, or a stack starting in any
+    order) keeps trying to connect instead of exiting, then runs plans once it is up."""
+    from tests.tcp_proxy import TcpProxy
+
+    host, port = env.client.service_client.config.target_host.rsplit(":", 1)
+    log = tmp_path / "worker.log"
+    with TcpProxy((host, int(port))) as proxy, log.open("wb") as out:
+        proxy.cut()  # Temporal "down": every connection is reset
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "plansmith.cli", "worker", "--queue", task_queue],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "TEMPORAL_ADDRESS": f"127.0.0.1:{proxy.port}",
+                "PLANSMITH_WORKER_CONNECT_WAIT_S": "120",
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            while "is not reachable yet" not in log.read_text(errors="replace"):
+                assert worker.poll() is None, log.read_text(errors="replace")[-2000:]
+                assert asyncio.get_running_loop().time() < deadline, "no retry was logged"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.5)  # several attempts, still alive
+            assert worker.poll() is None, log.read_text(errors="replace")[-2000:]
+            proxy.restore()
+            plan = Plan.model_validate(
+                {
+                    "id": f"late-{uuid.uuid4().hex[:8]}",
+                    "options": {"require_approval": False},
+                    "steps": [{"id": "a", "tool": "wait", "params": {"seconds": 0}}],
+                }
+            )
+            handle = await start(env.client, plan, task_queue)
+            res = await asyncio.wait_for(handle.result(), timeout=90)
+            assert res.status == "completed"
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from bench.big_documents import chain, full_dag
 from contracts.tools import catalog
 from plans.models import Plan
@@ -113,3 +115,37 @@ def test_a_deeply_nested_document_is_a_located_problem() -> None:
         ]
     else:
         raise AssertionError("a 20,000-deep document was read")
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    names = "abcdefghijklmnop"
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['x'] * width)}]"]
+    for i in range(1, levels):
+        prev = names[i - 1]
+        lines.append(f"{names[i]}: &{names[i]} [{', '.join(['*' + prev] * width)}]")
+    last = names[levels - 1]
+    lines.append(f"steps: [{{id: s, tool: wait, params: {{seconds: 0, result: *{last}}}}}]")
+    return "\n".join(lines)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_built() -> None:
+    """Nine levels of nine aliases: 400 bytes of text, 9^9 values once expanded. Refused
+    from the node graph (each node sized once), never constructed."""
+    import time
+
+    from plans.validation import MAX_DOCUMENT_VALUES, PlanInvalid, load_document
+
+    text = _alias_bomb()
+    assert len(text) < 1000
+    started = time.monotonic()
+    with pytest.raises(PlanInvalid) as e:
+        load_document(text, "bomb.yaml")
+    assert time.monotonic() - started < 10
+    (problem,) = e.value.problems
+    assert problem.location == "bomb.yaml"
+    assert f"more than {MAX_DOCUMENT_VALUES} values (YAML aliases)" in problem.message
+    # aliases in moderation still work, and a self-referring one is refused
+    small = load_document(_alias_bomb(levels=3, width=3))
+    assert small["steps"][0]["params"]["result"] == [[["x"] * 3] * 3] * 3
+    with pytest.raises(PlanInvalid, match="refers to a value that contains it"):
+        load_document("a: &a [*a]\nsteps: []\n")
