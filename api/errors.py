@@ -42,6 +42,7 @@ from workflows.errors import (
     PlanNotFound,
     ResumeRefused,
     TemporalUnavailable,
+    TooLargeForTemporal,
 )
 
 log = logging.getLogger("plansmith.api")
@@ -125,6 +126,8 @@ def api_error_of(e: Exception) -> ApiError:
             "or create it under a new id",
             code="already_ran",
         )
+    if isinstance(e, TooLargeForTemporal):
+        return ApiError(413, "too_large", str(e))
     if isinstance(e, ResumeRefused):
         return conflict(f"resume-from-failure refused: {e}", code="resume_refused")
     if isinstance(e, PlanningFailed):

@@ -50,6 +50,7 @@ from workflows.errors import (
     ResumeRefused,
     TemporalError,
     TemporalUnavailable,
+    TooLargeForTemporal,
 )
 from workflows.plan_input import PLAN_STATUS
 from workflows.plan_workflow import PlanWorkflow
@@ -74,6 +75,15 @@ _UNREACHABLE = {
     RPCStatusCode.RESOURCE_EXHAUSTED,
     RPCStatusCode.ABORTED,
 }
+
+
+def _over_size(message: str) -> bool:
+    """RESOURCE_EXHAUSTED for a message or payload over the limit (gRPC's "larger than
+    max", Temporal's "exceeds size limit"), not a rate limit to wait out."""
+    text = message.lower()
+    return "larger than max" in text or "size limit" in text or "too large" in text
+
+
 _NO_WORKER = {
     RPCStatusCode.DEADLINE_EXCEEDED,
     RPCStatusCode.CANCELLED,
@@ -165,6 +175,11 @@ class PlanClient:
                 raise
             if no_worker and e.status in _NO_WORKER:
                 raise NoWorker(f"{no_worker} ({e.message})") from None
+            if e.status == RPCStatusCode.RESOURCE_EXHAUSTED and _over_size(e.message):
+                raise TooLargeForTemporal(
+                    f"{what} refused by Temporal: what was sent is over its size limit "
+                    f"({e.message}); keep plan inputs small and pass large data by reference"
+                ) from None
             if e.status in _UNREACHABLE:
                 raise TemporalUnavailable(
                     f"Temporal is unreachable for {what}: {e.message}"

@@ -54,6 +54,11 @@ class ResumeRefused(PlanClientError):
     """The plan cannot be resumed from failure now; the message says why."""
 
 
+class TooLargeForTemporal(PlanClientError):
+    """What was sent is over Temporal's size limit for one request or payload (e.g. a plan
+    with megabytes of inputs): not a reason to try again (the API's 413)."""
+
+
 class TemporalError(PlanClientError):
     """Temporal answered with an unexpected error, or the workflow failed to answer a
     query or an update (the API's 502)."""

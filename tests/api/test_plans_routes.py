@@ -831,3 +831,16 @@ async def test_create_approve_then_execute_runs_without_asking_again(http: httpx
     audit = (await http.get(f"/api/plans/{plan_id}/audit")).json()
     approvals = [(a["by"], a["accepted"]) for a in audit if a["action"] == "approve"]
     assert approvals == [("carol", True)]
+
+
+async def test_a_plan_over_temporals_size_limit_is_a_413_not_an_outage(http: httpx.AsyncClient):
+    """5 MB of inputs pass the API's own body limit, but Temporal refuses a start request
+    that large: the answer says so (413), rather than "Temporal is unreachable" (503)."""
+    plan_id = pid()
+    doc = plan_doc([wait_step("a")], plan_id) | {"inputs": {"blob": "x" * 5_000_000}}
+    r = await http.post("/api/plans", json=doc)
+    assert r.status_code == 201, r.text[:500]
+    r = await http.post(f"/api/plans/{plan_id}/execute")
+    assert r.status_code == 413, r.text[:500]
+    assert r.json()["code"] == "too_large"
+    assert "over its size limit" in r.json()["detail"]
