@@ -158,6 +158,10 @@ def supervise(
                     sel.unregister(fd)
     finally:
         sel.close()
+        if killed is None:
+            # A last look once the code has ended: what it left in the sandbox's tmpfs
+            # counts too, so a write finished between two samples is not missed.
+            killed = watch.check(float("inf"), final=True)
         watch.close()
         # Kill the group while its leader is a zombie at worst, so its id cannot have
         # been reused by an unrelated process.

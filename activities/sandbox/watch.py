@@ -51,7 +51,9 @@ class SandboxWatch:
                 os.close(fd)
         self.mount_fds = []
 
-    def check(self, now: float) -> tuple[Outcome, str] | None:
+    def check(self, now: float, final: bool = False) -> tuple[Outcome, str] | None:
+        """The limit the sandbox is over, if any (sampled every SAMPLE_EVERY_S);
+        ``final``: the code has ended, only what it left behind is measured."""
         if now - self.last < SAMPLE_EVERY_S:
             return None
         self.last = now
@@ -63,12 +65,17 @@ class SandboxWatch:
         self.peak_tasks = max(self.peak_tasks, tasks)
         limit = self.limits.memory_mb * MB
         if total > limit:
+            what = (
+                "the sandbox was discarded with its files"
+                if final
+                else "the sandbox and every process in it were killed"
+            )
+            when = " when the code ended" if final else ""
             return (
                 "memory_limit",
-                f"memory limit of {self.limits.memory_mb} MB for the whole sandbox exceeded: "
-                f"its processes held {memory / MB:.0f} MB and its tmpfs files "
-                f"{disk / MB:.0f} MB ({MECHANISM}); the sandbox and every process in it "
-                "were killed",
+                f"memory limit of {self.limits.memory_mb} MB for the whole sandbox exceeded"
+                f"{when}: its processes held {memory / MB:.0f} MB and its tmpfs files "
+                f"{disk / MB:.0f} MB ({MECHANISM}); {what}",
             )
         if tasks >= self.limits.processes:
             self.at_cap_since = self.at_cap_since or now

@@ -599,7 +599,8 @@ def test_files_in_the_sandboxs_tmpfs_count_against_its_memory(where: str) -> Non
     assert r.outcome == "memory_limit", r
     assert "memory limit of 256 MB for the whole sandbox exceeded" in r.reason
     assert "tmpfs files" in r.reason
-    assert r.stdout == ""
+    # The limit is sampled: the code may be stopped while writing, or (on a busy machine,
+    # a write finished between two samples) after it printed; either way the run is not ok.
     # with the default disk_mb (16 here) the same write is refused by the tmpfs size
     small = run(FILL.replace("{where}", where), memory_mb=256, timeout_s=20)
     assert small.outcome == "disk_limit", small

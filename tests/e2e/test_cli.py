@@ -333,7 +333,8 @@ async def test_a_cli_correction_after_approval_waits_for_approve_step(
 ):
     plan = make_plan(
         [
-            {"id": "a", "tool": "wait", "params": {"seconds": 4.0}},  # outlasts two CLI calls
+            # a gate holds b and c back while the CLI corrects them, however slow it is
+            {"id": "a", "tool": "wait", "params": {"seconds": 0}, "requires_approval": True},
             {"id": "b", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["a"]},
             {"id": "c", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["a"]},
         ],
@@ -372,6 +373,10 @@ async def test_a_cli_correction_after_approval_waits_for_approve_step(
     )
     assert code == 0, err
     assert "approved by carol" in json.loads(out)["detail"]
+    code, _, err = await plansmith(
+        "approve-step", plan.id, "--by", "dan", "--step-id", "a", env_vars=e
+    )
+    assert code == 0, err
     st = await wait_for(handle, lambda s: any(w.step_id == "b" for w in s.waiting))
     assert [w.step_id for w in st.waiting] == ["b"]
     code, _, err = await plansmith(

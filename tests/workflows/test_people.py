@@ -1095,7 +1095,9 @@ async def test_storm_of_50_controls_on_a_plan_pending_approval(client, worker, t
     k = key()
     plan = make_plan(
         [
-            count_step("first", f"{k}-f", sleep_s=0.5),
+            # long enough that the whole storm lands before the plan could end by itself,
+            # however slowly a busy machine delivers it
+            count_step("first", f"{k}-f", sleep_s=5),
             count_step("gate", f"{k}-g", ["first"], requires_approval=True),
         ],
         require_approval=True,
