@@ -12,7 +12,7 @@ Everything runs on this machine, on free 127.0.0.1 ports, and is stopped at the 
 - workers as ``python -m plansmith.cli worker`` processes, each under an address-space
   limit (``--worker-memory-mb``), so a hostile document cannot take the machine down;
 - the store: a fresh PostgreSQL database (created on ``--postgres``, dropped at the end)
-  that the workers reach through :class:`chaos.proxy.TcpProxy`, which the suite cuts;
+  that the workers reach through :class:`tests.tcp_proxy.TcpProxy`, which the suite cuts;
 - :class:`tests.key_server.KeyServer`, which counts every ``POST`` by path and
   ``Idempotency-Key``.
 
@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -65,16 +65,18 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from chaos.proxy import CutMode, TcpProxy
 from config import Settings, load_settings
 from plans.models import Plan, PlanStatus
 from plansmith.devserver import port_open, server_command, stop_process, wait_until_ready
 from store import db, reads
 from tests.key_server import KeyServer
+from tests.tcp_proxy import TcpProxy
 from workflows.client import PlanClient, connect
 from workflows.errors import ControlRefused, InvalidControl, PlanNotFound
 from workflows.plan_input import PlanResult
 from workflows.starter import start_plan
+
+CutMode = Literal["reset", "hang"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
@@ -727,7 +729,7 @@ class Chaos:
         queue = f"chaos-{uuid.uuid4().hex[:8]}"
         store = StoreDatabase(PG_ADMIN_URL)
         await asyncio.to_thread(store.create)
-        proxy = TcpProxy(store.host, store.port).start()
+        proxy = TcpProxy((store.host, store.port))
         env = {
             "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
             "PLANSMITH_TASK_QUEUE": queue,
@@ -774,9 +776,9 @@ class Chaos:
             self.report.workers_started = workers.started
             self.report.worker_peak_rss_kib = workers.peak_kib
             self.report.store_refused = proxy.refused
-            self.report.store_connections = proxy.connections
+            self.report.store_connections = proxy.accepted
             keys.__exit__(None, None, None)
-            proxy.stop()
+            proxy.close()
             server.close()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(store.drop)
@@ -858,7 +860,10 @@ class Chaos:
         if self.p.store_cut_s <= 0:
             return
         await asyncio.sleep(self.p.store_cut_at_s)
-        proxy.cut(self.p.store_cut_mode)
+        if self.p.store_cut_mode == "hang":
+            proxy.hang()  # connections stay open, nothing answers (a network partition)
+        else:
+            proxy.cut()  # every connection reset, new ones refused
         self.report.store_cuts += 1
         self.say(f"store cut ({self.p.store_cut_mode}) for {self.p.store_cut_s:g}s")
         await asyncio.sleep(self.p.store_cut_s)

@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from chaos.proxy import TcpProxy
 from chaos.run import PROFILES, run_suite
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -77,11 +77,11 @@ def test_the_proxy_cuts_and_restores_a_connection() -> None:
             threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=echo, daemon=True).start()
-    with TcpProxy("127.0.0.1", port) as proxy:
+    with TcpProxy(("127.0.0.1", port)) as proxy:
         a = socket.create_connection(("127.0.0.1", proxy.port), timeout=3)
         a.sendall(b"ping")
         assert a.recv(4) == b"ping"
-        proxy.cut("reset")
+        proxy.cut()
         # the server's side ends too: a session left open there would keep the locks of
         # its transaction while its client is gone
         assert ended.acquire(timeout=3), "the server still holds the cut connection"
