@@ -79,7 +79,7 @@ format: test-install
 	$(BIN)/ruff format .
 
 bench: test-install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --big-docs
 
 # The chaos suite's long profile (docs/chaos.md): 100 plans through worker SIGKILLs, a dev
 # server restart, a 30 s store outage, a control storm and hostile documents. Needs
