@@ -22,6 +22,7 @@ from plans.validation import validate_plan
 from tests.helpers import make_plan, start, status
 
 MAX_RSS_MB = 500
+WORKER_START_MB = 250  # a `plansmith worker` process's RSS once it polls, rounded up
 
 # The three expressions of the issue, their constants moved to a step's output.
 FORMAT = "{{ steps.src.output.fmt % 1 }}"  # '%2000000000d' % 1: a 2 GB string
@@ -132,7 +133,13 @@ async def test_hostile_evaluations_fail_their_steps_not_the_worker(client, worke
     assert took < 60, f"the plans took {took:.1f} s"
 
     # The worker's memory stayed small.
-    assert peak < MAX_RSS_MB, f"peak RSS {peak} MB (was {rss_before} MB before the plans)"
+    # The worker here is this test process, which in a full run already holds hundreds of
+    # MB of other tests' state: what the hostile plans may add is bounded, so that a worker
+    # process (about 200 MB when it starts) stays under MAX_RSS_MB.
+    grew = peak - rss_before
+    assert grew < MAX_RSS_MB - WORKER_START_MB, (
+        f"peak RSS {peak} MB, {grew} MB more than the {rss_before} MB before the plans"
+    )
 
     # No workflow task failed, in any of the plans.
     for p in [hostile, *benign]:
