@@ -18,6 +18,7 @@ replaced by ``[redacted]`` (:func:`redact`).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from config.settings import parse_api_keys
 from contracts.errors import LLMError, NoModelFits
@@ -285,3 +287,31 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "Temporal is unreachable, or no worker answered in time",
     }
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    code: str,
+    detail: str,
+    location: str | None = None,
+    close: bool = False,
+) -> None:
+    """Answer an ASGI request with an :class:`ErrorBody` straight from a middleware
+    (before any route runs). ``location``: the one problem's place; ``close``: the rest of
+    the body was not read, so the connection cannot be reused."""
+    problems = [Problem(location=location, message=detail)] if location else []
+    error = ErrorBody(detail=detail, code=code, problems=problems)
+    body = json.dumps(error.model_dump(mode="json")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *([(b"connection", b"close")] if close else []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

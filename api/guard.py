@@ -20,7 +20,6 @@ the checks read one copy, the routes could read the other.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable
 
 from fastapi import APIRouter
@@ -28,7 +27,7 @@ from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import ErrorBody
+from api.errors import ErrorBody, send_error
 from config.settings import LOOPBACK_HOSTS
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -116,7 +115,7 @@ class RequestGuard:
         ]
         if twice:
             # The checks below would read one copy and the routes another.
-            await _answer(
+            await send_error(
                 send,
                 400,
                 "bad_request",
@@ -128,7 +127,7 @@ class RequestGuard:
             host = normalize_host(raw) if raw is not None else None
             if not host_allowed(host, self.allowed):
                 shown = (raw or "")[:100]
-                await _answer(
+                await send_error(
                     send,
                     400,
                     "bad_host",
@@ -146,7 +145,7 @@ class RequestGuard:
             given = headers.get("content-type")
             if given is None or media_type(given) != "application/json":
                 got = "none" if given is None else repr(given[:100])
-                await _answer(
+                await send_error(
                     send,
                     415,
                     "unsupported_media_type",
@@ -155,21 +154,6 @@ class RequestGuard:
                 )
                 return
         await self.app(scope, receive, send)
-
-
-async def _answer(send: Send, status: int, code: str, detail: str) -> None:
-    body = json.dumps(ErrorBody(detail=detail, code=code).model_dump(mode="json")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def document(*routers: APIRouter) -> None:

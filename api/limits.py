@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,10 +25,9 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ErrorBody
+from api.errors import send_error
 from api.guard import STATE_CHANGING
 from api.guard import _add as add_response
-from plans.validation import Problem
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -118,7 +116,7 @@ class BodyLimit:
                     f"the body nests arrays and objects {depth} levels deep; at most "
                     f"{self.max_depth} are allowed (PLANSMITH_API_MAX_JSON_DEPTH)"
                 )
-                await _answer(send, 422, "too_deep", detail, "body")
+                await send_error(send, 422, "too_deep", detail, "body")
                 return
         first: Message = {"type": "http.request", "body": body, "more_body": False}
         await self.app(scope, _replay([first], None, receive), send)
@@ -128,7 +126,7 @@ class BodyLimit:
             f"the request body is too large ({got}); at most {self.max_bytes} bytes are "
             "accepted (PLANSMITH_API_MAX_BODY_BYTES)"
         )
-        await _answer(send, 413, "too_large", detail, None, close=True)
+        await send_error(send, 413, "too_large", detail, close=True)
 
 
 def _replay(messages: list[Message], last: Message | None, receive: Receive) -> Receive:
@@ -142,27 +140,6 @@ def _replay(messages: list[Message], last: Message | None, receive: Receive) -> 
         return await receive()
 
     return replay
-
-
-async def _answer(
-    send: Send, status: int, code: str, detail: str, location: str | None, close: bool = False
-) -> None:
-    """``close``: the rest of the body was not read, so the connection cannot be reused."""
-    problems = [Problem(location=location, message=detail)] if location else []
-    error = ErrorBody(detail=detail, code=code, problems=problems)
-    body = json.dumps(error.model_dump(mode="json")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *([(b"connection", b"close")] if close else []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def document(*routers: APIRouter) -> None:
