@@ -79,7 +79,7 @@ async def test_step_approval_timeout_rejects_the_gate(ts):
         step_approval_timeout_s=3600,
         on_step_approval_timeout="reject",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     before = await env.get_current_time()
     res = await handle.result()  # time skips the hour
     after = await env.get_current_time()
@@ -110,7 +110,7 @@ async def test_step_approval_timeout_can_approve(ts):
         step_approval_timeout_s=900,
         on_step_approval_timeout="approve",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     res = await handle.result()
     assert res.status == "completed"
     assert CALLS[f"{k}-g"] == 1 and CALLS[f"{k}-c"] == 1
@@ -130,7 +130,7 @@ async def test_a_person_approving_in_time_leaves_no_timeout(ts):
         step_approval_timeout_s=600,
         on_step_approval_timeout="reject",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     await until(handle, lambda s: step(s, "gate").status == "waiting_approval")
     await handle.signal("approve_step", {"by": "amy", "step_id": "gate"})
     res = await handle.result()
@@ -151,7 +151,7 @@ async def test_step_approval_timeout_restarts_after_a_correction(ts):
         step_approval_timeout_s=1000,
         on_step_approval_timeout="approve",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     await until(handle, lambda s: step(s, "gate").status == "waiting_approval")
     await env.sleep(600)
     correction = {"updated_step": {"params": {"value": "v2"}}}
@@ -191,7 +191,9 @@ def _asking_plan(k: str, action: str) -> Any:
 async def test_clarification_timeout_fail(ts):
     env, tq = ts
     k = key()
-    handle = await start(env.client, _asking_plan(k, "fail"), tq, search_attributes=False)
+    handle = await start(
+        env.client, _asking_plan(k, "fail"), tq, search_attributes=False, persist=False
+    )
     res = await handle.result()
     assert res.status == "failed"
     assert res.steps == {"ask": "failed", "after": "skipped"}
@@ -207,7 +209,9 @@ async def test_clarification_timeout_fail(ts):
 async def test_clarification_timeout_skip(ts):
     env, tq = ts
     k = key()
-    handle = await start(env.client, _asking_plan(k, "skip"), tq, search_attributes=False)
+    handle = await start(
+        env.client, _asking_plan(k, "skip"), tq, search_attributes=False, persist=False
+    )
     res = await handle.result()
     assert res.steps == {"ask": "skipped", "after": "skipped"}
     assert CALLS[f"{k}-a"] == 0 and CALLS[f"{k}-b"] == 0
@@ -221,7 +225,9 @@ async def test_clarification_timeout_skip(ts):
 async def test_clarification_timeout_proceed_runs_without_an_answer(ts):
     env, tq = ts
     k = key()
-    handle = await start(env.client, _asking_plan(k, "proceed"), tq, search_attributes=False)
+    handle = await start(
+        env.client, _asking_plan(k, "proceed"), tq, search_attributes=False, persist=False
+    )
     res = await handle.result()
     assert res.status == "completed"
     st = await status(handle)
@@ -236,7 +242,9 @@ async def test_clarification_timeout_proceed_runs_without_an_answer(ts):
 async def test_an_answer_in_time_leaves_no_timeout(ts):
     env, tq = ts
     k = key()
-    handle = await start(env.client, _asking_plan(k, "fail"), tq, search_attributes=False)
+    handle = await start(
+        env.client, _asking_plan(k, "fail"), tq, search_attributes=False, persist=False
+    )
     await until(handle, lambda s: step(s, "ask").status == "waiting_clarification")
     await env.sleep(300)
     await handle.signal("answer_clarification", {"by": "dev", "step_id": "ask", "answer": "eu"})
@@ -257,7 +265,7 @@ async def test_pause_with_question_timeout_fails_the_plan(ts):
         clarification_timeout_s=1800,
         on_clarification_timeout="fail",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     await until(handle, lambda s: step(s, "gate").status == "waiting_approval")
     await handle.signal("pause", {"by": "ops", "step_id": "gate", "question": "Is it safe?"})
     await until(handle, lambda s: s.status == "waiting_clarification")
@@ -278,7 +286,7 @@ async def test_pause_with_question_timeout_proceed_unpauses(ts):
         clarification_timeout_s=1800,
         on_clarification_timeout="proceed",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     await until(handle, lambda s: step(s, "gate").status == "waiting_approval")
     await handle.signal("pause", {"by": "ops", "question": "Is it safe?"})
     await until(handle, lambda s: s.status == "waiting_clarification")
@@ -306,7 +314,7 @@ async def test_correction_timeout_ends_the_plan_failed(ts):
         on_error="ask",
         correction_timeout_s=900,
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     await until(handle, lambda s: s.status == "waiting_correction")
     res = await handle.result()
     assert res.status == "failed"
@@ -324,7 +332,9 @@ async def test_total_timeout_counts_from_approval_even_after_continue_as_new(ts)
     env, tq = ts
     k = key()
     plan = make_plan([count_step("a", k)], require_approval=True, total_timeout_s=60)
-    handle = await start(env.client, plan, tq, search_attributes=False, max_history_events=50)
+    handle = await start(
+        env.client, plan, tq, search_attributes=False, max_history_events=50, persist=False
+    )
     for i in range(30):  # refused controls grow the history: the approval wait continues as new
         await handle.signal("resume", {"by": f"r-{i}"})
     latest = env.client.get_workflow_handle(plan.workflow_id)

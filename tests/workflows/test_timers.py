@@ -23,7 +23,7 @@ async def test_approval_timeout_rejects_with_a_distinct_outcome(ts):
         approval_timeout_s=3600,
         on_approval_timeout="reject",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     res = await handle.result()  # time skips the hour
     assert res.status == "rejected"
     assert "approval timed out after 3600s" in res.outcome
@@ -42,7 +42,7 @@ async def test_approval_timeout_can_approve(ts):
         approval_timeout_s=600,
         on_approval_timeout="approve",
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     res = await handle.result()
     assert res.status == "completed"
     st = await status(handle)
@@ -65,7 +65,7 @@ async def test_retry_delay_is_a_durable_backoff(ts):
             }
         ]
     )
-    handle = await start(env.client, plan, tq, search_attributes=False)
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
     before = await env.get_current_time()
     res = await handle.result()
     after = await env.get_current_time()
