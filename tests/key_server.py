@@ -127,6 +127,18 @@ class KeyServer:
         """Let every held (``/hold``) request answer."""
         self._release.set()
 
+    @property
+    def paths(self) -> Counter[str]:
+        """How many requests each path got."""
+        with self._lock:
+            return Counter(p for _, p, _ in self.seen)
+
+    @property
+    def keys(self) -> Counter[str]:
+        """How many requests carried each ``Idempotency-Key``."""
+        with self._lock:
+            return Counter(k for _, _, k in self.seen)
+
     def requests(self, path: str, method: str | None = None) -> list[str]:
         """The idempotency keys of the requests to ``path`` (by ``method``), in order."""
         with self._lock:

@@ -9,10 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,41 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-class CountingServer:
-    """An HTTP server on 127.0.0.1 (free port) that counts requests per path and key."""
-
-    def __init__(self) -> None:
-        self.paths: Counter[str] = Counter()
-        self.keys: Counter[str] = Counter()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.paths[self.path] += 1
-                outer.keys[self.headers.get("Idempotency-Key", "")] += 1
-                body = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> CountingServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def spawn_worker(env, task_queue: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "plansmith.cli", "worker", "--queue", task_queue],
@@ -74,7 +36,7 @@ def spawn_worker(env, task_queue: str) -> subprocess.Popen[bytes]:
 
 
 async def test_sigkill_worker_mid_plan_then_new_worker_finishes_without_repeats(env, task_queue):
-    with CountingServer() as server:
+    with KeyServer() as server:
         plan = Plan.model_validate(
             {
                 "id": f"crash-{uuid.uuid4().hex[:8]}",
@@ -83,7 +45,7 @@ async def test_sigkill_worker_mid_plan_then_new_worker_finishes_without_repeats(
                     {
                         "id": "first",
                         "tool": "http_request",
-                        "params": {"url": f"{server.url}/first"},
+                        "params": {"url": server.url("/first")},
                     },
                     {
                         "id": "long",
@@ -94,7 +56,7 @@ async def test_sigkill_worker_mid_plan_then_new_worker_finishes_without_repeats(
                     {
                         "id": "last",
                         "tool": "http_request",
-                        "params": {"url": f"{server.url}/last"},
+                        "params": {"url": server.url("/last")},
                         "depends_on": ["long"],
                     },
                 ],
