@@ -41,6 +41,52 @@ class StepView(BaseModel):
     )
 
 
+class StepChange(BaseModel):
+    """One numbered change of a step's status (the ``changes`` query, ``recent`` in status,
+    the SSE stream and ``--watch``)."""
+
+    seq: int = Field(description="the run's change number, counting from 1")
+    step_id: str
+    status: StepStatus
+    at: datetime | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class StepsQuery(BaseModel):
+    """The ``steps`` query's argument: one page of the plan's steps, in plan order."""
+
+    status: StepStatus | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class StepsPage(BaseModel):
+    plan_id: str
+    total: int = Field(description="the steps matching the filter, on all pages")
+    offset: int
+    limit: int
+    steps: list[StepView]
+
+
+class ChangesQuery(BaseModel):
+    """The ``changes`` query's argument: the step changes numbered after ``since``."""
+
+    since: int = Field(default=0, ge=0)
+    limit: int = Field(default=1000, ge=1, le=10000)
+
+
+class ChangesView(BaseModel):
+    plan_id: str
+    status: PlanStatus
+    seq: int = Field(description="the newest change number")
+    complete: bool = Field(
+        description="false when changes after `since` were dropped from the run's journal: "
+        "read status and the steps pages again"
+    )
+    changes: list[StepChange]
+
+
 class StatusView(BaseModel):
     plan_id: str
     title: str = ""
@@ -72,6 +118,21 @@ class StatusView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     steps: list[StepView]
+    total_steps: int = 0
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="the number of steps in each status"
+    )
+    running: list[str] = Field(default_factory=list, description="ids of the running steps")
+    failed: list[str] = Field(default_factory=list, description="ids of the failed steps")
+    recent: list[StepChange] = Field(
+        default_factory=list, description="the most recent step changes, oldest first"
+    )
+    seq: int = Field(default=0, description="the newest change number (see the changes query)")
+    steps_complete: bool = Field(
+        default=True,
+        description="false for big plans (over 200 steps): `steps` lists only the steps "
+        "that are not pending or done; page through them all with the steps query",
+    )
     audit_unrecorded: int = Field(
         default=0,
         description="refused controls counted but not recorded in the audit trail (a flood "
