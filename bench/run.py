@@ -9,13 +9,12 @@ hosting ``PlanWorkflow``, the bare :class:`bench.baseline.Baseline` workflow and
 first, ``--repeat`` times; the table shows the best (lowest) wall-clock time of each,
 measured by the client from ``start_workflow`` to the result.
 
-Between two measured runs the benchmark idles ``--pause`` seconds. The dev server's
-history service polls its transfer queue (which hands workflow tasks to matching) through
-a rate limiter, ``history.transferProcessorMaxPollRPS`` = 20/s: a sequential run gets a
-burst of fast steps, then one step per 50 ms until the limiter refills. The pause gives
-every run the same starting state, so neither system profits from going first. Pass
-``--server-config history.transferProcessorMaxPollRPS=1000`` to lift that limit and see
-the per-step cost without it (any ``KEY=VALUE`` goes to ``--dynamic-config-value``).
+Between two measured runs the benchmark idles ``--pause`` seconds, so neither system
+profits from going first. The dev server starts with the same dynamic config as
+``plansmith server`` (:data:`plansmith.devserver.DEV_SERVER_DYNAMIC_CONFIG`: the history
+queues' poll limiters lifted). ``--stock-server`` starts it with Temporal's defaults, where
+the transfer queue's limiter (20 polls/s) lets a sequential run have a burst of fast steps,
+then one step per 50 ms; ``--server-config KEY=VALUE`` adds or overrides a setting.
 
 With ``--big-docs``, a "big documents" section (:mod:`bench.big_documents`) times the
 validation of big plans and ``/healthz`` during a big ``POST /api/plans``.
@@ -63,7 +62,7 @@ from contracts.steps import StepTask
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepKind
 from plans.validation import validate_or_raise
-from plansmith.devserver import temporal_cli_path
+from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
 
@@ -441,7 +440,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dynamic config for the dev server (repeatable), e.g. history.transferProcessorMaxPollRPS=1000",
+        help="dynamic config for the dev server (repeatable), on top of plansmith server's "
+        "(plansmith.devserver.DEV_SERVER_DYNAMIC_CONFIG), e.g. history.transferProcessorMaxPollRPS=20",
+    )
+    ap.add_argument(
+        "--stock-server",
+        action="store_true",
+        help="start the dev server with Temporal's own defaults, not plansmith server's "
+        "dynamic config (to see what the lifted limiters are worth)",
     )
     args = ap.parse_args(argv)
     args.chain = args.chain or (20 if args.quick else 100)
@@ -485,10 +491,11 @@ async def main(argv: list[str] | None = None) -> int:
         f"plansmith bench: python {platform.python_version()}, temporalio {temporalio.__version__}, "
         f"repeat {args.repeat}, pause {args.pause:g}s{', quick' if args.quick else ''}"
     )
-    extra_args = [a for kv in args.server_config for a in ("--dynamic-config-value", kv)]
-    print(
-        f"dev server: {binary} (127.0.0.1, own process); dynamic config: {', '.join(args.server_config) or 'defaults'}"
-    )
+    config = {} if args.stock_server else dict(DEV_SERVER_DYNAMIC_CONFIG)
+    config.update(kv.split("=", 1) for kv in args.server_config)
+    extra_args = [a for k, v in config.items() for a in ("--dynamic-config-value", f"{k}={v}")]
+    shown = ", ".join(f"{k}={v}" for k, v in config.items()) or "Temporal's defaults"
+    print(f"dev server: {binary} (127.0.0.1, own process); dynamic config: {shown}")
     t_start = time.perf_counter()
     results: list[tuple[Scenario, Samples]] = []
     long_report: str | None = None

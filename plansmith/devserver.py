@@ -22,6 +22,25 @@ from workflows.client import connect
 
 SEARCH_ATTRIBUTE_TYPES = {"PlanStatus": "Keyword", "WaitingFor": "Keyword"}
 
+# The dev server's per-shard limiters, lifted. The dev server runs one history shard, so a
+# per-shard limit is the whole server's: every activity or timer a plan schedules passes a
+# queue processor that polls at most this many times a second.
+DEV_SERVER_DYNAMIC_CONFIG: dict[str, int] = {
+    # Transfer tasks carry every activity, workflow and child task to matching; at the
+    # default of 20 polls/s a 100-step chain waits ~40 ms per step here, not ~10 ms.
+    "history.transferProcessorMaxPollRPS": 10_000,
+    # Timer tasks fire activity timeouts, retries' backoff and approval deadlines.
+    "history.timerProcessorMaxPollRPS": 10_000,
+    # Visibility tasks publish search attributes (PlanStatus, WaitingFor) to list filters.
+    "history.visibilityProcessorMaxPollRPS": 10_000,
+}
+
+
+def dynamic_config_args(config: dict[str, int] | None = None) -> list[str]:
+    """``--dynamic-config-value KEY=VALUE`` for each setting (the defaults above)."""
+    values = DEV_SERVER_DYNAMIC_CONFIG if config is None else config
+    return [a for key, v in values.items() for a in ("--dynamic-config-value", f"{key}={v}")]
+
 
 def _binary(name: str) -> str:
     """The binary installed by a pip package next to this interpreter, else on PATH."""
@@ -66,6 +85,7 @@ def server_command(settings: Settings, db_file: str | None = None) -> list[str]:
         settings.temporal.namespace,
         "--log-level",
         "error",
+        *dynamic_config_args(),
     ]
     for name, kind in SEARCH_ATTRIBUTE_TYPES.items():
         cmd += ["--search-attribute", f"{name}={kind}"]

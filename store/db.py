@@ -19,6 +19,7 @@ write lock on SQLite), so every worker and API process may call it at start.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -166,6 +167,9 @@ def lock_for_migration(connection: Connection) -> None:
 
 def migrate(target: str | Engine | None = None, revision: str = "head") -> None:
     """Upgrade the database (a URL, an engine, or ``DATABASE_URL``) to ``revision``."""
+    alembic_log = logging.getLogger("alembic")
+    if alembic_log.level == logging.NOTSET:  # left to the process's INFO level, importing
+        alembic_log.setLevel(logging.WARNING)  # it and migrating print ten lines of setup
     from alembic import command
 
     engine = target if isinstance(target, Engine) else get_engine(target)

@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 import tests.tools_for_tests  # noqa: F401  registers the test tools
 from activities.llm.base import ChatModel
 from config import Settings
-from plansmith.devserver import temporal_cli_path, test_server_path
+from plansmith.devserver import dynamic_config_args, temporal_cli_path, test_server_path
 from store import db
 from tests.helpers import StartWorker, worker_with
 from workflows.plan_input import SEARCH_ATTRIBUTES
@@ -67,6 +67,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=temporal_cli_path(),
         data_converter=pydantic_data_converter,
         search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_extra_args=dynamic_config_args(),  # as `plansmith server` runs it
     ) as e:
         yield e
 
