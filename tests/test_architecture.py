@@ -84,3 +84,72 @@ def test_validating_a_plan_loads_no_store_sandbox_or_temporal_client() -> None:
 def test_the_tool_catalog_loads_no_tool_code() -> None:
     loaded = loaded_after("import contracts.tools")
     assert "activities" not in loaded and "httpx" not in loaded and "temporalio" not in loaded
+
+
+MUTATORS = {"append", "extend", "insert", "update", "add", "pop", "popitem", "clear", "remove"}
+MUTATORS |= {"setdefault", "discard", "sort", "reverse", "__setitem__", "__delitem__"}
+
+
+def shared_state_in(source: str, filename: str) -> list[str]:
+    """What in a module would be state shared between workflow runs once the module is
+    passed through the sandbox: ``global`` statements, and module-level names that are
+    mutated (assigned into, or sent a mutating method) anywhere in the module."""
+    import ast
+
+    tree = ast.parse(source, filename)
+    names = {
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(t, ast.Name)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found.append(f"{filename}:{node.lineno}: global {', '.join(node.names)}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in MUTATORS
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in names
+        ):
+            found.append(f"{filename}:{node.lineno}: {node.func.value.id}.{node.func.attr}()")
+        elif isinstance(node, ast.Assign | ast.AugAssign | ast.Delete):
+            targets = node.targets if isinstance(node, ast.Assign | ast.Delete) else [node.target]
+            for t in targets:
+                if (
+                    isinstance(t, ast.Subscript | ast.Attribute)
+                    and isinstance(t.value, ast.Name)
+                    and t.value.id in names
+                ):
+                    found.append(f"{filename}:{node.lineno}: {t.value.id} changed")
+    return found
+
+
+def test_the_workflow_modules_shared_by_every_run_keep_no_state() -> None:
+    """The worker passes the workflows package through the sandbox (worker.WORKFLOW_RUNNER):
+    one copy of its modules serves every run, so none may keep state between runs."""
+    from worker import WORKFLOW_RUNNER
+
+    assert "workflows" in WORKFLOW_RUNNER.restrictions.passthrough_modules
+    found = []
+    for path in sorted((ROOT / "workflows").glob("*.py")):
+        found += shared_state_in(path.read_text(), f"workflows/{path.name}")
+    assert found == []
+
+
+def test_the_shared_state_check_finds_a_run_counter_and_a_cache() -> None:
+    leaky = (
+        "RUNS = 0\nSEEN = {}\n"
+        "def count():\n    global RUNS\n    RUNS += 1\n"
+        "def remember(k, v):\n    SEEN[k] = v\n"
+        "def remember_too(k):\n    SEEN.setdefault(k, 1)\n"
+    )
+    found = shared_state_in(leaky, "leaky.py")
+    assert found == [
+        "leaky.py:4: global RUNS",
+        "leaky.py:7: SEEN changed",
+        "leaky.py:9: SEEN.setdefault()",
+    ]

@@ -1,0 +1,182 @@
+"""Benchmark: the worker's memory with many plans waiting for approval.
+
+Run with ``.venv/bin/python -m bench.waiting [--plans 1000]``.
+
+It starts a local dev server (127.0.0.1, the dynamic config of ``plansmith server``) and
+``plansmith worker`` as its own process, as deployed, with a SQLite store in a temporary
+directory. It starts ``--plans`` five-step plans that wait for a person's approval, waits
+until every one of them says so in its status, and prints the worker process's resident
+memory (RSS) before and after, and per waiting plan. Then it approves them all and waits
+for them to complete, so the figures are of plans that still work.
+
+The goal (issue "speed"): 1,000 waiting plans on one worker in at most 300 MB RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from plans.models import Plan, PlanStatus
+from plansmith.devserver import dynamic_config_args, temporal_cli_path
+from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput
+from workflows.plan_workflow import PlanWorkflow
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def waiting_plan(n: int, tag: str) -> Plan:
+    steps = [
+        {
+            "id": f"s{i}",
+            "kind": "tool",
+            "tool": "transform",
+            "params": {"data": {"n": i}, "expression": "n"},
+            "depends_on": [f"s{i - 1}"] if i else [],
+        }
+        for i in range(5)
+    ]
+    return Plan.model_validate(
+        {
+            "id": f"wait-{tag}-{n}",
+            "title": f"waiting {n}",
+            "options": {"require_approval": True},
+            "steps": steps,
+        }
+    )
+
+
+async def gather_limited(coros: list, limit: int = 50) -> list:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):  # type: ignore[no-untyped-def]
+        async with sem:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.waiting", description=__doc__.split("\n")[0])
+    ap.add_argument("--plans", type=int, default=1000, help="plans waiting at once (default 1000)")
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the worker process (repeatable)",
+    )
+    ap.add_argument(
+        "--no-approve",
+        action="store_true",
+        help="stop after the memory figures (default: approve every plan and wait for it)",
+    )
+    args = ap.parse_args(argv)
+    if args.plans < 1:
+        ap.error("--plans must be >= 1")
+    tag = uuid.uuid4().hex[:8]
+    queue = f"bench-wait-{tag}"
+    async with await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli_path(),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTES,
+        ip="127.0.0.1",
+        ui=False,
+        dev_server_extra_args=dynamic_config_args(),
+    ) as env:
+        client = env.client
+        address = client.service_client.config.target_host
+        with tempfile.TemporaryDirectory() as tmp:
+            worker_env = {
+                **os.environ,
+                "TEMPORAL_ADDRESS": address,
+                "PLANSMITH_TASK_QUEUE": queue,
+                "DATABASE_URL": f"sqlite:///{Path(tmp) / 'store.db'}",
+                **dict(kv.split("=", 1) for kv in args.worker_env),
+            }
+            worker = subprocess.Popen(
+                [str(Path(sys.executable).parent / "plansmith"), "worker", "--queue", queue],
+                env=worker_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await asyncio.sleep(3.0)
+                if worker.poll() is not None:
+                    raise SystemExit(f"the worker exited with {worker.returncode}")
+                idle = rss_mib(worker.pid)
+                t0 = time.perf_counter()
+                plans = [waiting_plan(i, tag) for i in range(args.plans)]
+                handles = await gather_limited(
+                    [
+                        client.start_workflow(
+                            PlanWorkflow.run,
+                            PlanInput(plan=p),
+                            id=p.workflow_id,
+                            task_queue=queue,
+                        )
+                        for p in plans
+                    ]
+                )
+
+                async def status_of(h):  # type: ignore[no-untyped-def]
+                    try:
+                        return (await h.query(PlanWorkflow.status)).status
+                    except RPCError:  # a busy worker: a query times out, ask again later
+                        return None
+
+                while True:
+                    statuses = await gather_limited([status_of(h) for h in handles])
+                    waiting = sum(s == PlanStatus.PENDING_APPROVAL for s in statuses)
+                    if waiting == len(handles):
+                        break
+                    await asyncio.sleep(1.0)
+                started = time.perf_counter() - t0
+                await asyncio.sleep(2.0)
+                full = rss_mib(worker.pid)
+                print(
+                    f"{args.plans} plans waiting for approval after {started:.1f}s; worker RSS: "
+                    f"idle {idle:.0f} MiB, with them waiting {full:.0f} MiB "
+                    f"(+{(full - idle) * 1024 / args.plans:.0f} KiB per plan; goal 300 MB in all)",
+                    flush=True,
+                )
+                if args.no_approve:
+                    return 0
+                t1 = time.perf_counter()
+                await gather_limited(
+                    [h.execute_update("approve", {"by": "bench"}) for h in handles]
+                )
+                results = await gather_limited([h.result() for h in handles])
+                bad = [r for r in results if r.status != PlanStatus.COMPLETED]
+                print(
+                    f"approved and completed in {time.perf_counter() - t1:.1f}s; "
+                    f"worker RSS after: {rss_mib(worker.pid):.0f} MiB; not completed: {len(bad)}"
+                )
+                return 1 if bad else 0
+            finally:
+                worker.terminate()
+                try:
+                    worker.wait(10)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
