@@ -130,6 +130,11 @@ class Step(_Strict):
     requires_clarification: bool = False
     clarification_question: str | None = None
     idempotent: bool = True
+    # A permission, not a request: the step may take the fast path (a local activity)
+    # only when its work is declared fast by the worker's code (a tool with
+    # ``ToolSpec.fast``, a validation step without a judge); ``false`` forces the
+    # ordinary activity.
+    fast: bool = True
 
     @field_validator("id")
     @classmethod
@@ -202,4 +207,10 @@ class ToolSpec(BaseModel):
         default=None,
         description="logical task queue of a dedicated worker pool (e.g. 'sandbox'); "
         "None = the plan's own queue",
+    )
+    fast: bool = Field(
+        default=False,
+        description="the tool does no I/O and ends quickly (pure computation): its steps may "
+        "run as local activities on the workflow's worker (the fast path); never for a tool "
+        "that reaches the network, the disk, a model or a clock",
     )
