@@ -54,3 +54,29 @@ def test_a_tool_on_a_dedicated_pool_cannot_be_fast():
             fast=True,
         )
     assert "fast_elsewhere" not in catalog()
+
+
+def test_a_step_is_found_by_id_even_after_the_list_changes_in_place():
+    p = Plan.model_validate({"steps": [{"id": "a", "tool": "wait"}, {"id": "b", "tool": "wait"}]})
+    assert p.step("b").id == "b"
+    p.steps.reverse()
+    assert p.step("b") is p.steps[0]
+    p.steps.append(p.steps[0].model_copy(update={"id": "c"}))
+    assert p.step("c") is p.steps[2]
+    p.steps.pop()
+    with pytest.raises(KeyError):
+        p.step("c")
+    p.steps[0] = p.steps[0].model_copy(update={"description": "new"})
+    assert p.step("b").description == "new"
+    copy = p.model_copy(update={"steps": [p.steps[1]]})
+    assert copy.step("a") is p.steps[1]
+    with pytest.raises(KeyError):
+        copy.step("b")
+
+
+def test_looking_steps_up_changes_neither_equality_nor_the_document():
+    doc = {"id": "eq", "steps": [{"id": "a", "tool": "wait"}, {"id": "b", "tool": "wait"}]}
+    looked, fresh = Plan.model_validate(doc), Plan.model_validate(doc)
+    looked.step("b")
+    assert looked == fresh
+    assert looked.model_dump() == fresh.model_dump()
