@@ -4,6 +4,7 @@ ordinary activity; outputs, failures and retries read the same either way."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -235,3 +236,37 @@ async def test_a_bad_expression_fails_the_same_on_both_paths(client, worker, tas
     assert got[0]["steps"]["t"][0] == "failed"
     assert got[0]["steps"]["t"][2].startswith("BadExpression: JMESPath error")
     assert got[0]["steps"]["t"][3] == 1
+
+
+async def test_a_cancel_reaches_a_running_fast_step(client, worker, task_queue):
+    k = key()
+    plan = make_plan(
+        [
+            {"id": "long", "tool": "tick", "params": {"key": k, "sleep_s": 30}},
+            {
+                "id": "after",
+                "tool": "transform",
+                "params": {"data": 1, "expression": "@"},
+                "depends_on": ["long"],
+            },
+        ]
+    )
+    handle = await start(client, plan, task_queue)
+    await handle.execute_update("cancel", {"by": "ops", "reason": "wrong day"})
+    res = await asyncio.wait_for(handle.result(), timeout=25)
+    assert res.status == "cancelled"
+    assert res.steps == {"long": "cancelled", "after": "cancelled"}
+    assert CALLS[k] == 0, "the fast step was stopped, not left to finish"
+
+
+async def test_a_total_timeout_cancels_a_running_fast_step(client, worker, task_queue):
+    k = key()
+    plan = make_plan(
+        [{"id": "slow", "tool": "tick", "params": {"key": k, "sleep_s": 30}}],
+        total_timeout_s=1,
+    )
+    handle = await start(client, plan, task_queue)
+    res = await asyncio.wait_for(handle.result(), timeout=25)
+    assert res.status == "failed"
+    assert res.steps == {"slow": "cancelled"}
+    assert CALLS[k] == 0
