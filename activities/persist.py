@@ -122,6 +122,11 @@ def _encode(output: Any) -> bytes:
     return json.dumps(output, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
+def fits_inline(output: Any, limit: int) -> bool:
+    """Whether :func:`offload_output` would return ``output`` itself (no store write)."""
+    return output is None or len(_encode(output)) <= limit
+
+
 def store_output(
     plan_id: str,
     run_id: str | None,
@@ -172,7 +177,7 @@ def offload_output(
     in settings), else the dict of an :class:`OutputRef` to it (blocking).
 
     Call it on a step's output before returning it from the activity."""
-    if output is None or len(_encode(output)) <= limit:
+    if fits_inline(output, limit):
         return output
     return store_output(plan_id, run_id, step_id, output, engine).model_dump()
 

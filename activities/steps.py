@@ -27,13 +27,13 @@ from temporalio.exceptions import ApplicationError
 from activities.deps import ActivityDeps
 from activities.llm.selector import load_selector
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
-from activities.persist import OutputNotStored, offload_after_effect, resolve_refs
+from activities.persist import OutputNotStored, fits_inline, offload_after_effect, resolve_refs
 from activities.secrets import with_secrets
 from activities.tools import ToolContext, ToolError, get_tool
 from contracts.errors import LLMError
 from contracts.models import ModelSelector
 from contracts.snapshots import OUTPUT_REF_KEY
-from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
+from contracts.steps import EXECUTE_STEP, FAST_PATH_REFUSED, StepOutcome, StepTask
 from plans.expressions import Budget, ExpressionError, evaluate
 from plans.models import StepKind
 from plans.validation import params_errors
@@ -63,6 +63,8 @@ class StepActivities:
             seconds = timeout.total_seconds()
             deadline = time.monotonic() + seconds - min(STORE_DEADLINE_MARGIN_S, seconds / 4)
         unassessed: list[str] = []
+        if info.is_local:  # the fast path: only pure work, no heartbeats, nothing stored
+            return await self._execute_fast(task, info.attempt)
         beat = asyncio.create_task(_keep_heartbeating())
         try:
             if _has_ref(task.params):  # an earlier step's large output, kept in the store
@@ -133,6 +135,67 @@ class StepActivities:
                 await beat
         return StepOutcome(output=output, attempt=info.attempt, unassessed=unassessed)
 
+    async def _execute_fast(self, task: StepTask, attempt: int) -> StepOutcome:
+        """``execute_step`` as a local activity on the workflow's worker. The worker's
+        own registry decides what may run here, whatever the workflow's catalog says: a
+        tool declared fast, or a validation step without a judge, with no secret or
+        stored output to read and an output small enough to return inline. Anything else
+        is refused (``FastPathRefused``) before it runs, or, for a large output, after its
+        pure work, and the workflow runs the step again as an ordinary activity."""
+        refusal = _fast_refusal(task)
+        if refusal is not None:
+            raise ApplicationError(refusal, type=FAST_PATH_REFUSED, non_retryable=True)
+        try:
+            # no secrets here (refused above): only the redaction of errors, as ever
+            output = await with_secrets(
+                task, self.deps.settings, lambda t: _dispatch(t, attempt, self.deps)
+            )
+        except ToolError as e:
+            raise _fail(str(e), e.kind, e.retryable) from None
+        except ApplicationError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except (MemoryError, RecursionError) as e:
+            raise _fail(
+                f"step {task.step_id!r} ran out of memory or stack ({type(e).__name__}); "
+                "it is not retried",
+                "ResourceExhausted",
+                retryable=False,
+            ) from None
+        except Exception as e:
+            raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
+        if isinstance(output, (LLMStepResult, Unassessed)):  # not pure work: never here
+            raise ApplicationError(
+                "the step needs a model", type=FAST_PATH_REFUSED, non_retryable=True
+            )
+        if not fits_inline(output, self.deps.settings.store.large_output_bytes):
+            raise ApplicationError(
+                "its output is too large to return inline (it goes to the store)",
+                type=FAST_PATH_REFUSED,
+                non_retryable=True,
+            )
+        return StepOutcome(output=output, attempt=attempt)
+
+
+def _fast_refusal(task: StepTask) -> str | None:
+    """Why the worker will not run ``task`` as a local activity (None: it will)."""
+    if task.secret_params:
+        return "its params hold secrets"
+    if _has_ref(task.params):
+        return "its params read an output kept in the store"
+    if task.kind == StepKind.TOOL:
+        try:
+            registered = get_tool(task.tool or "")
+        except ToolError:
+            return f"tool {task.tool!r} is not registered on this worker"
+        if not registered.spec.fast:
+            return f"tool {registered.spec.name!r} is not declared fast on this worker"
+        return None
+    if task.kind == StepKind.VALIDATION and not task.params.get("judge"):
+        return None
+    return f"a {task.kind.value} step is not fast"
+
 
 def _has_ref(value: Any) -> bool:
     if isinstance(value, dict):
@@ -186,7 +249,7 @@ async def run_tool(task: StepTask, attempt: int, deps: ActivityDeps) -> Any:
         step_id=task.step_id,
         idempotency_key=task.idempotency_key,
         attempt=attempt,
-        heartbeat=activity.heartbeat,
+        heartbeat=(lambda *_: None) if activity.info().is_local else activity.heartbeat,
         extra=task.context,
         deps=deps,
     )

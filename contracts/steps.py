@@ -12,6 +12,11 @@ from pydantic import BaseModel, Field
 from plans.models import StepKind
 
 EXECUTE_STEP = "execute_step"
+# The error type of ``execute_step`` run as a local activity (the fast path) for a task
+# the worker will not run there (a tool its own registry does not declare fast, a stored
+# output to read, an output too large to return inline): the workflow runs the step again
+# as an ordinary activity. Never a step's failure.
+FAST_PATH_REFUSED = "FastPathRefused"
 
 
 def request_digest(kind: StepKind | str, tool: str | None, params: Any) -> str:

@@ -29,10 +29,18 @@ def define_tool(
     idempotent: bool = True,
     activity: str | None = None,
     task_queue: str | None = None,
+    fast: bool = False,
 ) -> ToolSpec:
     """Add a tool to the catalog. ``activity``/``task_queue`` send its steps to a dedicated
     activity on a dedicated worker pool (the code sandbox); by default a step runs in
-    ``execute_step`` on the plan's own task queue."""
+    ``execute_step`` on the plan's own task queue. ``fast`` declares a pure tool (no I/O,
+    done in milliseconds): its steps may run as local activities (the fast path); a tool
+    with a dedicated activity or pool runs elsewhere, so it cannot be fast."""
+    if fast and (activity is not None or task_queue is not None):
+        raise ValueError(
+            f"tool {name!r}: a fast tool runs in execute_step on the workflow's own worker; "
+            "it cannot have a dedicated activity or task queue"
+        )
     schema = {"type": "object", "additionalProperties": False, **params_schema}
     spec = ToolSpec(
         name=name,
@@ -42,6 +50,7 @@ def define_tool(
         idempotent=idempotent,
         activity=activity,
         task_queue=task_queue,
+        fast=fast,
     )
     if name in _SPECS and _SPECS[name] != spec:
         raise ValueError(f"tool {name!r} is defined twice, differently")
@@ -109,6 +118,7 @@ TRANSFORM = define_tool(
         "required": ["data"],
         "oneOf": [{"required": ["expression"]}, {"required": ["fields"]}],
     },
+    fast=True,  # JMESPath under a budget: pure, bounded computation
 )
 
 LIMIT_PARAMS = {

@@ -130,6 +130,11 @@ class Step(_Strict):
     requires_clarification: bool = False
     clarification_question: str | None = None
     idempotent: bool = True
+    # A permission, not a request: the step may take the fast path (a local activity)
+    # only when its work is declared fast by the worker's code (a tool with
+    # ``ToolSpec.fast``, a validation step without a judge); ``false`` forces the
+    # ordinary activity.
+    fast: bool = True
 
     @field_validator("id")
     @classmethod
@@ -158,10 +163,18 @@ class Plan(_Strict):
         return v
 
     def step(self, step_id: str) -> Step:
-        for s in self.steps:
-            if s.id == step_id:
-                return s
-        raise KeyError(step_id)
+        """The step ``step_id`` (KeyError if none). Found through an index of positions
+        kept per steps list (the workflow asks many times per step): a position is
+        trusted only while the step there has that id in the list asked about, else the
+        index is rebuilt, so a list changed in place is never answered from stale data."""
+        steps = self.steps
+        positions = _STEP_POSITIONS.get(id(steps))
+        at = positions.get(step_id) if positions is not None else None
+        if at is None or at >= len(steps) or steps[at].id != step_id:
+            at = _index_steps(steps).get(step_id)
+            if at is None:
+                raise KeyError(step_id)
+        return steps[at]
 
     def step_map(self) -> dict[str, Step]:
         return {s.id: s for s in self.steps}
@@ -183,6 +196,23 @@ class Plan(_Strict):
         return workflow_id_for(self.id)
 
 
+# Positions of the steps by id, per steps list (by the list's id(): a reused id is
+# harmless, since every position is checked against the list asked about). Not part of
+# the model, so it changes neither equality nor what is serialised.
+_STEP_POSITIONS: dict[int, dict[str, int]] = {}
+_MAX_INDEXED_LISTS = 512
+
+
+def _index_steps(steps: list[Step]) -> dict[str, int]:
+    positions: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        positions.setdefault(s.id, i)  # the first of a duplicate id, as before
+    if len(_STEP_POSITIONS) >= _MAX_INDEXED_LISTS:
+        _STEP_POSITIONS.clear()
+    _STEP_POSITIONS[id(steps)] = positions
+    return positions
+
+
 def workflow_id_for(plan_id: str) -> str:
     return f"plan-{plan_id}"
 
@@ -202,4 +232,10 @@ class ToolSpec(BaseModel):
         default=None,
         description="logical task queue of a dedicated worker pool (e.g. 'sandbox'); "
         "None = the plan's own queue",
+    )
+    fast: bool = Field(
+        default=False,
+        description="the tool does no I/O and ends quickly (pure computation): its steps may "
+        "run as local activities on the workflow's worker (the fast path); never for a tool "
+        "that reaches the network, the disk, a model or a clock",
     )

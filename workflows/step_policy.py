@@ -15,13 +15,16 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
+    FailureError,
     RetryState,
     TimeoutType,
 )
 from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from plans.models import PlanOptions, Step, ToolSpec
+    from contracts.snapshots import OUTPUT_REF_KEY
+    from contracts.steps import StepTask
+    from plans.models import PlanOptions, Step, StepKind, ToolSpec
 
 MAX_WORKER_LOSSES = 3  # re-runs of an idempotent step whose worker died, beyond its retries
 NON_RETRYABLE = [
@@ -57,6 +60,31 @@ def retry_policy(
     return policy, once, attempts
 
 
+def fast_eligible(step: Step, spec: ToolSpec | None, task: StepTask) -> bool:
+    """Whether the step may run as a local activity (the fast path): the plan permits it
+    (``fast``, default true) and its work is pure by the code's own declaration -- a tool
+    whose spec says ``fast`` and that runs in ``execute_step`` on the plan's own queue, or a
+    validation step without a judge -- with nothing to read from elsewhere (no secrets, no
+    stored outputs). Decided from the run's history only (the step, the catalog the run
+    started with, the rendered task), so a replay decides the same."""
+    if not step.fast or task.secret_params or has_ref(task.params):
+        return False
+    if step.kind == StepKind.TOOL:
+        return spec is not None and spec.fast and spec.activity is None and spec.task_queue is None
+    if step.kind == StepKind.VALIDATION:
+        return not task.params.get("judge")
+    return False
+
+
+def has_ref(value: Any) -> bool:
+    """Whether ``value`` holds a reference to an output kept in the store."""
+    if isinstance(value, dict):
+        return OUTPUT_REF_KEY in value or any(has_ref(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_ref(v) for v in value)
+    return False
+
+
 class StepCancelled(Exception):
     """A step's child activity (an llm step's tool call) was cancelled."""
 
@@ -90,6 +118,28 @@ def tool_result(call_id: str, text: str, error: bool = False) -> dict[str, Any]:
     return block
 
 
+def as_activity_error(err: BaseException, local: bool) -> ActivityError | None:
+    """The step activity's failure as an :class:`ActivityError`, whichever way it came:
+    a local activity's failure can reach the workflow as its bare cause (an
+    ``ApplicationError``, a ``TimeoutError``...), which then gets the wrapper an ordinary
+    activity's failure has, so both read the same. None: not an activity's failure."""
+    if isinstance(err, ActivityError):
+        return err
+    if not local or not isinstance(err, FailureError):
+        return None
+    wrapped = ActivityError(
+        "Local activity failed",
+        scheduled_event_id=0,
+        started_event_id=0,
+        identity="",
+        activity_type="execute_step",
+        activity_id="",
+        retry_state=None,
+    )
+    wrapped.__cause__ = err
+    return wrapped
+
+
 def error_text(e: ActivityError) -> str:
     """The failure as the run records it: ``Type: message``."""
     cause = e.cause
@@ -98,6 +148,19 @@ def error_text(e: ActivityError) -> str:
     if cause is not None:
         return f"{type(cause).__name__}: {cause}"
     return str(e)
+
+
+_TIMEOUT_NAMES: dict[TimeoutType | None, str] = {
+    TimeoutType.START_TO_CLOSE: "StartToClose",
+    TimeoutType.SCHEDULE_TO_CLOSE: "ScheduleToClose",
+    TimeoutType.SCHEDULE_TO_START: "ScheduleToStart",
+    TimeoutType.HEARTBEAT: "Heartbeat",
+}
+
+
+def timeout_text(cause: StepTimeoutError) -> str:
+    """A local activity's timeout as the run records an ordinary one's."""
+    return f"TimeoutError: activity {_TIMEOUT_NAMES.get(cause.type, 'StartToClose')} timeout"
 
 
 def sandbox_record(e: ActivityError) -> Any:

@@ -10,6 +10,7 @@ through ``changed``, so the workflow's loop wakes up and schedules what became r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,23 +18,34 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import TimeoutError as StepTimeoutError
 
 from workflows.step_policy import (
     MAX_WORKER_LOSSES,
     RESPOND_TOOL,
     CallBudget,
     StepCancelled,
+    as_activity_error,
     attempts_spent,
     error_text,
+    fast_eligible,
     retry_policy,
     sandbox_record,
+    timeout_text,
     tool_result,
     worker_lost,
 )
 
 with workflow.unsafe.imports_passed_through():
-    from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask, request_digest, request_key
+    from contracts.steps import (
+        EXECUTE_STEP,
+        FAST_PATH_REFUSED,
+        StepOutcome,
+        StepTask,
+        request_digest,
+        request_key,
+    )
     from plans import run_state, scheduler
     from plans.expressions import render
     from plans.models import StepKind, ToolSpec
@@ -44,6 +56,9 @@ with workflow.unsafe.imports_passed_through():
 # Idempotency keys derived from the step's request (plan id, step id, a digest of kind,
 # tool and rendered params) instead of its version; runs recorded before keep theirs.
 REQUEST_KEY_PATCH = "request-idempotency-key"
+# Cheap pure steps (fast tools, validation checks without a judge) run as local
+# activities; runs recorded before run every step as an ordinary activity.
+FAST_PATH_PATCH = "fast-path"
 
 
 class StepRunner:
@@ -67,6 +82,7 @@ class StepRunner:
         self._cancelled: set[str] = set()  # steps a cancel or a timeout reached
         self._request_keys: bool | None = None  # idempotency keys from the request (patch)
         self._call_keys: dict[str, Counter[str]] = {}  # an llm step's calls, by request
+        self._fast_path: bool | None = None  # local activities for fast steps (patch)
 
     def _keys_from_requests(self) -> bool:
         """Whether idempotency keys come from the request (every run since the patch);
@@ -74,6 +90,15 @@ class StepRunner:
         if self._request_keys is None:
             self._request_keys = workflow.patched(REQUEST_KEY_PATCH)
         return self._request_keys
+
+    def _fast(self, step: Any, spec: ToolSpec | None, task: StepTask) -> bool:
+        """Whether this run of the step takes the fast path. The patch is asked at the
+        first eligible step and then kept, so one run never mixes the two."""
+        if not fast_eligible(step, spec, task):
+            return False
+        if self._fast_path is None:
+            self._fast_path = workflow.patched(FAST_PATH_PATCH)
+        return self._fast_path
 
     @property
     def running(self) -> bool:
@@ -134,8 +159,9 @@ class StepRunner:
         policy, once, attempts = retry_policy(step, self._catalog.get(step.tool or ""), opts)
         spec = self._catalog.get(step.tool or "")
         timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
+        fast = self._fast(step, spec, task)
         try:
-            ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, 0)
+            ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, 0, fast)
             if ran is None:
                 return
             outcome, used = ran
@@ -194,18 +220,53 @@ class StepRunner:
         once: bool,
         attempts: int,
         used: int,
+        fast: bool = False,
     ) -> tuple[StepOutcome, int] | None:
-        """Run the step's activity: its outcome and the attempts spent so far, or None
-        once the failure (or cancellation) is recorded."""
+        """Run the step's activity (a local one on the fast path): its outcome and the
+        attempts spent so far, or None once the failure (or cancellation) is recorded."""
         run = self._run
         step = run.plan.step(sid)
         lost = 0  # times the worker running this step vanished (no heartbeat)
         while True:
             summary = f"{sid}: {step.tool or step.kind.value}"
-            handle = self._start_activity(sid, task, spec, policy, timeout, summary)
+            handle = self._start_activity(sid, task, spec, policy, timeout, summary, fast)
             try:
                 outcome = await handle
-            except ActivityError as e:
+            except Exception as raw:
+                e = as_activity_error(raw, fast)
+                if e is None:
+                    raise
+                cause = e.cause
+                if fast and isinstance(cause, ApplicationError) and cause.type == FAST_PATH_REFUSED:
+                    run_state.log(  # the worker's word: not on the fast path
+                        run,
+                        workflow.now(),
+                        f"step {sid}: {cause.message}; running it as an ordinary activity",
+                        "info",
+                        sid,
+                    )
+                    fast = False
+                    continue
+                if fast and isinstance(cause, StepTimeoutError) and not run.stopping:
+                    # The SDK does not retry a local activity that timed out: the step's
+                    # remaining attempts run as ordinary activities, whose failures read
+                    # as ever; with none left, the timeout reads as an ordinary one's.
+                    used += 1
+                    if attempts > 1:
+                        run_state.log(
+                            run,
+                            workflow.now(),
+                            f"step {sid}: timed out on the fast path; its other "
+                            f"{attempts - 1} attempt(s) run as ordinary activities",
+                            "warning",
+                            sid,
+                        )
+                        attempts -= 1
+                        policy = dataclasses.replace(policy, maximum_attempts=attempts)
+                        fast = False
+                        continue
+                    scheduler.record_failure(run, sid, timeout_text(cause), used, workflow.now())
+                    return None
                 if isinstance(e.cause, CancelledError):
                     scheduler.record_cancelled(
                         run, sid, workflow.now(), run.stopping or "cancelled"
@@ -243,9 +304,24 @@ class StepRunner:
         policy: RetryPolicy,
         timeout: timedelta,
         summary: str,
+        fast: bool = False,
     ) -> workflow.ActivityHandle[StepOutcome]:
         """Start the activity that runs ``task`` (the tool's own, else ``execute_step``) on
-        the tool's queue; the step's handle, so a cancel reaches it."""
+        the tool's queue -- or, on the fast path, ``execute_step`` as a local activity on
+        this worker, with the same retry policy and time limit (no heartbeats: it does no
+        I/O); the step's handle, so a cancel reaches it."""
+        if fast:
+            local = workflow.start_local_activity(
+                EXECUTE_STEP,
+                task,
+                result_type=StepOutcome,
+                start_to_close_timeout=timeout,
+                retry_policy=policy,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=summary,
+            )
+            self._handles[sid] = local
+            return local
         handle = workflow.start_activity(
             (spec.activity if spec and spec.activity else EXECUTE_STEP),
             task,

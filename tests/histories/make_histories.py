@@ -36,6 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
 from plans.models import Plan
 from plansmith.devserver import temporal_cli_path
+from tests.fast_crash import chain_plan, crash_mid_chain
 from tests.helpers import status, wait_for, worker_with
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
@@ -611,6 +612,70 @@ async def secrets(client: Client, tq: str) -> Handle:
         ],
     )
     return await start(client, plan, tq)
+
+
+@scenario("fast_path", expect="completed")
+async def fast_path(client: Client, tq: str) -> Handle:
+    """Since the ``fast-path`` patch: a chain mixing fast steps (transforms, a check-only
+    validation: local activities, recorded as markers) with ordinary ones (``wait``, a
+    ``count``, a transform with ``fast: false``: activity tasks)."""
+    plan = plan_of(
+        "fast_path",
+        [
+            {
+                "id": "src",
+                "tool": "transform",
+                "params": {"data": {"items": [3, 4, 5]}, "expression": "items"},
+            },
+            {
+                "id": "sum",
+                "tool": "transform",
+                "params": {"data": {"xs": "{{ steps.src.output }}"}, "expression": "sum(xs)"},
+                "depends_on": ["src"],
+            },
+            {
+                "id": "pause",
+                "tool": "wait",
+                "params": {"seconds": 0.1, "result": "{{ steps.sum.output }}"},
+                "depends_on": ["sum"],
+            },
+            {
+                "id": "check",
+                "kind": "validation",
+                "params": {"checks": [{"name": "twelve", "expr": "steps.sum.output == 12"}]},
+                "depends_on": ["pause"],
+            },
+            {
+                "id": "slow",
+                "tool": "transform",
+                "fast": False,
+                "params": {"data": {"n": "{{ steps.sum.output }}"}, "expression": "n"},
+                "depends_on": ["check"],
+            },
+            {
+                "id": "twice",
+                "tool": "transform",
+                "params": {"data": {"n": "{{ steps.slow.output }}"}, "expression": "[n, n]"},
+                "depends_on": ["slow"],
+            },
+            count_step("done", "hist-fast-path", ["twice"]),
+        ],
+    )
+    return await start(client, plan, tq)
+
+
+@scenario("fast_path_crash", expect="completed")
+async def fast_path_crash(client: Client, tq: str) -> Handle:
+    """A worker process SIGKILLed in the middle of a fast-path chain (fast ``tick`` steps
+    around one ordinary step), and a new worker process that finishes it
+    (:mod:`tests.fast_crash`); the history holds the dead worker's timed-out workflow
+    task and the fast steps the new worker ran again."""
+    log = Path(tempfile.mkdtemp(prefix="plansmith-histories-")) / "ticks.log"
+    plan = chain_plan(f"{PLAN_ID_PREFIX}fast_path_crash", log, steps=8, ordinary_at=3)
+    crash = await crash_mid_chain(client, f"{tq}-crash", plan, log, after=5, identity=IDENTITY)
+    if crash.durable < 3:
+        raise AssertionError(f"fast_path_crash: the crash came too early: {crash}")
+    return crash.handle
 
 
 # --- driver ------------------------------------------------------------------------------
