@@ -36,9 +36,10 @@ import temporalio
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
+
+from workflows.transport import data_converter as plansmith_converter
 
 with workflow.unsafe.imports_passed_through():
     from activities.deps import ActivityDeps
@@ -162,7 +163,7 @@ async def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {name: [] for name, _, _ in runners}
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary,
-        data_converter=pydantic_data_converter,
+        data_converter=plansmith_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
         ip="127.0.0.1",
         ui=False,

@@ -48,7 +48,6 @@ from typing import Any
 
 import temporalio
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -65,6 +64,7 @@ from plans.validation import validate_or_raise
 from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
+from workflows.transport import data_converter as plansmith_converter
 
 # --- scenarios -----------------------------------------------------------------------
 
@@ -502,7 +502,7 @@ async def main(argv: list[str] | None = None) -> int:
     failure: BenchFailure | None = None
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary,
-        data_converter=pydantic_data_converter,
+        data_converter=plansmith_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
         ip="127.0.0.1",
         ui=False,

@@ -24,7 +24,6 @@ import time
 import uuid
 from pathlib import Path
 
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,6 +31,7 @@ from plans.models import Plan, PlanStatus
 from plansmith.devserver import dynamic_config_args, temporal_cli_path
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput
 from workflows.plan_workflow import PlanWorkflow
+from workflows.transport import data_converter as plansmith_converter
 
 
 def rss_mib(pid: int) -> float:
@@ -95,7 +95,7 @@ async def main(argv: list[str] | None = None) -> int:
     queue = f"bench-wait-{tag}"
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli_path(),
-        data_converter=pydantic_data_converter,
+        data_converter=plansmith_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
         ip="127.0.0.1",
         ui=False,

@@ -21,7 +21,6 @@ import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -32,6 +31,7 @@ from plansmith.devserver import dynamic_config_args, temporal_cli_path, test_ser
 from store import db
 from tests.helpers import StartWorker, worker_with
 from workflows.plan_input import SEARCH_ATTRIBUTES
+from workflows.transport import data_converter as plansmith_converter
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,7 +65,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli_path(),
-        data_converter=pydantic_data_converter,
+        data_converter=plansmith_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_extra_args=dynamic_config_args(),  # as `plansmith server` runs it
     ) as e:
@@ -76,7 +76,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=test_server_path(),
-        data_converter=pydantic_data_converter,
+        data_converter=plansmith_converter(),
     ) as e:
         yield e
 

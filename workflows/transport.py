@@ -1,4 +1,5 @@
-"""How Plansmith talks to Temporal: TLS (or mTLS) and payloads encrypted end to end.
+"""How Plansmith talks to Temporal: TLS (or mTLS), big payloads compressed, and payloads
+encrypted end to end.
 
 :func:`tls_config` turns the ``PLANSMITH_TEMPORAL_TLS*`` settings into the SDK's
 ``TLSConfig``; :func:`data_converter` is the pydantic converter, with
@@ -6,6 +7,11 @@
 through :func:`workflows.client.connect`, so the worker, the API and the CLI encrypt and
 decrypt alike; the Temporal server (and its Web UI, unless a codec server is set up)
 sees only ciphertext.
+
+Payloads over :data:`COMPRESS_OVER_BYTES` (a big plan's input, the state it carries over
+continue-as-new) are compressed with zlib (:class:`CompressionCodec`), always, so a
+10,000-step plan fits Temporal's 2 MB payload limit; smaller ones stay plain JSON, readable
+in the Web UI and the ``temporal`` CLI.
 
 Each encrypted payload carries the id of the key that encrypted it
 (``encryption-key-id``), so a new key can encrypt while older ones
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,6 +43,78 @@ ENCODING = b"binary/encrypted"
 CIPHER = b"AES-256-GCM"
 KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
+
+
+COMPRESSED = b"binary/zlib"
+COMPRESS_OVER_BYTES = 256 * 1024
+# A compressed payload may unpack to at most this much: one crafted to unpack to gigabytes
+# (sent with the `temporal` CLI, say) is refused instead of filling the worker's memory.
+# Temporal refuses payloads over 2 MB; JSON state compresses well, but not 32 times more.
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+
+
+class PayloadTooLarge(ValueError):
+    """A compressed payload unpacks to more than :data:`MAX_DECOMPRESSED_BYTES`."""
+
+
+class CompressionCodec(PayloadCodec):
+    """zlib over each whole payload (metadata and data) bigger than ``over`` bytes."""
+
+    def __init__(self, over: int = COMPRESS_OVER_BYTES, limit: int = MAX_DECOMPRESSED_BYTES):
+        self.over = over
+        self.limit = limit
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for p in payloads:
+            if p.ByteSize() <= self.over:
+                out.append(p)
+                continue
+            out.append(
+                Payload(
+                    metadata={"encoding": COMPRESSED},
+                    data=zlib.compress(p.SerializeToString(), 6),
+                )
+            )
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = []
+        for p in payloads:
+            if p.metadata.get("encoding") != COMPRESSED:
+                out.append(p)
+                continue
+            unpack = zlib.decompressobj()
+            try:
+                plain = unpack.decompress(p.data, self.limit)
+            except zlib.error as e:
+                raise PayloadTooLarge(f"a compressed payload does not decompress: {e}") from None
+            if unpack.unconsumed_tail or not unpack.eof:
+                raise PayloadTooLarge(
+                    f"a compressed payload unpacks to more than {self.limit:,} bytes "
+                    "(or is cut short); refused"
+                )
+            out.append(Payload.FromString(plain))
+        return out
+
+
+class CodecChain(PayloadCodec):
+    """Codecs applied in order on the way out, in reverse order on the way in."""
+
+    def __init__(self, *codecs: PayloadCodec):
+        self.codecs = codecs
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = list(payloads)
+        for codec in self.codecs:
+            out = await codec.encode(out)
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        out = list(payloads)
+        for codec in reversed(self.codecs):
+            out = await codec.decode(out)
+        return out
 
 
 class PayloadDecryptionError(ValueError):
@@ -94,16 +173,20 @@ class EncryptionCodec(PayloadCodec):
         return out
 
 
-def data_converter(settings: TemporalSettings) -> DataConverter:
-    """The pydantic converter; with a payload key, payloads and failure messages are
-    encrypted (a failure's message and stack trace move into an encrypted payload)."""
-    keys = settings.payload_keys()
+PLAIN_CONVERTER = dataclasses.replace(pydantic_data_converter, payload_codec=CompressionCodec())
+
+
+def data_converter(settings: TemporalSettings | None = None) -> DataConverter:
+    """The pydantic converter, big payloads compressed; with a payload key, payloads and
+    failure messages are encrypted too (a failure's message and stack trace move into an
+    encrypted payload), after compression."""
+    keys = settings.payload_keys() if settings is not None else None
     if keys is None:
-        return pydantic_data_converter
+        return PLAIN_CONVERTER
     current, by_id = keys
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=EncryptionCodec(current, by_id),
+        payload_codec=CodecChain(CompressionCodec(), EncryptionCodec(current, by_id)),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
 

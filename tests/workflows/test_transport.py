@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,15 @@ from tests.helpers import activity_deps, make_plan, start
 from tests.history_text import history_text
 from worker import build_worker
 from workflows.client import connect
-from workflows.transport import EncryptionCodec, PayloadDecryptionError, tls_config
+from workflows.transport import (
+    COMPRESSED,
+    CodecChain,
+    CompressionCodec,
+    EncryptionCodec,
+    PayloadDecryptionError,
+    PayloadTooLarge,
+    tls_config,
+)
 
 
 def b64key() -> str:
@@ -170,3 +179,76 @@ async def test_a_real_plan_leaves_no_plaintext_in_temporal_history(env, task_que
     async with build_worker(plain, task_queue, deps=activity_deps(settings=settings)):
         await asyncio.wait_for((await start(plain, plain_plan, task_queue)).result(), 60)
     assert marker in history_text(address, plain_plan.workflow_id)
+
+
+# --- compression ------------------------------------------------------------------------
+
+
+def big_rows(n: int = 40_000) -> list[dict[str, object]]:
+    return [
+        {"id": i, "name": f"customer-{i}", "region": ("eu", "us", "apac")[i % 3]} for i in range(n)
+    ]
+
+
+async def test_big_payloads_are_compressed_small_ones_stay_readable_json():
+    codec = CompressionCodec()
+    small = Payload(metadata={"encoding": b"json/plain"}, data=b'{"a": 1}')
+    big = Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(big_rows()).encode())
+    assert big.ByteSize() > 2 * 1024 * 1024  # over Temporal's payload limit as it is
+    out = await codec.encode([small, big])
+    assert out[0] == small
+    assert out[1].metadata["encoding"] == COMPRESSED
+    assert out[1].ByteSize() < 512 * 1024
+    assert await codec.decode(out) == [small, big]
+    # with encryption, compressed first (ciphertext would not compress), then sealed
+    chain = CodecChain(CompressionCodec(), EncryptionCodec("k1", {"k1": os.urandom(32)}))
+    sealed = await chain.encode([big])
+    assert sealed[0].metadata["encoding"] == b"binary/encrypted"
+    assert sealed[0].ByteSize() < 512 * 1024
+    assert await chain.decode(sealed) == [big]
+
+
+async def test_a_compressed_payload_that_unpacks_to_a_flood_is_refused():
+    """Someone with access to Temporal sends a signal whose payload claims our encoding and
+    unpacks to 200 MB: the worker refuses it instead of filling its memory."""
+    inner = Payload(metadata={"encoding": b"json/plain"}, data=b"0" * (200 * 1024 * 1024))
+    bomb = Payload(
+        metadata={"encoding": COMPRESSED}, data=zlib.compress(inner.SerializeToString(), 9)
+    )
+    assert bomb.ByteSize() < 1024 * 1024
+    with pytest.raises(PayloadTooLarge, match="more than 67,108,864 bytes"):
+        await CompressionCodec().decode([bomb])
+    cut = Payload(metadata={"encoding": COMPRESSED}, data=bomb.data[:1000])
+    with pytest.raises(PayloadTooLarge, match="cut short"):
+        await CompressionCodec().decode([cut])
+    junk = Payload(metadata={"encoding": COMPRESSED}, data=b"not zlib at all")
+    with pytest.raises(PayloadTooLarge, match="does not decompress"):
+        await CompressionCodec().decode([junk])
+
+
+async def test_a_plan_with_inputs_over_temporals_payload_limit_runs(env, task_queue):
+    """Inputs of ~2.6 MB: Temporal refuses a payload over 2 MB, so the plan could not even
+    start without compression; it runs to completion, and Temporal holds it compressed."""
+    address = env.client.service_client.config.target_host
+    settings = get_settings().replace(temporal={"address": address, "task_queue": task_queue})
+    client = await connect(settings)
+    rows = big_rows()
+    assert len(json.dumps(rows)) > 2 * 1024 * 1024
+    plan = make_plan(
+        [
+            {
+                "id": "count",
+                "tool": "transform",
+                "params": {"data": {"last": "{{ inputs.rows[39999].name }}"}, "expression": "last"},
+            }
+        ]
+    ).model_copy(update={"inputs": {"rows": rows}})
+    async with build_worker(client, task_queue, deps=activity_deps(settings=settings)):
+        handle = await start(client, plan, task_queue)
+        result = await asyncio.wait_for(handle.result(), 120)
+        st = await handle.query("status")
+    assert result.status == PlanStatus.COMPLETED, st["steps"][0]["error"]
+    assert [s["output"] for s in st["steps"]] == ["customer-39999"]
+    raw = history_text(address, plan.workflow_id)
+    assert base64.b64encode(COMPRESSED).decode() in raw  # the input, as the server keeps it
+    assert "customer-20000" not in raw
