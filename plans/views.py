@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
+from plans.run_index import of
 from plans.run_state import (
     AuditEntry,
     LogEntry,
@@ -199,7 +200,8 @@ def waits(run: PlanRun) -> list[WaitingFor]:
                 ),
             )
         )
-    for sid, s in run.steps.items():
+    for sid in of(run).waiting():
+        s = run.steps[sid]
         step = run.plan.step(sid)
         if s.awaiting_decision:
             who = "an operator: apply_correction + retry_step, skip_step or cancel"
@@ -254,8 +256,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
 def progress(run: PlanRun) -> float:
     if not run.steps:
         return 1.0
-    done = sum(1 for s in run.steps.values() if s.status.terminal)
-    return round(done / len(run.steps), 4)
+    return round(of(run).terminal() / len(run.steps), 4)
 
 
 def status_view(run: PlanRun) -> StatusView:
@@ -359,9 +360,7 @@ def plan_view(run: PlanRun) -> PlanView:
 
 def summary_line(run: PlanRun) -> str:
     """One line for the Web UI's current details."""
-    counts: dict[str, int] = {}
-    for s in run.steps.values():
-        counts[s.status.value] = counts.get(s.status.value, 0) + 1
+    counts = of(run).counts()
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     pending = waits(run)
     wait = (
