@@ -237,6 +237,10 @@ class PlanRun(BaseModel):
     # step status changes numbered so far (the changes query; kept over continue-as-new)
     change_seq: int = 0
 
+    def model_post_init(self, context: Any, /) -> None:
+        # Its index follows every step change from now on (copies build theirs on use).
+        _run_index.of(self)
+
     @property
     def status(self) -> PlanStatus:
         return derive_status(self)
@@ -283,6 +287,7 @@ def new_run(
                 run.steps[step.id].change_diff = prev.change_diff
         else:
             run.steps[step.id] = StepRun(id=step.id)
+    _run_index.of(run)  # indexed with its steps: every change from here on is numbered
     return run
 
 
