@@ -33,7 +33,7 @@ from plans.run_state import (
     WaitingFor,
     derive_status,
 )
-from plans.views import progress, waits
+from plans.views import StepChange, progress, recent_changes, waits
 
 RECORD_SNAPSHOT = "record_snapshot"  # the activity's name (activities.persist)
 OUTPUT_REF_KEY = "output_ref"
@@ -128,6 +128,10 @@ class PlanSnapshot(BaseModel):
     audit: list[AuditEntry] = Field(default_factory=list)
     audit_total: int = Field(default=0, ge=0)
     audit_lost: int = Field(default=0, ge=0)
+    change_seq: int = Field(default=0, ge=0, description="the run's newest step change number")
+    recent: list[StepChange] = Field(
+        default_factory=list, description="the run's most recent step changes (status)"
+    )
 
     def numbered_logs(self) -> Iterator[tuple[int, LogEntry]]:
         return enumerate(self.logs, start=self.logs_start)
@@ -258,6 +262,8 @@ def snapshot_of(
         audit=run.audit[audit_index:],
         audit_total=audit_total,
         audit_lost=audit_lost,
+        change_seq=run.change_seq,
+        recent=recent_changes(run),
     )
 
 

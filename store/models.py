@@ -176,6 +176,9 @@ class RunRecordBase(SQLModel):
     updated_at: datetime = _ts()
     logs_total: int = 0
     audit_total: int = 0
+    change_seq: int = 0  # the run's newest step change number (the status's seq)
+    # its most recent step changes (the status's recent), oldest first
+    recent: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType, nullable=True)
 
 
 class RunRecord(RunRecordBase, table=True):

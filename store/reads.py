@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
 from plans.run_state import StepRun, WaitingFor, preview
-from plans.views import LOG_LEVELS, StatusView, StepView
+from plans.views import LOG_LEVELS, StatusView, StepChange, StepView
 from store.models import (
     AuditRecord,
     AuditRecordPublic,
@@ -196,12 +196,13 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         started_at=run.started_at,
         finished_at=run.finished_at,
         steps=steps,
-        # every step is listed (steps_complete); the counts follow from them (the store
-        # keeps no change journal: seq and recent stay empty)
+        # every step is listed (steps_complete); the counts follow from them
         total_steps=len(steps),
         counts=dict(Counter(s.status.value for s in steps)),
         running=[s.id for s in steps if s.status == StepStatus.RUNNING],
         failed=[s.id for s in steps if s.status == StepStatus.FAILED],
+        recent=[StepChange.model_validate(c) for c in run.recent or []],
+        seq=run.change_seq,
     )
 
 

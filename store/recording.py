@@ -206,6 +206,8 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "updated_at": at,
         "logs_total": snap.logs_total,
         "audit_total": snap.audit_total,
+        "change_seq": snap.change_seq,
+        "recent": [c.model_dump(mode="json") for c in snap.recent],
         "snapshot_seq": snap.seq,
     }
     runs = RunRecord.__table__.c  # type: ignore[attr-defined]
