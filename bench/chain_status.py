@@ -14,10 +14,11 @@ binary, 127.0.0.1 only) and one in-process worker on a fresh task queue with
    its round trip (as the client sees it, JSON included) are printed. The plan is then
    cancelled.
 
-By default the server's transfer-queue poll limit (``history.transferProcessorMaxPollRPS``
-= 20/s, see :mod:`bench.run`) is lifted to 1000 so that a sequential chain measures the
-worker's cost per step rather than the limiter, and the payload limit is raised to 8 MB
-(a 10,000-step plan's input is about 2.6 MB); ``--server-config`` replaces both.
+The dev server runs with ``plansmith server``'s dynamic config (the history queues' poll
+limiters lifted, :data:`plansmith.devserver.DEV_SERVER_DYNAMIC_CONFIG`) and the client
+and worker with the product's data converter, which compresses big payloads (a
+10,000-step plan's input is ~3 MB as JSON, over Temporal's 2 MB limit);
+``--server-config`` replaces the dynamic config.
 
 A benchmark, not a test: it only prints timings (it exits non-zero if a chain does not
 end ``completed``).
@@ -37,7 +38,6 @@ from typing import Any
 
 import temporalio
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -46,17 +46,13 @@ from activities.persist import SnapshotActivities
 from activities.steps import StepActivities
 from config import get_settings
 from plans.models import Plan, PlanStatus
-from plansmith.devserver import temporal_cli_path
+from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
+from workflows.transport import data_converter as plansmith_converter
 
-# the poll limit lifted (see above), and the payload limit raised: a 10,000-step plan's
-# input (every Step field serialised) is about 2.6 MB, over the default 2 MB
-DEFAULT_SERVER_CONFIG = [
-    "history.transferProcessorMaxPollRPS=1000",
-    "limit.blobSize.error=8388608",
-    "limit.blobSize.warn=4194304",
-]
+# as `plansmith server` runs it: the history queues' poll limiters lifted
+DEFAULT_SERVER_CONFIG = [f"{k}={v}" for k, v in DEV_SERVER_DYNAMIC_CONFIG.items()]
 
 
 def chain_plan(n: int, *, approval: bool = False) -> Plan:
@@ -152,7 +148,7 @@ async def main(argv: list[str] | None = None) -> int:
     extra = [a for kv in config for a in ("--dynamic-config-value", kv)]
     async with await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli_path(),
-        data_converter=pydantic_data_converter,
+        data_converter=plansmith_converter(),
         search_attributes=SEARCH_ATTRIBUTES,
         ip="127.0.0.1",
         ui=False,
