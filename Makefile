@@ -78,8 +78,13 @@ format: test-install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark, one after the other (~15 minutes; docs/benchmarks.md has a recorded run).
 bench: test-install
 	$(BIN)/python -m bench.run --big-docs
+	$(BIN)/python -m bench.fastpath
+	$(BIN)/python -m bench.chain_status --steps 100,2000,10000
+	$(BIN)/python -m bench.watchers --steps 2000
+	$(BIN)/python -m bench.waiting --plans 1000
 
 # The chaos suite's long profile (docs/chaos.md): 100 plans through worker SIGKILLs, a dev
 # server restart, a 30 s store outage, a control storm and hostile documents. Needs

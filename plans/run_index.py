@@ -9,7 +9,8 @@ there is none (a run read from a workflow input, a copy) or when the run's plan 
 table was replaced. It stays current through :class:`StepRun`'s hook on the fields it
 follows (``run_state.WATCHED_STEP_FIELDS``): every mutation site is covered without
 calling anything. The change numbers live in the run (``PlanRun.change_seq``, serialised),
-so numbering goes on over continue-as-new; the journal itself starts empty there.
+so numbering goes on over continue-as-new, and the newest changes go along with it
+(:func:`carry_changes`, ``PlanRun.carried_changes``) to start the next run's journal.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from plans.models import Plan, Step, StepKind, StepStatus
 from plans.run_state import STEP_WATCHERS, PlanRun, SkipReason, StepRun
 
 MAX_JOURNAL = 10_000  # step changes kept for the changes query (the newest)
+MAX_CARRIED = 1_000  # of those, carried over continue-as-new
 _BAD = (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED)
 
 
@@ -94,7 +97,11 @@ class RunIndex:
         self.awaiting: set[str] = set()
         self.ready: set[str] = set()
         self.fresh: list[str] = []  # steps that became ready since the scheduler last looked
-        self.journal: deque[Change] = journal if journal is not None else deque(maxlen=MAX_JOURNAL)
+        if journal is None:
+            journal = deque((Change(*c) for c in run.carried_changes), maxlen=MAX_JOURNAL)
+            if watch:
+                run.carried_changes = []  # in the journal now
+        self.journal: deque[Change] = journal
         self.watched: list[int] = []
         for sid, s in run.steps.items():
             self.by_status[s.status].add(sid)
@@ -217,6 +224,13 @@ def of(run: PlanRun) -> RunIndex:
     _INDEXES[key] = new
     weakref.finalize(run, _drop, key, new)
     return new
+
+
+def carry_changes(run: PlanRun) -> None:
+    """Before continue-as-new: the newest changes go with the run's state."""
+    journal = of(run).journal
+    start = max(0, len(journal) - MAX_CARRIED)
+    run.carried_changes = [(c.seq, c.step_id, c.status) for c in islice(journal, start, None)]
 
 
 def recompute(run: PlanRun) -> RunIndex:

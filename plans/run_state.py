@@ -251,6 +251,9 @@ class PlanRun(BaseModel):
     refused: dict[str, RefusedCount] = Field(default_factory=dict)  # this minute's counts
     # step status changes numbered so far (the changes query; kept over continue-as-new)
     change_seq: int = 0
+    # the newest numbered changes (seq, step id, status), set only for continue-as-new: the
+    # next run's journal starts from them, so a watcher loses nothing at the switch
+    carried_changes: list[tuple[int, str, StepStatus]] = Field(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:
         # Its index follows every step change from now on (copies build theirs on use).

@@ -143,6 +143,7 @@ class PlanWorkflow(PlanHandlers):
         if self._continue and run.final_status is None:
             run_state.log(run, workflow.now(), "continuing as new to keep the history short")
             await self._publisher.flush()
+            run_index.carry_changes(run)
             workflow.continue_as_new(
                 self._input.model_copy(
                     update={

@@ -24,7 +24,15 @@ from contracts.steps import request_key
 from plans.controls import ControlResult
 from plans.models import StepKind
 from plans.run_state import AuditEntry, LogEntry, PlanRun
-from plans.views import ExecutionState, LogsQuery, PlanView, StatusView, StepView
+from plans.views import (
+    ChangesQuery,
+    ChangesView,
+    ExecutionState,
+    LogsQuery,
+    PlanView,
+    StatusView,
+    StepView,
+)
 from tests.helpers import make_plan, start, status, wait_for
 from tests.tools_for_tests import CALLS
 from workflows.errors import ResumeRefused
@@ -919,6 +927,11 @@ async def test_continue_as_new_carries_the_whole_state(client, worker, task_queu
     assert [s.status for s in st.steps] == ["completed"] * n
     logs = await latest.query("logs", LogsQuery(limit=1000), result_type=list[LogEntry])
     assert any("continuing as new" in e.message for e in logs)
+    # a watcher reading the changes from the start misses none across the runs
+    seen = await latest.query("changes", ChangesQuery(since=0), result_type=ChangesView)
+    assert seen.complete and [c.seq for c in seen.changes] == list(range(1, seen.seq + 1))
+    done = [c.step_id for c in seen.changes if c.status == "completed"]
+    assert sorted(done) == sorted(f"s{i}" for i in range(n))
     assert sum(1 for e in logs if e.message == "plan execution started") == 1
     audit = await audit_of(latest)
     pokes = [a.by for a in audit if a.by.startswith("can-")]
