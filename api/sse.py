@@ -473,23 +473,25 @@ class Feed:
                     # this feed's id, but its journal moved on (an id of another process
                     # or an earlier feed gets the snapshot alone, as a new watcher)
                     yield self._resync("the events after Last-Event-ID are no longer held")
+                after = self.seq  # the snapshot's point: what follows it comes after
+                final = self.final
                 for chunk in self.snapshot():
                     yield chunk
-                after = self.seq
-                if self.final is not None:
-                    yield encode(self.event_id(self.final.seq), self.final.kind, self.final.data)
+                if final is not None:
+                    yield encode(self.event_id(final.seq), final.kind, final.data)
                     return
             while True:
+                # taken before reading the journal: events appended while this watcher's
+                # chunks are being sent set it, so they are not left waiting for the next
+                wake = self._wake
                 if self.journal and self.journal[0].seq > after + 1:
                     # this watcher fell behind what the journal holds: start it afresh
+                    after, final = self.seq, self.final
                     yield self._resync("the watcher fell behind the journal")
                     for chunk in self.snapshot():
                         yield chunk
-                    after = self.seq
-                    if self.final is not None:
-                        yield encode(
-                            self.event_id(self.final.seq), self.final.kind, self.final.data
-                        )
+                    if final is not None:
+                        yield encode(self.event_id(final.seq), final.kind, final.data)
                         return
                 pending = [e for e in self.journal if e.seq > after]
                 for ev in pending:
@@ -499,7 +501,6 @@ class Feed:
                         return
                 if self.closed and self.final is not None and after >= self.final.seq:
                     return
-                wake = self._wake
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=cfg.sse_ping_s)
                 except TimeoutError:
