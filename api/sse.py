@@ -29,11 +29,12 @@ first gets a snapshot (one ``plan`` event and one ``step`` event per step, all w
 id of the journal's head), then every later event as it happens. A watcher that
 reconnects with ``Last-Event-ID`` (browsers do it by themselves) gets exactly the events
 after that one while the journal still holds them (up to 2,000 events, kept
-``PLANSMITH_SSE_LINGER_S`` after the last watcher left); otherwise — another process, a
-restart — a fresh snapshot; a journal that moved on: a ``resync`` event and the
-snapshot. Reconnecting
-after the ``end`` event answers 204, which tells an ``EventSource`` to stop. A comment
-line is sent every 15 s of silence so proxies keep the connection open.
+``PLANSMITH_SSE_LINGER_S`` after the last watcher left); an id of another process or of
+before a restart: a fresh snapshot; an id whose events the journal no longer holds, or a
+watcher that falls that far behind while streaming: a ``resync`` event, then the
+snapshot. Reconnecting after the ``end`` event answers 204, which tells an
+``EventSource`` to stop. A comment line is sent every 15 s of silence so proxies keep the
+connection open.
 """
 
 from __future__ import annotations
