@@ -183,10 +183,16 @@ def step_event(plan_id: str, s: StepView, seq: int | None = None) -> dict[str, A
 
 
 def changed_step(prev: StepView | None, c: StepChange) -> StepView:
-    """The step as ``c`` leaves it."""
-    update: dict[str, Any] = {"status": c.status, "attempts": c.attempts, "error": c.error}
+    """The step as ``c`` leaves it. A change the step has already moved on from carries
+    no time and no attempts (the workflow keeps only the step's current ones): the
+    step's earlier values stay."""
+    update: dict[str, Any] = {"status": c.status, "error": c.error}
+    if c.attempts or prev is None:
+        update["attempts"] = c.attempts
     if c.status == StepStatus.RUNNING:
-        update |= {"started_at": c.at, "completed_at": None, "output": None}
+        update |= {"completed_at": None, "output": None}
+        if c.at is not None or prev is None:
+            update["started_at"] = c.at
     elif c.status.terminal:
         update["completed_at"] = c.at
     if prev is None:
@@ -314,7 +320,7 @@ class Feed:
                 continue
             self.change_seq = c.seq
             prev = self.known.get(c.step_id)
-            if prev is not None and (prev.status, prev.attempts) == (c.status, c.attempts):
+            if prev is not None and prev.status == c.status and c.attempts in (0, prev.attempts):
                 continue  # already known (a resync read it)
             if c.status in WAITS or (prev is not None and prev.status in WAITS):
                 person = True

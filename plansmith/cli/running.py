@@ -168,6 +168,21 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Sta
                 out.snapshot(st)
                 since = st.seq
                 continue
+            unknown = [
+                c.step_id
+                for c in cv.changes
+                if c.status.terminal
+                and c.step_id not in out.started
+                and not any(
+                    b.step_id == c.step_id and b.status == StepStatus.RUNNING and b.at
+                    for b in cv.changes
+                )
+            ]
+            if unknown and st.steps_complete:
+                # steps that started and finished between two reads: their start is in
+                # the status (which lists every step of a plan up to 200 steps)
+                st = await plans.status(plan_id)
+                out.plan(st)
             person = False
             for c in cv.changes:
                 since = max(since, c.seq)

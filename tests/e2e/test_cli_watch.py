@@ -26,9 +26,12 @@ def clock(at: datetime) -> str:
 class ScriptedPlan:
     """A plan client whose plan moves one scripted step per read."""
 
-    def __init__(self, script: list[tuple[str, StepStatus, float]], old: bool = False):
+    def __init__(
+        self, script: list[tuple[str, StepStatus, float]], old: bool = False, per_read: int = 1
+    ):
         self.script = list(script)  # (step, new status, seconds after T0)
         self.old = old
+        self.per_read = per_read  # the plan moves this many changes between two reads
         self.log: list[StepChange] = []
         self.steps: dict[str, StepView] = {}
         for sid, _, _ in script:
@@ -95,13 +98,23 @@ class ScriptedPlan:
     async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
         if self.old:
             raise QueryUnsupported("changes")
-        self.tick()
+        for _ in range(self.per_read):
+            self.tick()
+        # as the workflow answers: a change the step has moved on from has no time and
+        # no attempts (it keeps only the step's current ones)
+        changes = [
+            c
+            if self.steps[c.step_id].status == c.status
+            else c.model_copy(update={"at": None, "attempts": 0})
+            for c in self.log
+            if c.seq > query.since
+        ]
         return ChangesView(
             plan_id="p",
             status=self.plan,
             seq=len(self.log),
             complete=query.since >= self.dropped,
-            changes=[c for c in self.log if c.seq > query.since],
+            changes=changes,
         )
 
     async def steps(self, plan_id: str, query: StepsQuery) -> Any:
@@ -152,3 +165,13 @@ async def test_a_watch_whose_changes_were_dropped_reads_the_status_again(
     assert "(changes were missed: reading the status again)" in out
     # the snapshot after it shows the step as the status has it; later changes follow
     assert re.search(r"▶ a +running", out) and re.search(r"✓ a +completed .* in 1\.50s", out)
+
+
+async def test_a_step_that_started_and_finished_between_two_reads_still_shows_its_duration(
+    capsys: pytest.CaptureFixture[str],
+):
+    plans = ScriptedPlan(SCRIPT, per_read=2)  # each step's start is gone when it is read
+    await watch(plans, "p", interval_s=0)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert re.search(r"✓ a +completed \(attempts: 1\) in 1\.50s", out), out
+    assert re.search(r"✗ b +failed \(attempts: 1\) in 4\.25s", out), out
