@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from plans import run_index as _run_index
 from plans.models import StepStatus
 from plans.run_state import PlanRun, SkipReason, audit, log
 from plans.scheduler import after_failure, mark_skipped, stop
@@ -40,7 +41,8 @@ def deadlines(run: PlanRun) -> list[Deadline]:
         at = _after(run.pause.since, opts.clarification_timeout_s)
         if at:
             out.append(Deadline(at=at, kind="pause_question", step_id=run.pause.step_id))
-    for sid, s in run.steps.items():
+    for sid in _run_index.of(run).waiting():
+        s = run.steps[sid]
         if s.status == StepStatus.WAITING_APPROVAL:
             at = _after(s.waiting_since, opts.step_approval_timeout_s)
             kind = "step_approval"

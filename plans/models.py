@@ -13,7 +13,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ID_RE = re.compile(ID_PATTERN)
@@ -157,10 +157,47 @@ class Plan(_Strict):
             raise ValueError(f"plan id {v!r} must match {ID_PATTERN}")
         return v
 
+    # Caches, never serialised and not part of equality. A plan in a run is replaced
+    # whole when it changes (corrections build a new Plan); assigning a field clears them,
+    # and each is also keyed by the identity of what it was computed from.
+    _by_id: dict[str, int] | None = PrivateAttr(default=None)
+    _by_id_key: tuple[int, int] | None = PrivateAttr(default=None)
+    _digest: str | None = PrivateAttr(default=None)
+    _digest_key: tuple[Any, ...] | None = PrivateAttr(default=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if not name.startswith("_"):
+            self._by_id = self._digest = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def positions(self) -> dict[str, int]:
+        """Each step id's index in ``steps`` (cached: O(1) per lookup)."""
+        key = (id(self.steps), len(self.steps))
+        by_id = self._by_id
+        if by_id is None or self._by_id_key != key:
+            by_id = {}
+            for i, s in enumerate(self.steps):
+                by_id.setdefault(s.id, i)
+            self._by_id, self._by_id_key = by_id, key
+        return by_id
+
     def step(self, step_id: str) -> Step:
-        for s in self.steps:
+        i = self.positions().get(step_id)
+        if i is not None:
+            s = self.steps[i]
             if s.id == step_id:
                 return s
+            self._by_id = None  # a step was replaced in place: look again
+            i = self.positions().get(step_id)
+            if i is not None:
+                return self.steps[i]
         raise KeyError(step_id)
 
     def step_map(self) -> dict[str, Step]:
@@ -172,9 +209,23 @@ class Plan(_Strict):
         Fields left at their defaults are not part of it, so a new optional field in a
         later release does not make every earlier approval look stale.
         """
+        key = (
+            id(self.steps),
+            len(self.steps),
+            id(self.options),
+            id(self.inputs),
+            self.id,
+            self.title,
+            self.description,
+            self.agent_id,
+        )
+        if self._digest is not None and self._digest_key == key:
+            return self._digest
         doc = self.model_dump(mode="json", exclude_defaults=True)
         body = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()[:16]
+        self._digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+        self._digest_key = key
+        return self._digest
 
     @property
     def workflow_id(self) -> str:

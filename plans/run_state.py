@@ -9,7 +9,7 @@ always passed in, so the same calls give the same state on replay.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
@@ -65,8 +65,25 @@ class _Compact(BaseModel):
         }
 
 
+# The fields of a step that its run's index (:mod:`plans.run_index`) follows, and who
+# follows each step: id(step) -> a callback (step, field, old value). Set by the index.
+WATCHED_STEP_FIELDS = frozenset({"status", "awaiting_decision", "skip_reason", "judge_gate"})
+STEP_WATCHERS: dict[int, Callable[[StepRun, str, Any], None]] = {}
+
+
 class StepRun(_Compact):
     _always: ClassVar[frozenset[str]] = frozenset({"status"})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in WATCHED_STEP_FIELDS:
+            super().__setattr__(name, value)
+            return
+        old = self.__dict__.get(name)
+        super().__setattr__(name, value)
+        if old != value:
+            watcher = STEP_WATCHERS.get(id(self))
+            if watcher is not None:
+                watcher(self, name, old)
 
     id: str
     status: StepStatus = StepStatus.PENDING
@@ -217,6 +234,12 @@ class PlanRun(BaseModel):
     audit_stored: int = 0  # absolute number of entries handed to the store so far
     audit_unrecorded: int = 0  # refused controls counted, not recorded (rate limit, cap)
     refused: dict[str, RefusedCount] = Field(default_factory=dict)  # this minute's counts
+    # step status changes numbered so far (the changes query; kept over continue-as-new)
+    change_seq: int = 0
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Its index follows every step change from now on (copies build theirs on use).
+        _run_index.of(self)
 
     @property
     def status(self) -> PlanStatus:
@@ -264,6 +287,7 @@ def new_run(
                 run.steps[step.id].change_diff = prev.change_diff
         else:
             run.steps[step.id] = StepRun(id=step.id)
+    _run_index.of(run)  # indexed with its steps: every change from here on is numbered
     return run
 
 
@@ -425,12 +449,12 @@ def derive_status(run: PlanRun) -> PlanStatus:
         if run.pause.question and not run.pause.answered:
             return PlanStatus.WAITING_CLARIFICATION
         return PlanStatus.PAUSED
-    states = [s for s in run.steps.values()]
-    if any(s.awaiting_decision for s in states):
+    idx = _run_index.of(run)
+    if idx.awaiting:
         return PlanStatus.WAITING_CORRECTION
-    if any(s.status == StepStatus.WAITING_CLARIFICATION for s in states):
+    if idx.by_status[StepStatus.WAITING_CLARIFICATION]:
         return PlanStatus.WAITING_CLARIFICATION
-    if any(s.status == StepStatus.WAITING_APPROVAL for s in states):
+    if idx.by_status[StepStatus.WAITING_APPROVAL]:
         return PlanStatus.WAITING_APPROVAL
     return PlanStatus.EXECUTING
 
@@ -446,3 +470,9 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
     if len(text) <= limit:
         return value
     return text[:limit] + f"... [truncated, {len(text)} chars]"
+
+
+# The index of a run (counts, waits, ready steps) imports this module; imported here, at
+# the end, so that either module may be imported first (and never inside a function: the
+# workflow sandbox would load a second copy of it with a second table of indexes).
+import plans.run_index as _run_index  # noqa: E402

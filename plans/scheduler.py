@@ -9,11 +9,14 @@ Pure code: ``now`` is always passed in.
 
 from __future__ import annotations
 
+import heapq
 from datetime import datetime
 from typing import Any
 
 from plans.expressions import evaluate_condition
 from plans.models import OnError, PlanStatus, Step, StepKind, StepStatus
+from plans.run_index import RunIndex, dependency_state
+from plans.run_index import of as index_of
 from plans.run_state import PlanRun, SkipReason, StepRun, log, preview
 
 
@@ -46,26 +49,7 @@ def context(run: PlanRun, step_id: str | None = None) -> dict[str, Any]:
     }
 
 
-def _dependency_state(run: PlanRun, step: Step) -> tuple[str, str | None]:
-    """'wait' | 'blocked' | 'inactive' | 'ok', and which dependency decided it."""
-    inactive = 0
-    for dep in step.depends_on:
-        d = run.steps[dep]
-        if d.status == StepStatus.COMPLETED:
-            continue
-        if d.status == StepStatus.SKIPPED and d.skip_reason == SkipReason.OPERATOR:
-            continue
-        if d.status == StepStatus.SKIPPED and d.skip_reason == SkipReason.CONDITION:
-            inactive += 1
-            continue
-        if d.status in (StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED):
-            if d.awaiting_decision:
-                return "wait", dep
-            return "blocked", dep
-        return "wait", dep
-    if step.depends_on and inactive == len(step.depends_on):
-        return "inactive", step.depends_on[0]
-    return "ok", None
+_dependency_state = dependency_state
 
 
 def mark_skipped(run: PlanRun, sid: str, reason: SkipReason, detail: str, now: datetime) -> None:
@@ -94,7 +78,126 @@ def _stop_step(run: PlanRun, sid: str, now: datetime) -> None:
 
 
 def running_steps(run: PlanRun) -> list[str]:
-    return [sid for sid, s in run.steps.items() if s.status == StepStatus.RUNNING]
+    idx = index_of(run)
+    return idx.in_order(idx.by_status[StepStatus.RUNNING])
+
+
+def _visit(run: PlanRun, step: Step, now: datetime) -> bool:
+    """One step's turn in a pass of :func:`advance`: True when it changed the run."""
+    changed = False
+    s = run.steps[step.id]
+    if run.stopping and s.awaiting_decision:
+        s.awaiting_decision = False  # a stopped plan asks nobody for a correction
+        changed = True
+    waiting = s.status in (StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION)
+    if run.stopping and (
+        waiting
+        or (s.status == StepStatus.PENDING and not index_of(run).by_status[StepStatus.RUNNING])
+    ):
+        # Nobody is asked anything once the plan stops; pending steps end once
+        # the running ones have finished.
+        _stop_step(run, step.id, now)
+        return True
+    if s.status != StepStatus.PENDING:
+        return changed
+    if s.judge_gate is not None and _pass_judge_gate(run, step.id, now):
+        return True
+    state, dep = _dependency_state(run, step)
+    if state == "wait":
+        return changed
+    if state == "blocked":
+        d = run.steps[dep or ""]
+        mark_skipped(
+            run,
+            step.id,
+            SkipReason.UPSTREAM,
+            f"dependency {dep} ended {d.status.value}",
+            now,
+        )
+        return True
+    if state == "inactive":
+        mark_skipped(
+            run,
+            step.id,
+            SkipReason.CONDITION,
+            f"branch not taken (dependency {dep} was skipped)",
+            now,
+        )
+        return True
+    not_taken = _branch_not_taken(run, step.id)
+    if not_taken:
+        mark_skipped(run, step.id, SkipReason.CONDITION, not_taken, now)
+        return True
+    if step.when is not None:
+        try:
+            ok = evaluate_condition(step.when, context(run, step.id))
+        except Exception as e:  # any evaluation failure fails the step, never the workflow
+            s.status = StepStatus.FAILED
+            s.error = f"condition could not be evaluated: step {step.id!r}, when: {e}"
+            s.completed_at = now
+            after_failure(run, step.id, now)
+            return True
+        if not ok:
+            mark_skipped(
+                run, step.id, SkipReason.CONDITION, f"condition is false: {step.when}", now
+            )
+            return True
+    if run.stopping:
+        return changed  # running steps are finishing; the rest is skipped after them
+    if step.requires_clarification and not s.answered:
+        s.status = StepStatus.WAITING_CLARIFICATION
+        s.waiting_since = now
+        log(
+            run,
+            now,
+            f"step {step.id} waits for an answer: {step.clarification_question}",
+            "info",
+            step.id,
+        )
+        return True
+    if _gated(step, s):
+        s.status = StepStatus.WAITING_APPROVAL
+        s.waiting_since = now
+        why = f" ({s.change_gate or s.policy_gate})" if s.change_gate or s.policy_gate else ""
+        log(run, now, f"step {step.id} waits for approval{why}", "info", step.id)
+        return True
+    if step.kind == StepKind.APPROVAL:
+        s.status = StepStatus.COMPLETED
+        s.output = {"approved_by": s.gate_approved_by}
+        s.completed_at = now
+        return True
+    return changed
+
+
+def _pass(run: PlanRun, idx: RunIndex, now: datetime) -> bool:
+    """One pass over the steps in plan order, as a full pass would make it, visiting only
+    the ready steps (and those that become ready further on during the pass). Once the
+    plan is stopping, the rest of the pass visits every step."""
+    plan = run.plan
+    pos = idx.structure.pos
+    idx.take_fresh()
+    heap = [pos[sid] for sid in idx.ready if sid in pos]
+    heapq.heapify(heap)
+    changed = False
+    last = -1
+    while True:
+        if run.stopping:
+            for step in plan.steps[last + 1 :]:
+                changed = _visit(run, step, now) or changed
+            return changed
+        while heap and heap[0] <= last:
+            heapq.heappop(heap)
+        if not heap:
+            return changed
+        last = heapq.heappop(heap)
+        changed = _visit(run, plan.steps[last], now) or changed
+        idx = index_of(run)
+        if idx.plan is not plan:
+            return True  # the plan changed under the pass: start over
+        for sid in idx.take_fresh():
+            p = pos.get(sid)
+            if p is not None and p > last:
+                heapq.heappush(heap, p)
 
 
 def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
@@ -107,110 +210,20 @@ def advance(run: PlanRun, now: datetime, may_start: bool = True) -> list[str]:
     if run.started_at is None:
         run.started_at = now
         log(run, now, "plan execution started")
+    idx = index_of(run)
     changed = True
     while changed:
-        changed = False
-        for step in run.plan.steps:
-            s = run.steps[step.id]
-            if run.stopping and s.awaiting_decision:
-                s.awaiting_decision = False  # a stopped plan asks nobody for a correction
-                changed = True
-            waiting = s.status in (StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION)
-            if run.stopping and (
-                waiting or (s.status == StepStatus.PENDING and not running_steps(run))
-            ):
-                # Nobody is asked anything once the plan stops; pending steps end once
-                # the running ones have finished.
-                _stop_step(run, step.id, now)
-                changed = True
-                continue
-            if s.status != StepStatus.PENDING:
-                continue
-            if s.judge_gate is not None and _pass_judge_gate(run, step.id, now):
-                changed = True
-                continue
-            state, dep = _dependency_state(run, step)
-            if state == "wait":
-                continue
-            if state == "blocked":
-                d = run.steps[dep or ""]
-                mark_skipped(
-                    run,
-                    step.id,
-                    SkipReason.UPSTREAM,
-                    f"dependency {dep} ended {d.status.value}",
-                    now,
-                )
-                changed = True
-                continue
-            if state == "inactive":
-                mark_skipped(
-                    run,
-                    step.id,
-                    SkipReason.CONDITION,
-                    f"branch not taken (dependency {dep} was skipped)",
-                    now,
-                )
-                changed = True
-                continue
-            not_taken = _branch_not_taken(run, step.id)
-            if not_taken:
-                mark_skipped(run, step.id, SkipReason.CONDITION, not_taken, now)
-                changed = True
-                continue
-            if step.when is not None:
-                try:
-                    ok = evaluate_condition(step.when, context(run, step.id))
-                except Exception as e:  # any evaluation failure fails the step, never the workflow
-                    s.status = StepStatus.FAILED
-                    s.error = f"condition could not be evaluated: step {step.id!r}, when: {e}"
-                    s.completed_at = now
-                    after_failure(run, step.id, now)
-                    changed = True
-                    continue
-                if not ok:
-                    mark_skipped(
-                        run, step.id, SkipReason.CONDITION, f"condition is false: {step.when}", now
-                    )
-                    changed = True
-                    continue
-            if run.stopping:
-                continue  # running steps are finishing; the rest is skipped after them
-            if step.requires_clarification and not s.answered:
-                s.status = StepStatus.WAITING_CLARIFICATION
-                s.waiting_since = now
-                log(
-                    run,
-                    now,
-                    f"step {step.id} waits for an answer: {step.clarification_question}",
-                    "info",
-                    step.id,
-                )
-                changed = True
-                continue
-            if _gated(step, s):
-                s.status = StepStatus.WAITING_APPROVAL
-                s.waiting_since = now
-                why = (
-                    f" ({s.change_gate or s.policy_gate})" if s.change_gate or s.policy_gate else ""
-                )
-                log(run, now, f"step {step.id} waits for approval{why}", "info", step.id)
-                changed = True
-                continue
-            if step.kind == StepKind.APPROVAL:
-                s.status = StepStatus.COMPLETED
-                s.output = {"approved_by": s.gate_approved_by}
-                s.completed_at = now
-                changed = True
-                continue
+        changed = _pass(run, idx, now)
 
     if run.stopping or run.pause is not None or not may_start:
         return []
-    capacity = run.plan.options.parallel_limit - len(running_steps(run))
+    idx = index_of(run)
+    capacity = run.plan.options.parallel_limit - len(idx.by_status[StepStatus.RUNNING])
     started: list[str] = []
-    for step in run.plan.steps:
+    for sid in idx.in_order(idx.ready) if capacity > 0 else ():
         if capacity <= 0:
             break
+        step = run.plan.step(sid)
         s = run.steps[step.id]
         if s.status != StepStatus.PENDING or _dependency_state(run, step)[0] != "ok":
             continue
@@ -296,18 +309,12 @@ def _pass_judge_gate(run: PlanRun, sid: str, now: datetime) -> bool:
 
 def _branch_not_taken(run: PlanRun, sid: str) -> str | None:
     """Why ``sid`` is on a branch a decision did not choose (None: it is not)."""
-    for step in run.plan.steps:
-        branches = step.params.get("branches") if step.kind == StepKind.DECISION else None
-        if not isinstance(branches, dict):
-            continue
-        labels = [label for label, members in branches.items() if sid in (members or [])]
-        if not labels:
-            continue
-        d = run.steps[step.id]
+    for decision, labels in index_of(run).structure.branches.get(sid, ()):
+        d = run.steps[decision]
         choice = d.output.get("choice") if isinstance(d.output, dict) else None
         if d.status == StepStatus.COMPLETED and choice not in labels:
             named = " or ".join(repr(label) for label in labels)
-            return f"branch {named} not taken: {step.id} chose {choice!r}"
+            return f"branch {named} not taken: {decision} chose {choice!r}"
     return None
 
 
@@ -410,7 +417,7 @@ def is_finished(run: PlanRun) -> bool:
         return True
     if run.approval is None:
         return False
-    return all(s.status.terminal and not s.awaiting_decision for s in run.steps.values())
+    return index_of(run).finished()
 
 
 def finish(run: PlanRun, now: datetime) -> PlanStatus:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from plans.models import Plan, PlanStatus, StepStatus
+from plans.models import Plan, PlanStatus, Step, StepStatus
 from plans.policy import ApprovalDecision
+from plans.run_index import Change, of
 from plans.run_state import (
     AuditEntry,
     LogEntry,
@@ -199,7 +201,8 @@ def waits(run: PlanRun) -> list[WaitingFor]:
                 ),
             )
         )
-    for sid, s in run.steps.items():
+    for sid in of(run).waiting():
+        s = run.steps[sid]
         step = run.plan.step(sid)
         if s.awaiting_decision:
             who = "an operator: apply_correction + retry_step, skip_step or cancel"
@@ -254,33 +257,71 @@ def waits(run: PlanRun) -> list[WaitingFor]:
 def progress(run: PlanRun) -> float:
     if not run.steps:
         return 1.0
-    done = sum(1 for s in run.steps.values() if s.status.terminal)
-    return round(done / len(run.steps), 4)
+    return round(of(run).terminal() / len(run.steps), 4)
+
+
+FULL_STATUS_STEPS = 200  # plans up to this size list every step in status
+RECENT_CHANGES = 20  # the step changes status shows
+
+
+def step_view(run: PlanRun, step: Step) -> StepView:
+    s = run.steps[step.id]
+    return StepView(
+        id=step.id,
+        kind=step.kind.value,
+        description=step.description,
+        depends_on=step.depends_on,
+        status=s.status,
+        attempts=s.attempts,
+        version=s.version,
+        started_at=s.started_at,
+        completed_at=s.completed_at,
+        error=s.error,
+        output=preview(s.output),
+        skip_reason=s.skip_reason.value if s.skip_reason else None,
+        skip_detail=s.skip_detail,
+        calls=s.calls,
+    )
+
+
+def _change(run: PlanRun, c: Change) -> StepChange:
+    """A journal entry as the queries show it; the step's time, attempts and error are
+    its current ones while it still is in that status."""
+    s = run.steps.get(c.step_id)
+    current = s is not None and s.status == c.status
+    at = None
+    if s is not None and current:
+        if c.status == StepStatus.RUNNING:
+            at = s.started_at
+        elif c.status in (StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION):
+            at = s.waiting_since
+        elif c.status.terminal:
+            at = s.completed_at
+    return StepChange(
+        seq=c.seq,
+        step_id=c.step_id,
+        status=c.status,
+        at=at,
+        attempts=s.attempts if s is not None and current else 0,
+        error=s.error if s is not None and current else None,
+    )
+
+
+def recent_changes(run: PlanRun, n: int = RECENT_CHANGES) -> list[StepChange]:
+    journal = of(run).journal
+    return [_change(run, c) for c in islice(journal, max(0, len(journal) - n), None)]
 
 
 def status_view(run: PlanRun) -> StatusView:
+    """The plan's status: O(active steps), except plans of up to FULL_STATUS_STEPS steps,
+    which list every step (as they always did)."""
     pending = waits(run)
-    steps = []
-    for step in run.plan.steps:
-        s = run.steps[step.id]
-        steps.append(
-            StepView(
-                id=step.id,
-                kind=step.kind.value,
-                description=step.description,
-                depends_on=step.depends_on,
-                status=s.status,
-                attempts=s.attempts,
-                version=s.version,
-                started_at=s.started_at,
-                completed_at=s.completed_at,
-                error=s.error,
-                output=preview(s.output),
-                skip_reason=s.skip_reason.value if s.skip_reason else None,
-                skip_detail=s.skip_detail,
-                calls=s.calls,
-            )
-        )
+    idx = of(run)
+    complete = len(run.plan.steps) <= FULL_STATUS_STEPS
+    if complete:
+        steps = [step_view(run, step) for step in run.plan.steps]
+    else:
+        steps = [step_view(run, run.plan.step(sid)) for sid in idx.active()]
     return StatusView(
         plan_id=run.plan.id or "",
         title=run.plan.title,
@@ -304,8 +345,56 @@ def status_view(run: PlanRun) -> StatusView:
         started_at=run.started_at,
         finished_at=run.finished_at,
         steps=steps,
+        total_steps=len(run.plan.steps),
+        counts=idx.counts(),
+        running=idx.in_order(idx.by_status[StepStatus.RUNNING]),
+        failed=idx.in_order(idx.by_status[StepStatus.FAILED]),
+        recent=recent_changes(run),
+        seq=run.change_seq,
+        steps_complete=complete,
         audit_unrecorded=run.audit_unrecorded,
         audit_note=audit_note(run),
+    )
+
+
+def steps_page(run: PlanRun, query: StepsQuery) -> StepsPage:
+    """One page of the steps in plan order (those in ``query.status`` only, if given)."""
+    end = query.offset + query.limit
+    if query.status is None:
+        chosen = run.plan.steps[query.offset : end]
+        total = len(run.plan.steps)
+    else:
+        idx = of(run)
+        matching = idx.by_status[query.status]
+        total = len(matching)
+        if total * 4 > len(run.plan.steps):  # most steps: walk the plan, no sort
+            ids = [s.id for s in run.plan.steps if s.id in matching][query.offset : end]
+        else:
+            ids = idx.in_order(matching)[query.offset : end]
+        chosen = [run.plan.step(sid) for sid in ids]
+    return StepsPage(
+        plan_id=run.plan.id or "",
+        total=total,
+        offset=query.offset,
+        limit=query.limit,
+        steps=[step_view(run, step) for step in chosen],
+    )
+
+
+def changes_view(run: PlanRun, query: ChangesQuery) -> ChangesView:
+    """The step changes numbered after ``query.since`` (up to ``query.limit``); not
+    complete when the journal no longer holds the first of them (it keeps the newest
+    MAX_JOURNAL, and starts empty in a run continued as new)."""
+    journal = of(run).journal
+    first = journal[0].seq if journal else run.change_seq + 1
+    complete = query.since >= first - 1
+    skip = max(0, query.since + 1 - first)
+    return ChangesView(
+        plan_id=run.plan.id or "",
+        status=derive_status(run),
+        seq=run.change_seq,
+        complete=complete,
+        changes=[_change(run, c) for c in islice(journal, skip, skip + query.limit)],
     )
 
 
@@ -359,9 +448,7 @@ def plan_view(run: PlanRun) -> PlanView:
 
 def summary_line(run: PlanRun) -> str:
     """One line for the Web UI's current details."""
-    counts: dict[str, int] = {}
-    for s in run.steps.values():
-        counts[s.status.value] = counts.get(s.status.value, 0) + 1
+    counts = of(run).counts()
     parts = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     pending = waits(run)
     wait = (

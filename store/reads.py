@@ -4,6 +4,7 @@ once its workflow is gone from Temporal."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from sqlmodel import Session, col, select
@@ -205,6 +206,12 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         started_at=run.started_at,
         finished_at=run.finished_at,
         steps=steps,
+        # every step is listed (steps_complete); the counts follow from them (the store
+        # keeps no change journal: seq and recent stay empty)
+        total_steps=len(steps),
+        counts=dict(Counter(s.status.value for s in steps)),
+        running=[s.id for s in steps if s.status == StepStatus.RUNNING],
+        failed=[s.id for s in steps if s.status == StepStatus.FAILED],
     )
 
 

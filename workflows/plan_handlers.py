@@ -36,14 +36,20 @@ with workflow.unsafe.imports_passed_through():
     from plans.models import ToolSpec
     from plans.run_state import AuditEntry, LogEntry, PlanRun, Refused
     from plans.views import (
+        ChangesQuery,
+        ChangesView,
         ExecutionState,
         LogsQuery,
         PlanView,
         StatusView,
+        StepsPage,
+        StepsQuery,
+        changes_view,
         execution_state,
         logs_view,
         plan_view,
         status_view,
+        steps_page,
     )
 
 
@@ -276,6 +282,17 @@ class PlanHandlers:
     @workflow.query(name="status")
     def status(self) -> StatusView:
         return status_view(self._run)
+
+    @workflow.query(name="steps")
+    def steps(self, query: StepsQuery | None = None) -> StepsPage:
+        """One page of the steps in plan order, those in one status if asked (O(page))."""
+        return steps_page(self._run, query or StepsQuery())
+
+    @workflow.query(name="changes")
+    def changes(self, query: ChangesQuery | None = None) -> ChangesView:
+        """The step changes numbered after ``since``: what a watcher missed since it last
+        looked (``complete`` false: they are gone from the journal; read status again)."""
+        return changes_view(self._run, query or ChangesQuery())
 
     @workflow.query(name="execution_state")
     def execution_state(self) -> ExecutionState:

@@ -24,6 +24,7 @@ class PlanPublisher:
         self._run = run
         self._input = inp
         self._published: tuple[str, str] | None = None
+        self._details: str | None = None  # the current details last set
         self.cursor = inp.snapshot_cursor or SnapshotCursor()  # what the store already has
         self._persister: asyncio.Task[None] | None = None
         self._persister_pausing = False
@@ -40,7 +41,10 @@ class PlanPublisher:
             workflow.upsert_search_attributes(
                 [PLAN_STATUS.value_set(status), WAITING_FOR.value_set(waiting)]
             )
-        workflow.set_current_details(summary_line(run))
+        details = summary_line(run)
+        if details != self._details:
+            self._details = details
+            workflow.set_current_details(details)
         if run.audit_limits and not self._input.persist:  # no store: nothing to wait for
             run.audit_stored = max(run.audit_total, len(run.audit))
             trim_audit(run)

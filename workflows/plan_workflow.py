@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
     from contracts.secrets import CHECK_SECRETS, SecretCheck
     from contracts.tools import catalog
-    from plans import approval_gate, deadlines, run_state, scheduler
+    from plans import approval_gate, deadlines, run_index, run_state, scheduler
     from plans.models import PlanStatus, StepKind
     from plans.policy import ApprovalDecision, decide_as_new_agent, decide_without_trust
     from plans.run_state import Approval, PlanRun
@@ -96,6 +96,9 @@ class PlanWorkflow(PlanHandlers):
             self._changed,
         )
         self._publisher = PlanPublisher(self._run, inp)
+        # the run's index (counts, waits, ready steps, the change journal) follows every
+        # step change from here on, queried or not, so change numbers replay the same
+        run_index.of(self._run)
 
     def _take_prior_approval(self, approval: Approval) -> None:
         """A person approved the plan before it ran (a draft): it runs without asking

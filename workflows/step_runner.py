@@ -35,7 +35,7 @@ from workflows.step_policy import (
 with workflow.unsafe.imports_passed_through():
     from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask, request_digest, request_key
     from plans import run_state, scheduler
-    from plans.expressions import render
+    from plans.expressions import iter_templates, render
     from plans.models import StepKind, ToolSpec
     from plans.run_state import PlanRun
     from plans.secrets import secret_paths
@@ -106,7 +106,10 @@ class StepRunner:
         state = run.steps[sid]
         opts = run.plan.options
         try:
-            ctx = scheduler.context(run, sid)
+            # the context holds every step's output: built only when something reads it
+            # (a template in the params, a validation step), not for every step
+            reads = step.kind == StepKind.VALIDATION or next(iter_templates(step.params), None)
+            ctx = scheduler.context(run, sid) if reads else {}
             params = render(step.params, ctx)
             if self._keys_from_requests():
                 key = request_key(run.plan.id or "", sid, step.kind, step.tool, params)

@@ -17,7 +17,16 @@ from temporalio.exceptions import CancelledError
 from plans.controls import ApproveInput, CancelInput, ControlResult
 from plans.models import PlanStatus
 from plans.run_state import AuditEntry, LogEntry
-from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
+from plans.views import (
+    ChangesQuery,
+    ChangesView,
+    ExecutionState,
+    LogsQuery,
+    PlanView,
+    StatusView,
+    StepsPage,
+    StepsQuery,
+)
 from tests.helpers import make_plan, start, status, wait_for
 from tests.tools_for_tests import CALLS
 from workflows.plan_workflow import PlanWorkflow
@@ -454,6 +463,44 @@ async def test_queries_status_plan_logs_audit_execution_state(client, worker, ta
     assert len(logs) == 3 and logs[-1].message.startswith("plan ended completed")
     audit = await handle.query("audit", result_type=list[AuditEntry])
     assert audit[-1].by == "ann" and audit[-1].action == "approve" and audit[-1].version == 1
+
+
+async def test_steps_and_changes_queries_page_a_big_plan_and_number_its_changes(
+    client, worker, task_queue
+):
+    steps = [{"id": "gate", "tool": "count", "params": {"key": key()}, "requires_approval": True}]
+    steps += [
+        {"id": f"s{i:03d}", "tool": "count", "params": {"key": key()}, "depends_on": ["gate"]}
+        for i in range(250)
+    ]
+    plan = make_plan(steps, max_parallel_steps=50)
+    handle = await start(client, plan, task_queue)
+    st = await wait_for(handle, lambda s: s.status == "waiting_approval")
+    # over 200 steps: status lists only what is active, and counts the rest
+    assert not st.steps_complete and st.total_steps == 251
+    assert [s.id for s in st.steps] == ["gate"] and st.waiting_for.step_id == "gate"
+    assert st.counts == {"waiting_approval": 1, "pending": 250}
+    page = await handle.query(
+        "steps", StepsQuery(status="pending", offset=100, limit=3), result_type=StepsPage
+    )
+    assert page.total == 250 and [s.id for s in page.steps] == ["s100", "s101", "s102"]
+    before = await handle.query("changes", ChangesQuery(since=0), result_type=ChangesView)
+    assert before.complete and [(c.step_id, c.status) for c in before.changes] == [
+        ("gate", "waiting_approval")
+    ]
+    await handle.execute_update("approve_step", {"by": "ann", "step_id": "gate"})
+    assert (await handle.result()).status == "completed"
+    after = await handle.query("changes", ChangesQuery(since=before.seq), result_type=ChangesView)
+    assert after.complete and after.seq == before.seq + len(after.changes)
+    done = [c.step_id for c in after.changes if c.status == "completed"]
+    assert sorted(done) == ["gate"] + [f"s{i:03d}" for i in range(250)]
+    st = await status(handle)
+    assert st.counts == {"completed": 251} and st.steps == [] and st.seq == after.seq
+    assert [c.seq for c in st.recent] == list(range(after.seq - 19, after.seq + 1))
+    done_page = await handle.query(
+        "steps", StepsQuery(status="completed", offset=250, limit=10), result_type=StepsPage
+    )
+    assert done_page.total == 251 and [s.id for s in done_page.steps] == ["s249"]
 
 
 async def test_search_attributes_show_plans_waiting_for_a_person(client, worker, task_queue):
