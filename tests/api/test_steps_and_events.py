@@ -426,3 +426,23 @@ async def test_two_event_streams_of_a_plan_get_the_same_events_from_one_feed(
     assert {e["id"].split(":")[0] for e in a + b} == {a[0]["id"].split(":")[0]}  # one feed
     seen_b = [e["data"]["status"] for e in a if e.get("data", {}).get("step_id") == "b"]
     assert seen_b[-1] == "completed"
+
+
+async def test_the_event_stream_reads_the_workflows_changes_numbered_by_seq(
+    http: httpx.AsyncClient, app: FastAPI
+):
+    plan_id = await create_and_execute(
+        http, plan_doc([wait_step("a", 0.2), wait_step("b", 0.2, ["a"]), wait_step("c", 0, ["b"])])
+    )
+    r = await http.get(f"/api/plans/{plan_id}/events")
+    events = parse_sse(r.text)
+    assert events[-1]["event"] == "end" and events[-1]["data"]["status"] == "completed"
+    feed = app.state.services.hub.feeds.get(plan_id)
+    assert feed is None or feed.mode == "changes"
+    changes = [e["data"] for e in events if e["event"] == "step" and e["data"]["seq"]]
+    seqs = [c["seq"] for c in changes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
+    # every step's completion arrives, numbered by the workflow
+    assert {c["step_id"] for c in changes if c["status"] == "completed"} == {"a", "b", "c"}
+    page = (await http.get(f"/api/plans/{plan_id}/steps", params={"status": "completed"})).json()
+    assert page["total"] == 3
