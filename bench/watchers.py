@@ -122,6 +122,10 @@ async def sse_client(base: str, plan_id: str, out: Watched) -> None:
             httpx.AsyncClient(base_url=base, headers=JSON, timeout=None) as http,
             http.stream("GET", f"/api/plans/{plan_id}/events") as resp,
         ):
+            if resp.status_code != 200:
+                body = (await resp.aread()).decode(errors="replace")[:200]
+                out.sse_errors.append(f"HTTP {resp.status_code}: {body}")
+                return
             buffer = ""
             async for chunk in resp.aiter_text():
                 buffer += chunk
@@ -140,6 +144,8 @@ async def sse_client(base: str, plan_id: str, out: Watched) -> None:
                             completed.add(sid)
                             done_at = datetime.fromisoformat(data["completed_at"])
                             out.lags.append((now - done_at).total_seconds())
+                    if event == "error" and data:
+                        out.sse_errors.append(f"error event: {data.get('detail')}")
                     if event in ("end", "error"):
                         return
     except Exception as e:
