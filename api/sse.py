@@ -500,12 +500,16 @@ class Feed:
                     if final is not None:
                         yield encode(self.event_id(final.seq), final.kind, final.data)
                         return
-                pending = [e for e in self.journal if e.seq > after]
-                for ev in pending:
-                    yield encode(self.event_id(ev.seq), ev.kind, ev.data)
+                # every event waiting is sent in one write (a fast plan makes many)
+                batch: list[bytes] = []
+                for ev in [e for e in self.journal if e.seq > after]:
+                    batch.append(encode(self.event_id(ev.seq), ev.kind, ev.data))
                     after = ev.seq
                     if ev.kind in ("end", "error"):
+                        yield b"".join(batch)
                         return
+                if batch:
+                    yield b"".join(batch)
                 if self.closed and self.final is not None and after >= self.final.seq:
                     return
                 try:
