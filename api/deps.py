@@ -7,13 +7,14 @@ settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import AGENT_OWN_CONTROLS, ApiKeys, Principal, bearer_scheme, header_scheme
+from api.coalesce import SingleFlight
 from api.drafts import DraftStore
 from api.errors import invalid, unauthorized
 from api.logs import actor_var, plan_id_var, step_id_var
@@ -22,6 +23,7 @@ from api.store_reads import PlanStore
 from config import ApiSettings, Settings
 from plans.models import ID_PATTERN
 from plans.validation import Problem
+from plans.views import StatusView
 from workflows.client import PlanClient
 
 
@@ -34,6 +36,13 @@ class ApiServices:
     drafts: DraftStore
     hub: EventHub
     store: PlanStore
+    # concurrent status reads of one plan share one workflow query (the API's and the
+    # event feeds')
+    status_reads: SingleFlight[StatusView] = field(default_factory=SingleFlight)
+
+    async def status(self, plan_id: str) -> StatusView:
+        """The workflow's status query, shared by the concurrent callers of one plan."""
+        return await self.status_reads.run(plan_id, lambda: self.temporal.status(plan_id))
 
 
 def get_services(request: Request) -> ApiServices:

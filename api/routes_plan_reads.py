@@ -15,6 +15,7 @@ from api.deps import (
     GatewayDep,
     HubDep,
     PlanIdDep,
+    ServicesDep,
     StoreDep,
     get_principal,
     reject_unknown_query,
@@ -28,18 +29,23 @@ from api.schemas import (
 )
 from api.sse import EventsDoc
 from api.store_reads import temporal_or_store, unless_store_down
-from plans.models import ID_PATTERN
+from plans.models import ID_PATTERN, StepStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import (
+    ChangesQuery,
+    ChangesView,
     ExecutionState,
     LogsQuery,
     StatusView,
+    StepsPage,
+    StepsQuery,
     audit_view,
     execution_state,
     logs_view,
     plan_view,
     status_view,
 )
+from workflows.client import page_of
 
 reads = APIRouter(
     prefix="/plans",
@@ -60,12 +66,45 @@ READ = responses(401, 404, 422, 502, 503)
     responses=READ,
 )
 async def get_status(
-    plan_id: PlanIdDep, gateway: GatewayDep, drafts: DraftsDep, store: StoreDep
+    plan_id: PlanIdDep, services: ServicesDep, drafts: DraftsDep, store: StoreDep
 ) -> StatusView:
     run = await unless_store_down(draft_run(drafts, plan_id))
     if run is not None:
         return status_view(run)
-    return await temporal_or_store(lambda: gateway.status(plan_id), lambda: store.status(plan_id))
+    # concurrent requests of one plan share one status query
+    return await temporal_or_store(lambda: services.status(plan_id), lambda: store.status(plan_id))
+
+
+@reads.get(
+    "/{plan_id}/steps",
+    response_model=StepsPage,
+    summary="One page of the plan's steps, in plan order, optionally of one status",
+    description="The steps query: `status` keeps the steps of that status, `offset` skips "
+    "that many, `limit` (1-1000, default 100) bounds the page; `total` counts the matching "
+    "steps on all pages. The status of a plan over 200 steps lists only its active steps: "
+    "page through all of them here. A plan that ended is answered from the store.",
+    responses=READ,
+)
+async def get_steps(
+    plan_id: PlanIdDep,
+    gateway: GatewayDep,
+    drafts: DraftsDep,
+    store: StoreDep,
+    status: Annotated[StepStatus | None, Query(description="only steps of this status")] = None,
+    offset: Annotated[int, Query(ge=0, description="steps to skip")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="steps per page")] = 100,
+) -> StepsPage:
+    query = StepsQuery(status=status, offset=offset, limit=limit)
+    run = await unless_store_down(draft_run(drafts, plan_id))
+    if run is not None:
+        return page_of(status_view(run), query)
+    # An ended plan's steps are in the store: no replay of its whole history by a worker.
+    ended = await unless_store_down(store.steps(plan_id, query, ended_only=True))
+    if ended is not None:
+        return ended
+    return await temporal_or_store(
+        lambda: gateway.steps(plan_id, query), lambda: store.steps(plan_id, query)
+    )
 
 
 @reads.get(
@@ -154,12 +193,15 @@ async def get_versions(
     response_class=StreamingResponse,
     response_model=None,
     summary="Server-sent events: every plan and step change until the plan ends",
-    description="`text/event-stream` with events `plan`, `step`, `end` and `error`; the data "
-    "of each is a JSON object (schema `EventsDoc` under `x-event`). A new watcher first gets a "
-    "snapshot (a `plan` event and a `step` event per step), then every change the server "
-    "sees (it polls the status query every 0.25 s, so a client never polls). Ids are "
+    description="`text/event-stream` with events `plan`, `step`, `resync`, `end` and `error`; "
+    "the data of each is a JSON object (schema `EventsDoc` under `x-event`). A new watcher "
+    "first gets a snapshot (a `plan` event and a `step` event per step), then every change "
+    "the server sees: one reader per plan and API process, shared by all its watchers, reads "
+    "the workflow's `changes` query every 0.25 s (the `status` query from older workers), so "
+    "a client never polls. `step` events carry `seq`, the workflow's change number. Ids are "
     "`<feed>:<n>`, n growing by one; reconnect with `Last-Event-ID` to get exactly the events "
-    "after it (or a fresh snapshot if they are gone). The stream ends after `end` (the plan "
+    "after it; if they are gone, a `resync` event (drop what you knew) and a fresh snapshot "
+    "(an id of another process: the snapshot). The stream ends after `end` (the plan "
     "reached a final status) or `error`; reconnecting after `end` answers 204. Close the "
     "EventSource on `end`. With API keys, send the key in a header (a browser EventSource "
     "cannot: use a fetch-based client).",
@@ -181,7 +223,7 @@ async def get_versions(
 )
 async def get_events(
     plan_id: PlanIdDep,
-    gateway: GatewayDep,
+    services: ServicesDep,
     drafts: DraftsDep,
     hub: HubDep,
     last_event_id: Annotated[
@@ -191,10 +233,18 @@ async def get_events(
 ) -> Response:
     await unless_store_down(refuse_draft(drafts, plan_id, "events"))
 
-    async def fetch() -> StatusView:
-        return await gateway.status(plan_id)
+    gateway = services.temporal
 
-    feed = await hub.open(plan_id, fetch)
+    async def fetch() -> StatusView:
+        return await services.status(plan_id)
+
+    async def changes(since: int) -> ChangesView:
+        return await gateway.changes(plan_id, ChangesQuery(since=since))
+
+    async def steps(query: StepsQuery) -> StepsPage:
+        return await gateway.steps(plan_id, query)
+
+    feed = await hub.open(plan_id, fetch, changes, steps)
     if feed.finished_for(last_event_id):
         return Response(status_code=204)
     return StreamingResponse(

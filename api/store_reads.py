@@ -27,10 +27,11 @@ from sqlmodel import Session
 from api.errors import ApiError, api_error_of, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
-from plans.views import ExecutionState, LogsQuery, StatusView
+from plans.views import ExecutionState, LogsQuery, StatusView, StepsPage, StepsQuery
 from store import knowledge, reads
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
+from workflows.client import page_of
 from workflows.errors import PlanNotFound, TemporalUnavailable
 
 T = TypeVar("T")
@@ -167,6 +168,22 @@ class PlanStore:
 
     async def status(self, plan_id: str) -> StatusView | None:
         return await self._read(lambda s: reads.get_status(s, plan_id))
+
+    async def steps(
+        self, plan_id: str, query: StepsQuery, ended_only: bool = False
+    ) -> StepsPage | None:
+        """A page of the steps of the plan's newest recorded run; with ``ended_only``,
+        None unless that run ended (one row read for a plan still running)."""
+
+        def read(s: Session) -> StepsPage | None:
+            if ended_only:
+                status = reads.get_run_status(s, plan_id)
+                if status is None or not status.terminal:
+                    return None
+            view = reads.get_status(s, plan_id)
+            return page_of(view, query) if view is not None else None
+
+        return await self._read(read)
 
     async def execution_state(self, plan_id: str) -> ExecutionState | None:
         view = await self.status(plan_id)

@@ -133,6 +133,16 @@ def get_steps(session: Session, plan_id: str, run_id: str | None = None) -> dict
     return out
 
 
+def get_run_status(session: Session, plan_id: str) -> PlanStatus | None:
+    """The recorded status of the plan's newest run (one row, no step read); None when
+    the store has no run of the plan."""
+    plan = session.get(PlanRecord, plan_id)
+    run = _run(session, plan_id, plan.last_run_id if plan else None)
+    if plan is None or run is None:
+        return None
+    return PlanStatus(run.status)
+
+
 def get_status(session: Session, plan_id: str, run_id: str | None = None) -> StatusView | None:
     """The status of a run (default: the plan's newest) in the shape of the workflow's
     ``status`` query, from the store alone. None when the store has no run of the plan."""

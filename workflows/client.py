@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import (
@@ -36,17 +36,27 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import Settings, get_settings
-from contracts.planning import GeneratedPlan, PlanRequest
 from plans.controls import CONTROL_MODELS, ControlResult
-from plans.models import Plan, PlanStatus, workflow_id_for
+from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import Approval, AuditEntry, LogEntry
-from plans.views import ExecutionState, LogsQuery, PlanView, StatusView
+from plans.views import (
+    ChangesQuery,
+    ChangesView,
+    ExecutionState,
+    LogsQuery,
+    PlanView,
+    StatusView,
+    StepChange,
+    StepsPage,
+    StepsQuery,
+)
 from workflows.errors import (
     ControlRefused,
     InvalidControl,
     NoWorker,
     PlanAlreadyRan,
     PlanNotFound,
+    QueryUnsupported,
     ResumeRefused,
     TemporalError,
     TemporalUnavailable,
@@ -54,9 +64,10 @@ from workflows.errors import (
 )
 from workflows.plan_input import PLAN_STATUS
 from workflows.plan_workflow import PlanWorkflow
-from workflows.planner_workflow import run_planner
-from workflows.starter import resume_from_failure, start_plan
 from workflows.transport import data_converter, tls_config
+
+if TYPE_CHECKING:  # the planner's and the starter's modules load only when used
+    from contracts.planning import GeneratedPlan, PlanRequest
 
 T = TypeVar("T")
 
@@ -132,6 +143,7 @@ class PlanClient:
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None
         self._last_error: str | None = None
+        self._no_query: dict[tuple[str, str], float] = {}
 
     # --- the connection -----------------------------------------------------------
 
@@ -217,19 +229,67 @@ class PlanClient:
 
     # --- queries ------------------------------------------------------------------
 
-    async def query(self, plan_id: str, query: Any, *args: Any) -> Any:
-        """Run a query, given as a typed reference such as ``PlanWorkflow.status``."""
-        name = getattr(query, "__name__", str(query))
+    async def query(
+        self, plan_id: str, query: Any, *args: Any, result_type: type | None = None
+    ) -> Any:
+        """Run a query, given as a typed reference such as ``PlanWorkflow.status`` or by
+        name with its ``result_type``. A worker that does not know the query (an older
+        worker) raises :class:`QueryUnsupported`."""
+        name = query if isinstance(query, str) else getattr(query, "__name__", str(query))
+        kw: dict[str, Any] = {"rpc_timeout": self.rpc_timeout}
+        if result_type is not None:
+            kw["result_type"] = result_type
         try:
             return await self._call(
-                (await self.handle(plan_id)).query(query, *args, rpc_timeout=self.rpc_timeout),
+                (await self.handle(plan_id)).query(query, *args, **kw),
                 f"the {name} query",
                 no_worker=self._no_worker(f"the {name} query", plan_id),
             )
         except RPCError as e:  # NOT_FOUND
             raise PlanNotFound(plan_id, workflow_id_for(plan_id)) from e
         except WorkflowQueryFailedError as e:
+            if _unknown_query(e.message, name):
+                raise QueryUnsupported(name, e.message) from None
             raise TemporalError(f"the {name} query failed in the workflow: {e.message}") from None
+
+    def _unsupported(self, plan_id: str, name: str) -> bool:
+        """The plan's worker answered lately that it does not know the query."""
+        at = self._no_query.get((plan_id, name))
+        return at is not None and time.monotonic() - at < UNSUPPORTED_TTL_S
+
+    def _remember_unsupported(self, plan_id: str, name: str) -> None:
+        if len(self._no_query) > 1000:
+            self._no_query.clear()
+        self._no_query[(plan_id, name)] = time.monotonic()
+
+    async def _new_query(self, plan_id: str, name: str, arg: Any, result_type: type) -> Any:
+        """A query only newer workers know: QueryUnsupported at once (without asking)
+        while the plan's worker said lately that it does not know it."""
+        if self._unsupported(plan_id, name):
+            raise QueryUnsupported(name)
+        try:
+            return await self.query(plan_id, name, arg, result_type=result_type)
+        except QueryUnsupported:
+            self._remember_unsupported(plan_id, name)
+            raise
+
+    async def steps(self, plan_id: str, query: StepsQuery) -> StepsPage:
+        """One page of the plan's steps (the ``steps`` query); from an older worker, the
+        page of the full ``status`` query."""
+        try:
+            page: StepsPage = await self._new_query(plan_id, "steps", query, StepsPage)
+            return page
+        except QueryUnsupported:
+            return page_of(await self.status(plan_id), query)
+
+    async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
+        """The step changes numbered after ``query.since`` (the ``changes`` query).
+
+        Raises QueryUnsupported from an older worker: the caller then compares successive
+        ``status`` answers itself (:class:`StatusDiff`).
+        """
+        view: ChangesView = await self._new_query(plan_id, "changes", query, ChangesView)
+        return view
 
     async def status(self, plan_id: str) -> StatusView:
         result: StatusView = await self.query(plan_id, PlanWorkflow.status)
@@ -328,6 +388,8 @@ class PlanClient:
             if desc.status == WorkflowExecutionStatus.RUNNING:
                 return await self.handle(plan.id), False
             raise PlanAlreadyRan(plan.id, plan.workflow_id, ended_status(desc))
+        from workflows.starter import start_plan
+
         try:
             handle = await self._call(
                 start_plan(
@@ -360,6 +422,8 @@ class PlanClient:
                 handle = await self.handle(plan_id)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.result(), timeout=self.rpc_timeout_s)
+        from workflows.starter import resume_from_failure
+
         try:
             return await self._call(
                 resume_from_failure(
@@ -385,6 +449,8 @@ class PlanClient:
         calls and repair rounds). Raises PlanningFailed, NoModelFits, LLMError as the
         planner does; PlannerUnavailable when no worker ran it or it did not finish.
         """
+        from workflows.planner_workflow import run_planner
+
         client = await self.client()
         try:
             return await run_planner(
@@ -404,6 +470,73 @@ class PlanClient:
             ) from None
         except RuntimeError as e:  # the client could not (re)connect
             raise TemporalUnavailable(f"Temporal is unreachable for the planner: {e}") from None
+
+
+UNSUPPORTED_TTL_S = 30.0  # how long an older worker's "unknown query" is believed
+
+
+def _unknown_query(message: str, name: str) -> bool:
+    """A query-failed message that says the worker has no handler for the query."""
+    text = message.lower()
+    return f"'{name}'" in text and (
+        "expected but not found" in text or "unknown query" in text or "no query handler" in text
+    )
+
+
+def page_of(view: StatusView, query: StepsQuery) -> StepsPage:
+    """A page of a status that lists every step (an older worker's, a draft's, the
+    store's): the steps query's answer computed by the caller."""
+    chosen = [s for s in view.steps if query.status is None or s.status == query.status]
+    return StepsPage(
+        plan_id=view.plan_id,
+        total=len(chosen),
+        offset=query.offset,
+        limit=query.limit,
+        steps=chosen[query.offset : query.offset + query.limit],
+    )
+
+
+def change_time(status: StepStatus, started_at: Any, completed_at: Any) -> Any:
+    """When a step reached ``status``, as far as its view tells."""
+    if status.terminal:
+        return completed_at
+    if status == StepStatus.RUNNING:
+        return started_at
+    return None
+
+
+class StatusDiff:
+    """The ``changes`` query computed by a caller from successive ``status`` answers (an
+    older worker): every step whose status or attempts differ from the previous answer
+    is one change, numbered by this caller. Changes between two answers are seen as one
+    (a step that started and finished in between is reported finished once)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[StepStatus, int]] = {}
+        self.seq = 0
+
+    def diff(self, view: StatusView) -> list[StepChange]:
+        found: list[StepChange] = []
+        for s in view.steps:
+            key = (s.status, s.attempts)
+            if self.seen.get(s.id) == key:
+                continue
+            first = s.id not in self.seen
+            self.seen[s.id] = key
+            if first and s.status == StepStatus.PENDING:
+                continue
+            self.seq += 1
+            found.append(
+                StepChange(
+                    seq=self.seq,
+                    step_id=s.id,
+                    status=s.status,
+                    at=change_time(s.status, s.started_at, s.completed_at),
+                    attempts=s.attempts,
+                    error=s.error,
+                )
+            )
+        return found
 
 
 def plan_status_of(w: WorkflowExecution) -> PlanStatus | None:

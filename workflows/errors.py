@@ -62,3 +62,14 @@ class TooLargeForTemporal(PlanClientError):
 class TemporalError(PlanClientError):
     """Temporal answered with an unexpected error, or the workflow failed to answer a
     query or an update (the API's 502)."""
+
+
+class QueryUnsupported(TemporalError):
+    """The plan's worker does not know the query (an older worker): the caller falls back
+    to what every worker answers (the ``status`` query)."""
+
+    def __init__(self, query: str, message: str = ""):
+        super().__init__(
+            f"the worker does not know the {query} query" + (f": {message}" if message else "")
+        )
+        self.query = query

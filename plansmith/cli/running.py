@@ -6,19 +6,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
+from datetime import datetime
 from typing import Any
 
 from pydantic_core import to_jsonable_python
 
 from config import Settings
-from plans.models import PlanStatus
-from plans.views import LogsQuery, StatusView
+from plans.models import PlanStatus, StepStatus
+from plans.views import ChangesQuery, LogsQuery, StatusView, StepChange, StepsQuery, StepView
 from plansmith.cli.connection import connect, plan_id_of
 from plansmith.cli.console import EXIT_NOT_COMPLETED, EXIT_OK, CliError, ui_url
 from plansmith.cli.plan_files import load_plan
-from workflows.client import PlanClient
-from workflows.errors import PlanAlreadyRan, ResumeRefused
+from workflows.client import PlanClient, StatusDiff
+from workflows.errors import PlanAlreadyRan, QueryUnsupported, ResumeRefused
+
+WAITS = {StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION}
 
 SYMBOLS = {
     "pending": "·",
@@ -35,9 +37,26 @@ SYMBOLS = {
 # --- watching ------------------------------------------------------------------------
 
 
-def _print_change(st: StatusView, seen: dict[str, tuple[str, int]], last_status: list[str]) -> None:
-    if st.status.value != last_status[0]:
-        last_status[0] = st.status.value
+def _clock(at: datetime | None) -> str:
+    """A change's time on this machine's clock (now when the change has none)."""
+    return (at.astimezone() if at is not None else datetime.now().astimezone()).strftime("%H:%M:%S")
+
+
+class WatchPrinter:
+    """What ``--watch`` prints: the plan's status when it changes, and one line per step
+    change with its time and, for a finished step, how long it ran."""
+
+    def __init__(self) -> None:
+        self.plan_status = ""
+        self.started: dict[str, datetime] = {}
+
+    def plan(self, st: StatusView) -> None:
+        for s in st.steps:
+            if s.started_at is not None and s.status != StepStatus.PENDING:
+                self.started.setdefault(s.id, s.started_at)
+        if st.status.value == self.plan_status:
+            return
+        self.plan_status = st.status.value
         extra = ""
         if st.waiting_for:
             w = st.waiting_for
@@ -46,24 +65,45 @@ def _print_change(st: StatusView, seen: dict[str, tuple[str, int]], last_status:
                 + (f" on step {w.step_id}" if w.step_id else "")
                 + (f": {w.question}" if w.question else "")
             )
+        at = st.finished_at if st.status.terminal else None
         print(
-            f"[{time.strftime('%H:%M:%S')}] plan {st.plan_id}: {st.status.value} ({st.progress:.0%}){extra}",
+            f"[{_clock(at)}] plan {st.plan_id}: {st.status.value} ({st.progress:.0%}){extra}",
             flush=True,
         )
-    for s in st.steps:
-        key = (s.status.value, s.attempts)
-        if seen.get(s.id) == key:
-            continue
-        seen[s.id] = key
-        if s.status.value == "pending":
-            continue
-        line = f"  {SYMBOLS.get(s.status.value, ' ')} {s.id:<24} {s.status.value}"
-        if s.attempts:
-            line += f" (attempts: {s.attempts})"
-        if s.error and s.status.value in ("failed", "cancelled"):
-            line += f" — {s.error}"
-        if s.skip_detail and s.status.value == "skipped":
-            line += f" — {s.skip_detail}"
+
+    def snapshot(self, st: StatusView) -> None:
+        """The steps already under way when watching starts."""
+        for s in st.steps:
+            if s.status == StepStatus.PENDING:
+                continue
+            at = s.completed_at if s.status.terminal else s.started_at
+            self.change(
+                StepChange(
+                    seq=0, step_id=s.id, status=s.status, at=at, attempts=s.attempts, error=s.error
+                ),
+                started=s.started_at,
+                skip_detail=s.skip_detail,
+            )
+
+    def change(
+        self, c: StepChange, started: datetime | None = None, skip_detail: str | None = None
+    ) -> None:
+        if started is not None:
+            self.started[c.step_id] = started
+        if c.status == StepStatus.RUNNING and c.at is not None and started is None:
+            self.started[c.step_id] = c.at
+        line = (
+            f"[{_clock(c.at)}] {SYMBOLS.get(c.status.value, ' ')} {c.step_id:<24} {c.status.value}"
+        )
+        if c.attempts:
+            line += f" (attempts: {c.attempts})"
+        began = self.started.get(c.step_id)
+        if c.status.terminal and c.at is not None and began is not None:
+            line += f" in {max(0.0, (c.at - began).total_seconds()):.2f}s"
+        if c.error and c.status in (StepStatus.FAILED, StepStatus.CANCELLED):
+            line += f" — {c.error}"
+        if skip_detail and c.status == StepStatus.SKIPPED:
+            line += f" — {skip_detail}"
         print(line, flush=True)
 
 
@@ -77,19 +117,91 @@ def _print_results(st: StatusView, limit: int = 400) -> None:
         print(f"  result of {s.id}: {text[:limit]}{'…' if len(text) > limit else ''}", flush=True)
 
 
-async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> StatusView:
-    """Print every step change until the plan ends; return the last status."""
-    seen: dict[str, tuple[str, int]] = {}
-    last = [""]
+async def _every_step(plans: PlanClient, st: StatusView) -> StatusView:
+    """``st`` with every step (a big plan's status lists only its active ones)."""
+    if st.steps_complete:
+        return st
+    steps: list[StepView] = []
     while True:
-        st = await plans.status(plan_id)
-        _print_change(st, seen, last)
-        if st.status.terminal:
-            if st.outcome:
-                print(f"  outcome: {st.outcome}", flush=True)
-            _print_results(st)
-            return st
+        page = await plans.steps(st.plan_id, StepsQuery(offset=len(steps), limit=1000))
+        steps += page.steps
+        if not page.steps or len(steps) >= page.total:
+            return st.model_copy(update={"steps": steps, "steps_complete": True})
+
+
+async def _finish(plans: PlanClient, st: StatusView) -> StatusView:
+    if st.outcome:
+        print(f"  outcome: {st.outcome}", flush=True)
+    _print_results(await _every_step(plans, st))
+    return st
+
+
+async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> StatusView:
+    """Print every step change until the plan ends; return the last status.
+
+    Reads the workflow's ``changes`` query (the changes after the last one printed: its
+    cost does not grow with the plan), and ``status`` only when the plan's status changes
+    or a step waits for a person. From an older worker, compares its ``status`` answers.
+    """
+    out = WatchPrinter()
+    st = await plans.status(plan_id)
+    out.plan(st)
+    out.snapshot(st)
+    if st.status.terminal:
+        return await _finish(plans, st)
+    since = st.seq
+    diff: StatusDiff | None = None  # set when the worker has no changes query
+    while True:
         await asyncio.sleep(interval_s)
+        if diff is None:
+            try:
+                cv = await plans.changes(plan_id, ChangesQuery(since=since))
+            except QueryUnsupported:
+                diff = StatusDiff()
+                diff.diff(st)  # what was printed already
+                continue
+            if not cv.complete:
+                print(f"[{_clock(None)}] (changes were missed: reading the status again)")
+                st = await plans.status(plan_id)
+                out.plan_status = ""
+                out.plan(st)
+                out.snapshot(st)
+                since = st.seq
+                continue
+            unknown = [
+                c.step_id
+                for c in cv.changes
+                if c.status.terminal
+                and c.step_id not in out.started
+                and not any(
+                    b.step_id == c.step_id and b.status == StepStatus.RUNNING and b.at
+                    for b in cv.changes
+                )
+            ]
+            if unknown and st.steps_complete:
+                # steps that started and finished between two reads: their start is in
+                # the status (which lists every step of a plan up to 200 steps)
+                st = await plans.status(plan_id)
+                out.plan(st)
+            person = False
+            for c in cv.changes:
+                since = max(since, c.seq)
+                out.change(c)
+                person = person or c.status in WAITS
+            if cv.status.value != out.plan_status or person or cv.status.terminal:
+                st = await plans.status(plan_id)
+                out.plan(st)
+                if cv.status.terminal:
+                    return await _finish(plans, st)
+        else:
+            st = await plans.status(plan_id)
+            by_id = {s.id: s for s in st.steps}
+            for c in diff.diff(st):
+                s = by_id[c.step_id]
+                out.change(c, started=s.started_at, skip_detail=s.skip_detail)
+            out.plan(st)
+            if st.status.terminal:
+                return await _finish(plans, st)
 
 
 async def _announce(

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -142,6 +143,14 @@ async def test_run_watch_shows_progress_and_exit_code(env, worker, task_queue, t
     )
     assert code == 0, err
     assert "completed" in out and "✓ aggregate" in out and "✓ check" in out
+    # Each change with its time; a finished step with how long it ran.
+    finished = [line for line in out.splitlines() if "✓ aggregate" in line]
+    assert len(finished) == 1, out
+    assert re.fullmatch(
+        r"\[\d\d:\d\d:\d\d\] ✓ aggregate +completed \(attempts: 1\) in \d+\.\d\ds", finished[0]
+    ), finished[0]
+    started = [line for line in out.splitlines() if "▶ aggregate" in line]
+    assert all(re.match(r"\[\d\d:\d\d:\d\d\] ▶ aggregate +running", line) for line in started)
     failing = write(
         tmp_path,
         """

@@ -1,0 +1,177 @@
+"""What `plansmith run --watch` and `plansmith watch` print, against a scripted plan: each
+change with its time and, for a finished step, how long it ran; read from the workflow's
+changes, or from successive status answers of an older worker."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from plans.models import PlanStatus, StepStatus
+from plans.views import ChangesQuery, ChangesView, StatusView, StepChange, StepsQuery, StepView
+from plansmith.cli.running import watch
+from workflows.client import page_of
+from workflows.errors import QueryUnsupported
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def clock(at: datetime) -> str:
+    return at.astimezone().strftime("%H:%M:%S")
+
+
+class ScriptedPlan:
+    """A plan client whose plan moves one scripted step per read."""
+
+    def __init__(
+        self, script: list[tuple[str, StepStatus, float]], old: bool = False, per_read: int = 1
+    ):
+        self.script = list(script)  # (step, new status, seconds after T0)
+        self.old = old
+        self.per_read = per_read  # the plan moves this many changes between two reads
+        self.log: list[StepChange] = []
+        self.steps: dict[str, StepView] = {}
+        for sid, _, _ in script:
+            self.steps.setdefault(
+                sid,
+                StepView(
+                    id=sid,
+                    kind="tool",
+                    status=StepStatus.PENDING,
+                    attempts=0,
+                    version=1,
+                    started_at=None,
+                    completed_at=None,
+                    error=None,
+                ),
+            )
+        self.plan = PlanStatus.EXECUTING
+        self.dropped = 0  # changes the journal forgets (complete=false for readers behind)
+
+    def tick(self) -> None:
+        if not self.script:
+            self.plan = PlanStatus.COMPLETED
+            return
+        sid, to, s = self.script.pop(0)
+        at = T0 + timedelta(seconds=s)
+        prev = self.steps[sid]
+        self.steps[sid] = prev.model_copy(
+            update={
+                "status": to,
+                "attempts": 1,
+                "started_at": at if to == StepStatus.RUNNING else prev.started_at,
+                "completed_at": at if to.terminal else None,
+            }
+        )
+        self.log.append(
+            StepChange(seq=len(self.log) + 1, step_id=sid, status=to, at=at, attempts=1)
+        )
+
+    def view(self) -> StatusView:
+        steps = list(self.steps.values())
+        done = sum(1 for s in steps if s.status.terminal)
+        return StatusView(
+            plan_id="p",
+            status=self.plan,
+            progress=done / len(steps),
+            version=1,
+            digest="d",
+            waiting_for=None,
+            waiting=[],
+            outcome="done" if self.plan.terminal else None,
+            approved_by=None,
+            created_at=T0,
+            started_at=T0,
+            finished_at=T0 + timedelta(seconds=9) if self.plan.terminal else None,
+            steps=steps,
+            seq=len(self.log),
+        )
+
+    async def status(self, plan_id: str) -> StatusView:
+        if self.old:
+            self.tick()
+        return self.view()
+
+    async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
+        if self.old:
+            raise QueryUnsupported("changes")
+        for _ in range(self.per_read):
+            self.tick()
+        # as the workflow answers: a change the step has moved on from has no time and
+        # no attempts (it keeps only the step's current ones)
+        changes = [
+            c
+            if self.steps[c.step_id].status == c.status
+            else c.model_copy(update={"at": None, "attempts": 0})
+            for c in self.log
+            if c.seq > query.since
+        ]
+        return ChangesView(
+            plan_id="p",
+            status=self.plan,
+            seq=len(self.log),
+            complete=query.since >= self.dropped,
+            changes=changes,
+        )
+
+    async def steps(self, plan_id: str, query: StepsQuery) -> Any:
+        return page_of(self.view(), query)
+
+
+SCRIPT = [
+    ("a", StepStatus.RUNNING, 1),
+    ("a", StepStatus.COMPLETED, 2.5),
+    ("b", StepStatus.RUNNING, 3),
+    ("b", StepStatus.FAILED, 7.25),
+]
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["changes", "older-worker"])
+async def test_watch_prints_each_change_with_its_time_and_a_finished_step_with_its_duration(
+    old: bool, capsys: pytest.CaptureFixture[str]
+):
+    plans = ScriptedPlan(SCRIPT, old=old)
+    st = await watch(plans, "p", interval_s=0)  # type: ignore[arg-type]
+    assert st.status == PlanStatus.COMPLETED
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line for line in lines if re.search(r"\] . [ab] ", line)]
+    assert steps == [
+        f"[{clock(T0 + timedelta(seconds=1))}] ▶ a                        running (attempts: 1)",
+        f"[{clock(T0 + timedelta(seconds=2.5))}] ✓ a                        completed (attempts: 1) in 1.50s",
+        f"[{clock(T0 + timedelta(seconds=3))}] ▶ b                        running (attempts: 1)",
+        f"[{clock(T0 + timedelta(seconds=7.25))}] ✗ b                        failed (attempts: 1) in 4.25s",
+    ]
+    assert lines[-2].endswith("plan p: completed (100%)") and lines[-1] == "  outcome: done"
+
+
+async def test_a_watch_whose_changes_were_dropped_reads_the_status_again(
+    capsys: pytest.CaptureFixture[str],
+):
+    plans = ScriptedPlan(SCRIPT)
+    plans.dropped = 99  # the workflow's journal forgot what this watcher has not seen
+    plans.script = SCRIPT[:2]
+
+    async def changes(plan_id: str, query: ChangesQuery) -> ChangesView:
+        answer = await ScriptedPlan.changes(plans, plan_id, query)
+        plans.dropped = 0  # once
+        return answer
+
+    plans.changes = changes  # type: ignore[method-assign]
+    await watch(plans, "p", interval_s=0)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "(changes were missed: reading the status again)" in out
+    # the snapshot after it shows the step as the status has it; later changes follow
+    assert re.search(r"▶ a +running", out) and re.search(r"✓ a +completed .* in 1\.50s", out)
+
+
+async def test_a_step_that_started_and_finished_between_two_reads_still_shows_its_duration(
+    capsys: pytest.CaptureFixture[str],
+):
+    plans = ScriptedPlan(SCRIPT, per_read=2)  # each step's start is gone when it is read
+    await watch(plans, "p", interval_s=0)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert re.search(r"✓ a +completed \(attempts: 1\) in 1\.50s", out), out
+    assert re.search(r"✗ b +failed \(attempts: 1\) in 4\.25s", out), out
