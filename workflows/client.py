@@ -89,11 +89,21 @@ _UNREACHABLE = {
 
 
 def _over_size(message: str) -> bool:
-    """RESOURCE_EXHAUSTED for a message or payload over the limit (gRPC's "larger than
-    max", Temporal's "exceeds size limit"), not a rate limit to wait out."""
+    """A message or payload over the limit (gRPC's "larger than max", Temporal's "exceeds
+    size limit" or, for a payload over 2 MB, "Blob data size exceeds limit"), not a rate
+    limit to wait out."""
     text = message.lower()
-    return "larger than max" in text or "size limit" in text or "too large" in text
+    return (
+        "larger than max" in text
+        or "size limit" in text
+        or "too large" in text
+        or "blob data size exceeds" in text
+    )
 
+
+# a request too big for gRPC is RESOURCE_EXHAUSTED; a payload too big for Temporal,
+# INVALID_ARGUMENT
+_SIZE_REFUSALS = {RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.INVALID_ARGUMENT}
 
 _NO_WORKER = {
     RPCStatusCode.DEADLINE_EXCEEDED,
@@ -187,7 +197,7 @@ class PlanClient:
                 raise
             if no_worker and e.status in _NO_WORKER:
                 raise NoWorker(f"{no_worker} ({e.message})") from None
-            if e.status == RPCStatusCode.RESOURCE_EXHAUSTED and _over_size(e.message):
+            if e.status in _SIZE_REFUSALS and _over_size(e.message):
                 raise TooLargeForTemporal(
                     f"{what} refused by Temporal: what was sent is over its size limit "
                     f"({e.message}); keep plan inputs small and pass large data by reference"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
 import logging
+import os
 import socket
 import time
 import uuid
@@ -835,9 +837,11 @@ async def test_create_approve_then_execute_runs_without_asking_again(http: httpx
 
 async def test_a_plan_over_temporals_size_limit_is_a_413_not_an_outage(http: httpx.AsyncClient):
     """5 MB of inputs pass the API's own body limit, but Temporal refuses a start request
-    that large: the answer says so (413), rather than "Temporal is unreachable" (503)."""
+    that large: the answer says so (413), rather than "Temporal is unreachable" (503).
+    Random data: big payloads are compressed, and 5 MB of one letter would fit."""
     plan_id = pid()
-    doc = plan_doc([wait_step("a")], plan_id) | {"inputs": {"blob": "x" * 5_000_000}}
+    blob = base64.b64encode(os.urandom(3_700_000)).decode()  # ~3.7 MB even compressed
+    doc = plan_doc([wait_step("a")], plan_id) | {"inputs": {"blob": blob}}
     r = await http.post("/api/plans", json=doc)
     assert r.status_code == 201, r.text[:500]
     r = await http.post(f"/api/plans/{plan_id}/execute")
