@@ -38,18 +38,17 @@ from typing import Any
 
 import temporalio
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.deps import ActivityDeps
 from activities.persist import SnapshotActivities
 from activities.steps import StepActivities
+from bench.server import dev_server
 from config import get_settings
 from plans.models import Plan, PlanStatus
-from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
-from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
+from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG
+from workflows.plan_input import PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
-from workflows.transport import data_converter as plansmith_converter
 
 # as `plansmith server` runs it: the history queues' poll limiters lifted
 DEFAULT_SERVER_CONFIG = [f"{k}={v}" for k, v in DEV_SERVER_DYNAMIC_CONFIG.items()]
@@ -146,14 +145,7 @@ async def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     extra = [a for kv in config for a in ("--dynamic-config-value", kv)]
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli_path(),
-        data_converter=plansmith_converter(),
-        search_attributes=SEARCH_ATTRIBUTES,
-        ip="127.0.0.1",
-        ui=False,
-        dev_server_extra_args=extra,
-    ) as env:
+    async with await dev_server(extra) as env:
         queue = f"bench-{uuid.uuid4().hex[:12]}"
         deps = ActivityDeps.from_settings(get_settings())
         worker = Worker(

@@ -36,10 +36,7 @@ import temporalio
 from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
-
-from workflows.transport import data_converter as plansmith_converter
 
 with workflow.unsafe.imports_passed_through():
     from activities.deps import ActivityDeps
@@ -47,11 +44,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.steps import StepActivities
     from bench.baseline import Baseline
     from bench.run import STORE, BenchFailure, Scenario, chain, run_bare, run_plansmith
+    from bench.server import dev_server
     from config import get_settings
     from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
     from plans.models import Plan
     from plansmith.devserver import temporal_cli_path
-    from workflows.plan_input import SEARCH_ATTRIBUTES
     from workflows.plan_workflow import PlanWorkflow
     from workflows.step_policy import NON_RETRYABLE
 
@@ -161,14 +158,7 @@ async def main(argv: list[str] | None = None) -> int:
         ("bare ordinary", sc, run_bare),
     ]
     times: dict[str, list[float]] = {name: [] for name, _, _ in runners}
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary,
-        data_converter=plansmith_converter(),
-        search_attributes=SEARCH_ATTRIBUTES,
-        ip="127.0.0.1",
-        ui=False,
-        dev_server_extra_args=extra_args,
-    ) as env:
+    async with await dev_server(extra_args) as env:
         queue = f"bench-{uuid.uuid4().hex[:12]}"
         deps = ActivityDeps.from_settings(get_settings())
         async with Worker(

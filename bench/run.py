@@ -48,7 +48,6 @@ from typing import Any
 
 import temporalio
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.deps import ActivityDeps
@@ -56,15 +55,15 @@ from activities.persist import SnapshotActivities
 from activities.steps import StepActivities
 from bench import big_documents
 from bench.baseline import Baseline, BaselineInput, BaselineResult
+from bench.server import dev_server
 from config import get_settings
 from contracts.steps import StepTask
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepKind
 from plans.validation import validate_or_raise
 from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
-from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
+from workflows.plan_input import PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
-from workflows.transport import data_converter as plansmith_converter
 
 # --- scenarios -----------------------------------------------------------------------
 
@@ -500,14 +499,7 @@ async def main(argv: list[str] | None = None) -> int:
     results: list[tuple[Scenario, Samples]] = []
     long_report: str | None = None
     failure: BenchFailure | None = None
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=binary,
-        data_converter=plansmith_converter(),
-        search_attributes=SEARCH_ATTRIBUTES,
-        ip="127.0.0.1",
-        ui=False,
-        dev_server_extra_args=extra_args,
-    ) as env:
+    async with await dev_server(extra_args) as env:
         queue = f"bench-{uuid.uuid4().hex[:12]}"
         deps = ActivityDeps.from_settings(get_settings())
         worker = Worker(

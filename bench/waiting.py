@@ -25,13 +25,11 @@ import uuid
 from pathlib import Path
 
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
+from bench.server import dev_server
 from plans.models import Plan, PlanStatus
-from plansmith.devserver import dynamic_config_args, temporal_cli_path
-from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput
+from workflows.plan_input import PlanInput
 from workflows.plan_workflow import PlanWorkflow
-from workflows.transport import data_converter as plansmith_converter
 
 
 def rss_mib(pid: int) -> float:
@@ -93,14 +91,7 @@ async def main(argv: list[str] | None = None) -> int:
         ap.error("--plans must be >= 1")
     tag = uuid.uuid4().hex[:8]
     queue = f"bench-wait-{tag}"
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli_path(),
-        data_converter=plansmith_converter(),
-        search_attributes=SEARCH_ATTRIBUTES,
-        ip="127.0.0.1",
-        ui=False,
-        dev_server_extra_args=dynamic_config_args(),
-    ) as env:
+    async with await dev_server() as env:
         client = env.client
         address = client.service_client.config.target_host
         with tempfile.TemporaryDirectory() as tmp:

@@ -41,14 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
+from bench.server import dev_server
 from config import get_settings
 from plansmith.children import popen
-from plansmith.devserver import temporal_cli_path
 from workflows.client import PlanClient
-from workflows.plan_input import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = {"Content-Type": "application/json"}
@@ -217,14 +214,7 @@ async def main(argv: list[str] | None = None) -> int:
         f"pollers every {args.poll_s:g}s + {args.sse} SSE clients",
         flush=True,
     )
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli_path(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTES,
-        ip="127.0.0.1",
-        ui=False,
-        dev_server_extra_args=extra,
-    ) as env:
+    async with await dev_server(extra) as env:
         address = env.client.service_client.config.target_host
         child_env = {
             **os.environ,

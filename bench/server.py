@@ -1,0 +1,23 @@
+"""The dev server every benchmark starts: its own process on 127.0.0.1, no Web UI, the
+project's search attributes, and the client with the product's data converter."""
+
+from __future__ import annotations
+
+from temporalio.testing import WorkflowEnvironment
+
+from plansmith.devserver import dynamic_config_args, temporal_cli_path
+from workflows.plan_input import SEARCH_ATTRIBUTES
+from workflows.transport import data_converter
+
+
+async def dev_server(extra_args: list[str] | None = None) -> WorkflowEnvironment:
+    """``async with await dev_server() as env``: with ``plansmith server``'s dynamic
+    config, or with ``extra_args`` (``--dynamic-config-value KEY=VALUE``...) instead."""
+    return await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli_path(),
+        data_converter=data_converter(),
+        search_attributes=SEARCH_ATTRIBUTES,
+        ip="127.0.0.1",
+        ui=False,
+        dev_server_extra_args=dynamic_config_args() if extra_args is None else extra_args,
+    )
