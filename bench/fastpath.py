@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from config import get_settings
     from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
     from plans.models import Plan
-    from plansmith.devserver import temporal_cli_path
+    from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
     from workflows.plan_workflow import PlanWorkflow
     from workflows.step_policy import NON_RETRYABLE
 
@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dynamic config for the dev server (repeatable), as in bench.run",
+        help="dynamic config for the dev server (repeatable), on top of plansmith server's, "
+        "as in bench.run",
     )
     p.add_argument(
         "--no-store",
@@ -142,12 +143,13 @@ async def main(argv: list[str] | None = None) -> int:
     STORE[0] = args.store
     os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='plansmith-bench-')}/store.db"
     binary = temporal_cli_path()
-    extra_args = [a for kv in args.server_config for a in ("--dynamic-config-value", kv)]
+    config = {**DEV_SERVER_DYNAMIC_CONFIG, **dict(kv.split("=", 1) for kv in args.server_config)}
+    extra_args = [a for k, v in config.items() for a in ("--dynamic-config-value", f"{k}={v}")]
     print(
         f"plansmith bench.fastpath: python {platform.python_version()}, temporalio "
         f"{temporalio.__version__}, {args.steps} steps, repeat {args.repeat}, pause "
         f"{args.pause:g}s, store {'on' if args.store else 'off'}; dev server {binary} "
-        f"(127.0.0.1); dynamic config: {', '.join(args.server_config) or 'defaults'}",
+        f"(127.0.0.1); dynamic config: {', '.join(f'{k}={v}' for k, v in config.items())}",
         flush=True,
     )
     sc = chain(args.steps)

@@ -98,8 +98,16 @@ class Scenario:
         previous: list[str] = []
         for stage in self.stages:
             for sid, tool, params in stage:
+                # fast: false -- like for like with the bare workflow's ordinary activities
+                # (bench.fastpath compares the fast path with bare local activities)
                 steps.append(
-                    {"id": sid, "tool": tool, "params": params, "depends_on": list(previous)}
+                    {
+                        "id": sid,
+                        "tool": tool,
+                        "params": params,
+                        "depends_on": list(previous),
+                        "fast": False,
+                    }
                 )
             previous = [sid for sid, _, _ in stage]
         opts = {"require_approval": False, **self.options}

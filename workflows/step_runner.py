@@ -59,6 +59,14 @@ REQUEST_KEY_PATCH = "request-idempotency-key"
 # Cheap pure steps (fast tools, validation checks without a judge) run as local
 # activities; runs recorded before run every step as an ordinary activity.
 FAST_PATH_PATCH = "fast-path"
+# While local activities follow one another, the worker keeps its workflow task open (up
+# to ~8 s) and nothing else reaches the run: queries, controls and timers wait. Every
+# FAST_BREAK_EVERY fast steps in a row the run takes a 1 ms timer, which ends the task, so
+# a `status` query or a pause waits for at most that many fast steps. Runs recorded
+# before the patch take no breaks.
+FAST_BREAK_PATCH = "fast-path-breaks"
+FAST_BREAK_EVERY = 20
+FAST_BREAK = timedelta(milliseconds=1)
 
 
 class StepRunner:
@@ -83,6 +91,8 @@ class StepRunner:
         self._request_keys: bool | None = None  # idempotency keys from the request (patch)
         self._call_keys: dict[str, Counter[str]] = {}  # an llm step's calls, by request
         self._fast_path: bool | None = None  # local activities for fast steps (patch)
+        self._fast_breaks: bool | None = None  # a timer every FAST_BREAK_EVERY (patch)
+        self._fast_in_a_row = 0  # fast steps started since the last break or activity
 
     def _keys_from_requests(self) -> bool:
         """Whether idempotency keys come from the request (every run since the patch);
@@ -99,6 +109,18 @@ class StepRunner:
         if self._fast_path is None:
             self._fast_path = workflow.patched(FAST_PATH_PATCH)
         return self._fast_path
+
+    async def _fast_break(self) -> None:
+        """Before a fast step: after FAST_BREAK_EVERY of them in a row, a 1 ms timer, so
+        the workflow task ends and what waits for the run (queries, controls) gets in."""
+        self._fast_in_a_row += 1
+        if self._fast_in_a_row <= FAST_BREAK_EVERY:
+            return
+        if self._fast_breaks is None:
+            self._fast_breaks = workflow.patched(FAST_BREAK_PATCH)
+        if self._fast_breaks:
+            self._fast_in_a_row = 1
+            await workflow.sleep(FAST_BREAK)
 
     @property
     def running(self) -> bool:
@@ -232,6 +254,10 @@ class StepRunner:
         lost = 0  # times the worker running this step vanished (no heartbeat)
         while True:
             summary = f"{sid}: {step.tool or step.kind.value}"
+            if fast:
+                await self._fast_break()
+            else:
+                self._fast_in_a_row = 0
             handle = self._start_activity(sid, task, spec, policy, timeout, summary, fast)
             try:
                 outcome = await handle

@@ -270,3 +270,40 @@ async def test_a_total_timeout_cancels_a_running_fast_step(client, worker, task_
     assert res.status == "failed"
     assert res.steps == {"slow": "cancelled"}
     assert CALLS[k] == 0
+
+
+async def test_a_long_fast_chain_lets_queries_and_controls_in_every_few_steps(
+    client, worker, task_queue
+):
+    """Back-to-back local activities keep the worker's workflow task open, and nothing
+    reaches the run meanwhile (a status query, a pause). A long fast chain ends its
+    workflow task every FAST_BREAK_EVERY steps: never more fast steps than that between
+    two completed workflow tasks."""
+    from workflows.step_runner import FAST_BREAK_EVERY
+
+    n = 3 * FAST_BREAK_EVERY + 5
+    steps = [
+        {
+            "id": f"s{i}",
+            "tool": "transform",
+            "params": {"data": {"i": i}, "expression": "i"},
+            "depends_on": [f"s{i - 1}"] if i else [],
+        }
+        for i in range(n)
+    ]
+    plan = make_plan(steps)
+    done = await run_plan(client, task_queue, plan)
+    assert done["status"] == "completed" and done["steps"][f"s{n - 1}"][1] == n - 1
+    history = await client.get_workflow_handle(plan.workflow_id).fetch_history()
+    runs, in_a_row, timers = [], 0, 0
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            in_a_row += e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+        elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            runs.append(in_a_row)
+            in_a_row = 0
+        elif e.event_type == EventType.EVENT_TYPE_TIMER_STARTED:
+            timers += 1
+    assert sum(runs) + in_a_row == n  # every step ran on the fast path
+    assert max(runs) <= FAST_BREAK_EVERY, runs
+    assert timers >= n // FAST_BREAK_EVERY - 1
