@@ -44,11 +44,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.steps import StepActivities
     from bench.baseline import Baseline
     from bench.run import STORE, BenchFailure, Scenario, chain, run_bare, run_plansmith
-    from bench.server import dev_server
+    from bench.server import config_args, dev_server
     from config import get_settings
     from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
     from plans.models import Plan
-    from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, temporal_cli_path
+    from plansmith.devserver import temporal_cli_path
     from workflows.plan_workflow import PlanWorkflow
     from workflows.step_policy import NON_RETRYABLE
 
@@ -143,13 +143,12 @@ async def main(argv: list[str] | None = None) -> int:
     STORE[0] = args.store
     os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='plansmith-bench-')}/store.db"
     binary = temporal_cli_path()
-    config = {**DEV_SERVER_DYNAMIC_CONFIG, **dict(kv.split("=", 1) for kv in args.server_config)}
-    extra_args = [a for k, v in config.items() for a in ("--dynamic-config-value", f"{k}={v}")]
+    extra_args = config_args(args.server_config)
     print(
         f"plansmith bench.fastpath: python {platform.python_version()}, temporalio "
         f"{temporalio.__version__}, {args.steps} steps, repeat {args.repeat}, pause "
         f"{args.pause:g}s, store {'on' if args.store else 'off'}; dev server {binary} "
-        f"(127.0.0.1); dynamic config: {', '.join(f'{k}={v}' for k, v in config.items())}",
+        f"(127.0.0.1); dynamic config: {' '.join(extra_args[1::2])}",
         flush=True,
     )
     sc = chain(args.steps)

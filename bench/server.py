@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from temporalio.testing import WorkflowEnvironment
 
-from plansmith.devserver import dynamic_config_args, temporal_cli_path
+from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, dynamic_config_args, temporal_cli_path
 from workflows.plan_input import SEARCH_ATTRIBUTES
 from workflows.transport import data_converter
+
+
+def config_args(overrides: list[str]) -> list[str]:
+    """``plansmith server``'s dynamic config with ``KEY=VALUE`` overrides, as arguments."""
+    config = {**DEV_SERVER_DYNAMIC_CONFIG, **dict(kv.split("=", 1) for kv in overrides)}
+    return [a for k, v in config.items() for a in ("--dynamic-config-value", f"{k}={v}")]
 
 
 async def dev_server(extra_args: list[str] | None = None) -> WorkflowEnvironment:

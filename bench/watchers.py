@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from bench.server import dev_server
+from bench.server import config_args, dev_server
 from config import get_settings
 from plansmith.children import popen
 from workflows.client import PlanClient
@@ -201,14 +201,14 @@ async def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dev server dynamic config (e.g. history.transferProcessorMaxPollRPS=1000)",
+        help="dev server dynamic config on top of plansmith server's (repeatable)",
     )
     args = p.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="plansmith-bench-watch-")
     queue = f"bench-watch-{uuid.uuid4().hex[:8]}"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    extra = [a for kv in args.server_config for a in ("--dynamic-config-value", kv)]
+    extra = config_args(args.server_config)
     print(
         f"bench.watchers: chain of {args.steps} steps; watched run: {args.pollers} status "
         f"pollers every {args.poll_s:g}s + {args.sse} SSE clients",

@@ -60,13 +60,13 @@ REQUEST_KEY_PATCH = "request-idempotency-key"
 # activities; runs recorded before run every step as an ordinary activity.
 FAST_PATH_PATCH = "fast-path"
 # While local activities follow one another, the worker keeps its workflow task open (up
-# to ~8 s) and nothing else reaches the run: queries, controls and timers wait. Every
-# FAST_BREAK_EVERY fast steps in a row the run takes a 1 ms timer, which ends the task, so
-# a `status` query or a pause waits for at most that many fast steps. Runs recorded
-# before the patch take no breaks.
+# to ~8 s) and nothing else reaches the run: queries, controls and timers wait. After
+# FAST_BREAK_EVERY fast steps in a row, the next one runs as an ordinary activity, which
+# ends the task, so a `status` query or a pause waits for at most that many fast steps.
+# (A 1 ms timer would end it too, but the dev server fires timers up to ~1 s late.) Runs
+# recorded before the patch take no breaks.
 FAST_BREAK_PATCH = "fast-path-breaks"
-FAST_BREAK_EVERY = 20
-FAST_BREAK = timedelta(milliseconds=1)
+FAST_BREAK_EVERY = 25
 
 
 class StepRunner:
@@ -91,7 +91,7 @@ class StepRunner:
         self._request_keys: bool | None = None  # idempotency keys from the request (patch)
         self._call_keys: dict[str, Counter[str]] = {}  # an llm step's calls, by request
         self._fast_path: bool | None = None  # local activities for fast steps (patch)
-        self._fast_breaks: bool | None = None  # a timer every FAST_BREAK_EVERY (patch)
+        self._fast_breaks: bool | None = None  # a break every FAST_BREAK_EVERY (patch)
         self._fast_in_a_row = 0  # fast steps started since the last break or activity
 
     def _keys_from_requests(self) -> bool:
@@ -110,17 +110,16 @@ class StepRunner:
             self._fast_path = workflow.patched(FAST_PATH_PATCH)
         return self._fast_path
 
-    async def _fast_break(self) -> None:
-        """Before a fast step: after FAST_BREAK_EVERY of them in a row, a 1 ms timer, so
-        the workflow task ends and what waits for the run (queries, controls) gets in."""
+    def _fast_break(self) -> bool:
+        """Before a fast step: whether it runs as an ordinary activity instead, being the
+        one after FAST_BREAK_EVERY fast steps in a row, so the workflow task ends and what
+        waits for the run (queries, controls) gets in."""
         self._fast_in_a_row += 1
         if self._fast_in_a_row <= FAST_BREAK_EVERY:
-            return
+            return False
         if self._fast_breaks is None:
             self._fast_breaks = workflow.patched(FAST_BREAK_PATCH)
-        if self._fast_breaks:
-            self._fast_in_a_row = 1
-            await workflow.sleep(FAST_BREAK)
+        return self._fast_breaks
 
     @property
     def running(self) -> bool:
@@ -254,9 +253,9 @@ class StepRunner:
         lost = 0  # times the worker running this step vanished (no heartbeat)
         while True:
             summary = f"{sid}: {step.tool or step.kind.value}"
-            if fast:
-                await self._fast_break()
-            else:
+            if fast and self._fast_break():
+                fast = False
+            if not fast:
                 self._fast_in_a_row = 0
             handle = self._start_activity(sid, task, spec, policy, timeout, summary, fast)
             try:
