@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import platform
 import statistics
@@ -151,7 +152,7 @@ async def main(argv: list[str] | None = None) -> int:
         f"(127.0.0.1); dynamic config: {' '.join(extra_args[1::2])}",
         flush=True,
     )
-    sc = chain(args.steps)
+    sc = dataclasses.replace(chain(args.steps), fast=True)
     runners = [
         ("plansmith fast", sc, run_plansmith),
         ("bare local", sc, run_local),
@@ -172,7 +173,7 @@ async def main(argv: list[str] | None = None) -> int:
             ],
             max_concurrent_activities=100,
         ):
-            warm = chain(3)
+            warm = dataclasses.replace(chain(3), fast=True)
             for _, _, runner in runners:
                 await runner(env.client, queue, warm)
             for r in range(args.repeat):

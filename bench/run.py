@@ -87,6 +87,9 @@ class Scenario:
     options: dict[str, Any] = field(default_factory=dict)
     bare_serial: bool = False
     critical_path_s: float | None = None
+    # false: every step an ordinary activity, like for like with the bare workflow's
+    # (bench.fastpath sets it for the fast path against bare local activities)
+    fast: bool = False
 
     @property
     def steps(self) -> int:
@@ -98,15 +101,13 @@ class Scenario:
         previous: list[str] = []
         for stage in self.stages:
             for sid, tool, params in stage:
-                # fast: false -- like for like with the bare workflow's ordinary activities
-                # (bench.fastpath compares the fast path with bare local activities)
                 steps.append(
                     {
                         "id": sid,
                         "tool": tool,
                         "params": params,
                         "depends_on": list(previous),
-                        "fast": False,
+                        "fast": self.fast,
                     }
                 )
             previous = [sid for sid, _, _ in stage]
