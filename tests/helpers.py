@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -16,8 +17,8 @@ from activities.deps import ActivityDeps
 from activities.llm.base import ChatModel
 from activities.llm.offline.model import OfflineModel
 from config import Settings, get_settings
-from plans.models import Plan
-from plans.views import StatusView
+from plans.models import Plan, StepStatus
+from plans.views import StatusView, StepView
 from store.db import ensure_migrated, get_engine
 from worker import build_worker
 from workflows.plan_input import PlanInput, PlanResult
@@ -85,3 +86,20 @@ async def wait_for(handle: WorkflowHandle, predicate: Any, timeout: float = 20.0
                 f"condition not reached; last status {st.status}: {[(s.id, s.status) for s in st.steps]}"
             )
         await asyncio.sleep(0.1)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def step_view(sid: str, status: StepStatus = StepStatus.PENDING, attempts: int = 0) -> StepView:
+    """A step as status shows it: started and ended at T0 as its status says."""
+    return StepView(
+        id=sid,
+        kind="tool",
+        status=status,
+        attempts=attempts,
+        version=1,
+        started_at=T0 if status != StepStatus.PENDING else None,
+        completed_at=T0 if status.terminal else None,
+        error=None,
+    )

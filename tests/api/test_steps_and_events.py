@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -30,10 +30,9 @@ from tests.api.test_plans_routes import (
     wait_status,
     wait_step,
 )
+from tests.helpers import T0, step_view
 from workflows.client import PlanClient, page_of
 from workflows.errors import QueryUnsupported
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest_asyncio.fixture
@@ -149,19 +148,6 @@ async def test_concurrent_status_requests_of_one_plan_make_one_workflow_query(
 # --- the event feed, with a scripted workflow ---------------------------------------
 
 
-def step(sid: str, status: StepStatus = StepStatus.PENDING, attempts: int = 0) -> StepView:
-    return StepView(
-        id=sid,
-        kind="tool",
-        status=status,
-        attempts=attempts,
-        version=1,
-        started_at=T0 if status != StepStatus.PENDING else None,
-        completed_at=T0 if status.terminal else None,
-        error=None,
-    )
-
-
 def status(
     steps: list[StepView],
     plan: PlanStatus = PlanStatus.EXECUTING,
@@ -194,7 +180,7 @@ class Workflow:
     """A plan as its workflow answers the status, changes and steps queries."""
 
     def __init__(self, ids: list[str], journal: int = 1000, big: bool = False):
-        self.steps = {i: step(i) for i in ids}
+        self.steps = {i: step_view(i) for i in ids}
         self.plan = PlanStatus.EXECUTING
         self.log: list[StepChange] = []
         self.journal, self.big = journal, big
@@ -202,7 +188,7 @@ class Workflow:
         self.old = False  # an older worker: no changes or steps query
 
     def change(self, sid: str, to: StepStatus, attempts: int = 1) -> None:
-        self.steps[sid] = step(sid, to, attempts)
+        self.steps[sid] = step_view(sid, to, attempts)
         at = T0 + timedelta(seconds=len(self.log) + 1)
         self.log.append(
             StepChange(seq=len(self.log) + 1, step_id=sid, status=to, at=at, attempts=attempts)

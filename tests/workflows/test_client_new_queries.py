@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,23 +11,9 @@ from temporalio.client import WorkflowQueryFailedError
 from config import get_settings
 from plans.models import PlanStatus, StepStatus
 from plans.views import ChangesQuery, StatusView, StepsQuery, StepView
+from tests.helpers import T0, step_view
 from workflows.client import PlanClient, StatusDiff
 from workflows.errors import QueryUnsupported, TemporalError
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def step(sid: str, status: StepStatus, attempts: int = 0) -> StepView:
-    return StepView(
-        id=sid,
-        kind="tool",
-        status=status,
-        attempts=attempts,
-        version=1,
-        started_at=T0 if status != StepStatus.PENDING else None,
-        completed_at=T0 if status.terminal else None,
-        error=None,
-    )
 
 
 def status(steps: list[StepView]) -> StatusView:
@@ -81,7 +66,9 @@ def plan_client(handle: OldHandle) -> PlanClient:
 
 
 async def test_steps_fall_back_to_the_status_of_an_older_worker_paged_and_filtered():
-    steps = [step(f"s{i}", StepStatus.COMPLETED if i % 2 else StepStatus.PENDING) for i in range(7)]
+    steps = [
+        step_view(f"s{i}", StepStatus.COMPLETED if i % 2 else StepStatus.PENDING) for i in range(7)
+    ]
     handle = OldHandle(status(steps))
     plans = plan_client(handle)
     page = await plans.steps("p", StepsQuery(status=StepStatus.COMPLETED, offset=1, limit=2))
@@ -104,13 +91,18 @@ async def test_changes_of_an_older_worker_raise_query_unsupported_and_other_fail
 
 def test_status_diff_numbers_every_step_change_and_skips_what_did_not_change():
     diff = StatusDiff()
-    first = diff.diff(status([step("a", StepStatus.RUNNING, 1), step("b", StepStatus.PENDING)]))
+    first = diff.diff(
+        status([step_view("a", StepStatus.RUNNING, 1), step_view("b", StepStatus.PENDING)])
+    )
     assert [(c.seq, c.step_id, c.status) for c in first] == [(1, "a", StepStatus.RUNNING)]
     assert (
-        diff.diff(status([step("a", StepStatus.RUNNING, 1), step("b", StepStatus.PENDING)])) == []
+        diff.diff(
+            status([step_view("a", StepStatus.RUNNING, 1), step_view("b", StepStatus.PENDING)])
+        )
+        == []
     )
     later = diff.diff(
-        status([step("a", StepStatus.COMPLETED, 1), step("b", StepStatus.RUNNING, 1)])
+        status([step_view("a", StepStatus.COMPLETED, 1), step_view("b", StepStatus.RUNNING, 1)])
     )
     assert [(c.seq, c.step_id, c.status) for c in later] == [
         (2, "a", StepStatus.COMPLETED),
@@ -118,6 +110,6 @@ def test_status_diff_numbers_every_step_change_and_skips_what_did_not_change():
     ]
     assert later[0].at == T0
     retried = diff.diff(
-        status([step("a", StepStatus.COMPLETED, 1), step("b", StepStatus.RUNNING, 2)])
+        status([step_view("a", StepStatus.COMPLETED, 1), step_view("b", StepStatus.RUNNING, 2)])
     )
     assert [(c.step_id, c.attempts) for c in retried] == [("b", 2)]
