@@ -47,6 +47,22 @@ def _fail(message: str, kind: str, retryable: bool) -> ApplicationError:
     return ApplicationError(message, {"attempt": attempt}, type=kind, non_retryable=not retryable)
 
 
+def _step_failure(task: StepTask, e: Exception) -> ApplicationError:
+    """The step's failure for what its work raised, on either path: a tool's or a model's
+    own error as it says; memory or stack exhausted, not retried (it would do the same on
+    any worker); anything else a bug or an unexpected failure, retried per the policy."""
+    if isinstance(e, ToolError | LLMError):
+        return _fail(str(e), e.kind, e.retryable)
+    if isinstance(e, MemoryError | RecursionError):
+        return _fail(
+            f"step {task.step_id!r} ran out of memory or stack ({type(e).__name__}); "
+            "it is not retried",
+            "ResourceExhausted",
+            retryable=False,
+        )
+    return _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True)
+
+
 class StepActivities:
     """``execute_step``, with the model, the store and the settings of ``deps``."""
 
@@ -112,23 +128,11 @@ class StepActivities:
                 "OutputNotStored",
                 retryable=False,
             ) from None
-        except ToolError as e:
-            raise _fail(str(e), e.kind, e.retryable) from None
-        except LLMError as e:
-            raise _fail(str(e), e.kind, e.retryable) from None
         except ApplicationError:
             raise
-        except asyncio.CancelledError:
-            raise
-        except (MemoryError, RecursionError) as e:  # would do the same again on any worker
-            raise _fail(
-                f"step {task.step_id!r} ran out of memory or stack ({type(e).__name__}); "
-                "it is not retried",
-                "ResourceExhausted",
-                retryable=False,
-            ) from None
-        except Exception as e:  # a bug or an unexpected failure in a tool: retry per policy
-            raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
+        except Exception as e:
+            failure = _step_failure(task, e)
+            raise failure from (e if failure.type == "StepError" else None)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,21 +154,11 @@ class StepActivities:
             output = await with_secrets(
                 task, self.deps.settings, lambda t: _dispatch(t, attempt, self.deps)
             )
-        except ToolError as e:
-            raise _fail(str(e), e.kind, e.retryable) from None
         except ApplicationError:
             raise
-        except asyncio.CancelledError:
-            raise
-        except (MemoryError, RecursionError) as e:
-            raise _fail(
-                f"step {task.step_id!r} ran out of memory or stack ({type(e).__name__}); "
-                "it is not retried",
-                "ResourceExhausted",
-                retryable=False,
-            ) from None
         except Exception as e:
-            raise _fail(f"{type(e).__name__}: {e}", "StepError", retryable=True) from e
+            failure = _step_failure(task, e)
+            raise failure from (e if failure.type == "StepError" else None)
         if isinstance(output, (LLMStepResult, Unassessed)):  # not pure work: never here
             raise ApplicationError(
                 "the step needs a model", type=FAST_PATH_REFUSED, non_retryable=True
