@@ -63,7 +63,6 @@ from workflows.errors import (
     TooLargeForTemporal,
 )
 from workflows.plan_input import PLAN_STATUS
-from workflows.plan_workflow import PlanWorkflow
 from workflows.transport import data_converter, tls_config
 
 if TYPE_CHECKING:  # the planner's and the starter's modules load only when used
@@ -72,12 +71,20 @@ if TYPE_CHECKING:  # the planner's and the starter's modules load only when used
 T = TypeVar("T")
 
 # Every control is an update (the caller learns at once whether it was accepted) and a
-# signal of the same name (fire and forget), both declared on PlanWorkflow.
-CONTROL_UPDATES: dict[str, Any] = {name: getattr(PlanWorkflow, name) for name in CONTROL_MODELS}
-CONTROL_SIGNALS: dict[str, Any] = {
-    name: getattr(PlanWorkflow, f"{name}_signal") for name in CONTROL_MODELS
+# signal of the same name (fire and forget), both declared on PlanWorkflow under the
+# names of CONTROL_MODELS. The client reaches them, and the queries, by name: it does not
+# import the workflow's module (and with it the step runner, validation, jsonschema…),
+# which keeps the CLI's start-up short. tests/workflows/test_client_names.py checks
+# that every name here is one the workflow declares, with the same argument and result.
+QUERY_RESULTS: dict[str, Any] = {
+    "status": StatusView,
+    "steps": StepsPage,
+    "changes": ChangesView,
+    "execution_state": ExecutionState,
+    "logs": list[LogEntry],
+    "audit": list[AuditEntry],
+    "plan": PlanView,
 }
-_CONTROL_NAMES = {ref: name for name, ref in CONTROL_UPDATES.items()}
 
 _UNREACHABLE = {
     RPCStatusCode.UNAVAILABLE,
@@ -242,11 +249,12 @@ class PlanClient:
     async def query(
         self, plan_id: str, query: Any, *args: Any, result_type: type | None = None
     ) -> Any:
-        """Run a query, given as a typed reference such as ``PlanWorkflow.status`` or by
-        name with its ``result_type``. A worker that does not know the query (an older
+        """Run a query, given by name (its result type from :data:`QUERY_RESULTS`, or
+        ``result_type``) or as a typed reference such as ``PlanWorkflow.status``. A worker that does not know the query (an older
         worker) raises :class:`QueryUnsupported`."""
         name = query if isinstance(query, str) else getattr(query, "__name__", str(query))
         kw: dict[str, Any] = {"rpc_timeout": self.rpc_timeout}
+        result_type = result_type or (QUERY_RESULTS.get(query) if isinstance(query, str) else None)
         if result_type is not None:
             kw["result_type"] = result_type
         try:
@@ -272,13 +280,13 @@ class PlanClient:
             self._no_query.clear()
         self._no_query[(plan_id, name)] = time.monotonic()
 
-    async def _new_query(self, plan_id: str, name: str, arg: Any, result_type: type) -> Any:
+    async def _new_query(self, plan_id: str, name: str, arg: Any) -> Any:
         """A query only newer workers know: QueryUnsupported at once (without asking)
         while the plan's worker said lately that it does not know it."""
         if self._unsupported(plan_id, name):
             raise QueryUnsupported(name)
         try:
-            return await self.query(plan_id, name, arg, result_type=result_type)
+            return await self.query(plan_id, name, arg)
         except QueryUnsupported:
             self._remember_unsupported(plan_id, name)
             raise
@@ -287,7 +295,7 @@ class PlanClient:
         """One page of the plan's steps (the ``steps`` query); from an older worker, the
         page of the full ``status`` query."""
         try:
-            page: StepsPage = await self._new_query(plan_id, "steps", query, StepsPage)
+            page: StepsPage = await self._new_query(plan_id, "steps", query)
             return page
         except QueryUnsupported:
             return page_of(await self.status(plan_id), query)
@@ -298,43 +306,46 @@ class PlanClient:
         Raises QueryUnsupported from an older worker: the caller then compares successive
         ``status`` answers itself (:class:`StatusDiff`).
         """
-        view: ChangesView = await self._new_query(plan_id, "changes", query, ChangesView)
+        view: ChangesView = await self._new_query(plan_id, "changes", query)
         return view
 
     async def status(self, plan_id: str) -> StatusView:
-        result: StatusView = await self.query(plan_id, PlanWorkflow.status)
+        result: StatusView = await self.query(plan_id, "status")
         return result
 
     async def execution_state(self, plan_id: str) -> ExecutionState:
-        result: ExecutionState = await self.query(plan_id, PlanWorkflow.execution_state)
+        result: ExecutionState = await self.query(plan_id, "execution_state")
         return result
 
     async def logs(self, plan_id: str, query: LogsQuery) -> list[LogEntry]:
-        result: list[LogEntry] = await self.query(plan_id, PlanWorkflow.logs, query)
+        result: list[LogEntry] = await self.query(plan_id, "logs", query)
         return result
 
     async def audit(self, plan_id: str) -> list[AuditEntry]:
-        result: list[AuditEntry] = await self.query(plan_id, PlanWorkflow.audit)
+        result: list[AuditEntry] = await self.query(plan_id, "audit")
         return result
 
     async def plan(self, plan_id: str) -> PlanView:
-        result: PlanView = await self.query(plan_id, PlanWorkflow.plan)
+        result: PlanView = await self.query(plan_id, "plan")
         return result
 
     # --- controls -----------------------------------------------------------------
 
     async def control(self, plan_id: str, name: str, arg: dict[str, Any]) -> ControlResult:
         """Send the control ``name`` (a key of ``CONTROL_MODELS``) as its update."""
-        return await self.update(plan_id, CONTROL_UPDATES[name], arg)
+        if name not in CONTROL_MODELS:
+            raise InvalidControl(f"unknown control {name!r}")
+        return await self.update(plan_id, name, arg)
 
     async def update(self, plan_id: str, update: Any, arg: dict[str, Any]) -> ControlResult:
-        """Send a control as an update, given as a typed reference such as
-        ``PlanWorkflow.approve``: the caller learns at once whether it was accepted.
+        """Send a control as an update, given by name (``"approve"``) or as a typed
+        reference such as ``PlanWorkflow.approve``: the caller learns at once whether it
+        was accepted.
 
         Raises ControlRefused (the transition is not allowed now, or the plan already
         ended), InvalidControl (a malformed argument), PlanNotFound, NoWorker…
         """
-        control = _CONTROL_NAMES.get(update) or getattr(update, "__name__", str(update))
+        control = update if isinstance(update, str) else getattr(update, "__name__", str(update))
         try:
             result: ControlResult = await self._call(
                 (await self.handle(plan_id)).execute_update(
@@ -364,11 +375,11 @@ class PlanClient:
     async def signal(self, plan_id: str, name: str, arg: dict[str, Any]) -> None:
         """Send the control ``name`` as its signal: accepted by Temporal, not awaited by
         the workflow (a refusal shows only in the plan's audit trail)."""
+        if name not in CONTROL_MODELS:
+            raise InvalidControl(f"unknown control {name!r}")
         try:
             await self._call(
-                (await self.handle(plan_id)).signal(
-                    CONTROL_SIGNALS[name], arg, rpc_timeout=self.rpc_timeout
-                ),
+                (await self.handle(plan_id)).signal(name, arg, rpc_timeout=self.rpc_timeout),
                 f"the {name} signal",
             )
         except RPCError as e:  # NOT_FOUND: no such workflow, or it already closed

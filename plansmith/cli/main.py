@@ -242,7 +242,6 @@ def run_cli(argv: list[str] | None = None) -> int:
 
     # deferred: pydantic-settings and the plan models take ~0.4 s to load; --help needs neither
     from config import ConfigError, get_settings
-    from plans.validation import PlanInvalid
 
     try:
         settings = get_settings()
@@ -255,9 +254,6 @@ def run_cli(argv: list[str] | None = None) -> int:
             code = asyncio.run(code)
         assert isinstance(code, int)
         return code
-    except PlanInvalid as e:
-        err(str(e))
-        return EXIT_BAD_INPUT
     except CliError as e:
         err(f"error: {e}")
         return EXIT_BAD_INPUT
@@ -266,6 +262,19 @@ def run_cli(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if _plan_invalid(e):
+            err(str(e))
+            return EXIT_BAD_INPUT
+        raise
+
+
+def _plan_invalid(e: Exception) -> bool:
+    """``e`` is a :class:`plans.validation.PlanInvalid`. Validation loads only with the
+    verbs that read a document (it brings jsonschema and the expression language, too
+    slow for ``status``); if it never loaded, nothing raised its error."""
+    validation = sys.modules.get("plans.validation")
+    return validation is not None and isinstance(e, validation.PlanInvalid)
 
 
 def main(argv: list[str] | None = None) -> None:

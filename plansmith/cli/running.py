@@ -16,7 +16,6 @@ from plans.models import PlanStatus, StepStatus
 from plans.views import ChangesQuery, LogsQuery, StatusView, StepChange, StepsQuery, StepView
 from plansmith.cli.connection import connect, plan_id_of
 from plansmith.cli.console import EXIT_NOT_COMPLETED, EXIT_OK, CliError, ui_url
-from plansmith.cli.plan_files import load_plan
 from workflows.client import PlanClient, StatusDiff
 from workflows.errors import PlanAlreadyRan, QueryUnsupported, ResumeRefused
 
@@ -220,6 +219,10 @@ async def _announce(
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    # validation (jsonschema, the expression language) loads only for the verbs that
+    # read a document, not for status, watch or query
+    from plansmith.cli.plan_files import load_plan
+
     plan = load_plan(args.file, args.input, args.id)
     assert plan.id is not None
     plans = await connect(settings)
