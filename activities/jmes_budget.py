@@ -19,7 +19,7 @@ from typing import Any
 import jmespath
 from jmespath import visitor
 
-from plans.expressions import Budget, BudgetExceeded, weight
+from plans.expression_limits import Budget, BudgetExceeded, weight
 
 MAX_TRANSFORM_OPERATIONS = 2_000_000  # nodes visited plus items walked / 8
 MAX_TRANSFORM_SIZE = 5_000_000  # characters or items of any value built, and of the result

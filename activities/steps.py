@@ -36,7 +36,7 @@ from contracts.snapshots import OUTPUT_REF_KEY
 from contracts.steps import EXECUTE_STEP, FAST_PATH_REFUSED, StepOutcome, StepTask
 from plans.expressions import Budget, ExpressionError, evaluate
 from plans.models import StepKind
-from plans.validation import params_errors
+from plans.step_params import params_errors
 
 HEARTBEAT_EVERY_S = 2.0
 STORE_DEADLINE_MARGIN_S = 3.0  # the store write's retries end this long before the timeout

@@ -30,7 +30,7 @@ from activities.http_guard import GuardedTransport, TooManyRedirects, exchange
 from config.http import HostDenied
 from config.settings import HttpSettings
 from contracts.tools import HTTP_REQUEST, TRANSFORM, WAIT, define_tool
-from plans.expressions import weight
+from plans.expression_limits import weight
 from plans.models import ToolSpec
 
 ToolFn = Callable[[dict[str, Any], "ToolContext"], Awaitable[Any]]

@@ -51,7 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from plans.models import StepKind, ToolSpec
     from plans.run_state import PlanRun
     from plans.secrets import secret_paths
-    from plans.validation import params_errors
+    from plans.step_params import params_errors
 
 # Idempotency keys derived from the step's request (plan id, step id, a digest of kind,
 # tool and rendered params) instead of its version; runs recorded before keep theirs.

@@ -1,4 +1,5 @@
-"""The evaluation budget of expressions, templates and conditions (plans/expressions.py),
+"""The evaluation budget of expressions, templates and conditions (plans/expressions.py,
+the evaluator in plans/safe_eval.py, the limits in plans/expression_limits.py),
 and what validation refuses of it (no Temporal).
 
 Each hostile expression is evaluated in a subprocess with an address-space limit and a

@@ -1,5 +1,5 @@
 """Validation of big plans: linear, never recursive, the same answers as a plain
-transitive closure (plans/validation.py)."""
+transitive closure (plans/validation.py, plans/dependency_graph.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import pytest
 
 from bench.big_documents import chain, full_dag
 from contracts.tools import catalog
+from plans.dependency_graph import Ancestry, ancestors, find_cycles
 from plans.models import Plan
-from plans.validation import (
-    Ancestry,
-    PlanInvalid,
-    ancestors,
-    find_cycles,
-    load_document,
-    validate_plan,
-)
+from plans.validation import PlanInvalid, load_document, validate_plan
 
 
 def closure(deps: dict[str, list[str]]) -> dict[str, set[str]]:
