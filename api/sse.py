@@ -375,6 +375,10 @@ class Feed:
                 applied, person = self.apply(cv)
                 if len(cv.changes) < PAGE:  # else: more changes wait for the next read
                     break
+            if self.seq != before:
+                # watchers get the step changes now, not after the status read below
+                self._notify()
+                before = self.seq
             now = time.monotonic()
             status_changed = cv.status != self.current.status
             if (
@@ -411,11 +415,16 @@ class Feed:
     async def run(self) -> None:
         cfg = self.hub.config
         failing_since: float | None = None
+        read_at = time.monotonic()
         try:
             while True:
+                # one read every sse_poll_s, start to start: a slow read (a busy worker)
+                # does not add its own time to the next wait
+                wait = cfg.sse_poll_s - (time.monotonic() - read_at)
                 await asyncio.sleep(
-                    cfg.sse_poll_s if not self.closed else min(cfg.sse_linger_s, 1.0)
+                    max(cfg.sse_poll_s / 5, wait) if not self.closed else min(cfg.sse_linger_s, 1.0)
                 )
+                read_at = time.monotonic()
                 if self.subscribers == 0 and time.monotonic() - self.idle_since >= cfg.sse_linger_s:
                     return
                 if self.closed:

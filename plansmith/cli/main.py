@@ -270,11 +270,12 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def _plan_invalid(e: Exception) -> bool:
-    """``e`` is a :class:`plans.validation.PlanInvalid`. Validation loads only with the
-    verbs that read a document (it brings jsonschema and the expression language, too
-    slow for ``status``); if it never loaded, nothing raised its error."""
-    validation = sys.modules.get("plans.validation")
-    return validation is not None and isinstance(e, validation.PlanInvalid)
+    """``e`` is a :class:`~plans.plan_loading.PlanInvalid`. Plan loading and validation
+    load only with the verbs that read a document (they bring YAML, jsonschema and the
+    expression language, too slow for ``status``); if they never loaded, nothing raised
+    their error."""
+    loading = sys.modules.get("plans.plan_loading")
+    return loading is not None and isinstance(e, loading.PlanInvalid)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -296,6 +296,39 @@ async def test_the_feed_sends_each_change_numbered_by_the_workflow_and_the_end()
     await h.close()
 
 
+async def test_a_watcher_gets_step_changes_before_a_slow_status_read_returns():
+    """The feed reads the status after a change of the plan's own state; a busy worker
+    can take long to answer it. The step changes the feed already has must not wait
+    for that answer."""
+    wf = Workflow(["a", "b"])
+    h = hub()
+    feed = await open_feed(h, wf)
+    stream = feed.stream(None)
+    await take(stream, 3)  # the snapshot
+    release = asyncio.Event()
+    quick_status = wf.status
+
+    async def slow_status() -> StatusView:
+        await release.wait()
+        return await quick_status()
+
+    feed.fetch = slow_status
+    wf.change("a", StepStatus.COMPLETED)
+    wf.plan = PlanStatus.PAUSED  # the plan's own state changed: the feed reads status
+    waiting = asyncio.create_task(take(stream, 1))
+    for _ in range(5):  # the watcher sent what it had and waits for news
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    read = asyncio.create_task(feed.read_once())
+    events = await waiting
+    assert (events[0]["event"], events[0]["data"]["step_id"]) == ("step", "a")
+    assert not read.done()  # ... while the status read still waits
+    release.set()
+    await read
+    assert [e["data"]["status"] for e in await take(stream, 1)] == ["paused"]
+    await h.close()
+
+
 async def test_dropped_changes_resync_the_feed_from_status_and_every_step_page():
     wf = Workflow([f"s{i}" for i in range(5)], journal=2, big=True)
     h = hub()
