@@ -82,6 +82,7 @@ format: test-install
 bench: test-install
 	$(BIN)/python -m bench.run --big-docs
 	$(BIN)/python -m bench.fastpath
+	$(BIN)/python -m bench.concurrency
 	$(BIN)/python -m bench.chain_status --steps 100,2000,10000
 	$(BIN)/python -m bench.watchers --steps 2000
 	$(BIN)/python -m bench.waiting --plans 1000

@@ -38,7 +38,7 @@ from store.models import (
     StepResultRecord,
 )
 from store.reads import get_plan_document
-from store.upsert import batches, count_rows, insert, utc
+from store.upsert import batches, cached_statement, count_rows, insert_for, utc
 
 # StepRun fields that have columns of their own; the rest go to step_results.state.
 _STEP_COLUMNS = {
@@ -91,8 +91,6 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
     result = RecordResult(plan_id=snap.plan_id, run_id=snap.run_id, seq=snap.seq, applied=False)
 
     # plans: follows the newest run, and its newest snapshot.
-    ins = insert(session, PlanRecord)
-    plan = PlanRecord.__table__.c  # type: ignore[attr-defined]
     row = {
         "id": snap.plan_id,
         "title": snap.title,
@@ -107,21 +105,7 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "updated_at": at,
         "submitted_by": snap.submitted_by,
     }
-    newer = sa.or_(
-        plan.last_run_created_at.is_(None),
-        sa.tuple_(plan.last_run_created_at, plan.last_run_id, plan.last_snapshot_seq)
-        <= sa.tuple_(
-            ins.excluded.last_run_created_at,
-            ins.excluded.last_run_id,
-            ins.excluded.last_snapshot_seq,
-        ),
-    )
-    updates = {k: ins.excluded[k] for k in row if k not in ("id", "created_at", "submitted_by")}
-    # the first submitter known stays (a resumed run is started by whoever resumed it)
-    updates["submitted_by"] = sa.func.coalesce(plan.submitted_by, ins.excluded.submitted_by)
-    session.execute(
-        ins.values(row).on_conflict_do_update(index_elements=["id"], set_=updates, where=newer)
-    )
+    session.execute(cached_statement(session, ("plans", tuple(row)), _plan_upsert(tuple(row))), row)
 
     # plan_versions: inserted once; a document missing so far is filled in.
     docs = _version_documents(snap)
@@ -153,32 +137,12 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
                 "document": docs[snap.version],
             }
         )
-    pv = PlanVersionRecord.__table__.c  # type: ignore[attr-defined]
-    for chunk in batches(versions):
-        ins = insert(session, PlanVersionRecord)
-        stmt = (
-            ins.values(list(chunk))
-            .on_conflict_do_update(
-                index_elements=["plan_id", "version"],
-                set_={
-                    "document": sa.func.coalesce(pv.document, ins.excluded.document),
-                    # a version kept by save_plan (no run yet) becomes the run's own
-                    **{
-                        k: sa.case((pv.run_id.is_(None), ins.excluded[k]), else_=pv[k])
-                        for k in ("by", "at", "step_id", "change", "diff", "run_id")
-                    },
-                },
-                where=sa.or_(
-                    pv.run_id.is_(None),
-                    sa.and_(pv.document.is_(None), ins.excluded.document.is_not(None)),
-                ),
-            )
-            .returning(pv.version)
-        )
-        result.versions += count_rows(session, stmt)
+    if versions:
+        stmt = cached_statement(session, "plan_versions", _version_upsert)
+        for chunk in batches(versions):
+            result.versions += count_rows(session, stmt, chunk)
 
     # runs: the newest snapshot wins.
-    ins = insert(session, RunRecord)
     run_row = {
         "plan_id": snap.plan_id,
         "run_id": snap.run_id,
@@ -210,37 +174,21 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "recent": [c.model_dump(mode="json") for c in snap.recent],
         "snapshot_seq": snap.seq,
     }
-    runs = RunRecord.__table__.c  # type: ignore[attr-defined]
-    updates = {k: ins.excluded[k] for k in run_row if k not in ("plan_id", "run_id", "created_at")}
-    if snap.resumed_by is None:  # a later snapshot need not repeat who resumed the run
-        updates["resumed_by"] = sa.func.coalesce(ins.excluded.resumed_by, runs.resumed_by)
-    stmt = (
-        ins.values(run_row)
-        .on_conflict_do_update(
-            index_elements=["plan_id", "run_id"],
-            set_=updates,
-            where=runs.snapshot_seq <= ins.excluded.snapshot_seq,
-        )
-        .returning(runs.snapshot_seq)
+    # a later snapshot need not repeat who resumed the run
+    keep_resumed_by = snap.resumed_by is None
+    stmt = cached_statement(
+        session,
+        ("runs", tuple(run_row), keep_resumed_by),
+        _run_upsert(tuple(run_row), keep_resumed_by),
     )
-    result.applied = count_rows(session, stmt) > 0
+    result.applied = count_rows(session, stmt, [run_row]) > 0
 
     # step_results: each row follows the newest snapshot that carried it.
     steps = [_step_row(snap, s, at) for s in sorted(snap.steps, key=lambda s: s.id)]
-    sr = StepResultRecord.__table__.c  # type: ignore[attr-defined]
-    for chunk in batches(steps):
-        ins = insert(session, StepResultRecord)
-        keys = ("plan_id", "run_id", "step_id")
-        stmt = (
-            ins.values(list(chunk))
-            .on_conflict_do_update(
-                index_elements=list(keys),
-                set_={k: ins.excluded[k] for k in chunk[0] if k not in keys},
-                where=sr.snapshot_seq <= ins.excluded.snapshot_seq,
-            )
-            .returning(sr.step_id)
-        )
-        result.steps += count_rows(session, stmt)
+    if steps:
+        stmt = cached_statement(session, ("steps", tuple(steps[0])), _step_upsert(tuple(steps[0])))
+        for chunk in batches(steps):
+            result.steps += count_rows(session, stmt, chunk)
 
     # logs and audit: append-only, each entry once.
     logs = [
@@ -305,14 +253,91 @@ def _step_row(snap: PlanSnapshot, s: StepRun, at: datetime) -> dict[str, Any]:
 
 
 def _append(session: Session, model: type[SQLModel], rows: list[dict[str, Any]]) -> int:
-    seq = model.__table__.c.seq  # type: ignore[attr-defined]
-    added = 0
-    for chunk in batches(rows):
-        ins = insert(session, model)
-        stmt = (
-            ins.values(list(chunk))
-            .on_conflict_do_nothing(index_elements=["plan_id", "run_id", "seq"])
-            .returning(seq)
+    if not rows:
+        return 0
+
+    def build(dialect: str) -> Any:
+        seq = model.__table__.c.seq  # type: ignore[attr-defined]
+        ins = insert_for(dialect, model)
+        return ins.on_conflict_do_nothing(index_elements=["plan_id", "run_id", "seq"]).returning(
+            seq
         )
-        added += count_rows(session, stmt)
-    return added
+
+    stmt = cached_statement(session, ("append", model.__tablename__), build)
+    return sum(count_rows(session, stmt, chunk) for chunk in batches(rows))
+
+
+# --- the statements (built once per database kind, rows given as parameters) ----------
+
+
+def _plan_upsert(keys: tuple[str, ...]) -> Any:
+    def build(dialect: str) -> Any:
+        ins = insert_for(dialect, PlanRecord)
+        plan = PlanRecord.__table__.c  # type: ignore[attr-defined]
+        newer = sa.or_(
+            plan.last_run_created_at.is_(None),
+            sa.tuple_(plan.last_run_created_at, plan.last_run_id, plan.last_snapshot_seq)
+            <= sa.tuple_(
+                ins.excluded.last_run_created_at,
+                ins.excluded.last_run_id,
+                ins.excluded.last_snapshot_seq,
+            ),
+        )
+        updates = {
+            k: ins.excluded[k] for k in keys if k not in ("id", "created_at", "submitted_by")
+        }
+        # the first submitter known stays (a resumed run is started by whoever resumed it)
+        updates["submitted_by"] = sa.func.coalesce(plan.submitted_by, ins.excluded.submitted_by)
+        return ins.on_conflict_do_update(index_elements=["id"], set_=updates, where=newer)
+
+    return build
+
+
+def _version_upsert(dialect: str) -> Any:
+    ins = insert_for(dialect, PlanVersionRecord)
+    pv = PlanVersionRecord.__table__.c  # type: ignore[attr-defined]
+    return ins.on_conflict_do_update(
+        index_elements=["plan_id", "version"],
+        set_={
+            "document": sa.func.coalesce(pv.document, ins.excluded.document),
+            # a version kept by save_plan (no run yet) becomes the run's own
+            **{
+                k: sa.case((pv.run_id.is_(None), ins.excluded[k]), else_=pv[k])
+                for k in ("by", "at", "step_id", "change", "diff", "run_id")
+            },
+        },
+        where=sa.or_(
+            pv.run_id.is_(None),
+            sa.and_(pv.document.is_(None), ins.excluded.document.is_not(None)),
+        ),
+    ).returning(pv.version)
+
+
+def _run_upsert(keys: tuple[str, ...], keep_resumed_by: bool) -> Any:
+    def build(dialect: str) -> Any:
+        ins = insert_for(dialect, RunRecord)
+        runs = RunRecord.__table__.c  # type: ignore[attr-defined]
+        updates = {k: ins.excluded[k] for k in keys if k not in ("plan_id", "run_id", "created_at")}
+        if keep_resumed_by:
+            updates["resumed_by"] = sa.func.coalesce(ins.excluded.resumed_by, runs.resumed_by)
+        return ins.on_conflict_do_update(
+            index_elements=["plan_id", "run_id"],
+            set_=updates,
+            where=runs.snapshot_seq <= ins.excluded.snapshot_seq,
+        ).returning(runs.snapshot_seq)
+
+    return build
+
+
+def _step_upsert(keys: tuple[str, ...]) -> Any:
+    def build(dialect: str) -> Any:
+        ins = insert_for(dialect, StepResultRecord)
+        sr = StepResultRecord.__table__.c  # type: ignore[attr-defined]
+        index = ("plan_id", "run_id", "step_id")
+        return ins.on_conflict_do_update(
+            index_elements=list(index),
+            set_={k: ins.excluded[k] for k in keys if k not in index},
+            where=sr.snapshot_seq <= ins.excluded.snapshot_seq,
+        ).returning(sr.step_id)
+
+    return build
