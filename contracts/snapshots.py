@@ -272,15 +272,13 @@ def _step_fingerprint(s: StepRun) -> tuple[Any, ...]:
     return (*(v for k, v in s.__dict__.items() if k != "output"), s.output is None)
 
 
-_NOT_HEAD = {"seq", "at", "plan", "steps", "logs", "audit", "execution_run_id"}
-# where the logs and audit entries of a snapshot start: the cursor's position, not news
-# (with them in the head, every snapshot that carried entries was followed by an empty one)
-_POSITIONS = {"logs_start", "audit_start"}
-
-
-def _head_fingerprint(snap: PlanSnapshot, positions: bool = False) -> str:
-    exclude = _NOT_HEAD if positions else _NOT_HEAD | _POSITIONS
-    return json.dumps(snap.model_dump(mode="json", exclude=exclude), sort_keys=True)
+def _head_fingerprint(snap: PlanSnapshot) -> str:
+    return json.dumps(
+        snap.model_dump(
+            mode="json", exclude={"seq", "at", "plan", "steps", "logs", "audit", "execution_run_id"}
+        ),
+        sort_keys=True,
+    )
 
 
 class SnapshotCursor(BaseModel):
@@ -313,13 +311,9 @@ class SnapshotCursor(BaseModel):
         resumed_by: str | None = None,
         force: bool = False,
         submitted_by: str | None = None,
-        positions_in_head: bool = False,
     ) -> PlanSnapshot | None:
         """The next snapshot, or None when nothing changed since the last one (unless
-        ``force``). Advances the cursor: the caller must send what it gets.
-
-        ``positions_in_head``: count where the entries start as a change (as workflows
-        did before patch ``snapshot-head-without-positions``, for their replay)."""
+        ``force``). Advances the cursor: the caller must send what it gets."""
         prints = {sid: _step_fingerprint(s) for sid, s in run.steps.items()}
         changed = [sid for sid, fp in prints.items() if self._steps.get(sid) != fp]
         snap = snapshot_of(
@@ -336,7 +330,7 @@ class SnapshotCursor(BaseModel):
             steps=changed,
             include_plan=run.version != self.version,
         )
-        head = _head_fingerprint(snap, positions_in_head)
+        head = _head_fingerprint(snap)
         new = bool(changed or snap.logs or snap.audit or snap.plan is not None)
         if not (new or force or head != self._head):
             return None

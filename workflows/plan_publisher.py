@@ -21,9 +21,6 @@ with workflow.unsafe.imports_passed_through():
 # on the plan's critical path behind the first; 20 short plans at once spent most of
 # their time waiting for the store).
 SNAPSHOT_AFTER_INTERVAL_PATCH = "snapshot-after-interval"
-# A snapshot that carried logs or audit entries is no longer followed by an empty one
-# (SnapshotCursor.take's positions_in_head): one store write less per plan at its end.
-SNAPSHOT_HEAD_PATCH = "snapshot-head-without-positions"
 
 
 class PlanPublisher:
@@ -39,7 +36,6 @@ class PlanPublisher:
         self._persister_pausing = False
         self._flushing = False
         self._first = True  # no snapshot sent by this run yet
-        self._positions_in_head: bool | None = None  # decided (by patch) at the first take
 
     def publish(self) -> None:
         """Search attributes and details at once (if they changed); a store snapshot soon."""
@@ -88,8 +84,6 @@ class PlanPublisher:
             self._first = False
             if workflow.patched(SNAPSHOT_AFTER_INTERVAL_PATCH):
                 await self._batch()  # a flush cancels it and sends at once
-        if self._positions_in_head is None:
-            self._positions_in_head = not workflow.patched(SNAPSHOT_HEAD_PATCH)
         while True:
             info = workflow.info()
             snap = self.cursor.take(
@@ -101,7 +95,6 @@ class PlanPublisher:
                 resumed_by=self._input.resumed_by,
                 submitted_by=self._input.submitted_by,
                 force=force,
-                positions_in_head=self._positions_in_head,
             )
             force = False
             if snap is None:

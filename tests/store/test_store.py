@@ -200,25 +200,6 @@ def test_snapshot_travels_as_json_and_cursor_sends_only_what_changed() -> None:
     assert again is not None and again.seq == 3 and len(again.steps) == 3 and not again.logs
 
 
-def test_a_snapshot_that_carried_logs_is_not_followed_by_an_empty_one() -> None:
-    """Where a snapshot's entries start is the cursor's position, not a change: after one
-    that carried logs and audit entries, nothing new means no snapshot (one store write
-    less at the end of every plan). Workflows recorded before the patch still get the
-    empty one on replay."""
-    for positions_in_head, empty_follows in ((False, False), (True, True)):
-        d = Driver(STEPS)
-        cursor = SnapshotCursor()
-        assert cursor.take(d.run, "r", at=d.now) is not None
-        d.control("approve")
-        d.step()
-        carried = cursor.take(d.run, "r", at=d.now, positions_in_head=positions_in_head)
-        assert carried is not None and carried.logs and carried.audit
-        again = cursor.take(d.run, "r", at=d.tick(), positions_in_head=positions_in_head)
-        assert (again is not None) == empty_follows
-        if again is not None:
-            assert not again.logs and not again.audit and not again.steps
-
-
 # --- idempotent writes ----------------------------------------------------------------
 
 
