@@ -156,26 +156,22 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
     pv = PlanVersionRecord.__table__.c  # type: ignore[attr-defined]
     for chunk in batches(versions):
         ins = insert(session, PlanVersionRecord)
-        stmt = (
-            ins.values(list(chunk))
-            .on_conflict_do_update(
-                index_elements=["plan_id", "version"],
-                set_={
-                    "document": sa.func.coalesce(pv.document, ins.excluded.document),
-                    # a version kept by save_plan (no run yet) becomes the run's own
-                    **{
-                        k: sa.case((pv.run_id.is_(None), ins.excluded[k]), else_=pv[k])
-                        for k in ("by", "at", "step_id", "change", "diff", "run_id")
-                    },
+        stmt = ins.on_conflict_do_update(
+            index_elements=["plan_id", "version"],
+            set_={
+                "document": sa.func.coalesce(pv.document, ins.excluded.document),
+                # a version kept by save_plan (no run yet) becomes the run's own
+                **{
+                    k: sa.case((pv.run_id.is_(None), ins.excluded[k]), else_=pv[k])
+                    for k in ("by", "at", "step_id", "change", "diff", "run_id")
                 },
-                where=sa.or_(
-                    pv.run_id.is_(None),
-                    sa.and_(pv.document.is_(None), ins.excluded.document.is_not(None)),
-                ),
-            )
-            .returning(pv.version)
-        )
-        result.versions += count_rows(session, stmt)
+            },
+            where=sa.or_(
+                pv.run_id.is_(None),
+                sa.and_(pv.document.is_(None), ins.excluded.document.is_not(None)),
+            ),
+        ).returning(pv.version)
+        result.versions += count_rows(session, stmt, chunk)
 
     # runs: the newest snapshot wins.
     ins = insert(session, RunRecord)
@@ -231,16 +227,12 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
     for chunk in batches(steps):
         ins = insert(session, StepResultRecord)
         keys = ("plan_id", "run_id", "step_id")
-        stmt = (
-            ins.values(list(chunk))
-            .on_conflict_do_update(
-                index_elements=list(keys),
-                set_={k: ins.excluded[k] for k in chunk[0] if k not in keys},
-                where=sr.snapshot_seq <= ins.excluded.snapshot_seq,
-            )
-            .returning(sr.step_id)
-        )
-        result.steps += count_rows(session, stmt)
+        stmt = ins.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={k: ins.excluded[k] for k in chunk[0] if k not in keys},
+            where=sr.snapshot_seq <= ins.excluded.snapshot_seq,
+        ).returning(sr.step_id)
+        result.steps += count_rows(session, stmt, chunk)
 
     # logs and audit: append-only, each entry once.
     logs = [
@@ -309,10 +301,8 @@ def _append(session: Session, model: type[SQLModel], rows: list[dict[str, Any]])
     added = 0
     for chunk in batches(rows):
         ins = insert(session, model)
-        stmt = (
-            ins.values(list(chunk))
-            .on_conflict_do_nothing(index_elements=["plan_id", "run_id", "seq"])
-            .returning(seq)
+        stmt = ins.on_conflict_do_nothing(index_elements=["plan_id", "run_id", "seq"]).returning(
+            seq
         )
-        added += count_rows(session, stmt)
+        added += count_rows(session, stmt, chunk)
     return added

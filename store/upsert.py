@@ -30,9 +30,19 @@ def batches(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]
         yield rows[i : i + BATCH]
 
 
-def count_rows(session: Session, stmt: Any) -> int:
-    """How many rows ``stmt`` returns (an INSERT ... RETURNING: how many it wrote)."""
-    return len(session.execute(stmt).all())
+def count_rows(session: Session, stmt: Any, rows: Sequence[dict[str, Any]] | None = None) -> int:
+    """How many rows ``stmt`` returns (an INSERT ... RETURNING: how many it wrote).
+
+    With ``rows``, the statement runs once per row as one ``executemany`` (SQLAlchemy's
+    "insertmanyvalues": sent as multi-row INSERTs, the rows returned together). Its SQL
+    is compiled once and cached, where ``insert().values(rows)`` compiled a statement with
+    a bound parameter per value on every call: a 100-step snapshot took 0.25-1 s of the
+    worker's CPU (and its GIL) that way."""
+    if rows is None:
+        return len(session.execute(stmt).all())
+    if not rows:
+        return 0
+    return len(session.execute(stmt, list(rows)).all())
 
 
 def utc(at: datetime) -> datetime:
