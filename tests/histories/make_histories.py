@@ -678,6 +678,21 @@ async def fast_path_crash(client: Client, tq: str) -> Handle:
     return crash.handle
 
 
+@scenario("snapshot_no_repeat", expect="completed")
+async def snapshot_no_repeat(client: Client, tq: str) -> Handle:
+    """Since the ``snapshot-no-repeat`` patch: store snapshots while steps run (a wait
+    longer than the snapshot interval) and at the end, none repeating the one before."""
+    plan = plan_of(
+        "snapshot_no_repeat",
+        [
+            {"id": "first", "tool": "transform", "params": {"data": [1, 2], "expression": "@"}},
+            wait_step("long", 1.5, ["first"]),
+            count_step("last", "hist-snapshot-no-repeat", ["long"]),
+        ],
+    )
+    return await start(client, plan, tq)
+
+
 # --- driver ------------------------------------------------------------------------------
 
 
