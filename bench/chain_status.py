@@ -43,7 +43,7 @@ from temporalio.worker import Worker
 from activities.deps import ActivityDeps
 from activities.persist import SnapshotActivities
 from activities.steps import StepActivities
-from bench.server import dev_server
+from bench.server import BENCH_RUNNER, dev_server
 from config import get_settings
 from plans.models import Plan, PlanStatus
 from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG
@@ -156,6 +156,7 @@ async def main(argv: list[str] | None = None) -> int:
                 StepActivities(deps).execute_step,
                 SnapshotActivities(deps).record_snapshot,
             ],
+            workflow_runner=BENCH_RUNNER,
         )
         async with worker:
             await run_chain(env.client, queue, 3, args.store)  # warm up

@@ -43,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.steps import StepActivities
     from bench.baseline import Baseline
     from bench.run import STORE, BenchFailure, chain, run_bare, run_plansmith
-    from bench.server import config_args, dev_server
+    from bench.server import BENCH_RUNNER, config_args, dev_server
     from config import get_settings
     from plans.controls import CancelInput, PauseInput, ResumeInput
     from plans.models import Plan, PlanStatus
@@ -229,6 +229,7 @@ async def main(argv: list[str] | None = None) -> int:
                 SnapshotActivities(deps).record_snapshot,
             ],
             max_concurrent_activities=200,
+            workflow_runner=BENCH_RUNNER,
         )
         async with worker:
             try:

@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.steps import StepActivities
     from bench.baseline import Baseline
     from bench.run import STORE, BenchFailure, Scenario, chain, run_bare, run_plansmith
-    from bench.server import config_args, dev_server
+    from bench.server import BENCH_RUNNER, config_args, dev_server
     from config import get_settings
     from contracts.steps import EXECUTE_STEP, StepOutcome, StepTask
     from plans.models import Plan
@@ -172,6 +172,7 @@ async def main(argv: list[str] | None = None) -> int:
                 SnapshotActivities(deps).record_snapshot,
             ],
             max_concurrent_activities=100,
+            workflow_runner=BENCH_RUNNER,
         ):
             warm = dataclasses.replace(chain(3), fast=True)
             for _, _, runner in runners:

@@ -57,7 +57,7 @@ from activities.persist import SnapshotActivities
 from activities.steps import StepActivities
 from bench import big_documents
 from bench.baseline import Baseline, BaselineInput, BaselineResult
-from bench.server import dev_server
+from bench.server import BENCH_RUNNER, dev_server
 from config import get_settings
 from contracts.steps import StepTask
 from contracts.tools import catalog
@@ -584,6 +584,7 @@ async def main(argv: list[str] | None = None) -> int:
                 SnapshotActivities(deps).record_snapshot,
             ],
             max_concurrent_activities=max(100, args.fanout),
+            workflow_runner=BENCH_RUNNER,
         )
         async with worker:
             try:

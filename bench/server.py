@@ -4,10 +4,19 @@ project's search attributes, and the client with the product's data converter.""
 from __future__ import annotations
 
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from plansmith.devserver import DEV_SERVER_DYNAMIC_CONFIG, dynamic_config_args, temporal_cli_path
+from worker import WORKFLOW_RUNNER
 from workflows.plan_input import SEARCH_ATTRIBUTES
 from workflows.transport import data_converter
+
+# The benchmarks' workers run workflows as ``plansmith worker`` does (its sandbox, the
+# workflows package passed through, not imported anew for each run), and the bare
+# workflows they compare with (bench.baseline, bench.fastpath) alike.
+BENCH_RUNNER = SandboxedWorkflowRunner(
+    restrictions=WORKFLOW_RUNNER.restrictions.with_passthrough_modules("bench")
+)
 
 
 def config_args(overrides: list[str]) -> list[str]:

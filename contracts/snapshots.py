@@ -17,7 +17,7 @@ document (sent when the version changes) and steps whose state did not change.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -272,13 +272,22 @@ def _step_fingerprint(s: StepRun) -> tuple[Any, ...]:
     return (*(v for k, v in s.__dict__.items() if k != "output"), s.output is None)
 
 
-def _head_fingerprint(snap: PlanSnapshot) -> str:
-    return json.dumps(
-        snap.model_dump(
-            mode="json", exclude={"seq", "at", "plan", "steps", "logs", "audit", "execution_run_id"}
-        ),
-        sort_keys=True,
+# Where the snapshot's log and audit windows start (and what fell out of them before
+# they were sent): they follow from the cursor, so they differ from the last snapshot's
+# whenever it sent entries, though the run did not change.
+_CURSOR_FIELDS = ("logs_start", "logs_lost", "audit_start", "audit_lost")
+
+
+def _head_fingerprints(snap: PlanSnapshot) -> tuple[str, str]:
+    """The snapshot's head (all but its lists and its seq/at) as text: whole, and without
+    :data:`_CURSOR_FIELDS`."""
+    head = snap.model_dump(
+        mode="json", exclude={"seq", "at", "plan", "steps", "logs", "audit", "execution_run_id"}
     )
+    whole = json.dumps(head, sort_keys=True)
+    for key in _CURSOR_FIELDS:
+        head.pop(key, None)
+    return whole, json.dumps(head, sort_keys=True)
 
 
 class SnapshotCursor(BaseModel):
@@ -299,6 +308,7 @@ class SnapshotCursor(BaseModel):
 
     _steps: dict[str, tuple[Any, ...]] = PrivateAttr(default_factory=dict)
     _head: str | None = PrivateAttr(default=None)
+    _core: str | None = PrivateAttr(default=None)  # _head without the cursor's fields
 
     def take(
         self,
@@ -311,9 +321,15 @@ class SnapshotCursor(BaseModel):
         resumed_by: str | None = None,
         force: bool = False,
         submitted_by: str | None = None,
+        skip_repeats: Callable[[], bool] | None = None,
     ) -> PlanSnapshot | None:
         """The next snapshot, or None when nothing changed since the last one (unless
-        ``force``). Advances the cursor: the caller must send what it gets."""
+        ``force``). Advances the cursor: the caller must send what it gets.
+
+        A snapshot whose only news is where its log and audit windows start (the last one
+        sent entries) repeats the last one: it is skipped when ``skip_repeats()`` says so
+        (asked only then: a workflow answers with its patch, so runs recorded before,
+        which sent it, replay)."""
         prints = {sid: _step_fingerprint(s) for sid, s in run.steps.items()}
         changed = [sid for sid, fp in prints.items() if self._steps.get(sid) != fp]
         snap = snapshot_of(
@@ -330,14 +346,16 @@ class SnapshotCursor(BaseModel):
             steps=changed,
             include_plan=run.version != self.version,
         )
-        head = _head_fingerprint(snap)
+        head, core = _head_fingerprints(snap)
         new = bool(changed or snap.logs or snap.audit or snap.plan is not None)
         if not (new or force or head != self._head):
+            return None
+        if not (new or force or core != self._core) and skip_repeats and skip_repeats():
             return None
         self.seq = snap.seq
         self.logs = snap.logs_start + len(snap.logs)
         self.audit = snap.audit_start + len(snap.audit)
         self.version = run.version
         self._steps = prints
-        self._head = head
+        self._head, self._core = head, core
         return snap

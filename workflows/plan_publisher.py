@@ -21,6 +21,10 @@ with workflow.unsafe.imports_passed_through():
 # on the plan's critical path behind the first; 20 short plans at once spent most of
 # their time waiting for the store).
 SNAPSHOT_AFTER_INTERVAL_PATCH = "snapshot-after-interval"
+# A snapshot that would only repeat the last one (its log window moved on, nothing else)
+# is not sent: every run sent one at its end, a store write and an activity round trip
+# before its result. Runs recorded before the patch sent it and replay so.
+SNAPSHOT_NO_REPEAT_PATCH = "snapshot-no-repeat"
 
 
 class PlanPublisher:
@@ -36,6 +40,7 @@ class PlanPublisher:
         self._persister_pausing = False
         self._flushing = False
         self._first = True  # no snapshot sent by this run yet
+        self._no_repeats: bool | None = None  # the patch, asked at the first repeat
 
     def publish(self) -> None:
         """Search attributes and details at once (if they changed); a store snapshot soon."""
@@ -71,6 +76,11 @@ class PlanPublisher:
             await asyncio.gather(self._persister, return_exceptions=True)
         await self._send_snapshots(flush=True)
 
+    def _skip_repeats(self) -> bool:
+        if self._no_repeats is None:
+            self._no_repeats = workflow.patched(SNAPSHOT_NO_REPEAT_PATCH)
+        return self._no_repeats
+
     async def _send_snapshots(self, flush: bool = False) -> None:
         """Send what changed to the store until nothing is new.
 
@@ -95,6 +105,7 @@ class PlanPublisher:
                 resumed_by=self._input.resumed_by,
                 submitted_by=self._input.submitted_by,
                 force=force,
+                skip_repeats=self._skip_repeats,
             )
             force = False
             if snap is None:

@@ -619,8 +619,20 @@ async def fast_path(client: Client, tq: str) -> Handle:
     """Since the ``fast-path`` patch: a chain mixing fast steps (transforms, a check-only
     validation: local activities, recorded as markers) with ordinary ones (``wait``, a
     ``count``, a transform with ``fast: false``: activity tasks)."""
-    plan = plan_of(
-        "fast_path",
+    return await start(client, fast_chain("fast_path", "hist-fast-path"), tq)
+
+
+@scenario("fast_path_step_ids", expect="completed")
+async def fast_path_step_ids(client: Client, tq: str) -> Handle:
+    """Since the ``fast-path-step-ids`` patch: the ``fast_path`` chain, its local
+    activities named by the step id (their activity id) instead of a summary."""
+    return await start(client, fast_chain("fast_path_step_ids", "hist-fast-ids"), tq)
+
+
+def fast_chain(name: str, key: str) -> Plan:
+    """Fast steps mixed with ordinary ones, ending in a ``count`` under ``key``."""
+    return plan_of(
+        name,
         [
             {
                 "id": "src",
@@ -658,10 +670,9 @@ async def fast_path(client: Client, tq: str) -> Handle:
                 "params": {"data": {"n": "{{ steps.slow.output }}"}, "expression": "[n, n]"},
                 "depends_on": ["slow"],
             },
-            count_step("done", "hist-fast-path", ["twice"]),
+            count_step("done", key, ["twice"]),
         ],
     )
-    return await start(client, plan, tq)
 
 
 @scenario("fast_path_crash", expect="completed")
@@ -676,6 +687,21 @@ async def fast_path_crash(client: Client, tq: str) -> Handle:
     if crash.durable < 3:
         raise AssertionError(f"fast_path_crash: the crash came too early: {crash}")
     return crash.handle
+
+
+@scenario("snapshot_no_repeat", expect="completed")
+async def snapshot_no_repeat(client: Client, tq: str) -> Handle:
+    """Since the ``snapshot-no-repeat`` patch: store snapshots while steps run (a wait
+    longer than the snapshot interval) and at the end, none repeating the one before."""
+    plan = plan_of(
+        "snapshot_no_repeat",
+        [
+            {"id": "first", "tool": "transform", "params": {"data": [1, 2], "expression": "@"}},
+            wait_step("long", 1.5, ["first"]),
+            count_step("last", "hist-snapshot-no-repeat", ["long"]),
+        ],
+    )
+    return await start(client, plan, tq)
 
 
 # --- driver ------------------------------------------------------------------------------

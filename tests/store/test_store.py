@@ -200,6 +200,33 @@ def test_snapshot_travels_as_json_and_cursor_sends_only_what_changed() -> None:
     assert again is not None and again.seq == 3 and len(again.steps) == 3 and not again.logs
 
 
+def test_a_snapshot_that_would_only_repeat_the_last_is_skipped_when_asked() -> None:
+    d = Driver(STEPS)
+    asked: list[bool] = []
+
+    def skip() -> bool:
+        asked.append(True)
+        return True
+
+    cursor = SnapshotCursor()
+    d.control("approve")
+    d.step()
+    first = cursor.take(d.run, "run-1", at=d.now, skip_repeats=skip)
+    assert first is not None and first.logs  # the window moves on: the next starts later
+    assert cursor.take(d.run, "run-1", at=d.tick(), skip_repeats=skip) is None
+    assert asked  # asked only for such a repeat
+    asked.clear()
+    d.step()  # b runs and completes: news, sent without asking
+    nxt = cursor.take(d.run, "run-1", at=d.now, skip_repeats=skip)
+    assert nxt is not None and nxt.seq == first.seq + 1 and [s.id for s in nxt.steps] == ["b"]
+    assert not asked
+    # a run recorded before the patch (the answer is no) sends the repeat, as it did
+    old = SnapshotCursor()
+    assert old.take(d.run, "run-1", at=d.tick(), skip_repeats=lambda: False) is not None
+    repeat = old.take(d.run, "run-1", at=d.tick(), skip_repeats=lambda: False)
+    assert repeat is not None and not repeat.steps and not repeat.logs
+
+
 # --- idempotent writes ----------------------------------------------------------------
 
 

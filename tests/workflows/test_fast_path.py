@@ -5,6 +5,7 @@ ordinary activity; outputs, failures and retries read the same either way."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -100,6 +101,17 @@ async def test_fast_steps_run_as_local_activities_with_the_same_outputs(client, 
     assert fast["steps"]["last"][1] == 3
     assert await history_counts(client, fast_plan) == (0, 4)
     assert await history_counts(client, ordinary_plan) == (4, 0)
+    # the history names each fast step: its local activity's id is the step id
+    history = await client.get_workflow_handle(fast_plan.workflow_id).fetch_history()
+    ids = [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)[
+            "activity_id"
+        ]
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+    ]
+    assert ids == ["src", "sum", "check", "last"]
 
 
 async def test_fast_false_on_one_step_sends_only_that_step_to_the_ordinary_path(

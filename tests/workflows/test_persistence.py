@@ -3,8 +3,12 @@ readable from the store after the run, and match what the workflow said."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import uuid
 from typing import Any
+
+from temporalio.api.enums.v1 import EventType
 
 from activities.tools import ToolContext, tool
 from store.db import get_engine, session_scope
@@ -42,6 +46,25 @@ async def test_completed_plan_is_in_the_store(client, worker, task_queue):
     assert steps["b"].output == 7
     assert [e.message for e in logs][-1].startswith("plan ended completed")
     assert [(a.by, a.action, a.accepted) for a in audit] == [("ann", "approve", True)]
+
+    # every store write carried news: none repeated the one before (the run's end sent one)
+    history = await handle.fetch_history()
+    snaps = [
+        json.loads(e.activity_task_scheduled_event_attributes.input.payloads[0].data)
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "record_snapshot"
+    ]
+    cursor = ("seq", "at", "logs_start", "logs_lost", "audit_start", "audit_lost")
+    for before, after in itertools.pairwise(snaps):
+        same = {k: v for k, v in after.items() if k not in cursor} == {
+            **{k: v for k, v in before.items() if k not in cursor},
+            "steps": [],
+            "logs": [],
+            "audit": [],
+            "plan": None,
+        }
+        assert not same, f"snapshot {after['seq']} repeats {before['seq']}"
 
 
 @tool(
