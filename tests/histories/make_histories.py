@@ -704,6 +704,35 @@ async def snapshot_no_repeat(client: Client, tq: str) -> Handle:
     return await start(client, plan, tq)
 
 
+@scenario("snapshot_after_interval", expect="completed")
+async def snapshot_after_interval(client: Client, tq: str) -> Handle:
+    """Since the ``snapshot-after-interval`` patch: the run's first store snapshot waits
+    one interval (a timer first, not an activity), then the last one goes at the end."""
+    plan = plan_of(
+        "snapshot_after_interval",
+        [
+            {"id": "first", "tool": "transform", "params": {"data": [1, 2], "expression": "@"}},
+            wait_step("long", 1.5, ["first"]),
+            count_step("last", "hist-snapshot-after-interval", ["long"]),
+        ],
+    )
+    return await start(client, plan, tq)
+
+
+@scenario("short_plan_one_snapshot", expect="completed")
+async def short_plan_one_snapshot(client: Client, tq: str) -> Handle:
+    """Since the ``snapshot-after-interval`` patch: a plan that ends within the snapshot
+    interval cancels the first snapshot's timer and is written once, at its end."""
+    plan = plan_of(
+        "short_plan_one_snapshot",
+        [
+            {"id": "a", "tool": "transform", "params": {"data": [1], "expression": "@"}},
+            count_step("b", "hist-short-plan-one-snapshot", ["a"]),
+        ],
+    )
+    return await start(client, plan, tq)
+
+
 # --- driver ------------------------------------------------------------------------------
 
 
