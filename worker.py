@@ -10,7 +10,9 @@ bound methods the workers register (:func:`activities_for`, :func:`sandbox_activ
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -171,8 +173,32 @@ async def connect_patiently(s: Settings) -> Client:
             delay = min(delay * 2, 5.0)
 
 
+# glibc's mallopt parameter for the number of malloc arenas (malloc.h: M_ARENA_MAX)
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> bool:
+    """At most :data:`MALLOC_ARENAS` malloc arenas (glibc), unless ``MALLOC_ARENA_MAX``
+    says otherwise; called before the worker starts its threads.
+
+    glibc gives each thread that allocates its own arena, up to 8 per core, and Temporal's
+    core allocates from several threads: the free memory left in each arena stays in the
+    worker's RSS. With 2, a worker holding 1,000 waiting plans takes ~8 MiB less
+    (python -m bench.waiting). Returns whether the limit was set (not on other C
+    libraries)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, MALLOC_ARENAS))
+
+
 async def run_worker(settings: Settings | None = None, queue: str | None = None) -> None:
     """Poll ``queue``; with no queue named, both the plans queue and the sandbox queue."""
+    limit_malloc_arenas()
     s = settings or get_settings()
     redact_logs(s)  # no secret value reaches the worker's log
     deps = ActivityDeps.from_settings(s)

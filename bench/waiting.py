@@ -4,9 +4,10 @@ Run with ``.venv/bin/python -m bench.waiting [--plans 1000]``.
 
 It starts a local dev server (127.0.0.1, the dynamic config of ``plansmith server``) and
 ``plansmith worker`` as its own process, as deployed, with a SQLite store in a temporary
-directory. It starts ``--plans`` five-step plans that wait for a person's approval, waits
-until every one of them says so in its status, and prints the worker process's resident
-memory (RSS) before and after, and per waiting plan. Then it approves them all and waits
+directory, and takes its resident memory (RSS) once it polls (idle). It starts
+``--plans`` five-step plans as the API and the CLI do (``workflows.starter.start_plan``,
+with the tool catalog's snapshot), waits until every one of them says it waits for
+approval, and prints the worker's RSS with them waiting, and per waiting plan. Then it approves them all and waits
 for them to complete, so the figures are of plans that still work.
 
 The goal (issue "speed"): 1,000 waiting plans on one worker in at most 300 MB RSS.
@@ -28,8 +29,8 @@ from temporalio.service import RPCError
 
 from bench.server import dev_server
 from plans.models import Plan, PlanStatus
-from workflows.plan_input import PlanInput
 from workflows.plan_workflow import PlanWorkflow
+from workflows.starter import start_plan
 
 
 def rss_mib(pid: int) -> float:
@@ -71,6 +72,17 @@ async def gather_limited(coros: list, limit: int = 50) -> list:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
+async def until_polling(worker: subprocess.Popen, log: Path, wait_s: float = 120.0) -> None:
+    """Until the worker says it polls its queue: everything it loads at start is loaded."""
+    deadline = time.monotonic() + wait_s
+    while b"worker polling task queue" not in log.read_bytes():
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited with {worker.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not poll within {wait_s:.0f}s")
+        await asyncio.sleep(0.2)
+
+
 async def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.waiting", description=__doc__.split("\n")[0])
     ap.add_argument("--plans", type=int, default=1000, help="plans waiting at once (default 1000)")
@@ -102,30 +114,21 @@ async def main(argv: list[str] | None = None) -> int:
                 "DATABASE_URL": f"sqlite:///{Path(tmp) / 'store.db'}",
                 **dict(kv.split("=", 1) for kv in args.worker_env),
             }
-            worker = subprocess.Popen(
-                [str(Path(sys.executable).parent / "plansmith"), "worker", "--queue", queue],
-                env=worker_env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            log = Path(tmp) / "worker.log"
+            with open(log, "wb") as out:
+                worker = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "plansmith"), "worker", "--queue", queue],
+                    env=worker_env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=out,
+                )
             try:
-                await asyncio.sleep(3.0)
-                if worker.poll() is not None:
-                    raise SystemExit(f"the worker exited with {worker.returncode}")
+                await until_polling(worker, log)
+                await asyncio.sleep(1.0)
                 idle = rss_mib(worker.pid)
                 t0 = time.perf_counter()
                 plans = [waiting_plan(i, tag) for i in range(args.plans)]
-                handles = await gather_limited(
-                    [
-                        client.start_workflow(
-                            PlanWorkflow.run,
-                            PlanInput(plan=p),
-                            id=p.workflow_id,
-                            task_queue=queue,
-                        )
-                        for p in plans
-                    ]
-                )
+                handles = await gather_limited([start_plan(client, p, queue) for p in plans])
 
                 async def status_of(h):  # type: ignore[no-untyped-def]
                     try:

@@ -63,6 +63,19 @@ def catalog() -> dict[str, ToolSpec]:
     return {name: _SPECS[name] for name in sorted(_SPECS)}
 
 
+def shared(tools: dict[str, ToolSpec]) -> dict[str, ToolSpec]:
+    """``tools`` (a plan's snapshot of the catalog, as its run received it) with every spec
+    equal to this process's own replaced by that one: the same catalog, held once in
+    memory for every run of the worker instead of once per run (a waiting plan's copy of
+    the built-in catalog is tens of KiB). A spec that differs, or that this process lacks,
+    stays as the plan has it."""
+    out = {}
+    for name, spec in tools.items():
+        mine = _SPECS.get(name)
+        out[name] = mine if mine is not None and mine == spec else spec
+    return out
+
+
 # --- the built-in tools ------------------------------------------------------------
 
 HTTP_REQUEST = define_tool(

@@ -103,6 +103,7 @@ class RunIndex:
                 run.carried_changes = []  # in the journal now
         self.journal: deque[Change] = journal
         self.watched: list[int] = []
+        self.finalizer: weakref.finalize | None = None  # set by of(), which registers it
         for sid, s in run.steps.items():
             self.by_status[s.status].add(sid)
             if s.awaiting_decision:
@@ -218,11 +219,15 @@ def of(run: PlanRun) -> RunIndex:
             return idx
         journal: deque[Change] | None = idx.journal
         idx.forget()
+        # the run lives on with the new index: the old one's finalizer would keep the old
+        # index (its sets and structure) alive as long as the run, for nothing
+        if idx.finalizer is not None:
+            idx.finalizer.detach()
     else:
         journal = None
     new = RunIndex(run, journal)
     _INDEXES[key] = new
-    weakref.finalize(run, _drop, key, new)
+    new.finalizer = weakref.finalize(run, _drop, key, new)
     return new
 
 

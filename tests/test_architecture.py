@@ -86,6 +86,24 @@ def test_the_tool_catalog_loads_no_tool_code() -> None:
     assert "activities" not in loaded and "httpx" not in loaded and "temporalio" not in loaded
 
 
+def test_a_worker_loads_the_model_sdk_and_cryptography_only_when_used() -> None:
+    """A worker holding plans that wait for a person never loads the Anthropic SDK (~40 MiB)
+    nor cryptography (~8 MiB): the SDK at a model's first call, cryptography with a
+    payload key (docs/operating.md, "What a worker holds")."""
+    loaded = loaded_after(
+        "import worker\n"
+        "from activities.deps import ActivityDeps\n"
+        "from config import get_settings\n"
+        "s = get_settings()\n"
+        "s = s.replace(models={'anthropic_api_key': 'sk-ant-x'})\n"
+        "deps = ActivityDeps.from_settings(s)\n"
+        "assert type(deps.chat_model).__name__ == 'AnthropicModel', deps.chat_model\n"
+        "from workflows.transport import data_converter\n"
+        "data_converter(s.temporal)"
+    )
+    assert "anthropic" not in loaded and "cryptography" not in loaded, sorted(loaded)
+
+
 MUTATORS = {"append", "extend", "insert", "update", "add", "pop", "popitem", "clear", "remove"}
 MUTATORS |= {"setdefault", "discard", "sort", "reverse", "__setitem__", "__delitem__"}
 

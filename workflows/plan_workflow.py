@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
     from contracts.secrets import CHECK_SECRETS, SecretCheck
     from contracts.tools import catalog
+    from contracts.tools import shared as shared_specs
     from plans import approval_gate, deadlines, run_index, run_state, scheduler
     from plans.models import PlanStatus, StepKind
     from plans.policy import ApprovalDecision, decide_as_new_agent, decide_without_trust
@@ -86,6 +87,10 @@ class PlanWorkflow(PlanHandlers):
                 True,
                 f"new run carrying {carried} completed step(s); they are not run again",
             )
+        if inp.tools is not None:
+            # one copy of the worker's own specs serves every run (equal values: the
+            # decisions read the same catalog); the deserialized copy is let go
+            inp.tools = shared_specs(inp.tools)
         self._catalog = inp.tools if inp.tools is not None else catalog()
         self._dirty = False  # the run changed since the loop last looked
         self._steps = StepRunner(

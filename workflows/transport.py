@@ -15,7 +15,8 @@ in the Web UI and the ``temporal`` CLI.
 
 Each encrypted payload carries the id of the key that encrypted it
 (``encryption-key-id``), so a new key can encrypt while older ones
-(``PLANSMITH_PAYLOAD_OLD_KEYS``) still decrypt the histories they wrote.
+(``PLANSMITH_PAYLOAD_OLD_KEYS``) still decrypt the histories they wrote. The
+``cryptography`` package (~8 MiB in a process) is imported only when a key is set.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import os
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
@@ -38,6 +38,9 @@ from temporalio.converter import (
 from temporalio.service import TLSConfig
 
 from config import ConfigError, TemporalSettings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ENCODING = b"binary/encrypted"
 CIPHER = b"AES-256-GCM"
@@ -128,8 +131,13 @@ class EncryptionCodec(PayloadCodec):
     def __init__(self, key_id: str, keys: Mapping[str, bytes]):
         if key_id not in keys:
             raise ValueError(f"no key {key_id!r} among the keys given")
+        # imported here: a process without a payload key never loads cryptography
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.key_id = key_id
-        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+        self._ciphers: dict[str, AESGCM] = {kid: AESGCM(key) for kid, key in keys.items()}
+        self._invalid_tag = InvalidTag
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         cipher = self._ciphers[self.key_id]
@@ -164,7 +172,7 @@ class EncryptionCodec(PayloadCodec):
                 )
             try:
                 plain = cipher.decrypt(p.data[:NONCE_BYTES], p.data[NONCE_BYTES:], kid.encode())
-            except InvalidTag:
+            except self._invalid_tag:
                 raise PayloadDecryptionError(
                     f"payload encrypted with key {kid!r} does not decrypt (altered, or another "
                     "key under the same id)"

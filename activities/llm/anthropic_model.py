@@ -13,29 +13,48 @@ both stable between calls, so later calls read them from the cache.
 ``request.temperature`` is not sent. The SDK (2.x) speaks API version 2026-10-21, which
 answers 400 to any ``temperature``/``top_p``/``top_k``, even at their defaults, and the
 SDK no longer has the parameters at all; the offline model may still use it.
+
+The SDK itself (~40 MiB in the worker) is imported on first use: by the first call, or by
+a model built around a given ``http_client``. A worker whose plans only wait for a person
+never loads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
+import sys
 import time
 import weakref
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
-
-import anthropic
 
 from activities.llm.base import LLMRequest, LLMResponse, ToolCall
 from contracts.errors import LLMError
 from contracts.planning import Usage
 
 if TYPE_CHECKING:
+    import anthropic
     import httpx2
 
     from config import Settings
 
 EPHEMERAL = {"type": "ephemeral"}
 DEFAULT_TIMEOUT_S = 120.0
+
+
+def _sdk() -> ModuleType:
+    """The ``anthropic`` package, imported the first time it is needed."""
+    return importlib.import_module("anthropic")
+
+
+async def _sdk_loaded() -> ModuleType:
+    """:func:`_sdk` from an activity: the first import (about a second) runs in a thread,
+    so the worker's event loop keeps answering meanwhile."""
+    if "anthropic" not in sys.modules:
+        await asyncio.to_thread(_sdk)
+    return _sdk()
 
 
 class AnthropicModel:
@@ -81,7 +100,7 @@ class AnthropicModel:
     def _new_client(
         self, http_client: httpx2.AsyncClient | None = None
     ) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(
+        return _sdk().AsyncAnthropic(
             api_key=self._api_key,
             max_retries=0,  # Temporal owns retries
             timeout=self.timeout_s,
@@ -130,10 +149,11 @@ class AnthropicModel:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         params = self.request_params(request)
+        sdk = await _sdk_loaded()
         started = time.monotonic()
         try:
             message = await self.client.messages.create(**params)
-        except anthropic.APIError as e:
+        except sdk.APIError as e:
             raise self._error(e) from None
         latency_ms = (time.monotonic() - started) * 1000
         return parse_message(message, latency_ms)
@@ -202,7 +222,8 @@ _CLIENT_ERRORS: dict[int, tuple[bool, str]] = {
 
 def to_llm_error(e: anthropic.APIError) -> LLMError:
     """An SDK error as an :class:`LLMError`: retryable or not, with a kind and the status."""
-    if isinstance(e, anthropic.APIStatusError):
+    sdk = _sdk()
+    if isinstance(e, sdk.APIStatusError):
         status = e.status_code
         if status in _CLIENT_ERRORS:
             retryable, kind = _CLIENT_ERRORS[status]
@@ -221,11 +242,11 @@ def to_llm_error(e: anthropic.APIError) -> LLMError:
         if e.request_id:
             message += f" [request {e.request_id}]"
         return LLMError(message, retryable=retryable, kind=kind, status=status)
-    if isinstance(e, anthropic.APITimeoutError):
+    if isinstance(e, sdk.APITimeoutError):
         return LLMError(
             "the Anthropic API did not answer in time", retryable=True, kind="LLMConnectionError"
         )
-    if isinstance(e, anthropic.APIConnectionError):
+    if isinstance(e, sdk.APIConnectionError):
         cause = e.__cause__
         why = f": {type(cause).__name__}: {cause}" if cause else ""
         return LLMError(

@@ -327,3 +327,21 @@ def test_change_numbers_go_on_over_a_continued_run_whose_journal_starts_empty() 
     scheduler.record_success(continued, "c4", {}, 1, datetime(2024, 1, 2, tzinfo=UTC))
     later = changes_view(continued, ChangesQuery(since=seq))
     assert later.complete and [(c.seq, c.step_id) for c in later.changes] == [(seq + 1, "c4")]
+
+
+def test_a_run_keeps_one_index_alive_and_none_once_it_is_gone() -> None:
+    """An index rebuilt for the same run (new_run indexes the run, then again with its
+    steps) frees the one it replaces: a worker holds one index per waiting plan, not two."""
+    import gc
+
+    from plans.run_index import RunIndex
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, RunIndex) for o in gc.get_objects())
+
+    before = alive()
+    run = run_chain(20, 2)
+    assert alive() == before + 1
+    del run
+    assert alive() == before
