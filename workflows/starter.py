@@ -17,8 +17,7 @@ from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import PlanRun, StepRun
 from workflows.errors import ResumeRefused
-from workflows.plan_input import PlanInput, PlanResult
-from workflows.plan_workflow import PlanWorkflow
+from workflows.plan_input import WORKFLOW_NAME, PlanInput, PlanResult
 
 RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
 
@@ -29,7 +28,7 @@ async def start_plan(
     task_queue: str,
     heartbeat_timeout_s: float | None = None,
     **extra: Any,
-) -> WorkflowHandle[PlanWorkflow, PlanResult]:
+) -> WorkflowHandle[Any, PlanResult]:
     """Start ``plan`` once: starting the same plan id again while it runs returns its handle.
 
     A plan id whose workflow already closed is refused by Temporal
@@ -38,9 +37,12 @@ async def start_plan(
     inp = PlanInput(plan=plan, tools=catalog(), **extra)
     if heartbeat_timeout_s:
         inp.heartbeat_timeout_s = heartbeat_timeout_s
+    # by name, as the client reaches the queries (workflows.client): starting a plan
+    # does not load the workflow's module
     return await client.start_workflow(
-        PlanWorkflow.run,
+        WORKFLOW_NAME,
         inp,
+        result_type=PlanResult,
         id=plan.workflow_id,
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -78,7 +80,7 @@ async def last_run(client: Client, plan_id: str) -> LastRun:
     # Cancelled, terminated, failed or timed out in Temporal's terms: the workflow's own
     # state (from the query, which needs a worker) says what was done.
     try:
-        state: PlanRun = await handle.query(PlanWorkflow.run_state)
+        state: PlanRun = await handle.query("run_state", result_type=PlanRun)
     except RPCError as e:
         raise ResumeRefused(
             f"plan {plan_id} ended {desc.status.name.lower() if desc.status else 'unknown'} in Temporal and its state cannot be read: {e.message}"
@@ -89,7 +91,7 @@ async def last_run(client: Client, plan_id: str) -> LastRun:
 
 async def resume_from_failure(
     client: Client, plan_id: str, by: str, task_queue: str, **extra: Any
-) -> tuple[WorkflowHandle[PlanWorkflow, PlanResult], int]:
+) -> tuple[WorkflowHandle[Any, PlanResult], int]:
     """Start a new run of the same workflow id carrying the completed steps.
 
     Completed steps are never run again; failed, skipped, cancelled and pending ones run.
@@ -112,8 +114,9 @@ async def resume_from_failure(
         **extra,
     )
     handle = await client.start_workflow(
-        PlanWorkflow.run,
+        WORKFLOW_NAME,
         inp,
+        result_type=PlanResult,
         id=plan.workflow_id,
         task_queue=task_queue,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
