@@ -1,0 +1,154 @@
+"""The console's inbox: everything waiting for a person, oldest first.
+
+Which plans wait comes from the store (the list the dashboard's ``/api/metrics/waiting``
+reads); what each one waits for, its version and digest come from its live status (the
+same read as ``GET /api/plans/{id}/status``), its risk from the approval policy's
+decision when the run has one, else from ``GET /api/plans/{id}/risk``'s assessment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import Session
+
+from api.deps import ApiServices
+from api.errors import ApiError, api_error_of
+from api.routes_plan_reads import get_status
+from api.routes_plans import get_plan
+from api.routes_trust import get_risk
+from plans.models import Plan
+from plans.run_state import WaitingFor
+from plans.views import StatusView
+from store.metrics.models import WaitingPlan
+from store.metrics.waiting import waiting_plans
+from store.trust import plan_submitter
+from workflows.errors import PlanClientError
+
+log = logging.getLogger("plansmith.api.console")
+
+MAX_PLANS = 50  # plans read for one inbox
+
+KIND_LABELS = {
+    "plan_approval": "plan approval",
+    "step_approval": "step approval",
+    "clarification": "question",
+    "correction": "failed step (on_error: ask)",
+    "resume": "paused",
+}
+
+
+@dataclass
+class Item:
+    plan_id: str
+    title: str
+    kind: str
+    step_id: str | None
+    question: str | None
+    since: datetime | None
+    waited_s: float | None
+    timeout_at: datetime | None
+    on_timeout: str | None
+    version: int
+    digest: str
+    agent_id: str | None
+    submitted_by: str | None
+    risk_level: str | None
+    risk_reasons: list[str] = field(default_factory=list)
+    trust: str | None = None
+    offers: set[str] = field(default_factory=set)  # the actions the viewer may send
+
+    @property
+    def label(self) -> str:
+        return KIND_LABELS.get(self.kind, self.kind)
+
+
+def timeout_of(plan: Plan, kind: str) -> tuple[float | None, str | None]:
+    """The plan's timeout of a wait of ``kind`` (seconds) and what happens then."""
+    opts = plan.options
+    if kind == "plan_approval":
+        return opts.approval_timeout_s, opts.on_approval_timeout
+    if kind == "step_approval":
+        return opts.step_approval_timeout_s, opts.on_step_approval_timeout
+    if kind == "clarification":
+        return opts.clarification_timeout_s, opts.on_clarification_timeout
+    if kind == "correction":
+        return opts.correction_timeout_s, "stop"
+    return None, None
+
+
+async def _risk(
+    services: ApiServices, plan_id: str, status: StatusView
+) -> tuple[str | None, list[str], str | None]:
+    decision = status.approval_policy
+    if decision is not None:
+        trusted = f"{decision.trust_level} ({decision.trust_score:.2f})"
+        return decision.risk.level, decision.risk.reasons or decision.reasons, trusted
+    try:
+        view = await get_risk(plan_id, services, services.temporal, services.drafts, services.store)
+    except (ApiError, PlanClientError) as e:
+        log.info("no risk for %s: %s", plan_id, e)
+        return None, [], None
+    trust = f"{view.trust.level} ({view.trust.score:.2f})" if view.trust else None
+    return view.level, view.reasons, trust
+
+
+async def _items(services: ApiServices, row: WaitingPlan, now: datetime) -> list[Item]:
+    store = services.store
+    try:
+        status = await get_status(row.plan_id, services, services.drafts, store)
+        detail = await get_plan(row.plan_id, services.temporal, services.drafts, store)
+    except (ApiError, PlanClientError) as e:
+        log.info("inbox: cannot read %s: %s", row.plan_id, api_error_of(e).detail)
+        return []
+    waits: list[WaitingFor] = status.waiting
+    if not waits:
+        return []
+    level, reasons, trust = await _risk(services, row.plan_id, status)
+    try:
+        submitter = await store.run(lambda s: plan_submitter(s, row.plan_id))
+    except ApiError:
+        submitter = None
+    out = []
+    for w in waits:
+        seconds, action = timeout_of(detail.plan, w.kind)
+        since = w.since.astimezone(UTC) if w.since else None
+        out.append(
+            Item(
+                plan_id=row.plan_id,
+                title=status.title or row.title,
+                kind=w.kind,
+                step_id=w.step_id,
+                question=w.question,
+                since=since,
+                waited_s=(now - since).total_seconds() if since else None,
+                timeout_at=since + timedelta(seconds=seconds) if since and seconds else None,
+                on_timeout=action if seconds else None,
+                version=status.version,
+                digest=status.digest,
+                agent_id=detail.plan.agent_id,
+                submitted_by=submitter,
+                risk_level=level,
+                risk_reasons=reasons,
+                trust=trust,
+            )
+        )
+    return out
+
+
+async def inbox(services: ApiServices) -> list[Item]:
+    """Every wait of the waiting plans, the longest-waiting first."""
+
+    def read(s: Session) -> list[WaitingPlan]:
+        return waiting_plans(s, limit=MAX_PLANS)
+
+    rows = await services.store.run(read)
+    now = datetime.now(UTC)
+    found = await asyncio.gather(*(_items(services, row, now) for row in rows))
+    items = [item for group in found for item in group]
+    far = datetime.max.replace(tzinfo=UTC)
+    items.sort(key=lambda i: (i.since or far, i.plan_id, i.step_id or ""))
+    return items
