@@ -89,6 +89,22 @@ def item_of(html: str, plan_id: str) -> str:
     return found.group(0)
 
 
+async def inbox_with(
+    http: httpx.AsyncClient, plan_id: str, kind: str, timeout: float = 20
+) -> tuple[str, str]:
+    """The inbox page once it lists a wait of ``kind`` for ``plan_id`` (the inbox reads
+    which plans wait from the store, which the workflow's snapshots reach a moment after
+    its status changes), and that entry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        html = (await http.get("/console")).text
+        entry = item_of_or_empty(html, plan_id)
+        if f'data-kind="{kind}"' in entry:
+            return html, entry
+        assert time.monotonic() < deadline, f"{plan_id}: no {kind} in the inbox"
+        await asyncio.sleep(0.1)
+
+
 def notices(html: str) -> str:
     found = re.search(r'<div id="notices".*?</div>', html, re.S)
     return found.group(0) if found else ""
@@ -183,7 +199,7 @@ async def test_sign_in_csrf_roles_and_the_recorded_actor(
         after = http.cookies.get(COOKIE)
         assert after and after != before and "k1" not in after
         assert "Signed in as <strong>alice</strong> (operator)" in html
-        entry = item_of(html, plan_id)
+        html, entry = await inbox_with(http, plan_id, "plan_approval")
         assert "plan approval" in entry and "bot" in entry  # proposed by the bot
         assert ">Approve</button>" in entry and ">Reject</button>" in entry
         assert 'for="reject-reason-' in entry  # inputs have labels
@@ -272,9 +288,8 @@ async def test_without_keys_the_console_says_so_and_records_console(
         ) | {"agent_id": "release-bot"}
         plan_id = await start_plan(http, doc)
         await wait_status(http, plan_id, "waiting_approval")
-        html = (await http.get("/console")).text
+        html, entry = await inbox_with(http, plan_id, "step_approval")
         assert "API keys are off" in html and 'id="sign-in"' not in html
-        entry = item_of(html, plan_id)
         assert "step approval" in entry and "release-bot" in entry
         assert re.search(r'class="timeout"><time datetime="[^"]+">', entry), entry
         assert "then reject" in entry
@@ -312,3 +327,98 @@ async def test_assets_are_served_with_the_csp(
         assert "default-src 'none'" in r.headers["content-security-policy"]
         assert (await http.get("/console/static/../app.py")).status_code == 404
         assert (await http.get("/console/static/nothing.js")).status_code == 404
+
+
+async def post_action(
+    http: httpx.AsyncClient, plan_id: str, control: str, page: str, **fields: str
+) -> str:
+    """Send ``control`` with the CSRF token, version and digest ``page`` shows; the notice
+    the page then shows."""
+    digest = re.search(r'name="digest" value="([0-9a-f]+)"', page)
+    version = re.search(r'name="version" value="(\d+)"', page)
+    assert digest and version, "no version/digest on the page"
+    data = {"csrf": csrf_of(page), "version": version.group(1), "digest": digest.group(1)}
+    r = await http.post(f"/console/plans/{plan_id}/actions/{control}", data=data | fields)
+    assert r.status_code == 303, r.text
+    return notices((await http.get(r.headers["location"])).text)
+
+
+async def test_questions_failures_pause_resume_and_cancel(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    app = make_app(env.client, task_queue)
+    async with browser_like(app) as http:
+        asks = plan_doc(
+            [
+                {
+                    "id": "ask",
+                    "tool": "wait",
+                    "params": {"seconds": 0, "result": "{{ answer }}"},
+                    "requires_clarification": True,
+                    "clarification_question": "Which region?",
+                }
+            ],
+            clarification_timeout_s=900,
+            on_clarification_timeout="skip",
+        )
+        fails = plan_doc([{"id": "fetch", "tool": "boom", "params": {}}], on_error="ask")
+        fails["steps"][0]["params"] = {"permanent": True}
+        await start_plan(http, asks)
+        await start_plan(http, fails)
+        await wait_status(http, asks["id"], "waiting_clarification")
+        await wait_status(http, fails["id"], "waiting_correction")
+
+        await inbox_with(http, asks["id"], "clarification")
+        html, failed = await inbox_with(http, fails["id"], "correction")
+        question = item_of(html, asks["id"])
+        assert "Which region?" in question
+        assert "then skip" in question and 'for="answer-' in question
+        assert "failed step (on_error: ask)" in failed and "boom" in failed
+        assert "not in the console yet" in failed and "<button" not in failed
+        # the oldest first
+        assert html.index(f'data-plan-id="{asks["id"]}"') < html.index(
+            f'data-plan-id="{fails["id"]}"'
+        )
+
+        shown = await post_action(
+            http, asks["id"], "answer_clarification", question, step_id="ask", answer="eu-west"
+        )
+        assert "done" in shown, shown
+        st = await wait_status(http, asks["id"], "completed")
+        assert st["steps"][0]["output"]["result"] == "eu-west"
+
+        # a running plan: Pause with a question, answer it, Resume, Cancel
+        runs = plan_doc([wait_step("long", 60)])
+        await start_plan(http, runs)
+        await wait_status(http, runs["id"], "executing")
+        page = (await http.get(f"/console/plans/{runs['id']}")).text
+        assert 'data-action="pause"' in page and 'data-action="resume"' not in page
+        shown = await post_action(
+            http, runs["id"], "pause", page, reason="look", question="Go on tonight?"
+        )
+        assert "done" in shown, shown
+        await wait_status(http, runs["id"], "waiting_clarification")
+        _, entry = await inbox_with(http, runs["id"], "clarification")
+        assert "Go on tonight?" in entry and ">Answer</button>" in entry
+        assert "done" in await post_action(
+            http, runs["id"], "answer_clarification", entry, answer="yes"
+        )
+        await wait_status(http, runs["id"], "paused")
+        _, entry = await inbox_with(http, runs["id"], "resume")
+        assert ">Resume</button>" in entry
+        assert "done" in await post_action(http, runs["id"], "resume", entry, feedback="ok")
+        await wait_status(http, runs["id"], "executing")
+        page = (await http.get(f"/console/plans/{runs['id']}")).text
+        # a refusal shows the server's reason: resuming a plan that is not paused
+        shown = await post_action(http, runs["id"], "resume", page)
+        assert "refused (409)" in shown and "paused" in shown, shown
+        page = (await http.get(f"/console/plans/{runs['id']}")).text
+        assert "done" in await post_action(http, runs["id"], "cancel", page, reason="enough")
+        await wait_status(http, runs["id"], "cancelled")
+        audit = (await api(http, "GET", f"/api/plans/{runs['id']}/audit")).json()
+        assert {(a["action"], a["by"]) for a in audit if a["accepted"]} >= {
+            ("pause", "console"),
+            ("answer_clarification", "console"),
+            ("resume", "console"),
+            ("cancel", "console"),
+        }
