@@ -47,6 +47,7 @@ class Item:
     title: str
     kind: str
     step_id: str | None
+    step_version: int | None  # what approve_step / reject_step are bound to
     question: str | None
     since: datetime | None
     waited_s: float | None
@@ -112,6 +113,7 @@ async def _items(services: ApiServices, row: WaitingPlan, now: datetime) -> list
         submitter = await store.run(lambda s: plan_submitter(s, row.plan_id))
     except ApiError:
         submitter = None
+    step_versions = {s.id: s.version for s in status.steps}
     out = []
     for w in waits:
         seconds, action = timeout_of(detail.plan, w.kind)
@@ -122,6 +124,7 @@ async def _items(services: ApiServices, row: WaitingPlan, now: datetime) -> list
                 title=status.title or row.title,
                 kind=w.kind,
                 step_id=w.step_id,
+                step_version=step_versions.get(w.step_id) if w.step_id else None,
                 question=w.question,
                 since=since,
                 waited_s=(now - since).total_seconds() if since else None,

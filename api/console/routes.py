@@ -296,6 +296,7 @@ async def _plan_context(
         "final": status.status.value in FINAL,
         "steps": steps,
         "dag": layout(detail.plan.steps, statuses),
+        "step_versions": {s.id: s.version for s in status.steps},
         "node_w": NODE_W,
         "node_h": NODE_H,
         "audit": list(reversed(audit)),
@@ -361,10 +362,13 @@ async def plan_events(
 def _body(control: str, fields: dict[str, str], keys_on: bool) -> BaseModel:
     """The control's body from the form: the fields its REST body takes (empty ones
     left out), ``by`` from the session (see :func:`send_control`)."""
-    model = STEP_BODIES[control] if control in STEP_ACTIONS else PLAN_BODIES[control]
+    step = control in STEP_ACTIONS
+    model = STEP_BODIES[control] if step else PLAN_BODIES[control]
     data: dict[str, Any] = {}
     for name in model.model_fields:
-        value = fields.get(name, "").strip()
+        # a step control's version is the step's (the plan's is checked by _stale)
+        source = "step_version" if step and name == "version" else name
+        value = fields.get(source, "").strip()
         if name == "by" or not value:
             continue
         data[name] = value

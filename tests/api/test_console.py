@@ -338,6 +338,8 @@ async def post_action(
     version = re.search(r'name="version" value="(\d+)"', page)
     assert digest and version, "no version/digest on the page"
     data = {"csrf": csrf_of(page), "version": version.group(1), "digest": digest.group(1)}
+    if step_version := re.search(r'name="step_version" value="(\d+)"', page):
+        data["step_version"] = step_version.group(1)
     r = await http.post(f"/console/plans/{plan_id}/actions/{control}", data=data | fields)
     assert r.status_code == 303, r.text
     return notices((await http.get(r.headers["location"])).text)
@@ -422,3 +424,30 @@ async def test_questions_failures_pause_resume_and_cancel(
             ("resume", "console"),
             ("cancel", "console"),
         }
+
+
+async def test_a_step_gate_is_bound_to_the_steps_version_not_the_plans(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    app = make_app(env.client, task_queue)
+    async with browser_like(app) as http:
+        doc = plan_doc([wait_step("gate", requires_approval=True), wait_step("later", 0, ["gate"])])
+        plan_id = await start_plan(http, doc)
+        await wait_status(http, plan_id, "waiting_approval")
+        # another step is corrected: the plan is at version 2, the gated step at 1
+        r = await api(
+            http,
+            "POST",
+            f"/api/plans/{plan_id}/apply-correction",
+            json={
+                "step_id": "later",
+                "approve": True,
+                "correction": {"updated_step": {"params": {"seconds": 0.1}}},
+            },
+        )
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        page = (await http.get(f"/console/plans/{plan_id}")).text
+        assert 'name="version" value="2"' in page and 'name="step_version" value="1"' in page
+        shown = await post_action(http, plan_id, "approve_step", page, step_id="gate")
+        assert "done" in shown, shown
+        await wait_status(http, plan_id, "completed")
