@@ -3,13 +3,16 @@
 Which plans wait comes from the store (the list the dashboard's ``/api/metrics/waiting``
 reads); what each one waits for, its version and digest come from its live status (the
 same read as ``GET /api/plans/{id}/status``), its risk from the approval policy's
-decision when the run has one, else from ``GET /api/plans/{id}/risk``'s assessment.
+decision when the run has one, else from ``GET /api/plans/{id}/risk``'s assessment (kept
+per plan digest with the document's timeouts and who proposed it: a refresh reads only
+each waiting plan's status).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -97,26 +100,69 @@ async def _risk(
     return view.level, view.reasons, trust
 
 
-async def _items(services: ApiServices, row: WaitingPlan, now: datetime) -> list[Item]:
+@dataclass(frozen=True)
+class PlanFacts:
+    """What the inbox shows of one version of a plan document (it changes only with the
+    digest): who proposed it, its timeouts, its risk."""
+
+    plan: Plan
+    submitted_by: str | None
+    risk_level: str | None
+    risk_reasons: list[str]
+    trust: str | None
+
+
+class FactsCache:
+    """``PlanFacts`` by (plan id, digest), the newest ``size``: the inbox refreshes every
+    few seconds, and only the status of each waiting plan needs reading again."""
+
+    def __init__(self, size: int = 1000):
+        self.size = size
+        self._facts: OrderedDict[tuple[str, str], PlanFacts] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> PlanFacts | None:
+        found = self._facts.get(key)
+        if found is not None:
+            self._facts.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, str], facts: PlanFacts) -> None:
+        self._facts[key] = facts
+        while len(self._facts) > self.size:
+            self._facts.popitem(last=False)
+
+
+async def _facts(services: ApiServices, plan_id: str, status: StatusView) -> PlanFacts:
     store = services.store
+    detail = await get_plan(plan_id, services.temporal, services.drafts, store)
+    level, reasons, trust = await _risk(services, plan_id, status)
     try:
-        status = await get_status(row.plan_id, services, services.drafts, store)
-        detail = await get_plan(row.plan_id, services.temporal, services.drafts, store)
+        submitter = await store.run(lambda s: plan_submitter(s, plan_id))
+    except ApiError:
+        submitter = None
+    return PlanFacts(detail.plan, submitter, level, reasons, trust)
+
+
+async def _items(
+    services: ApiServices, cache: FactsCache, row: WaitingPlan, now: datetime
+) -> list[Item]:
+    try:
+        status = await get_status(row.plan_id, services, services.drafts, services.store)
+        waits: list[WaitingFor] = status.waiting
+        if not waits:
+            return []
+        key = (row.plan_id, status.digest)
+        facts = cache.get(key)
+        if facts is None:
+            facts = await _facts(services, row.plan_id, status)
+            cache.put(key, facts)
     except (ApiError, PlanClientError) as e:
         log.info("inbox: cannot read %s: %s", row.plan_id, api_error_of(e).detail)
         return []
-    waits: list[WaitingFor] = status.waiting
-    if not waits:
-        return []
-    level, reasons, trust = await _risk(services, row.plan_id, status)
-    try:
-        submitter = await store.run(lambda s: plan_submitter(s, row.plan_id))
-    except ApiError:
-        submitter = None
     step_versions = {s.id: s.version for s in status.steps}
     out = []
     for w in waits:
-        seconds, action = timeout_of(detail.plan, w.kind)
+        seconds, action = timeout_of(facts.plan, w.kind)
         since = w.since.astimezone(UTC) if w.since else None
         out.append(
             Item(
@@ -132,17 +178,17 @@ async def _items(services: ApiServices, row: WaitingPlan, now: datetime) -> list
                 on_timeout=action if seconds else None,
                 version=status.version,
                 digest=status.digest,
-                agent_id=detail.plan.agent_id,
-                submitted_by=submitter,
-                risk_level=level,
-                risk_reasons=reasons,
-                trust=trust,
+                agent_id=facts.plan.agent_id,
+                submitted_by=facts.submitted_by,
+                risk_level=facts.risk_level,
+                risk_reasons=facts.risk_reasons,
+                trust=facts.trust,
             )
         )
     return out
 
 
-async def inbox(services: ApiServices) -> list[Item]:
+async def inbox(services: ApiServices, cache: FactsCache) -> list[Item]:
     """Every wait of the waiting plans, the longest-waiting first."""
 
     def read(s: Session) -> list[WaitingPlan]:
@@ -150,7 +196,7 @@ async def inbox(services: ApiServices) -> list[Item]:
 
     rows = await services.store.run(read)
     now = datetime.now(UTC)
-    found = await asyncio.gather(*(_items(services, row, now) for row in rows))
+    found = await asyncio.gather(*(_items(services, cache, row, now) for row in rows))
     items = [item for group in found for item in group]
     far = datetime.max.replace(tzinfo=UTC)
     items.sort(key=lambda i: (i.since or far, i.plan_id, i.step_id or ""))

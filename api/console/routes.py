@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.auth import Principal
 from api.console.dag import NODE_H, NODE_W, layout
-from api.console.inbox import KIND_LABELS, inbox
+from api.console.inbox import KIND_LABELS, FactsCache, inbox
 from api.console.sessions import COOKIE, COOKIE_PATH, Session, Sessions
 from api.controls import PLAN_BODIES, STEP_BODIES
 from api.deps import ApiServices, PlanIdDep, ServicesDep
@@ -220,9 +220,19 @@ async def sign_out(request: Request, session: SessionDep) -> Response:
 # --- the inbox ------------------------------------------------------------------------
 
 
-async def _inbox_context(services: ApiServices, principal: Principal) -> dict[str, Any]:
+def facts_cache_of(request: Request) -> FactsCache:
+    state = request.app.state
+    found: FactsCache | None = getattr(state, "console_facts", None)
+    if found is None:
+        found = state.console_facts = FactsCache()
+    return found
+
+
+async def _inbox_context(
+    request: Request, services: ApiServices, principal: Principal
+) -> dict[str, Any]:
     try:
-        items = await inbox(services)
+        items = await inbox(services, facts_cache_of(request))
         error = None
     except (ApiError, PlanClientError) as e:
         items, error = [], api_error_of(e).detail
@@ -235,7 +245,7 @@ async def _inbox_context(services: ApiServices, principal: Principal) -> dict[st
 async def inbox_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     if needs_sign_in(services, session):
         return sign_in_page(request, session, services)
-    context = await _inbox_context(services, principal_of(services, session))
+    context = await _inbox_context(request, services, principal_of(services, session))
     return render(request, session, services, "inbox.html", context)
 
 
@@ -244,7 +254,7 @@ async def inbox_fragment(request: Request, services: ServicesDep, session: Sessi
     """The inbox's list alone (``console.js`` refreshes it)."""
     if needs_sign_in(services, session):
         raise unauthorized("sign in to the console first")
-    context = await _inbox_context(services, principal_of(services, session))
+    context = await _inbox_context(request, services, principal_of(services, session))
     return render(request, session, services, "inbox_items.html", context)
 
 
