@@ -9,9 +9,11 @@
   let sourceUrl = null;
   let refreshTimer = null;
 
+  // Someone is using this part of the page: something in it has the focus (an input, a
+  // button reached with Tab) or an input holds text. A refresh would take it away.
   function typing(root) {
     const active = document.activeElement;
-    if (active && root.contains(active) && active.tagName === "INPUT") return true;
+    if (active && active !== document.body && root.contains(active)) return true;
     return Array.from(root.querySelectorAll("input:not([type=hidden])")).some((i) => i.value);
   }
 

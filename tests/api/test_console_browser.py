@@ -137,11 +137,30 @@ async def test_approve_watch_and_gate_a_release_in_the_console(
             width, _, seen = colours(shot.read_bytes())
             assert width == 1280 and len(seen) > 50, "the inbox looks blank"
 
+            # a second reviewer, in another browser, starts rejecting the same plan
+            other: Page = await b.new_page()
+            other.set_default_timeout(TIMEOUT_MS)
+            other_watch = Watch(other, base)
+            await other.goto(f"{base}/console")
+            await other.get_by_label("API key").fill("k1")
+            await other.get_by_role("button", name="Sign in").click()
+            late = other.locator(f'li.item[data-plan-id="{plan_id}"][data-kind="plan_approval"]')
+            await late.get_by_label("Reason").fill("wrong version")
+
             # "Approve", by keyboard: focus the button and press Enter
             await item.get_by_role("button", name="Approve").focus()
             await page.keyboard.press("Enter")
             await page.locator("#notices .notice.ok", has_text="done").wait_for()
             assert page.url == f"{base}/console"
+
+            # the late "Reject": refused with the workflow's reason, and the page refreshed
+            await late.get_by_role("button", name="Reject").click()
+            refusal = other.locator("#notices .notice.error")
+            await refusal.wait_for()
+            assert "refused (409)" in await refusal.inner_text()
+            assert await late.count() == 0, "the refreshed inbox still offers the approval"
+            assert other_watch.foreign == [] and other_watch.errors == [], other_watch.errors
+            await other.close()
 
             # the plan page: the DAG changes live, from the event stream
             await page.goto(f"{base}/console/plans/{plan_id}")
