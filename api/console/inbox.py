@@ -1,11 +1,12 @@
 """The console's inbox: everything waiting for a person, oldest first.
 
-Which plans wait comes from the store (the list the dashboard's ``/api/metrics/waiting``
-reads); what each one waits for, its version and digest come from its live status (the
-same read as ``GET /api/plans/{id}/status``), its risk from the approval policy's
-decision when the run has one, else from ``GET /api/plans/{id}/risk``'s assessment (kept
-per plan digest with the document's timeouts and who proposed it: a refresh reads only
-each waiting plan's status).
+Everything comes from the store, never from Temporal (a plan whose worker is away must
+not hold the inbox for the RPC timeout): which plans wait (the list the dashboard's
+``/api/metrics/waiting`` reads), what each one waits for with its version and digest
+(the status the workflow's newest snapshot recorded), the plan document, and its risk:
+the approval policy's decision when the run has one, else the assessment
+``GET /api/plans/{id}/risk`` makes. The document's facts, risk and submitter are kept per
+plan digest. An action still checks the live status before it is sent.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from sqlmodel import Session
 
 from api.deps import ApiServices
 from api.errors import ApiError, api_error_of
-from api.routes_plan_reads import get_status
-from api.routes_plans import get_plan
-from api.routes_trust import get_risk
+from api.routes_trust import plan_trust
+from contracts.tools import catalog
 from plans.models import Plan
+from plans.risk import assess_risk
 from plans.run_state import WaitingFor
 from plans.views import StatusView
 from store.metrics.models import WaitingPlan
@@ -85,19 +86,23 @@ def timeout_of(plan: Plan, kind: str) -> tuple[float | None, str | None]:
 
 
 async def _risk(
-    services: ApiServices, plan_id: str, status: StatusView
+    services: ApiServices, plan_id: str, plan: Plan, status: StatusView
 ) -> tuple[str | None, list[str], str | None]:
+    """The run's approval-policy decision when it has one, else the assessment
+    ``GET /api/plans/{id}/risk`` makes, of the store's copy of the document."""
     decision = status.approval_policy
     if decision is not None:
         trusted = f"{decision.trust_level} ({decision.trust_score:.2f})"
         return decision.risk.level, decision.risk.reasons or decision.reasons, trusted
+    th = services.settings.policy.thresholds()
+    risk = await asyncio.to_thread(assess_risk, plan, catalog(), th.risk)
     try:
-        view = await get_risk(plan_id, services, services.temporal, services.drafts, services.store)
-    except (ApiError, PlanClientError) as e:
-        log.info("no risk for %s: %s", plan_id, e)
-        return None, [], None
-    trust = f"{view.trust.level} ({view.trust.score:.2f})" if view.trust else None
-    return view.level, view.reasons, trust
+        score = await plan_trust(services.store, plan.agent_id, th, plan_id)
+        trust = f"{score.level} ({score.score:.2f})"
+    except ApiError as e:
+        log.info("no trust for %s: %s", plan_id, e.detail)
+        trust = None
+    return risk.level, risk.reasons, trust
 
 
 @dataclass(frozen=True)
@@ -132,29 +137,36 @@ class FactsCache:
             self._facts.popitem(last=False)
 
 
-async def _facts(services: ApiServices, plan_id: str, status: StatusView) -> PlanFacts:
+async def _facts(services: ApiServices, plan_id: str, status: StatusView) -> PlanFacts | None:
     store = services.store
-    detail = await get_plan(plan_id, services.temporal, services.drafts, store)
-    level, reasons, trust = await _risk(services, plan_id, status)
+    found = await store.plan(plan_id)
+    if found is None:
+        return None
+    plan = found[1]
+    level, reasons, trust = await _risk(services, plan_id, plan, status)
     try:
         submitter = await store.run(lambda s: plan_submitter(s, plan_id))
     except ApiError:
         submitter = None
-    return PlanFacts(detail.plan, submitter, level, reasons, trust)
+    return PlanFacts(plan, submitter, level, reasons, trust)
 
 
 async def _items(
     services: ApiServices, cache: FactsCache, row: WaitingPlan, now: datetime
 ) -> list[Item]:
     try:
-        status = await get_status(row.plan_id, services, services.drafts, services.store)
-        waits: list[WaitingFor] = status.waiting
-        if not waits:
+        # the store's snapshot, like the list: no Temporal query (a plan whose worker is
+        # away would hold the whole inbox for the RPC timeout)
+        status = await services.store.status(row.plan_id)
+        if status is None or not status.waiting:
             return []
+        waits: list[WaitingFor] = status.waiting
         key = (row.plan_id, status.digest)
         facts = cache.get(key)
         if facts is None:
             facts = await _facts(services, row.plan_id, status)
+            if facts is None:
+                return []
             cache.put(key, facts)
     except (ApiError, PlanClientError) as e:
         log.info("inbox: cannot read %s: %s", row.plan_id, api_error_of(e).detail)
