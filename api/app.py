@@ -26,6 +26,7 @@ from temporalio.client import Client
 
 from api import prometheus
 from api.auth import ApiKeys, bearer_scheme, header_scheme
+from api.console.routes import router as console_router
 from api.dashboard import router as dashboard_router
 from api.deps import ApiServices, ServicesDep
 from api.drafts import DraftStore, StoreDrafts
@@ -242,6 +243,7 @@ def create_app(
     for router in api_routers:
         app.include_router(router, prefix="/api")
     app.include_router(dashboard_router)
+    app.include_router(console_router)
     prometheus.install(app)  # last, after the other middleware: it then times every request
     return app
 

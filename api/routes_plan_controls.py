@@ -52,7 +52,7 @@ CONTROL = responses(401, 403, 404, 409, 422, 502, 503)
 # --- controls ------------------------------------------------------------------------
 
 
-async def _send(
+async def send_control(
     gateway: PlanClient,
     drafts: DraftStore,
     plan_id: str,
@@ -61,6 +61,8 @@ async def _send(
     actor: Principal,
     step_id: str | None = None,
 ) -> ControlResult:
+    """Send ``control`` to the plan as ``actor``: the role check, the recorded ``by``,
+    a draft's approval; the one path of the REST controls and the console's actions."""
     # While the database is down, a plan's workflow still takes controls: the draft
     # lookups are skipped, and only a plan Temporal does not know is then a 503 (it may
     # be a draft in the store that cannot be read).
@@ -118,7 +120,7 @@ def _plan_control(control: str, model: type[BaseModel]) -> Any:
             actor: ActorDep,
             body: Annotated[model | None, Body(openapi_examples=examples_of(model))] = None,  # type: ignore[valid-type]
         ) -> ControlResult:
-            return await _send(gateway, drafts, plan_id, control, body, actor)
+            return await send_control(gateway, drafts, plan_id, control, body, actor)
 
         return optional_body
 
@@ -129,7 +131,7 @@ def _plan_control(control: str, model: type[BaseModel]) -> Any:
         actor: ActorDep,
         body: Annotated[model, Body(openapi_examples=examples_of(model))],  # type: ignore[valid-type]
     ) -> ControlResult:
-        return await _send(gateway, drafts, plan_id, control, body, actor)
+        return await send_control(gateway, drafts, plan_id, control, body, actor)
 
     return required_body
 
@@ -145,7 +147,7 @@ def _step_control(control: str, model: type[BaseModel]) -> Any:
             actor: ActorDep,
             body: Annotated[model | None, Body(openapi_examples=examples_of(model))] = None,  # type: ignore[valid-type]
         ) -> ControlResult:
-            return await _send(gateway, drafts, plan_id, control, body, actor, step_id)
+            return await send_control(gateway, drafts, plan_id, control, body, actor, step_id)
 
         return optional_body
 
@@ -157,7 +159,7 @@ def _step_control(control: str, model: type[BaseModel]) -> Any:
         actor: ActorDep,
         body: Annotated[model, Body(openapi_examples=examples_of(model))],  # type: ignore[valid-type]
     ) -> ControlResult:
-        return await _send(gateway, drafts, plan_id, control, body, actor, step_id)
+        return await send_control(gateway, drafts, plan_id, control, body, actor, step_id)
 
     return required_body
 

@@ -69,7 +69,7 @@ class PlanRiskView(BaseModel):
     )
 
 
-async def _trust(
+async def plan_trust(
     store: PlanStore, agent_id: str | None, th: PolicyThresholds, plan_id: str | None = None
 ) -> TrustScore:
     """The agent's trust from the store (503 when the store cannot answer). For a plan,
@@ -107,7 +107,7 @@ async def get_trust(
     services: ServicesDep,
     store: StoreDep,
 ) -> TrustScore:
-    return await _trust(store, agent_id, services.settings.policy.thresholds())
+    return await plan_trust(store, agent_id, services.settings.policy.thresholds())
 
 
 @router.get(
@@ -136,7 +136,7 @@ async def get_risk(
     trust: TrustScore | None
     decision: ApprovalDecision | None = None
     try:
-        trust = await _trust(store, plan.agent_id, th, plan_id)
+        trust = await plan_trust(store, plan.agent_id, th, plan_id)
     except ApiError:
         trust = None
     if trust is not None:
