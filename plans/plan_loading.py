@@ -8,6 +8,7 @@ together (dependencies, tools, params, expressions) is :mod:`plans.validation`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -105,10 +106,33 @@ class _TooBig(Exception):
     pass
 
 
+class _NotPlainJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotPlainJson(name)  # NaN, Infinity: not JSON; YAML reads them as it reads them
+
+
+def _json(text: str) -> Any:
+    """``text`` read as JSON when it is plain JSON (an object), else ``_NotPlainJson``.
+    JSON is YAML too, and reads the same either way; the JSON parser takes a 2,000-step
+    plan in milliseconds where the YAML parser takes seconds."""
+    if not text.lstrip().startswith("{"):
+        raise _NotPlainJson("not an object")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as e:
+        raise _NotPlainJson(str(e)) from None
+
+
 def load_document(text: str, source: str = "<input>") -> dict[str, Any]:
     """Parse JSON or YAML text into a mapping, with a located error when it is neither."""
     try:
-        data = _safe_load(text)
+        try:
+            data = _json(text)
+        except _NotPlainJson:  # YAML, or broken JSON: the YAML parser locates the problem
+            data = _safe_load(text)
     except _TooBig as e:
         raise PlanInvalid([Problem(location=source, message=str(e))]) from None
     except yaml.YAMLError as e:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from contracts.tools import catalog as builtin_catalog
 from plans.models import Plan, ToolSpec
@@ -586,6 +587,29 @@ def test_unparseable_text_is_located() -> None:
     assert "line 1" in p.message
     with pytest.raises(PlanInvalid, match="must be an object"):
         parse_plan("- just\n- a list\n")
+
+
+def test_json_and_yaml_read_alike_and_broken_json_is_located() -> None:
+    """A JSON document reads the same as the YAML it also is (JSON goes through the fast
+    JSON parser); what is not plain JSON (NaN, a typo) is read or located as YAML."""
+    document = {
+        "id": "p",
+        "inputs": {"n": 1.5, "s": "x: y", "u": "\u00e9", "none": None, "t": True},
+        "steps": [{"id": "a", "tool": "noop", "params": {"list": [1, {"k": "v"}]}}],
+    }
+    text = json.dumps(document)
+    assert load_document(text) == yaml.safe_load(text) == document
+    assert load_document("  " + json.dumps(document, indent=2)) == document
+    assert load_document('{"id": "p", "x": NaN}')["x"] == "NaN"  # YAML's plain scalar
+    with pytest.raises(PlanInvalid) as e:
+        load_document('{"id": "p", "steps": [}', source="plan.json")
+    p = only(e.value.problems)
+    assert p.location == "plan.json" and "line 1" in p.message
+
+
+def test_a_deeply_nested_json_object_is_a_located_problem() -> None:
+    with pytest.raises(PlanInvalid, match="nested too deeply"):
+        load_document('{"a": ' * 20_000 + "1" + "}" * 20_000, source="deep.json")
 
 
 # --- every problem at once -----------------------------------------------------------
