@@ -27,6 +27,7 @@ from temporalio.client import (
     WorkflowExecution,
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -62,7 +63,7 @@ from workflows.errors import (
     TemporalUnavailable,
     TooLargeForTemporal,
 )
-from workflows.plan_input import PLAN_STATUS
+from workflows.plan_input import PLAN_STATUS, PlanResult
 from workflows.transport import data_converter, tls_config
 
 if TYPE_CHECKING:  # the planner's and the starter's modules load only when used
@@ -243,6 +244,21 @@ class PlanClient:
             if e.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise TemporalError(f"describe: {e.message}") from None
+
+    async def final_result(self, plan_id: str, wait_s: float = 30.0) -> PlanResult | None:
+        """The result of a plan whose workflow is ending or ended (waiting up to
+        ``wait_s`` for it to close): read from its history, where a query of a closed
+        workflow replays the whole run on a worker (seconds for thousands of steps).
+        None when its last run ended without a result (cancelled or terminated in
+        Temporal, failed) or did not close in time."""
+        handle = (await self.client()).get_workflow_handle(
+            workflow_id_for(plan_id), result_type=PlanResult
+        )
+        try:
+            result: PlanResult = await asyncio.wait_for(handle.result(), wait_s)
+            return result
+        except (TimeoutError, WorkflowFailureError, RPCError):
+            return None
 
     # --- queries ------------------------------------------------------------------
 

@@ -99,5 +99,5 @@ async def _demo_planner(port: int, settings: Settings) -> int:
             )
             break
         await asyncio.sleep(0.2)
-    st = await watcher
-    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+    ended = await watcher
+    return EXIT_OK if ended == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED

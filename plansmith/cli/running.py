@@ -13,7 +13,15 @@ from pydantic_core import to_jsonable_python
 
 from config import Settings
 from plans.models import PlanStatus, StepStatus
-from plans.views import ChangesQuery, LogsQuery, StatusView, StepChange, StepsQuery, StepView
+from plans.views import (
+    ChangesQuery,
+    ChangesView,
+    LogsQuery,
+    StatusView,
+    StepChange,
+    StepsQuery,
+    StepView,
+)
 from plansmith.cli.connection import connect, plan_id_of
 from plansmith.cli.console import EXIT_NOT_COMPLETED, EXIT_OK, CliError, ui_url
 from workflows.client import PlanClient, StatusDiff
@@ -110,10 +118,16 @@ def _print_results(st: StatusView, limit: int = 400) -> None:
     """The outputs of the completed final steps (those no other step depends on)."""
     needed = {d for s in st.steps for d in s.depends_on}
     for s in st.steps:
-        if s.id in needed or s.status.value != "completed" or s.output is None:
+        if s.id in needed or s.status.value != "completed":
             continue
-        text = json.dumps(s.output, default=str, ensure_ascii=False)
-        print(f"  result of {s.id}: {text[:limit]}{'…' if len(text) > limit else ''}", flush=True)
+        _print_output(s.id, s.output, limit)
+
+
+def _print_output(step_id: str, output: object, limit: int = 400) -> None:
+    if output is None:
+        return
+    text = json.dumps(output, default=str, ensure_ascii=False)
+    print(f"  result of {step_id}: {text[:limit]}{'…' if len(text) > limit else ''}", flush=True)
 
 
 async def _every_step(plans: PlanClient, st: StatusView) -> StatusView:
@@ -135,8 +149,33 @@ async def _finish(plans: PlanClient, st: StatusView) -> StatusView:
     return st
 
 
-async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> StatusView:
-    """Print every step change until the plan ends; return the last status.
+async def _finish_from_result(
+    plans: PlanClient, plan_id: str, cv: ChangesView, out: WatchPrinter
+) -> PlanStatus | None:
+    """The end of a watched plan from its workflow's result (its history), not from
+    queries: a query of a closed workflow replays the whole run (about 9 s for 2,000
+    steps). None when there is no result to read (the caller asks the status)."""
+    result = await plans.final_result(plan_id)
+    if result is None:
+        return None
+    at = max((c.at for c in cv.changes if c.at is not None), default=None)
+    if result.status.value != out.plan_status:
+        out.plan_status = result.status.value
+        print(f"[{_clock(at)}] plan {plan_id}: {result.status.value} (100%)", flush=True)
+    if result.outcome:
+        print(f"  outcome: {result.outcome}", flush=True)
+    if result.plan is not None:
+        needed = {d for step in result.plan.steps for d in step.depends_on}
+        for step in result.plan.steps:
+            s = result.final_steps.get(step.id)
+            if step.id in needed or s is None or s.status != StepStatus.COMPLETED:
+                continue
+            _print_output(step.id, s.output)
+    return result.status
+
+
+async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> PlanStatus:
+    """Print every step change until the plan ends; return how it ended.
 
     Reads the workflow's ``changes`` query (the changes after the last one printed: its
     cost does not grow with the plan), and ``status`` only when the plan's status changes
@@ -147,7 +186,7 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Sta
     out.plan(st)
     out.snapshot(st)
     if st.status.terminal:
-        return await _finish(plans, st)
+        return (await _finish(plans, st)).status
     since = st.seq
     diff: StatusDiff | None = None  # set when the worker has no changes query
     while True:
@@ -187,11 +226,15 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Sta
                 since = max(since, c.seq)
                 out.change(c)
                 person = person or c.status in WAITS
+            if cv.status.terminal:
+                ended = await _finish_from_result(plans, plan_id, cv, out)
+                if ended is not None:
+                    return ended
             if cv.status.value != out.plan_status or person or cv.status.terminal:
                 st = await plans.status(plan_id)
                 out.plan(st)
                 if cv.status.terminal:
-                    return await _finish(plans, st)
+                    return (await _finish(plans, st)).status
         else:
             st = await plans.status(plan_id)
             by_id = {s.id: s for s in st.steps}
@@ -200,7 +243,7 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Sta
                 out.change(c, started=s.started_at, skip_detail=s.skip_detail)
             out.plan(st)
             if st.status.terminal:
-                return await _finish(plans, st)
+                return (await _finish(plans, st)).status
 
 
 async def _announce(
@@ -211,8 +254,8 @@ async def _announce(
     print(f"watch it in the Temporal Web UI: {ui_url(settings, workflow_id)}", flush=True)
     if not follow:
         return EXIT_OK
-    st = await watch(plans, plan_id)
-    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+    ended = await watch(plans, plan_id)
+    return EXIT_OK if ended == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
 
 
 # --- commands ------------------------------------------------------------------------
@@ -251,8 +294,8 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     plans = await connect(settings)
-    st = await watch(plans, plan_id_of(args.id))
-    return EXIT_OK if st.status == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
+    ended = await watch(plans, plan_id_of(args.id))
+    return EXIT_OK if ended == PlanStatus.COMPLETED else EXIT_NOT_COMPLETED
 
 
 async def cmd_query(args: argparse.Namespace, settings: Settings) -> int:

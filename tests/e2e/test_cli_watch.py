@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
-from plans.models import PlanStatus, StepStatus
+from plans.models import Plan, PlanStatus, StepStatus
+from plans.run_state import StepRun
 from plans.views import ChangesQuery, ChangesView, StatusView, StepChange, StepsQuery, StepView
 from plansmith.cli.running import watch
 from workflows.client import page_of
 from workflows.errors import QueryUnsupported
+from workflows.plan_input import PlanResult
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -50,6 +52,8 @@ class ScriptedPlan:
             )
         self.plan = PlanStatus.EXECUTING
         self.dropped = 0  # changes the journal forgets (complete=false for readers behind)
+        self.result: PlanResult | None = None  # what the ended workflow's history holds
+        self.reads_after_end = 0  # status or steps queries once the plan ended
 
     def tick(self) -> None:
         if not self.script:
@@ -93,7 +97,11 @@ class ScriptedPlan:
     async def status(self, plan_id: str) -> StatusView:
         if self.old:
             self.tick()
+        self.reads_after_end += self.plan.terminal
         return self.view()
+
+    async def final_result(self, plan_id: str) -> PlanResult | None:
+        return self.result
 
     async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
         if self.old:
@@ -118,6 +126,7 @@ class ScriptedPlan:
         )
 
     async def steps(self, plan_id: str, query: StepsQuery) -> Any:
+        self.reads_after_end += self.plan.terminal
         return page_of(self.view(), query)
 
 
@@ -134,8 +143,7 @@ async def test_watch_prints_each_change_with_its_time_and_a_finished_step_with_i
     old: bool, capsys: pytest.CaptureFixture[str]
 ):
     plans = ScriptedPlan(SCRIPT, old=old)
-    st = await watch(plans, "p", interval_s=0)  # type: ignore[arg-type]
-    assert st.status == PlanStatus.COMPLETED
+    assert await watch(plans, "p", interval_s=0) == PlanStatus.COMPLETED  # type: ignore[arg-type]
     lines = capsys.readouterr().out.splitlines()
     steps = [line for line in lines if re.search(r"\] . [ab] ", line)]
     assert steps == [
@@ -175,3 +183,26 @@ async def test_a_step_that_started_and_finished_between_two_reads_still_shows_it
     out = capsys.readouterr().out
     assert re.search(r"✓ a +completed \(attempts: 1\) in 1\.50s", out), out
     assert re.search(r"✗ b +failed \(attempts: 1\) in 4\.25s", out), out
+
+
+async def test_the_end_of_a_watched_plan_is_read_from_its_result_not_by_queries(
+    capsys: pytest.CaptureFixture[str],
+):
+    """A query of a closed workflow replays its whole run on a worker (seconds for a big
+    plan): the watch prints the end, the outcome and the final step's output from the
+    workflow's result instead."""
+    plans = ScriptedPlan(SCRIPT[:2])
+    plans.result = PlanResult(
+        plan_id="p",
+        status=PlanStatus.COMPLETED,
+        outcome="all 1 step(s) done",
+        version=1,
+        steps={"a": "completed"},
+        plan=Plan.model_validate({"id": "p", "steps": [{"id": "a", "tool": "noop"}]}),
+        final_steps={"a": StepRun(id="a", status=StepStatus.COMPLETED, output={"rows": 3})},
+    )
+    assert await watch(plans, "p", interval_s=0) == PlanStatus.COMPLETED  # type: ignore[arg-type]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3].endswith("plan p: completed (100%)")
+    assert lines[-2:] == ["  outcome: all 1 step(s) done", '  result of a: {"rows": 3}']
+    assert plans.reads_after_end == 0
