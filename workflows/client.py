@@ -245,6 +245,11 @@ class PlanClient:
                 return None
             raise TemporalError(f"describe: {e.message}") from None
 
+    async def closed(self, plan_id: str) -> bool:
+        """The plan's workflow (its latest run) has closed: a query would replay it."""
+        desc = await self.describe(plan_id)
+        return desc is not None and desc.status not in (None, WorkflowExecutionStatus.RUNNING)
+
     async def final_result(self, plan_id: str, wait_s: float = 30.0) -> PlanResult | None:
         """The result of a plan whose workflow is ending or ended (waiting up to
         ``wait_s`` for it to close): read from its history, where a query of a closed

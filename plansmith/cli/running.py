@@ -56,6 +56,7 @@ class WatchPrinter:
     def __init__(self) -> None:
         self.plan_status = ""
         self.started: dict[str, datetime] = {}
+        self.ended: set[str] = set()  # steps whose final change was printed
 
     def plan(self, st: StatusView) -> None:
         for s in st.steps:
@@ -97,6 +98,8 @@ class WatchPrinter:
     ) -> None:
         if started is not None:
             self.started[c.step_id] = started
+        if c.status.terminal:
+            self.ended.add(c.step_id)
         if c.status == StepStatus.RUNNING and c.at is not None and started is None:
             self.started[c.step_id] = c.at
         line = (
@@ -150,15 +153,34 @@ async def _finish(plans: PlanClient, st: StatusView) -> StatusView:
 
 
 async def _finish_from_result(
-    plans: PlanClient, plan_id: str, cv: ChangesView, out: WatchPrinter
+    plans: PlanClient, plan_id: str, out: WatchPrinter, cv: ChangesView | None = None
 ) -> PlanStatus | None:
     """The end of a watched plan from its workflow's result (its history), not from
     queries: a query of a closed workflow replays the whole run (about 9 s for 2,000
-    steps). None when there is no result to read (the caller asks the status)."""
+    steps). The steps whose end was not printed yet are printed as they ended. None when
+    there is no result to read (the caller asks the status)."""
     result = await plans.final_result(plan_id)
     if result is None:
         return None
-    at = max((c.at for c in cv.changes if c.at is not None), default=None)
+    at = max((c.at for c in cv.changes if c.at is not None), default=None) if cv else None
+    order = [step.id for step in result.plan.steps] if result.plan else list(result.final_steps)
+    for sid in order:
+        s = result.final_steps.get(sid)
+        if s is None or not s.status.terminal or sid in out.ended:
+            continue
+        out.change(
+            StepChange(
+                seq=0,
+                step_id=sid,
+                status=s.status,
+                at=s.completed_at,
+                attempts=s.attempts,
+                error=s.error,
+            ),
+            started=s.started_at,
+            skip_detail=s.skip_detail,
+        )
+        at = max(at, s.completed_at) if at and s.completed_at else (at or s.completed_at)
     if result.status.value != out.plan_status:
         out.plan_status = result.status.value
         print(f"[{_clock(at)}] plan {plan_id}: {result.status.value} (100%)", flush=True)
@@ -192,6 +214,11 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Pla
     while True:
         await asyncio.sleep(interval_s)
         if diff is None:
+            if await plans.closed(plan_id):
+                # its last changes come from the result: a query would replay the run
+                ended = await _finish_from_result(plans, plan_id, out)
+                if ended is not None:
+                    return ended
             try:
                 cv = await plans.changes(plan_id, ChangesQuery(since=since))
             except QueryUnsupported:
@@ -227,7 +254,7 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Pla
                 out.change(c)
                 person = person or c.status in WAITS
             if cv.status.terminal:
-                ended = await _finish_from_result(plans, plan_id, cv, out)
+                ended = await _finish_from_result(plans, plan_id, out, cv)
                 if ended is not None:
                     return ended
             if cv.status.value != out.plan_status or person or cv.status.terminal:

@@ -103,6 +103,9 @@ class ScriptedPlan:
     async def final_result(self, plan_id: str) -> PlanResult | None:
         return self.result
 
+    async def closed(self, plan_id: str) -> bool:
+        return False  # the workflow stays open until the watch has seen its end
+
     async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
         if self.old:
             raise QueryUnsupported("changes")
@@ -206,3 +209,51 @@ async def test_the_end_of_a_watched_plan_is_read_from_its_result_not_by_queries(
     assert lines[-3].endswith("plan p: completed (100%)")
     assert lines[-2:] == ["  outcome: all 1 step(s) done", '  result of a: {"rows": 3}']
     assert plans.reads_after_end == 0
+
+
+async def test_a_plan_that_closed_between_two_reads_ends_the_watch_from_its_result(
+    capsys: pytest.CaptureFixture[str],
+):
+    """The workflow closed while the watch was behind: the steps it had not printed
+    come from the result, and no query (which would replay the whole run) is asked."""
+    plans = ScriptedPlan(SCRIPT)
+    queries = {"changes": 0}
+    read_changes = plans.changes
+
+    async def changes(plan_id: str, query: ChangesQuery) -> ChangesView:
+        queries["changes"] += 1
+        return await read_changes(plan_id, query)
+
+    async def closed(plan_id: str) -> bool:
+        return queries["changes"] >= 2  # after a's start and end were read
+
+    plans.changes = changes  # type: ignore[method-assign]
+    plans.closed = closed  # type: ignore[method-assign]
+    plans.result = PlanResult(
+        plan_id="p",
+        status=PlanStatus.FAILED,
+        outcome="b failed",
+        version=1,
+        steps={"a": "completed", "b": "failed"},
+        plan=Plan.model_validate(
+            {"id": "p", "steps": [{"id": "a", "tool": "noop"}, {"id": "b", "tool": "noop"}]}
+        ),
+        final_steps={
+            "a": StepRun(id="a", status=StepStatus.COMPLETED, attempts=1),
+            "b": StepRun(
+                id="b",
+                status=StepStatus.FAILED,
+                attempts=1,
+                error="boom",
+                started_at=T0 + timedelta(seconds=3),
+                completed_at=T0 + timedelta(seconds=7.25),
+            ),
+        },
+    )
+    assert await watch(plans, "p", interval_s=0) == PlanStatus.FAILED  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert queries["changes"] == 2 and plans.reads_after_end == 0
+    assert out.count("✓ a ") == 1  # printed once, from the changes
+    assert re.search(r"✗ b +failed \(attempts: 1\) in 4\.25s — boom", out), out
+    assert out.splitlines()[-2:][0].endswith("plan p: failed (100%)")
+    assert out.splitlines()[-1] == "  outcome: b failed"
