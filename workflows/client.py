@@ -30,9 +30,11 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
+from temporalio.common import QueryRejectCondition
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -56,6 +58,7 @@ from workflows.errors import (
     InvalidControl,
     NoWorker,
     PlanAlreadyRan,
+    PlanClosed,
     PlanNotFound,
     QueryUnsupported,
     ResumeRefused,
@@ -245,11 +248,6 @@ class PlanClient:
                 return None
             raise TemporalError(f"describe: {e.message}") from None
 
-    async def closed(self, plan_id: str) -> bool:
-        """The plan's workflow (its latest run) has closed: a query would replay it."""
-        desc = await self.describe(plan_id)
-        return desc is not None and desc.status not in (None, WorkflowExecutionStatus.RUNNING)
-
     async def final_result(self, plan_id: str, wait_s: float = 30.0) -> PlanResult | None:
         """The result of a plan whose workflow is ending or ended (waiting up to
         ``wait_s`` for it to close): read from its history, where a query of a closed
@@ -268,7 +266,12 @@ class PlanClient:
     # --- queries ------------------------------------------------------------------
 
     async def query(
-        self, plan_id: str, query: Any, *args: Any, result_type: type | None = None
+        self,
+        plan_id: str,
+        query: Any,
+        *args: Any,
+        result_type: type | None = None,
+        open_only: bool = False,
     ) -> Any:
         """Run a query, given by name (its result type from :data:`QUERY_RESULTS`, or
         ``result_type``) or as a typed reference such as ``PlanWorkflow.status``. A worker that does not know the query (an older
@@ -278,6 +281,8 @@ class PlanClient:
         result_type = result_type or (QUERY_RESULTS.get(query) if isinstance(query, str) else None)
         if result_type is not None:
             kw["result_type"] = result_type
+        if open_only:  # the server refuses it for a closed workflow: no replay on a worker
+            kw["reject_condition"] = QueryRejectCondition.NOT_OPEN
         try:
             return await self._call(
                 (await self.handle(plan_id)).query(query, *args, **kw),
@@ -286,6 +291,8 @@ class PlanClient:
             )
         except RPCError as e:  # NOT_FOUND
             raise PlanNotFound(plan_id, workflow_id_for(plan_id)) from e
+        except WorkflowQueryRejectedError:
+            raise PlanClosed(plan_id) from None
         except WorkflowQueryFailedError as e:
             if _unknown_query(e.message, name):
                 raise QueryUnsupported(name, e.message) from None
@@ -301,13 +308,13 @@ class PlanClient:
             self._no_query.clear()
         self._no_query[(plan_id, name)] = time.monotonic()
 
-    async def _new_query(self, plan_id: str, name: str, arg: Any) -> Any:
+    async def _new_query(self, plan_id: str, name: str, arg: Any, open_only: bool = False) -> Any:
         """A query only newer workers know: QueryUnsupported at once (without asking)
         while the plan's worker said lately that it does not know it."""
         if self._unsupported(plan_id, name):
             raise QueryUnsupported(name)
         try:
-            return await self.query(plan_id, name, arg)
+            return await self.query(plan_id, name, arg, open_only=open_only)
         except QueryUnsupported:
             self._remember_unsupported(plan_id, name)
             raise
@@ -321,13 +328,16 @@ class PlanClient:
         except QueryUnsupported:
             return page_of(await self.status(plan_id), query)
 
-    async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
+    async def changes(
+        self, plan_id: str, query: ChangesQuery, open_only: bool = False
+    ) -> ChangesView:
         """The step changes numbered after ``query.since`` (the ``changes`` query).
 
         Raises QueryUnsupported from an older worker: the caller then compares successive
-        ``status`` answers itself (:class:`StatusDiff`).
+        ``status`` answers itself (:class:`StatusDiff`). ``open_only``: PlanClosed once
+        the workflow has closed (read its result instead).
         """
-        view: ChangesView = await self._new_query(plan_id, "changes", query)
+        view: ChangesView = await self._new_query(plan_id, "changes", query, open_only)
         return view
 
     async def status(self, plan_id: str) -> StatusView:

@@ -64,6 +64,15 @@ class TemporalError(PlanClientError):
     query or an update (the API's 502)."""
 
 
+class PlanClosed(TemporalError):
+    """The plan's workflow has closed and the query asked to be answered only while it is
+    open: answering it would have meant replaying the whole run on a worker."""
+
+    def __init__(self, plan_id: str):
+        super().__init__(f"plan {plan_id}'s workflow has closed")
+        self.plan_id = plan_id
+
+
 class QueryUnsupported(TemporalError):
     """The plan's worker does not know the query (an older worker): the caller falls back
     to what every worker answers (the ``status`` query)."""

@@ -25,7 +25,7 @@ from plans.views import (
 from plansmith.cli.connection import connect, plan_id_of
 from plansmith.cli.console import EXIT_NOT_COMPLETED, EXIT_OK, CliError, ui_url
 from workflows.client import PlanClient, StatusDiff
-from workflows.errors import PlanAlreadyRan, QueryUnsupported, ResumeRefused
+from workflows.errors import PlanAlreadyRan, PlanClosed, QueryUnsupported, ResumeRefused
 
 WAITS = {StepStatus.WAITING_APPROVAL, StepStatus.WAITING_CLARIFICATION}
 
@@ -214,12 +214,13 @@ async def watch(plans: PlanClient, plan_id: str, interval_s: float = 0.3) -> Pla
     while True:
         await asyncio.sleep(interval_s)
         if diff is None:
-            if await plans.closed(plan_id):
+            try:
+                cv = await plans.changes(plan_id, ChangesQuery(since=since), open_only=True)
+            except PlanClosed:
                 # its last changes come from the result: a query would replay the run
                 ended = await _finish_from_result(plans, plan_id, out)
                 if ended is not None:
                     return ended
-            try:
                 cv = await plans.changes(plan_id, ChangesQuery(since=since))
             except QueryUnsupported:
                 diff = StatusDiff()

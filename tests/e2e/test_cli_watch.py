@@ -15,7 +15,7 @@ from plans.run_state import StepRun
 from plans.views import ChangesQuery, ChangesView, StatusView, StepChange, StepsQuery, StepView
 from plansmith.cli.running import watch
 from workflows.client import page_of
-from workflows.errors import QueryUnsupported
+from workflows.errors import PlanClosed, QueryUnsupported
 from workflows.plan_input import PlanResult
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -103,10 +103,9 @@ class ScriptedPlan:
     async def final_result(self, plan_id: str) -> PlanResult | None:
         return self.result
 
-    async def closed(self, plan_id: str) -> bool:
-        return False  # the workflow stays open until the watch has seen its end
-
-    async def changes(self, plan_id: str, query: ChangesQuery) -> ChangesView:
+    async def changes(
+        self, plan_id: str, query: ChangesQuery, open_only: bool = False
+    ) -> ChangesView:
         if self.old:
             raise QueryUnsupported("changes")
         for _ in range(self.per_read):
@@ -165,7 +164,7 @@ async def test_a_watch_whose_changes_were_dropped_reads_the_status_again(
     plans.dropped = 99  # the workflow's journal forgot what this watcher has not seen
     plans.script = SCRIPT[:2]
 
-    async def changes(plan_id: str, query: ChangesQuery) -> ChangesView:
+    async def changes(plan_id: str, query: ChangesQuery, open_only: bool = False) -> ChangesView:
         answer = await ScriptedPlan.changes(plans, plan_id, query)
         plans.dropped = 0  # once
         return answer
@@ -220,15 +219,14 @@ async def test_a_plan_that_closed_between_two_reads_ends_the_watch_from_its_resu
     queries = {"changes": 0}
     read_changes = plans.changes
 
-    async def changes(plan_id: str, query: ChangesQuery) -> ChangesView:
+    async def changes(plan_id: str, query: ChangesQuery, open_only: bool = False) -> ChangesView:
+        if queries["changes"] >= 2:  # closed after a's start and end were read
+            assert open_only  # else the server would have a worker replay the run
+            raise PlanClosed(plan_id)
         queries["changes"] += 1
         return await read_changes(plan_id, query)
 
-    async def closed(plan_id: str) -> bool:
-        return queries["changes"] >= 2  # after a's start and end were read
-
     plans.changes = changes  # type: ignore[method-assign]
-    plans.closed = closed  # type: ignore[method-assign]
     plans.result = PlanResult(
         plan_id="p",
         status=PlanStatus.FAILED,

@@ -540,3 +540,33 @@ async def test_total_timeout_cancels_running_steps_and_fails(client, worker, tas
     assert res.steps == {"slow": "cancelled", "after": "skipped"}
     audit = await handle.query("audit", result_type=list[AuditEntry])
     assert audit[-1].action == "total_timeout" and audit[-1].by == "system:timeout"
+
+
+async def test_a_closed_plan_is_read_from_its_result_and_an_open_only_query_is_refused(
+    client, worker, task_queue
+):
+    """A query of a closed workflow makes a worker replay the whole run (seconds for a
+    big plan): ``open_only`` queries are refused by Temporal instead, and the end of the
+    plan is read from its result."""
+    from config import get_settings
+    from plans.views import ChangesQuery
+    from workflows.client import PlanClient
+    from workflows.errors import PlanClosed
+
+    plan = make_plan([wait_step("a", 0.1), wait_step("b", 0.1, ["a"])])
+    handle = await start(client, plan, task_queue)
+    plans = PlanClient(get_settings(), client=client)
+    assert plan.id is not None
+    running = await plans.changes(plan.id, ChangesQuery(), open_only=True)  # open: answered
+    assert running.plan_id == plan.id
+    await handle.result()
+    with pytest.raises(PlanClosed):
+        await plans.changes(plan.id, ChangesQuery(), open_only=True)
+    result = await plans.final_result(plan.id)
+    assert result is not None and result.status == PlanStatus.COMPLETED
+    assert {sid: s.status.value for sid, s in result.final_steps.items()} == {
+        "a": "completed",
+        "b": "completed",
+    }
+    replayed = await plans.changes(plan.id, ChangesQuery())  # without open_only: replayed
+    assert replayed.status == PlanStatus.COMPLETED
