@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api.auth import AGENT_OWN_CONTROLS, ApiKeys, Principal, bearer_scheme, header_scheme
 from api.coalesce import SingleFlight
 from api.drafts import DraftStore
-from api.errors import invalid, unauthorized
+from api.errors import ApiError, invalid, unauthorized
 from api.logs import actor_var, plan_id_var, step_id_var
 from api.sse import EventHub
 from api.store_reads import PlanStore
@@ -25,6 +25,7 @@ from plans.models import ID_PATTERN
 from plans.validation import Problem
 from plans.views import StatusView
 from workflows.client import PlanClient
+from workflows.errors import PlanClosed
 
 
 @dataclass
@@ -42,7 +43,23 @@ class ApiServices:
 
     async def status(self, plan_id: str) -> StatusView:
         """The workflow's status query, shared by the concurrent callers of one plan."""
-        return await self.status_reads.run(plan_id, lambda: self.temporal.status(plan_id))
+        return await self.status_reads.run(plan_id, lambda: self._status(plan_id))
+
+    async def _status(self, plan_id: str) -> StatusView:
+        """The status of a closed workflow comes from the store (its last snapshot landed
+        there before it closed): a query of it would have a worker replay the whole run,
+        seconds for a big plan. The workflow is asked after all when the store cannot be
+        read or has not recorded the end (a run ended from outside Temporal's code)."""
+        try:
+            return await self.temporal.status(plan_id, open_only=True)
+        except PlanClosed:
+            try:
+                ended = await self.store.status(plan_id)
+            except ApiError:
+                ended = None
+            if ended is not None and ended.status.terminal:
+                return ended
+            return await self.temporal.status(plan_id)
 
 
 def get_services(request: Request) -> ApiServices:

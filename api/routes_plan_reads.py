@@ -239,10 +239,13 @@ async def get_events(
         return await services.status(plan_id)
 
     async def changes(since: int) -> ChangesView:
-        return await gateway.changes(plan_id, ChangesQuery(since=since))
+        # PlanClosed once the workflow closed: the feed then reads the end from the store
+        return await gateway.changes(plan_id, ChangesQuery(since=since), open_only=True)
 
     async def steps(query: StepsQuery) -> StepsPage:
-        return await gateway.steps(plan_id, query)
+        # an ended plan's steps come from the store (no replay of its run by a worker)
+        ended = await unless_store_down(services.store.steps(plan_id, query, ended_only=True))
+        return ended if ended is not None else await gateway.steps(plan_id, query)
 
     feed = await hub.open(plan_id, fetch, changes, steps)
     if feed.finished_for(last_event_id):

@@ -58,7 +58,7 @@ from config import ApiSettings
 from plans.models import PlanStatus, StepStatus
 from plans.run_state import WaitingFor
 from plans.views import ChangesView, StatusView, StepChange, StepsPage, StepsQuery, StepView
-from workflows.errors import PlanClientError, QueryUnsupported
+from workflows.errors import PlanClientError, PlanClosed, QueryUnsupported
 
 log = logging.getLogger("plansmith.api")
 JOURNAL_SIZE = 2000
@@ -368,7 +368,12 @@ class Feed:
         before = self.seq
         try:
             while True:
-                cv = await self.read_changes(self.change_seq)
+                try:
+                    cv = await self.read_changes(self.change_seq)
+                except PlanClosed:
+                    # the workflow closed since the last read: its end is in the store
+                    await self.resync()
+                    return
                 if not cv.complete:
                     await self.resync()
                     return

@@ -340,8 +340,10 @@ class PlanClient:
         view: ChangesView = await self._new_query(plan_id, "changes", query, open_only)
         return view
 
-    async def status(self, plan_id: str) -> StatusView:
-        result: StatusView = await self.query(plan_id, "status")
+    async def status(self, plan_id: str, open_only: bool = False) -> StatusView:
+        """The status query; ``open_only``: PlanClosed for a closed workflow (whose query
+        would replay the run on a worker)."""
+        result: StatusView = await self.query(plan_id, "status", open_only=open_only)
         return result
 
     async def execution_state(self, plan_id: str) -> ExecutionState:

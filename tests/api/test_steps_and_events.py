@@ -32,7 +32,7 @@ from tests.api.test_plans_routes import (
 )
 from tests.helpers import T0, step_view
 from workflows.client import PlanClient, page_of
-from workflows.errors import QueryUnsupported
+from workflows.errors import PlanClosed, QueryUnsupported
 
 
 @pytest_asyncio.fixture
@@ -119,10 +119,10 @@ async def test_concurrent_status_requests_of_one_plan_make_one_workflow_query(
     asked: list[str] = []
     release = asyncio.Event()
 
-    async def gated(pid: str) -> StatusView:
+    async def gated(pid: str, open_only: bool = False) -> StatusView:
         asked.append(pid)
         await release.wait()
-        return await real(pid)
+        return await real(pid, open_only=open_only)
 
     plans.status = gated  # type: ignore[method-assign]
     flight: SingleFlight[StatusView] = services.status_reads
@@ -143,6 +143,35 @@ async def test_concurrent_status_requests_of_one_plan_make_one_workflow_query(
     assert asked == [plan_id, plan_id]
     plans.status = real  # type: ignore[method-assign]
     await http.post(f"/api/plans/{plan_id}/cancel", json={})
+
+
+async def test_an_ended_plans_status_comes_from_the_store_not_a_replay(
+    http: httpx.AsyncClient, app: FastAPI
+):
+    """A query of a closed workflow has a worker replay its whole run (seconds for a big
+    plan): once the workflow closed, /status answers from the store, where its last
+    snapshot landed before it closed."""
+    plan_id = await create_and_execute(http, plan_doc([wait_step("a", 0.1)]))
+    final = await wait_status(http, plan_id, lambda s: s["status"] == "completed")
+    plans: PlanClient = app.state.services.temporal
+    await plans.final_result(plan_id)  # the workflow has closed
+    real = plans.status
+    replays: list[str] = []
+
+    async def guarded(pid: str, open_only: bool = False) -> StatusView:
+        if not open_only:
+            replays.append(pid)  # the workflow would be replayed to answer this
+        return await real(pid, open_only=open_only)
+
+    plans.status = guarded  # type: ignore[method-assign]
+    try:
+        r = await http.get(f"/api/plans/{plan_id}/status")
+    finally:
+        plans.status = real  # type: ignore[method-assign]
+    assert r.status_code == 200 and replays == []
+    body = r.json()
+    assert body["status"] == "completed" and body["steps"][0]["status"] == "completed"
+    assert body["outcome"] == final["outcome"]
 
 
 # --- the event feed, with a scripted workflow ---------------------------------------
@@ -326,6 +355,35 @@ async def test_a_watcher_gets_step_changes_before_a_slow_status_read_returns():
     release.set()
     await read
     assert [e["data"]["status"] for e in await take(stream, 1)] == ["paused"]
+    await h.close()
+
+
+async def test_a_plan_that_closed_between_two_reads_ends_its_feed_from_the_status():
+    """Once the workflow closed, its changes query is refused (a query would replay the
+    whole run on a worker): the feed reads the status (the store's, for an ended plan),
+    journals the steps that changed since, and ends."""
+    wf = Workflow(["a", "b"])
+    h = hub()
+    feed = await open_feed(h, wf)
+    stream = feed.stream(None)
+    await take(stream, 3)
+    wf.change("a", StepStatus.COMPLETED)
+    wf.change("b", StepStatus.COMPLETED)
+    wf.plan = PlanStatus.COMPLETED
+
+    async def closed(since: int) -> ChangesView:
+        raise PlanClosed("p")
+
+    feed.read_changes = closed
+    await feed.read_once()
+    events = await take(stream, 4)
+    assert [(e["event"], e["data"].get("step_id"), e["data"]["status"]) for e in events] == [
+        ("step", "a", "completed"),
+        ("step", "b", "completed"),
+        ("plan", None, "completed"),
+        ("end", None, "completed"),
+    ]
+    assert feed.closed
     await h.close()
 
 
