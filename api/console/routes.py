@@ -26,6 +26,7 @@ from api.console.dag import NODE_H, NODE_W, layout
 from api.console.inbox import KIND_LABELS, FactsCache, inbox
 from api.console.sessions import COOKIE, COOKIE_PATH, Session, Sessions
 from api.controls import PLAN_BODIES, STEP_BODIES
+from api.dashboard import CSP
 from api.deps import ApiServices, PlanIdDep, ServicesDep
 from api.errors import ApiError, api_error_of, forbidden, not_found, unauthorized
 from api.routes_plan_controls import send_control
@@ -45,11 +46,7 @@ ASSETS = {
     "console.css": "text/css; charset=utf-8",
     "vendor/htmx.min.js": "text/javascript; charset=utf-8",
 }
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-HEADERS = {
+HEADERS = {  # the dashboard's policy: nothing from another host, no inline code
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
