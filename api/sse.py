@@ -363,6 +363,28 @@ class Feed:
         self.status_read_at = time.monotonic()
         self.observe(view, await self.every_step(view))
 
+    async def closed_since(self) -> None:
+        """The workflow closed since the last read: the status (the store's, for an ended
+        plan) lists its newest numbered changes (``recent``); when they reach back to the
+        last one journaled, they are journaled as the changes query would have given
+        them, else the feed resyncs from every step."""
+        view = await self.fetch()
+        self.status_read_at = time.monotonic()
+        missed = [c for c in view.recent if c.seq > self.change_seq]
+        if view.seq > self.change_seq and (not missed or missed[0].seq != self.change_seq + 1):
+            self.observe(view, await self.every_step(view))  # more changed than it lists
+            return
+        self.apply(
+            ChangesView(
+                plan_id=view.plan_id,
+                status=view.status,
+                seq=view.seq,
+                complete=True,
+                changes=missed,
+            )
+        )
+        self._observe_plan(view, final=True)  # every step change is journaled already
+
     async def poll_changes(self) -> None:
         assert self.read_changes is not None
         before = self.seq
@@ -372,7 +394,7 @@ class Feed:
                     cv = await self.read_changes(self.change_seq)
                 except PlanClosed:
                     # the workflow closed since the last read: its end is in the store
-                    await self.resync()
+                    await self.closed_since()
                     return
                 if not cv.complete:
                     await self.resync()

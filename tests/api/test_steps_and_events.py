@@ -215,6 +215,7 @@ class Workflow:
         self.journal, self.big = journal, big
         self.calls = {"status": 0, "changes": 0, "steps": 0}
         self.old = False  # an older worker: no changes or steps query
+        self.recent = 20  # the newest changes the status lists (as RECENT_CHANGES)
 
     def change(self, sid: str, to: StepStatus, attempts: int = 1) -> None:
         self.steps[sid] = step_view(sid, to, attempts)
@@ -225,13 +226,14 @@ class Workflow:
 
     def view(self) -> StatusView:
         ended = self.plan.terminal
-        return status(
+        view = status(
             list(self.steps.values()),
             self.plan,
             len(self.log),
             complete=not self.big,
             outcome="all done" if ended else None,
         )
+        return view.model_copy(update={"recent": self.log[-self.recent :]})
 
     async def status(self) -> StatusView:
         self.calls["status"] += 1
@@ -377,13 +379,43 @@ async def test_a_plan_that_closed_between_two_reads_ends_its_feed_from_the_statu
     feed.read_changes = closed
     await feed.read_once()
     events = await take(stream, 4)
+    assert [
+        (e["event"], e["data"].get("step_id"), e["data"]["status"], e["data"].get("seq"))
+        for e in events
+    ] == [
+        ("step", "a", "completed", 1),  # numbered: the status's recent changes reach back
+        ("step", "b", "completed", 2),
+        ("plan", None, "completed", None),
+        ("end", None, "completed", None),
+    ]
+    assert feed.closed
+    await h.close()
+
+
+async def test_a_closed_plan_with_more_changes_than_its_status_lists_resyncs_its_feed():
+    wf = Workflow(["a", "b", "c"])
+    wf.recent = 1  # the status lists only the newest change
+    h = hub()
+    feed = await open_feed(h, wf)
+    stream = feed.stream(None)
+    await take(stream, 4)
+    for sid in ("a", "b", "c"):
+        wf.change(sid, StepStatus.COMPLETED)
+    wf.plan = PlanStatus.COMPLETED
+
+    async def closed(since: int) -> ChangesView:
+        raise PlanClosed("p")
+
+    feed.read_changes = closed
+    await feed.read_once()
+    events = await take(stream, 5)
     assert [(e["event"], e["data"].get("step_id"), e["data"]["status"]) for e in events] == [
         ("step", "a", "completed"),
         ("step", "b", "completed"),
+        ("step", "c", "completed"),
         ("plan", None, "completed"),
         ("end", None, "completed"),
     ]
-    assert feed.closed
     await h.close()
 
 
