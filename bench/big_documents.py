@@ -150,7 +150,8 @@ async def post_latency(base: str, steps: int, runs: int) -> list[float]:
             doc = {**chain(steps), "id": f"post-{i}-{time.monotonic_ns()}"}
             t0 = time.perf_counter()
             r = await http.post("/api/plans", json=doc)
-            if r.status_code not in (200, 201):
+            # 503: validated, then Temporal (which this benchmark has none of) was asked
+            if r.status_code not in (200, 201, 503):
                 raise RuntimeError(f"POST /api/plans answered {r.status_code}: {r.text[:300]}")
             if i:
                 took.append(time.perf_counter() - t0)
@@ -169,11 +170,11 @@ def report(api: bool = True, sizes: tuple[int, ...] = (1_000, 10_000), dag: int 
         lines.append(f"  {name:<26} {size / 1e6:6.2f} MB  {s:7.3f} s  ({outcome})")
     if api:
         with tempfile.TemporaryDirectory() as tmp, _serving(os.path.join(tmp, "b.db")) as base:
-            took = asyncio.run(post_latency(base, 100, runs=10))
+            posts = asyncio.run(post_latency(base, 100, runs=10))
             lines.append(
-                f"  POST /api/plans of a 100-step plan (a new draft each): median "
-                f"{statistics.median(took) * 1000:.1f} ms, max {max(took) * 1000:.1f} ms of "
-                f"{len(took)} (goal: under 100 ms)"
+                f"  POST /api/plans of a 100-step plan (validated, up to asking Temporal): median "
+                f"{statistics.median(posts) * 1000:.1f} ms, max {max(posts) * 1000:.1f} ms of "
+                f"{len(posts)} (goal: under 100 ms)"
             )
             for name, doc in [
                 ("chain of 10,000", chain(10_000)),
