@@ -13,8 +13,9 @@ next rendering shows what happened (the server's reason when it was refused).
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -75,12 +76,21 @@ router = APIRouter(prefix="/console", tags=["console"], include_in_schema=False)
 # --- sessions -------------------------------------------------------------------------
 
 
-def sessions_of(request: Request) -> Sessions:
+T = TypeVar("T")
+
+
+def _app_state(request: Request, name: str, make: Callable[[], T]) -> T:
+    """The app's one ``name`` (made at first use)."""
     state = request.app.state
-    found: Sessions | None = getattr(state, "console_sessions", None)
+    found: T | None = getattr(state, name, None)
     if found is None:
-        found = state.console_sessions = Sessions()
+        found = make()
+        setattr(state, name, found)
     return found
+
+
+def sessions_of(request: Request) -> Sessions:
+    return _app_state(request, "console_sessions", Sessions)
 
 
 def current_session(request: Request) -> Session:
@@ -218,11 +228,7 @@ async def sign_out(request: Request, session: SessionDep) -> Response:
 
 
 def facts_cache_of(request: Request) -> FactsCache:
-    state = request.app.state
-    found: FactsCache | None = getattr(state, "console_facts", None)
-    if found is None:
-        found = state.console_facts = FactsCache()
-    return found
+    return _app_state(request, "console_facts", FactsCache)
 
 
 async def _inbox_context(

@@ -13,6 +13,7 @@ from pydantic_core import to_jsonable_python
 
 from config import Settings
 from plans.models import PlanStatus, StepStatus
+from plans.run_state import StepRun
 from plans.views import (
     ChangesQuery,
     ChangesView,
@@ -82,16 +83,19 @@ class WatchPrinter:
     def snapshot(self, st: StatusView) -> None:
         """The steps already under way when watching starts."""
         for s in st.steps:
-            if s.status == StepStatus.PENDING:
-                continue
-            at = s.completed_at if s.status.terminal else s.started_at
-            self.change(
-                StepChange(
-                    seq=0, step_id=s.id, status=s.status, at=at, attempts=s.attempts, error=s.error
-                ),
-                started=s.started_at,
-                skip_detail=s.skip_detail,
-            )
+            if s.status != StepStatus.PENDING:
+                self.step_as_it_is(s)
+
+    def step_as_it_is(self, s: StepView | StepRun) -> None:
+        """One line for a step as it stands (a status's view or a result's final step)."""
+        at = s.completed_at if s.status.terminal else s.started_at
+        self.change(
+            StepChange(
+                seq=0, step_id=s.id, status=s.status, at=at, attempts=s.attempts, error=s.error
+            ),
+            started=s.started_at,
+            skip_detail=s.skip_detail,
+        )
 
     def change(
         self, c: StepChange, started: datetime | None = None, skip_detail: str | None = None
@@ -168,18 +172,7 @@ async def _finish_from_result(
         s = result.final_steps.get(sid)
         if s is None or not s.status.terminal or sid in out.ended:
             continue
-        out.change(
-            StepChange(
-                seq=0,
-                step_id=sid,
-                status=s.status,
-                at=s.completed_at,
-                attempts=s.attempts,
-                error=s.error,
-            ),
-            started=s.started_at,
-            skip_detail=s.skip_detail,
-        )
+        out.step_as_it_is(s)
         at = max(at, s.completed_at) if at and s.completed_at else (at or s.completed_at)
     if result.status.value != out.plan_status:
         out.plan_status = result.status.value
