@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -306,9 +308,44 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return await _announce(plans, plan.id, handle.id, settings, what, args.watch)
 
 
+def _recorded_end(settings: Settings, plan_id: str) -> StatusView | None:
+    """The status of the plan's newest run as the store recorded it when the run ended;
+    None when that run did not end there, or the store cannot be read (a SQLite file that
+    does not exist is not created)."""
+    # deferred: SQLAlchemy and the store are needed only for a plan that ended
+    import sqlalchemy as sa
+
+    from store.db import get_engine, session_scope
+    from store.reads import get_status
+
+    url = settings.store.database_url
+    try:
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            name = parsed.database or ""
+            if not name or name == ":memory:" or not Path(name).is_file():
+                return None
+        with session_scope(get_engine(url)) as s:
+            view = get_status(s, plan_id)
+    except Exception:  # any failure of the store: the workflow answers instead
+        return None
+    return view if view is not None and view.status.terminal else None
+
+
+async def plan_status(plans: PlanClient, settings: Settings, plan_id: str) -> StatusView:
+    """The plan's status: the ``status`` query while its workflow is open; once it closed,
+    the status the store recorded at its end (a query of a closed workflow makes a worker
+    replay the whole run: seconds for thousands of steps), else the query after all."""
+    try:
+        return await plans.status(plan_id, open_only=True)
+    except PlanClosed:
+        ended = await asyncio.to_thread(_recorded_end, settings, plan_id)
+        return ended if ended is not None else await plans.status(plan_id)
+
+
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     plans = await connect(settings)
-    st = await plans.status(plan_id_of(args.id))
+    st = await plan_status(plans, settings, plan_id_of(args.id))
     print(st.model_dump_json(indent=2))
     return EXIT_OK
 
@@ -323,7 +360,9 @@ async def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     """``execution-state``, ``show-plan``, ``audit`` and ``logs``: the query as JSON."""
     plans = await connect(settings)
     plan_id = plan_id_of(args.id)
-    await plans.status(plan_id)  # a clear "no plan" error first
+    # a clear "no plan" error first (open_only: a closed plan is not replayed for it)
+    with contextlib.suppress(PlanClosed):
+        await plans.status(plan_id, open_only=True)
     result: Any
     if args.command == "logs":
         result = await plans.logs(plan_id, LogsQuery(level=args.level, limit=args.limit))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from plansmith.devserver import temporal_cli_path
-from tests.helpers import make_plan, start, wait_for
+from tests.helpers import make_plan, start, wait_for, worker_with
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -410,3 +410,31 @@ async def test_validate_holds_the_step_limit_and_deep_documents(tmp_path):
     deep.write_text('{"steps": ' + "[" * 20_000 + "]" * 20_000 + "}")
     code, _, err = await plansmith("validate", str(deep))
     assert code == 2 and "nested too deeply" in err and "Traceback" not in err, err
+
+
+async def test_status_of_an_ended_plan_needs_no_worker(env, client, task_queue):
+    """A query of a closed workflow makes a worker replay its whole run (seconds for a big
+    plan, and nothing at all with no worker up): `status` reads how the plan ended from
+    the store instead, with every step's output."""
+    plan = make_plan(
+        [
+            {"id": "a", "tool": "transform", "params": {"data": [1, 2, 3], "expression": "@"}},
+            {
+                "id": "b",
+                "tool": "transform",
+                "depends_on": ["a"],
+                "params": {"data": [4, 5], "expression": "length(@)"},
+            },
+        ]
+    )
+    async with worker_with(client, task_queue):
+        assert (await (await start(client, plan, task_queue)).result()).status == "completed"
+    e = cli_env(env, task_queue)
+    code, out, err = await plansmith("status", plan.id, env_vars=e)
+    assert code == 0, err
+    st = json.loads(out)
+    assert st["status"] == "completed" and st["progress"] == 1.0
+    assert {s["id"]: s["output"] for s in st["steps"]} == {"a": [1, 2, 3], "b": 2}
+    # the same question put to the workflow finds nobody to replay it
+    code, _, err = await plansmith("audit", plan.id, env_vars=e, timeout=90)
+    assert code == 2 and "no worker answered" in err
