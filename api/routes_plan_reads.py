@@ -1,7 +1,9 @@
 """``/api/plans/{id}/…`` reads: the workflow's queries (status, execution state, logs,
 audit, versions) and the live event stream. A draft answers from its document, as a
 fresh run would; an executed plan asks its workflow first and falls back to the store
-(:func:`api.store_reads.temporal_or_store`). While the database is down, what Temporal
+(:func:`api.store_reads.temporal_or_store`); once its workflow has closed, the store
+answers what it recorded of the run's end (:func:`api.store_reads.open_or_recorded`: no
+worker replays the run for it). While the database is down, what Temporal
 answers still answers (the draft lookup is skipped), and what needs the store is a 503.
 """
 
@@ -28,7 +30,7 @@ from api.schemas import (
     LogLine,
 )
 from api.sse import EventsDoc
-from api.store_reads import temporal_or_store, unless_store_down
+from api.store_reads import open_or_recorded, temporal_or_store, unless_store_down
 from plans.models import ID_PATTERN, StepStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import (
@@ -120,7 +122,12 @@ async def get_execution_state(
     if run is not None:
         return execution_state(run)
     return await temporal_or_store(
-        lambda: gateway.execution_state(plan_id), lambda: store.execution_state(plan_id)
+        lambda: open_or_recorded(
+            lambda open_only: gateway.execution_state(plan_id, open_only),
+            lambda: store.execution_state(plan_id),
+            lambda: store.ended(plan_id),
+        ),
+        lambda: store.execution_state(plan_id),
     )
 
 
@@ -148,7 +155,12 @@ async def get_logs(
         entries = logs_view(run, query)
     else:
         entries = await temporal_or_store(
-            lambda: gateway.logs(plan_id, query), lambda: store.logs(plan_id, query)
+            lambda: open_or_recorded(
+                lambda open_only: gateway.logs(plan_id, query, open_only),
+                lambda: store.logs(plan_id, query),
+                lambda: store.ended(plan_id),
+            ),
+            lambda: store.logs(plan_id, query),
         )
     return [LogLine(at=e.at, level=e.level, message=e.message, step_id=e.step_id) for e in entries]
 
@@ -165,7 +177,14 @@ async def get_audit(
     run = await unless_store_down(draft_run(drafts, plan_id))
     if run is not None:
         return audit_view(run)
-    return await temporal_or_store(lambda: gateway.audit(plan_id), lambda: store.audit(plan_id))
+    return await temporal_or_store(
+        lambda: open_or_recorded(
+            lambda open_only: gateway.audit(plan_id, open_only),
+            lambda: store.audit(plan_id),
+            lambda: store.ended(plan_id),
+        ),
+        lambda: store.audit(plan_id),
+    )
 
 
 @reads.get(
@@ -181,11 +200,16 @@ async def get_versions(
     if run is not None:
         return [PlanVersion.model_validate(v) for v in plan_view(run).versions]
 
-    async def from_temporal() -> list[PlanVersion]:
-        view = await gateway.plan(plan_id)
+    async def ask(open_only: bool) -> list[PlanVersion]:
+        view = await gateway.plan(plan_id, open_only)
         return [PlanVersion.model_validate(v) for v in view.versions]
 
-    return await temporal_or_store(from_temporal, lambda: store.versions(plan_id))
+    return await temporal_or_store(
+        lambda: open_or_recorded(
+            ask, lambda: store.versions(plan_id), lambda: store.ended(plan_id)
+        ),
+        lambda: store.versions(plan_id),
+    )
 
 
 @reads.get(

@@ -54,7 +54,7 @@ from api.schemas import (
     ResumeResponse,
     examples_of,
 )
-from api.store_reads import temporal_or_store, unless_store_down
+from api.store_reads import open_or_recorded, temporal_or_store, unless_store_down
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, workflow_id_for
@@ -267,8 +267,10 @@ async def get_plan(
             plan=draft.plan,
         )
 
-    async def from_temporal() -> PlanDetail:
-        view, status = await asyncio.gather(gateway.plan(plan_id), gateway.status(plan_id))
+    async def ask(open_only: bool) -> PlanDetail:
+        view, status = await asyncio.gather(
+            gateway.plan(plan_id, open_only), gateway.status(plan_id, open_only)
+        )
         return PlanDetail(
             plan_id=plan_id,
             workflow_id=workflow_id_for(plan_id),
@@ -294,7 +296,9 @@ async def get_plan(
             plan=plan,
         )
 
-    return await temporal_or_store(from_temporal, from_store)
+    return await temporal_or_store(
+        lambda: open_or_recorded(ask, from_store, lambda: store.ended(plan_id)), from_store
+    )
 
 
 @router.post(

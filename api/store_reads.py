@@ -32,7 +32,7 @@ from store import knowledge, reads
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
 from workflows.client import page_of
-from workflows.errors import PlanNotFound, TemporalUnavailable
+from workflows.errors import PlanClosed, PlanNotFound, TemporalUnavailable
 
 T = TypeVar("T")
 
@@ -57,6 +57,25 @@ async def temporal_or_store(
         if found is None:
             raise
         return found
+
+
+async def open_or_recorded(
+    ask: Callable[[bool], Awaitable[T]],
+    recorded: Callable[[], Awaitable[T | None]],
+    ended: Callable[[], Awaitable[bool]],
+) -> T:
+    """``ask(open_only=True)`` the workflow; once it has closed, what the store recorded
+    of it (when the store holds the end of its newest run): a query of a closed workflow
+    makes a worker replay the whole run, seconds for a big plan, and needs a worker up.
+    The workflow is asked after all when the store cannot say."""
+    try:
+        return await ask(True)
+    except PlanClosed:
+        try:
+            found = await recorded() if await ended() else None
+        except ApiError:  # the store cannot be read: the workflow answers
+            found = None
+        return found if found is not None else await ask(False)
 
 
 class StoreBusy(Exception):
@@ -168,6 +187,15 @@ class PlanStore:
 
     async def status(self, plan_id: str) -> StatusView | None:
         return await self._read(lambda s: reads.get_status(s, plan_id))
+
+    async def ended(self, plan_id: str) -> bool:
+        """The plan's newest recorded run has ended (one row read)."""
+
+        def read(s: Session) -> bool:
+            status = reads.get_run_status(s, plan_id)
+            return status is not None and status.terminal
+
+        return bool(await self._read(read))
 
     async def steps(
         self, plan_id: str, query: StepsQuery, ended_only: bool = False

@@ -346,20 +346,21 @@ class PlanClient:
         result: StatusView = await self.query(plan_id, "status", open_only=open_only)
         return result
 
-    async def execution_state(self, plan_id: str) -> ExecutionState:
-        result: ExecutionState = await self.query(plan_id, "execution_state")
+    # ``open_only`` (as for status): PlanClosed for a closed workflow.
+    async def execution_state(self, plan_id: str, open_only: bool = False) -> ExecutionState:
+        result: ExecutionState = await self.query(plan_id, "execution_state", open_only=open_only)
         return result
 
-    async def logs(self, plan_id: str, query: LogsQuery) -> list[LogEntry]:
-        result: list[LogEntry] = await self.query(plan_id, "logs", query)
+    async def logs(self, plan_id: str, query: LogsQuery, open_only: bool = False) -> list[LogEntry]:
+        result: list[LogEntry] = await self.query(plan_id, "logs", query, open_only=open_only)
         return result
 
-    async def audit(self, plan_id: str) -> list[AuditEntry]:
-        result: list[AuditEntry] = await self.query(plan_id, "audit")
+    async def audit(self, plan_id: str, open_only: bool = False) -> list[AuditEntry]:
+        result: list[AuditEntry] = await self.query(plan_id, "audit", open_only=open_only)
         return result
 
-    async def plan(self, plan_id: str) -> PlanView:
-        result: PlanView = await self.query(plan_id, "plan")
+    async def plan(self, plan_id: str, open_only: bool = False) -> PlanView:
+        result: PlanView = await self.query(plan_id, "plan", open_only=open_only)
         return result
 
     # --- controls -----------------------------------------------------------------

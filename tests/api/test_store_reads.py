@@ -9,12 +9,17 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic_core import to_jsonable_python
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor, OutboundInterceptor, QueryWorkflowInput
+from temporalio.common import QueryRejectCondition
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from api.schemas import LogLine
+from config import get_settings
+from plans.views import LogsQuery
 from tests.api.serving import serve
 from tests.api.test_executions_routes import execution
 from tests.api.test_plans_routes import (
@@ -25,6 +30,8 @@ from tests.api.test_plans_routes import (
     wait_status,
     wait_step,
 )
+from tests.helpers import worker_with
+from workflows.client import PlanClient
 
 
 async def delete_workflow(client: Client, plan_id: str) -> None:
@@ -161,3 +168,77 @@ async def test_readyz_reports_temporal_and_the_database(
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+class QueriesToWorkers(Interceptor):
+    """Counts the queries a client sends that a worker must answer (Temporal answers
+    those refused for a closed workflow itself)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        counter = self
+
+        class Counting(OutboundInterceptor):
+            async def query_workflow(self, input: QueryWorkflowInput) -> Any:
+                if input.reject_condition != QueryRejectCondition.NOT_OPEN:
+                    counter.sent.append(input.query)
+                return await super().query_workflow(input)
+
+        return Counting(next)
+
+
+async def test_an_ended_plan_is_read_from_the_store_not_replayed(
+    env: WorkflowEnvironment, task_queue: str
+):
+    """Once a plan's workflow has closed, the API answers its reads from what the store
+    recorded at its end: a query would make a worker replay the whole run (seconds for
+    a big plan; with no worker up, a wait until the query times out). They say what the
+    workflow itself says."""
+    doc = plan_doc([wait_step("a", 0.1), wait_step("b", 0.1, ["a"])], require_approval=True)
+    plans = PlanClient(
+        get_settings().replace(temporal={"task_queue": task_queue}), client=env.client
+    )
+    queries = QueriesToWorkers()
+    api_client = Client(**{**env.client.config(), "interceptors": [queries]})
+    async with serve(make_app(api_client, task_queue)) as http, worker_with(env.client, task_queue):
+        plan_id = await create_and_execute(http, doc)
+        await wait_status(http, plan_id, lambda s: s["status"] == "pending_approval")
+        fix = {"step_id": "b", "correction": {"updated_step": {"params": {"seconds": 0.2}}}}
+        r = await http.post(f"/api/plans/{plan_id}/apply-correction", json=fix)
+        assert r.status_code == 200, r.text
+        r = await http.post(f"/api/plans/{plan_id}/approve", json={"version": 2})
+        assert r.status_code == 200, r.text
+        await wait_status(http, plan_id, lambda s: s["status"] == "completed")
+        await closed(env.client, plan_id)
+        # what the workflow answers: a worker replays the closed run for each
+        asked = {
+            "audit": to_jsonable_python(await plans.audit(plan_id)),
+            "versions": to_jsonable_python((await plans.plan(plan_id)).versions),
+            "logs": [
+                LogLine(at=e.at, level=e.level, message=e.message, step_id=e.step_id).model_dump(
+                    mode="json"
+                )
+                for e in await plans.logs(plan_id, LogsQuery())
+            ],
+        }
+        state = to_jsonable_python(await plans.execution_state(plan_id))
+        assert [v["version"] for v in asked["versions"]] == [1, 2]
+        assert [a["action"] for a in asked["audit"]] == ["apply_correction", "approve"]
+
+        queries.sent.clear()
+        for what, expected in asked.items():
+            r = await http.get(f"/api/plans/{plan_id}/{what}")
+            assert r.status_code == 200, (what, r.text)
+            assert r.json() == expected, what
+        r = await http.get(f"/api/plans/{plan_id}/execution-state")
+        assert r.status_code == 200 and r.json()["state"] == state["state"] == "completed"
+        r = await http.get(f"/api/plans/{plan_id}")
+        assert r.status_code == 200, r.text
+        detail = r.json()
+        assert (detail["status"], detail["version"]) == ("completed", 2)
+        assert detail["plan"]["steps"][1]["params"]["seconds"] == 0.2
+        r = await http.get(f"/api/plans/{plan_id}/status")
+        assert r.status_code == 200 and r.json()["status"] == "completed"
+        assert queries.sent == []  # no worker was asked to replay the run
