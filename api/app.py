@@ -47,6 +47,7 @@ from api.routes_trust import router as trust_router
 from api.schemas import Health
 from api.sse import EventHub
 from api.store_reads import PlanStore, StorePool
+from api.ws import router as ws_router
 from config import Settings, get_settings
 from store.db import get_engine
 from workflows.client import PlanClient
@@ -218,7 +219,11 @@ def create_app(
     install_handlers(app)
     # inside the guard: a request for another host or without JSON is refused unread
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, max_depth=config.max_json_depth)
-    app.add_middleware(RequestGuard, allowed=allowed_hosts(config.allowed_hosts, bind_host))
+    app.add_middleware(
+        RequestGuard,
+        allowed=allowed_hosts(config.allowed_hosts, bind_host),
+        origins=tuple(config.cors_origins or ()),
+    )
     app.add_middleware(RequestLogMiddleware)
     if config.cors_origins:
         app.add_middleware(
@@ -242,6 +247,7 @@ def create_app(
     document_limits(*api_routers)
     for router in api_routers:
         app.include_router(router, prefix="/api")
+    app.include_router(ws_router, prefix="/api")
     app.include_router(dashboard_router)
     app.include_router(console_router)
     prometheus.install(app)  # last, after the other middleware: it then times every request

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
+from starlette.requests import HTTPConnection
 
 from api.auth import AGENT_OWN_CONTROLS, ApiKeys, Principal, bearer_scheme, header_scheme
 from api.coalesce import SingleFlight
@@ -62,7 +63,7 @@ class ApiServices:
             return await self.temporal.status(plan_id)
 
 
-def get_services(request: Request) -> ApiServices:
+def get_services(request: HTTPConnection) -> ApiServices:
     services: ApiServices = request.app.state.services
     return services
 
@@ -110,9 +111,13 @@ async def get_principal(
     Used by every router under ``/api``: with keys configured a missing or unknown key
     is a 401 before anything else happens.
     """
+    return principal_for(services, (bearer.credentials if bearer else None) or header_key)
+
+
+def principal_for(services: ApiServices, key: str | None) -> Principal:
+    """The owner of ``key`` (401 when keys are on and it is missing or unknown)."""
     if not services.keys.enabled:
         return Principal()
-    key = (bearer.credentials if bearer else None) or header_key
     if not key:
         raise unauthorized("an API key is required: Authorization: Bearer <key> or X-API-Key")
     entry = services.keys.find(key)
@@ -160,7 +165,7 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-async def reject_unknown_query(request: Request) -> None:
+async def reject_unknown_query(request: HTTPConnection) -> None:
     """A query parameter the route does not know is an error, not silently ignored
     (``?levle=error`` must not answer every log line)."""
     route = request.scope.get("route")

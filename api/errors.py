@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.types import Send
 
 from config.settings import parse_api_keys
@@ -183,7 +184,7 @@ def problems_from_errors(errors: Sequence[Mapping[str, Any]]) -> list[Problem]:
     return [Problem(location=_location(e.get("loc", ())), message=_message(e)) for e in errors]
 
 
-def _confidential(request: Request) -> list[str]:
+def _confidential(request: HTTPConnection) -> list[str]:
     """What no answer may carry: the API keys, the model API key, the payload encryption
     keys, the database URL (and its password and address) and Temporal's address, longest
     first."""
@@ -216,19 +217,23 @@ def redact(text: str, confidential: Sequence[str]) -> str:
     return text
 
 
+def error_response(conn: HTTPConnection, exc: ApiError) -> JSONResponse:
+    """The answer to ``exc``: its :class:`ErrorBody`, with nothing confidential in it."""
+    confidential = _confidential(conn)
+    problems = [
+        Problem(location=p.location, message=redact(p.message, confidential)) for p in exc.problems
+    ]
+    return JSONResponse(
+        _body(exc.status, exc.code, redact(exc.detail, confidential), problems),
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        confidential = _confidential(request)
-        problems = [
-            Problem(location=p.location, message=redact(p.message, confidential))
-            for p in exc.problems
-        ]
-        return JSONResponse(
-            _body(exc.status, exc.code, redact(exc.detail, confidential), problems),
-            status_code=exc.status,
-            headers=exc.headers,
-        )
+        return error_response(request, exc)
 
     @app.exception_handler(PlanClientError)
     @app.exception_handler(PlanningFailed)

@@ -6,6 +6,10 @@
   host). Any other host gets **400**: a web page whose name was re-pointed at this
   machine (DNS rebinding) cannot talk to a local API. ``/healthz`` and ``/readyz`` are
   exempt (probes address containers by IP; they tell nothing to an anonymous caller).
+* **Origin** (WebSockets only; they have no CORS): a handshake whose ``Origin`` is
+  neither one of the hosts above nor one of ``PLANSMITH_CORS_ORIGINS`` gets **403**
+  (another site's page cannot read a plan's events with the cookies of this host or
+  from a local API without keys).
 * **JSON.** A state-changing request under ``/api`` (``POST``, ``PUT``, ``PATCH``,
   ``DELETE``) must say ``Content-Type: application/json``, with a body or without one;
   anything else (none, a form, ``text/plain``) gets **415**. A browser sends such a
@@ -25,7 +29,7 @@ from collections.abc import Iterable
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ErrorBody, send_error
 from config.settings import LOOPBACK_HOSTS
@@ -98,14 +102,30 @@ def media_type(content_type: str) -> str:
 class RequestGuard:
     """ASGI middleware: the Host and the JSON checks of the module docstring."""
 
-    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]):
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...], origins: tuple[str, ...] = ()):
         self.app = app
         self.allowed = allowed
+        self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+
+    def _origin_allowed(self, origin: str | None) -> bool:
+        """A WebSocket's ``Origin``: none (not a browser), a configured CORS origin, or
+        an ``http(s)`` origin whose host this API answers to."""
+        if origin is None:
+            return True
+        if origin.rstrip("/").lower() in self.origins:
+            return True
+        scheme, sep, rest = origin.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or "/" in rest:
+            return False
+        return host_allowed(normalize_host(rest), self.allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        asked_send = send
+        if scope["type"] == "websocket":
+            send = websocket_denial(scope, asked_send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope.get("path", "")
         twice = [
@@ -136,6 +156,19 @@ class RequestGuard:
                     "PLANSMITH_API_ALLOWED_HOSTS",
                 )
                 return
+        if scope["type"] == "websocket" and not self._origin_allowed(headers.get("origin")):
+            # No CORS for WebSockets: a browser opens one from any page, with the cookies
+            # of this host. Only this API's own pages (and PLANSMITH_CORS_ORIGINS) may.
+            await send_error(
+                send,
+                403,
+                "bad_origin",
+                f"this API does not take WebSockets from the origin "
+                f"{headers.get('origin', '')[:100]!r} (Origin header); allowed are the "
+                "API's own hosts and PLANSMITH_CORS_ORIGINS",
+            )
+            return
+        send = asked_send
         method = scope.get("method", "")
         if (
             scope["type"] == "http"
@@ -154,6 +187,23 @@ class RequestGuard:
                 )
                 return
         await self.app(scope, receive, send)
+
+
+def websocket_denial(scope: Scope, send: Send) -> Send:
+    """``send`` for an HTTP answer to a WebSocket handshake: sent as the denial response
+    where the server supports it, else as a close before accepting (HTTP 403)."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+
+        async def deny(message: Message) -> None:
+            await send({**message, "type": "websocket." + message["type"]})
+
+    else:
+
+        async def deny(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await send({"type": "websocket.close", "code": 1008})
+
+    return deny
 
 
 def document(*routers: APIRouter) -> None:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import (
+    ApiServices,
     DraftsDep,
     GatewayDep,
     HubDep,
@@ -22,14 +23,14 @@ from api.deps import (
     get_principal,
     reject_unknown_query,
 )
-from api.drafts import draft_run, refuse_draft
+from api.drafts import DraftStore, draft_run, refuse_draft
 from api.errors import (
     responses,
 )
 from api.schemas import (
     LogLine,
 )
-from api.sse import EventsDoc
+from api.sse import EventHub, EventsDoc, Feed
 from api.store_reads import open_or_recorded, temporal_or_store, unless_store_down
 from plans.models import ID_PATTERN, StepStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
@@ -255,8 +256,21 @@ async def get_events(
         Header(alias="Last-Event-ID", max_length=200, description="resume after this event"),
     ] = None,
 ) -> Response:
-    await unless_store_down(refuse_draft(drafts, plan_id, "events"))
+    feed = await open_plan_feed(services, drafts, hub, plan_id)
+    if feed.finished_for(last_event_id):
+        return Response(status_code=204)
+    return StreamingResponse(
+        feed.stream(last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
+
+async def open_plan_feed(
+    services: ApiServices, drafts: DraftStore, hub: EventHub, plan_id: str
+) -> Feed:
+    """The plan's shared feed of events (made by the first watcher; 409 for a draft)."""
+    await unless_store_down(refuse_draft(drafts, plan_id, "events"))
     gateway = services.temporal
 
     async def fetch() -> StatusView:
@@ -271,11 +285,4 @@ async def get_events(
         ended = await unless_store_down(services.store.steps(plan_id, query, ended_only=True))
         return ended if ended is not None else await gateway.steps(plan_id, query)
 
-    feed = await hub.open(plan_id, fetch, changes, steps)
-    if feed.finished_for(last_event_id):
-        return Response(status_code=204)
-    return StreamingResponse(
-        feed.stream(last_event_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return await hub.open(plan_id, fetch, changes, steps)

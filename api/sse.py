@@ -46,7 +46,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -207,6 +207,10 @@ def changed_step(prev: StepView | None, c: StepChange) -> StepView:
             error=c.error,
         )
     return prev.model_copy(update=update)
+
+
+Sent = tuple[str, str, dict[str, Any]]
+"""An event as a watcher gets it: its id, its kind and its data."""
 
 
 def encode(event_id: str | None, kind: str | None, data: dict[str, Any]) -> bytes:
@@ -493,65 +497,73 @@ class Feed:
         after = self.resume_point(last_event_id)
         return self.final is not None and after is not None and after >= self.final.seq
 
-    def snapshot(self) -> list[bytes]:
+    def snapshot(self) -> list[Sent]:
         """The plan and every step as the feed knows them, with the id of its head."""
         head = self.event_id(self.seq)
         view = self.current
-        out = [encode(head, "plan", plan_event(view))]
-        out += [encode(head, "step", step_event(view.plan_id, s)) for s in self.known.values()]
+        out: list[Sent] = [(head, "plan", plan_event(view))]
+        out += [(head, "step", step_event(view.plan_id, s)) for s in self.known.values()]
         return out
 
-    def _resync(self, reason: str) -> bytes:
+    def _resync(self, reason: str) -> Sent:
         data = ResyncEvent(plan_id=self.plan_id, reason=reason, observed_at=_now())
-        return encode(self.event_id(self.seq), "resync", data.model_dump(mode="json"))
+        return (self.event_id(self.seq), "resync", data.model_dump(mode="json"))
 
     async def stream(self, last_event_id: str | None) -> AsyncIterator[bytes]:
+        """The events as ``text/event-stream`` (a comment line for each silence)."""
+        yield f"retry: {self.hub.config.sse_retry_ms}\n\n".encode()
+        async for batch in self.events(last_event_id):
+            yield b"".join(encode(*e) for e in batch) if batch else b": ping\n\n"
+
+    async def events(self, last_event_id: str | None) -> AsyncGenerator[list[Sent], None]:
+        """The watcher's events, in batches (every event waiting is one batch: a fast
+        plan makes many); an empty batch after ``sse_ping_s`` of silence. Counts as a
+        watcher of the feed from the first step to the end."""
         cfg = self.hub.config
         self.subscribers += 1
         try:
-            yield f"retry: {cfg.sse_retry_ms}\n\n".encode()
             after = self.resume_point(last_event_id)
             if after is None:
+                first: list[Sent] = []
                 if last_event_id and last_event_id.strip().startswith(f"{self.epoch}:"):
                     # this feed's id, but its journal moved on (an id of another process
                     # or an earlier feed gets the snapshot alone, as a new watcher)
-                    yield self._resync("the events after Last-Event-ID are no longer held")
+                    first.append(self._resync("the events after Last-Event-ID are no longer held"))
                 after = self.seq  # the snapshot's point: what follows it comes after
                 final = self.final
-                for chunk in self.snapshot():
-                    yield chunk
+                first += self.snapshot()
                 if final is not None:
-                    yield encode(self.event_id(final.seq), final.kind, final.data)
+                    first.append((self.event_id(final.seq), final.kind, final.data))
+                yield first
+                if final is not None:
                     return
             while True:
                 # taken before reading the journal: events appended while this watcher's
-                # chunks are being sent set it, so they are not left waiting for the next
+                # batch is being sent set it, so they are not left waiting for the next
                 wake = self._wake
                 if self.journal and self.journal[0].seq > after + 1:
                     # this watcher fell behind what the journal holds: start it afresh
                     after, final = self.seq, self.final
-                    yield self._resync("the watcher fell behind the journal")
-                    for chunk in self.snapshot():
-                        yield chunk
+                    again = [self._resync("the watcher fell behind the journal"), *self.snapshot()]
                     if final is not None:
-                        yield encode(self.event_id(final.seq), final.kind, final.data)
+                        yield [*again, (self.event_id(final.seq), final.kind, final.data)]
                         return
-                # every event waiting is sent in one write (a fast plan makes many)
-                batch: list[bytes] = []
+                    yield again
+                batch: list[Sent] = []
                 for ev in [e for e in self.journal if e.seq > after]:
-                    batch.append(encode(self.event_id(ev.seq), ev.kind, ev.data))
+                    batch.append((self.event_id(ev.seq), ev.kind, ev.data))
                     after = ev.seq
                     if ev.kind in ("end", "error"):
-                        yield b"".join(batch)
+                        yield batch
                         return
                 if batch:
-                    yield b"".join(batch)
+                    yield batch
                 if self.closed and self.final is not None and after >= self.final.seq:
                     return
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=cfg.sse_ping_s)
                 except TimeoutError:
-                    yield b": ping\n\n"
+                    yield []
                 if self.hub.closing:
                     return
         finally:
