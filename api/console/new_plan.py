@@ -221,9 +221,7 @@ async def new_plan_page(request: Request, services: ServicesDep, session: Sessio
 
 
 @router.post("/new/review")
-async def review_document(
-    request: Request, services: ServicesDep, session: SessionDep
-) -> Response:
+async def review_document(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     fields = await console_form(request, session)
     principal = principal_of(services, session)
     text, problems = await document_text(fields)

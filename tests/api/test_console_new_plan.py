@@ -159,9 +159,7 @@ async def test_paste_review_and_save_a_draft_without_keys(
         # an upload: the file's text is reviewed (and a too big one refused)
         up_id = pid()
         files = {"file": ("plan.yaml", valid_yaml(up_id).encode(), "application/yaml")}
-        r = await http.post(
-            "/console/new/review", data={"csrf": csrf, "document": ""}, files=files
-        )
+        r = await http.post("/console/new/review", data={"csrf": csrf, "document": ""}, files=files)
         assert r.status_code == 200 and f"<code>{up_id}</code>" in section(r.text, "review")
         assert up_id in r.text.split('id="document"')[1]  # now in the text area
         big = {"file": ("big.json", b" " * (1024 * 1024 + 1), "application/json")}
@@ -205,7 +203,9 @@ async def test_execute_from_the_review_starts_the_workflow(
         assert 'data-status="pending_approval"' in landed
 
         # executing the same document again: its id is taken now, refused, shown
-        r = await save(http, csrf, text, reviewed_of((await review(http, csrf, text)).text), "draft")
+        r = await save(
+            http, csrf, text, reviewed_of((await review(http, csrf, text)).text), "draft"
+        )
         assert r.status_code == 409 and "taken" in notices(r.text), r.text
 
 
