@@ -45,7 +45,7 @@ def _metrics_routes() -> None:
     """``/console/metrics/…``: every GET of ``/api/metrics`` with the console's session
     (the route's function, parameters, validation and answers as they are)."""
     for route in metrics_router.routes:
-        if not isinstance(route, APIRoute) or "GET" not in route.methods:
+        if not isinstance(route, APIRoute) or "GET" not in (route.methods or ()):
             continue
         kept = [d for d in route.dependencies if d.dependency is not get_principal]
         router.add_api_route(

@@ -229,8 +229,8 @@ async def review_document(request: Request, services: ServicesDep, session: Sess
         found = Review(text="", digest=text_digest(""), problems=problems)
     else:
         found = await review(text, services, principal, _notes(fields))
-    status = 200 if found.valid else 422 if found.problems else 403
-    return _page(request, session, services, principal, {"review": found}, status)
+    # 200 whatever it finds: the review is the answer (a refusal is Save's or Execute's)
+    return _page(request, session, services, principal, {"review": found})
 
 
 @router.post("/new/generate")

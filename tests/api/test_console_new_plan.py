@@ -103,7 +103,7 @@ async def test_paste_review_and_save_a_draft_without_keys(
 
         # invalid: every problem with its location; nothing to save
         r = await review(http, csrf, INVALID_YAML)
-        assert r.status_code == 422
+        assert r.status_code == 200  # the review is the answer, whatever it finds
         got = section(r.text, "review")
         assert 'data-valid="no"' in got
         problems = re.findall(r'<code class="where">([^<]+)</code> <span class="what">', got)
@@ -122,7 +122,7 @@ async def test_paste_review_and_save_a_draft_without_keys(
 
         # not JSON/YAML at all: located by line and column
         r = await review(http, csrf, "title: [unclosed\nsteps: -\n")
-        assert r.status_code == 422
+        assert 'data-valid="no"' in r.text
         assert re.search(r"line \d+, column \d+", section(r.text, "review")), r.text
 
         # valid: the risk with its reasons, Save and Execute offered
@@ -164,7 +164,7 @@ async def test_paste_review_and_save_a_draft_without_keys(
         assert up_id in r.text.split('id="document"')[1]  # now in the text area
         big = {"file": ("big.json", b" " * (1024 * 1024 + 1), "application/json")}
         r = await http.post("/console/new/review", data={"csrf": csrf}, files=big)
-        assert r.status_code == 422 and "at most 1 MiB" in r.text
+        assert 'data-valid="no"' in r.text and "at most 1 MiB" in r.text
 
         # CSRF: every POST needs the token
         for path, data in (
@@ -276,7 +276,7 @@ async def test_an_agent_key_plans_only_as_itself_and_cannot_waive_approval(
         waiver_id = pid()
         waiver = valid_yaml(waiver_id, require_approval="false")
         r = await review(bot, csrf, waiver)
-        assert r.status_code == 403
+        assert 'data-valid="no"' in r.text
         refusal = re.search(r'<p class="error" id="refusal">(.*?)</p>', r.text, re.S)
         assert refusal and "require_approval=false" in refusal.group(1)
         assert ">Execute</button>" not in r.text and ">Save as draft</button>" not in r.text
@@ -287,7 +287,7 @@ async def test_an_agent_key_plans_only_as_itself_and_cannot_waive_approval(
 
         # another agent's name: refused the same way
         r = await review(bot, csrf, valid_yaml(pid(), agent="agent_id: someone-else\n"))
-        assert r.status_code == 403 and "only as itself" in r.text
+        assert 'data-valid="no"' in r.text and "only as itself" in r.text
 
         # its own plan, behind a person's approval: executed, proposed by the bot
         plan_id = pid()
