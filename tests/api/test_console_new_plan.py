@@ -20,6 +20,7 @@ from tests.api.test_console import (
     api,
     browser_like,
     csrf_of,
+    inbox_with,
     notices,
     sign_in,
     wait_status,
@@ -125,6 +126,10 @@ async def test_paste_review_and_save_a_draft_without_keys(
         assert 'data-valid="no"' in r.text
         assert re.search(r"line \d+, column \d+", section(r.text, "review")), r.text
 
+        # the document is untrusted: shown escaped, never as markup
+        r = await review(http, csrf, INVALID_YAML.replace("broken release", "<b>x</b>"))
+        assert "<b>x</b>" not in r.text and "&lt;b&gt;x&lt;/b&gt;" in r.text
+
         # valid: the risk with its reasons, Save and Execute offered
         plan_id = pid()
         text = valid_yaml(plan_id)
@@ -201,6 +206,9 @@ async def test_execute_from_the_review_starts_the_workflow(
         landed = (await http.get(f"/console/plans/{plan_id}")).text
         assert "Execute: started workflow" in notices(landed)
         assert 'data-status="pending_approval"' in landed
+        # submitted with alice's key: the session's key owner
+        _, entry = await inbox_with(http, plan_id, "plan_approval")
+        assert "submitted with the key of alice" in entry, entry
 
         # executing the same document again: its id is taken now, refused, shown
         r = await save(

@@ -150,10 +150,12 @@ async def test_new_plan_review_execute_then_the_charts(
             width, height, seen = colours(shot.read_bytes())
             assert width == 1280 and height >= 600 and len(seen) > 50
 
-            # back to the inbox (htmx swaps the page): the charts stop, nothing breaks
+            # back to the inbox: a page of its own, without the dashboard's files
             await page.get_by_role("navigation").get_by_role("link", name="Inbox").click()
             await page.locator("#inbox").wait_for()
+            assert page.url == f"{base}/console"
             assert await page.locator("#charts").count() == 0
+            assert await page.locator('link[href^="/dashboard/"]').count() == 0
 
             assert watch.foreign == [], f"the console asked another host: {watch.foreign}"
             assert watch.errors == [], watch.errors
