@@ -126,6 +126,11 @@ async def test_paste_review_and_save_a_draft_without_keys(
         assert 'data-valid="no"' in r.text
         assert re.search(r"line \d+, column \d+", section(r.text, "review")), r.text
 
+        # nested too deep for the API (PLANSMITH_API_MAX_JSON_DEPTH): refused, located
+        deep = '{"title": "t", "steps": [{"id": "a", "tool": "wait", "params": {"x": '
+        r = await review(http, csrf, deep + "[" * 100 + "]" * 100 + "}}]}")
+        assert 'data-valid="no"' in r.text and "nested deeper than" in r.text
+
         # the document is untrusted: shown escaped, never as markup
         r = await review(http, csrf, INVALID_YAML.replace("broken release", "<b>x</b>"))
         assert "<b>x</b>" not in r.text and "&lt;b&gt;x&lt;/b&gt;" in r.text
