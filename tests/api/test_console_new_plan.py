@@ -302,6 +302,17 @@ async def test_an_agent_key_plans_only_as_itself_and_cannot_waive_approval(
         r = await review(bot, csrf, valid_yaml(pid(), agent="agent_id: someone-else\n"))
         assert 'data-valid="no"' in r.text and "only as itself" in r.text
 
+        # the planner plans for it as itself
+        r = await bot.post("/console/new/generate", data={"csrf": csrf, "task": "ship it"})
+        area = re.search(r'<textarea id="document"[^>]*>(.*?)</textarea>', r.text, re.S)
+        assert r.status_code == 200 and area, r.text
+        assert json.loads(html_lib.unescape(area.group(1)))["agent_id"] == "bot"
+        # naming another agent (a forged field; none is offered): the REST route's 403
+        r = await bot.post(
+            "/console/new/generate", data={"csrf": csrf, "task": "x", "agent_id": "other"}
+        )
+        assert r.status_code == 403 and "only as itself" in section(r.text, "ask-planner")
+
         # its own plan, behind a person's approval: executed, proposed by the bot
         plan_id = pid()
         text = valid_yaml(plan_id)
