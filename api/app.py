@@ -26,6 +26,8 @@ from temporalio.client import Client
 
 from api import prometheus
 from api.auth import ApiKeys, bearer_scheme, header_scheme
+from api.console.charts import router as console_charts_router
+from api.console.new_plan import router as console_new_plan_router
 from api.console.routes import router as console_router
 from api.dashboard import router as dashboard_router
 from api.deps import ApiServices, ServicesDep
@@ -250,6 +252,8 @@ def create_app(
     app.include_router(ws_router, prefix="/api")
     app.include_router(dashboard_router)
     app.include_router(console_router)
+    app.include_router(console_new_plan_router)
+    app.include_router(console_charts_router)
     prometheus.install(app)  # last, after the other middleware: it then times every request
     return app
 

@@ -17,11 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import SkipValidation, ValidationError
 from temporalio.client import WorkflowExecutionStatus
 
+from api.auth import Principal
 from api.controls import (
     ByBody,
 )
 from api.deps import (
     ActorDep,
+    ApiServices,
     DraftsDep,
     GatewayDep,
     PlanIdDep,
@@ -31,7 +33,7 @@ from api.deps import (
     plan_agent_id,
     reject_unknown_query,
 )
-from api.drafts import Draft, DraftExists, refuse_draft
+from api.drafts import Draft, DraftExists, DraftStore, refuse_draft
 from api.errors import (
     ErrorBody,
     conflict,
@@ -58,8 +60,8 @@ from api.store_reads import open_or_recorded, temporal_or_store, unless_store_do
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
 from plans.models import Plan, PlanStatus, workflow_id_for
-from plans.validation import too_many_steps, validate_plan
-from workflows.client import ended_status
+from plans.validation import Problem, too_many_steps, validate_plan
+from workflows.client import PlanClient, ended_status
 
 router = APIRouter(
     prefix="/plans",
@@ -125,6 +127,50 @@ async def _digest(plan: Plan) -> str:
     return await off_loop(plan.digest)
 
 
+async def plan_problems(plan: Plan, services: ApiServices) -> list[Problem]:
+    """Every problem of ``plan`` (the full validation of POST /api/plans: ids,
+    dependencies, cycles, tools, tool parameters, expressions, templates, the step limit);
+    empty means valid. Off the event loop: linear in the plan, but a big one takes a while."""
+    return await off_loop(validate_plan, plan, catalog(), max_steps=services.config.max_plan_steps)
+
+
+async def create_draft(
+    document: Plan,
+    actor: Principal,
+    gateway: PlanClient,
+    drafts: DraftStore,
+    services: ApiServices,
+    by: str | None = None,
+) -> tuple[Draft, bool]:
+    """The create path of POST /api/plans once the document has its shape: an id made
+    from the title when it has none, the agent key's claim (403), full validation (422
+    with every located problem), a taken id (409), then the draft kept in the store.
+    ``by``: the creator recorded with keys off (the key's owner with keys on). Returns
+    the draft and whether it is new (False: the very same document was stored)."""
+    plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
+    plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
+    problems = await plan_problems(plan, services)
+    if problems:
+        raise invalid(f"plan is invalid ({len(problems)} problem(s))", problems)
+    assert plan.id is not None
+    desc = await gateway.describe(plan.id)
+    if desc is not None:
+        raise conflict(
+            f"plan id {plan.id} is taken by a plan that was executed "
+            f"(workflow {workflow_id_for(plan.id)}); choose another id",
+            code="id_taken",
+        )
+    try:
+        return await drafts.add(
+            Draft(plan=plan, created_at=datetime.now(UTC), created_by=actor.actor(by))
+        )
+    except DraftExists:
+        raise conflict(
+            f"another document already has plan id {plan.id}; choose another id",
+            code="id_taken",
+        ) from None
+
+
 # --- create, list, read --------------------------------------------------------------
 
 
@@ -163,32 +209,9 @@ async def create_plan(
     services: ServicesDep,
 ) -> Response:
     document = await off_loop(_plan_of, document)
-    plan = document if document.id else document.model_copy(update={"id": _new_plan_id(document)})
-    plan = actor.claim(plan)  # an agent key creates plans only as itself (403 otherwise)
-    # linear in the plan, but a big one takes a while: off the event loop
-    problems = await off_loop(
-        validate_plan, plan, catalog(), max_steps=services.config.max_plan_steps
-    )
-    if problems:
-        raise invalid(f"plan is invalid ({len(problems)} problem(s))", problems)
-    assert plan.id is not None
-    desc = await gateway.describe(plan.id)
-    if desc is not None:
-        raise conflict(
-            f"plan id {plan.id} is taken by a plan that was executed "
-            f"(workflow {workflow_id_for(plan.id)}); choose another id",
-            code="id_taken",
-        )
-    try:
-        draft, created = await drafts.add(
-            Draft(plan=plan, created_at=datetime.now(UTC), created_by=actor.actor(None))
-        )
-    except DraftExists:
-        raise conflict(
-            f"another document already has plan id {plan.id}; choose another id",
-            code="id_taken",
-        ) from None
-    plan_id = plan.id
+    draft, created = await create_draft(document, actor, gateway, drafts, services)
+    plan_id = draft.plan.id
+    assert plan_id is not None
 
     def answer() -> bytes:  # the plan echoed: as big as the plan, made off the event loop
         return (

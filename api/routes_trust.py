@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from api.deps import (
+    ApiServices,
     DraftsDep,
     GatewayDep,
     PlanIdDep,
@@ -33,6 +34,7 @@ from api.errors import ApiError, responses
 from api.routes_plans import get_plan
 from api.store_reads import PlanStore
 from contracts.tools import catalog
+from plans.models import Plan
 from plans.policy import (
     ApprovalDecision,
     PolicyThresholds,
@@ -129,18 +131,7 @@ async def get_risk(
 ) -> PlanRiskView:
     detail = await get_plan(plan_id, gateway, drafts, store)
     plan = detail.plan
-    th = services.settings.policy.thresholds()
-    # Off the event loop: assessing reads the templates over inputs (evaluated under the
-    # expressions' budget, which bounds the work, not the time of the others' requests).
-    risk = await asyncio.to_thread(assess_risk, plan, catalog(), th.risk)
-    trust: TrustScore | None
-    decision: ApprovalDecision | None = None
-    try:
-        trust = await plan_trust(store, plan.agent_id, th, plan_id)
-    except ApiError:
-        trust = None
-    if trust is not None:
-        decision = should_require_approval(plan, trust, risk, th)
+    risk, trust, decision = await assess_plan(plan, services, store, plan_id)
     return PlanRiskView(
         plan_id=plan_id,
         version=detail.version,
@@ -153,3 +144,25 @@ async def get_risk(
         trust=trust,
         decision=decision,
     )
+
+
+async def assess_plan(
+    plan: Plan, services: ApiServices, store: PlanStore, plan_id: str | None = None
+) -> tuple[PlanRisk, TrustScore | None, ApprovalDecision | None]:
+    """The risk of ``plan`` step by step, its agent's trust now (None when the store
+    cannot answer) and what ``require_approval: "auto"`` would decide for it now (None
+    without the trust). ``plan_id``: the plan's when it is stored (its submitter's record
+    counts), None for a document not created yet."""
+    th = services.settings.policy.thresholds()
+    # Off the event loop: assessing reads the templates over inputs (evaluated under the
+    # expressions' budget, which bounds the work, not the time of the others' requests).
+    risk = await asyncio.to_thread(assess_risk, plan, catalog(), th.risk)
+    trust: TrustScore | None
+    decision: ApprovalDecision | None = None
+    try:
+        trust = await plan_trust(store, plan.agent_id, th, plan_id)
+    except ApiError:
+        trust = None
+    if trust is not None:
+        decision = should_require_approval(plan, trust, risk, th)
+    return risk, trust, decision

@@ -1,6 +1,9 @@
 // Plansmith dashboard: reads /api/metrics/* and draws tables and SVG charts by hand.
 // No third-party code. Data is put in the page with textContent only (titles and
 // questions come from people and agents), never as HTML.
+// The console's charts page (/console/charts) runs it too: an element with
+// data-metrics-base names where the metrics are read (the console's session routes, no
+// key sent) and carries the page's data-state; without one, this is the dashboard.
 "use strict";
 
 (() => {
@@ -11,6 +14,11 @@
   const WAITING_ROWS = 25; // the longest-waiting; the badge counts them all
 
   class NeedKey extends Error {}
+
+  const root = document.querySelector("[data-metrics-base]");
+  const METRICS = root ? root.dataset.metricsBase : "api/metrics/";
+  const stateOf = () => root || document.body;
+  let timer = null;
 
   // --- the API ---------------------------------------------------------------------
 
@@ -24,7 +32,7 @@
 
   async function api(path) {
     const headers = { Accept: "application/json" };
-    const key = sessionStorage.getItem(KEY);
+    const key = root ? null : sessionStorage.getItem(KEY);
     if (key) headers["X-API-Key"] = key;
     const r = await fetch(path, { headers, cache: "no-store" });
     if (r.status === 401) throw new NeedKey("an API key is needed");
@@ -389,16 +397,22 @@
   }
 
   async function load() {
+    if (!document.getElementById("tiles")) {
+      // the console went to another page (htmx swapped the charts out): stop
+      clearInterval(timer);
+      return;
+    }
     try {
       const [waiting, agents, trends, planner, tools, plans] = await Promise.all([
-        api(`api/metrics/waiting?limit=${WAITING_ROWS}`),
-        api("api/metrics/agents"),
-        api(`api/metrics/trends?days=${DAYS}&bucket=day`),
-        api("api/metrics/planner"),
-        api("api/metrics/success?by=tool"),
-        api("api/metrics/plans?limit=15"),
+        api(`${METRICS}waiting?limit=${WAITING_ROWS}`),
+        api(`${METRICS}agents`),
+        api(`${METRICS}trends?days=${DAYS}&bucket=day`),
+        api(`${METRICS}planner`),
+        api(`${METRICS}success?by=tool`),
+        api(`${METRICS}plans?limit=15`),
       ]);
-      document.getElementById("key-form").hidden = true;
+      const keyForm = document.getElementById("key-form");
+      if (keyForm) keyForm.hidden = true;
       showError("");
       renderTiles(waiting, trends, planner);
       renderWaiting(waiting);
@@ -407,31 +421,37 @@
       renderTools(tools);
       renderPlans(plans);
       document.getElementById("updated").textContent = `updated ${when(new Date().toISOString())}`;
-      document.body.dataset.state = "ready";
+      stateOf().dataset.state = "ready";
     } catch (e) {
-      if (e instanceof NeedKey) {
+      if (e instanceof NeedKey && !document.getElementById("key-form")) {
+        showError("Your console session has ended: reload the page to sign in again.");
+        stateOf().dataset.state = "need-key";
+      } else if (e instanceof NeedKey) {
         const had = sessionStorage.getItem(KEY);
         document.getElementById("key-form").hidden = false;
         document.getElementById("key-error").textContent = had ? "that key was refused" : "";
-        document.body.dataset.state = "need-key";
+        stateOf().dataset.state = "need-key";
       } else {
         showError(`Could not load the metrics: ${e.message}`);
-        document.body.dataset.state = "error";
+        stateOf().dataset.state = "error";
       }
     }
   }
 
   function start() {
-    takeKeyFromFragment();
+    if (!root) takeKeyFromFragment();
     document.getElementById("refresh").addEventListener("click", load);
-    document.getElementById("key-form").addEventListener("submit", (ev) => {
-      ev.preventDefault();
-      const value = document.getElementById("key-input").value.trim();
-      if (value) sessionStorage.setItem(KEY, value);
-      load();
-    });
+    const keyForm = document.getElementById("key-form");
+    if (keyForm) {
+      keyForm.addEventListener("submit", (ev) => {
+        ev.preventDefault();
+        const value = document.getElementById("key-input").value.trim();
+        if (value) sessionStorage.setItem(KEY, value);
+        load();
+      });
+    }
     load();
-    setInterval(load, REFRESH_MS);
+    timer = setInterval(load, REFRESH_MS);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
