@@ -407,8 +407,9 @@ async def _plan_context(
                 "open": state == "failed"
                 or step.id in waits_for_correction
                 or (editing is not None and editor is editing),
-                "retry": live and state == "failed" and "retry_step" in offers,
-                "skip": live and state in FAILED_OR_WAITING and "skip_step" in offers,
+                # (a step waiting for a correction has them in "Waiting for a person")
+                "retry": live and state == "failed" and step.id not in waits_for_correction,
+                "skip": live and state in FAILED_OR_WAITING and step.id not in waits_for_correction,
             }
         )
     statuses = {s.id: s.status.value for s in status.steps}
