@@ -65,6 +65,15 @@ def _field_of(location: str, index: int) -> str | None:
     return m.group(1) or "(the step)"
 
 
+def _plain(message: str) -> str:
+    """A reader's message for the editor: the YAML parser's lines that quote the text back
+    (indented under each of its sentences) left out; the line and column stay."""
+    if message == NOT_AN_OBJECT:
+        return "the step must be an object (a JSON or YAML mapping of its fields)"
+    lines = [line.strip() for line in message.splitlines() if line and not line[0].isspace()]
+    return ": ".join(lines) if lines else message
+
+
 def _read(text: str) -> tuple[dict[str, Any] | None, list[Located]]:
     if len(text) > MAX_DOCUMENT_CHARS:
         return None, [
@@ -78,15 +87,7 @@ def _read(text: str) -> tuple[dict[str, Any] | None, list[Located]]:
     try:
         data = load_document(text, source=SOURCE)
     except PlanInvalid as e:
-        return None, [
-            Located(
-                p.location,
-                "the step must be an object (a JSON or YAML mapping of its fields)"
-                if p.message == NOT_AN_OBJECT
-                else p.message,
-            )
-            for p in e.problems
-        ]
+        return None, [Located(p.location, _plain(p.message)) for p in e.problems]
     try:  # plain JSON values only (YAML dates become text; NaN and Infinity are refused)
         plain = json.loads(json.dumps(data, default=str, allow_nan=False))
     except ValueError as e:
