@@ -608,7 +608,7 @@ async def correction(
     fields = await checked_form(request, session)
     principal = principal_of(services, session)
     apply = fields.get("do") == "apply"
-    what = f"Apply correction to step {step_id} of {plan_id}"
+    what = f"{'Apply correction to' if apply else 'Check of'} step {step_id} of {plan_id}"
     gateway, drafts, store = services.temporal, services.drafts, services.store
     try:
         # the role check send_control makes, before anything is read or checked
