@@ -44,7 +44,7 @@ from plans.run_state import (
     log,
 )
 from plans.scheduler import end, mark_skipped, running_steps
-from plans.validation import PlanInvalid, parse_plan, validate_plan
+from plans.validation import PlanInvalid, Problem, parse_plan, validate_plan
 
 
 def parse_control(name: str, payload: Any) -> Control:
@@ -219,29 +219,48 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-def _corrected_plan(
-    run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]
-) -> Plan:
-    updated = dict(msg.correction.updated_step)
+# A correction that renames its step (the id is how every reference finds it).
+ID_CHANGE = Problem(location="updated_step.id", message="cannot change a step's id")
+
+
+def corrected_plan(
+    plan: Plan, step_id: str, updated_step: Mapping[str, Any], catalog: Mapping[str, ToolSpec]
+) -> tuple[Plan | None, list[Problem]]:
+    """``plan`` with step ``step_id`` corrected by ``updated_step`` (the step's fields that
+    change; same tool: ``params`` merge as an RFC 7386 patch), and every located problem
+    of the result: ``(plan, [])`` when it is valid, ``(None, problems)`` otherwise.
+    Pure: the workflow's ``apply_correction`` and the console's check share it."""
+    updated = dict(updated_step)
     if "parameters" in updated and "params" not in updated:
         updated["params"] = updated.pop("parameters")  # an older name for params, still accepted
-    if updated.get("id", msg.step_id) != msg.step_id:
-        raise Refused("apply_correction refused: updated_step.id cannot change a step's id")
-    doc = run.plan.model_dump(mode="json")
+    if updated.get("id", step_id) != step_id:
+        return None, [ID_CHANGE]
+    doc = plan.model_dump(mode="json")
     for i, step in enumerate(doc["steps"]):
-        if step["id"] == msg.step_id:
-            new_step = {**step, **updated, "id": msg.step_id}
+        if step["id"] == step_id:
+            new_step = {**step, **updated, "id": step_id}
             same_tool = new_step.get("tool") == step.get("tool")
             if same_tool and isinstance(updated.get("params"), dict):
                 # Same tool: params merge (RFC 7386, null removes); a new tool gets new params.
                 new_step["params"] = merge_patch(step.get("params") or {}, updated["params"])
             doc["steps"][i] = new_step
     try:
-        plan = parse_plan(doc)
+        corrected = parse_plan(doc)
     except PlanInvalid as e:
-        raise Refused("apply_correction refused: " + "; ".join(map(str, e.problems))) from None
-    problems = validate_plan(plan, catalog)
+        return None, list(e.problems)
+    problems = validate_plan(corrected, catalog)
     if problems:
+        return None, problems
+    return corrected, []
+
+
+def _corrected_plan(
+    run: PlanRun, msg: ApplyCorrectionInput, catalog: Mapping[str, ToolSpec]
+) -> Plan:
+    plan, problems = corrected_plan(run.plan, msg.step_id, msg.correction.updated_step, catalog)
+    if plan is None:
+        if problems == [ID_CHANGE]:  # the words the audit trails of earlier runs hold
+            raise Refused("apply_correction refused: updated_step.id cannot change a step's id")
         raise Refused("apply_correction refused: " + "; ".join(map(str, problems)))
     return plan
 

@@ -11,6 +11,7 @@ next rendering shows what happened (the server's reason when it was refused).
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations.
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -23,18 +24,24 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
 from api.auth import Principal
+from api.console.correction import MAX_DOCUMENT_CHARS, Checked, check_correction, step_document
 from api.console.dag import NODE_H, NODE_W, layout
+from api.console.history import field_changes
 from api.console.inbox import KIND_LABELS, FactsCache, inbox
 from api.console.sessions import COOKIE, COOKIE_PATH, Session, Sessions
-from api.controls import PLAN_BODIES, STEP_BODIES
+from api.controls import PLAN_BODIES, STEP_BODIES, ByBody
 from api.dashboard import CSP
-from api.deps import ApiServices, PlanIdDep, ServicesDep
+from api.deps import ApiServices, PlanIdDep, ServicesDep, StepIdDep, authorize_control
 from api.errors import ApiError, api_error_of, forbidden, not_found, unauthorized
+from api.limits import off_loop
 from api.routes_plan_controls import send_control
-from api.routes_plan_reads import get_audit, get_events, get_status
-from api.routes_plans import get_plan
+from api.routes_plan_reads import get_audit, get_events, get_logs, get_status, get_versions
+from api.routes_plans import get_plan, resume_plan_from_failure
 from api.routes_trust import get_risk
-from plans.run_state import AuditEntry
+from api.schemas import LogLine, PlanDetail
+from contracts.tools import catalog
+from plans.models import Plan
+from plans.run_state import AuditEntry, PlanVersion
 from plans.views import StatusView
 from workflows.errors import PlanClientError
 
@@ -54,7 +61,8 @@ HEADERS = {  # the dashboard's policy: nothing from another host, no inline code
     "Cache-Control": "no-store",
 }
 KEYS_OFF_ACTOR = "console"
-# The actions of this slice: control -> the label of its button.
+# The actions of the buttons (POST /console/plans/{id}/actions/{control}): control ->
+# the label of its button. A correction has its own route (it is checked first).
 ACTIONS = {
     "approve": "Approve",
     "reject": "Reject",
@@ -64,10 +72,24 @@ ACTIONS = {
     "approve_step": "Approve",
     "reject_step": "Reject",
     "answer_clarification": "Answer",
+    "retry_step": "Retry",
+    "skip_step": "Skip",
+    "resume_from_failure": "Resume from failure",
 }
-STEP_ACTIONS = frozenset({"approve_step", "reject_step", "answer_clarification"})
+STEP_ACTIONS = frozenset(
+    {"approve_step", "reject_step", "answer_clarification", "retry_step", "skip_step"}
+)
+CORRECTION = "apply_correction"
+OFFERED = (*ACTIONS, CORRECTION)  # what a page may offer, each when the role may send it
 FINAL = frozenset({"completed", "partial", "failed", "cancelled", "rejected"})
+RESUMABLE = frozenset({"failed", "partial", "cancelled"})  # resume-from-failure runs them again
+UNCHANGEABLE = frozenset({"completed", "running"})  # a correction changes any other step
+FAILED_OR_WAITING = frozenset({"failed", "waiting_approval", "waiting_clarification"})
+EDITORS_FOR_ALL_UP_TO = 200  # steps; a bigger plan gets editors for failed or waiting steps
 MAX_SHOWN = 4000  # characters of a step's params or output on the page
+MAX_CALL_SHOWN = 1000  # characters of one tool call's params or output
+LOG_LINES = 100  # newest lines of the plan's log on its page
+STEP_LOG_LINES = 50  # newest lines of one step's log in its details
 
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(prefix="/console", tags=["console"], include_in_schema=False)
@@ -240,7 +262,7 @@ async def _inbox_context(
     except (ApiError, PlanClientError) as e:
         items, error = [], api_error_of(e).detail
     for item in items:
-        item.offers = {c for c in ACTIONS if may(principal, c, item.agent_id)}
+        item.offers = {c for c in OFFERED if may(principal, c, item.agent_id)}
     return {"items": items, "inbox_error": error}
 
 
@@ -264,49 +286,153 @@ async def inbox_fragment(request: Request, services: ServicesDep, session: Sessi
 # --- a plan ---------------------------------------------------------------------------
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, limit: int = MAX_SHOWN) -> str:
     text = json.dumps(value, indent=2, default=str, ensure_ascii=False)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "\n… (cut)"
+    return text if len(text) <= limit else text[:limit] + "\n… (cut)"
+
+
+def _calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An llm step's tool calls as its details show them (params and output cut)."""
+    return [
+        {
+            "n": c.get("n"),
+            "tool": c.get("tool"),
+            "status": c.get("status", "running"),
+            "attempts": c.get("attempts"),
+            "at": c.get("at"),
+            "params": _shown(c.get("params"), MAX_CALL_SHOWN),
+            "output": _shown(c["output"], MAX_CALL_SHOWN) if "output" in c else None,
+            "error": c.get("error"),
+        }
+        for c in calls
+    ]
+
+
+async def _or_error(read: Any) -> tuple[Any, str | None]:
+    """``await read``, or None and why it failed (a part of the page that cannot be read
+    says so; the rest of the page is shown)."""
+    try:
+        return await read, None
+    except (ApiError, PlanClientError) as e:
+        return None, api_error_of(e).detail
+
+
+def editor_for(
+    session: Session,
+    plan_id: str,
+    status: StatusView,
+    plan: Plan,
+    step_id: str,
+    checked: Checked | None = None,
+    *,
+    may_approve: bool,
+    notice: str | None = None,
+) -> dict[str, Any]:
+    """What the correction editor of ``step_id`` shows: the page's version and digest,
+    the text (the step's document, or what was sent back), the check's findings."""
+    original = step_document(plan.step(step_id)) if step_id in plan.positions() else ""
+    text = checked.text if checked is not None else original
+    return {
+        "plan_id": plan_id,
+        "step_id": step_id,
+        "version": status.version,
+        "digest": status.digest,
+        "text": text,
+        "original": original,
+        "checked": checked,
+        "preview": field_changes({step_id: checked.changes}) if checked and checked.ok else [],
+        "notice": notice,
+        "may_approve": may_approve,
+        "max_chars": MAX_DOCUMENT_CHARS,
+        "session": session,
+    }
 
 
 async def _plan_context(
-    services: ApiServices, principal: Principal, plan_id: str
+    services: ApiServices,
+    session: Session,
+    principal: Principal,
+    plan_id: str,
+    editing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     gateway, drafts, store = services.temporal, services.drafts, services.store
-    status: StatusView = await get_status(plan_id, services, drafts, store)
-    detail = await get_plan(plan_id, gateway, drafts, store)
-    audit: list[AuditEntry] = await get_audit(plan_id, gateway, drafts, store)
+    status: StatusView
+    status, detail, audit_list = await asyncio.gather(
+        get_status(plan_id, services, drafts, store),
+        get_plan(plan_id, gateway, drafts, store),
+        get_audit(plan_id, gateway, drafts, store),
+    )
+    audit: list[AuditEntry] = audit_list
+    (versions, versions_error), (logs, logs_error) = await asyncio.gather(
+        _or_error(get_versions(plan_id, gateway, drafts, store)),
+        _or_error(get_logs(plan_id, gateway, drafts, store, None, None, None)),
+    )
+    log_lines: list[LogLine] = logs or []
+    by_step: dict[str, list[LogLine]] = {}
+    for line in log_lines:
+        if line.step_id:
+            by_step.setdefault(line.step_id, []).append(line)
     views = {s.id: s for s in status.steps}
-    steps = [
-        {
-            "step": step,
-            "view": views.get(step.id),
-            "params": _shown(step.params),
-            "output": _shown(views[step.id].output)
-            if step.id in views and views[step.id].output is not None
-            else None,
-        }
-        for step in detail.plan.steps
-    ]
+    status_value = status.status.value
+    final = status_value in FINAL
+    agent_id = detail.plan.agent_id
+    offers = {c for c in OFFERED if may(principal, c, agent_id)}
+    live = detail.executed and not final
+    correctable = live and CORRECTION in offers
+    few = len(detail.plan.steps) <= EDITORS_FOR_ALL_UP_TO
+    may_approve = not principal.is_agent
+    waits_for_correction = {w.step_id for w in status.waiting if w.kind == "correction"}
+    steps = []
+    for step in detail.plan.steps:
+        view = views.get(step.id)
+        state = view.status.value if view else "pending"
+        editor = None
+        if correctable and state not in UNCHANGEABLE and (few or state in FAILED_OR_WAITING):
+            if editing is not None and editing.get("step_id") == step.id:
+                editor = editing
+            else:
+                editor = editor_for(
+                    session, plan_id, status, detail.plan, step.id, may_approve=may_approve
+                )
+        steps.append(
+            {
+                "step": step,
+                "view": view,
+                "state": state,
+                "params": _shown(step.params),
+                "output": _shown(view.output) if view and view.output is not None else None,
+                "calls": _calls(view.calls) if view else [],
+                "logs": by_step.get(step.id, [])[-STEP_LOG_LINES:],
+                "editor": editor,
+                "open": state == "failed"
+                or step.id in waits_for_correction
+                or (editing is not None and editor is editing),
+                # (a step waiting for a correction has them in "Waiting for a person")
+                "retry": live and state == "failed" and step.id not in waits_for_correction,
+                "skip": live and state in FAILED_OR_WAITING and step.id not in waits_for_correction,
+            }
+        )
     statuses = {s.id: s.status.value for s in status.steps}
     decision = status.approval_policy
     risk_level, risk_reasons = (None, [])
     if decision is not None:
         risk_level, risk_reasons = decision.risk.level, decision.risk.reasons or decision.reasons
-    elif status.status.value in ("draft", "pending_approval", "waiting_approval"):
+    elif status_value in ("draft", "pending_approval", "waiting_approval"):
         try:
-            view = await get_risk(plan_id, services, gateway, drafts, store)
-            risk_level, risk_reasons = view.level, view.reasons
+            risk = await get_risk(plan_id, services, gateway, drafts, store)
+            risk_level, risk_reasons = risk.level, risk.reasons
         except (ApiError, PlanClientError):
             pass
-    agent_id = detail.plan.agent_id
-    offers = {c for c in ACTIONS if may(principal, c, agent_id)}
+    history: list[PlanVersion] = versions or []
     return {
         "plan_id": plan_id,
         "status": status,
         "plan": detail.plan,
         "executed": detail.executed,
-        "final": status.status.value in FINAL,
+        "final": final,
+        "resumable": detail.executed
+        and status_value in RESUMABLE
+        and "resume_from_failure" in offers,
         "steps": steps,
         "dag": layout(detail.plan.steps, statuses),
         "step_versions": {s.id: s.version for s in status.steps},
@@ -316,18 +442,29 @@ async def _plan_context(
         "offers": offers,
         "risk_level": risk_level,
         "risk_reasons": risk_reasons,
+        "versions": [{"version": v, "changes": field_changes(v.diff)} for v in reversed(history)],
+        "versions_error": versions_error,
+        "log": log_lines[-LOG_LINES:],
+        "logs_error": logs_error,
     }
 
 
 async def _plan_response(
-    request: Request, services: ServicesDep, session: Session, plan_id: str, name: str
+    request: Request,
+    services: ServicesDep,
+    session: Session,
+    plan_id: str,
+    name: str,
+    editing: dict[str, Any] | None = None,
+    status: int = 200,
 ) -> Response:
     if needs_sign_in(services, session):
         if name == "plan.html":
             return sign_in_page(request, session, services)
         raise unauthorized("sign in to the console first")
     try:
-        context = await _plan_context(services, principal_of(services, session), plan_id)
+        principal = principal_of(services, session)
+        context = await _plan_context(services, session, principal, plan_id, editing)
     except (ApiError, PlanClientError) as e:
         err = api_error_of(e)
         return render(
@@ -338,7 +475,7 @@ async def _plan_response(
             {"plan_id": plan_id, "error": err.detail},
             status=err.status,
         )
-    return render(request, session, services, name, context)
+    return render(request, session, services, name, context, status)
 
 
 @router.get("/plans/{plan_id}")
@@ -390,7 +527,7 @@ def _body(control: str, fields: dict[str, str], keys_on: bool) -> BaseModel:
     return model.model_validate(data)
 
 
-def _stale(status: StatusView, fields: dict[str, str]) -> str | None:
+def _stale(status: StatusView | PlanDetail, fields: dict[str, str]) -> str | None:
     """Why the page's version/digest no longer hold (None: they do)."""
     version, digest = fields.get("version", ""), fields.get("digest", "")
     if (version and version != str(status.version)) or (digest and digest != status.digest):
@@ -423,6 +560,14 @@ async def action(
         if stale:
             session.notify("error", f"{what}: {stale}")
             return RedirectResponse(back, status_code=303)
+        if control == "resume_from_failure":
+            # the function behind POST /api/plans/{id}/resume-from-failure
+            by = None if services.keys.enabled else ByBody(by=KEYS_OFF_ACTOR)
+            resumed = await resume_plan_from_failure(
+                plan_id, services.temporal, services.drafts, principal, by
+            )
+            session.notify("ok", f"{what}: done; {resumed.detail}")
+            return RedirectResponse(back, status_code=303)
         body = _body(control, fields, services.keys.enabled)
         result = await send_control(
             services.temporal, services.drafts, plan_id, control, body, principal, step_id
@@ -438,3 +583,120 @@ async def action(
     else:
         session.notify("ok", f"{what}: done; the plan is {result.status} (v{result.version})")
     return RedirectResponse(back, status_code=303)
+
+
+# --- the correction editor ------------------------------------------------------------
+
+
+def _is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+@router.post("/plans/{plan_id}/steps/{step_id}/correction")
+async def correction(
+    request: Request,
+    plan_id: PlanIdDep,
+    step_id: StepIdDep,
+    services: ServicesDep,
+    session: SessionDep,
+) -> Response:
+    """The editor's "Check" (``do=check``) and "Apply correction" (``do=apply``). Both
+    check the document against the plan the page showed; "Check" never sends anything,
+    and "Apply correction" sends ``apply_correction`` (by :func:`send_control`) only when
+    the check finds nothing. Problems are shown in the editor: its fragment for htmx, the
+    whole plan page (422) for a plain form."""
+    fields = await checked_form(request, session)
+    principal = principal_of(services, session)
+    apply = fields.get("do") == "apply"
+    what = f"{'Apply correction to' if apply else 'Check of'} step {step_id} of {plan_id}"
+    gateway, drafts, store = services.temporal, services.drafts, services.store
+    try:
+        # the role check send_control makes, before anything is read or checked
+        await authorize_control(principal, gateway, drafts, plan_id, CORRECTION)
+        status, detail = await asyncio.gather(
+            get_status(plan_id, services, drafts, store), get_plan(plan_id, gateway, drafts, store)
+        )
+    except (ApiError, PlanClientError) as e:
+        err = api_error_of(e)
+        session.notify("error", f"{what}: refused ({err.status}): {err.detail}")
+        return _back(request, plan_id)
+    may_approve = not principal.is_agent
+    text = fields.get("document", "")
+    stale: str | None
+    if not fields.get("version") or not fields.get("digest"):
+        stale = "refused: the form names no plan version and digest; nothing was sent, reload"
+    else:
+        stale = _stale(status, fields) or _stale(detail, fields)
+    if stale:
+        checked = Checked(text=text)
+        notice = f"{what}: {stale}"
+    else:
+        checked = await off_loop(check_correction, detail.plan, step_id, text, catalog())
+        notice = None
+        if apply and checked.ok:
+            return await _send_correction(
+                request, services, session, principal, plan_id, step_id, checked, fields, what
+            )
+        if apply:
+            notice = f"{what}: refused: the correction has problems (below); nothing was sent"
+    checked.text = checked.text[:MAX_DOCUMENT_CHARS]  # a longer text is not echoed back whole
+    editor = editor_for(
+        session,
+        plan_id,
+        status,
+        detail.plan,
+        step_id,
+        checked,
+        may_approve=may_approve,
+        notice=notice,
+    )
+    editor["approve"] = fields.get("approve") == "on"
+    if _is_htmx(request):
+        return render(request, session, services, "correction.html", {"editor": editor})
+    code = 409 if stale else 422 if checked.problems else 200
+    return await _plan_response(request, services, session, plan_id, "plan.html", editor, code)
+
+
+async def _send_correction(
+    request: Request,
+    services: ApiServices,
+    session: Session,
+    principal: Principal,
+    plan_id: str,
+    step_id: str,
+    checked: Checked,
+    fields: dict[str, str],
+    what: str,
+) -> Response:
+    data: dict[str, Any] = {
+        "step_id": step_id,
+        "correction": {"updated_step": checked.updated_step},
+        "approve": fields.get("approve") == "on",
+    }
+    if not services.keys.enabled:
+        data["by"] = KEYS_OFF_ACTOR
+    try:
+        body = PLAN_BODIES[CORRECTION].model_validate(data)
+        result = await send_control(
+            services.temporal, services.drafts, plan_id, CORRECTION, body, principal
+        )
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        session.notify("error", f"{what}: refused: {problems}")
+    except (ApiError, PlanClientError) as e:
+        err = api_error_of(e)
+        session.notify("error", f"{what}: refused ({err.status}): {err.detail}")
+    else:
+        session.notify("ok", f"{what}: done; the plan is {result.status} (v{result.version})")
+    return _back(request, plan_id)
+
+
+def _back(request: Request, plan_id: str) -> Response:
+    """Back to the plan page, which shows the notice: htmx loads it whole (the editor's
+    fragment is not where the answer goes), a plain form follows the redirect."""
+    url = f"/console/plans/{plan_id}"
+    if _is_htmx(request):
+        return Response(status_code=200, headers={**HEADERS, "HX-Redirect": url})
+    return RedirectResponse(url, status_code=303)

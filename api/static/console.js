@@ -10,11 +10,18 @@
   let refreshTimer = null;
 
   // Someone is using this part of the page: something in it has the focus (an input, a
-  // button reached with Tab) or an input holds text. A refresh would take it away.
+  // button reached with Tab), an input holds text, a box was ticked, or a correction
+  // editor holds another text than the step's document. A refresh would take it away.
+  function inUse(field) {
+    if (field.type === "checkbox" || field.type === "radio") return field.checked !== field.defaultChecked;
+    if (field.tagName === "TEXTAREA") return field.value !== (field.dataset.original ?? field.defaultValue);
+    return Boolean(field.value);
+  }
+
   function typing(root) {
     const active = document.activeElement;
     if (active && active !== document.body && root.contains(active)) return true;
-    return Array.from(root.querySelectorAll("input:not([type=hidden])")).some((i) => i.value);
+    return Array.from(root.querySelectorAll("input:not([type=hidden]), textarea")).some(inUse);
   }
 
   function markStep(stepId, status, attempts) {

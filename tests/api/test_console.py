@@ -376,7 +376,8 @@ async def test_questions_failures_pause_resume_and_cancel(
         assert "Which region?" in question
         assert "then skip" in question and 'for="answer-' in question
         assert "failed step (on_error: ask)" in failed and "boom" in failed
-        assert "not in the console yet" in failed and "<button" not in failed
+        assert ">Retry</button>" in failed and ">Skip</button>" in failed
+        assert f'href="/console/plans/{fails["id"]}#correct-fetch"' in failed
         # the oldest first
         assert html.index(f'data-plan-id="{asks["id"]}"') < html.index(
             f'data-plan-id="{fails["id"]}"'
