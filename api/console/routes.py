@@ -36,7 +36,7 @@ from api.errors import ApiError, api_error_of, forbidden, not_found, unauthorize
 from api.limits import off_loop
 from api.routes_plan_controls import send_control
 from api.routes_plan_reads import get_audit, get_events, get_logs, get_status, get_versions
-from api.routes_plans import get_plan, resume_plan_from_failure
+from api.routes_plans import execute_plan, get_plan, resume_plan_from_failure
 from api.routes_trust import get_risk
 from api.schemas import LogLine, PlanDetail
 from contracts.tools import catalog
@@ -75,6 +75,7 @@ ACTIONS = {
     "retry_step": "Retry",
     "skip_step": "Skip",
     "resume_from_failure": "Resume from failure",
+    "execute": "Execute",
 }
 STEP_ACTIONS = frozenset(
     {"approve_step", "reject_step", "answer_clarification", "retry_step", "skip_step"}
@@ -430,6 +431,7 @@ async def _plan_context(
         "plan": detail.plan,
         "executed": detail.executed,
         "final": final,
+        "executable": not detail.executed and "execute" in offers,
         "resumable": detail.executed
         and status_value in RESUMABLE
         and "resume_from_failure" in offers,
@@ -559,6 +561,11 @@ async def action(
         stale = _stale(status, fields)
         if stale:
             session.notify("error", f"{what}: {stale}")
+            return RedirectResponse(back, status_code=303)
+        if control == "execute":
+            # the function behind POST /api/plans/{id}/execute (a draft's one start)
+            started = await execute_plan(plan_id, services.temporal, services.drafts, principal)
+            session.notify("ok", f"{what}: done; {started.detail}")
             return RedirectResponse(back, status_code=303)
         if control == "resume_from_failure":
             # the function behind POST /api/plans/{id}/resume-from-failure

@@ -165,6 +165,24 @@ async def test_paste_review_and_save_a_draft_without_keys(
         assert draft is not None and draft.created_by == "console"
         landed = await http.get(f"/console/plans/{plan_id}")
         assert landed.status_code == 200 and "kept as a draft" in notices(landed.text)
+        # its page offers Execute: the draft starts as its workflow
+        run_it = section(landed.text, "run-draft")
+        assert ">Execute</button>" in run_it, landed.text
+        form = {"csrf": csrf, "version": "1", "digest": detail["digest"]}
+        r = await http.post(f"/console/plans/{plan_id}/actions/execute", data={"version": "1"})
+        assert r.status_code == 403 and await app.state.services.drafts.get(plan_id) is not None
+        r = await http.post(f"/console/plans/{plan_id}/actions/execute", data=form)
+        assert r.status_code == 303 and r.headers["location"] == f"/console/plans/{plan_id}"
+        await wait_status(http, plan_id, "pending_approval")
+        landed = await http.get(f"/console/plans/{plan_id}")
+        assert "Execute plan of" in notices(landed.text) and "started workflow" in notices(
+            landed.text
+        )
+        assert section(landed.text, "run-draft") == ""  # executed: no Execute any more
+        r = await http.post(f"/console/plans/{plan_id}/actions/execute", data=form)
+        assert r.status_code == 303
+        again = notices((await http.get(f"/console/plans/{plan_id}")).text)
+        assert "already running; nothing new was started" in again, again
 
         # an upload: the file's text is reviewed (and a too big one refused)
         up_id = pid()
