@@ -10,7 +10,7 @@ answers still answers (the draft lookup is skipped), and what needs the store is
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import (
     ApiServices,
@@ -19,19 +19,19 @@ from api.deps import (
     HubDep,
     PlanIdDep,
     ServicesDep,
+    StepIdDep,
     StoreDep,
     get_principal,
     reject_unknown_query,
 )
 from api.drafts import DraftStore, draft_run, refuse_draft
-from api.errors import (
-    responses,
-)
+from api.errors import not_found, responses
 from api.schemas import (
     LogLine,
 )
 from api.sse import EventHub, EventsDoc, Feed
 from api.store_reads import open_or_recorded, temporal_or_store, unless_store_down
+from contracts.snapshots import as_output_ref
 from plans.models import ID_PATTERN, StepStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import (
@@ -42,6 +42,7 @@ from plans.views import (
     StatusView,
     StepsPage,
     StepsQuery,
+    StepView,
     audit_view,
     execution_state,
     logs_view,
@@ -108,6 +109,62 @@ async def get_steps(
     return await temporal_or_store(
         lambda: gateway.steps(plan_id, query), lambda: store.steps(plan_id, query)
     )
+
+
+async def find_step(services: ApiServices, plan_id: str, step_id: str) -> StepView:
+    """The step as the plan's status shows it (a big plan's steps are paged through);
+    404 when the plan has no such step."""
+    status = await services.status(plan_id)
+    if status.steps_complete:
+        found = next((s for s in status.steps if s.id == step_id), None)
+    else:
+        found = None
+        offset = 0
+        while found is None and offset < status.total_steps:
+            page = await get_steps(
+                plan_id, services.temporal, services.drafts, services.store, None, offset, 1000
+            )
+            found = next((s for s in page.steps if s.id == step_id), None)
+            offset += 1000
+            if not page.steps:
+                break
+    if found is None:
+        raise not_found(f"plan {plan_id} has no step {step_id!r}")
+    return found
+
+
+async def step_output(services: ApiServices, plan_id: str, step_id: str) -> Response:
+    """The step's whole output as JSON: the one in its status, or the one kept in the
+    store when it was too large for the workflow's history (``output_ref``)."""
+    step = await find_step(services, plan_id, step_id)
+    if step.output is None:
+        raise not_found(f"step {step_id} of plan {plan_id} has no output ({step.status.value})")
+    ref = as_output_ref(step.output)
+    if ref is None:
+        return JSONResponse(step.output)
+    data = await services.store.blob(ref.output_ref)
+    if data is None:
+        raise not_found(f"the output of step {step_id} is no longer in the store")
+    return Response(data, media_type="application/json")
+
+
+@reads.get(
+    "/{plan_id}/steps/{step_id}/output",
+    response_model=None,
+    summary="A step's whole output (also one kept in the store by reference)",
+    description="The output as JSON. A large output (over `PLANSMITH_LARGE_OUTPUT_BYTES`) "
+    "is kept in the store and the status shows only a reference to it (`output_ref`, its "
+    "size and a preview): this answers the output itself. 404 for a step without output.",
+    responses={
+        200: {"content": {"application/json": {}}, "description": "the step's output"},
+        **READ,
+    },
+)
+async def get_step_output(
+    plan_id: PlanIdDep, step_id: StepIdDep, services: ServicesDep, drafts: DraftsDep
+) -> Response:
+    await unless_store_down(refuse_draft(drafts, plan_id, "a step's output"))
+    return await step_output(services, plan_id, step_id)
 
 
 @reads.get(

@@ -28,7 +28,7 @@ from api.errors import ApiError, api_error_of, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
 from plans.views import ExecutionState, LogsQuery, StatusView, StepsPage, StepsQuery
-from store import knowledge, reads
+from store import blobs, knowledge, reads
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
 from workflows.client import page_of
@@ -187,6 +187,10 @@ class PlanStore:
 
     async def status(self, plan_id: str) -> StatusView | None:
         return await self._read(lambda s: reads.get_status(s, plan_id))
+
+    async def blob(self, key: str) -> bytes | None:
+        """A large step output kept by reference (the ``output_ref`` of its step)."""
+        return await self._read(lambda s: blobs.get_blob(s, key))
 
     async def ended(self, plan_id: str) -> bool:
         """The plan's newest recorded run has ended (one row read)."""

@@ -35,14 +35,22 @@ from api.deps import ApiServices, PlanIdDep, ServicesDep, StepIdDep, authorize_c
 from api.errors import ApiError, api_error_of, forbidden, not_found, unauthorized
 from api.limits import off_loop
 from api.routes_plan_controls import send_control
-from api.routes_plan_reads import get_audit, get_events, get_logs, get_status, get_versions
+from api.routes_plan_reads import (
+    get_audit,
+    get_events,
+    get_logs,
+    get_status,
+    get_versions,
+    step_output,
+)
 from api.routes_plans import execute_plan, get_plan, resume_plan_from_failure
 from api.routes_trust import get_risk
 from api.schemas import LogLine, PlanDetail
+from contracts.snapshots import as_output_ref
 from contracts.tools import catalog
 from plans.models import Plan
 from plans.run_state import AuditEntry, PlanVersion
-from plans.views import StatusView
+from plans.views import StatusView, StepView
 from workflows.errors import PlanClientError
 
 log = logging.getLogger("plansmith.api.console")
@@ -292,6 +300,19 @@ def _shown(value: Any, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else text[:limit] + "\n… (cut)"
 
 
+def _output_of(view: StepView | None) -> dict[str, Any]:
+    """What the page shows of a step's output: the output (cut at MAX_SHOWN), or the
+    size and preview of one kept in the store by reference; ``whole``: the page does
+    not show all of it (a link to the whole output goes with it)."""
+    if view is None or view.output is None:
+        return {"output": None, "output_ref": None, "whole": False}
+    ref = as_output_ref(view.output)
+    if ref is not None:
+        return {"output": None, "output_ref": ref, "whole": True}
+    shown = _shown(view.output)
+    return {"output": shown, "output_ref": None, "whole": shown.endswith("… (cut)")}
+
+
 def _calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """An llm step's tool calls as its details show them (params and output cut)."""
     return [
@@ -401,7 +422,7 @@ async def _plan_context(
                 "view": view,
                 "state": state,
                 "params": _shown(step.params),
-                "output": _shown(view.output) if view and view.output is not None else None,
+                **_output_of(view),
                 "calls": _calls(view.calls) if view else [],
                 "logs": by_step.get(step.id, [])[-STEP_LOG_LINES:],
                 "editor": editor,
@@ -506,6 +527,21 @@ async def plan_events(
     EventSource cannot send an API key): the same shared feed."""
     principal_of(services, session)
     return await get_events(plan_id, services, services.drafts, services.hub, last_event_id)
+
+
+@router.get("/plans/{plan_id}/steps/{step_id}/output")
+async def step_output_file(
+    plan_id: PlanIdDep, step_id: StepIdDep, services: ServicesDep, session: SessionDep
+) -> Response:
+    """A step's whole output for the console's session (``GET
+    /api/plans/{id}/steps/{step_id}/output``), as a JSON file to save."""
+    principal_of(services, session)
+    response = await step_output(services, plan_id, step_id)
+    response.headers.update(HEADERS)
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{plan_id}-{step_id}-output.json"'
+    )
+    return response
 
 
 # --- actions --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.console.correction import MAX_DOCUMENT_CHARS, check_correction
 from api.console.history import field_changes
+from config import get_settings
 from contracts.tools import catalog
 from plans.plan_loading import parse_plan
 from tests.api.test_console import (
@@ -485,3 +486,56 @@ async def test_an_llm_steps_tool_calls_and_log_in_its_details(
         assert log and "tool call 1 count completed" in log.group(0)
         plan_log = re.search(r'<section class="card" id="log">.*?</section>', page, re.S)
         assert plan_log and "tool call 1 count started" in plan_log.group(0)
+
+
+async def test_a_large_output_kept_by_reference_is_linked_and_served_whole(
+    env: WorkflowEnvironment, start_worker: Any, task_queue: str
+) -> None:
+    """A step output over PLANSMITH_LARGE_OUTPUT_BYTES stays out of the workflow's history
+    (its status shows a reference): the plan page shows its size and preview with a
+    link, and the link (and the API route) answer the whole output from the store."""
+    await start_worker(None, get_settings().replace(store={"large_output_bytes": 200}))
+    rows = [{"n": i, "name": f"row <{i}>"} for i in range(300)]
+    doc = plan_doc(
+        [
+            {
+                "id": "big",
+                "tool": "transform",
+                "params": {"data": {"rows": rows}, "expression": "rows"},
+            },
+            {
+                "id": "small",
+                "tool": "transform",
+                "depends_on": ["big"],
+                "params": {"data": 7, "expression": "@"},
+            },
+        ]
+    )
+    plan_id = doc["id"]
+    app = make_app(env.client, task_queue)
+    async with browser_like(app) as http:
+        r = await api(http, "POST", "/api/plans", json=doc)
+        assert r.status_code == 201, r.text
+        assert (await api(http, "POST", f"/api/plans/{plan_id}/execute")).status_code == 202
+        st = await wait_status(http, plan_id, "completed")
+        big = next(s for s in st["steps"] if s["id"] == "big")
+        assert "output_ref" in big["output"]  # the status carries only the reference
+
+        r = await api(http, "GET", f"/api/plans/{plan_id}/steps/big/output")
+        assert r.status_code == 200 and r.json() == rows
+        r = await api(http, "GET", f"/api/plans/{plan_id}/steps/small/output")
+        assert r.status_code == 200 and r.json() == 7
+        r = await api(http, "GET", f"/api/plans/{plan_id}/steps/nope/output")
+        assert r.status_code == 404 and "no step 'nope'" in r.json()["detail"]
+
+        page = (await http.get(f"/console/plans/{plan_id}")).text
+        assert "Kept in the store" in page and "row &lt;0&gt;" in page  # the preview, escaped
+        link = f'href="/console/plans/{plan_id}/steps/big/output"'
+        assert link in page
+        assert f'href="/console/plans/{plan_id}/steps/small/output"' not in page  # all shown
+        r = await http.get(f"/console/plans/{plan_id}/steps/big/output")
+        assert r.status_code == 200 and r.json() == rows
+        assert (
+            r.headers["content-disposition"] == f'attachment; filename="{plan_id}-big-output.json"'
+        )
+        assert r.headers["x-content-type-options"] == "nosniff"
