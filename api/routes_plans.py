@@ -59,7 +59,9 @@ from api.schemas import (
 from api.store_reads import open_or_recorded, temporal_or_store, unless_store_down
 from contracts.planning import PlanRequest
 from contracts.tools import catalog
+from plans.execution_plan_import import is_execution_plan, translate_execution_plan
 from plans.models import Plan, PlanStatus, workflow_id_for
+from plans.plan_loading import PlanInvalid
 from plans.validation import Problem, too_many_steps, validate_plan
 from workflows.client import PlanClient, ended_status
 
@@ -107,7 +109,7 @@ async def steps_within_limit(request: Request, services: ServicesDep) -> None:
         data = await request.json()
     except Exception:  # FastAPI has answered a malformed body before this runs
         return
-    steps = data.get("steps") if isinstance(data, dict) else None
+    steps = (data.get("steps") or data.get("Steps")) if isinstance(data, dict) else None
     if isinstance(steps, list):
         over = too_many_steps(len(steps), services.config.max_plan_steps)
         if over is not None:
@@ -115,7 +117,13 @@ async def steps_within_limit(request: Request, services: ServicesDep) -> None:
 
 
 def _plan_of(body: Any) -> Plan:
-    """The body as a :class:`Plan`, or the 422 FastAPI would have answered."""
+    """The body as a :class:`Plan`, or the 422 FastAPI would have answered (a body in
+    the execution-plan format is translated first, its problems located by its names)."""
+    if is_execution_plan(body):
+        try:
+            body = translate_execution_plan(body)
+        except PlanInvalid as e:
+            raise invalid(f"plan is invalid ({len(e.problems)} problem(s))", e.problems) from None
     try:
         return Plan.model_validate(body)
     except ValidationError as e:

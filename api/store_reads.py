@@ -27,7 +27,14 @@ from sqlmodel import Session
 from api.errors import ApiError, api_error_of, unavailable
 from plans.models import Plan, PlanStatus
 from plans.run_state import AuditEntry, LogEntry, PlanVersion
-from plans.views import ExecutionState, LogsQuery, StatusView, StepsPage, StepsQuery
+from plans.views import (
+    INTERACTIVE_STATES,
+    ExecutionState,
+    LogsQuery,
+    StatusView,
+    StepsPage,
+    StepsQuery,
+)
 from store import blobs, knowledge, reads
 from store.db import ensure_migrated, session_scope
 from store.models import PlanDetailPublic, PlanRecordPublic, RunRecord
@@ -224,7 +231,8 @@ class PlanStore:
         first = view.waiting_for
         return ExecutionState(
             plan_id=plan_id,
-            state=view.status.value,
+            state=INTERACTIVE_STATES[view.status],  # type: ignore[arg-type]
+            status=view.status,
             step_id=first.step_id if first else None,
             question=first.question if first and first.kind == "clarification" else None,
             paused_at=None,

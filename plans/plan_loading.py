@@ -151,9 +151,15 @@ def load_document(text: str, source: str = "<input>") -> dict[str, Any]:
 
 
 def parse_plan(data: Mapping[str, Any] | str) -> Plan:
-    """Shape-check a document; every field error becomes a located :class:`Problem`."""
+    """Shape-check a document; every field error becomes a located :class:`Problem`. A
+    document in the execution-plan format is translated first
+    (:mod:`plans.execution_plan_import`)."""
+    from plans.execution_plan_import import is_execution_plan, translate_execution_plan
+
     if isinstance(data, str):
         data = load_document(data)
+    if is_execution_plan(data):
+        data = translate_execution_plan(data)
     try:
         return Plan.model_validate(data)
     except PydanticValidationError as e:

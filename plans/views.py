@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from plans.models import Plan, PlanStatus, Step, StepStatus
 from plans.policy import ApprovalDecision
@@ -41,6 +41,12 @@ class StepView(BaseModel):
     calls: list[dict[str, Any]] = Field(
         default_factory=list, description="an llm step's tool calls, each run as a child step"
     )
+
+    @computed_field(description="milliseconds from its start to its end (None until it ended)")
+    def duration_ms(self) -> int | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return max(0, round((self.completed_at - self.started_at).total_seconds() * 1000))
 
 
 class StepChange(BaseModel):
@@ -106,6 +112,7 @@ class StatusView(BaseModel):
     approved_digest: str | None = Field(
         default=None, description="the digest of the plan document the approval saw"
     )
+    approved_at: datetime | None = Field(default=None, description="when it was approved")
     approval_note: str | None = None
     approval_policy: ApprovalDecision | None = Field(
         default=None,
@@ -123,6 +130,11 @@ class StatusView(BaseModel):
     total_steps: int = 0
     counts: dict[str, int] = Field(
         default_factory=dict, description="the number of steps in each status"
+    )
+    current_step: str | None = Field(
+        default=None,
+        description="the step the plan is at: the first running step in plan order, else "
+        "the first one waiting for a person",
     )
     running: list[str] = Field(default_factory=list, description="ids of the running steps")
     failed: list[str] = Field(default_factory=list, description="ids of the failed steps")
@@ -145,12 +157,49 @@ class StatusView(BaseModel):
     )
 
 
+# The interactive-execution routes' seven state words for each plan status: a person's
+# wait that is not a question or a correction (a plan approval, a step gate, a pause, a
+# draft not executed yet) is ``paused``; an end other than ``completed`` is ``failed``
+# (``status`` tells which). ``resumed`` is ``running`` right after a resume.
+INTERACTIVE_STATES: dict[PlanStatus, str] = {
+    PlanStatus.DRAFT: "paused",
+    PlanStatus.PENDING_APPROVAL: "paused",
+    PlanStatus.APPROVED: "running",
+    PlanStatus.EXECUTING: "running",
+    PlanStatus.PAUSED: "paused",
+    PlanStatus.WAITING_APPROVAL: "paused",
+    PlanStatus.WAITING_CLARIFICATION: "waiting_clarification",
+    PlanStatus.WAITING_CORRECTION: "waiting_correction",
+    PlanStatus.COMPLETED: "completed",
+    PlanStatus.PARTIAL: "failed",
+    PlanStatus.FAILED: "failed",
+    PlanStatus.CANCELLED: "failed",
+    PlanStatus.REJECTED: "failed",
+}
+InteractiveState = Literal[
+    "running",
+    "paused",
+    "waiting_clarification",
+    "waiting_correction",
+    "resumed",
+    "completed",
+    "failed",
+]
+
+
 class ExecutionState(BaseModel):
     """The ``execution_state`` query: the plan's state and, while it waits, the first wait
     (its step, the clarification question) and since when it is paused."""
 
     plan_id: str
-    state: str
+    state: InteractiveState = Field(
+        description="in the interactive-execution routes' words: running, paused, "
+        "waiting_clarification, waiting_correction, resumed (running, right after a "
+        "resume, until a step starts or ends), completed, failed"
+    )
+    status: PlanStatus | None = Field(
+        default=None, description="the plan's status in Plansmith's words (see the status)"
+    )
     step_id: str | None = None
     question: str | None = None
     paused_at: datetime | None = None
@@ -317,6 +366,7 @@ def status_view(run: PlanRun) -> StatusView:
     which list every step (as they always did)."""
     pending = waits(run)
     idx = of(run)
+    running = idx.in_order(idx.by_status[StepStatus.RUNNING])
     complete = len(run.plan.steps) <= FULL_STATUS_STEPS
     if complete:
         steps = [step_view(run, step) for step in run.plan.steps]
@@ -335,6 +385,7 @@ def status_view(run: PlanRun) -> StatusView:
         approved_by=run.approval.by if run.approval else None,
         approved_version=run.approval.version if run.approval else None,
         approved_digest=run.approval.digest if run.approval else None,
+        approved_at=run.approval.at if run.approval else None,
         approval_note=run.approval_policy or None,
         approval_policy=run.policy_decision,
         stopping=run.stopping,
@@ -347,7 +398,8 @@ def status_view(run: PlanRun) -> StatusView:
         steps=steps,
         total_steps=len(run.plan.steps),
         counts=idx.counts(),
-        running=idx.in_order(idx.by_status[StepStatus.RUNNING]),
+        current_step=next(iter(running), None) or (pending[0].step_id if pending else None),
+        running=running,
         failed=idx.in_order(idx.by_status[StepStatus.FAILED]),
         recent=recent_changes(run),
         seq=run.change_seq,
@@ -398,12 +450,28 @@ def changes_view(run: PlanRun, query: ChangesQuery) -> ChangesView:
     )
 
 
+def interactive_state(run: PlanRun, status: PlanStatus) -> str:
+    """``status`` in the interactive-execution routes' words; ``resumed`` while the
+    newest accepted control is a resume and no step has ended since it (the steps it
+    let start are running)."""
+    state = INTERACTIVE_STATES[status]
+    if state != "running":
+        return state
+    last = next((a for a in reversed(run.audit) if a.accepted), None)
+    if last is None or last.action != "resume":
+        return state
+    ended = any(c.status.terminal and (c.at is None or c.at > last.at) for c in recent_changes(run))
+    return state if ended else "resumed"
+
+
 def execution_state(run: PlanRun) -> ExecutionState:
     pending = waits(run)
     first = pending[0] if pending else None
+    status = derive_status(run)
     return ExecutionState(
         plan_id=run.plan.id or "",
-        state=derive_status(run).value,
+        state=interactive_state(run, status),  # type: ignore[arg-type]
+        status=status,
         step_id=first.step_id if first else None,
         question=first.question if first and first.kind == "clarification" else None,
         paused_at=run.pause.since if run.pause else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from plans.models import Plan, PlanStatus, StepStatus
@@ -179,6 +180,18 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
             )
         )
     waiting = [WaitingFor.model_validate(w) for w in run.waiting]
+    running = [s.id for s in steps if s.status == StepStatus.RUNNING]
+    approved_at = None
+    if run.approved_by is not None:
+        audit = AuditRecord.__table__.c  # type: ignore[attr-defined]
+        approved_at = session.execute(
+            sa.select(sa.func.max(audit.at)).where(
+                audit.plan_id == plan_id,
+                audit.run_id == run.run_id,
+                audit.action == "approve",
+                audit.accepted.is_(True),
+            )
+        ).scalar()
     return StatusView(
         plan_id=plan_id,
         title=plan.title,
@@ -192,6 +205,7 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         approved_by=run.approved_by,
         approved_version=run.approved_version,
         approved_digest=run.approved_digest,
+        approved_at=approved_at,
         approval_note=run.approval_note,
         approval_policy=(
             ApprovalDecision.model_validate(run.approval_decision)
@@ -209,7 +223,8 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         # every step is listed (steps_complete); the counts follow from them
         total_steps=len(steps),
         counts=dict(Counter(s.status.value for s in steps)),
-        running=[s.id for s in steps if s.status == StepStatus.RUNNING],
+        current_step=next(iter(running), None) or (waiting[0].step_id if waiting else None),
+        running=running,
         failed=[s.id for s in steps if s.status == StepStatus.FAILED],
         recent=[StepChange.model_validate(c) for c in run.recent or []],
         seq=run.change_seq,

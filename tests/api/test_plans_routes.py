@@ -177,7 +177,8 @@ async def test_create_execute_approve_gate_and_read_everything(
     assert detail["executed"] is False and detail["plan"]["id"] == plan_id
     assert (await http.get(f"/api/plans/{plan_id}/versions")).json()[0]["version"] == 1
     assert (await http.get(f"/api/plans/{plan_id}/audit")).json() == []
-    assert (await http.get(f"/api/plans/{plan_id}/execution-state")).json()["state"] == "draft"
+    es = (await http.get(f"/api/plans/{plan_id}/execution-state")).json()
+    assert (es["state"], es["status"]) == ("paused", "draft")
     listed = (await http.get("/api/plans", params={"status": "draft"})).json()
     assert plan_id in {p["plan_id"] for p in listed["plans"] if not p["executed"]}
     refused = await http.post(f"/api/plans/{plan_id}/pause", json={})
@@ -203,7 +204,9 @@ async def test_create_execute_approve_gate_and_read_everything(
     st = await wait_status(http, plan_id, lambda s: s["status"] == "waiting_approval")
     assert st["waiting_for"]["kind"] == "step_approval" and st["waiting_for"]["step_id"] == "deploy"
     es = (await http.get(f"/api/plans/{plan_id}/execution-state")).json()
-    assert es["state"] == "waiting_approval" and es["step_id"] == "deploy"
+    assert (es["state"], es["status"]) == ("paused", "waiting_approval") and es[
+        "step_id"
+    ] == "deploy"
     bad_step = await http.post(f"/api/plans/{plan_id}/steps/nope/approve", json={})
     assert bad_step.status_code == 409 and "no step 'nope'" in bad_step.json()["detail"]
     r = await http.post(f"/api/plans/{plan_id}/steps/deploy/approve")  # no body at all

@@ -98,7 +98,8 @@ def test_help_and_validate_load_only_what_they_need(argv: list[str], allowed: se
 
 
 async def test_validate_accepts_the_examples():
-    for example in sorted((ROOT / "examples").glob("*.yaml")):
+    plans = [*sorted((ROOT / "examples").glob("*.yaml")), ROOT / "examples" / "execution_plan.json"]
+    for example in plans:
         code, out, err = await plansmith("validate", str(example))
         assert code == 0, err
         assert "valid" in out
@@ -438,3 +439,18 @@ async def test_status_of_an_ended_plan_needs_no_worker(env, client, task_queue):
     # the same question put to the workflow finds nobody to replay it
     code, _, err = await plansmith("audit", plan.id, env_vars=e, timeout=90)
     assert code == 2 and "no worker answered" in err
+
+
+async def test_run_an_execution_plan_in_its_own_format(env, worker, task_queue):
+    """The execution-plan format (Go field names) runs as it is: its steps, in seconds."""
+    code, out, err = await plansmith(
+        "run",
+        str(ROOT / "examples" / "execution_plan.json"),
+        "--watch",
+        "--id",
+        f"ep-{uuid.uuid4().hex[:8]}",
+        env_vars=cli_env(env, task_queue),
+    )
+    assert code == 0, err
+    assert "✓ collect" in out and "✓ total" in out and "✓ publish" in out
+    assert '"result": {"published": true}' in out

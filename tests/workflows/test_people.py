@@ -339,7 +339,7 @@ async def test_step_gate_waits_while_independent_branch_runs_then_approve_step(
     assert st.waiting_for is not None and st.waiting_for.kind == "step_approval"
     assert st.waiting_for.step_id == "gate" and st.waiting_for.question == "deploy to prod"
     es = await exec_state(handle)
-    assert es.state == "waiting_approval" and es.step_id == "gate"
+    assert (es.state, es.status) == ("paused", "waiting_approval") and es.step_id == "gate"
     assert CALLS[f"{k}-g"] == 0 and CALLS[f"{k}-ag"] == 0
 
     assert "not waiting for approval" in await refused(

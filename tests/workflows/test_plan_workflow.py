@@ -448,7 +448,7 @@ async def test_queries_status_plan_logs_audit_execution_state(client, worker, ta
     handle = await start(client, plan, task_queue)
     await wait_for(handle, lambda s: s.status == "pending_approval")
     es = await handle.query("execution_state", result_type=ExecutionState)
-    assert es.state == "pending_approval"
+    assert (es.state, es.status) == ("paused", "pending_approval")
     await handle.execute_update("approve", {"by": "ann", "comment": "looks right"})
     await handle.result()
     st = await status(handle)

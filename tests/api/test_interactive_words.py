@@ -1,0 +1,92 @@
+"""The interactive-execution routes (pause with a question, resume with feedback,
+execution-state) speak their own seven state words, as a client written for them waits
+for: ``running``, then ``waiting_clarification``, then ``resumed``, then ``completed``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from plans.models import PlanStatus
+from plans.views import INTERACTIVE_STATES
+from tests.api.serving import serve
+from tests.api.test_plans_routes import (
+    create_and_execute,
+    make_app,
+    plan_doc,
+    wait_status,
+    wait_step,
+)
+
+
+def test_every_plan_status_has_a_word():
+    words = {
+        "running",
+        "paused",
+        "waiting_clarification",
+        "waiting_correction",
+        "completed",
+        "failed",
+    }
+    assert set(INTERACTIVE_STATES) == set(PlanStatus)
+    assert set(INTERACTIVE_STATES.values()) <= words
+
+
+async def state_of(http: httpx.AsyncClient, plan_id: str) -> dict[str, Any]:
+    r = await http.get(f"/api/plans/{plan_id}/execution-state")
+    assert r.status_code == 200, r.text
+    es: dict[str, Any] = r.json()
+    return es
+
+
+async def until(
+    http: httpx.AsyncClient, plan_id: str, seen: list[str], want: str
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        es = await state_of(http, plan_id)
+        if not seen or seen[-1] != es["state"]:
+            seen.append(es["state"])
+        if es["state"] == want:
+            return es
+        assert time.monotonic() < deadline, f"never {want}: {seen}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_client_of_the_interactive_routes_sees_its_own_words(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    doc = plan_doc([wait_step("a", 0.6), wait_step("b", 1.5, ["a"])])
+    async with serve(make_app(env.client, task_queue)) as http:
+        plan_id = await create_and_execute(http, doc)
+        seen: list[str] = []
+        es = await until(http, plan_id, seen, "running")
+        assert es["status"] == "executing"
+        st = (await http.get(f"/api/plans/{plan_id}/status")).json()
+        assert st["current_step"] == "a" and st["approved_at"] is not None  # by the policy
+
+        pause = {"step_id": "b", "question": "Do you want to proceed?"}
+        assert (await http.post(f"/api/plans/{plan_id}/pause", json=pause)).status_code == 200
+        es = await until(http, plan_id, seen, "waiting_clarification")
+        assert (es["step_id"], es["question"]) == ("b", "Do you want to proceed?")
+        assert es["paused_at"] is not None
+        await wait_status(http, plan_id, lambda s: s["steps"][0]["status"] == "completed")
+        assert (await state_of(http, plan_id))["state"] == "waiting_clarification"
+
+        r = await http.post(
+            f"/api/plans/{plan_id}/resume", json={"feedback": "Proceed with execution"}
+        )
+        assert r.status_code == 200, r.text
+        es = await until(http, plan_id, seen, "resumed")
+        assert es["status"] == "executing"  # b runs, started by the resume
+        await until(http, plan_id, seen, "completed")
+        assert seen == ["running", "waiting_clarification", "resumed", "completed"]
+        # the status as the execution-plan format's clients read it as well
+        st = (await http.get(f"/api/plans/{plan_id}/status")).json()
+        assert st["current_step"] is None and st["counts"] == {"completed": 2}
+        b = st["steps"][1]
+        assert b["duration_ms"] >= 1400 and b["duration_ms"] < 10_000, b
