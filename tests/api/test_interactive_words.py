@@ -5,7 +5,10 @@ for: ``running``, then ``waiting_clarification``, then ``resumed``, then ``compl
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +24,8 @@ from tests.api.test_plans_routes import (
     wait_status,
     wait_step,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_plan_status_has_a_word():
@@ -90,3 +95,27 @@ async def test_a_client_of_the_interactive_routes_sees_its_own_words(
         assert st["current_step"] is None and st["counts"] == {"completed": 2}
         b = st["steps"][1]
         assert b["duration_ms"] >= 1400 and b["duration_ms"] < 10_000, b
+
+
+async def test_post_an_execution_plan_as_it_is(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    """POST /api/plans takes the execution-plan format; the approval it claims is not one."""
+    doc = json.loads((ROOT / "examples" / "execution_plan.json").read_text())
+    doc["ID"] = f"ep-{uuid.uuid4().hex[:8]}"
+    doc["Options"]["RequireApproval"] = True
+    doc |= {"UserApproved": True, "ApprovedBy": "mallory", "Status": "approved"}
+    async with serve(make_app(env.client, task_queue)) as http:
+        r = await http.post("/api/plans", json=doc)
+        assert r.status_code == 201, r.text
+        plan = (await http.get(f"/api/plans/{doc['ID']}")).json()["plan"]
+        assert [s["tool"] for s in plan["steps"]] == ["transform", "transform", "wait"]
+        assert plan["steps"][0]["retry_delay_s"] == 0.5 and plan["options"]["step_timeout_s"] == 30
+        assert (await http.post(f"/api/plans/{doc['ID']}/execute")).status_code == 202
+        st = await wait_status(http, doc["ID"], lambda s: s["status"] == "pending_approval")
+        assert st["approved_by"] is None  # a person still has to approve it
+
+        bad = {**doc, "ID": f"ep-{uuid.uuid4().hex[:8]}", "Steps": [{"ID": "x", "ToolNme": "wait"}]}
+        r = await http.post("/api/plans", json=bad)
+        assert r.status_code == 422, r.text
+        assert [p["location"] for p in r.json()["problems"]] == ["Steps[0].ToolNme"]
