@@ -1,0 +1,286 @@
+"""The console attacked the way an attacker would, through the app: a hostile plan's text
+in every place the pages show it, forged and replayed sessions and tokens, forged action
+fields, floods of sessions, and a plan document built to make its page expensive.
+
+Each test is an attack that must fail; the helpers are those of
+``tests/api/test_console.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from api.console.sessions import COOKIE, Sessions
+from tests.api.test_console import (
+    KEYS,
+    api,
+    browser_like,
+    csrf_of,
+    inbox_with,
+    notices,
+    sign_in,
+    start_plan,
+    wait_status,
+)
+from tests.api.test_plans_routes import TEST_CONFIG, make_app, plan_doc, wait_step
+
+BOT = {"Content-Type": "application/json", "X-API-Key": "k2"}
+
+
+def hostile(n: int) -> str:
+    """Text that breaks out of an element, an attribute (either quote) and a script."""
+    return f"x{n}\"' onmouseover=\"alert({n})\"></code></pre><img src=x onerror=alert({n})>"
+
+
+def escaped(n: int) -> str:
+    return f"&lt;img src=x onerror=alert({n})&gt;"
+
+
+def assert_inert(html: str, shown: list[int]) -> None:
+    """No markup of the hostile texts reached the page; each of ``shown`` is there as text."""
+    assert "<img" not in html and 'onmouseover="alert' not in html, html
+    assert "<script>alert" not in html
+    for n in shown:
+        assert escaped(n) in html, f"hostile text {n} is not shown (escaped)"
+
+
+# --- XSS: a hostile plan's text ---------------------------------------------------------
+
+
+async def test_a_hostile_plans_text_is_shown_as_text_everywhere(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    app = make_app(env.client, task_queue)  # keys off: agent_id and `by` are free text
+    async with browser_like(app) as http:
+        doc = plan_doc(
+            [
+                {
+                    "id": "ask",
+                    "tool": "wait",
+                    "description": hostile(2),
+                    "params": {"seconds": 0, "result": "{{ answer }}"},
+                    "requires_clarification": True,
+                    "clarification_question": hostile(4),
+                },
+                wait_step("gate", deps=["ask"], requires_approval=True) | {
+                    "params": {"seconds": 0, "result": hostile(3)}
+                },
+            ],
+            clarification_timeout_s=600,
+            step_approval_timeout_s=600,
+        ) | {"title": "</title><script>alert(1)</script>" + hostile(1), "agent_id": hostile(5)}
+        plan_id = await start_plan(http, doc)
+        await wait_status(http, plan_id, "waiting_clarification")
+        html, entry = await inbox_with(http, plan_id, "clarification")
+        assert_inert(html, [1, 4, 5])
+        assert "&lt;/title&gt;&lt;script&gt;" in entry
+        # the answer (an output), who answered and why a gate was refused: all hostile
+        r = await api(
+            http,
+            "POST",
+            f"/api/plans/{plan_id}/steps/ask/answer",
+            json={"answer": hostile(6), "by": hostile(7)},
+        )
+        assert r.status_code == 200, r.text
+        await wait_status(http, plan_id, "waiting_approval")
+        r = await api(
+            http,
+            "POST",
+            f"/api/plans/{plan_id}/steps/gate/reject",
+            json={"reason": hostile(8), "by": hostile(7)},
+        )
+        assert r.status_code == 200, r.text
+        st = await wait_status(http, plan_id, "partial")
+        assert st["steps"][0]["output"]["result"] == hostile(6)
+        for path in (f"/console/plans/{plan_id}", f"/console/plans/{plan_id}/body"):
+            page = (await http.get(path)).text
+            assert_inert(page, [1, 2, 3, 5, 6, 7, 8])
+        # a refused action's notice echoes the forged step id: as text too
+        r = await http.post(
+            f"/console/plans/{plan_id}/actions/approve_step",
+            data={"csrf": csrf_of(html), "step_id": hostile(9)},
+        )
+        assert r.status_code == 303
+        shown = (await http.get(r.headers["location"])).text
+        assert_inert(shown, [1])
+        assert "refused" in notices(shown)
+
+
+# --- sessions and CSRF ------------------------------------------------------------------
+
+
+async def test_a_session_cannot_be_fixed_forged_or_replayed(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    app = make_app(env.client, task_queue, api_keys=KEYS)
+    async with browser_like(app) as victim, browser_like(app) as attacker:
+        # fixation: the attacker's own (signed-out) session id and token, planted in the
+        # victim's browser, are worth nothing once she signs in with them
+        page = (await attacker.get("/console")).text
+        planted, planted_csrf = attacker.cookies[COOKIE], csrf_of(page)
+        r = await victim.post(
+            "/console/sign-in",
+            data={"csrf": planted_csrf, "key": "k1"},
+            headers={"Cookie": f"{COOKIE}={planted}"},
+        )
+        assert r.status_code == 303
+        assert victim.cookies[COOKIE] != planted
+        assert "Signed in as <strong>alice</strong>" in (await victim.get("/console")).text
+        r = await attacker.get("/console")
+        assert 'id="sign-in"' in r.text and "alice" not in r.text
+        r = await attacker.post("/console/sign-out", data={"csrf": planted_csrf})
+        assert r.status_code == 403  # the planted session is gone: a new one, a new token
+        # a cookie the attacker makes up names no session: a new one, with its own id
+        attacker.cookies.clear()
+        r = await attacker.get("/console", headers={"Cookie": f"{COOKIE}=attacker-chosen"})
+        assert "attacker-chosen" not in r.headers.get("set-cookie", "")
+        assert COOKIE in r.headers.get("set-cookie", "")
+        assert 'id="sign-in"' in r.text
+
+        # sign-in CSRF: another site posts its own key into the victim's browser. With
+        # SameSite=Strict the cookie is not sent; with or without it, the attacker's token
+        # is not the session's.
+        fresh = (await attacker.get("/console")).text
+        for cookie in ("", f"{COOKIE}={victim.cookies[COOKIE]}"):
+            r = await attacker.post(
+                "/console/sign-in",
+                data={"csrf": csrf_of(fresh), "key": "k2"},
+                headers={"Cookie": cookie},
+            )
+            assert r.status_code == 403, r.text
+        assert "Signed in as <strong>alice</strong>" in (await victim.get("/console")).text
+
+        # the victim's token does not work with the attacker's session
+        token = csrf_of((await victim.get("/console")).text)
+        r = await attacker.post("/console/sign-out", data={"csrf": token})
+        assert r.status_code == 403
+
+        # after sign-out, the old cookie and token are dead
+        old_cookie = victim.cookies[COOKIE]
+        assert (await victim.post("/console/sign-out", data={"csrf": token})).status_code == 303
+        victim.cookies.clear()
+        replayed = {"Cookie": f"{COOKIE}={old_cookie}"}
+        assert 'id="sign-in"' in (await victim.get("/console", headers=replayed)).text
+        victim.cookies.clear()
+        r = await victim.post(
+            "/console/plans/p1/actions/cancel", data={"csrf": token}, headers=replayed
+        )
+        assert r.status_code == 403
+
+
+async def test_another_origin_cannot_read_the_console(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Even with CORS origins configured for the REST API, the console's pages and event
+    stream are not readable with the session cookie by another origin (no
+    Access-Control-Allow-Credentials), and a foreign Host is refused."""
+    config = TEST_CONFIG.model_copy(update={"cors_origins": ("http://evil.test",)})
+    app = make_app(env.client, task_queue, api_keys=KEYS, config=config)
+    async with browser_like(app) as http:
+        await sign_in(http, "k1")
+        for path in ("/console", "/console/inbox", "/console/plans/nope/events"):
+            r = await http.get(path, headers={"Origin": "http://evil.test"})
+            assert r.headers.get("access-control-allow-credentials") != "true", path
+        r = await http.get("/console", headers={"Host": "evil.test"})
+        assert r.status_code == 400
+
+
+async def test_a_flood_of_sessions_signs_nobody_out(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Anyone who reaches the console makes a session with each cookie-less request, and
+    an agent key may sign in again and again: neither evicts a signed-in person."""
+    app = make_app(env.client, task_queue, api_keys=KEYS)
+    app.state.console_sessions = Sessions(max_sessions=40)  # the bound, made small
+    async with (
+        browser_like(app) as alice,
+        browser_like(app) as anonymous,
+        browser_like(app) as bot,
+    ):
+        html = await sign_in(alice, "k1")
+        token = csrf_of(html)
+        for _ in range(100):
+            anonymous.cookies.clear()
+            assert (await anonymous.get("/console")).status_code == 200
+        for _ in range(60):
+            bot.cookies.clear()
+            await sign_in(bot, "k2")
+        page = (await alice.get("/console")).text
+        assert "Signed in as <strong>alice</strong>" in page, "alice was signed out"
+        assert csrf_of(page) == token
+        # the newest anonymous visitor and the newest bot session still work too
+        assert 'id="sign-in"' in (await anonymous.get("/console")).text
+        assert "Signed in as <strong>bot</strong>" in (await bot.get("/console")).text
+        r = await alice.post("/console/sign-out", data={"csrf": token})
+        assert r.status_code == 303
+
+
+# --- forged action fields -----------------------------------------------------------------
+
+
+async def test_a_forged_step_id_is_refused_like_the_rest_api_refuses_it(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    """``POST /api/plans/{id}/steps/{step_id}/…`` refuses a step id that is no step id
+    (422) before anything is sent; the console's form field must not carry one to the
+    workflow either (where it would land in the audit trail, up to the body limit), nor
+    add a step to a plan-wide control."""
+    app = make_app(env.client, task_queue, api_keys=KEYS)
+    async with browser_like(app) as http:
+        doc = plan_doc(
+            [wait_step("gate", requires_approval=True), wait_step("b", 0, ["gate"])],
+            step_approval_timeout_s=600,
+        )
+        plan_id = await start_plan(http, doc)
+        await wait_status(http, plan_id, "waiting_approval")
+        html = await sign_in(http, "k1")
+        token = csrf_of(html)
+        for step_id in ("x" * 200_000, "Gate <b>", "gate\n"):
+            r = await http.post(
+                f"/console/plans/{plan_id}/actions/approve_step",
+                data={"csrf": token, "step_id": step_id},
+            )
+            assert r.status_code == 303, r.text
+            shown = notices((await http.get(r.headers["location"])).text)
+            assert "refused" in shown and "step id" in shown, shown
+            assert len(shown) < 3000
+        # a plan-wide control does not take a step from the form
+        r = await http.post(
+            f"/console/plans/{plan_id}/actions/reject",
+            data={"csrf": token, "step_id": "gate", "reason": "forged"},
+        )
+        assert r.status_code == 303
+        audit = (await api(http, "GET", f"/api/plans/{plan_id}/audit")).json()
+        sent = [a for a in audit if a["by"] == "alice"]
+        assert all(a["action"] != "approve_step" for a in sent), sent
+        assert all(a["step_id"] is None for a in sent if a["action"] == "reject"), sent
+        st = await wait_status(http, plan_id, "waiting_approval")
+        assert st["steps"][0]["status"] == "waiting_approval"
+
+
+# --- an expensive page --------------------------------------------------------------------
+
+
+async def test_a_dense_plan_does_not_make_a_huge_page(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """An agent proposes 400 steps, each depending on every earlier one: a 0.6 MB
+    document of 79,800 dependencies. Drawing each as an SVG path made a 10 MB page that
+    took seconds of the event loop (every request of the API waited) on every view and
+    every live refresh of the plan's body."""
+    app = make_app(env.client, task_queue, api_keys=KEYS)
+    async with browser_like(app) as http:
+        steps = [wait_step(f"s{i}", deps=[f"s{j}" for j in range(i)]) for i in range(400)]
+        doc = plan_doc(steps, require_approval=True)
+        r = await http.post("/api/plans", json=doc, headers=BOT)
+        assert r.status_code == 201, r.text[:500]
+        await sign_in(http, "k1")
+        for path in (f"/console/plans/{doc['id']}", f"/console/plans/{doc['id']}/body"):
+            r = await http.get(path)
+            assert r.status_code == 200
+            assert len(r.content) < 1_000_000, f"{path}: {len(r.content)} bytes"
+            assert re.search(r'id="step-s399"', r.text)  # every step is still listed
+            assert "too many steps or dependencies to draw" in r.text
