@@ -34,6 +34,7 @@ from api.routes_plan_controls import send_control
 from api.routes_plan_reads import get_audit, get_events, get_status
 from api.routes_plans import get_plan
 from api.routes_trust import get_risk
+from plans.models import ID_PATTERN, ID_RE
 from plans.run_state import AuditEntry
 from plans.views import StatusView
 from workflows.errors import PlanClientError
@@ -415,8 +416,13 @@ async def action(
     if control not in ACTIONS:
         raise not_found(f"the console has no action {control!r}")
     back = back_to(fields, plan_id)
-    step_id = fields.get("step_id") or None
-    what = f"{ACTIONS[control]} {'step ' + step_id if step_id else 'plan'} of {plan_id}"
+    # a step only for a step's control (a plan-wide one takes none from the form), and
+    # only a step id, as the REST route's path pattern checks (else nothing is sent)
+    step_id = (fields.get("step_id") or None) if control in STEP_ACTIONS else None
+    what = f"{ACTIONS[control]} {'step ' + step_id[:64] if step_id else 'plan'} of {plan_id}"
+    if step_id is not None and not ID_RE.fullmatch(step_id):
+        session.notify("error", f"{what}: refused: not a step id ({ID_PATTERN}); nothing was sent")
+        return RedirectResponse(back, status_code=303)
     try:
         status = await get_status(plan_id, services, services.drafts, services.store)
         stale = _stale(status, fields)
