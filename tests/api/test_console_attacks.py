@@ -284,3 +284,20 @@ async def test_a_dense_plan_does_not_make_a_huge_page(
             assert len(r.content) < 1_000_000, f"{path}: {len(r.content)} bytes"
             assert re.search(r'id="step-s399"', r.text)  # every step is still listed
             assert "too many steps or dependencies to draw" in r.text
+
+
+def test_a_big_plan_of_ordinary_density_is_still_drawn() -> None:
+    from api.console.dag import MAX_DRAWN, MAX_EDGES, layout
+    from plans.plan_loading import parse_plan
+
+    def plan(fan_in: int) -> Any:
+        steps = [
+            wait_step(f"s{i}", deps=[f"s{j}" for j in range(max(0, i - fan_in), i)])
+            for i in range(MAX_DRAWN)
+        ]
+        return parse_plan(plan_doc(steps)).steps
+
+    drawn = layout(plan(MAX_EDGES // MAX_DRAWN), {})
+    assert drawn is not None and len(drawn.nodes) == MAX_DRAWN
+    assert len(drawn.edges) <= MAX_EDGES
+    assert layout(plan(MAX_EDGES // MAX_DRAWN + 1), {}) is None
