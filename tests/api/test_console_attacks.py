@@ -32,7 +32,7 @@ BOT = {"Content-Type": "application/json", "X-API-Key": "k2"}
 
 def hostile(n: int) -> str:
     """Text that breaks out of an element, an attribute (either quote) and a script."""
-    return f"x{n}\"' onmouseover=\"alert({n})\"></code></pre><img src=x onerror=alert({n})>"
+    return f'x{n}"\' onmouseover="alert({n})"></code></pre><img src=x onerror=alert({n})>'
 
 
 def escaped(n: int) -> str:
@@ -65,9 +65,8 @@ async def test_a_hostile_plans_text_is_shown_as_text_everywhere(
                     "requires_clarification": True,
                     "clarification_question": hostile(4),
                 },
-                wait_step("gate", deps=["ask"], requires_approval=True) | {
-                    "params": {"seconds": 0, "result": hostile(3)}
-                },
+                wait_step("gate", deps=["ask"], requires_approval=True)
+                | {"params": {"seconds": 0, "result": hostile(3)}},
             ],
             clarification_timeout_s=600,
             step_approval_timeout_s=600,
