@@ -8,12 +8,18 @@ Each test is an attack that must fail; the helpers are those of
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app
 from api.console.sessions import COOKIE, Sessions
+from config import get_settings
 from tests.api.test_console import (
     KEYS,
     api,
@@ -25,6 +31,7 @@ from tests.api.test_console import (
     start_plan,
     wait_status,
 )
+from tests.api.test_dashboard import browser, uvicorn_serving
 from tests.api.test_plans_routes import TEST_CONFIG, make_app, plan_doc, wait_step
 
 BOT = {"Content-Type": "application/json", "X-API-Key": "k2"}
@@ -300,3 +307,77 @@ def test_a_big_plan_of_ordinary_density_is_still_drawn() -> None:
     assert drawn is not None and len(drawn.nodes) == MAX_DRAWN
     assert len(drawn.edges) <= MAX_EDGES
     assert layout(plan(MAX_EDGES // MAX_DRAWN + 1), {}) is None
+
+
+# --- in a browser: another site's link and form -------------------------------------------
+
+
+@contextlib.contextmanager
+def another_site(console: str) -> Iterator[str]:
+    """A page of another site (``localhost`` is not the same site as ``127.0.0.1``): a
+    link to the console, and a form that posts its sign-out without a token."""
+    page = (
+        f'<!doctype html><a href="{console}/console">open the console</a>'
+        f'<form method="post" action="{console}/console/sign-out">'
+        '<input type="hidden" name="csrf" value="guessed"><button>go</button></form>'
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+async def test_another_sites_link_keeps_the_person_signed_in_and_its_form_is_refused(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A link to the console in a chat or a notification (another site) must open it
+    signed in: with a SameSite=Strict cookie the browser did not send it on that
+    navigation, the console made a new signed-out session and its cookie replaced the
+    person's: any site could sign them out by sending them to /console. A form of another
+    site still cannot act (no token, and no cookie on a cross-site POST)."""
+    settings = get_settings().replace(
+        temporal={
+            "task_queue": task_queue,
+            "address": env.client.service_client.config.target_host,
+        },
+        api={**TEST_CONFIG.model_dump(), "keys": KEYS},
+    )
+    with uvicorn_serving(create_app(settings=settings)) as base, another_site(base) as evil:
+        async with browser() as b:
+            page = await b.new_page()
+            page.set_default_timeout(20_000)
+            await page.goto(f"{base}/console")
+            await page.get_by_label("API key").fill("k1")
+            await page.get_by_role("button", name="Sign in").click()
+            await page.locator("#who", has_text="alice").wait_for()
+
+            await page.goto(evil)
+            await page.get_by_role("link", name="open the console").click()
+            await page.wait_for_url(f"{base}/console")
+            assert "alice" in await page.locator("#who").inner_text()
+            await page.goto(f"{base}/console")
+            assert "alice" in await page.locator("#who").inner_text()
+
+            await page.goto(evil)
+            async with page.expect_response(f"{base}/console/sign-out") as answer:
+                await page.get_by_role("button", name="go").click()
+            assert (await answer.value).status == 403
+            await page.goto(f"{base}/console")
+            assert "alice" in await page.locator("#who").inner_text()
