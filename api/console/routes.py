@@ -115,7 +115,12 @@ def set_cookie(request: Request, response: Response, session: Session) -> None:
         session.id,
         path=COOKIE_PATH,
         httponly=True,
-        samesite="strict",
+        # Lax, not Strict: a Strict cookie is not sent when a link on another site (a chat,
+        # a notification) opens the console, whose new signed-out session's cookie then
+        # replaced the person's (any site could sign them out). Lax sends it on such a
+        # top-level GET only; a POST from another site still carries no cookie, and every
+        # POST needs the session's CSRF token; no GET changes anything.
+        samesite="lax",
         secure=request.url.scheme == "https",
     )
 

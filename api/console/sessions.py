@@ -1,6 +1,6 @@
 """The console's sessions: who is signed in, their CSRF token, and one-time notices.
 
-A session is a random id (``secrets.token_urlsafe``) in an HttpOnly, SameSite=Strict
+A session is a random id (``secrets.token_urlsafe``) in an HttpOnly, SameSite=Lax
 cookie scoped to ``/console``; what it stands for (the key's owner and role, never the
 key) lives in this process's memory, so a restart of the API signs everyone out. Every
 visitor gets a session, signed in or not (with keys off there is nobody to sign in), so

@@ -147,8 +147,8 @@ async def test_a_session_cannot_be_fixed_forged_or_replayed(
         assert 'id="sign-in"' in r.text
 
         # sign-in CSRF: another site posts its own key into the victim's browser. With
-        # SameSite=Strict the cookie is not sent; with or without it, the attacker's token
-        # is not the session's.
+        # SameSite=Lax the cookie is not sent on a cross-site POST; with or without it,
+        # the attacker's token is not the session's.
         fresh = (await attacker.get("/console")).text
         for cookie in ("", f"{COOKIE}={victim.cookies[COOKIE]}"):
             r = await attacker.post(
