@@ -18,6 +18,7 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from api.console import inbox as inbox_module
 from api.console.sessions import COOKIE, Sessions
 from config import get_settings
 from tests.api.test_console import (
@@ -381,3 +382,33 @@ async def test_another_sites_link_keeps_the_person_signed_in_and_its_form_is_ref
             assert (await answer.value).status == 403
             await page.goto(f"{base}/console")
             assert "alice" in await page.locator("#who").inner_text()
+
+
+# --- the inbox -------------------------------------------------------------------------------
+
+
+async def test_one_agents_plans_cannot_push_other_waits_out_of_the_inbox(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: Any
+) -> None:
+    """The inbox shows the longest-waiting plans, up to a bound. An agent key's plans
+    always wait for a person: submitted early, enough of them filled the inbox, and every
+    later wait (another plan's approval, a step gate, a question, whose timeout may then
+    fire unseen) was left out, with nothing saying so."""
+    monkeypatch.setattr(inbox_module, "MAX_PLANS", 4)  # the bound (50), made small
+    monkeypatch.setattr(inbox_module, "MAX_PER_AGENT", 2, raising=False)
+    app = make_app(env.client, task_queue, api_keys=KEYS)
+    async with browser_like(app) as http:
+        flood = []
+        for _ in range(4):
+            doc = plan_doc([wait_step("a")], require_approval=True)
+            flood.append(await start_plan(http, doc, {"X-API-Key": "k2"}))
+        for plan_id in flood:
+            await wait_status(http, plan_id, "pending_approval")
+        await sign_in(http, "k1")
+        for plan_id in flood[:2]:
+            await inbox_with(http, plan_id, "plan_approval")
+        doc = plan_doc([wait_step("gate", requires_approval=True)], step_approval_timeout_s=60)
+        gated = await start_plan(http, doc)
+        await wait_status(http, gated, "waiting_approval")
+        html, _ = await inbox_with(http, gated, "step_approval")
+        assert sum(f'data-plan-id="{p}"' in html for p in flood) == 2
