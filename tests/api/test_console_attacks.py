@@ -36,6 +36,7 @@ from tests.api.test_dashboard import browser, uvicorn_serving
 from tests.api.test_plans_routes import TEST_CONFIG, make_app, plan_doc, wait_step
 
 BOT = {"Content-Type": "application/json", "X-API-Key": "k2"}
+ALICE_JSON = {"Authorization": "Bearer k1"}
 
 
 def hostile(n: int) -> str:
@@ -412,3 +413,66 @@ async def test_one_agents_plans_cannot_push_other_waits_out_of_the_inbox(
         await wait_status(http, gated, "waiting_approval")
         html, _ = await inbox_with(http, gated, "step_approval")
         assert sum(f'data-plan-id="{p}"' in html for p in flood) == 2
+
+
+# --- authorization ---------------------------------------------------------------------------
+
+
+async def test_an_agent_key_cannot_decide_for_a_person_through_forged_console_posts(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    """Its own plan waits for an answer and a gate; another agent's plan runs: every
+    control the console would not offer the agent, forged with its valid CSRF token,
+    is refused with the REST API's 403, and nothing reaches the workflows."""
+    app = make_app(env.client, task_queue, api_keys=KEYS + ",k3:other:agent")
+    async with browser_like(app) as bot:
+        own = plan_doc(
+            [
+                {
+                    "id": "ask",
+                    "tool": "wait",
+                    "params": {"seconds": 0},
+                    "requires_clarification": True,
+                    "clarification_question": "Which region?",
+                },
+                wait_step("gate", deps=["ask"], requires_approval=True),
+            ],
+            require_approval=True,
+            clarification_timeout_s=600,
+            step_approval_timeout_s=600,
+        )
+        mine = await start_plan(bot, own, {"X-API-Key": "k2"})
+        theirs = await start_plan(bot, plan_doc([wait_step("long", 60)]), ALICE_JSON)
+        other = await start_plan(
+            bot, plan_doc([wait_step("a")], require_approval=True), {"X-API-Key": "k3"}
+        )
+        await wait_status(bot, mine, "pending_approval")
+        await wait_status(bot, theirs, "executing")
+        await wait_status(bot, other, "pending_approval")
+        html = await sign_in(bot, "k2")
+        token = csrf_of(html)
+        forged = [
+            (mine, "approve", {}),
+            (mine, "reject", {"reason": "r"}),
+            (other, "approve", {}),
+            (other, "cancel", {"reason": "r"}),
+            (theirs, "pause", {}),
+            (theirs, "cancel", {"reason": "r"}),
+            (mine, "answer_clarification", {"step_id": "ask", "answer": "eu"}),
+            (mine, "approve_step", {"step_id": "gate"}),
+            (mine, "reject_step", {"step_id": "gate", "reason": "r"}),
+            (mine, "resume", {}),
+        ]
+        for plan_id, control, fields in forged:
+            r = await bot.post(
+                f"/console/plans/{plan_id}/actions/{control}",
+                data={"csrf": token, "back": "inbox", **fields},
+            )
+            assert r.status_code == 303, (control, r.text)
+            shown = notices((await bot.get("/console")).text)
+            assert "refused (403)" in shown and "agent key" in shown, (control, shown)
+        for plan_id in (mine, theirs, other):
+            audit = (await api(bot, "GET", f"/api/plans/{plan_id}/audit")).json()
+            assert not [a for a in audit if a["by"] == "bot"], audit
+        assert (await wait_status(bot, mine, "pending_approval"))["approved_by"] is None
+        await wait_status(bot, theirs, "executing")
