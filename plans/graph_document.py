@@ -132,7 +132,7 @@ def _short_hash(text: str) -> str:
 def clean_id(raw: str, max_len: int = 64) -> str:
     """``raw`` when it is a valid plan/step id; else a valid id made from it plus a hash
     of the original (so two different raw ids never clean to the same id)."""
-    if ID_RE.match(raw) and len(raw) <= max_len:
+    if ID_RE.fullmatch(raw) and len(raw) <= max_len:
         return raw
     slug = re.sub(r"[^a-z0-9_-]+", "-", raw.lower()).strip("-_")
     slug = slug[: max_len - 9].rstrip("-_")

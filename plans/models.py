@@ -139,7 +139,7 @@ class Step(_Strict):
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
-        if not ID_RE.match(v):
+        if not ID_RE.fullmatch(v):
             raise ValueError(
                 f"step id {v!r} must match {ID_PATTERN} (lower-case letters, digits, '_' and '-')"
             )
@@ -158,7 +158,7 @@ class Plan(_Strict):
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str | None) -> str | None:
-        if v is not None and not ID_RE.match(v):
+        if v is not None and not ID_RE.fullmatch(v):
             raise ValueError(f"plan id {v!r} must match {ID_PATTERN}")
         return v
 

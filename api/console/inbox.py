@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +28,7 @@ from plans.risk import assess_risk
 from plans.run_state import WaitingFor
 from plans.views import StatusView
 from store.metrics.models import WaitingPlan
+from store.metrics.sql import MAX_WAITING
 from store.metrics.waiting import waiting_plans
 from store.trust import plan_submitter
 from workflows.errors import PlanClientError
@@ -35,6 +36,10 @@ from workflows.errors import PlanClientError
 log = logging.getLogger("plansmith.api.console")
 
 MAX_PLANS = 50  # plans read for one inbox
+# of them, proposed by one agent (plans without an agent_id, which no agent key can make,
+# are not counted): an agent's plans always wait for a person, and many of them must not
+# push every other plan's wait out of the inbox
+MAX_PER_AGENT = 10
 
 KIND_LABELS = {
     "plan_approval": "plan approval",
@@ -200,13 +205,30 @@ async def _items(
     return out
 
 
+def fair(rows: list[WaitingPlan]) -> list[WaitingPlan]:
+    """The longest-waiting ``MAX_PLANS`` of ``rows``, at most ``MAX_PER_AGENT`` of them
+    proposed by one agent."""
+    taken: list[WaitingPlan] = []
+    per_agent: Counter[str] = Counter()
+    for row in rows:
+        if len(taken) >= MAX_PLANS:
+            break
+        if row.agent_id is not None:
+            if per_agent[row.agent_id] >= MAX_PER_AGENT:
+                continue
+            per_agent[row.agent_id] += 1
+        taken.append(row)
+    return taken
+
+
 async def inbox(services: ApiServices, cache: FactsCache) -> list[Item]:
-    """Every wait of the waiting plans, the longest-waiting first."""
+    """Every wait of the waiting plans, the longest-waiting first (see :func:`fair`)."""
 
     def read(s: Session) -> list[WaitingPlan]:
-        return waiting_plans(s, limit=MAX_PLANS)
+        # the query reads up to MAX_WAITING runs whatever the limit; the limit only cuts
+        return waiting_plans(s, limit=MAX_WAITING)
 
-    rows = await services.store.run(read)
+    rows = fair(await services.store.run(read))
     now = datetime.now(UTC)
     found = await asyncio.gather(*(_items(services, cache, row, now) for row in rows))
     items = [item for group in found for item in group]

@@ -48,7 +48,7 @@ from api.routes_trust import get_risk
 from api.schemas import LogLine, PlanDetail
 from contracts.snapshots import as_output_ref
 from contracts.tools import catalog
-from plans.models import Plan
+from plans.models import ID_PATTERN, ID_RE, Plan
 from plans.run_state import AuditEntry, PlanVersion
 from plans.views import StatusView, StepView
 from workflows.errors import PlanClientError
@@ -145,7 +145,12 @@ def set_cookie(request: Request, response: Response, session: Session) -> None:
         session.id,
         path=COOKIE_PATH,
         httponly=True,
-        samesite="strict",
+        # Lax, not Strict: a Strict cookie is not sent when a link on another site (a chat,
+        # a notification) opens the console, whose new signed-out session's cookie then
+        # replaced the person's (any site could sign them out). Lax sends it on such a
+        # top-level GET only; a POST from another site still carries no cookie, and every
+        # POST needs the session's CSRF token; no GET changes anything.
+        samesite="lax",
         secure=request.url.scheme == "https",
     )
 
@@ -590,8 +595,13 @@ async def action(
     if control not in ACTIONS:
         raise not_found(f"the console has no action {control!r}")
     back = back_to(fields, plan_id)
-    step_id = fields.get("step_id") or None
-    what = f"{ACTIONS[control]} {'step ' + step_id if step_id else 'plan'} of {plan_id}"
+    # a step only for a step's control (a plan-wide one takes none from the form), and
+    # only a step id, as the REST route's path pattern checks (else nothing is sent)
+    step_id = (fields.get("step_id") or None) if control in STEP_ACTIONS else None
+    what = f"{ACTIONS[control]} {'step ' + step_id[:64] if step_id else 'plan'} of {plan_id}"
+    if step_id is not None and not ID_RE.fullmatch(step_id):
+        session.notify("error", f"{what}: refused: not a step id ({ID_PATTERN}); nothing was sent")
+        return RedirectResponse(back, status_code=303)
     try:
         status = await get_status(plan_id, services, services.drafts, services.store)
         stale = _stale(status, fields)

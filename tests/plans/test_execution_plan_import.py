@@ -160,3 +160,20 @@ def test_the_example_validates():
         "publish",
     ]
     assert validate_plan(plan, catalog()) == []
+
+
+@pytest.mark.parametrize("where", ["plan", "step"])
+def test_an_id_with_a_trailing_newline_is_refused(where: str):
+    """``$`` matches before a final newline: ids are checked whole (the REST path's
+    pattern refuses them, so such a step could not be addressed)."""
+    doc: dict[str, Any] = {
+        "id": "p1",
+        "steps": [{"id": "a", "tool": "wait", "params": {"seconds": 0}}],
+    }
+    if where == "plan":
+        doc["id"] = "p1\n"
+    else:
+        doc["steps"][0]["id"] = "a\n"
+    with pytest.raises(PlanInvalid) as refused:
+        parse_plan(doc)
+    assert refused.value.problems[0].location == ("id" if where == "plan" else "steps[0].id")
