@@ -10,11 +10,14 @@ from pydantic import BaseModel, Field
 
 from plans.models import Plan, PlanStatus, Step, StepStatus
 from plans.policy import ApprovalDecision
+from plans.replan import current as replan_current
+from plans.replan import describe as replan_describe
 from plans.run_index import Change, of
 from plans.run_state import (
     AuditEntry,
     LogEntry,
     PlanRun,
+    ReplanProposal,
     WaitingFor,
     audit_note,
     derive_status,
@@ -112,6 +115,11 @@ class StatusView(BaseModel):
         description='require_approval "auto": what the adaptive policy decided and why '
         "(required, reasons, risk with every non-low step, trust with its inputs, step gates)",
     )
+    replans: list[ReplanProposal] = Field(
+        default_factory=list,
+        description="on_error: replan -- every round: the proposal, its checks, risk and "
+        "decision (state asking, proposed, applied, accepted, rejected, refused, nothing...)",
+    )
     stopping: str | None = None
     paused_by: str | None = None
     paused_reason: str | None = None
@@ -204,7 +212,34 @@ def waits(run: PlanRun) -> list[WaitingFor]:
     for sid in of(run).waiting():
         s = run.steps[sid]
         step = run.plan.step(sid)
-        if s.awaiting_decision:
+        open_round = replan_current(run, sid) if s.awaiting_decision else None
+        if open_round is not None or (s.awaiting_decision and s.replan_due):
+            asking = open_round is None or open_round.state == "asking"
+            ranked.append(
+                (
+                    2,
+                    WaitingFor(
+                        kind="replan",
+                        step_id=sid,
+                        question=(
+                            f"the planner is proposing a fix for: {s.error}"
+                            if asking
+                            else f"replan #{open_round.n}: {replan_describe(open_round)}"
+                            if open_round is not None
+                            else s.error
+                        ),
+                        since=open_round.asked_at if open_round is not None else s.completed_at,
+                        who=(
+                            "the planner"
+                            if asking
+                            else "a person: accept_replan, reject_replan, or "
+                            "apply_correction + retry_step"
+                        ),
+                        proposal=open_round,
+                    ),
+                )
+            )
+        elif s.awaiting_decision:
             who = "an operator: apply_correction + retry_step, skip_step or cancel"
             ranked.append(
                 (
@@ -337,6 +372,7 @@ def status_view(run: PlanRun) -> StatusView:
         approved_digest=run.approval.digest if run.approval else None,
         approval_note=run.approval_policy or None,
         approval_policy=run.policy_decision,
+        replans=run.replans,
         stopping=run.stopping,
         paused_by=run.pause.by if run.pause else None,
         paused_reason=run.pause.reason if run.pause else None,
