@@ -46,7 +46,9 @@ from plans.run_state import (
     SkipReason,
     StepRun,
     audit,
+    describe_replan,
     log,
+    open_replan,
     preview,
 )
 from plans.step_changes import diff_step, merge_patch, reset_dependents, retry
@@ -325,15 +327,6 @@ def needs_person(
     return False, level, f"the proposal is {level}-risk: {source} unattended"
 
 
-def current(run: PlanRun, step_id: str | None = None) -> ReplanProposal | None:
-    """The newest round for ``step_id`` (any step when None) still open: asking or
-    proposed."""
-    for p in reversed(run.replans):
-        if p.state in ("asking", "proposed") and step_id in (None, p.step_id):
-            return p
-    return None
-
-
 def _still_open(run: PlanRun, p: ReplanProposal) -> str | None:
     """Why the round can no longer change the plan (None: it can)."""
     s = run.steps.get(p.step_id)
@@ -388,13 +381,21 @@ def receive(
         return p
     person, level, why = needs_person(run, r.plan, r.changed, catalog)
     p.risk_level, p.needs_person, p.why = level, person, why
-    audit(run, now, by, "replan_proposed", True, f"replan #{n}: {describe(p)}; {why}", p.step_id)
+    audit(
+        run,
+        now,
+        by,
+        "replan_proposed",
+        True,
+        f"replan #{n}: {describe_replan(p)}; {why}",
+        p.step_id,
+    )
     if person:
         p.state = "proposed"
         log(
             run,
             now,
-            f"replan #{n} proposed for step {p.step_id}: {describe(p)}; waiting for a person "
+            f"replan #{n} proposed for step {p.step_id}: {describe_replan(p)}; waiting for a person "
             "(accept_replan, reject_replan, or their own apply_correction)",
             "warning",
             p.step_id,
@@ -412,18 +413,6 @@ def failed(run: PlanRun, n: int, why: str, now: datetime) -> None:
     p.state, p.why = "failed", f"the planner could not be asked: {why}"[:2000]
     audit(run, now, PLANNER, "replan_failed", False, f"replan #{n}: {p.why}", p.step_id)
     log(run, now, f"replan #{n}: {p.why}; a person decides", "warning", p.step_id)
-
-
-def describe(p: ReplanProposal) -> str:
-    if p.kind == "correction":
-        fields = ", ".join(sorted(p.diff.get(p.step_id, {}))) or "nothing"
-        text = f"correct step {p.step_id} ({fields})"
-    elif p.kind == "replacement":
-        new = ", ".join(str(s.get("id")) for s in p.steps or [])
-        text = f"replace {', '.join(p.replaces)} with {new}"
-    else:
-        text = "nothing to propose"
-    return text + (f" -- {p.reason[:300]}" if p.reason else "")
 
 
 def apply(run: PlanRun, p: ReplanProposal, r: Review, by: str, now: datetime) -> str:
@@ -455,7 +444,7 @@ def apply(run: PlanRun, p: ReplanProposal, r: Review, by: str, now: datetime) ->
             by=by,
             at=now,
             step_id=p.step_id,
-            change=f"replan #{p.n} ({'accepted by ' + by if by != 'policy' else 'applied by the policy'}): {describe(p)}",
+            change=f"replan #{p.n} ({'accepted by ' + by if by != 'policy' else 'applied by the policy'}): {describe_replan(p)}",
             diff=p.diff,
         )
     )
@@ -470,7 +459,11 @@ def apply(run: PlanRun, p: ReplanProposal, r: Review, by: str, now: datetime) ->
         if s.id in r.changed:
             s.awaiting_decision = False
             s.replan_due = False
-    return f"{describe(p)}; plan version {run.version}; {', '.join(ran)} run (again)"
+    return f"{describe_replan(p)}; plan version {run.version}; {', '.join(ran)} run (again)"
+
+
+current = open_replan
+describe = describe_replan
 
 
 # --- a person decides ---------------------------------------------------------------
@@ -484,7 +477,7 @@ def check_decision(run: PlanRun, name: str, step_id: str | None) -> ReplanPropos
             p = q
             break
     if p is None:
-        asking = current(run, step_id)
+        asking = open_replan(run, step_id)
         why = (
             f"the planner is still working on replan #{asking.n}"
             if asking is not None

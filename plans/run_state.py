@@ -237,6 +237,27 @@ class ReplanProposal(BaseModel):
     decision_note: str | None = None
 
 
+def open_replan(run: PlanRun, step_id: str | None = None) -> ReplanProposal | None:
+    """The newest round for ``step_id`` (any step when None) still open: asking or
+    proposed."""
+    for p in reversed(run.replans):
+        if p.state in ("asking", "proposed") and step_id in (None, p.step_id):
+            return p
+    return None
+
+
+def describe_replan(p: ReplanProposal) -> str:
+    if p.kind == "correction":
+        fields = ", ".join(sorted(p.diff.get(p.step_id, {}))) or "nothing"
+        text = f"correct step {p.step_id} ({fields})"
+    elif p.kind == "replacement":
+        new = ", ".join(str(s.get("id")) for s in p.steps or [])
+        text = f"replace {', '.join(p.replaces)} with {new}"
+    else:
+        text = "nothing to propose"
+    return text + (f" -- {p.reason[:300]}" if p.reason else "")
+
+
 class WaitingFor(BaseModel):
     kind: Literal[
         "plan_approval", "step_approval", "clarification", "correction", "resume", "replan"

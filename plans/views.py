@@ -10,8 +10,6 @@ from pydantic import BaseModel, Field
 
 from plans.models import Plan, PlanStatus, Step, StepStatus
 from plans.policy import ApprovalDecision
-from plans.replan import current as replan_current
-from plans.replan import describe as replan_describe
 from plans.run_index import Change, of
 from plans.run_state import (
     AuditEntry,
@@ -21,6 +19,8 @@ from plans.run_state import (
     WaitingFor,
     audit_note,
     derive_status,
+    describe_replan,
+    open_replan,
     preview,
 )
 
@@ -212,7 +212,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
     for sid in of(run).waiting():
         s = run.steps[sid]
         step = run.plan.step(sid)
-        open_round = replan_current(run, sid) if s.awaiting_decision else None
+        open_round = open_replan(run, sid) if s.awaiting_decision else None
         if open_round is not None or (s.awaiting_decision and s.replan_due):
             asking = open_round is None or open_round.state == "asking"
             ranked.append(
@@ -224,7 +224,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
                         question=(
                             f"the planner is proposing a fix for: {s.error}"
                             if asking
-                            else f"replan #{open_round.n}: {replan_describe(open_round)}"
+                            else f"replan #{open_round.n}: {describe_replan(open_round)}"
                             if open_round is not None
                             else s.error
                         ),

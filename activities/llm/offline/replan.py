@@ -48,13 +48,14 @@ def offline_replan(request: LLMRequest) -> dict[str, Any]:
     error = str(failure.get("error") or "")
     step = failure.get("step") if isinstance(failure.get("step"), dict) else {}
     options = failure.get("plan_options") or {}
-    if TRANSIENT.search(error):
+    transient = TRANSIENT.search(error)
+    if transient:
         retries = int(step.get("max_retries", options.get("default_max_retries", 0)) or 0)
         updated: dict[str, Any] = {
             "max_retries": max(retries + 3, 3),
             "retry_delay_s": max(float(step.get("retry_delay_s") or 0), 0.5),
         }
-        why = f"the error looks transient ({TRANSIENT.search(error).group(0)})"  # type: ignore[union-attr]
+        why = f"the error looks transient ({transient.group(0)})"
         if TIMEOUT.search(error):
             timeout = float(step.get("timeout_s") or options.get("step_timeout_s") or 30)
             updated["timeout_s"] = max(timeout * 2, 60.0)
@@ -65,7 +66,8 @@ def offline_replan(request: LLMRequest) -> dict[str, Any]:
             "updated_step": updated,
         }
     found = UNEXPECTED.search(error)
-    params = step.get("params") if isinstance(step.get("params"), dict) else {}
+    raw = step.get("params")
+    params: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if found and found.group(1) in params:
         name = found.group(1)
         return {
