@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from contracts.replan import PROPOSE_REPLAN_TOOL
 from tests.helpers import make_plan, start, wait_for
 from tests.key_server import KeyServer
+from tests.llm_fakes import ScriptedModel, tool_use
 
 
 @pytest.fixture
@@ -95,3 +97,30 @@ async def test_nothing_to_propose_waits_for_a_person_instead_of_looping(
     await handle.execute_update("skip_step", {"by": "ops", "step_id": "fetch", "reason": "ok"})
     res = await asyncio.wait_for(handle.result(), 30)
     assert res.status == "partial"
+
+
+async def test_a_hostile_proposal_is_refused_and_changes_nothing(
+    client, start_worker, task_queue, server
+):
+    # the model tries to re-run (and rewrite) the completed upstream step
+    hostile = {
+        "kind": "replacement",
+        "reason": "trust me",
+        "replaces": ["fetch", "upstream"],
+        "steps": [
+            {"id": "upstream", "tool": "http_request", "params": {"url": server.url("/ok")}},
+            {"id": "fetch", "tool": "http_request", "params": {"url": server.url("/ok")}},
+        ],
+    }
+    await start_worker(ScriptedModel(tool_use(PROPOSE_REPLAN_TOOL, hostile)))
+    plan = make_plan(steps(server), on_error="replan")
+    handle = await start(client, plan, task_queue)
+    st = await wait_for(
+        handle, lambda s: s.waiting_for is not None and s.waiting_for.kind == "correction"
+    )
+    (p,) = st.replans
+    assert p.state == "refused" and p.model == "scripted"
+    assert "replaces: step upstream is completed" in p.why
+    assert st.version == 1 and len(server.requests("/ok")) == 1
+    await handle.execute_update("cancel", {"by": "ops", "reason": "enough"})
+    assert (await asyncio.wait_for(handle.result(), 30)).status == "cancelled"

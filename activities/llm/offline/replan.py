@@ -3,10 +3,11 @@
 It reads the ``<failure>`` section (:func:`activities.llm.replanner.failure_text`) and
 proposes what a rule can:
 
-- the error says the failure is transient (a timeout, 429, a 5xx, "unavailable", "try
-  again", "flaky", a connection error): a correction with more retries (``max_retries``
-  + 3, at least 3) and a retry delay, and for a timeout also a longer ``timeout_s``
-  (doubled, at least 60 s);
+- the error says the failure is transient (a timeout, an answer 429 or 5xx,
+  "unavailable", "try again", "flaky", a connection error): a correction with more
+  retries (``max_retries`` + 3, at least 3) and a retry delay, and for a timeout also a
+  longer step ``timeout_s`` (doubled, at least 60 s) -- and when the error names the
+  tool's own ``timeout_s=N`` (``http_request``), that param doubled (at least 30 s);
 - the error names a parameter that is missing or not allowed (``'x' is a required
   property``, ``unexpected parameter 'x'``): a correction that removes the unexpected one
   (a missing one it cannot invent: nothing);
@@ -23,11 +24,13 @@ from activities.llm.base import LLMRequest
 from activities.llm.offline.reading import tag
 
 TRANSIENT = re.compile(
-    r"\b(429|5\d\d|timed? ?out|timeout|unavailable|try again|temporar\w*|flaky|"
-    r"rate.?limit\w*|too many requests|connection (refused|reset|error))\b",
+    r"\b((answered|HTTP|status)[ :]+(429|5\d\d)|timed? ?out|timeout\w*|unavailable|"
+    r"try again|temporar\w*|flaky|rate.?limit\w*|too many requests|HttpServerError|"
+    r"ConnectionError|connection (refused|reset|error))\b",
     re.I,
 )
-TIMEOUT = re.compile(r"\b(timed? ?out|timeout|deadline)\b", re.I)
+TOOL_TIMEOUT = re.compile(r"timeout_s=(\d+(?:\.\d+)?)")
+TIMEOUT = re.compile(r"\b(timed? ?out|timeout\w*|deadline)\b", re.I)
 UNEXPECTED = re.compile(
     r"(?:unexpected|unknown|not allowed)[^'\"]{0,40}['\"]([A-Za-z_][\w-]*)['\"]", re.I
 )
@@ -60,6 +63,12 @@ def offline_replan(request: LLMRequest) -> dict[str, Any]:
             timeout = float(step.get("timeout_s") or options.get("step_timeout_s") or 30)
             updated["timeout_s"] = max(timeout * 2, 60.0)
             why += f"; a longer timeout ({updated['timeout_s']:g}s)"
+            own = TOOL_TIMEOUT.search(error)
+            if own:  # the tool's own time limit (http_request's timeout_s) ran out
+                longer = max(float(own.group(1)) * 2, 30.0)
+                updated["params"] = {"timeout_s": longer}
+                updated["timeout_s"] = max(updated["timeout_s"], longer * 2)
+                why += f" and the tool's own timeout_s {longer:g}s"
         return {
             "kind": "correction",
             "reason": f"[offline] {why}: retry with {updated['max_retries']} retries",
