@@ -4,8 +4,9 @@
 ``propose_replan``: a *correction* of the failed step (``updated_step``, as
 ``apply_correction`` takes it), a *replacement* of it and its not-yet-run dependents
 (``replaces`` + ``steps``), or ``none`` with the reason. The user message carries the
-failure (error, attempts), the plan document, the other steps' statuses and bounded
-output previews, what may be replaced, and the relevant lessons.
+failure (error, attempts), the plan document, the tools it uses (with their params
+schemas), the other steps' statuses and bounded output previews, what may be replaced,
+and the relevant lessons.
 
 Nothing here is trusted: the workflow checks the proposal (:func:`plans.replan.review`)
 before anything changes. The replanner neither loads models nor touches the store; the
@@ -76,7 +77,12 @@ def failure_text(req: ReplanRequest) -> str:
         "plan_options": req.plan.options.model_dump(mode="json", exclude_defaults=True),
     }
     plan = req.plan.model_dump(mode="json", exclude_defaults=True)
+    tools = {
+        name: {"description": t.description, "risk": t.risk, "params_schema": t.params_schema}
+        for name, t in sorted(req.tools.items())
+    }
     return (
+        f"<tools>\n{json.dumps(tools, sort_keys=True, ensure_ascii=False)}\n</tools>\n"
         f"<failure>\n{json.dumps(body, sort_keys=True, ensure_ascii=False)}\n</failure>\n"
         f"<plan>\n{json.dumps(plan, sort_keys=True, ensure_ascii=False)}\n</plan>\n"
         f"<steps>\n{json.dumps(req.steps, sort_keys=True, ensure_ascii=False, default=str)}"
