@@ -155,7 +155,10 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
     document = get_plan_document(session, plan_id, run.version)
     records = {r.step_id: r for r in _step_records(session, plan_id, run.run_id)}
     order = [s.id for s in document.steps] if document else []
-    order += sorted(set(records) - set(order))
+    if document is None:
+        order += sorted(records)
+    # (with the document, a record of a step it no longer has -- one a replan replaced --
+    # is not listed: the status shows the plan as it is)
     by_id = document.step_map() if document else {}
     steps = []
     for sid in order:
