@@ -11,6 +11,7 @@ import pytest
 
 from plans import replan
 from plans.models import PlanStatus, StepStatus
+from plans.policy import ApprovalDecision
 from plans.run_state import derive_status
 from plans.views import status_view, waits
 from tests.plans.test_run_engine import CATALOG, Driver, S
@@ -233,3 +234,29 @@ def test_deciding_without_a_proposal_is_refused(name: str) -> None:
     d = failed_run()
     extra = {"reason": "no"} if name == "reject_replan" else {}
     assert "no replan proposal waits" in d.refused(name, **extra)
+
+
+def test_under_auto_the_adaptive_policys_decision_for_the_run_decides() -> None:
+    trusted = ApprovalDecision(
+        required=False, max_unattended_risk="medium", trust_level="high", gate_level="critical"
+    )
+    d = failed_run(require_approval="auto")
+    d.run.policy_decision = trusted
+    p = receive(d, {"kind": "correction", "updated_step": {"max_retries": 3}})
+    assert (p.state, p.decided_by) == ("applied", "policy")
+    assert "high trust runs up to medium risk" in p.why
+
+    d = failed_run(require_approval="auto")
+    d.run.policy_decision = trusted
+    p = receive(d, {"kind": "correction", "updated_step": {"tool": "danger", "params": {}}})
+    assert (p.state, p.risk_level) == ("proposed", "high")
+
+    for untrusted in (
+        trusted.model_copy(update={"max_unattended_risk": None, "trust_level": "low"}),
+        trusted.model_copy(update={"trust_unread": "the store is down"}),
+        None,
+    ):
+        d = failed_run(require_approval="auto")
+        d.run.policy_decision = untrusted
+        p = receive(d, {"kind": "correction", "updated_step": {"max_retries": 3}})
+        assert p.state == "proposed", untrusted
