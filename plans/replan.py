@@ -136,15 +136,24 @@ def request_for(run: PlanRun, sid: str, catalog: Mapping[str, ToolSpec]) -> dict
             budget -= len(json.dumps(shown, default=str))
             entry["output"] = shown
         steps[other.id] = entry
-    names = {st.tool for st in run.plan.steps if st.tool}
+    plan = run.plan
+    free = replaceable(run, sid)
+    if len(plan.steps) > MAX_STEPS_LISTED:
+        # a large plan travels as the part the proposal may touch and what it reads:
+        # activity inputs have a size limit (the whole plan is still what is validated)
+        near = set(free[:MAX_STEPS_LISTED]) | set(plan.step(sid).depends_on)
+        plan = plan.model_copy(
+            update={"steps": [st for st in plan.steps if st.id in near][:MAX_STEPS_LISTED]}
+        )
+    names = {st.tool for st in plan.steps if st.tool}
     return {
-        "plan": run.plan,
+        "plan": plan,
         "step_id": sid,
-        "error": s.error or "",
+        "error": (s.error or "")[:4000],
         "attempts": s.attempts,
         "round": len(run.replans),
         "steps": steps,
-        "replaceable": replaceable(run, sid),
+        "replaceable": free[:MAX_STEPS_LISTED],
         "max_new_steps": MAX_NEW_STEPS,
         "tools": {n: catalog[n] for n in sorted(names) if n in catalog},
     }

@@ -260,3 +260,19 @@ def test_under_auto_the_adaptive_policys_decision_for_the_run_decides() -> None:
         d.run.policy_decision = untrusted
         p = receive(d, {"kind": "correction", "updated_step": {"max_retries": 3}})
         assert p.state == "proposed", untrusted
+
+
+def test_a_large_plan_travels_to_the_planner_as_the_part_it_may_touch() -> None:
+    chain = [S("s0")] + [S(f"s{i}", f"s{i - 1}") for i in range(1, 400)]
+    d = Driver(chain, on_error="replan")
+    for i in range(150):
+        assert d.advance() == [f"s{i}"]
+        d.ok(f"s{i}", {"i": i, "pad": "x" * 500})
+    assert d.advance() == ["s150"]
+    d.fail("s150", TRANSIENT)
+    req = replan.request_for(d.run, "s150", CATALOG)
+    ids = [st.id for st in req["plan"].steps]
+    assert ids[0] == "s149" and ids[1] == "s150" and len(ids) == replan.MAX_STEPS_LISTED
+    assert len(req["replaceable"]) == replan.MAX_STEPS_LISTED
+    size = sum(len(str(v.get("output", ""))) for v in req["steps"].values())
+    assert size <= replan.OUTPUTS_BUDGET_CHARS + 1000
