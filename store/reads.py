@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
-from plans.run_state import StepRun, WaitingFor, preview
+from plans.run_state import ReplanProposal, StepRun, WaitingFor, preview
 from plans.views import LOG_LEVELS, StatusView, StepChange, StepView
 from store.models import (
     AuditRecord,
@@ -215,6 +215,7 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         running=[s.id for s in steps if s.status == StepStatus.RUNNING],
         failed=[s.id for s in steps if s.status == StepStatus.FAILED],
         recent=[StepChange.model_validate(c) for c in run.recent or []],
+        replans=[ReplanProposal.model_validate(r) for r in run.replans or []],
         seq=run.change_seq,
     )
 

@@ -185,6 +185,7 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "audit_total": snap.audit_total,
         "change_seq": snap.change_seq,
         "recent": [c.model_dump(mode="json") for c in snap.recent],
+        "replans": [r.model_dump(mode="json") for r in snap.replans] or None,
         "snapshot_seq": snap.seq,
     }
     # a later snapshot need not repeat who resumed the run

@@ -85,6 +85,8 @@ async def test_a_person_accepts_the_planners_proposal_and_the_plan_completes(
         assert r.status_code == 200, r.text
         st = await wait_status(http, plan_id, lambda s: s["status"] == "completed", timeout=30)
         assert st["version"] == 2
+        (round_,) = st["replans"]  # the ended plan's status still lists the round
+        assert (round_["state"], round_["decided_by"]) == ("accepted", "alice")
 
         assert len(server.requests("/ok")) == 1  # the completed upstream step: once
         assert len(server.requests("/flaky")) == 3  # 503; then 503, 200 with the retries

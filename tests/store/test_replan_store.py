@@ -47,3 +47,5 @@ def test_a_replacement_keeps_every_version_readable_and_the_status_current(
     assert [x.id for x in st.steps] == ["a", "b2", "c"]
     assert st.counts == {"completed": 3} and st.status == PlanStatus.COMPLETED
     assert st.counts == status_view(d.run).counts
+    # the rounds read back as the workflow had them
+    assert st.replans == d.run.replans and st.replans[0].state == "applied"
