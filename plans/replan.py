@@ -51,6 +51,8 @@ from plans.run_state import (
     open_replan,
     preview,
 )
+from plans.secrets import names_in, secret_paths
+from plans.secrets import referenced as secrets_referenced
 from plans.step_changes import diff_step, merge_patch, reset_dependents, retry
 from plans.validation import PlanInvalid, parse_plan, validate_plan
 
@@ -175,6 +177,7 @@ class Review:
         self.plan: Plan | None = None
         self.changed: list[str] = []  # step ids of the new plan that are new or changed
         self.diff: dict[str, dict[str, Any]] = {}
+        self.secrets: set[str] = set()  # the secrets the changed steps use
 
 
 def _gated(step: dict[str, Any]) -> bool:
@@ -240,6 +243,16 @@ def review(run: PlanRun, sid: str, proposal: Any, catalog: Mapping[str, ToolSpec
     problems = validate_plan(plan, catalog, max_steps=limit)
     if problems:
         r.problems.extend(map(str, problems))
+        return r
+    used = {name for _, name in secrets_referenced(run.plan)}
+    for cid in r.changed:
+        for _, text in secret_paths(plan.step(cid).params):
+            r.secrets.update(names_in(text))
+    brought = sorted(r.secrets - used)
+    if brought:
+        r.problems.append(
+            f"a proposal cannot bring in a secret the plan does not use: {', '.join(brought)}"
+        )
         return r
     r.plan = plan
     old_steps = run.plan.step_map()
@@ -309,11 +322,17 @@ def _replacement(
 
 
 def needs_person(
-    run: PlanRun, plan: Plan, changed: list[str], catalog: Mapping[str, ToolSpec]
+    run: PlanRun,
+    plan: Plan,
+    changed: list[str],
+    catalog: Mapping[str, ToolSpec],
+    secrets: set[str] | None = None,
 ) -> tuple[bool, str, str]:
     """Whether a person must accept a valid proposal, its risk level, and why."""
     levels = [assess_step(plan, plan.step(c), catalog).level for c in changed]
     level = highest(levels) if levels else "low"
+    if secrets:
+        return True, level, f"the proposal's steps use secrets ({', '.join(sorted(secrets))})"
     opts = run.plan.options
     decision = run.policy_decision
     if opts.auto_approve or opts.require_approval is False:
@@ -388,7 +407,7 @@ def receive(
         audit(run, now, by, "replan_none", True, f"replan #{n}: {p.why}", p.step_id)
         log(run, now, f"replan #{n}: {p.why}; a person decides", "warning", p.step_id)
         return p
-    person, level, why = needs_person(run, r.plan, r.changed, catalog)
+    person, level, why = needs_person(run, r.plan, r.changed, catalog, r.secrets)
     p.risk_level, p.needs_person, p.why = level, person, why
     audit(
         run,

@@ -276,3 +276,22 @@ def test_a_large_plan_travels_to_the_planner_as_the_part_it_may_touch() -> None:
     assert len(req["replaceable"]) == replan.MAX_STEPS_LISTED
     size = sum(len(str(v.get("output", ""))) for v in req["steps"].values())
     assert size <= replan.OUTPUTS_BUDGET_CHARS + 1000
+
+
+def test_a_proposal_cannot_bring_in_a_secret_and_one_using_a_secret_needs_a_person() -> None:
+    d = failed_run(require_approval=False)
+    steal = {"tool": "danger", "params": {"token": "{{ secrets.API_KEY }}"}}
+    problems = problems_of(d, {"kind": "correction", "updated_step": steal})
+    assert problems == ["a proposal cannot bring in a secret the plan does not use: API_KEY"]
+
+    d = Driver(
+        [S("a"), S("b", "a", tool="danger", params={"token": "{{ secrets.API_KEY }}"})],
+        on_error="replan",
+        require_approval=False,
+    )
+    d.advance()
+    d.ok("a")
+    d.advance()
+    d.fail("b", TRANSIENT)
+    p = receive(d, {"kind": "correction", "updated_step": {"max_retries": 3}})
+    assert (p.state, p.why) == ("proposed", "the proposal's steps use secrets (API_KEY)")
