@@ -62,6 +62,7 @@ def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
         StepActivities(deps).execute_step,
         SnapshotActivities(deps).record_snapshot,
         PlanningActivities(deps).generate_plan,
+        PlanningActivities(deps).propose_replan,
         ApprovalActivities(deps).assess_approval,
         SecretActivities(deps).check_secrets,
     ]

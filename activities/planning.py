@@ -29,11 +29,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
-from activities.llm import planner
+from activities.llm import planner, replanner
 from activities.llm.selector import load_selector
 from contracts.errors import LLMError, NoModelFits
 from contracts.models import PLANNING
 from contracts.planning import GENERATE_PLAN, GeneratedPlan, PlanningFailed, PlanRequest
+from contracts.replan import PROPOSE_REPLAN, ReplanAnswer, ReplanRequest
 from contracts.tools import catalog
 from plans.models import ToolSpec
 from store import knowledge
@@ -192,6 +193,50 @@ class PlanningActivities:
             raise ApplicationError(
                 str(e), {"location": "model"}, type="NoModelFits", non_retryable=True
             ) from None
+        except LLMError as e:
+            raise ApplicationError(
+                str(e),
+                {"status": e.status, "retryable": e.retryable},
+                type=e.kind,
+                non_retryable=not e.retryable,
+            ) from None
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def replan(self, req: ReplanRequest) -> ReplanAnswer:
+        """A fix for a step that failed for good (``on_error: replan``), with the lessons
+        that fit the failed step; the answer is checked by the workflow, not here."""
+        deps = self.deps
+        selector = await asyncio.to_thread(load_selector, deps.settings, deps.engine)
+        config = selector.resolve(None, [PLANNING])
+        step = req.plan.step(req.step_id)
+        task = " ".join(
+            x for x in (req.plan.title, step.description, step.tool or "", req.error) if x
+        )
+        lessons = await asyncio.to_thread(
+            load_lessons,
+            deps.engine,
+            PlanRequest(task=task or req.step_id, agent_id=req.plan.agent_id),
+            [*req.tools, *([step.tool] if step.tool else [])],
+        )
+        return await replanner.propose(
+            req,
+            model=deps.chat_model,
+            model_name=config.name,
+            lessons=lessons,
+            max_tokens=min(config.max_tokens, 4096),
+        )
+
+    @activity.defn(name=PROPOSE_REPLAN)
+    async def propose_replan(self, req: ReplanRequest) -> ReplanAnswer:
+        """The replanner as an activity; a model error says whether Temporal may retry."""
+        beat = asyncio.create_task(_keep_heartbeating())
+        try:
+            return await self.replan(req)
+        except NoModelFits as e:
+            raise ApplicationError(str(e), type="NoModelFits", non_retryable=True) from None
         except LLMError as e:
             raise ApplicationError(
                 str(e),

@@ -18,8 +18,8 @@ Roles:
   ``on_step_approval_timeout`` ``approve`` are a 403 (``true`` or ``"auto"``, where the
   adaptive policy decides; nodes/edges executions, which cannot act on anything, start
   at once as before). It never decides for a person: approve, reject, answer a
-  clarification, approve or reject a step, skip a step, resume a paused plan and
-  resume-from-failure are 403. On its *own* plans (``agent_id`` = its owner) it may
+  clarification, approve or reject a step, skip a step, accept or reject a replan
+  proposal, resume a paused plan and resume-from-failure are 403. On its *own* plans (``agent_id`` = its owner) it may
   pause, cancel, correct a step (a correction made after approval waits for a person's
   approval again) and retry a failed step (not a step a person skipped or rejected); on anyone else's plan those are 403 too.
   It reads like any key.
@@ -87,6 +87,8 @@ PERSON_CONTROLS = frozenset(
         "reject_step",
         "skip_step",
         "resume_from_failure",
+        "accept_replan",
+        "reject_replan",
     }
 )
 # What an agent key may do to the plans it proposed (agent_id = its owner), and only them.

@@ -23,6 +23,8 @@ PLAN_ROUTES: dict[str, str] = {
     "resume": "resume",
     "apply-correction": "apply_correction",
     "cancel": "cancel",
+    "replan/accept": "accept_replan",
+    "replan/reject": "reject_replan",
 }
 # POST /api/plans/{plan_id}/steps/{step_id}/<verb>
 STEP_ROUTES: dict[str, str] = {
@@ -47,6 +49,8 @@ SUMMARIES: dict[str, str] = {
     "answer_clarification": "Answer a step's clarification question",
     "retry_step": "Run a failed or skipped step again (with its skipped dependents)",
     "skip_step": "Skip a failed or waiting step; its dependents go on",
+    "accept_replan": "Accept the planner's proposal for a failed step (on_error: replan)",
+    "reject_replan": "Reject the planner's proposal: the failure stands, as on_error: ask",
 }
 
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -64,6 +68,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "answer_clarification": {"answer": "eu-west"},
     "retry_step": {},
     "skip_step": {"reason": "done by hand"},
+    "accept_replan": {"step_id": "fetch", "comment": "more retries is fine"},
+    "reject_replan": {"step_id": "fetch", "reason": "the host is down for the day"},
 }
 
 BY_FIELD = Field(

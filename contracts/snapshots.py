@@ -29,6 +29,7 @@ from plans.run_state import (
     LogEntry,
     PlanRun,
     PlanVersion,
+    ReplanProposal,
     StepRun,
     WaitingFor,
     derive_status,
@@ -131,6 +132,9 @@ class PlanSnapshot(BaseModel):
     change_seq: int = Field(default=0, ge=0, description="the run's newest step change number")
     recent: list[StepChange] = Field(
         default_factory=list, description="the run's most recent step changes (status)"
+    )
+    replans: list[ReplanProposal] = Field(
+        default_factory=list, description="on_error: replan -- every round (status.replans)"
     )
 
     def numbered_logs(self) -> Iterator[tuple[int, LogEntry]]:
@@ -264,6 +268,7 @@ def snapshot_of(
         audit_lost=audit_lost,
         change_seq=run.change_seq,
         recent=recent_changes(run),
+        replans=list(run.replans),
     )
 
 

@@ -85,6 +85,20 @@ class CancelInput(Control):
     reason: str = Field(min_length=1)
 
 
+class AcceptReplanInput(Control):
+    """Accept the planner's proposal (``on_error: replan``) that waits for a person."""
+
+    step_id: str | None = Field(default=None, description="the failed step (default: the one)")
+    comment: str | None = None
+
+
+class RejectReplanInput(Control):
+    """Reject it: the failure stands and the step waits as with ``on_error: ask``."""
+
+    step_id: str | None = None
+    reason: str = Field(min_length=1)
+
+
 CONTROL_MODELS: dict[str, type[Control]] = {
     "approve": ApproveInput,
     "reject": RejectInput,
@@ -97,6 +111,8 @@ CONTROL_MODELS: dict[str, type[Control]] = {
     "retry_step": RetryStepInput,
     "skip_step": SkipStepInput,
     "cancel": CancelInput,
+    "accept_replan": AcceptReplanInput,
+    "reject_replan": RejectReplanInput,
 }
 
 

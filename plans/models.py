@@ -31,6 +31,7 @@ class OnError(StrEnum):
     STOP = "stop"
     CONTINUE = "continue"
     ASK = "ask"
+    REPLAN = "replan"  # the planner proposes a fix (see plans/replan.py)
 
 
 class PlanStatus(StrEnum):
@@ -108,6 +109,8 @@ class PlanOptions(_Strict):
     clarification_timeout_s: float | None = Field(default=None, gt=0)
     on_clarification_timeout: Literal["fail", "skip", "proceed"] = "fail"
     correction_timeout_s: float | None = Field(default=None, gt=0)
+    # on_error: replan -- at most this many proposals of the planner per run of the plan
+    max_replans: int = Field(default=2, ge=0, le=10)
 
     @property
     def parallel_limit(self) -> int:
@@ -130,6 +133,8 @@ class Step(_Strict):
     requires_clarification: bool = False
     clarification_question: str | None = None
     idempotent: bool = True
+    # what this step's failure does (None: the plan's options.on_error)
+    on_error: OnError | None = None
     # A permission, not a request: the step may take the fast path (a local activity)
     # only when its work is declared fast by the worker's code (a tool with
     # ``ToolSpec.fast``, a validation step without a judge); ``false`` forces the

@@ -136,6 +136,9 @@ class StepRun(_Compact):
     judge_gate_version: int = 0
     # an llm step's tool calls, each a child activity: {n, tool, params, status, ...}
     calls: list[dict[str, Any]] = Field(default_factory=list)
+    # on_error: replan -- the step failed for good and the planner is to be asked for a fix
+    # (the workflow clears it when it asks; the step awaits a decision meanwhile)
+    replan_due: bool = False
 
 
 class RefusedCount(BaseModel):
@@ -189,8 +192,76 @@ class Pause(BaseModel):
     answered_by: str | None = None
 
 
+ReplanState = Literal[
+    "asking",  # the planner is working on it
+    "proposed",  # a valid proposal waits for a person: accept_replan / reject_replan
+    "applied",  # the policy applied it unattended
+    "accepted",  # a person accepted it
+    "rejected",  # a person rejected it (the failure stands: the step waits as on_error: ask)
+    "refused",  # it failed validation (hostile or wrong): nothing changed
+    "nothing",  # the planner had nothing to propose
+    "failed",  # the planner could not be asked (its activity failed)
+    "superseded",  # the plan changed (a correction, a retry, a cancel) before a decision
+]
+
+
+class ReplanProposal(BaseModel):
+    """One round of ``on_error: replan``: what failed, what the planner proposed, what was
+    decided and by whom. Kept in the run (``replans``), shown by ``status``."""
+
+    n: int  # the round, 1-based, over the whole run
+    step_id: str
+    state: ReplanState = "asking"
+    asked_at: datetime
+    base_version: int  # the plan version the proposal was made against
+    error: str = ""
+    kind: Literal["correction", "replacement", "none"] | None = None
+    reason: str = ""
+    # correction: the failed step's new fields (as apply_correction's updated_step)
+    updated_step: dict[str, Any] | None = None
+    # replacement: the steps that take the place of ``replaces`` (the failed step and
+    # not-yet-run dependents of it)
+    steps: list[dict[str, Any]] | None = None
+    replaces: list[str] = Field(default_factory=list)
+    # what the proposal changes, step -> field -> {old, new} (new steps: {"added": ...})
+    diff: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+    risk_level: str | None = None
+    needs_person: bool = True
+    why: str = ""  # why it was applied unattended, or why a person decides
+    model: str = ""
+    offline: bool = False
+    lessons_applied: list[str] = Field(default_factory=list)
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_note: str | None = None
+
+
+def open_replan(run: PlanRun, step_id: str | None = None) -> ReplanProposal | None:
+    """The newest round for ``step_id`` (any step when None) still open: asking or
+    proposed."""
+    for p in reversed(run.replans):
+        if p.state in ("asking", "proposed") and step_id in (None, p.step_id):
+            return p
+    return None
+
+
+def describe_replan(p: ReplanProposal) -> str:
+    if p.kind == "correction":
+        fields = ", ".join(sorted(p.diff.get(p.step_id, {}))) or "nothing"
+        text = f"correct step {p.step_id} ({fields})"
+    elif p.kind == "replacement":
+        new = ", ".join(str(s.get("id")) for s in p.steps or [])
+        text = f"replace {', '.join(p.replaces)} with {new}"
+    else:
+        text = "nothing to propose"
+    return text + (f" -- {p.reason[:300]}" if p.reason else "")
+
+
 class WaitingFor(BaseModel):
-    kind: Literal["plan_approval", "step_approval", "clarification", "correction", "resume"]
+    kind: Literal[
+        "plan_approval", "step_approval", "clarification", "correction", "resume", "replan"
+    ]
     step_id: str | None = None
     question: str | None = None
     change: dict[str, Any] | None = Field(
@@ -200,6 +271,11 @@ class WaitingFor(BaseModel):
     )
     since: datetime | None = None
     who: str = "an operator"
+    proposal: ReplanProposal | None = Field(
+        default=None,
+        description="kind replan: the planner's proposal a person accepts or rejects "
+        "(state asking: the planner is still working on it)",
+    )
 
 
 class PlanVersion(BaseModel):
@@ -254,6 +330,8 @@ class PlanRun(BaseModel):
     # the newest numbered changes (seq, step id, status), set only for continue-as-new: the
     # next run's journal starts from them, so a watcher loses nothing at the switch
     carried_changes: list[tuple[int, str, StepStatus]] = Field(default_factory=list)
+    # on_error: replan -- every round: the proposal, its validation and its decision
+    replans: list[ReplanProposal] = Field(default_factory=list)
 
     def model_post_init(self, context: Any, /) -> None:
         # Its index follows every step change from now on (copies build theirs on use).

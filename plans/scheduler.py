@@ -387,8 +387,37 @@ def record_cancelled(run: PlanRun, sid: str, now: datetime, why: str) -> None:
     log(run, now, f"step {sid} cancelled: {why}", "warning", sid)
 
 
+def on_error_of(run: PlanRun, sid: str) -> OnError:
+    """What a failure of ``sid`` does: its own ``on_error``, else the plan's."""
+    own = run.plan.step(sid).on_error if sid in run.steps else None
+    return own or run.plan.options.on_error
+
+
 def after_failure(run: PlanRun, sid: str, now: datetime) -> None:
-    mode = run.plan.options.on_error
+    mode = on_error_of(run, sid)
+    if mode == OnError.REPLAN:
+        # The step waits as with on_error: ask; while rounds are left the planner is
+        # asked first (the workflow sees replan_due), and a person decides after it.
+        s = run.steps[sid]
+        s.awaiting_decision = True
+        left = run.plan.options.max_replans - len(run.replans)
+        if left > 0 and not run.stopping:
+            s.replan_due = True
+            log(run, now, f"step {sid} failed: the planner is asked for a fix", "warning", sid)
+        else:
+            why = (
+                f"no replan round left (max_replans {run.plan.options.max_replans})"
+                if left <= 0
+                else "the plan is stopping"
+            )
+            log(
+                run,
+                now,
+                f"step {sid} waits for a correction, a retry, a skip or a cancel ({why})",
+                "warning",
+                sid,
+            )
+        return
     if mode == OnError.STOP and not run.stopping:
         run.stopping = f"step {sid} failed and on_error is stop"
         run.stopped_by_failure = True

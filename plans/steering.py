@@ -14,9 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from plans import replan
 from plans.approval_gate import policy_gate_after_correction
 from plans.controls import (
     CONTROL_MODELS,
+    AcceptReplanInput,
     AnswerClarificationInput,
     ApplyCorrectionInput,
     ApproveInput,
@@ -25,12 +27,13 @@ from plans.controls import (
     Control,
     PauseInput,
     RejectInput,
+    RejectReplanInput,
     RejectStepInput,
     ResumeInput,
     RetryStepInput,
     SkipStepInput,
 )
-from plans.models import Plan, PlanStatus, Step, StepStatus, ToolSpec
+from plans.models import Plan, PlanStatus, StepStatus, ToolSpec
 from plans.run_state import (
     Approval,
     Pause,
@@ -44,6 +47,8 @@ from plans.run_state import (
     log,
 )
 from plans.scheduler import end, mark_skipped, running_steps
+from plans.step_changes import diff_step, merge_patch, reset_dependents, retry
+from plans.step_changes import lift_failure_stop as _lift_failure_stop
 from plans.validation import PlanInvalid, Problem, parse_plan, validate_plan
 
 
@@ -196,6 +201,11 @@ def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, T
             raise Refused(
                 f"skip_step refused: step {msg.step_id} is {s.status.value}; only failed, waiting or pending steps are skipped"
             )
+    elif isinstance(msg, AcceptReplanInput | RejectReplanInput):
+        _require_started(run, name)
+        if msg.step_id is not None:
+            _step(run, name, msg.step_id)
+        replan.check_decision(run, name, msg.step_id)
     elif isinstance(msg, ApplyCorrectionInput):
         _require_live(run, name)
         s = _step(run, name, msg.step_id)
@@ -204,19 +214,6 @@ def check_control(run: PlanRun, name: str, msg: Control, catalog: Mapping[str, T
                 f"apply_correction refused: step {msg.step_id} is {s.status.value}; only steps not completed or running can change"
             )
         _corrected_plan(run, msg, catalog)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes a key."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 # A correction that renames its step (the id is how every reference finds it).
@@ -311,6 +308,7 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
         run.cancel_requested = why
         run.stopping = why
         run.pause = None
+        replan.supersede(run, None, why, now)
         if run.approval is None or not running_steps(run):
             end(run, PlanStatus.CANCELLED, why, now)
             return "plan cancelled"
@@ -372,20 +370,27 @@ def _apply(run: PlanRun, msg: Control, now: datetime, catalog: Mapping[str, Tool
             run, msg.step_id, SkipReason.REJECTED, f"rejected by {msg.by}: {msg.reason}", now
         )
         return f"step {msg.step_id} rejected and skipped with its dependents"
+    if isinstance(msg, AcceptReplanInput):
+        return replan.accept(run, msg.step_id, msg.by, catalog, now)
+    if isinstance(msg, RejectReplanInput):
+        return replan.reject(run, msg.step_id, msg.by, msg.reason, now)
     if isinstance(msg, RetryStepInput):
-        return _retry(run, msg.step_id, now)
+        replan.supersede(run, msg.step_id, f"step {msg.step_id} retried by {msg.by}", now)
+        return retry(run, msg.step_id, now)
     if isinstance(msg, SkipStepInput):
+        replan.supersede(run, msg.step_id, f"step {msg.step_id} skipped by {msg.by}", now)
         s = run.steps[msg.step_id]
         s.failed_before_skip = s.status == StepStatus.FAILED
         s.awaiting_decision = False
         mark_skipped(
             run, msg.step_id, SkipReason.OPERATOR, f"skipped by {msg.by}: {msg.reason}", now
         )
-        _reset_dependents(run, msg.step_id)
+        reset_dependents(run, msg.step_id)
         _lift_failure_stop(run, now)
         return f"step {msg.step_id} skipped; its dependents go on"
     if isinstance(msg, ApplyCorrectionInput):
         plan = _corrected_plan(run, msg, catalog)
+        replan.supersede(run, msg.step_id, f"step {msg.step_id} corrected by {msg.by}", now)
         changes = diff_step(run.plan.step(msg.step_id), plan.step(msg.step_id))
         run.plan = plan
         run.version += 1
@@ -447,57 +452,3 @@ def _change_gate(run: PlanRun, msg: ApplyCorrectionInput, changes: dict[str, Any
     )
     s.change_diff = {k: changes[k] for k in fields}
     return "; it waits for a person to approve the change before it runs"
-
-
-def diff_step(old: Step, new: Step) -> dict[str, Any]:
-    """Field by field, what a correction changed in one step: ``{field: {old, new}}``."""
-    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
-    keys = sorted(set(a) | set(b))
-    return {k: {"old": a.get(k), "new": b.get(k)} for k in keys if a.get(k) != b.get(k)}
-
-
-def _reset_dependents(run: PlanRun, sid: str) -> list[str]:
-    """Put back to pending the dependents that were skipped because ``sid`` failed."""
-    reset: list[str] = []
-    frontier = [sid]
-    while frontier:
-        cur = frontier.pop()
-        for step in run.plan.steps:
-            o = run.steps[step.id]
-            if (
-                cur in step.depends_on
-                and o.status == StepStatus.SKIPPED
-                and o.skip_reason in (SkipReason.UPSTREAM, SkipReason.STOPPED)
-            ):
-                _make_pending(o)
-                reset.append(step.id)
-                frontier.append(step.id)
-    return reset
-
-
-def _make_pending(s: StepRun) -> None:
-    s.status = StepStatus.PENDING
-    s.skip_reason = s.skip_detail = s.error = None
-    s.awaiting_decision = False
-    s.completed_at = None
-
-
-def _lift_failure_stop(run: PlanRun, now: datetime) -> None:
-    """After a retry or skip, an on_error=stop stop ends once no step is failed any more;
-    the steps it had skipped become pending again. Other stops (cancel, timeouts) stay."""
-    if not (run.stopping and run.stopped_by_failure) or run.cancel_requested:
-        return
-    if any(s.status == StepStatus.FAILED for s in run.steps.values()):
-        return
-    run.stopping, run.stopped_by_failure = None, False
-    for s in run.steps.values():
-        if s.status == StepStatus.SKIPPED and s.skip_reason == SkipReason.STOPPED:
-            _make_pending(s)
-    log(run, now, "no step is failed any more: scheduling goes on")
-
-
-def _retry(run: PlanRun, sid: str, now: datetime) -> str:
-    _make_pending(run.steps[sid])
-    reset = _reset_dependents(run, sid)
-    _lift_failure_stop(run, now)
-    return f"step {sid} will run again" + (f" with {len(reset)} dependent(s)" if reset else "")

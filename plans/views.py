@@ -15,9 +15,12 @@ from plans.run_state import (
     AuditEntry,
     LogEntry,
     PlanRun,
+    ReplanProposal,
     WaitingFor,
     audit_note,
     derive_status,
+    describe_replan,
+    open_replan,
     preview,
 )
 
@@ -118,6 +121,11 @@ class StatusView(BaseModel):
         default=None,
         description='require_approval "auto": what the adaptive policy decided and why '
         "(required, reasons, risk with every non-low step, trust with its inputs, step gates)",
+    )
+    replans: list[ReplanProposal] = Field(
+        default_factory=list,
+        description="on_error: replan -- every round: the proposal, its checks, risk and "
+        "decision (state asking, proposed, applied, accepted, rejected, refused, nothing...)",
     )
     stopping: str | None = None
     paused_by: str | None = None
@@ -253,7 +261,34 @@ def waits(run: PlanRun) -> list[WaitingFor]:
     for sid in of(run).waiting():
         s = run.steps[sid]
         step = run.plan.step(sid)
-        if s.awaiting_decision:
+        open_round = open_replan(run, sid) if s.awaiting_decision else None
+        if open_round is not None or (s.awaiting_decision and s.replan_due):
+            asking = open_round is None or open_round.state == "asking"
+            ranked.append(
+                (
+                    2,
+                    WaitingFor(
+                        kind="replan",
+                        step_id=sid,
+                        question=(
+                            f"the planner is proposing a fix for: {s.error}"
+                            if asking
+                            else f"replan #{open_round.n}: {describe_replan(open_round)}"
+                            if open_round is not None
+                            else s.error
+                        ),
+                        since=open_round.asked_at if open_round is not None else s.completed_at,
+                        who=(
+                            "the planner"
+                            if asking
+                            else "a person: accept_replan, reject_replan, or "
+                            "apply_correction + retry_step"
+                        ),
+                        proposal=open_round,
+                    ),
+                )
+            )
+        elif s.awaiting_decision:
             who = "an operator: apply_correction + retry_step, skip_step or cancel"
             ranked.append(
                 (
@@ -388,6 +423,7 @@ def status_view(run: PlanRun) -> StatusView:
         approved_at=run.approval.at if run.approval else None,
         approval_note=run.approval_policy or None,
         approval_policy=run.policy_decision,
+        replans=run.replans,
         stopping=run.stopping,
         paused_by=run.pause.by if run.pause else None,
         paused_reason=run.pause.reason if run.pause else None,

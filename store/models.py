@@ -179,6 +179,8 @@ class RunRecordBase(SQLModel):
     change_seq: int = 0  # the run's newest step change number (the status's seq)
     # its most recent step changes (the status's recent), oldest first
     recent: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType, nullable=True)
+    # on_error: replan -- every round of the run (the status's replans)
+    replans: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType, nullable=True)
 
 
 class RunRecord(RunRecordBase, table=True):

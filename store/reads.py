@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from plans.models import Plan, PlanStatus, StepStatus
 from plans.policy import ApprovalDecision
-from plans.run_state import StepRun, WaitingFor, preview
+from plans.run_state import ReplanProposal, StepRun, WaitingFor, preview
 from plans.views import LOG_LEVELS, StatusView, StepChange, StepView
 from store.models import (
     AuditRecord,
@@ -156,7 +156,10 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
     document = get_plan_document(session, plan_id, run.version)
     records = {r.step_id: r for r in _step_records(session, plan_id, run.run_id)}
     order = [s.id for s in document.steps] if document else []
-    order += sorted(set(records) - set(order))
+    if document is None:
+        order += sorted(records)
+    # (with the document, a record of a step it no longer has -- one a replan replaced --
+    # is not listed: the status shows the plan as it is)
     by_id = document.step_map() if document else {}
     steps = []
     for sid in order:
@@ -227,6 +230,7 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
         running=running,
         failed=[s.id for s in steps if s.status == StepStatus.FAILED],
         recent=[StepChange.model_validate(c) for c in run.recent or []],
+        replans=[ReplanProposal.model_validate(r) for r in run.replans or []],
         seq=run.change_seq,
     )
 

@@ -57,17 +57,30 @@ _STEP_COLUMNS = {
 
 
 def _undo(document: dict[str, Any], diff: dict[str, Any]) -> dict[str, Any]:
-    """The document as it was before a version's ``diff`` (step -> field -> {old, new})."""
+    """The document as it was before a version's ``diff`` (step -> field -> {old, new}).
+
+    A replan's replacement (:mod:`plans.replan`) also has whole steps: ``{"added": {old:
+    null, new: step}}`` (not there before) and ``{"removed": {old: step, new: null}}``
+    (there before, in the place of the first added one)."""
+    removed = [
+        c["removed"]["old"]
+        for c in diff.values()
+        if isinstance(c, dict) and isinstance(c.get("removed"), dict) and c["removed"].get("old")
+    ]
     steps = []
     for step in document.get("steps", []):
         changes = diff.get(step.get("id"), {})
+        if isinstance(changes.get("added"), dict) and changes["added"].get("old") is None:
+            steps.extend(removed)  # the replaced steps stood where their replacement does
+            removed = []
+            continue
         if changes:
             step = dict(step)
             for field, change in changes.items():
                 if isinstance(change, dict) and "old" in change:
                     step[field] = change["old"]
         steps.append(step)
-    return {**document, "steps": steps}
+    return {**document, "steps": steps + removed}
 
 
 def _version_documents(snap: PlanSnapshot) -> dict[int, dict[str, Any]]:
@@ -172,6 +185,7 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
         "audit_total": snap.audit_total,
         "change_seq": snap.change_seq,
         "recent": [c.model_dump(mode="json") for c in snap.recent],
+        "replans": [r.model_dump(mode="json") for r in snap.replans] or None,
         "snapshot_seq": snap.seq,
     }
     # a later snapshot need not repeat who resumed the run

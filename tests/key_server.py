@@ -7,6 +7,7 @@ Paths (any method; the query string is ignored for counting):
 - ``/ok``: 200 with a small JSON body.
 - ``/big``: 200 with a JSON body of about ``?size=N`` bytes (a large output).
 - ``/flaky``: 503 for the first ``?fail=N`` requests to it, then 200.
+- ``/status?code=N``: that status, always.
 - ``/hold``: marks the request as arrived (:attr:`KeyServer.arrived`), then waits until
   :meth:`KeyServer.release` (at most ``hold_s`` seconds) before answering 200.
 - ``/redirect?to=URL&code=307``: that redirect (any 3xx code) to ``URL``.
@@ -81,6 +82,8 @@ class KeyServer:
                     self.end_headers()
                 elif url.path == "/stream":
                     self._stream(int(query.get("size", "1000000")))
+                elif url.path == "/status":
+                    self._send(int(query.get("code", "200")), {"status": query.get("code")})
                 else:
                     self._send(200, {"ok": True, "path": url.path})
 

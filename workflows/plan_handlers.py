@@ -20,6 +20,7 @@ from workflows.step_runner import StepRunner
 with workflow.unsafe.imports_passed_through():
     from plans import run_state, steering
     from plans.controls import (
+        AcceptReplanInput,
         AnswerClarificationInput,
         ApplyCorrectionInput,
         ApproveInput,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ControlResult,
         PauseInput,
         RejectInput,
+        RejectReplanInput,
         RejectStepInput,
         ResumeInput,
         RetryStepInput,
@@ -276,6 +278,32 @@ class PlanHandlers:
     @workflow.signal(name="skip_step")
     def skip_step_signal(self, arg: SkipStepInput | Any = None) -> None:
         self._on_signal("skip_step", arg)
+
+    @workflow.update(name="accept_replan")
+    def accept_replan(self, arg: AcceptReplanInput | Any = None) -> ControlResult:
+        """Accept the planner's proposal (on_error: replan): the plan gets a new version."""
+        return self._on_update("accept_replan", arg)
+
+    @accept_replan.validator
+    def validate_accept_replan(self, arg: AcceptReplanInput | Any = None) -> None:
+        self._validate("accept_replan", arg)
+
+    @workflow.signal(name="accept_replan")
+    def accept_replan_signal(self, arg: AcceptReplanInput | Any = None) -> None:
+        self._on_signal("accept_replan", arg)
+
+    @workflow.update(name="reject_replan")
+    def reject_replan(self, arg: RejectReplanInput | Any = None) -> ControlResult:
+        """Reject the planner's proposal: the step stays failed and waits for a person."""
+        return self._on_update("reject_replan", arg)
+
+    @reject_replan.validator
+    def validate_reject_replan(self, arg: RejectReplanInput | Any = None) -> None:
+        self._validate("reject_replan", arg)
+
+    @workflow.signal(name="reject_replan")
+    def reject_replan_signal(self, arg: RejectReplanInput | Any = None) -> None:
+        self._on_signal("reject_replan", arg)
 
     # --- queries ---------------------------------------------------------------------
 

@@ -28,10 +28,11 @@ from workflows.step_runner import StepRunner
 
 with workflow.unsafe.imports_passed_through():
     from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
+    from contracts.replan import PROPOSE_REPLAN, ReplanAnswer, ReplanRequest
     from contracts.secrets import CHECK_SECRETS, SecretCheck
     from contracts.tools import catalog
     from contracts.tools import shared as shared_specs
-    from plans import approval_gate, deadlines, run_index, run_state, scheduler
+    from plans import approval_gate, deadlines, replan, run_index, run_state, scheduler
     from plans.models import PlanStatus, StepKind
     from plans.policy import ApprovalDecision, decide_as_new_agent, decide_without_trust
     from plans.run_state import Approval, PlanRun
@@ -48,6 +49,9 @@ SECRETS_CHECK_PATCH = "secrets-check"
 # resume-from-failure keeps the change gate of a step changed after approval whose change
 # no person approved; runs resumed before carried nothing and ran the change unasked.
 CARRY_CHANGE_GATES_PATCH = "carry-change-gates"
+# on_error: replan asks the planner (the propose_replan activity) for a fix of a step that
+# failed for good; runs recorded before it had no such step and never ask.
+REPLAN_PATCH = "replan-on-error"
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -93,6 +97,7 @@ class PlanWorkflow(PlanHandlers):
             inp.tools = shared_specs(inp.tools)
         self._catalog = inp.tools if inp.tools is not None else catalog()
         self._dirty = False  # the run changed since the loop last looked
+        self._replanning: set[asyncio.Task[None]] = set()  # planner rounds in flight
         self._steps = StepRunner(
             self._run,
             self._catalog,
@@ -307,10 +312,16 @@ class PlanWorkflow(PlanHandlers):
                 draining = self._history_is_long()
                 for sid in scheduler.advance(run, workflow.now(), may_start=not draining):
                     self._steps.start(sid)
+                if replan.due(run) and workflow.patched(REPLAN_PATCH):
+                    for sid in replan.due(run):
+                        asked = replan.ask(run, sid, workflow.now())
+                        task = asyncio.create_task(self._replan(asked.n))
+                        self._replanning.add(task)
+                        task.add_done_callback(self._replanning.discard)
                 self._publisher.publish()
                 if scheduler.is_finished(run) and not self._steps.running:
                     break
-                if draining and not self._steps.running:
+                if draining and not self._steps.running and not self._replanning:
                     self._continue = True  # nothing in flight: carry the state to a new run
                     return
                 self._dirty = False
@@ -327,7 +338,34 @@ class PlanWorkflow(PlanHandlers):
         finally:
             if timer is not None and not timer.done():
                 timer.cancel()
+            for task in list(self._replanning):
+                task.cancel()  # the plan ended (a cancel) while the planner was asked
         scheduler.finish(run, workflow.now())
+
+    async def _replan(self, n: int) -> None:
+        """Round ``n`` of on_error: replan: the planner's proposal (an activity: no model
+        is called from workflow code), checked and decided by :mod:`plans.replan`."""
+        run = self._run
+        sid = run.replans[n - 1].step_id
+        request = ReplanRequest(**replan.request_for(run, sid, self._catalog))
+        try:
+            answer = await workflow.execute_activity(
+                PROPOSE_REPLAN,
+                request,
+                result_type=ReplanAnswer,
+                start_to_close_timeout=timedelta(seconds=300),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3, maximum_interval=timedelta(seconds=10)
+                ),
+                summary=f"replan #{n}: step {sid}",
+            )
+            replan.receive(run, n, answer.model_dump(mode="json"), self._catalog, workflow.now())
+        except ActivityError as e:
+            replan.failed(run, n, error_text(e), workflow.now())
+        except Exception as e:  # a bug must leave the step to a person, never hang it
+            replan.failed(run, n, f"{type(e).__name__}: {e}", workflow.now())
+        self._changed()
 
     async def _total_timeout(self, seconds: float) -> None:
         started = self._run.started_at or workflow.now()

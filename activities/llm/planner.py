@@ -60,7 +60,8 @@ the plan waits for a person's approval only when a step uses a high- or critical
 tool or is not idempotent. Set true when a constraint asks for a person's approval. \
 Never set false, nor auto_approve.
   - on_error: "stop" (default) | "continue" (independent branches go on) | "ask" (a \
-person decides). default_max_retries (0), default_retry_delay_s (1), step_timeout_s \
+person decides) | "replan" (you are asked for a fix of the failed step first; max_replans \
+rounds, default 2). default_max_retries (0), default_retry_delay_s (1), step_timeout_s \
 (300), total_timeout_s, allow_parallel (true), max_parallel_steps (4).
 - steps: a list; each step has
   - id: unique, matching [a-z0-9][a-z0-9_-]{0,63}

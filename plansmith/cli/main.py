@@ -66,6 +66,8 @@ CONTROL_ARGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "retry_step": [("--step-id", {"required": True})],
     "skip_step": [("--step-id", {"required": True}), ("--reason", {"required": True})],
     "cancel": [("--reason", {"default": "cancelled from the CLI"})],
+    "accept_replan": [("--step-id", {}), ("--comment", {})],
+    "reject_replan": [("--step-id", {}), ("--reason", {"required": True})],
 }
 
 

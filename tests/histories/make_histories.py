@@ -436,6 +436,37 @@ async def ask_correct_retry(client: Client, tq: str) -> Handle:
     return handle
 
 
+@scenario("replan_on_error", expect="completed")
+async def replan_on_error(client: Client, tq: str) -> Handle:
+    """on_error: replan: the offline planner proposes more retries for a transient
+    failure; a person accepts; the failed step runs again, its completed upstream not."""
+    plan = plan_of(
+        "replan_on_error",
+        [
+            count_step("upstream", "replan-upstream"),
+            {
+                "id": "fetch",
+                "tool": "flaky",
+                "params": {"key": "replan-fetch", "failures": 2},
+                "depends_on": ["upstream"],
+                "max_retries": 0,
+                "retry_delay_s": 0,
+            },
+            count_step("after", "replan-after", ["fetch"]),
+        ],
+        on_error="replan",
+        require_approval=True,
+    )
+    handle = await start(client, plan, tq)
+    await handle.execute_update("approve", {"by": "alice"})
+    await wait_for(
+        handle,
+        lambda s: any(p.state == "proposed" for p in s.replans),
+    )
+    await handle.execute_update("accept_replan", {"by": "rita", "step_id": "fetch"})
+    return handle
+
+
 @scenario("clarification", expect="completed")
 async def clarification(client: Client, tq: str) -> Handle:
     plan = plan_of(

@@ -10,6 +10,9 @@ always gets the same answer, and every answer says it was produced offline
   each a tool step when the clause clearly asks for a tool, else an ``llm`` step
   (:mod:`activities.llm.offline.planner`); with repair feedback (an ``is_error`` tool
   result) its last plan fixed where it can (:mod:`activities.llm.offline.plan_repair`).
+- forced ``propose_replan`` (the replanner, ``on_error: replan``): more retries and a
+  longer timeout when the error says it is transient, a parameter removed when the error
+  names it as unexpected, else ``none`` (:mod:`activities.llm.offline.replan`).
 - forced ``choose_option`` (a decision): the option sharing the most words with the rest
   of the request (the first one on a tie).
 - forced ``record_verdict`` (an LLM judge): a criterion passes when every quoted term in
@@ -50,8 +53,10 @@ from activities.llm.offline.reading import (
     user_texts,
     valid,
 )
+from activities.llm.offline.replan import offline_replan
 from activities.llm.offline.schema_instance import minimal_instance
 from contracts.planning import Usage
+from contracts.replan import PROPOSE_REPLAN_TOOL
 
 CHOOSE_OPTION = "choose_option"
 RECORD_VERDICT = "record_verdict"
@@ -119,6 +124,9 @@ class OfflineModel:
         if tool.name == SUBMIT_PLAN:
             plan = offline_plan(request, tool.input_schema)
             return plan, f"plan of {len(plan.get('steps', []))} step(s) made without a model"
+        if tool.name == PROPOSE_REPLAN_TOOL:
+            args = offline_replan(request)
+            return args, f"replan proposal: {args.get('kind')}"
         if tool.name == CHOOSE_OPTION:
             args = choose_option(request, tool.input_schema)
             return args, f"chose {args.get('choice')!r}"
