@@ -25,7 +25,7 @@ from api.routes_trust import plan_trust
 from contracts.tools import catalog
 from plans.models import Plan
 from plans.risk import assess_risk
-from plans.run_state import WaitingFor
+from plans.run_state import ReplanProposal, WaitingFor
 from plans.views import StatusView
 from store.metrics.models import WaitingPlan
 from store.metrics.sql import MAX_WAITING
@@ -47,6 +47,7 @@ KIND_LABELS = {
     "clarification": "question",
     "correction": "failed step (on_error: ask)",
     "resume": "paused",
+    "replan": "proposed replan (on_error: replan)",
 }
 
 
@@ -70,6 +71,7 @@ class Item:
     risk_reasons: list[str] = field(default_factory=list)
     trust: str | None = None
     offers: set[str] = field(default_factory=set)  # the actions the viewer may send
+    proposal: ReplanProposal | None = None  # a replan's: the planner's proposal
 
     @property
     def label(self) -> str:
@@ -200,6 +202,7 @@ async def _items(
                 risk_level=facts.risk_level,
                 risk_reasons=facts.risk_reasons,
                 trust=facts.trust,
+                proposal=w.proposal,
             )
         )
     return out

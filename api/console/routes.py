@@ -84,10 +84,14 @@ ACTIONS = {
     "skip_step": "Skip",
     "resume_from_failure": "Resume from failure",
     "execute": "Execute",
+    "accept_replan": "Accept",
+    "reject_replan": "Reject",
 }
 STEP_ACTIONS = frozenset(
     {"approve_step", "reject_step", "answer_clarification", "retry_step", "skip_step"}
 )
+# plan-route controls whose body names a step (a proposed replan's failed step)
+BODY_STEP_ACTIONS = frozenset({"accept_replan", "reject_replan"})
 CORRECTION = "apply_correction"
 OFFERED = (*ACTIONS, CORRECTION)  # what a page may offer, each when the role may send it
 FINAL = frozenset({"completed", "partial", "failed", "cancelled", "rejected"})
@@ -101,6 +105,7 @@ LOG_LINES = 100  # newest lines of the plan's log on its page
 STEP_LOG_LINES = 50  # newest lines of one step's log in its details
 
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals["field_changes"] = field_changes  # a proposed replan's diff rows
 router = APIRouter(prefix="/console", tags=["console"], include_in_schema=False)
 
 
@@ -597,7 +602,8 @@ async def action(
     back = back_to(fields, plan_id)
     # a step only for a step's control (a plan-wide one takes none from the form), and
     # only a step id, as the REST route's path pattern checks (else nothing is sent)
-    step_id = (fields.get("step_id") or None) if control in STEP_ACTIONS else None
+    takes_step = control in STEP_ACTIONS or control in BODY_STEP_ACTIONS
+    step_id = (fields.get("step_id") or None) if takes_step else None
     what = f"{ACTIONS[control]} {'step ' + step_id[:64] if step_id else 'plan'} of {plan_id}"
     if step_id is not None and not ID_RE.fullmatch(step_id):
         session.notify("error", f"{what}: refused: not a step id ({ID_PATTERN}); nothing was sent")

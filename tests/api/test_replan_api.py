@@ -15,6 +15,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.api.serving import JSON, serve
+from tests.api.test_console import browser_like, inbox_with, post_action, sign_in
 from tests.api.test_oversight import ALICE, BOT, app_with_keys, wait_status
 from tests.api.test_plans_routes import plan_doc
 from tests.key_server import KeyServer
@@ -129,3 +130,34 @@ async def test_a_rejected_proposal_leaves_the_failure_to_a_person(
         assert len(server.requests("/flaky")) == 1
         r = await http.post(f"/api/plans/{plan_id}/cancel", json={"reason": "x"}, headers=ALICE)
         assert r.status_code == 200, r.text
+
+
+async def test_the_console_shows_the_proposal_and_a_person_accepts_it_there(
+    env: WorkflowEnvironment, worker: Any, task_queue: str, monkeypatch: pytest.MonkeyPatch, server
+):
+    """In the console's inbox the proposal is a wait of its own: what it changes, its
+    risk, and Accept/Reject for a person; an agent key is offered neither and a forged
+    Accept is refused; alice accepts it there and the plan completes."""
+    app = app_with_keys(monkeypatch, env.client, task_queue)
+    async with browser_like(app) as bot, browser_like(app) as alice, serve(app) as http:
+        plan_id, _ = await start_and_fail(http, server)
+
+        await sign_in(bot, "k2")
+        _, entry = await inbox_with(bot, plan_id, "replan")
+        assert "proposed replan (on_error: replan)" in entry and "max_retries" in entry
+        assert ">Accept</button>" not in entry and ">Reject</button>" not in entry
+        page = (await bot.get(f"/console/plans/{plan_id}")).text
+        shown = await post_action(bot, plan_id, "accept_replan", page, step_id="fetch")
+        assert "refused (403)" in shown, shown
+
+        await sign_in(alice, "k1")
+        html, entry = await inbox_with(alice, plan_id, "replan")
+        assert ">Accept</button>" in entry and ">Reject</button>" in entry
+        assert 'class="level level-' in entry  # the proposal's risk
+        shown = await post_action(alice, plan_id, "accept_replan", html, step_id="fetch")
+        assert "Accept step fetch" in shown and "done" in shown, shown
+        await wait_status(http, plan_id, lambda s: s["status"] == "completed", timeout=30)
+        audit = (await http.get(f"/api/plans/{plan_id}/audit", headers=ALICE)).json()
+        assert [a["by"] for a in audit if a["action"] == "accept_replan" and a["accepted"]] == [
+            "alice"
+        ]
