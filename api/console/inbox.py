@@ -40,6 +40,9 @@ MAX_PLANS = 50  # plans read for one inbox
 # are not counted): an agent's plans always wait for a person, and many of them must not
 # push every other plan's wait out of the inbox
 MAX_PER_AGENT = 10
+# waits of one plan listed (a plan of hundreds of gated steps would fill the inbox); the
+# rest are on its page
+MAX_WAITS_PER_PLAN = 10
 
 KIND_LABELS = {
     "plan_approval": "plan approval",
@@ -72,6 +75,7 @@ class Item:
     trust: str | None = None
     offers: set[str] = field(default_factory=set)  # the actions the viewer may send
     proposal: ReplanProposal | None = None  # a replan's: the planner's proposal
+    more: int = 0  # the plan's waits not listed after this one (MAX_WAITS_PER_PLAN)
 
     @property
     def label(self) -> str:
@@ -180,7 +184,7 @@ async def _items(
         return []
     step_versions = {s.id: s.version for s in status.steps}
     out = []
-    for w in waits:
+    for w in waits[:MAX_WAITS_PER_PLAN]:
         seconds, action = timeout_of(facts.plan, w.kind)
         since = w.since.astimezone(UTC) if w.since else None
         out.append(
@@ -205,6 +209,8 @@ async def _items(
                 proposal=w.proposal,
             )
         )
+    if out and len(waits) > MAX_WAITS_PER_PLAN:
+        out[-1].more = len(waits) - MAX_WAITS_PER_PLAN
     return out
 
 

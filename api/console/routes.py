@@ -40,6 +40,7 @@ from api.routes_plan_reads import (
     get_events,
     get_logs,
     get_status,
+    get_steps,
     get_versions,
     step_output,
 )
@@ -48,7 +49,7 @@ from api.routes_trust import get_risk
 from api.schemas import LogLine, PlanDetail
 from contracts.snapshots import as_output_ref
 from contracts.tools import catalog
-from plans.models import ID_PATTERN, ID_RE, Plan
+from plans.models import ID_PATTERN, ID_RE, Plan, Step
 from plans.run_state import AuditEntry, PlanVersion
 from plans.views import StatusView, StepView
 from workflows.errors import PlanClientError
@@ -99,6 +100,10 @@ RESUMABLE = frozenset({"failed", "partial", "cancelled"})  # resume-from-failure
 UNCHANGEABLE = frozenset({"completed", "running"})  # a correction changes any other step
 FAILED_OR_WAITING = frozenset({"failed", "waiting_approval", "waiting_clarification"})
 EDITORS_FOR_ALL_UP_TO = 200  # steps; a bigger plan gets editors for failed or waiting steps
+LISTED_STEPS = 200  # a plan of more steps lists those that need a look and its first ones
+LISTED_FIRST = 100
+QUIET = frozenset({"pending", "completed", "skipped"})  # what a big plan's page leaves out
+STEPS_PAGE = 1000  # steps read for a big plan's page (the DAG's colours, the first ones)
 MAX_SHOWN = 4000  # characters of a step's params or output on the page
 MAX_CALL_SHOWN = 1000  # characters of one tool call's params or output
 LOG_LINES = 100  # newest lines of the plan's log on its page
@@ -380,6 +385,21 @@ def editor_for(
     }
 
 
+def _listed(plan: Plan, views: dict[str, StepView]) -> list[Step]:
+    """The steps the page lists: all of a plan of up to LISTED_STEPS; of a bigger one,
+    those that need a look (running, waiting, failed, cancelled) and the first
+    LISTED_FIRST in plan order (a 10,000-step plan's page would be megabytes)."""
+    if len(plan.steps) <= LISTED_STEPS:
+        return list(plan.steps)
+    out = []
+    for i, step in enumerate(plan.steps):
+        view = views.get(step.id)
+        busy = view is not None and view.status.value not in QUIET
+        if i < LISTED_FIRST or busy:
+            out.append(step)
+    return out
+
+
 async def _plan_context(
     services: ApiServices,
     session: Session,
@@ -405,6 +425,9 @@ async def _plan_context(
         if line.step_id:
             by_step.setdefault(line.step_id, []).append(line)
     views = {s.id: s for s in status.steps}
+    if not status.steps_complete:  # a big plan's status lists its active steps only
+        page = await get_steps(plan_id, gateway, drafts, store, None, 0, STEPS_PAGE)
+        views = {s.id: s for s in page.steps} | views
     status_value = status.status.value
     final = status_value in FINAL
     agent_id = detail.plan.agent_id
@@ -415,7 +438,8 @@ async def _plan_context(
     may_approve = not principal.is_agent
     waits_for_correction = {w.step_id for w in status.waiting if w.kind == "correction"}
     steps = []
-    for step in detail.plan.steps:
+    listed = _listed(detail.plan, views)
+    for step in listed:
         view = views.get(step.id)
         state = view.status.value if view else "pending"
         editor = None
@@ -444,7 +468,7 @@ async def _plan_context(
                 "skip": live and state in FAILED_OR_WAITING and step.id not in waits_for_correction,
             }
         )
-    statuses = {s.id: s.status.value for s in status.steps}
+    statuses = {sid: v.status.value for sid, v in views.items()}
     decision = status.approval_policy
     risk_level, risk_reasons = (None, [])
     if decision is not None:
@@ -467,6 +491,7 @@ async def _plan_context(
         and status_value in RESUMABLE
         and "resume_from_failure" in offers,
         "steps": steps,
+        "unlisted": len(detail.plan.steps) - len(listed),
         "dag": layout(detail.plan.steps, statuses),
         "step_versions": {s.id: s.version for s in status.steps},
         "node_w": NODE_W,

@@ -8,9 +8,11 @@ The browser flow is ``tests/api/test_console_correction_browser.py``.
 
 from __future__ import annotations
 
+import asyncio
 import html as htmllib
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -539,3 +541,83 @@ async def test_a_large_output_kept_by_reference_is_linked_and_served_whole(
             r.headers["content-disposition"] == f'attachment; filename="{plan_id}-big-output.json"'
         )
         assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_big_plans_page_lists_what_needs_a_look_and_its_first_steps(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    """A plan of thousands of steps made a page of megabytes (every step's row): a plan
+    over 200 steps lists its first 100 and the ones that need a look (here the failed
+    one far down), each with its true status, and says how many it leaves out."""
+    n = 450
+    steps: list[dict[str, Any]] = [
+        {"id": f"s{i:04d}", "tool": "transform", "params": {"data": i, "expression": "@"}}
+        for i in range(n)
+    ]
+    steps[420] = {
+        "id": "s0420",
+        "tool": "transform",
+        "params": {"data": {}, "expression": "x.y.z | abs(@)"},
+    }
+    doc = plan_doc(steps, on_error="continue", max_parallel_steps=50)
+    app = make_app(env.client, task_queue)
+    async with browser_like(app) as http:
+        plan_id = await start_plan(http, doc)
+        await wait_status(http, plan_id, "partial", timeout=120)
+        page = (await http.get(f"/console/plans/{plan_id}")).text
+        rows = re.findall(r'<tr id="step-(s\d{4})"', page)
+        assert rows[:100] == [f"s{i:04d}" for i in range(100)] and "s0420" in rows
+        assert len(rows) == 101
+        assert f"{n - 101} more step(s)" in page
+        assert re.search(r'id="step-s0005".*?data-status="completed"', page, re.S)
+        assert re.search(r'id="step-s0420".*?data-status="failed"', page, re.S)
+        assert "449 completed" in page and "1 failed" in page
+        assert len(page) < 1_500_000, len(page)
+
+
+async def test_a_big_running_plans_page_shows_true_statuses(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    """While a plan of over 200 steps runs, its status lists only its active steps: the
+    page reads the others' statuses from the steps pages (not all "pending")."""
+    steps: list[dict[str, Any]] = [
+        {"id": f"s{i:04d}", "tool": "transform", "params": {"data": i, "expression": "@"}}
+        for i in range(250)
+    ]
+    steps[240] = wait_step("s0240", requires_approval=True)
+    doc = plan_doc(steps, max_parallel_steps=50, step_approval_timeout_s=600)
+    app = make_app(env.client, task_queue)
+    async with browser_like(app) as http:
+        plan_id = await start_plan(http, doc)
+        await wait_status(http, plan_id, "waiting_approval", timeout=60)
+        st = (await api(http, "GET", f"/api/plans/{plan_id}/status")).json()
+        assert st["steps_complete"] is False  # the status lists the active steps only
+        page = (await http.get(f"/console/plans/{plan_id}")).text
+        assert re.search(r'id="step-s0005".*?data-status="completed"', page, re.S)
+        assert re.search(r'id="step-s0240".*?data-status="waiting_approval"', page, re.S)
+        assert "249 completed" in page and "149 more step(s)" in page
+        await api(http, "POST", f"/api/plans/{plan_id}/cancel", json={"reason": "done"})
+
+
+async def test_one_plans_many_gates_take_ten_places_in_the_inbox(
+    env: WorkflowEnvironment, worker: Any, task_queue: str
+) -> None:
+    """A plan of many gated steps in parallel listed one entry per gate (300 gates: a
+    738 KB inbox, refreshed every 4 s): ten are listed, the rest are on its page."""
+    gates = [wait_step(f"g{i:02d}", requires_approval=True) for i in range(15)]
+    doc = plan_doc(gates, max_parallel_steps=20, step_approval_timeout_s=600)
+    app = make_app(env.client, task_queue)
+    async with browser_like(app) as http:
+        plan_id = await start_plan(http, doc)
+        deadline = time.monotonic() + 30
+        while True:
+            html = (await http.get("/console")).text
+            entries = re.findall(rf'<li class="item" data-plan-id="{plan_id}"', html)
+            if "5 more time(s)" in html:
+                break
+            assert time.monotonic() < deadline, len(entries)
+            await asyncio.sleep(0.2)
+        assert len(entries) == 10
+        page = (await http.get(f"/console/plans/{plan_id}")).text
+        assert len(re.findall(r'data-kind="step_approval"', page)) == 15  # all on its page
+        await api(http, "POST", f"/api/plans/{plan_id}/cancel", json={"reason": "done"})
