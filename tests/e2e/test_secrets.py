@@ -66,15 +66,19 @@ async def wait_ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> 
     raise AssertionError("the API did not start")
 
 
-async def every_get_route(http: httpx.AsyncClient, plan_id: str) -> dict[str, str]:
-    """The body of every GET route that names the plan (from the API's own OpenAPI), the
-    list of plans, and the event stream (it ends after the plan's ``end`` event)."""
+async def every_get_route(
+    http: httpx.AsyncClient, plan_id: str, step_id: str = "deploy"
+) -> dict[str, str]:
+    """The body of every GET route that names the plan (from the API's own OpenAPI; a
+    route of one step: ``step_id``, a step with an output), the list of plans, and the
+    event stream (it ends after the plan's ``end`` event)."""
     paths = (await http.get("/openapi.json")).json()["paths"]
     got: dict[str, str] = {}
     for path, ops in paths.items():
         if "get" not in ops or not ("{plan_id}" in path or "{execution_id}" in path):
             continue
         url = path.replace("{plan_id}", plan_id).replace("{execution_id}", plan_id)
+        url = url.replace("{step_id}", step_id)
         if url.endswith("/events"):
             async with http.stream("GET", url, timeout=20) as r:
                 body = b"".join([chunk async for chunk in r.aiter_bytes()]).decode()
