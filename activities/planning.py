@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -181,29 +181,13 @@ class PlanningActivities:
     @activity.defn(name=GENERATE_PLAN)
     async def generate_plan(self, req: PlanRequest) -> GeneratedPlan:
         """The planner as an activity; its errors say whether Temporal may retry."""
-
-        beat = asyncio.create_task(_keep_heartbeating())
-        try:
-            return await self.plan(req, activity.info().workflow_id)
-        except PlanningFailed as e:
-            raise ApplicationError(
-                str(e), e.details(), type="PlanningFailed", non_retryable=True
-            ) from None
-        except NoModelFits as e:
-            raise ApplicationError(
-                str(e), {"location": "model"}, type="NoModelFits", non_retryable=True
-            ) from None
-        except LLMError as e:
-            raise ApplicationError(
-                str(e),
-                {"status": e.status, "retryable": e.retryable},
-                type=e.kind,
-                non_retryable=not e.retryable,
-            ) from None
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+        async with _as_activity_errors():
+            try:
+                return await self.plan(req, activity.info().workflow_id)
+            except PlanningFailed as e:
+                raise ApplicationError(
+                    str(e), e.details(), type="PlanningFailed", non_retryable=True
+                ) from None
 
     async def replan(self, req: ReplanRequest) -> ReplanAnswer:
         """A fix for a step that failed for good (``on_error: replan``), with the lessons
@@ -232,19 +216,29 @@ class PlanningActivities:
     @activity.defn(name=PROPOSE_REPLAN)
     async def propose_replan(self, req: ReplanRequest) -> ReplanAnswer:
         """The replanner as an activity; a model error says whether Temporal may retry."""
-        beat = asyncio.create_task(_keep_heartbeating())
-        try:
+        async with _as_activity_errors():
             return await self.replan(req)
-        except NoModelFits as e:
-            raise ApplicationError(str(e), type="NoModelFits", non_retryable=True) from None
-        except LLMError as e:
-            raise ApplicationError(
-                str(e),
-                {"status": e.status, "retryable": e.retryable},
-                type=e.kind,
-                non_retryable=not e.retryable,
-            ) from None
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+
+
+@contextlib.asynccontextmanager
+async def _as_activity_errors() -> AsyncIterator[None]:
+    """Heartbeats while the body runs; a model's errors become ApplicationErrors that
+    say whether Temporal may retry."""
+    beat = asyncio.create_task(_keep_heartbeating())
+    try:
+        yield
+    except NoModelFits as e:
+        raise ApplicationError(
+            str(e), {"location": "model"}, type="NoModelFits", non_retryable=True
+        ) from None
+    except LLMError as e:
+        raise ApplicationError(
+            str(e),
+            {"status": e.status, "retryable": e.retryable},
+            type=e.kind,
+            non_retryable=not e.retryable,
+        ) from None
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat

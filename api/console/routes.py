@@ -656,20 +656,25 @@ async def action(
         result = await send_control(
             services.temporal, services.drafts, plan_id, control, body, principal, step_id
         )
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        session.notify("error", f"{what}: refused: {problems}")
-    except (ApiError, PlanClientError) as e:
-        err = api_error_of(e)
-        session.notify("error", f"{what}: refused ({err.status}): {err.detail}")
+    except (ValidationError, ApiError, PlanClientError) as e:
+        session.notify("error", f"{what}: {_refused(e)}")
     else:
         session.notify("ok", f"{what}: done; the plan is {result.status} (v{result.version})")
     return RedirectResponse(back, status_code=303)
 
 
 # --- the correction editor ------------------------------------------------------------
+
+
+def _refused(e: ValidationError | ApiError | PlanClientError) -> str:
+    """Why an action was refused, as its notice says it."""
+    if isinstance(e, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        return f"refused: {problems}"
+    err = api_error_of(e)
+    return f"refused ({err.status}): {err.detail}"
 
 
 def _is_htmx(request: Request) -> bool:
@@ -764,14 +769,8 @@ async def _send_correction(
         result = await send_control(
             services.temporal, services.drafts, plan_id, CORRECTION, body, principal
         )
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        session.notify("error", f"{what}: refused: {problems}")
-    except (ApiError, PlanClientError) as e:
-        err = api_error_of(e)
-        session.notify("error", f"{what}: refused ({err.status}): {err.detail}")
+    except (ValidationError, ApiError, PlanClientError) as e:
+        session.notify("error", f"{what}: {_refused(e)}")
     else:
         session.notify("ok", f"{what}: done; the plan is {result.status} (v{result.version})")
     return _back(request, plan_id)
