@@ -117,6 +117,11 @@ class StatusView(BaseModel):
     paused_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
     created_at: datetime | None
+    queued_at: datetime | None = Field(
+        default=None,
+        description="status `queued`: since when the plan waits for a slot under the "
+        "concurrency limits (PLANSMITH_MAX_CONCURRENT_PLANS...)",
+    )
     started_at: datetime | None
     finished_at: datetime | None
     steps: list[StepView]
@@ -342,6 +347,7 @@ def status_view(run: PlanRun) -> StatusView:
         paused_reason=run.pause.reason if run.pause else None,
         feedback=run.feedback,
         created_at=run.created_at,
+        queued_at=run.queued_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
         steps=steps,

@@ -443,7 +443,7 @@ class PlanClient:
             if desc.status == WorkflowExecutionStatus.RUNNING:
                 return await self.handle(plan.id), False
             raise PlanAlreadyRan(plan.id, plan.workflow_id, ended_status(desc))
-        from workflows.starter import start_plan
+        from workflows.starter import plan_limits, start_plan
 
         try:
             handle = await self._call(
@@ -452,6 +452,7 @@ class PlanClient:
                     plan,
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                    limits=plan_limits(self.settings),
                     approval=approval,
                     submitted_by=submitted_by,
                 ),
@@ -477,7 +478,7 @@ class PlanClient:
                 handle = await self.handle(plan_id)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.result(), timeout=self.rpc_timeout_s)
-        from workflows.starter import resume_from_failure
+        from workflows.starter import plan_limits, resume_from_failure
 
         try:
             return await self._call(
@@ -487,6 +488,7 @@ class PlanClient:
                     by,
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                    limits=plan_limits(self.settings),
                 ),
                 "resume-from-failure",
             )

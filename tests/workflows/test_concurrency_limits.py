@@ -1,0 +1,206 @@
+"""Concurrency limits: ``PLANSMITH_MAX_CONCURRENT_PLANS`` and ``..._PER_AGENT``.
+
+Plans are started as the API and the CLI start them (``PlanClient`` with the settings);
+over a limit they wait ``queued`` and start in order as slots free. The limits live in
+the queue's limiter workflow, so they hold while no worker runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from config import Settings, get_settings
+from contracts.limits import QUEUE_QUERY, limiter_workflow_id
+from plans.limits import LimiterView
+from plans.models import Plan, PlanStatus
+from plans.run_state import LogEntry
+from plans.views import LogsQuery
+from tests.helpers import StartWorker, make_plan, status, wait_for, worker_with
+from workflows.client import PlanClient
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def no_limiter_left(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[None]:
+    yield
+    with contextlib.suppress(RPCError):
+        await env.client.get_workflow_handle(limiter_workflow_id(task_queue)).terminate("test over")
+
+
+def limited(task_queue: str, **temporal: Any) -> Settings:
+    return get_settings().replace(temporal={"task_queue": task_queue, **temporal})
+
+
+def waiting_plan(seconds: float, agent: str | None = None) -> Plan:
+    plan = make_plan([{"id": "w", "tool": "wait", "params": {"seconds": seconds}}])
+    plan.agent_id = agent
+    return plan
+
+
+async def start_all(client: Client, settings: Settings, plans: list[Plan]) -> list[WorkflowHandle]:
+    plans_client = PlanClient(settings, client=client)
+    started = await asyncio.gather(*(plans_client.start(p) for p in plans))
+    return [handle for handle, _ in started]
+
+
+async def limiter_queue(client: Client, task_queue: str) -> LimiterView:
+    handle = client.get_workflow_handle(limiter_workflow_id(task_queue))
+    return await handle.query(QUEUE_QUERY, result_type=LimiterView)
+
+
+async def until_queued(client: Client, task_queue: str, n: int, timeout: float = 20) -> LimiterView:
+    """The limiter's queue once ``n`` plans wait in it (the first plan starts the limiter)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        with contextlib.suppress(RPCError):
+            view = await limiter_queue(client, task_queue)
+            if len(view.queued) >= n:
+                return view
+        assert asyncio.get_running_loop().time() < deadline, f"fewer than {n} plans queued"
+        await asyncio.sleep(0.05)
+
+
+async def watch(
+    handles: list[WorkflowHandle], timeout: float = 30.0
+) -> list[dict[str, PlanStatus]]:
+    """Poll every plan's status until all are done; every poll's statuses, by plan."""
+    seen: list[dict[str, PlanStatus]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        views = await asyncio.gather(*(status(h) for h in handles))
+        seen.append({v.plan_id: v.status for v in views})
+        if all(v.status.terminal for v in views):
+            return seen
+        assert asyncio.get_running_loop().time() < deadline, f"not done: {seen[-1]}"
+        await asyncio.sleep(0.05)
+
+
+def executing(poll: dict[str, PlanStatus], among: set[str] | None = None) -> int:
+    return sum(
+        1
+        for pid, s in poll.items()
+        if s == PlanStatus.EXECUTING and (among is None or pid in among)
+    )
+
+
+def active(poll: dict[str, PlanStatus]) -> int:
+    """Plans holding a slot: started and not ended (a step gate's wait included)."""
+    idle = {PlanStatus.QUEUED, PlanStatus.APPROVED, PlanStatus.PENDING_APPROVAL}
+    return sum(1 for s in poll.values() if not s.terminal and s not in idle)
+
+
+async def test_at_most_two_execute_and_all_five_complete(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans=2)
+    await start_worker(None, settings)
+    plans = [waiting_plan(0.4) for _ in range(5)]
+    handles = await start_all(env.client, settings, plans)
+
+    polls = await watch(handles)
+
+    assert max(executing(p) for p in polls) == 2
+    assert any(list(p.values()).count(PlanStatus.QUEUED) >= 3 for p in polls)
+    results = [await h.result() for h in handles]
+    assert [r.status for r in results] == [PlanStatus.COMPLETED] * 5
+    view = await limiter_queue(env.client, task_queue)
+    assert (view.max_plans, view.executing, view.queued) == (2, [], [])
+    assert view.granted_total == view.released_total == 5
+
+
+async def test_a_queued_plan_says_so(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans=1)
+    await start_worker(None, settings)
+    (first,) = await start_all(env.client, settings, [waiting_plan(1.0)])
+    await wait_for(first, lambda v: v.status == PlanStatus.EXECUTING)
+    (second,) = await start_all(env.client, settings, [waiting_plan(0)])
+    queue = await until_queued(env.client, task_queue, 1)
+    view = await status(second)
+    assert view.status == PlanStatus.QUEUED
+    assert view.queued_at is not None and view.started_at is None
+    assert [q.plan_id for q in queue.queued] == [view.plan_id]
+    assert (await second.result()).status == PlanStatus.COMPLETED
+    done = await status(second)
+    assert done.queued_at is None and done.started_at is not None
+    logs = await second.query("logs", LogsQuery(), result_type=list[LogEntry])
+    assert any(log.message.startswith("queued") for log in logs)
+
+
+async def test_per_agent_limit(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans_per_agent=1)
+    await start_worker(None, settings)
+    alice = [waiting_plan(0.4, "alice") for _ in range(3)]
+    bob = [waiting_plan(0.4, "bob")]
+    nobody = [waiting_plan(0.4), waiting_plan(0.4)]
+    handles = await start_all(env.client, settings, alice + bob + nobody)
+
+    polls = await watch(handles)
+
+    alices = {p.id or "" for p in alice}
+    assert max(executing(p, alices) for p in polls) == 1
+    assert any(executing(p, alices) == 1 and executing(p) >= 3 for p in polls), (
+        "bob and the plans without an agent run beside alice's"
+    )
+    results = [await h.result() for h in handles]
+    assert [r.status for r in results] == [PlanStatus.COMPLETED] * 6
+
+
+async def test_limit_and_order_hold_across_a_worker_restart(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans=1)
+    gated = make_plan(
+        [{"id": "w", "tool": "wait", "params": {"seconds": 0}, "requires_approval": True}]
+    )
+    plans = [waiting_plan(0.3) for _ in range(3)]
+    async with worker_with(env.client, task_queue, settings=settings):
+        (holder,) = await start_all(env.client, settings, [gated])
+        await wait_for(holder, lambda v: v.status == PlanStatus.WAITING_APPROVAL)
+        handles = await start_all(env.client, settings, plans)
+        queue = await until_queued(env.client, task_queue, 3)
+    order = [q.plan_id for q in queue.queued]
+    assert sorted(order) == sorted(p.id for p in plans)
+
+    # no worker; then a new one: the holder still holds, the queue keeps its order
+    async with worker_with(env.client, task_queue, settings=settings):
+        assert [q.plan_id for q in (await limiter_queue(env.client, task_queue)).queued] == order
+        assert {(await status(h)).status for h in handles} == {PlanStatus.QUEUED}
+        await holder.signal("approve_step", {"by": "ops", "step_id": "w"})
+        polls = await watch([holder, *handles])
+        assert max(active(p) for p in polls) == 1
+        views = [await status(h) for h in handles]
+    assert [v.status for v in views] == [PlanStatus.COMPLETED] * 3
+    started = sorted(views, key=lambda v: v.started_at or v.finished_at)
+    assert [v.plan_id for v in started] == order
+
+
+async def test_a_terminated_holder_gives_its_slot_back_and_a_cancelled_plan_leaves_the_queue(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans=1, limiter_check_s=0.5)
+    await start_worker(None, settings)
+    (holder,) = await start_all(env.client, settings, [waiting_plan(60)])
+    await wait_for(holder, lambda v: v.status == PlanStatus.EXECUTING)
+    leaving, waiting = await start_all(env.client, settings, [waiting_plan(0), waiting_plan(0)])
+    await until_queued(env.client, task_queue, 2)
+    leaving_id = (await status(leaving)).plan_id
+
+    await leaving.signal("cancel", {"by": "ops", "reason": "not needed"})
+    assert (await leaving.result()).status == PlanStatus.CANCELLED
+    queue = await limiter_queue(env.client, task_queue)
+    assert leaving_id not in [q.plan_id for q in queue.queued]
+
+    await holder.terminate("stuck")  # it cannot release its slot: the limiter notices
+    assert (await waiting.result()).status == PlanStatus.COMPLETED
+    view = await limiter_queue(env.client, task_queue)
+    assert view.reclaimed_total == 1 and view.executing == [] and view.queued == []
