@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from config import Settings, get_settings
 from contracts.limits import QUEUE_QUERY, limiter_workflow_id
@@ -24,6 +27,7 @@ from plans.run_state import LogEntry
 from plans.views import LogsQuery
 from tests.helpers import StartWorker, make_plan, status, wait_for, worker_with
 from workflows.client import PlanClient
+from workflows.limiter_workflow import LimiterWorkflow
 
 
 @pytest_asyncio.fixture(autouse=True)
@@ -204,3 +208,12 @@ async def test_a_terminated_holder_gives_its_slot_back_and_a_cancelled_plan_leav
     assert (await waiting.result()).status == PlanStatus.COMPLETED
     view = await limiter_queue(env.client, task_queue)
     assert view.reclaimed_total == 1 and view.executing == [] and view.queued == []
+
+
+async def test_the_recorded_limiter_history_replays() -> None:
+    """The limiter's history (tests/histories/limiter/, recorded with the
+    ``concurrency_limits`` scenario) replays against today's ``LimiterWorkflow``."""
+    path = Path(__file__).resolve().parents[1] / "histories" / "limiter" / "plan_limiter.json"
+    history = WorkflowHistory.from_json("plansmith-limiter-plansmith-histories", path.read_text())
+    replayer = Replayer(workflows=[LimiterWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
