@@ -39,7 +39,9 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import Settings, get_settings
+from contracts.limits import QUEUE_QUERY, limiter_workflow_id
 from plans.controls import CONTROL_MODELS, ControlResult
+from plans.limits import LimiterView
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import Approval, AuditEntry, LogEntry
 from plans.views import (
@@ -236,6 +238,22 @@ class PlanClient:
             ),
             "a health check",
         )
+
+    async def limiter_queue(self) -> LimiterView | None:
+        """The task queue's limiter as its ``queue`` query answers (who executes, who
+        waits in which order); None when no plan of the queue ever asked for a slot."""
+        client = await self.client()
+        handle = client.get_workflow_handle(limiter_workflow_id(self.task_queue))
+        try:
+            return await self._call(
+                handle.query(QUEUE_QUERY, result_type=LimiterView),
+                "the limiter's queue",
+                no_worker=f"no worker polls task queue {self.task_queue!r} to answer the limiter",
+            )
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise TemporalError(f"the limiter's queue: {e.message}") from None
 
     async def describe(self, plan_id: str) -> WorkflowExecutionDescription | None:
         """The plan's workflow as Temporal describes it; None when Temporal knows none."""

@@ -21,11 +21,11 @@ from temporalio.worker import Replayer
 
 from config import Settings, get_settings
 from contracts.limits import QUEUE_QUERY, limiter_workflow_id
-from plans.limits import LimiterView
+from plans.limits import ConcurrencyLimits, LimiterView
 from plans.models import Plan, PlanStatus
 from plans.run_state import LogEntry
 from plans.views import LogsQuery
-from tests.helpers import StartWorker, make_plan, status, wait_for, worker_with
+from tests.helpers import StartWorker, make_plan, start, status, wait_for, worker_with
 from workflows.client import PlanClient
 from workflows.limiter_workflow import LimiterWorkflow
 
@@ -217,3 +217,50 @@ async def test_the_recorded_limiter_history_replays() -> None:
     history = WorkflowHistory.from_json("plansmith-limiter-plansmith-histories", path.read_text())
     replayer = Replayer(workflows=[LimiterWorkflow], data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
+
+
+async def test_a_plan_waiting_for_approval_holds_no_slot(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans=1)
+    await start_worker(None, settings)
+    asking = waiting_plan(0)
+    asking.options.require_approval = True
+    (asks,) = await start_all(env.client, settings, [asking])
+    await wait_for(asks, lambda v: v.status == PlanStatus.PENDING_APPROVAL)
+    (runs,) = await start_all(env.client, settings, [waiting_plan(0)])
+    assert (await runs.result()).status == PlanStatus.COMPLETED  # not queued behind it
+    await asks.signal("approve", {"by": "ops"})
+    assert (await asks.result()).status == PlanStatus.COMPLETED
+
+
+async def test_a_plan_keeps_its_slot_when_it_continues_as_new(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    limits = ConcurrencyLimits(max_plans=1)
+    await start_worker(None, limited(task_queue, max_concurrent_plans=1))
+    chain = make_plan(
+        [
+            {
+                "id": f"s{i:02d}",
+                "tool": "count",
+                "params": {"key": f"lim-can-{i}-{task_queue}"},
+                "depends_on": [f"s{i - 1:02d}"] if i else [],
+            }
+            for i in range(12)
+        ]
+    )
+    long = await start(env.client, chain, task_queue, limits=limits, max_history_events=50)
+    await wait_for(long, lambda v: v.status == PlanStatus.EXECUTING)
+    short = await start(env.client, waiting_plan(0), task_queue, limits=limits)
+
+    assert (await short.result()).status == PlanStatus.COMPLETED
+    assert (await long.result()).status == PlanStatus.COMPLETED
+    desc = await env.client.get_workflow_handle(chain.workflow_id).describe()
+    assert desc.run_id != long.first_execution_run_id, "the long plan continued as new"
+    after = await status(short)
+    before = await status(long)
+    assert after.started_at is not None and before.finished_at is not None
+    assert after.started_at >= before.finished_at, "the short plan waited for the slot"
+    view = await limiter_queue(env.client, task_queue)
+    assert (view.granted_total, view.released_total, view.reclaimed_total) == (2, 2, 0)
