@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -20,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from config import Settings, get_settings
-from contracts.limits import QUEUE_QUERY, limiter_workflow_id
+from contracts.limits import LIMITER_WORKFLOW, QUEUE_QUERY, LimiterInput, limiter_workflow_id
 from plans.limits import ConcurrencyLimits, LimiterView
 from plans.models import Plan, PlanStatus
 from plans.run_state import LogEntry
@@ -264,3 +265,52 @@ async def test_a_plan_keeps_its_slot_when_it_continues_as_new(
     assert after.started_at >= before.finished_at, "the short plan waited for the slot"
     view = await limiter_queue(env.client, task_queue)
     assert (view.granted_total, view.released_total, view.reclaimed_total) == (2, 2, 0)
+
+
+async def test_without_limits_a_plan_asks_nobody(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    """The default (no limit): not one event more in the plan's history, and no limiter."""
+    settings = limited(task_queue)
+    await start_worker(None, settings)
+    (handle,) = await start_all(env.client, settings, [waiting_plan(0)])
+    assert (await handle.result()).status == PlanStatus.COMPLETED
+    history = (await handle.fetch_history()).to_json()
+    for trace in (
+        "concurrency-limits",
+        "request_plan_slot",
+        "SIGNAL_EXTERNAL",
+        "plan_slot_granted",
+    ):
+        assert trace not in history
+    with pytest.raises(RPCError):
+        await env.client.get_workflow_handle(limiter_workflow_id(task_queue)).describe()
+
+
+async def test_the_limiter_continues_as_new_with_its_queue_and_holders(
+    env: WorkflowEnvironment, task_queue: str, start_worker: StartWorker
+) -> None:
+    settings = limited(task_queue, max_concurrent_plans=2)
+    await start_worker(None, settings)
+    limiter = await env.client.start_workflow(
+        LIMITER_WORKFLOW,
+        LimiterInput(max_history_events=50),
+        id=limiter_workflow_id(task_queue),
+        task_queue=task_queue,
+    )
+    handles = await start_all(env.client, settings, [waiting_plan(0.2) for _ in range(10)])
+
+    polls = await watch(handles)
+
+    assert max(executing(p) for p in polls) == 2
+    results = [await h.result() for h in handles]
+    assert [r.status for r in results] == [PlanStatus.COMPLETED] * 10
+    desc = await env.client.get_workflow_handle(limiter.id).describe()
+    assert desc.run_id != limiter.first_execution_run_id, "the limiter continued as new"
+    view = await limiter_queue(env.client, task_queue)
+    assert (view.granted_total, view.released_total, view.executing, view.queued) == (
+        10,
+        10,
+        [],
+        [],
+    )
