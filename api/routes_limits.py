@@ -43,7 +43,7 @@ class LimitsView(BaseModel):
     "/limits",
     response_model=LimitsView,
     summary="Concurrency limits and the queue of plans waiting for a slot",
-    responses=responses(401, 503),
+    responses=responses(401, 422, 502, 503),
 )
 async def limits(services: ServicesDep, gateway: GatewayDep) -> LimitsView:
     t = services.settings.temporal
