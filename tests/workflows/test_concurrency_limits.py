@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import pytest_asyncio
@@ -25,7 +26,7 @@ from contracts.limits import LIMITER_WORKFLOW, QUEUE_QUERY, LimiterInput, limite
 from plans.limits import ConcurrencyLimits, LimiterView
 from plans.models import Plan, PlanStatus
 from plans.run_state import LogEntry
-from plans.views import LogsQuery
+from plans.views import LogsQuery, StatusView
 from tests.helpers import StartWorker, make_plan, start, status, wait_for, worker_with
 from workflows.client import PlanClient
 from workflows.limiter_workflow import LimiterWorkflow
@@ -48,9 +49,13 @@ def waiting_plan(seconds: float, agent: str | None = None) -> Plan:
     return plan
 
 
-async def start_all(client: Client, settings: Settings, plans: list[Plan]) -> list[WorkflowHandle]:
-    plans_client = PlanClient(settings, client=client)
-    started = await asyncio.gather(*(plans_client.start(p) for p in plans))
+async def start_all(
+    client: Client, settings: Settings, plans: list[Plan], processes: int = 1
+) -> list[WorkflowHandle]:
+    """Start ``plans`` at once as the API does, spread over ``processes`` API processes
+    (plan clients of their own, with the same settings)."""
+    apis = [PlanClient(settings.replace(), client=client) for _ in range(processes)]
+    started = await asyncio.gather(*(apis[i % processes].start(p) for i, p in enumerate(plans)))
     return [handle for handle, _ in started]
 
 
@@ -71,33 +76,52 @@ async def until_queued(client: Client, task_queue: str, n: int, timeout: float =
         await asyncio.sleep(0.05)
 
 
+class Watched(NamedTuple):
+    polls: list[dict[str, PlanStatus]]  # every poll's statuses, by plan
+    held: list[int]  # the slots the limiter said were held, at each poll
+    views: list[StatusView]  # each plan's status at its end
+
+
 async def watch(
-    handles: list[WorkflowHandle], timeout: float = 30.0
-) -> list[dict[str, PlanStatus]]:
-    """Poll every plan's status until all are done; every poll's statuses, by plan."""
+    client: Client, task_queue: str, handles: list[WorkflowHandle], timeout: float = 30.0
+) -> Watched:
+    """Poll every plan's status, and the limiter, until all plans are done.
+
+    Statuses of several workflows are read by several queries, answered a few ms apart: a
+    poll can see a plan still executing and the next one already started. The limiter's
+    answer is one snapshot, and the plans' own start and end times are exact: the counts
+    of plans executing at once are taken from those (:func:`most_at_once`)."""
     seen: list[dict[str, PlanStatus]] = []
+    held: list[int] = []
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         views = await asyncio.gather(*(status(h) for h in handles))
         seen.append({v.plan_id: v.status for v in views})
+        with contextlib.suppress(RPCError):
+            held.append(len((await limiter_queue(client, task_queue)).executing))
         if all(v.status.terminal for v in views):
-            return seen
+            return Watched(seen, held, list(views))
         assert asyncio.get_running_loop().time() < deadline, f"not done: {seen[-1]}"
         await asyncio.sleep(0.05)
 
 
-def executing(poll: dict[str, PlanStatus], among: set[str] | None = None) -> int:
-    return sum(
-        1
-        for pid, s in poll.items()
-        if s == PlanStatus.EXECUTING and (among is None or pid in among)
-    )
+def most_at_once(views: list[StatusView], among: set[str] | None = None) -> int:
+    """The most plans that were executing at one instant (from their start and end)."""
+    edges: list[tuple[datetime, int]] = []
+    for v in views:
+        if among is not None and v.plan_id not in among:
+            continue
+        assert v.started_at is not None and v.finished_at is not None, v.plan_id
+        edges += [(v.started_at, 1), (v.finished_at, -1)]
+    running = top = 0
+    for _, delta in sorted(edges):  # at one instant, an end (-1) comes before a start
+        running += delta
+        top = max(top, running)
+    return top
 
 
-def active(poll: dict[str, PlanStatus]) -> int:
-    """Plans holding a slot: started and not ended (a step gate's wait included)."""
-    idle = {PlanStatus.QUEUED, PlanStatus.APPROVED, PlanStatus.PENDING_APPROVAL}
-    return sum(1 for s in poll.values() if not s.terminal and s not in idle)
+def queued(poll: dict[str, PlanStatus]) -> int:
+    return list(poll.values()).count(PlanStatus.QUEUED)
 
 
 async def test_at_most_two_execute_and_all_five_complete(
@@ -106,12 +130,12 @@ async def test_at_most_two_execute_and_all_five_complete(
     settings = limited(task_queue, max_concurrent_plans=2)
     await start_worker(None, settings)
     plans = [waiting_plan(0.4) for _ in range(5)]
-    handles = await start_all(env.client, settings, plans)
+    handles = await start_all(env.client, settings, plans, processes=2)
 
-    polls = await watch(handles)
+    seen = await watch(env.client, task_queue, handles)
 
-    assert max(executing(p) for p in polls) == 2
-    assert any(list(p.values()).count(PlanStatus.QUEUED) >= 3 for p in polls)
+    assert max(seen.held) <= 2 and most_at_once(seen.views) == 2
+    assert any(queued(p) >= 3 for p in seen.polls)
     results = [await h.result() for h in handles]
     assert [r.status for r in results] == [PlanStatus.COMPLETED] * 5
     view = await limiter_queue(env.client, task_queue)
@@ -132,6 +156,12 @@ async def test_a_queued_plan_says_so(
     assert view.status == PlanStatus.QUEUED
     assert view.queued_at is not None and view.started_at is None
     assert [q.plan_id for q in queue.queued] == [view.plan_id]
+    found: list[str] = []
+    query = f"PlanStatus='queued' AND TaskQueue='{task_queue}'"
+    async with asyncio.timeout(10):
+        while not found:  # the PlanStatus search attribute (visibility lags a little)
+            found = [w.id async for w in env.client.list_workflows(query)]
+    assert found == [second.id]
     assert (await second.result()).status == PlanStatus.COMPLETED
     done = await status(second)
     assert done.queued_at is None and done.started_at is not None
@@ -149,13 +179,15 @@ async def test_per_agent_limit(
     nobody = [waiting_plan(0.4), waiting_plan(0.4)]
     handles = await start_all(env.client, settings, alice + bob + nobody)
 
-    polls = await watch(handles)
+    seen = await watch(env.client, task_queue, handles)
 
     alices = {p.id or "" for p in alice}
-    assert max(executing(p, alices) for p in polls) == 1
-    assert any(executing(p, alices) == 1 and executing(p) >= 3 for p in polls), (
-        "bob and the plans without an agent run beside alice's"
-    )
+    assert most_at_once(seen.views, alices) == 1
+    assert any(
+        sum(s == PlanStatus.QUEUED for pid, s in p.items() if pid in alices) == 2
+        for p in seen.polls
+    ), "two of alice's plans wait"
+    assert most_at_once(seen.views) >= 3, "bob and the plans without an agent run beside alice's"
     results = [await h.result() for h in handles]
     assert [r.status for r in results] == [PlanStatus.COMPLETED] * 6
 
@@ -181,9 +213,9 @@ async def test_limit_and_order_hold_across_a_worker_restart(
         assert [q.plan_id for q in (await limiter_queue(env.client, task_queue)).queued] == order
         assert {(await status(h)).status for h in handles} == {PlanStatus.QUEUED}
         await holder.signal("approve_step", {"by": "ops", "step_id": "w"})
-        polls = await watch([holder, *handles])
-        assert max(active(p) for p in polls) == 1
-        views = [await status(h) for h in handles]
+        seen = await watch(env.client, task_queue, [holder, *handles])
+    assert max(seen.held) == 1 and most_at_once(seen.views) == 1
+    views = seen.views[1:]
     assert [v.status for v in views] == [PlanStatus.COMPLETED] * 3
     started = sorted(views, key=lambda v: v.started_at or v.finished_at)
     assert [v.plan_id for v in started] == order
@@ -300,9 +332,9 @@ async def test_the_limiter_continues_as_new_with_its_queue_and_holders(
     )
     handles = await start_all(env.client, settings, [waiting_plan(0.2) for _ in range(10)])
 
-    polls = await watch(handles)
+    seen = await watch(env.client, task_queue, handles)
 
-    assert max(executing(p) for p in polls) == 2
+    assert max(seen.held) <= 2 and most_at_once(seen.views) == 2
     results = [await h.result() for h in handles]
     assert [r.status for r in results] == [PlanStatus.COMPLETED] * 10
     desc = await env.client.get_workflow_handle(limiter.id).describe()
