@@ -5,11 +5,13 @@ Only when the plan's input carries limits (``PlanInput.limits``, set by the star
 ``PLANSMITH_MAX_CONCURRENT_PLANS`` / ``..._PER_AGENT``): without them nothing here runs,
 no command, no marker, no event. With them, behind the ``concurrency-limits`` patch:
 one activity (``request_plan_slot``: signal-with-start of the limiter), one signal
-received (``plan_slot_granted``), and one signal sent when the plan ends (``release``).
+received (``plan_slot_granted``), and one signal sent when the plan ends (``release``,
+alongside the last store snapshot).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -41,6 +43,7 @@ class PlanSlot:
         self._input = inp
         self._changed = changed
         self._granted: str | None = None
+        self._releasing: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> str:
@@ -76,6 +79,10 @@ class PlanSlot:
             limits=limits,
             asked_at=run.queued_at,
         )
+        # An ordinary activity, not a local one: a local activity's result can reach the
+        # code one workflow task later than its marker, and a replay (a query of an evicted
+        # run) then sees the patch markers that follow in another task (nondeterminism).
+        # Sent again (a retry), the limiter takes it as the same request.
         await workflow.execute_activity(
             REQUEST_PLAN_SLOT,
             SlotAsk(request=request, task_queue=info.task_queue),
@@ -101,17 +108,28 @@ class PlanSlot:
             if waited >= 0.5:
                 run_state.log(run, workflow.now(), f"slot granted after {waited:.1f}s in the queue")
 
-    async def release(self, why: str) -> None:
-        """Give the slot back (or leave the queue): the plan ended or was cancelled."""
+    def release(self, why: str) -> None:
+        """Give the slot back (or leave the queue): the plan ended or was cancelled. The
+        signal is sent with the run's last commands; :meth:`settled` waits for it."""
         run = self._run
         if run.slot is None and run.queued_at is None:
             return
         key = run.slot or self.key
         run.slot = None
         run.queued_at = None
+        self._releasing = asyncio.create_task(self._send_release(key, why))
+
+    async def _send_release(self, key: str, why: str) -> None:
         try:
             await workflow.get_external_workflow_handle(
                 limiter_workflow_id(workflow.info().task_queue)
             ).signal(RELEASE_SIGNAL, SlotRelease(key=key, why=why))
         except FailureError as e:  # no limiter: nothing is held there
-            run_state.log(run, workflow.now(), f"the slot could not be released: {e}", "warning")
+            run_state.log(
+                self._run, workflow.now(), f"the slot could not be released: {e}", "warning"
+            )
+
+    async def settled(self) -> None:
+        """The release (if one was sent) reached the limiter."""
+        if self._releasing is not None:
+            await self._releasing

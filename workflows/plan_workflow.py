@@ -145,12 +145,13 @@ class PlanWorkflow(PlanHandlers):
             if run.final_status is None and not self._continue:
                 await self._execute()
             if not self._continue or run.final_status is not None:
-                await self._slot.release(run.status.value)
+                self._slot.release(run.status.value)
         except asyncio.CancelledError:
             await self._cancelled_by_temporal()
-            await self._slot.release("cancelled through Temporal")
+            self._slot.release("cancelled through Temporal")
             await workflow.wait_condition(workflow.all_handlers_finished)
             await self._publisher.flush()
+            await self._slot.settled()
             raise
         self._publisher.publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -170,6 +171,7 @@ class PlanWorkflow(PlanHandlers):
                 )
             )
         await self._publisher.flush()
+        await self._slot.settled()
         return self._result()
 
     @workflow.signal(name=GRANTED_SIGNAL)
