@@ -21,6 +21,7 @@ limits hold across worker and API restarts and however many API processes start 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -122,18 +123,21 @@ class LimiterWorkflow:
             todo += limits.grant_next(state, workflow.now())
             if not todo:
                 return
-            for req in todo:
-                holder = state.holders.get(req.key)
-                if holder is None:
-                    continue  # released while an earlier grant was on its way
-                grant = SlotGrant(key=req.key, granted_at=holder.granted_at)
-                try:
-                    await workflow.get_external_workflow_handle(req.workflow_id).signal(
-                        GRANTED_SIGNAL, grant
-                    )
-                except FailureError as e:
-                    workflow.logger.info("slot of %s freed: %s", req.plan_id, e)
+            # every plan is told at once (one round trip for a burst of free slots)
+            sent = await asyncio.gather(*(self._tell(req) for req in todo), return_exceptions=True)
+            for req, outcome in zip(todo, sent, strict=True):
+                if isinstance(outcome, FailureError):
+                    workflow.logger.info("slot of %s freed: %s", req.plan_id, outcome)
                     limits.release(state, req.key, reclaimed=True)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+
+    async def _tell(self, req: SlotRequest) -> None:
+        holder = self._state.holders.get(req.key)
+        if holder is None:
+            return  # released meanwhile
+        grant = SlotGrant(key=req.key, granted_at=holder.granted_at)
+        await workflow.get_external_workflow_handle(req.workflow_id).signal(GRANTED_SIGNAL, grant)
 
     async def _reclaim(self) -> None:
         state = self._state
