@@ -29,6 +29,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.approval import ApprovalActivities
 from activities.deps import ActivityDeps
+from activities.limits import LimiterActivities
 from activities.persist import SnapshotActivities
 from activities.planning import PlanningActivities
 from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
@@ -37,13 +38,14 @@ from activities.steps import StepActivities
 from config import SandboxSettings, Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from workflows.client import connect
+from workflows.limiter_workflow import LimiterWorkflow
 from workflows.plan_input import SEARCH_ATTRIBUTES
 from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
 
 log = logging.getLogger("plansmith.worker")
 
-WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow)
+WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow, LimiterWorkflow)
 
 # The sandbox imports every module that is not passed through anew for each workflow run.
 # The workflows package's own modules (the pydantic models of PlanInput, the handlers, the
@@ -65,6 +67,8 @@ def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
         PlanningActivities(deps).propose_replan,
         ApprovalActivities(deps).assess_approval,
         SecretActivities(deps).check_secrets,
+        LimiterActivities().request_plan_slot,
+        LimiterActivities().check_plan_slots,
     ]
 
 

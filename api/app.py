@@ -40,6 +40,7 @@ from api.limits import document as document_limits
 from api.logs import RequestLogMiddleware, configure_logging
 from api.reconcile import reconcile_forever
 from api.routes_executions import router as executions_router
+from api.routes_limits import router as limits_router
 from api.routes_metrics import router as metrics_router
 from api.routes_models import router as models_router
 from api.routes_plan_controls import controls as controls_router
@@ -244,6 +245,7 @@ def create_app(
         models_router,
         trust_router,
         metrics_router,
+        limits_router,
     )
     document_guard(*api_routers)
     document_limits(*api_routers)

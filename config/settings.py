@@ -14,6 +14,9 @@ temporal.task_queue                ``PLANSMITH_TASK_QUEUE`` (``plans``)
 temporal.db_file                   ``PLANSMITH_TEMPORAL_DB`` (``.plansmith/temporal.db``)
 temporal.ui_url                    ``PLANSMITH_UI_URL``
 temporal.heartbeat_timeout_s       ``PLANSMITH_HEARTBEAT_TIMEOUT_S`` (20)
+temporal.max_concurrent_plans      ``PLANSMITH_MAX_CONCURRENT_PLANS`` (0 = no limit)
+temporal.max_concurrent_plans_per_agent  ``PLANSMITH_MAX_CONCURRENT_PLANS_PER_AGENT`` (0)
+temporal.limiter_check_s           ``PLANSMITH_LIMITER_CHECK_S`` (30)
 temporal.worker_connect_wait_s     ``PLANSMITH_WORKER_CONNECT_WAIT_S`` (60)
 temporal.tls*                      ``PLANSMITH_TEMPORAL_TLS``, ``..._TLS_CERT``, ``..._TLS_KEY``,
                                    ``..._TLS_CA``, ``..._TLS_SERVER_NAME``
@@ -120,6 +123,26 @@ class TemporalSettings(_Section):
         gt=0,
         validation_alias="PLANSMITH_HEARTBEAT_TIMEOUT_S",
         description="a step activity that does not heartbeat this long is retried elsewhere",
+    )
+    max_concurrent_plans: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="PLANSMITH_MAX_CONCURRENT_PLANS",
+        description="plans of the task queue executing at once; the others wait `queued` "
+        "(0: no limit). Read where plans are started (API, CLI)",
+    )
+    max_concurrent_plans_per_agent: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="PLANSMITH_MAX_CONCURRENT_PLANS_PER_AGENT",
+        description="plans of one agent_id executing at once (0: no limit)",
+    )
+    limiter_check_s: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias="PLANSMITH_LIMITER_CHECK_S",
+        description="while plans are queued, how often the limiter checks that the plans "
+        "holding slots still run (a plan terminated in Temporal cannot give its slot back)",
     )
 
     tls: bool = Field(

@@ -52,6 +52,7 @@ class PathResolver:
         self.ctx, self.incoming, self.conditions = ctx, incoming, conditions
         self.memo: dict[str, list[tuple[str | None, str | None]]] = {}
         self.guard_memo: dict[int, str | None] = {}
+        self.guarding: set[int] = set()  # edges whose guard is being worked out
 
     def paths_into(
         self, node_id: str, stack: frozenset[str] = frozenset()
@@ -81,11 +82,22 @@ class PathResolver:
         return out
 
     def _edge_guard(self, j: int, edge: GraphEdge) -> str | None:
-        if j not in self.guard_memo:
+        if j in self.guard_memo:
+            return self.guard_memo[j]
+        if j in self.guarding:  # its guard needs itself: conditions feeding each other
+            self.ctx.add(
+                self.ctx.where(edge.source),
+                f"condition node {edge.source!r} is part of a cycle of conditions",
+            )
+            return None
+        self.guarding.add(j)
+        try:
             cond = self.conditions[edge.source]
             deps = [d for d, _ in self.paths_into(edge.source, frozenset({edge.source})) if d]
             names = NodeNames(self.ctx, edge.source, list(dict.fromkeys(deps)))
             self.guard_memo[j] = cond.guard_for(j, edge, names)
+        finally:
+            self.guarding.discard(j)
         return self.guard_memo[j]
 
 

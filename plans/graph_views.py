@@ -32,6 +32,7 @@ _STATUS: dict[PlanStatus, StatusWord] = {
     PlanStatus.DRAFT: "pending",
     PlanStatus.PENDING_APPROVAL: "pending",
     PlanStatus.APPROVED: "pending",
+    PlanStatus.QUEUED: "pending",
     PlanStatus.EXECUTING: "running",
     PlanStatus.PAUSED: "paused",
     PlanStatus.WAITING_APPROVAL: "paused",

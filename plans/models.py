@@ -38,6 +38,7 @@ class PlanStatus(StrEnum):
     DRAFT = "draft"
     PENDING_APPROVAL = "pending_approval"
     APPROVED = "approved"
+    QUEUED = "queued"  # approved, waiting for a slot under the concurrency limits
     EXECUTING = "executing"
     PAUSED = "paused"
     WAITING_APPROVAL = "waiting_approval"

@@ -332,6 +332,10 @@ class PlanRun(BaseModel):
     carried_changes: list[tuple[int, str, StepStatus]] = Field(default_factory=list)
     # on_error: replan -- every round: the proposal, its validation and its decision
     replans: list[ReplanProposal] = Field(default_factory=list)
+    # concurrency limits (plans.limits): since when the plan waits for a slot (status
+    # `queued`), and the slot it holds once granted (kept over continue-as-new)
+    queued_at: datetime | None = None
+    slot: str | None = None
 
     def model_post_init(self, context: Any, /) -> None:
         # Its index follows every step change from now on (copies build theirs on use).
@@ -540,7 +544,7 @@ def derive_status(run: PlanRun) -> PlanStatus:
     if run.approval is None:
         return PlanStatus.PENDING_APPROVAL if run.approval_required else PlanStatus.DRAFT
     if run.started_at is None:
-        return PlanStatus.APPROVED
+        return PlanStatus.QUEUED if run.queued_at is not None else PlanStatus.APPROVED
     if run.pause is not None:
         if run.pause.question and not run.pause.answered:
             return PlanStatus.WAITING_CLARIFICATION

@@ -132,6 +132,11 @@ class StatusView(BaseModel):
     paused_reason: str | None = None
     feedback: list[str] = Field(default_factory=list)
     created_at: datetime | None
+    queued_at: datetime | None = Field(
+        default=None,
+        description="status `queued`: since when the plan waits for a slot under the "
+        "concurrency limits (PLANSMITH_MAX_CONCURRENT_PLANS...)",
+    )
     started_at: datetime | None
     finished_at: datetime | None
     steps: list[StepView]
@@ -173,6 +178,7 @@ INTERACTIVE_STATES: dict[PlanStatus, str] = {
     PlanStatus.DRAFT: "paused",
     PlanStatus.PENDING_APPROVAL: "paused",
     PlanStatus.APPROVED: "running",
+    PlanStatus.QUEUED: "paused",  # waits for a slot (PLANSMITH_MAX_CONCURRENT_PLANS)
     PlanStatus.EXECUTING: "running",
     PlanStatus.PAUSED: "paused",
     PlanStatus.WAITING_APPROVAL: "paused",
@@ -429,6 +435,7 @@ def status_view(run: PlanRun) -> StatusView:
         paused_reason=run.pause.reason if run.pause else None,
         feedback=run.feedback,
         created_at=run.created_at,
+        queued_at=run.queued_at,
         started_at=run.started_at,
         finished_at=run.finished_at,
         steps=steps,

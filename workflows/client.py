@@ -39,7 +39,9 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from config import Settings, get_settings
+from contracts.limits import QUEUE_QUERY, limiter_workflow_id
 from plans.controls import CONTROL_MODELS, ControlResult
+from plans.limits import LimiterView
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import Approval, AuditEntry, LogEntry
 from plans.views import (
@@ -236,6 +238,22 @@ class PlanClient:
             ),
             "a health check",
         )
+
+    async def limiter_queue(self) -> LimiterView | None:
+        """The task queue's limiter as its ``queue`` query answers (who executes, who
+        waits in which order); None when no plan of the queue ever asked for a slot."""
+        client = await self.client()
+        handle = client.get_workflow_handle(limiter_workflow_id(self.task_queue))
+        try:
+            return await self._call(
+                handle.query(QUEUE_QUERY, result_type=LimiterView),
+                "the limiter's queue",
+                no_worker=f"no worker polls task queue {self.task_queue!r} to answer the limiter",
+            )
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise TemporalError(f"the limiter's queue: {e.message}") from None
 
     async def describe(self, plan_id: str) -> WorkflowExecutionDescription | None:
         """The plan's workflow as Temporal describes it; None when Temporal knows none."""
@@ -443,7 +461,7 @@ class PlanClient:
             if desc.status == WorkflowExecutionStatus.RUNNING:
                 return await self.handle(plan.id), False
             raise PlanAlreadyRan(plan.id, plan.workflow_id, ended_status(desc))
-        from workflows.starter import start_plan
+        from workflows.starter import plan_limits, start_plan
 
         try:
             handle = await self._call(
@@ -452,6 +470,7 @@ class PlanClient:
                     plan,
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                    limits=plan_limits(self.settings),
                     approval=approval,
                     submitted_by=submitted_by,
                 ),
@@ -477,7 +496,7 @@ class PlanClient:
                 handle = await self.handle(plan_id)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.result(), timeout=self.rpc_timeout_s)
-        from workflows.starter import resume_from_failure
+        from workflows.starter import plan_limits, resume_from_failure
 
         try:
             return await self._call(
@@ -487,6 +506,7 @@ class PlanClient:
                     by,
                     self.task_queue,
                     heartbeat_timeout_s=self.settings.temporal.heartbeat_timeout_s,
+                    limits=plan_limits(self.settings),
                 ),
                 "resume-from-failure",
             )

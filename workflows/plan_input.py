@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     from contracts.snapshots import SnapshotCursor
+    from plans.limits import ConcurrencyLimits
     from plans.models import Plan, PlanStatus, ToolSpec
     from plans.run_state import Approval, PlanRun, StepRun
 
@@ -84,6 +85,12 @@ class PlanInput(BaseModel):
         default=None,
         ge=50,
         description="continue as new past this many history events (default: when Temporal suggests it)",
+    )
+    limits: ConcurrencyLimits | None = Field(
+        default=None,
+        description="concurrency limits of the plan's task queue (PLANSMITH_MAX_CONCURRENT_PLANS, "
+        "..._PER_AGENT, read by the starter): the plan waits `queued` for a slot before its "
+        "first step; None = no limit, and nothing is asked",
     )
 
 

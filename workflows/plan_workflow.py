@@ -23,16 +23,19 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.plan_handlers import PlanHandlers
 from workflows.plan_input import WORKFLOW_NAME, PlanInput, PlanResult
 from workflows.plan_publisher import PlanPublisher
+from workflows.plan_slot import PlanSlot
 from workflows.step_policy import error_text
 from workflows.step_runner import StepRunner
 
 with workflow.unsafe.imports_passed_through():
     from contracts.approval import ASSESS_APPROVAL, AssessApprovalInput
+    from contracts.limits import GRANTED_SIGNAL
     from contracts.replan import PROPOSE_REPLAN, ReplanAnswer, ReplanRequest
     from contracts.secrets import CHECK_SECRETS, SecretCheck
     from contracts.tools import catalog
     from contracts.tools import shared as shared_specs
     from plans import approval_gate, deadlines, replan, run_index, run_state, scheduler
+    from plans.limits import SlotGrant
     from plans.models import PlanStatus, StepKind
     from plans.policy import ApprovalDecision, decide_as_new_agent, decide_without_trust
     from plans.run_state import Approval, PlanRun
@@ -106,6 +109,7 @@ class PlanWorkflow(PlanHandlers):
             self._changed,
         )
         self._publisher = PlanPublisher(self._run, inp)
+        self._slot = PlanSlot(self._run, inp, self._changed)  # concurrency limits
         # the run's index (counts, waits, ready steps, the change journal) follows every
         # step change from here on, queried or not, so change numbers replay the same
         run_index.of(self._run)
@@ -141,12 +145,18 @@ class PlanWorkflow(PlanHandlers):
             if inp.run is None:  # a fresh run (not a continuation): are its secrets here?
                 await self._check_secrets()
             await self._approval_phase()
+            if run.final_status is None and not self._continue and self._slot.limited():
+                await self._slot.acquire(self._publisher.publish)  # status `queued`
             if run.final_status is None and not self._continue:
                 await self._execute()
+            if not self._continue or run.final_status is not None:
+                self._slot.release(run.status.value)
         except asyncio.CancelledError:
             await self._cancelled_by_temporal()
+            self._slot.release("cancelled through Temporal")
             await workflow.wait_condition(workflow.all_handlers_finished)
             await self._publisher.flush()
+            await self._slot.settled()
             raise
         self._publisher.publish()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -166,7 +176,13 @@ class PlanWorkflow(PlanHandlers):
                 )
             )
         await self._publisher.flush()
+        await self._slot.settled()
         return self._result()
+
+    @workflow.signal(name=GRANTED_SIGNAL)
+    def plan_slot_granted(self, grant: SlotGrant) -> None:
+        """The queue's limiter gives this plan a slot (:mod:`workflows.plan_slot`)."""
+        self._slot.on_grant(grant)
 
     def _history_is_long(self) -> bool:
         info = workflow.info()

@@ -13,11 +13,21 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from config import Settings
 from contracts.tools import catalog
+from plans.limits import ConcurrencyLimits, limits_of
 from plans.models import Plan, PlanStatus, StepStatus, workflow_id_for
 from plans.run_state import PlanRun, StepRun
 from workflows.errors import ResumeRefused
 from workflows.plan_input import WORKFLOW_NAME, PlanInput, PlanResult
+
+
+def plan_limits(settings: Settings) -> ConcurrencyLimits | None:
+    """The concurrency limits a plan started with ``settings`` runs under (None: none,
+    and the plan asks no limiter for a slot)."""
+    t = settings.temporal
+    return limits_of(t.max_concurrent_plans, t.max_concurrent_plans_per_agent, t.limiter_check_s)
+
 
 RESUMABLE = (PlanStatus.FAILED, PlanStatus.PARTIAL, PlanStatus.CANCELLED)
 

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--watch", action="store_true", help="show live progress; exit 1 unless it completes"
     )
+    sub.add_parser(
+        "queue",
+        help="the concurrency limits: plans executing and plans queued, in order (JSON)",
+    )
     s = sub.add_parser("watch", help="follow a running plan until it ends")
     s.add_argument("id")
     for q in ("execution-state", "show-plan", "audit"):
@@ -219,6 +223,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("running", "cmd_run"),
     "status": ("running", "cmd_status"),
     "watch": ("running", "cmd_watch"),
+    "queue": ("running", "cmd_queue"),
     "execution-state": ("running", "cmd_query"),
     "show-plan": ("running", "cmd_query"),
     "audit": ("running", "cmd_query"),

@@ -350,6 +350,22 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+async def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    """The task queue's limits and its limiter's ``queue`` query (docs/operating.md,
+    Concurrency limits); ``limiter`` is null before any plan asked for a slot."""
+    plans = await connect(settings)
+    view = await plans.limiter_queue()
+    t = settings.temporal
+    answer = {
+        "task_queue": plans.task_queue,
+        "max_concurrent_plans": t.max_concurrent_plans,
+        "max_concurrent_plans_per_agent": t.max_concurrent_plans_per_agent,
+        "limiter": view.model_dump(mode="json") if view is not None else None,
+    }
+    print(json.dumps(answer, indent=2))
+    return EXIT_OK
+
+
 async def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     plans = await connect(settings)
     ended = await watch(plans, plan_id_of(args.id))

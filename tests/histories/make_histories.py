@@ -34,6 +34,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
+from contracts.limits import limiter_workflow_id
+from plans.limits import ConcurrencyLimits
 from plans.models import Plan
 from plansmith.devserver import temporal_cli_path
 from tests.fast_crash import chain_plan, crash_mid_chain
@@ -762,6 +764,42 @@ async def short_plan_one_snapshot(client: Client, tq: str) -> Handle:
         ],
     )
     return await start(client, plan, tq)
+
+
+LIMITER_HISTORY = HERE / "limiter" / "plan_limiter.json"
+
+
+@scenario("concurrency_limits", expect="completed")
+async def concurrency_limits(client: Client, tq: str) -> Handle:
+    """Since the ``concurrency-limits`` patch: with a limit of one plan, this plan waits
+    ``queued`` (request_plan_slot, then the plan_slot_granted signal) behind a plan whose
+    step gate holds the slot, starts when that one ends, and releases its own slot. The
+    queue's limiter's history is written to limiter/plan_limiter.json."""
+    limits = ConcurrencyLimits(max_plans=1, check_every_s=5)
+    holder_plan = plan_of(
+        "concurrency_limits_holder",
+        [{"id": "gate", "tool": "wait", "params": {"seconds": 0}, "requires_approval": True}],
+    )
+    holder = await client.start_workflow(
+        PlanWorkflow.run,
+        PlanInput(plan=holder_plan, limits=limits),
+        id=holder_plan.workflow_id,
+        task_queue=tq,
+    )
+    await wait_for(holder, lambda s: s.status == "waiting_approval")
+    plan = plan_of("concurrency_limits", [count_step("a", "hist-concurrency-limits")])
+    handle = await client.start_workflow(
+        PlanWorkflow.run, PlanInput(plan=plan, limits=limits), id=plan.workflow_id, task_queue=tq
+    )
+    await wait_for(handle, lambda s: s.status == "queued")
+    await holder.signal("approve_step", {"by": "ops", "step_id": "gate"})
+    await handle.result()
+    limiter = client.get_workflow_handle(limiter_workflow_id(tq))
+    history = await limiter.fetch_history()
+    LIMITER_HISTORY.parent.mkdir(exist_ok=True)
+    LIMITER_HISTORY.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    await limiter.terminate("histories recorded")
+    return handle
 
 
 # --- driver ------------------------------------------------------------------------------

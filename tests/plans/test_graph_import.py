@@ -133,8 +133,8 @@ def test_plan_shape_ids_and_options():
 @settings(max_examples=200, deadline=None)
 def test_clean_ids_are_valid_and_distinct(raw: str):
     cleaned = clean_id(raw)
-    assert ID_RE.match(cleaned) and len(cleaned) <= 64
-    if ID_RE.match(raw) and len(raw) <= 64:
+    assert ID_RE.fullmatch(cleaned) and len(cleaned) <= 64
+    if ID_RE.fullmatch(raw) and len(raw) <= 64:
         assert cleaned == raw
     else:
         assert cleaned != clean_id(raw + "x")
@@ -645,3 +645,23 @@ def test_any_definition_translates_or_is_refused_with_located_problems(
         return
     for p in validate_translation(tr, catalog()):
         assert p.location.startswith("definition")
+
+
+def test_conditions_that_feed_each_other_are_refused_not_a_recursion_error():
+    """Two condition nodes, each upstream of the other: working out one's branch guard
+    needed the other's, which needed the first (a RecursionError: a 500 of the API)."""
+    cond = {"expression": "score > 1"}
+    nodes = [
+        {"id": "in", "type": "input"},
+        {"id": "c1", "type": "condition", "config": cond},
+        {"id": "c2", "type": "condition", "config": cond},
+        {"id": "out", "type": "output"},
+    ]
+    edges = [
+        {"source": "in", "target": "c1"},
+        {"source": "c2", "target": "c1", "sourceHandle": "true"},
+        {"source": "c1", "target": "c2", "sourceHandle": "true"},
+        {"source": "c1", "target": "out", "sourceHandle": "false"},
+    ]
+    problems = problems_of(request(nodes, edges, score=2))
+    assert any("cycle of conditions" in text for text in problems.values()), problems

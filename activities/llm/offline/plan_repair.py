@@ -49,7 +49,7 @@ def repair(previous: dict[str, Any], p: PlanningBrief) -> dict[str, Any] | None:
     for n, s in enumerate(steps_in, start=1):
         step = {k: v for k, v in s.items() if k in allowed}
         old = step.get("id")
-        sid = old if isinstance(old, str) and ID_RE.match(old) and old not in taken else None
+        sid = old if isinstance(old, str) and ID_RE.fullmatch(old) and old not in taken else None
         if sid is None:
             sid = step_id(str(step.get("description") or old or ""), taken, n)
         else:

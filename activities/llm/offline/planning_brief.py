@@ -156,7 +156,7 @@ def step_id(clause: str, taken: set[str], n: int) -> str:
     """An id for step ``n`` from the first words of ``clause``, not in ``taken`` (added)."""
     words = [w for w in ASCII_WORD.findall(URL.sub(" ", clause).lower()) if w not in STOP]
     base = "-".join(words[:3])[:40].strip("-") or f"step-{n}"
-    if not ID_RE.match(base):
+    if not ID_RE.fullmatch(base):
         base = f"step-{n}"
     sid, i = base, 2
     while sid in taken:
