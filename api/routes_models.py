@@ -5,8 +5,10 @@ configures a model in the store, which wins over the settings by name (``enabled
 false`` hides a model of the settings), and ``DELETE`` removes the store's
 configuration (a model of the settings is then back as the settings have it). Changes
 apply to the next model call, without a restart. With API keys, ``PUT`` and ``DELETE`` need
-an admin key (:mod:`api.auth`). Without ``ANTHROPIC_API_KEY`` the
-offline model answers every call, whichever model is chosen (``offline: true``).
+an admin key (:mod:`api.auth`). A model's ``provider`` says who answers it: ``anthropic``
+(``ANTHROPIC_API_KEY``) or ``ollama`` (``PLANSMITH_OLLAMA_URL``); only the models of the
+providers configured are chosen. With neither configured the offline model answers every
+call, whichever model is chosen (``offline: true``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from api.deps import (
 )
 from api.errors import ApiError, ErrorBody, not_found, responses
 from config import ModelConfig
+from config.models import PROVIDERS, Provider
 from contracts.models import ModelSelector
 from store import knowledge
 
@@ -53,6 +56,13 @@ class ModelView(BaseModel):
     max_tokens: int
     priority: int = Field(description="lower is preferred")
     enabled: bool
+    provider: Provider = Field(
+        description="anthropic (ANTHROPIC_API_KEY) or ollama (PLANSMITH_OLLAMA_URL)"
+    )
+    reachable: bool = Field(
+        description="false when its provider is not configured here, so the selector "
+        "passes it over (every model is reachable offline)"
+    )
     source: Literal["settings", "store"] = Field(
         description="settings: PLANSMITH_MODELS or the defaults; store: PUT /api/models/{name}"
     )
@@ -68,8 +78,11 @@ class ModelChoices(BaseModel):
 class ModelList(BaseModel):
     models: list[ModelView] = Field(description="every configured model, by priority then name")
     choices: ModelChoices = Field(description="which model each kind of work gets")
+    providers: list[Provider] = Field(
+        description="the providers configured here (ANTHROPIC_API_KEY, PLANSMITH_OLLAMA_URL)"
+    )
     offline: bool = Field(
-        description="true without ANTHROPIC_API_KEY: the offline deterministic model "
+        description="true with no provider configured: the offline deterministic model "
         "answers every call, whichever model is chosen"
     )
 
@@ -82,6 +95,7 @@ class ModelPut(BaseModel):
         json_schema_extra={
             "examples": [
                 {"capabilities": ["fast", "general"], "max_tokens": 2048, "priority": 5},
+                {"capabilities": ["planning", "general"], "provider": "ollama"},
                 {"capabilities": ["planning"], "enabled": False},
             ]
         },
@@ -93,17 +107,24 @@ class ModelPut(BaseModel):
     max_tokens: int = Field(default=4096, ge=1, le=INT_BOUND)
     priority: int = Field(default=100, ge=-INT_BOUND, le=INT_BOUND, description="lower first")
     enabled: bool = Field(default=True, description="false hides a model of the settings")
+    provider: Provider = Field(
+        default="anthropic",
+        description="anthropic, or ollama for a model of the Ollama server at "
+        "PLANSMITH_OLLAMA_URL (its name as Ollama lists it, e.g. llama3.1:8b)",
+    )
 
 
-def _view(m: ModelConfig) -> ModelView:
-    return ModelView(**m.model_dump())
+def _view(m: ModelConfig, selector: ModelSelector) -> ModelView:
+    return ModelView(**m.model_dump(), reachable=selector.reachable(m))
 
 
 def _listing(selector: ModelSelector, services: ApiServices) -> ModelList:
+    providers = services.settings.models.providers()
     return ModelList(
-        models=[_view(m) for m in selector.models],
+        models=[_view(m, selector) for m in selector.models],
         choices=ModelChoices(**selector.roles()),
-        offline=not services.settings.models.anthropic_api_key,
+        providers=[p for p in PROVIDERS if p in providers],
+        offline=not providers,
     )
 
 
@@ -136,7 +157,9 @@ async def list_models(services: ServicesDep) -> ModelList:
     "/{name}",
     response_model=ModelView,
     summary="Configure a model in the store (created: 201, replaced: 200)",
-    description="Creates or replaces the store's configuration of the model. It wins over "
+    description="Creates or replaces the store's configuration of the model. "
+    '`"provider": "ollama"` makes it a model of the Ollama server at PLANSMITH_OLLAMA_URL. '
+    "It wins over "
     "a model of the same name in PLANSMITH_MODELS; `enabled: false` hides that model "
     "from the selector. Applies to the next model call. Needs an admin key when "
     "PLANSMITH_API_KEYS is set (403 for agent and operator keys).",
@@ -162,6 +185,7 @@ async def put_model(
             max_tokens=body.max_tokens,
             priority=body.priority,
             enabled=body.enabled,
+            provider=body.provider,
         )
         return row, not existed
 
@@ -174,7 +198,7 @@ async def put_model(
         principal.owner or "api",
     )
     fields = {k: row[k] for k in ModelConfig.model_fields if k in row and k != "source"}
-    return _view(ModelConfig(**fields, source="store"))
+    return _view(ModelConfig(**fields, source="store"), await _selector(services))
 
 
 @router.delete(

@@ -40,6 +40,8 @@ api.log_level                      ``PLANSMITH_LOG_LEVEL`` (``INFO``)
 models.anthropic_api_key           ``ANTHROPIC_API_KEY``
 models.models                      ``PLANSMITH_MODELS``
 models.llm_timeout_s               ``PLANSMITH_LLM_TIMEOUT_S`` (120)
+models.ollama_url                  ``PLANSMITH_OLLAMA_URL`` (an Ollama server, e.g.
+                                   ``http://127.0.0.1:11434``)
 policy.policy                      ``PLANSMITH_POLICY``
 policy.trust_half_life_days        ``PLANSMITH_TRUST_HALF_LIFE_DAYS``
 sandbox.*                          ``PLANSMITH_SANDBOX_*`` (see :class:`SandboxSettings`)
@@ -57,6 +59,7 @@ import binascii
 import hashlib
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -498,6 +501,44 @@ class ModelSettings(_Section):
         description="how long one language-model call may take before it fails (and is "
         "retried by Temporal)",
     )
+
+    ollama_url: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_OLLAMA_URL",
+        description="the base URL of an Ollama server (e.g. http://127.0.0.1:11434): models "
+        'configured with "provider": "ollama" are answered by it; nothing else is ever '
+        "contacted for them",
+    )
+
+    @field_validator("ollama_url", mode="before")
+    @classmethod
+    def _check_ollama_url(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                "PLANSMITH_OLLAMA_URL must be an http(s) URL like http://127.0.0.1:11434"
+            )
+        if parsed.query or parsed.fragment or parsed.username or parsed.password:
+            raise ValueError(
+                "PLANSMITH_OLLAMA_URL must be a plain base URL (no credentials, query or fragment)"
+            )
+        return value.rstrip("/")
+
+    def providers(self) -> frozenset[str]:
+        """The model providers this process can reach: ``anthropic`` with
+        ``ANTHROPIC_API_KEY``, ``ollama`` with ``PLANSMITH_OLLAMA_URL``; empty: the offline
+        model answers every call."""
+        found = set()
+        if self.anthropic_api_key:
+            found.add("anthropic")
+        if self.ollama_url:
+            found.add("ollama")
+        return frozenset(found)
 
     @field_validator("models")
     @classmethod
