@@ -490,7 +490,8 @@ class ModelSettings(_Section):
         default=None,
         validation_alias="PLANSMITH_MODELS",
         description="the models the selector may pick: a JSON list of objects "
-        '{"name", "capabilities", "max_tokens", "priority", "enabled"} (default: a Sonnet '
+        '{"name", "capabilities", "max_tokens", "priority", "enabled", "provider"} (provider: '
+        "anthropic, the default, or ollama; default list: a Sonnet "
         "for planning and code, a Haiku for fast work); models configured in the store "
         "(PUT /api/models/{name}) override these by name",
     )
