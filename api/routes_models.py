@@ -30,6 +30,7 @@ from api.deps import (
     require_admin,
 )
 from api.errors import ApiError, ErrorBody, not_found, responses
+from api.ollama_catalog import OllamaUnavailable, ollama_models
 from config import ModelConfig
 from config.models import PROVIDERS, Provider
 from contracts.models import ModelSelector
@@ -138,6 +139,28 @@ async def _selector(services: ApiServices) -> ModelSelector:
     return ModelSelector.load(services.settings, rows)
 
 
+class OllamaModelView(BaseModel):
+    name: str = Field(description="the name to configure it by (PUT /api/models/{name})")
+    size: int | None = Field(description="bytes on the Ollama host")
+    family: str | None
+    parameter_size: str | None = Field(examples=["8.0B"])
+    quantization: str | None = Field(examples=["Q4_K_M"])
+    capabilities: list[str] | None = Field(
+        description="what /api/show says it can do (completion, tools, thinking, vision…); "
+        "null when the server does not say"
+    )
+    tools: bool | None = Field(
+        description="supports tool calling (otherwise tools are emulated with JSON answers); "
+        "null when unknown"
+    )
+    configured: bool = Field(description='configured here with "provider": "ollama"')
+
+
+class OllamaListing(BaseModel):
+    url: str = Field(description="PLANSMITH_OLLAMA_URL")
+    models: list[OllamaModelView]
+
+
 NameDep = Annotated[
     str, Path(pattern=MODEL_NAME, description="the model id", examples=["claude-haiku-5-5"])
 ]
@@ -151,6 +174,42 @@ NameDep = Annotated[
 )
 async def list_models(services: ServicesDep) -> ModelList:
     return _listing(await _selector(services), services)
+
+
+@router.get(
+    "/ollama",
+    response_model=OllamaListing,
+    summary="The models the Ollama server at PLANSMITH_OLLAMA_URL has, and what they can do",
+    description="Asks the server's /api/tags and /api/show (nothing else is contacted; "
+    "bounded to 10 s and 100 models). A model is chosen only once configured with "
+    '`PUT /api/models/{name}` and `"provider": "ollama"` (or in PLANSMITH_MODELS). '
+    "409 when PLANSMITH_OLLAMA_URL is not set here, 502 when the server cannot be read.",
+    responses={
+        **responses(401, 422, 503),
+        409: {"model": ErrorBody, "description": "PLANSMITH_OLLAMA_URL is not set"},
+        502: {"model": ErrorBody, "description": "the Ollama server cannot be read"},
+    },
+)
+async def list_ollama_models(services: ServicesDep) -> OllamaListing:
+    url = services.settings.models.ollama_url
+    if not url:
+        raise ApiError(
+            409,
+            "ollama_not_configured",
+            "PLANSMITH_OLLAMA_URL is not set on the API's side: no Ollama server to ask",
+        )
+    try:
+        found = await ollama_models(url)
+    except OllamaUnavailable as e:
+        raise ApiError(
+            502, "ollama_unavailable", f"cannot list the models of Ollama at {url}: {e}"
+        ) from None
+    selector = await _selector(services)
+    configured = {m.name for m in selector.models if m.provider == "ollama"}
+    return OllamaListing(
+        url=url,
+        models=[OllamaModelView(**m, configured=m["name"] in configured) for m in found],
+    )
 
 
 @router.put(

@@ -67,6 +67,7 @@ _CLIENT_ERRORS: dict[int, tuple[bool, str]] = {
     429: (True, "LLMRateLimited"),
 }
 _NO_TOOLS = re.compile(r"does not support tools", re.IGNORECASE)
+_THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)  # a reasoning model's musings
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
 
 
@@ -460,6 +461,7 @@ def _parse(data: dict[str, Any], offered: list[ToolDef]) -> tuple[str, list[Tool
     text = message.get("content") or ""
     if not isinstance(text, str):
         raise _bad("the message's content is not text")
+    text = _THINK.sub("", text, count=1)
     raw_calls = message.get("tool_calls") or []
     if not isinstance(raw_calls, list):
         raise _bad("tool_calls is not a list")

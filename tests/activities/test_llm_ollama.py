@@ -281,6 +281,17 @@ async def test_a_model_without_tools_answers_a_forced_tool_in_json_mode(
     ]
 
 
+async def test_a_reasoning_models_musings_are_not_taken_for_the_answer(
+    server: respx.Router, model: OllamaModel
+):
+    capabilities(server, "completion", "thinking")
+    server.post("/api/chat").respond(
+        json=chat('<think>maybe {"answer": "no"}? </think>\n{"answer": "yes"}')
+    )
+    call = (await model.complete(forced(RESPOND))).call("respond")
+    assert call is not None and call.input == {"answer": "yes"}
+
+
 async def test_a_model_without_tools_calls_an_offered_tool_by_writing_json(
     server: respx.Router, model: OllamaModel
 ):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -488,3 +490,131 @@ async def test_put_configures_an_ollama_model_that_the_listing_shows_and_the_cho
         assert body["providers"] == ["anthropic", "ollama"]
         assert body["choices"]["planning"] == SONNET  # priority 10 < 100
         assert all(x["reachable"] for x in body["models"])
+
+
+class FakeOllama:
+    """A tiny Ollama stand-in on 127.0.0.1 (``/api/tags``, ``/api/show``), started and
+    stopped by the test; it records the paths asked."""
+
+    def __init__(self, tags: Any, capabilities: dict[str, list[str]]):
+        asked: list[str] = []
+        self.asked = asked
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                asked.append(f"GET {self.path}")
+                if self.path == "/api/tags":
+                    self._answer(200, tags)
+                else:
+                    self._answer(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                name = json.loads(raw)["model"]
+                asked.append(f"POST {self.path} {name}")
+                if name in capabilities:
+                    self._answer(200, {"capabilities": capabilities[name]})
+                else:
+                    self._answer(500, {"error": "boom"})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+async def test_get_models_ollama_lists_the_servers_models_and_whether_they_call_tools(
+    db_url: str,
+):
+    tags = {
+        "models": [
+            {
+                "name": "qwen3:8b",
+                "size": 5_200_000_000,
+                "details": {
+                    "family": "qwen3",
+                    "parameter_size": "8.2B",
+                    "quantization_level": "Q4_K_M",
+                },
+            },
+            {"name": "gemma2:2b", "size": 1_600_000_000, "details": {"family": "gemma2"}},
+            {"name": "odd:1", "size": -5, "details": "garbage"},
+            {"no": "name"},
+        ]
+    }
+    fake = FakeOllama(
+        tags, {"qwen3:8b": ["completion", "tools", "thinking"], "gemma2:2b": ["completion"]}
+    )
+    try:
+        async with api(db_url, ollama_url=fake.url) as http:
+            r = await http.put(
+                "/api/models/qwen3:8b", json={"capabilities": ["planning"], "provider": "ollama"}
+            )
+            assert r.status_code == 201
+            r = await http.get("/api/models/ollama")
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["url"] == fake.url
+            assert body["models"] == [
+                {
+                    "name": "qwen3:8b",
+                    "size": 5_200_000_000,
+                    "family": "qwen3",
+                    "parameter_size": "8.2B",
+                    "quantization": "Q4_K_M",
+                    "capabilities": ["completion", "tools", "thinking"],
+                    "tools": True,
+                    "configured": True,
+                },
+                {
+                    "name": "gemma2:2b",
+                    "size": 1_600_000_000,
+                    "family": "gemma2",
+                    "parameter_size": None,
+                    "quantization": None,
+                    "capabilities": ["completion"],
+                    "tools": False,
+                    "configured": False,
+                },
+                {
+                    "name": "odd:1",
+                    "size": None,
+                    "family": None,
+                    "parameter_size": None,
+                    "quantization": None,
+                    "capabilities": None,  # /api/show failed: unknown, not fatal
+                    "tools": None,
+                    "configured": False,
+                },
+            ]
+        assert sorted(fake.asked) == [
+            "GET /api/tags",
+            "POST /api/show gemma2:2b",
+            "POST /api/show odd:1",
+            "POST /api/show qwen3:8b",
+        ]
+    finally:
+        fake.close()
+
+    # the server gone: 502, naming it; no PLANSMITH_OLLAMA_URL: 409
+    async with api(db_url, ollama_url=fake.url) as http:
+        r = await http.get("/api/models/ollama")
+        assert r.status_code == 502 and r.json()["code"] == "ollama_unavailable"
+        assert fake.url in r.json()["detail"]
+    async with api(db_url) as http:
+        r = await http.get("/api/models/ollama")
+        assert r.status_code == 409 and "PLANSMITH_OLLAMA_URL" in r.json()["detail"]
