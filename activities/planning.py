@@ -165,6 +165,7 @@ class PlanningActivities:
                 catalog=cat,
                 lessons=lessons,
                 max_tokens=config.max_tokens,
+                provider=config.provider,
             )
         except PlanningFailed as e:
             elapsed = (time.monotonic() - started) * 1000
@@ -211,6 +212,7 @@ class PlanningActivities:
             model_name=config.name,
             lessons=lessons,
             max_tokens=min(config.max_tokens, 4096),
+            provider=config.provider,
         )
 
     @activity.defn(name=PROPOSE_REPLAN)

@@ -5,8 +5,10 @@ configures a model in the store, which wins over the settings by name (``enabled
 false`` hides a model of the settings), and ``DELETE`` removes the store's
 configuration (a model of the settings is then back as the settings have it). Changes
 apply to the next model call, without a restart. With API keys, ``PUT`` and ``DELETE`` need
-an admin key (:mod:`api.auth`). Without ``ANTHROPIC_API_KEY`` the
-offline model answers every call, whichever model is chosen (``offline: true``).
+an admin key (:mod:`api.auth`). A model's ``provider`` says who answers it: ``anthropic``
+(``ANTHROPIC_API_KEY``) or ``ollama`` (``PLANSMITH_OLLAMA_URL``); only the models of the
+providers configured are chosen. With neither configured the offline model answers every
+call, whichever model is chosen (``offline: true``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from api.deps import (
     require_admin,
 )
 from api.errors import ApiError, ErrorBody, not_found, responses
+from api.ollama_catalog import OllamaUnavailable, ollama_models
 from config import ModelConfig
+from config.models import PROVIDERS, Provider
 from contracts.models import ModelSelector
 from store import knowledge
 
@@ -53,6 +57,13 @@ class ModelView(BaseModel):
     max_tokens: int
     priority: int = Field(description="lower is preferred")
     enabled: bool
+    provider: Provider = Field(
+        description="anthropic (ANTHROPIC_API_KEY) or ollama (PLANSMITH_OLLAMA_URL)"
+    )
+    reachable: bool = Field(
+        description="false when its provider is not configured here, so the selector "
+        "passes it over (every model is reachable offline)"
+    )
     source: Literal["settings", "store"] = Field(
         description="settings: PLANSMITH_MODELS or the defaults; store: PUT /api/models/{name}"
     )
@@ -68,8 +79,11 @@ class ModelChoices(BaseModel):
 class ModelList(BaseModel):
     models: list[ModelView] = Field(description="every configured model, by priority then name")
     choices: ModelChoices = Field(description="which model each kind of work gets")
+    providers: list[Provider] = Field(
+        description="the providers configured here (ANTHROPIC_API_KEY, PLANSMITH_OLLAMA_URL)"
+    )
     offline: bool = Field(
-        description="true without ANTHROPIC_API_KEY: the offline deterministic model "
+        description="true with no provider configured: the offline deterministic model "
         "answers every call, whichever model is chosen"
     )
 
@@ -82,6 +96,7 @@ class ModelPut(BaseModel):
         json_schema_extra={
             "examples": [
                 {"capabilities": ["fast", "general"], "max_tokens": 2048, "priority": 5},
+                {"capabilities": ["planning", "general"], "provider": "ollama"},
                 {"capabilities": ["planning"], "enabled": False},
             ]
         },
@@ -93,17 +108,24 @@ class ModelPut(BaseModel):
     max_tokens: int = Field(default=4096, ge=1, le=INT_BOUND)
     priority: int = Field(default=100, ge=-INT_BOUND, le=INT_BOUND, description="lower first")
     enabled: bool = Field(default=True, description="false hides a model of the settings")
+    provider: Provider = Field(
+        default="anthropic",
+        description="anthropic, or ollama for a model of the Ollama server at "
+        "PLANSMITH_OLLAMA_URL (its name as Ollama lists it, e.g. llama3.1:8b)",
+    )
 
 
-def _view(m: ModelConfig) -> ModelView:
-    return ModelView(**m.model_dump())
+def _view(m: ModelConfig, selector: ModelSelector) -> ModelView:
+    return ModelView(**m.model_dump(), reachable=selector.reachable(m))
 
 
 def _listing(selector: ModelSelector, services: ApiServices) -> ModelList:
+    providers = services.settings.models.providers()
     return ModelList(
-        models=[_view(m) for m in selector.models],
+        models=[_view(m, selector) for m in selector.models],
         choices=ModelChoices(**selector.roles()),
-        offline=not services.settings.models.anthropic_api_key,
+        providers=[p for p in PROVIDERS if p in providers],
+        offline=not providers,
     )
 
 
@@ -115,6 +137,28 @@ async def _in_store(services: ApiServices, fn: Callable[[Session], T], *, write:
 async def _selector(services: ApiServices) -> ModelSelector:
     rows = await _in_store(services, knowledge.list_model_configs)
     return ModelSelector.load(services.settings, rows)
+
+
+class OllamaModelView(BaseModel):
+    name: str = Field(description="the name to configure it by (PUT /api/models/{name})")
+    size: int | None = Field(description="bytes on the Ollama host")
+    family: str | None
+    parameter_size: str | None = Field(examples=["8.0B"])
+    quantization: str | None = Field(examples=["Q4_K_M"])
+    capabilities: list[str] | None = Field(
+        description="what /api/show says it can do (completion, tools, thinking, vision…); "
+        "null when the server does not say"
+    )
+    tools: bool | None = Field(
+        description="supports tool calling (otherwise tools are emulated with JSON answers); "
+        "null when unknown"
+    )
+    configured: bool = Field(description='configured here with "provider": "ollama"')
+
+
+class OllamaListing(BaseModel):
+    url: str = Field(description="PLANSMITH_OLLAMA_URL")
+    models: list[OllamaModelView]
 
 
 NameDep = Annotated[
@@ -132,11 +176,49 @@ async def list_models(services: ServicesDep) -> ModelList:
     return _listing(await _selector(services), services)
 
 
+@router.get(
+    "/ollama",
+    response_model=OllamaListing,
+    summary="The models the Ollama server at PLANSMITH_OLLAMA_URL has, and what they can do",
+    description="Asks the server's /api/tags and /api/show (nothing else is contacted; "
+    "bounded to 10 s and 100 models). A model is chosen only once configured with "
+    '`PUT /api/models/{name}` and `"provider": "ollama"` (or in PLANSMITH_MODELS). '
+    "409 when PLANSMITH_OLLAMA_URL is not set here, 502 when the server cannot be read.",
+    responses={
+        **responses(401, 422, 503),
+        409: {"model": ErrorBody, "description": "PLANSMITH_OLLAMA_URL is not set"},
+        502: {"model": ErrorBody, "description": "the Ollama server cannot be read"},
+    },
+)
+async def list_ollama_models(services: ServicesDep) -> OllamaListing:
+    url = services.settings.models.ollama_url
+    if not url:
+        raise ApiError(
+            409,
+            "ollama_not_configured",
+            "PLANSMITH_OLLAMA_URL is not set on the API's side: no Ollama server to ask",
+        )
+    try:
+        found = await ollama_models(url)
+    except OllamaUnavailable as e:
+        raise ApiError(
+            502, "ollama_unavailable", f"cannot list the models of Ollama at {url}: {e}"
+        ) from None
+    selector = await _selector(services)
+    configured = {m.name for m in selector.models if m.provider == "ollama"}
+    return OllamaListing(
+        url=url,
+        models=[OllamaModelView(**m, configured=m["name"] in configured) for m in found],
+    )
+
+
 @router.put(
     "/{name}",
     response_model=ModelView,
     summary="Configure a model in the store (created: 201, replaced: 200)",
-    description="Creates or replaces the store's configuration of the model. It wins over "
+    description="Creates or replaces the store's configuration of the model. "
+    '`"provider": "ollama"` makes it a model of the Ollama server at PLANSMITH_OLLAMA_URL. '
+    "It wins over "
     "a model of the same name in PLANSMITH_MODELS; `enabled: false` hides that model "
     "from the selector. Applies to the next model call. Needs an admin key when "
     "PLANSMITH_API_KEYS is set (403 for agent and operator keys).",
@@ -162,6 +244,7 @@ async def put_model(
             max_tokens=body.max_tokens,
             priority=body.priority,
             enabled=body.enabled,
+            provider=body.provider,
         )
         return row, not existed
 
@@ -174,7 +257,7 @@ async def put_model(
         principal.owner or "api",
     )
     fields = {k: row[k] for k in ModelConfig.model_fields if k in row and k != "source"}
-    return _view(ModelConfig(**fields, source="store"))
+    return _view(ModelConfig(**fields, source="store"), await _selector(services))
 
 
 @router.delete(

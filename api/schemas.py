@@ -161,7 +161,8 @@ class GenerateResponse(BaseModel):
     )
     model: str = Field(description="the model that answered (`offline:<name>` offline)")
     offline: bool = Field(
-        description="true: made by the offline stand-in (no ANTHROPIC_API_KEY), not a model"
+        description="true: made by the offline stand-in (no ANTHROPIC_API_KEY nor "
+        "PLANSMITH_OLLAMA_URL), not a model"
     )
     lessons_applied: list[LessonUsed] = Field(
         description="lessons from earlier rejections and corrections that were in the prompt"

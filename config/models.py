@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 ENV_VAR = "PLANSMITH_MODELS"
 
+Provider = Literal["anthropic", "ollama"]
+PROVIDERS: tuple[Provider, ...] = ("anthropic", "ollama")
+
 
 class ModelConfig(BaseModel):
     """One model the selector may pick."""
@@ -23,6 +26,11 @@ class ModelConfig(BaseModel):
     max_tokens: int = Field(default=4096, ge=1, description="the most output tokens to ask for")
     priority: int = Field(default=100, description="lower is preferred")
     enabled: bool = True
+    provider: Provider = Field(
+        default="anthropic",
+        description="who answers it: anthropic (ANTHROPIC_API_KEY) or ollama "
+        "(PLANSMITH_OLLAMA_URL)",
+    )
     source: Literal["settings", "store"] = "settings"
 
     def has(self, capabilities: Iterable[str]) -> bool:
@@ -30,7 +38,8 @@ class ModelConfig(BaseModel):
 
     def describe(self) -> str:
         off = ", disabled" if not self.enabled else ""
-        return f"{self.name} [{', '.join(self.capabilities) or 'no capabilities'}]{off}"
+        via = ", ollama" if self.provider == "ollama" else ""
+        return f"{self.name} [{', '.join(self.capabilities) or 'no capabilities'}]{via}{off}"
 
 
 DEFAULT_MODELS: tuple[ModelConfig, ...] = (

@@ -43,6 +43,8 @@ api.log_level                      ``PLANSMITH_LOG_LEVEL`` (``INFO``)
 models.anthropic_api_key           ``ANTHROPIC_API_KEY``
 models.models                      ``PLANSMITH_MODELS``
 models.llm_timeout_s               ``PLANSMITH_LLM_TIMEOUT_S`` (120)
+models.ollama_url                  ``PLANSMITH_OLLAMA_URL`` (an Ollama server, e.g.
+                                   ``http://127.0.0.1:11434``)
 policy.policy                      ``PLANSMITH_POLICY``
 policy.trust_half_life_days        ``PLANSMITH_TRUST_HALF_LIFE_DAYS``
 sandbox.*                          ``PLANSMITH_SANDBOX_*`` (see :class:`SandboxSettings`)
@@ -60,6 +62,7 @@ import binascii
 import hashlib
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -510,7 +513,8 @@ class ModelSettings(_Section):
         default=None,
         validation_alias="PLANSMITH_MODELS",
         description="the models the selector may pick: a JSON list of objects "
-        '{"name", "capabilities", "max_tokens", "priority", "enabled"} (default: a Sonnet '
+        '{"name", "capabilities", "max_tokens", "priority", "enabled", "provider"} (provider: '
+        "anthropic, the default, or ollama; default list: a Sonnet "
         "for planning and code, a Haiku for fast work); models configured in the store "
         "(PUT /api/models/{name}) override these by name",
     )
@@ -521,6 +525,44 @@ class ModelSettings(_Section):
         description="how long one language-model call may take before it fails (and is "
         "retried by Temporal)",
     )
+
+    ollama_url: str | None = Field(
+        default=None,
+        validation_alias="PLANSMITH_OLLAMA_URL",
+        description="the base URL of an Ollama server (e.g. http://127.0.0.1:11434): models "
+        'configured with "provider": "ollama" are answered by it; nothing else is ever '
+        "contacted for them",
+    )
+
+    @field_validator("ollama_url", mode="before")
+    @classmethod
+    def _check_ollama_url(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if not value:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                "PLANSMITH_OLLAMA_URL must be an http(s) URL like http://127.0.0.1:11434"
+            )
+        if parsed.query or parsed.fragment or parsed.username or parsed.password:
+            raise ValueError(
+                "PLANSMITH_OLLAMA_URL must be a plain base URL (no credentials, query or fragment)"
+            )
+        return value.rstrip("/")
+
+    def providers(self) -> frozenset[str]:
+        """The model providers this process can reach: ``anthropic`` with
+        ``ANTHROPIC_API_KEY``, ``ollama`` with ``PLANSMITH_OLLAMA_URL``; empty: the offline
+        model answers every call."""
+        found = set()
+        if self.anthropic_api_key:
+            found.add("anthropic")
+        if self.ollama_url:
+            found.add("ollama")
+        return frozenset(found)
 
     @field_validator("models")
     @classmethod

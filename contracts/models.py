@@ -10,6 +10,12 @@ gets the enabled model that has all of them, the lowest ``priority`` first (then
 name, so the choice is stable). A step may name its model outright; that name must be
 configured. When nothing fits, :class:`NoModelFits` says what was asked and lists every
 configured model with its capabilities.
+
+Each model has a *provider*: ``anthropic`` (the default) or ``ollama``. When the process
+can reach some provider (``ANTHROPIC_API_KEY``, ``PLANSMITH_OLLAMA_URL``), only the models
+of the providers it can reach are chosen: with Ollama alone, the Ollama models are picked
+by capability exactly as the Anthropic ones would be. When it reaches none, every model
+may be chosen and the offline stand-in answers for all of them.
 """
 
 from __future__ import annotations
@@ -30,12 +36,17 @@ CODE = "code_generation"
 FAST = "fast"
 GENERAL = "general"
 
+# what a process needs to reach each provider
+_NEEDS = {"anthropic": "ANTHROPIC_API_KEY", "ollama": "PLANSMITH_OLLAMA_URL"}
+
 
 class ModelSelector:
     """Picks a model by capability, or by name, from the configured models."""
 
-    def __init__(self, models: Iterable[ModelConfig]):
+    def __init__(self, models: Iterable[ModelConfig], providers: Iterable[str] | None = None):
         self.models: list[ModelConfig] = sorted(models, key=lambda m: (m.priority, m.name))
+        # the providers this process reaches; empty: offline, every model answers
+        self.providers: frozenset[str] = frozenset(providers or ())
 
     # --- loading ----------------------------------------------------------------------
 
@@ -57,18 +68,27 @@ class ModelSelector:
                 log.warning("ignoring the store's model %r: %s", row.get("name"), e)
                 continue
             merged[model.name] = model
-        return cls(merged.values())
+        return cls(merged.values(), settings.models.providers())
 
     # --- choosing ---------------------------------------------------------------------
 
+    def reachable(self, model: ModelConfig) -> bool:
+        """Whether this process can reach ``model``'s provider (always, offline)."""
+        return not self.providers or model.provider in self.providers
+
     @property
     def enabled(self) -> list[ModelConfig]:
-        return [m for m in self.models if m.enabled]
+        return [m for m in self.models if m.enabled and self.reachable(m)]
+
+    def _describe(self, m: ModelConfig) -> str:
+        if self.reachable(m):
+            return m.describe()
+        return f"{m.describe()}, unreachable: {_NEEDS.get(m.provider, m.provider)} is not set"
 
     def _configured(self) -> str:
         if not self.models:
             return "no models are configured (PLANSMITH_MODELS, PUT /api/models/{name})"
-        return "configured models: " + "; ".join(m.describe() for m in self.models)
+        return "configured models: " + "; ".join(self._describe(m) for m in self.models)
 
     def find(self, capabilities: Iterable[str]) -> ModelConfig | None:
         """The enabled model with all ``capabilities`` (lowest priority, then name)."""
@@ -91,9 +111,18 @@ class ModelSelector:
         """The enabled model called ``name``; :class:`NoModelFits` if there is none."""
         for m in self.models:
             if m.name == name:
-                if m.enabled:
-                    return m
-                raise NoModelFits(f"model {name!r} is disabled; {self._configured()}", name=name)
+                if not m.enabled:
+                    raise NoModelFits(
+                        f"model {name!r} is disabled; {self._configured()}", name=name
+                    )
+                if not self.reachable(m):
+                    raise NoModelFits(
+                        f"model {name!r} is an {m.provider} model and "
+                        f"{_NEEDS.get(m.provider, m.provider)} is not set on this side; "
+                        f"{self._configured()}",
+                        name=name,
+                    )
+                return m
         raise NoModelFits(f"model {name!r} is not configured; {self._configured()}", name=name)
 
     def planning_model(self) -> ModelConfig:

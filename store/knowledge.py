@@ -88,6 +88,7 @@ def _model_dict(row: ModelConfigRecord) -> dict[str, Any]:
         "max_tokens": row.max_tokens,
         "priority": row.priority,
         "enabled": row.enabled,
+        "provider": row.provider or "anthropic",
         "updated_at": row.updated_at,
     }
 
@@ -110,6 +111,7 @@ def put_model_config(
     max_tokens: int = 4096,
     priority: int = 100,
     enabled: bool = True,
+    provider: str = "anthropic",
 ) -> dict[str, Any]:
     """Create or replace the store's configuration of model ``name``."""
     row = session.get(ModelConfigRecord, name) or ModelConfigRecord(name=name, updated_at=_now())
@@ -117,6 +119,7 @@ def put_model_config(
     row.max_tokens = max_tokens
     row.priority = priority
     row.enabled = enabled
+    row.provider = provider
     row.updated_at = _now()
     session.add(row)
     session.flush()

@@ -321,6 +321,8 @@ class ModelConfigRecord(SQLModel, table=True):
     max_tokens: int = 4096
     priority: int = 100
     enabled: bool = True
+    # anthropic or ollama (added by migration 0007; older rows are anthropic)
+    provider: str = Field(default="anthropic", max_length=32)
     updated_at: datetime = _ts()
 
 

@@ -2,9 +2,10 @@
 
 Callers (the llm/decision/validation steps, the planner) build an :class:`LLMRequest`,
 ask a :class:`ChatModel` for a :class:`LLMResponse` and never know which model answered:
-the Anthropic client when ``ANTHROPIC_API_KEY`` is set, the offline deterministic model
-otherwise (:func:`activities.llm.factory.chat_model_from`, called once by the worker), or whatever a test gives
-the activities (:class:`activities.deps.ActivityDeps`).
+the Anthropic client when ``ANTHROPIC_API_KEY`` is set, an Ollama server's models when
+``PLANSMITH_OLLAMA_URL`` is set (by the request's ``provider``), the offline deterministic
+model when neither is (:func:`activities.llm.factory.chat_model_from`, called once by the
+worker), or whatever a test gives the activities (:class:`activities.deps.ActivityDeps`).
 
 Messages and content blocks follow the Anthropic Messages API shape (plain dicts), so a
 conversation with tool calls can be fed back to the model as it is:
@@ -55,6 +56,9 @@ class LLMRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=1)
     # mark the system prompt and the tool list for prompt caching (both must be stable)
     cache: bool = True
+    # who answers: "anthropic" or "ollama" (the selected model's provider); None for a
+    # model the selector does not know (activities.llm.factory.ProviderRouter decides)
+    provider: str | None = None
 
     def forced_tool(self) -> ToolDef | None:
         """The tool the request forces the model to call, if it forces one."""

@@ -438,6 +438,7 @@ async def generate_plan(
     catalog: Mapping[str, ToolSpec],
     lessons: Sequence[Any] = (),
     max_tokens: int = DEFAULT_MAX_TOKENS,
+    provider: str | None = None,
 ) -> GeneratedPlan:
     """A plan for ``req`` that passes full validation against ``catalog``, or
     :class:`PlanningFailed`. ``lessons`` (dicts with id, summary, what_wrong, fix…) go
@@ -462,6 +463,7 @@ async def generate_plan(
                 tool_choice={"type": "tool", "name": SUBMIT_PLAN},
                 max_tokens=max_tokens,
                 cache=True,
+                provider=provider,
             )
         )
         usage = usage + resp.usage

@@ -97,6 +97,7 @@ async def propose(
     model_name: str,
     lessons: Sequence[Any] = (),
     max_tokens: int = 4096,
+    provider: str | None = None,
 ) -> ReplanAnswer:
     blocks: list[dict[str, Any]] = []
     if lessons:
@@ -111,6 +112,7 @@ async def propose(
             tools=[tool],
             tool_choice={"type": "tool", "name": tool.name},
             max_tokens=max_tokens,
+            provider=provider,
         )
     )
     call = resp.call(PROPOSE_REPLAN_TOOL)

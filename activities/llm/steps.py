@@ -104,18 +104,19 @@ class _Meter:
 
 def pick_model(
     params: dict[str, Any], selector: ModelSelector, default_capability: str = "general"
-) -> tuple[str, int]:
-    """The model for a step (name, max_tokens): ``params.model`` if given, else the first
-    configured model with ``params.capabilities`` (or the default capability)."""
+) -> tuple[str, int, str | None]:
+    """The model for a step (name, max_tokens, provider): ``params.model`` if given, else
+    the first configured model with ``params.capabilities`` (or the default capability)."""
     name = params.get("model")
     caps = params.get("capabilities")
     try:
         cfg = selector.resolve(name, caps, default=default_capability)
     except NoModelFits as e:
-        if name and not caps:
-            return str(name), 4096  # a name the selector does not know: the API decides
+        unreachable = any(m.name == name and not selector.reachable(m) for m in selector.models)
+        if name and not caps and not unreachable:
+            return str(name), 4096, None  # a name the selector does not know: the API decides
         raise ToolError(str(e), retryable=False, kind="NoModelFits") from None
-    return cfg.name, cfg.max_tokens
+    return cfg.name, cfg.max_tokens, cfg.provider
 
 
 def _system(base: str, params: dict[str, Any], context: dict[str, Any]) -> str:
@@ -205,7 +206,7 @@ async def run_llm(
     params: dict[str, Any], context: dict[str, Any], model: ChatModel, selector: ModelSelector
 ) -> LLMStepResult:
     """One round of an ``llm`` step (the first, or the next after tool results)."""
-    name, limit = pick_model(params, selector)
+    name, limit, provider = pick_model(params, selector)
     schema = params.get("output_schema")
     offered = [_tool_def(t) for t in sorted(set(params.get("tools") or []))]
     if schema:
@@ -237,6 +238,7 @@ async def run_llm(
                     tool_choice=choice,
                     max_tokens=_max_tokens(params, limit),
                     temperature=params.get("temperature"),
+                    provider=provider,
                 )
             )
         )
@@ -281,7 +283,7 @@ async def run_decision(
 ) -> dict[str, Any]:
     """Choose one of ``params.options``; the output is ``{choice, reason, ...}``."""
     options = [str(o) for o in params["options"]]
-    name, limit = pick_model(params, selector)
+    name, limit, provider = pick_model(params, selector)
     tool = ToolDef(
         name=CHOOSE,
         description="Record the chosen option and why.",
@@ -313,6 +315,7 @@ async def run_decision(
                     tool_choice={"type": "tool", "name": CHOOSE},
                     max_tokens=_max_tokens(params, min(limit, 1024)),
                     temperature=params.get("temperature"),
+                    provider=provider,
                 )
             )
         )
@@ -382,7 +385,7 @@ async def judge(
     (``assessed: false``), is unassessed: ``assessed`` false and ``passed`` false. It is
     never passed here; the validation step fails it or asks a person (``on_unassessed``)."""
     criteria = [str(c) for c in spec["criteria"]]
-    name, limit = pick_model(spec, selector, "reasoning")
+    name, limit, provider = pick_model(spec, selector, "reasoning")
     tool = judge_tool(criteria)
     text = judge_prompt(criteria, spec.get("subject"))
     meter = _Meter()
@@ -396,6 +399,7 @@ async def judge(
                 tool_choice={"type": "tool", "name": VERDICT},
                 max_tokens=min(limit, 2048),
                 temperature=0,
+                provider=provider,
             )
         )
     )

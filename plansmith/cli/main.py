@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a task into a validated plan document (JSON on stdout); the "
         "constraints and how they are met, repair rounds and lessons go to stderr. Runs the "
         "GeneratePlan workflow on a worker (or in this process with --local). Without "
-        "ANTHROPIC_API_KEY an offline stand-in makes the plan. Exit 0: a valid plan; 1: no "
+        "ANTHROPIC_API_KEY or PLANSMITH_OLLAMA_URL an offline stand-in makes the plan. Exit 0: a "
+        "valid plan; 1: no "
         "valid plan within the repair rounds (problems on stderr); 2: bad input.",
     )
     s.add_argument("task", help="what the plan must do")

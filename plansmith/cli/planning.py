@@ -103,7 +103,8 @@ def print_generated(result: GeneratedPlan, plan: Plan, saved: str | None) -> Non
     err(f"planned by {result.model} in {rounds} ({len(plan.steps)} step(s); the plan is valid)")
     if result.offline:
         err(
-            "offline model: ANTHROPIC_API_KEY is not set on the planner's side, so the plan was "
+            "offline model: neither ANTHROPIC_API_KEY nor PLANSMITH_OLLAMA_URL is set on the "
+            "planner's side, so the plan was "
             "made from the task's wording without a language model (and its llm steps answer "
             "offline too)"
         )

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -222,10 +224,14 @@ async def _no_temporal(settings: Settings) -> Client:
 
 @contextlib.asynccontextmanager
 async def api(
-    db_url: str, *, key: str | None = None, api_keys: str | None = None
+    db_url: str,
+    *,
+    key: str | None = None,
+    api_keys: str | None = None,
+    ollama_url: str | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = get_settings().replace(
-        models={"models": None, "anthropic_api_key": key},
+        models={"models": None, "anthropic_api_key": key, "ollama_url": ollama_url},
         store={"database_url": db_url},
         api={"keys": api_keys, "rpc_timeout_s": 10.0},
     )
@@ -252,8 +258,11 @@ async def test_get_models_lists_the_models_and_the_choices(db_url: str):
             "max_tokens": 4096,
             "priority": 20,
             "enabled": True,
+            "provider": "anthropic",
+            "reachable": True,
             "source": "settings",
         }
+        assert body["providers"] == []
         assert body["choices"] == {
             "planning": SONNET,
             "code": SONNET,
@@ -281,6 +290,8 @@ async def test_put_and_delete_change_what_the_selector_picks(db_url: str):
             "max_tokens": 2048,
             "priority": 5,
             "enabled": True,
+            "provider": "anthropic",
+            "reachable": True,
             "source": "store",
         }
         r = await http.put("/api/models/claude-haiku-6", json={"capabilities": ["fast"]})
@@ -362,3 +373,248 @@ async def test_the_models_routes_need_an_api_key_when_keys_are_configured(db_url
         r = await http.put("/api/models/x-model", json={"capabilities": ["fast"]}, headers=auth)
         assert r.status_code == 201
         assert (await http.delete("/api/models/x-model", headers=auth)).status_code == 200
+
+
+# --- providers: Anthropic and Ollama ----------------------------------------------------
+
+OLLAMA_URL = "http://127.0.0.1:11434"
+LOCAL = [
+    {
+        "name": "qwen3:8b",
+        "capabilities": ["planning", "reasoning", "general"],
+        "priority": 30,
+        "provider": "ollama",
+    },
+    {
+        "name": "qwen2.5-coder:7b",
+        "capabilities": ["code_generation"],
+        "priority": 30,
+        "provider": "ollama",
+    },
+    {
+        "name": "llama3.2:3b",
+        "capabilities": ["fast", "general"],
+        "priority": 40,
+        "provider": "ollama",
+    },
+]
+
+
+def with_providers(key: str | None, ollama: str | None) -> Settings:
+    models = [m.model_dump(exclude={"source"}) for m in get_settings().models.configured()]
+    return get_settings().replace(
+        models={
+            "models": json.dumps(models + LOCAL),
+            "anthropic_api_key": key,
+            "ollama_url": ollama,
+        }
+    )
+
+
+def test_with_ollama_and_no_anthropic_key_the_selector_picks_ollama_models_by_capability():
+    selector = ModelSelector.load(with_providers(None, OLLAMA_URL))
+    assert selector.providers == {"ollama"}
+    assert selector.roles() == {
+        "planning": "qwen3:8b",
+        "code": "qwen2.5-coder:7b",
+        "fast": "llama3.2:3b",
+        "default": "qwen3:8b",
+    }
+    assert selector.resolve(None, ["reasoning"]).provider == "ollama"
+    # an Anthropic model named outright cannot be reached: said, not sent to Ollama
+    with pytest.raises(NoModelFits, match="ANTHROPIC_API_KEY is not set") as raised:
+        selector.resolve(SONNET)
+    assert "claude-haiku-5-5 [fast, general], unreachable" in str(raised.value)
+
+
+def test_with_both_providers_the_priority_decides_and_with_neither_every_model_is_offline():
+    both = ModelSelector.load(with_providers("sk-ant-x", OLLAMA_URL))
+    assert both.roles() == {"planning": SONNET, "code": SONNET, "fast": HAIKU, "default": SONNET}
+    assert both.get("llama3.2:3b").provider == "ollama"  # by name, either provider
+    anthropic_only = ModelSelector.load(with_providers("sk-ant-x", None))
+    assert anthropic_only.roles()["fast"] == HAIKU
+    with pytest.raises(NoModelFits, match="PLANSMITH_OLLAMA_URL is not set"):
+        anthropic_only.get("llama3.2:3b")
+    offline = ModelSelector.load(with_providers(None, None))
+    assert offline.providers == frozenset()
+    assert offline.get("llama3.2:3b").name == "llama3.2:3b"  # the offline model answers
+    assert offline.roles()["planning"] == SONNET
+
+
+def test_a_store_model_can_be_an_ollama_model(db_url: str):
+    put(db_url, "phi4:14b", ["planning", "general"], priority=1, provider="ollama")
+    settings = settings_with(database_url=db_url).replace(models={"ollama_url": OLLAMA_URL})
+    selector = selector_of(settings)
+    assert selector.planning_model().name == "phi4:14b"
+    assert selector.planning_model().provider == "ollama"
+    with pytest.raises(NoModelFits, match="no enabled model"):
+        selector.fast_model()  # the default Haiku needs ANTHROPIC_API_KEY
+
+
+async def test_put_configures_an_ollama_model_that_the_listing_shows_and_the_choices_use(
+    db_url: str,
+):
+    async with api(db_url, ollama_url=OLLAMA_URL) as http:
+        body = (await http.get("/api/models")).json()
+        assert body["providers"] == ["ollama"] and body["offline"] is False
+        assert all(not x["reachable"] for x in body["models"])  # the Anthropic defaults
+        assert body["choices"] == {"planning": None, "code": None, "fast": None, "default": None}
+
+        r = await http.put(
+            "/api/models/llama3.1:8b",
+            json={"capabilities": ["planning", "fast", "general"], "provider": "ollama"},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json() == {
+            "name": "llama3.1:8b",
+            "capabilities": ["fast", "general", "planning"],
+            "max_tokens": 4096,
+            "priority": 100,
+            "enabled": True,
+            "provider": "ollama",
+            "reachable": True,
+            "source": "store",
+        }
+        body = (await http.get("/api/models")).json()
+        assert body["choices"] == {
+            "planning": "llama3.1:8b",
+            "code": None,
+            "fast": "llama3.1:8b",
+            "default": "llama3.1:8b",
+        }
+        r = await http.put("/api/models/x", json={"capabilities": ["fast"], "provider": "openai"})
+        assert r.status_code == 422 and r.json()["problems"][0]["location"] == "provider"
+
+    async with api(db_url, key="sk-ant-x", ollama_url=OLLAMA_URL) as http:
+        body = (await http.get("/api/models")).json()
+        assert body["providers"] == ["anthropic", "ollama"]
+        assert body["choices"]["planning"] == SONNET  # priority 10 < 100
+        assert all(x["reachable"] for x in body["models"])
+
+
+class FakeOllama:
+    """A tiny Ollama stand-in on 127.0.0.1 (``/api/tags``, ``/api/show``), started and
+    stopped by the test; it records the paths asked."""
+
+    def __init__(self, tags: Any, capabilities: dict[str, list[str]]):
+        asked: list[str] = []
+        self.asked = asked
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                asked.append(f"GET {self.path}")
+                if self.path == "/api/tags":
+                    self._answer(200, tags)
+                else:
+                    self._answer(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                name = json.loads(raw)["model"]
+                asked.append(f"POST {self.path} {name}")
+                if name in capabilities:
+                    self._answer(200, {"capabilities": capabilities[name]})
+                else:
+                    self._answer(500, {"error": "boom"})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+async def test_get_models_ollama_lists_the_servers_models_and_whether_they_call_tools(
+    db_url: str,
+):
+    tags = {
+        "models": [
+            {
+                "name": "qwen3:8b",
+                "size": 5_200_000_000,
+                "details": {
+                    "family": "qwen3",
+                    "parameter_size": "8.2B",
+                    "quantization_level": "Q4_K_M",
+                },
+            },
+            {"name": "gemma2:2b", "size": 1_600_000_000, "details": {"family": "gemma2"}},
+            {"name": "odd:1", "size": -5, "details": "garbage"},
+            {"no": "name"},
+        ]
+    }
+    fake = FakeOllama(
+        tags, {"qwen3:8b": ["completion", "tools", "thinking"], "gemma2:2b": ["completion"]}
+    )
+    try:
+        async with api(db_url, ollama_url=fake.url) as http:
+            r = await http.put(
+                "/api/models/qwen3:8b", json={"capabilities": ["planning"], "provider": "ollama"}
+            )
+            assert r.status_code == 201
+            r = await http.get("/api/models/ollama")
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["url"] == fake.url
+            assert body["models"] == [
+                {
+                    "name": "qwen3:8b",
+                    "size": 5_200_000_000,
+                    "family": "qwen3",
+                    "parameter_size": "8.2B",
+                    "quantization": "Q4_K_M",
+                    "capabilities": ["completion", "tools", "thinking"],
+                    "tools": True,
+                    "configured": True,
+                },
+                {
+                    "name": "gemma2:2b",
+                    "size": 1_600_000_000,
+                    "family": "gemma2",
+                    "parameter_size": None,
+                    "quantization": None,
+                    "capabilities": ["completion"],
+                    "tools": False,
+                    "configured": False,
+                },
+                {
+                    "name": "odd:1",
+                    "size": None,
+                    "family": None,
+                    "parameter_size": None,
+                    "quantization": None,
+                    "capabilities": None,  # /api/show failed: unknown, not fatal
+                    "tools": None,
+                    "configured": False,
+                },
+            ]
+        assert sorted(fake.asked) == [
+            "GET /api/tags",
+            "POST /api/show gemma2:2b",
+            "POST /api/show odd:1",
+            "POST /api/show qwen3:8b",
+        ]
+    finally:
+        fake.close()
+
+    # the server gone: 502, naming it; no PLANSMITH_OLLAMA_URL: 409
+    async with api(db_url, ollama_url=fake.url) as http:
+        r = await http.get("/api/models/ollama")
+        assert r.status_code == 502 and r.json()["code"] == "ollama_unavailable"
+        assert fake.url in r.json()["detail"]
+    async with api(db_url) as http:
+        r = await http.get("/api/models/ollama")
+        assert r.status_code == 409 and "PLANSMITH_OLLAMA_URL" in r.json()["detail"]
