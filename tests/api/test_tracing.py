@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -40,6 +39,7 @@ from plans.models import PlanStatus
 from tests.api.serving import serve
 from tests.api.test_plans_routes import make_app
 from tests.helpers import worker_with
+from tests.otlp_receiver import OtlpReceiver
 from workflows.client import connect
 from workflows.plan_input import PlanResult
 
@@ -233,64 +233,16 @@ async def test_one_plan_run_is_one_trace_from_the_request_to_each_steps_calls(
 # --- OTLP/HTTP ----------------------------------------------------------------------------
 
 
-@dataclass
-class Receiver:
-    endpoint: str
-    requests: list[ExportTraceServiceRequest] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-
-    def spans(self) -> list[tuple[str, str, Any]]:
-        """(service name, trace id hex, span) of every span received."""
-        out = []
-        for req in self.requests:
-            for rs in req.resource_spans:
-                service = next(
-                    (
-                        a.value.string_value
-                        for a in rs.resource.attributes
-                        if a.key == "service.name"
-                    ),
-                    "",
-                )
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        out.append((service, s.trace_id.hex(), s))
-        return out
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """An OTLP/HTTP receiver on 127.0.0.1: POST /v1/traces (protobuf), answered 200."""
-    got = Receiver(endpoint="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            got.paths.append(self.path)
-            if self.path == "/v1/traces":
-                req = ExportTraceServiceRequest()
-                req.ParseFromString(body)
-                got.requests.append(req)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    got.endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield got
-    httpd.shutdown()
-    httpd.server_close()
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
 
 
 async def test_with_an_otlp_endpoint_one_plan_run_reaches_the_receiver_as_one_trace(
     env: WorkflowEnvironment,
     task_queue: str,
-    receiver: Receiver,
+    receiver: OtlpReceiver,
     outside: Outside,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -312,19 +264,12 @@ async def test_with_an_otlp_endpoint_one_plan_run_reaches_the_receiver_as_one_tr
 
     assert set(receiver.paths) == {"/v1/traces"}
     received = receiver.spans()
-    assert {service for service, _, _ in received} == {"plansmith-under-test"}
-    [(_, trace_id, request)] = [
-        (svc, tid, s) for svc, tid, s in received if s.name == "POST /api/plans/{plan_id}/execute"
-    ]
-    names = [s.name for _, tid, s in received if tid == trace_id]
-    assert names.count("RunWorkflow:PlanWorkflow") == 1
-    steps = [
-        next(a.value.string_value for a in s.attributes if a.key == "plansmith.step_id")
-        for _, tid, s in received
-        if tid == trace_id and s.name == "RunActivity:execute_step"
-    ]
+    assert {r.service for r in received} == {"plansmith-under-test"}
+    [request] = [r for r in received if r.name == "POST /api/plans/{plan_id}/execute"]
+    run = [r for r in received if r.trace_id == request.trace_id]
+    assert [r.name for r in run].count("RunWorkflow:PlanWorkflow") == 1
+    steps = [r.attribute("plansmith.step_id") for r in run if r.name == "RunActivity:execute_step"]
     assert sorted(steps) == ["fetch", "say", "total"]
-    del request
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -357,7 +302,7 @@ async def test_a_plan_started_by_the_cli_is_traced_from_its_start(
     env: WorkflowEnvironment,
     task_queue: str,
     spans: InMemorySpanExporter,
-    receiver: Receiver,
+    receiver: OtlpReceiver,
     outside: Outside,
     tmp_path: Any,
 ) -> None:
@@ -390,12 +335,10 @@ async def test_a_plan_started_by_the_cli_is_traced_from_its_start(
         handle = client.get_workflow_handle(f"plan-{plan_id}", result_type=PlanResult)
         assert (await asyncio.wait_for(handle.result(), 30)).status == PlanStatus.COMPLETED
 
-    [(service, trace_id, _)] = [
-        (svc, tid, s) for svc, tid, s in receiver.spans() if s.name == "StartWorkflow:PlanWorkflow"
-    ]
-    assert service == "plansmith"
+    [started] = [r for r in receiver.spans() if r.name == "StartWorkflow:PlanWorkflow"]
+    assert started.service == "plansmith"
     in_worker = [s for s in spans.get_finished_spans() if s.context]
-    run = [s for s in in_worker if f"{s.context.trace_id:032x}" == trace_id]  # type: ignore[union-attr]
+    run = [s for s in in_worker if f"{s.context.trace_id:032x}" == started.trace_id]  # type: ignore[union-attr]
     assert [s.name for s in run].count("RunWorkflow:PlanWorkflow") == 1
     assert sorted(
         attrs(s)["plansmith.step_id"] for s in run if s.name == "RunActivity:execute_step"
