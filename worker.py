@@ -5,6 +5,9 @@ This is where the activities get what they work with: one :class:`ActivityDeps` 
 settings, the model from :func:`activities.llm.factory.chat_model_from`, the store's engine)
 built from the settings when the worker starts, handed to the activity classes whose
 bound methods the workers register (:func:`activities_for`, :func:`sandbox_activities_for`).
+With ``OTEL_*`` set it traces (its client's interceptor, its HTTP clients, its model),
+and with ``PLANSMITH_WORKER_METRICS_PORT`` it serves the SDK's metrics
+(:mod:`workflows.telemetry`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ message of a response (an event stream would make one per event).
 
 from __future__ import annotations
 
+import contextvars
 import os
+import random
+import sys
 
 from fastapi import FastAPI
 
@@ -38,4 +41,29 @@ def install(app: FastAPI) -> bool:
     return True
 
 
-__all__ = ["install"]
+def untraced() -> contextvars.Context:
+    """A copy of the current context in which nothing is traced: for a background loop
+    started by a request (an event feed polls the workflow several times a second for as
+    long as anyone watches), whose calls would otherwise all join that request's trace.
+    Its spans have an unsampled parent, so the SDK's default sampler (parent-based) drops
+    them, here and on the worker that answers."""
+    ctx = contextvars.copy_context()
+    if "opentelemetry.trace" not in sys.modules:  # not tracing: nothing to detach from
+        return ctx
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+
+    def detach() -> None:
+        unsampled = trace.SpanContext(
+            trace_id=random.getrandbits(128) or 1,
+            span_id=random.getrandbits(64) or 1,
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        )
+        otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(unsampled)))
+
+    ctx.run(detach)
+    return ctx
+
+
+__all__ = ["install", "untraced"]

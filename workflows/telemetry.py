@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -86,8 +88,8 @@ def _install_provider(service: str, environ: Mapping[str, str]) -> None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter()  # endpoint, headers, timeout: OTEL_EXPORTER_OTLP_*
-        elif name == "console":
-            exporter = ConsoleSpanExporter()
+        elif name == "console":  # stderr: the CLI's stdout is its answer (--json...)
+            exporter = ConsoleSpanExporter(out=sys.stderr)
         else:
             log.warning(
                 "OTEL_TRACES_EXPORTER names %r, which Plansmith does not ship (it has %s); ignored",
@@ -104,20 +106,29 @@ def _install_provider(service: str, environ: Mapping[str, str]) -> None:
     )
 
 
-def shutdown_tracing(timeout_s: float = 5.0) -> None:
-    """Send the spans still batched and stop the provider (a process that ends with
-    ``os._exit``, as the CLI does, skips the SDK's own flush at exit)."""
+def shutdown_tracing(timeout_s: float = 3.0) -> bool:
+    """Send the spans still batched and stop the provider, waiting at most ``timeout_s``
+    (a receiver that does not answer would hold the exit through the exporter's retries).
+    For a process that ends with ``os._exit``, as the CLI does, which skips the SDK's own
+    flush at exit. Whether it finished in time."""
     if not tracer_provider_installed():
-        return
+        return True
     from opentelemetry import trace
 
     provider = trace.get_tracer_provider()
-    flush = getattr(provider, "force_flush", None)
-    if flush is not None:
-        flush(int(timeout_s * 1000))
-    shutdown = getattr(provider, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
+
+    def flush_and_stop() -> None:
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            flush(int(timeout_s * 1000))
+        shutdown = getattr(provider, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
+    stopping = threading.Thread(target=flush_and_stop, name="tracing-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout_s)
+    return not stopping.is_alive()
 
 
 def client_interceptors(service: str = DEFAULT_SERVICE) -> list[Any]:

@@ -37,7 +37,7 @@ from activities.telemetry import instrument_http_clients, uninstrument_http_clie
 from config import get_settings
 from plans.models import PlanStatus
 from tests.api.serving import serve
-from tests.api.test_plans_routes import make_app
+from tests.api.test_plans_routes import make_app, parse_sse
 from tests.helpers import worker_with
 from tests.otlp_receiver import OtlpReceiver
 from workflows.client import connect
@@ -231,6 +231,39 @@ async def test_one_plan_run_is_one_trace_from_the_request_to_each_steps_calls(
 
 
 # --- OTLP/HTTP ----------------------------------------------------------------------------
+
+
+async def test_an_event_streams_polls_do_not_join_the_watchers_trace(
+    env: WorkflowEnvironment, task_queue: str, spans: InMemorySpanExporter
+) -> None:
+    """The feed behind ``/events`` polls the workflow several times a second while anyone
+    watches; those polls are not traced (a trace per watcher would grow without end)."""
+    client = await traced_client(env)
+    plan_id = f"tr-{uuid.uuid4().hex[:10]}"
+    doc = {
+        "id": plan_id,
+        "title": "watched",
+        "options": {"require_approval": False},
+        "steps": [{"id": "w", "tool": "wait", "params": {"seconds": 1.5}}],
+    }
+    async with api_and_worker(client, task_queue) as http:
+        assert (await http.post("/api/plans", json=doc)).status_code == 201
+        assert (await http.post(f"/api/plans/{plan_id}/execute")).status_code == 202
+        r = await http.get(f"/api/plans/{plan_id}/events")  # the whole stream, to its end
+        assert r.status_code == 200
+        events = parse_sse(r.text)
+    # what the feed's polls saw after the stream's first read
+    assert [e["data"]["status"] for e in events if e["event"] == "step"][-1] == "completed"
+    assert events[-1]["event"] == "end"
+    names = [s.name for s in spans.get_finished_spans()]
+    [watch] = [s for s in spans.get_finished_spans() if s.name == "GET /api/plans/{plan_id}/events"]
+    in_watch = [
+        s.name
+        for s in spans.get_finished_spans()
+        if s.context and watch.context and s.context.trace_id == watch.context.trace_id
+    ]
+    assert "QueryWorkflow:changes" not in names and "HandleQuery:changes" not in names
+    assert len(in_watch) <= 3, in_watch  # the request, and its first read of the status
 
 
 @pytest.fixture
