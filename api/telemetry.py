@@ -6,7 +6,9 @@ trace of a caller that sent ``traceparent``; what the route asks Temporal (start
 a control, a query) is its child, and through Temporal's tracing interceptor the plan's
 workflow and steps join the same trace. Health checks, ``/metrics`` and static files are
 not traced (``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` replaces that list), nor is each ASGI
-message of a response (an event stream would make one per event).
+message of a response (an event stream would make one per event). FastAPI's own
+telemetry (0.165) sees the instrumentation in the middleware stack and makes no spans of
+its own, so a request is one span.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ whether OpenTelemetry is already loaded with a tracer provider of its own.
 Plansmith declares none of these variables (:mod:`config.settings` holds only its own);
 the OpenTelemetry SDK reads them (service name, exporter endpoint, headers, sampler,
 batching...). This module only decides, without importing OpenTelemetry, whether tracing
-is on at all, so a process that is not asked to trace loads none of it
+is on at all, so Plansmith's code loads none of it in a process not asked to trace
 (:mod:`workflows.telemetry` installs the SDK when it is asked).
 
 Tracing is on when

@@ -8,8 +8,8 @@ and the Temporal SDK's own metrics for Prometheus.
   :func:`client_interceptors` gives :func:`workflows.client.connect` Temporal's
   ``TracingInterceptor``: the client's calls (start, signal, update, query) carry the
   caller's trace to the workflow, and a worker built on that client opens a span for the
-  run, each activity it starts and each activity it executes. Otherwise nothing of
-  OpenTelemetry is imported, and a client has no interceptor.
+  run, each activity it starts and each activity it executes. Otherwise this module
+  imports nothing of OpenTelemetry, and a client has no interceptor.
 - **Worker metrics**: with ``PLANSMITH_WORKER_METRICS_PORT`` the worker's client is made
   on a Temporal :class:`~temporalio.runtime.Runtime` that serves the SDK's metrics
   (pollers, task latencies, slots, activity and workflow outcomes) for Prometheus on
