@@ -142,14 +142,18 @@ def client_interceptors(service: str = DEFAULT_SERVICE) -> list[Any]:
     return [TracingInterceptor()]
 
 
+class MetricsUnavailable(RuntimeError):
+    """The worker's metrics endpoint cannot be served where the settings say."""
+
+
 def metrics_runtime(settings: TemporalSettings) -> Runtime | None:
     """A Temporal runtime that serves the SDK's metrics for Prometheus at
     ``PLANSMITH_WORKER_METRICS_HOST:PLANSMITH_WORKER_METRICS_PORT`` (bound now), or None
     when no port is set (the default runtime, no metrics endpoint).
 
     Raises:
-        RuntimeError: the address cannot be bound (taken, or not one of this machine's);
-            the message names the variables.
+        MetricsUnavailable: the address cannot be bound (taken, or not one of this
+            machine's); the message names the variables.
     """
     address = settings.worker_metrics_address
     if address is None:
@@ -159,10 +163,16 @@ def metrics_runtime(settings: TemporalSettings) -> Runtime | None:
     try:
         return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
     except Exception as e:  # the SDK's core: "Failed initializing telemetry: ..."
-        raise RuntimeError(
+        raise MetricsUnavailable(
             f"cannot serve the worker's metrics on {address} "
             f"(PLANSMITH_WORKER_METRICS_HOST, PLANSMITH_WORKER_METRICS_PORT): {e}"
         ) from None
 
 
-__all__ = ["client_interceptors", "enable_tracing", "metrics_runtime", "shutdown_tracing"]
+__all__ = [
+    "MetricsUnavailable",
+    "client_interceptors",
+    "enable_tracing",
+    "metrics_runtime",
+    "shutdown_tracing",
+]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_secrets import free_port, spawn, wait_ready
+from tests.e2e.test_secrets import ROOT, free_port, spawn, wait_ready
 from tests.echo_server import EchoServer
 from tests.otlp_receiver import OtlpReceiver
 
@@ -135,3 +137,31 @@ async def test_a_plan_through_processes_is_one_trace_and_the_worker_serves_its_m
         assert call.span.parent_span_id == steps["a"].span.span_id
         [asked] = outside.requests
         assert asked["headers"]["traceparent"].split("-")[1] == request.trace_id
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_at_start_saying_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        env.update(
+            {
+                "PLANSMITH_WORKER_METRICS_PORT": str(port),
+                "TEMPORAL_ADDRESS": "127.0.0.1:1",  # never reached: the port is refused first
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+            }
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "plansmith.cli", "worker", "--queue", "metrics-taken"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot serve the worker's metrics on 127.0.0.1:{port} "), last
+    assert "PLANSMITH_WORKER_METRICS_PORT" in last
+    assert "Traceback" not in done.stderr

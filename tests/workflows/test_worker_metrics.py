@@ -16,7 +16,7 @@ from config import ConfigError, get_settings
 from tests.helpers import make_plan, start, worker_with
 from workflows.client import connect
 from workflows.plan_input import PlanResult
-from workflows.telemetry import metrics_runtime
+from workflows.telemetry import MetricsUnavailable, metrics_runtime
 
 
 def free_port() -> int:
@@ -85,7 +85,7 @@ def test_a_port_that_cannot_be_bound_is_refused_naming_the_variables() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         settings = get_settings().replace(temporal={"worker_metrics_port": port})
-        with pytest.raises(RuntimeError) as e:
+        with pytest.raises(MetricsUnavailable) as e:
             metrics_runtime(settings.temporal)
     assert f"127.0.0.1:{port}" in str(e.value)
     assert "PLANSMITH_WORKER_METRICS_PORT" in str(e.value)
