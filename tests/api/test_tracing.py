@@ -25,49 +25,30 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from opentelemetry.util._once import Once
 from temporalio.client import Client
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.testing import WorkflowEnvironment
 
-from activities.telemetry import instrument_http_clients, uninstrument_http_clients
 from config import get_settings
 from plans.models import PlanStatus
 from tests.api.serving import serve
 from tests.api.test_plans_routes import make_app, parse_sse
 from tests.helpers import worker_with
 from tests.otlp_receiver import OtlpReceiver
+from tests.tracing_helpers import reset_tracing, traced_in_memory
 from workflows.client import connect
 from workflows.plan_input import PlanResult
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def reset_tracing() -> None:
-    """Forget the process's tracer provider, as OpenTelemetry's own test utilities do, so
-    the tests after these run untraced, as they were written."""
-    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """This process traces into memory (a tracer provider of its own, as a program that
-    embeds Plansmith may install); HTTP clients are instrumented like a worker's."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    instrument_http_clients(get_settings())
-    try:
+    """This process traces into memory; HTTP clients are instrumented like a worker's."""
+    with traced_in_memory() as exporter:
         yield exporter
-    finally:
-        uninstrument_http_clients()
-        provider.shutdown()
-        reset_tracing()
 
 
 @dataclass
