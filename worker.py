@@ -5,6 +5,9 @@ This is where the activities get what they work with: one :class:`ActivityDeps` 
 settings, the model from :func:`activities.llm.factory.chat_model_from`, the store's engine)
 built from the settings when the worker starts, handed to the activity classes whose
 bound methods the workers register (:func:`activities_for`, :func:`sandbox_activities_for`).
+With ``OTEL_*`` set it traces (its client's interceptor, its HTTP clients, its model),
+and with ``PLANSMITH_WORKER_METRICS_PORT`` it serves the SDK's metrics
+(:mod:`workflows.telemetry`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -35,6 +39,7 @@ from activities.planning import PlanningActivities
 from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
 from activities.secrets import SecretActivities, redact_logs
 from activities.steps import StepActivities
+from activities.telemetry import instrument_http_clients, traced_deps
 from config import SandboxSettings, Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from workflows.client import connect
@@ -42,6 +47,7 @@ from workflows.limiter_workflow import LimiterWorkflow
 from workflows.plan_input import SEARCH_ATTRIBUTES
 from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
+from workflows.telemetry import enable_tracing, metrics_runtime
 
 log = logging.getLogger("plansmith.worker")
 
@@ -90,7 +96,7 @@ def build_worker(
 ) -> Worker:
     """The plans queue's worker; its activities work with ``deps`` (default: those the
     process's settings describe)."""
-    deps = deps or ActivityDeps.from_settings(get_settings())
+    deps = traced_deps(deps or ActivityDeps.from_settings(get_settings()))  # model spans
     return Worker(
         client,
         task_queue=task_queue,
@@ -154,16 +160,16 @@ def check_sandbox(settings: SandboxSettings) -> None:
         log.info("code sandbox: %s; python %s", iso.description, iso.python_version)
 
 
-async def connect_patiently(s: Settings) -> Client:
-    """Connect to Temporal, trying again (backing off to 5 s) for up to
-    ``PLANSMITH_WORKER_CONNECT_WAIT_S``: a worker started while the server restarts, or
-    before it, waits for it instead of exiting."""
+async def connect_patiently(s: Settings, runtime: Runtime | None = None) -> Client:
+    """Connect to Temporal (on ``runtime``, when given), trying again (backing off to
+    5 s) for up to ``PLANSMITH_WORKER_CONNECT_WAIT_S``: a worker started while the server
+    restarts, or before it, waits for it instead of exiting."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + s.temporal.worker_connect_wait_s
     delay = 0.2
     while True:
         try:
-            return await connect(s)
+            return await connect(s, runtime=runtime)
         except RuntimeError as e:  # the SDK's "Failed client connect: ..."
             left = deadline - loop.time()
             if left <= 0:
@@ -208,7 +214,15 @@ async def run_worker(settings: Settings | None = None, queue: str | None = None)
     redact_logs(s)  # no secret value reaches the worker's log
     deps = ActivityDeps.from_settings(s)
     sandbox_queue = s.sandbox.task_queue
-    client = await connect_patiently(s)
+    # --- tracing (OTEL_*) and the SDK's metrics (PLANSMITH_WORKER_METRICS_PORT) ---
+    if enable_tracing("plansmith-worker"):
+        instrument_http_clients(s)  # the tools' and the model's HTTP calls are spans
+    runtime = metrics_runtime(s.temporal)
+    if runtime is not None:
+        log.info(
+            "worker metrics for Prometheus at http://%s/metrics", s.temporal.worker_metrics_address
+        )
+    client = await connect_patiently(s, runtime)
     workers = []
     if queue != sandbox_queue:
         await ensure_search_attributes(client, s.temporal.namespace)

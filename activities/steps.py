@@ -29,6 +29,7 @@ from activities.llm.selector import load_selector
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
 from activities.persist import OutputNotStored, fits_inline, offload_after_effect, resolve_refs
 from activities.secrets import with_secrets
+from activities.telemetry import annotate_step
 from activities.tools import ToolContext, ToolError, get_tool
 from contracts.errors import LLMError
 from contracts.models import ModelSelector
@@ -72,6 +73,7 @@ class StepActivities:
     @activity.defn(name=EXECUTE_STEP)
     async def execute_step(self, task: StepTask) -> StepOutcome:
         info = activity.info()
+        annotate_step(task, info.attempt)  # the trace's step span, when tracing
         engine = self.deps.engine
         timeout = info.start_to_close_timeout
         deadline = None

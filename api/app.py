@@ -24,7 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.security import HTTPAuthorizationCredentials
 from temporalio.client import Client
 
-from api import prometheus
+from api import prometheus, telemetry
 from api.auth import ApiKeys, bearer_scheme, header_scheme
 from api.console.charts import router as console_charts_router
 from api.console.new_plan import router as console_new_plan_router
@@ -257,6 +257,7 @@ def create_app(
     app.include_router(console_new_plan_router)
     app.include_router(console_charts_router)
     prometheus.install(app)  # last, after the other middleware: it then times every request
+    telemetry.install(app)  # a span per request when OTEL_* ask for traces (api/telemetry.py)
     return app
 
 

@@ -54,6 +54,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.errors import ApiError, api_error_of
+from api.telemetry import untraced
 from config import ApiSettings
 from plans.models import PlanStatus, StepStatus
 from plans.run_state import WaitingFor
@@ -648,7 +649,10 @@ class EventHub:
                     if every is not None:
                         feed.known = {s.id: s for s in every}
                 self.feeds[plan_id] = feed
-                feed.task = asyncio.create_task(feed.run(), name=f"events:{plan_id}")
+                # its polls join no watcher's trace (api/telemetry.py)
+                feed.task = asyncio.create_task(
+                    feed.run(), name=f"events:{plan_id}", context=untraced()
+                )
             feed.idle_since = time.monotonic()
             return feed
 

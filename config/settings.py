@@ -18,6 +18,8 @@ temporal.max_concurrent_plans      ``PLANSMITH_MAX_CONCURRENT_PLANS`` (0 = no li
 temporal.max_concurrent_plans_per_agent  ``PLANSMITH_MAX_CONCURRENT_PLANS_PER_AGENT`` (0)
 temporal.limiter_check_s           ``PLANSMITH_LIMITER_CHECK_S`` (30)
 temporal.worker_connect_wait_s     ``PLANSMITH_WORKER_CONNECT_WAIT_S`` (60)
+temporal.worker_metrics_port       ``PLANSMITH_WORKER_METRICS_PORT`` (unset: no metrics endpoint)
+temporal.worker_metrics_host       ``PLANSMITH_WORKER_METRICS_HOST`` (``127.0.0.1``)
 temporal.tls*                      ``PLANSMITH_TEMPORAL_TLS``, ``..._TLS_CERT``, ``..._TLS_KEY``,
                                    ``..._TLS_CA``, ``..._TLS_SERVER_NAME``
 temporal.payload_key*              ``PLANSMITH_PAYLOAD_KEY``, ``PLANSMITH_PAYLOAD_KEY_ID``,
@@ -52,7 +54,9 @@ http.*                             ``PLANSMITH_HTTP_*`` (see :class:`HttpSetting
 secrets.file                       ``PLANSMITH_SECRETS_FILE`` (and ``PLANSMITH_SECRET_<NAME>``)
 =================================  ===========================================================
 
-docs/operating.md explains each one for an operator.
+docs/operating.md explains each one for an operator. Tracing is configured by the
+standard ``OTEL_*`` variables, which the OpenTelemetry SDK reads itself
+(:mod:`config.telemetry`).
 """
 
 from __future__ import annotations
@@ -146,6 +150,21 @@ class TemporalSettings(_Section):
         validation_alias="PLANSMITH_LIMITER_CHECK_S",
         description="while plans are queued, how often the limiter checks that the plans "
         "holding slots still run (a plan terminated in Temporal cannot give its slot back)",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        validation_alias="PLANSMITH_WORKER_METRICS_PORT",
+        description="the worker serves the Temporal SDK's own metrics for Prometheus on "
+        "this port (GET /metrics); unset: not served",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        validation_alias="PLANSMITH_WORKER_METRICS_HOST",
+        description="the address the worker's metrics endpoint binds (0.0.0.0 or :: for "
+        "every interface, e.g. in a container scraped from outside)",
     )
 
     tls: bool = Field(
@@ -262,6 +281,16 @@ class TemporalSettings(_Section):
     @property
     def ui_port(self) -> int:
         return self.port + 1000
+
+    @property
+    def worker_metrics_address(self) -> str | None:
+        """``host:port`` (``[v6]:port``) where the worker serves its metrics, or None."""
+        if self.worker_metrics_port is None:
+            return None
+        host = self.worker_metrics_host.strip().strip("[]")
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.worker_metrics_port}"
 
 
 def key_id_of(key: bytes) -> str:

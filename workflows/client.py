@@ -69,9 +69,12 @@ from workflows.errors import (
     TooLargeForTemporal,
 )
 from workflows.plan_input import PLAN_STATUS, PlanResult
+from workflows.telemetry import client_interceptors
 from workflows.transport import data_converter, tls_config
 
 if TYPE_CHECKING:  # the planner's and the starter's modules load only when used
+    from temporalio.runtime import Runtime
+
     from contracts.planning import GeneratedPlan, PlanRequest
 
 T = TypeVar("T")
@@ -125,16 +128,21 @@ _NO_WORKER = {
 }
 
 
-async def connect(settings: Settings | None = None, address: str | None = None) -> Client:
+async def connect(
+    settings: Settings | None = None, address: str | None = None, runtime: Runtime | None = None
+) -> Client:
     """A client of the settings' Temporal (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``),
     over TLS/mTLS and with payloads encrypted when the settings say so
-    (:mod:`workflows.transport`)."""
+    (:mod:`workflows.transport`), traced when the process traces
+    (:mod:`workflows.telemetry`), on ``runtime`` (default: the SDK's) when given."""
     s = settings or get_settings()
     return await Client.connect(
         address or s.temporal.address,
         namespace=s.temporal.namespace,
         data_converter=data_converter(s.temporal),
         tls=tls_config(s.temporal),
+        interceptors=client_interceptors(),
+        runtime=runtime,
     )
 
 

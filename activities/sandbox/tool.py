@@ -18,6 +18,7 @@ from activities.sandbox.params import request_from_params
 from activities.sandbox.record import log_record, run_record
 from activities.sandbox.run import run_in_thread
 from activities.steps import run_tool
+from activities.telemetry import annotate_step
 from activities.tools import ToolContext, ToolError, get_tool, tool
 from config import SandboxSettings
 from contracts.steps import StepOutcome, StepTask
@@ -123,6 +124,7 @@ class SandboxActivities:
         (``details[0]["sandbox"]``).
         """
         attempt = activity.info().attempt
+        annotate_step(task, attempt)  # the trace's step span, when tracing
         try:
             registered = get_tool(task.tool or "")
             if registered.spec.activity != RUN_CODE:

@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
         code = run_cli(argv)
     except SystemExit as e:  # argparse errors and --help
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if "opentelemetry.trace" in sys.modules:  # a traced command: its last spans go out first
+        from workflows.telemetry import shutdown_tracing
+
+        shutdown_tracing()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -51,11 +51,15 @@ def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # deferred: the worker's wiring loads every activity (model clients, sandbox, store)
     from worker import run_worker
+    from workflows.telemetry import MetricsUnavailable
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(settings, args.queue))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_worker(settings, args.queue))
+    except MetricsUnavailable as e:  # PLANSMITH_WORKER_METRICS_PORT taken
+        raise CliError(str(e)) from None
     return EXIT_OK
 
 
