@@ -34,16 +34,18 @@ from activities.planning import PlanningActivities
 from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
 from activities.secrets import SecretActivities, redact_logs
 from activities.steps import StepActivities
+from activities.webhooks import WebhookActivities, kick_dispatcher
 from config import SandboxSettings, Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from workflows.client import connect
 from workflows.plan_input import SEARCH_ATTRIBUTES
 from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
+from workflows.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger("plansmith.worker")
 
-WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow)
+WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow, WebhookDispatcher)
 
 # The sandbox imports every module that is not passed through anew for each workflow run.
 # The workflows package's own modules (the pydantic models of PlanInput, the handlers, the
@@ -58,12 +60,16 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
     """The plans queue's activities, working with ``deps``."""
+    hooks = WebhookActivities(deps)
     return [
         StepActivities(deps).execute_step,
         SnapshotActivities(deps).record_snapshot,
         PlanningActivities(deps).generate_plan,
         ApprovalActivities(deps).assess_approval,
         SecretActivities(deps).check_secrets,
+        # webhooks (docs/webhooks.md): the dispatcher's activities
+        hooks.claim_deliveries,
+        hooks.send_delivery,
     ]
 
 
@@ -208,6 +214,11 @@ async def run_worker(settings: Settings | None = None, queue: str | None = None)
     if queue != sandbox_queue:
         await ensure_search_attributes(client, s.temporal.namespace)
         workers.append(build_worker(client, queue or s.temporal.task_queue, deps=deps))
+        # webhooks: deliveries left pending when every worker stopped go out again
+        try:
+            await kick_dispatcher(client, queue or s.temporal.task_queue, "worker start")
+        except RPCError as e:
+            log.warning("could not wake the webhook dispatcher: %s", e.message)
         log.info(
             "worker polling task queue %s at %s", queue or s.temporal.task_queue, s.temporal.address
         )
