@@ -33,7 +33,7 @@ from plans.models import PlanStatus, StepStatus
 from plans.run_state import StepRun, preview
 from plans.webhooks import secret_name
 from store.models import WebhookAttemptRecord, WebhookDeliveryRecord, WebhookRecord
-from store.upsert import insert, utc
+from store.upsert import count_rows, insert, utc
 
 DELIVERY_NAMESPACE = uuid.UUID("1f0d6c58-2f7e-4c53-9d33-6b8c3a1e7a10")
 FAILED_PLAN = frozenset(
@@ -379,10 +379,13 @@ def record_attempt(
     row = session.get(WebhookDeliveryRecord, did)
     if row is None:
         return "gone"
-    stmt = insert(session, WebhookAttemptRecord).on_conflict_do_nothing(
-        index_elements=["delivery_id", "number"]
+    stmt = (
+        insert(session, WebhookAttemptRecord)
+        .on_conflict_do_nothing(index_elements=["delivery_id", "number"])
+        .returning(col(WebhookAttemptRecord.number))
     )
-    written = session.execute(
+    written = count_rows(
+        session,
         stmt,
         [
             {
@@ -396,7 +399,7 @@ def record_attempt(
                 "response": (outcome.response or "")[:RESPONSE_CHARS] or None,
             }
         ],
-    ).rowcount  # type: ignore[attr-defined]
+    )
     if not written or row.status != "pending":
         return row.status
     row.attempts = max(row.attempts, number)
