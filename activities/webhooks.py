@@ -88,7 +88,7 @@ class WebhookActivities:
         lease = self.deps.settings.webhooks.timeout_s + 60
         with session_scope(ensure_migrated(self.deps.engine), write=True) as session:
             ids, nxt = webhooks.claim_due(session, limit=limit, lease_s=lease)
-        return Claimed(ids=ids, next_due=nxt)
+        return Claimed(ids=ids, next_due=nxt, send_timeout_s=self.deps.settings.webhooks.timeout_s)
 
     @activity.defn(name=CLAIM_DELIVERIES)
     async def claim_deliveries(self, inp: ClaimInput) -> Claimed:

@@ -44,6 +44,9 @@ class Claimed(BaseModel):
     next_due: datetime | None = Field(
         default=None, description="when the next other pending delivery falls due (None: none)"
     )
+    send_timeout_s: float = Field(
+        default=10.0, description="PLANSMITH_WEBHOOK_TIMEOUT_S: how long one attempt may take"
+    )
 
 
 class SendInput(BaseModel):

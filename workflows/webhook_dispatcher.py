@@ -74,7 +74,8 @@ class WebhookDispatcher:
                 claimed = Claimed(next_due=workflow.now() + timedelta(seconds=30))
             if claimed.ids:
                 await asyncio.gather(
-                    *(self._send(did) for did in claimed.ids), return_exceptions=True
+                    *(self._send(did, claimed.send_timeout_s) for did in claimed.ids),
+                    return_exceptions=True,
                 )
                 sent += len(claimed.ids)
                 if workflow.info().is_continue_as_new_suggested():
@@ -98,13 +99,15 @@ class WebhookDispatcher:
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(inp)
 
-    async def _send(self, did: str) -> SendResult | None:
+    async def _send(self, did: str, timeout_s: float) -> SendResult | None:
         try:
             return await workflow.execute_activity(
                 SEND_DELIVERY,
                 SendInput(delivery_id=did),
                 result_type=SendResult,
-                start_to_close_timeout=timedelta(minutes=5),
+                # the attempt's own bound, and time for the store: a worker lost in the
+                # middle is noticed soon, and the attempt made again
+                start_to_close_timeout=timedelta(seconds=timeout_s + 30),
                 retry_policy=STORE_RETRIES,
                 summary=f"deliver {did}",
             )

@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from config import Settings, get_settings
 from tests.api.serving import serve
-from tests.helpers import StartWorker
+from tests.helpers import StartWorker, worker_with
 from tests.webhook_receiver import Receiver
 
 SECRET = "s3cret-for-the-test"
@@ -169,3 +169,30 @@ async def test_a_receiver_gets_every_event_signed_and_a_dead_one_never_slows_a_p
         tries = d["attempt_log"]
         assert tries[-1]["ok"] is True and tries[-1]["status_code"] == 200
         assert len(tries) >= 2 and not tries[0]["ok"] and tries[0]["error"]
+
+
+async def test_deliveries_left_pending_go_out_from_the_next_worker(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The outbox and the dispatcher are durable: the worker that ran the plan stops while
+    the receiver is down; another worker, started later, delivers."""
+    settings = webhook_settings(tmp_path, task_queue)
+    app = create_app(settings=settings, client=env.client)
+    plan_id = f"wr-{uuid.uuid4().hex[:8]}"
+    async with serve(app) as http:
+        r = await http.post(
+            "/api/webhooks", json={"url": receiver.url, "events": EVENTS, "secret": SECRET}
+        )
+        hook = r.json()
+        receiver.stop()
+        async with worker_with(env.client, task_queue, settings=settings):
+            await run_plan(http, plan_id)
+        # no worker now: every delivery of the plan waits in the store
+        log = (await http.get(f"/api/webhooks/{hook['id']}/deliveries")).json()
+        assert len(log["deliveries"]) == len(expected())
+        assert all(d["status"] == "pending" for d in log["deliveries"])
+        receiver.start()
+        async with worker_with(env.client, task_queue, settings=settings):
+            got = await received_all(receiver, plan_id, len(expected()))
+    assert seen(got) == expected()
+    assert all(one.signed_with(SECRET) for one in got)
