@@ -72,6 +72,9 @@ T = TypeVar("T")
 STORE_TRIES = 6
 STORE_FIRST_DELAY_S = 0.5
 STORE_MAX_DELAY_S = 8.0
+# Tries of record_snapshot whose wake-up call to the webhook dispatcher failed before it
+# gives the wake-up up (the snapshot itself is written on the first).
+KICK_TRIES = 3
 
 
 # The worker's own threads for store writes: a hung database (connections open, nothing
@@ -120,9 +123,22 @@ class SnapshotActivities:
             # and wakes it again. The plan never waits for a delivery itself.
             from activities.webhooks import kick_dispatcher
 
-            await kick_dispatcher(
-                activity.client(), activity.info().task_queue, f"plan {snapshot.plan_id}"
-            )
+            try:
+                await kick_dispatcher(
+                    activity.client(), activity.info().task_queue, f"plan {snapshot.plan_id}"
+                )
+            except Exception as e:
+                if activity.info().attempt < KICK_TRIES:
+                    raise
+                # never hold the plan longer: the deliveries wait in the store for the
+                # next kick (another snapshot, a worker's start, a redeliver)
+                activity.logger.warning(
+                    "plan %s: could not wake the webhook dispatcher (%s: %s); its "
+                    "deliveries wait in the store",
+                    snapshot.plan_id,
+                    type(e).__name__,
+                    e,
+                )
         return result
 
 

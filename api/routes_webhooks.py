@@ -22,12 +22,13 @@ from sqlmodel import Session
 
 from api.deps import (
     ActorDep,
+    ApiServices,
     ServicesDep,
     get_principal,
     reject_unknown_query,
     require_admin,
 )
-from api.errors import ErrorBody, invalid, not_found, responses
+from api.errors import ErrorBody, conflict, invalid, not_found, responses
 from config.http import HostDenied, literal_address
 from plans.plan_loading import Problem
 from plans.webhooks import EVENTS, EventName, events_problem, url_problem
@@ -195,7 +196,7 @@ def _delivery(row: WebhookDeliveryRecord, attempts: list[WebhookAttemptRecord]) 
     )
 
 
-def _policy_problem(services: Any, url: str) -> str | None:
+def _policy_problem(services: ApiServices, url: str) -> str | None:
     """What the URL policy (PLANSMITH_HTTP_*) says now about the URL's host, as far as
     can be told without resolving a name (every delivery checks again, after resolving)."""
     policy = services.settings.http.policy()
@@ -321,7 +322,11 @@ async def list_deliveries(
     response_model=Redelivered,
     status_code=202,
     summary="Send a delivery again (same id and body, a fresh round of attempts)",
-    responses={**responses(401, 403, 422, 503), 404: {"model": ErrorBody}},
+    responses={
+        **responses(401, 403, 422, 503),
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody, "description": "the webhook is switched off"},
+    },
 )
 async def redeliver(
     webhook_id: IdDep,
@@ -329,15 +334,22 @@ async def redeliver(
     services: ServicesDep,
     principal: ActorDep,
 ) -> Redelivered:
-    def requeue(s: Session) -> DeliveryView | None:
+    def requeue(s: Session) -> DeliveryView | str:
+        hook = store_webhooks.get_webhook(s, webhook_id)
+        if hook is None:
+            return "unknown"
+        if not hook.active:
+            return "inactive"
         row = store_webhooks.redeliver(s, webhook_id, delivery_id)
         if row is None:
-            return None
+            return "unknown"
         s.flush()
         return _delivery(row, [])
 
     view = await services.store.run(requeue, write=True)
-    if view is None:
+    if view == "inactive":
+        raise conflict(f"webhook {webhook_id!r} is switched off: nothing is sent to it")
+    if not isinstance(view, DeliveryView):
         raise not_found(f"webhook {webhook_id!r} has no delivery {delivery_id!r}")
     woken = True
     try:

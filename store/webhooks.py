@@ -178,9 +178,10 @@ def events_of(snap: PlanSnapshot) -> list[Event]:
             data = _step_data(s, False)
             found.append(Event("step.failed", f"{run}/step.ended/{s.id}/{n}", ended, 2, data))
     for w in snap.waiting:
-        since = w.since or snap.at
-        key = f"{run}/plan.waiting/{w.kind}/{w.step_id or '-'}/{_iso(since)}"
-        found.append(Event("plan.waiting", key, since, 3, {"waiting": w.model_dump(mode="json")}))
+        # a wait is one event however many snapshots show it (its start is its key)
+        key = f"{run}/plan.waiting/{w.kind}/{w.step_id or '-'}/{_iso(w.since) or '-'}"
+        data = {"waiting": w.model_dump(mode="json")}
+        found.append(Event("plan.waiting", key, w.since or snap.at, 3, data))
     if snap.status == PlanStatus.COMPLETED:
         at = snap.finished_at or snap.at
         found.append(Event("plan.completed", f"{run}/plan.ended", at, 4, {}))

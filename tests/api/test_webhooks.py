@@ -336,3 +336,12 @@ async def test_a_plan_names_its_own_webhook_signed_with_a_worker_secret(
     assert [(h["plan_id"], h["has_secret"]) for h in hooks] == [(doc["id"], True)]
     assert SECRET not in str(hooks) and "HOOK_KEY" not in str(hooks)
     assert receiver.events(other["id"]) == []  # a plan's webhook hears that plan only
+    # an admin can switch a plan's webhook off: it stays listed, and nothing is sent to it
+    hook = hooks[0]
+    assert (await http.delete(f"/api/webhooks/{hook['id']}")).status_code == 204
+    after = (await http.get(f"/api/webhooks/{hook['id']}")).json()
+    assert after["active"] is False and after["plan_id"] == doc["id"]
+    log = (await http.get(f"/api/webhooks/{hook['id']}/deliveries")).json()["deliveries"]
+    assert {d["status"] for d in log} == {"delivered"}
+    r = await http.post(f"/api/webhooks/{hook['id']}/deliveries/{log[0]['id']}/redeliver")
+    assert r.status_code == 409 and "switched off" in r.json()["detail"], r.text

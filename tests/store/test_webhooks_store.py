@@ -4,14 +4,21 @@ reordered; claiming leases them; attempts move them on (store.webhooks)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from temporalio.testing import ActivityEnvironment
 
+from activities import persist
+from config import get_settings
 from store import db, webhooks
 from store.models import WebhookAttemptRecord, WebhookDeliveryRecord
+from tests.helpers import activity_deps
 from tests.store.test_store import STEPS, Driver, write
 
 ALL = ["plan.started", "plan.waiting", "plan.completed", "plan.failed"]
@@ -112,3 +119,27 @@ def test_claims_lease_and_attempts_back_off_then_give_up(engine: Engine) -> None
         assert ids == [did]
         ok = webhooks.Outcome(ok=True, status_code=204)
         assert webhooks.record_attempt(s, did, 4, ok, RULE) == "delivered"
+
+
+async def test_record_snapshot_never_holds_a_plan_for_a_dispatcher_it_cannot_wake(
+    tmp_path: Path,
+) -> None:
+    """The wake-up call fails (no Temporal here): the activity is tried again a few times
+    (the snapshot is written once), then gives the wake-up up and answers; the deliveries
+    wait in the store."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = get_settings().replace(store={"database_url": url})
+    record = persist.SnapshotActivities(activity_deps(settings=settings)).record_snapshot
+    engine = db.ensure_migrated(db.get_engine(url))
+    subscribe(engine, ["plan.completed"])
+    d = Driver(STEPS)
+    d.control("approve")
+    d.finish()
+    env = ActivityEnvironment()
+    with pytest.raises(RuntimeError):  # no client to wake the dispatcher with: retried
+        await env.run(record, d.snap(1))
+    env.info = dataclasses.replace(env.info, attempt=persist.KICK_TRIES)
+    result = await env.run(record, d.snap(1))
+    assert result.deliveries == 1
+    assert deliveries(engine) == [("plan.completed", None)]
+    engine.dispose()
