@@ -57,7 +57,7 @@ class WebhookCreate(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "url": "https://hooks.example.com/plansmith",
+                    "url": "http://127.0.0.1:9000/plansmith-events",
                     "events": ["plan.completed", "plan.failed", "step.failed"],
                     "secret": "a long random string",
                 }
