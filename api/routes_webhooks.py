@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session
 
@@ -277,22 +277,32 @@ async def get_webhook(webhook_id: IdDep, services: ServicesDep) -> WebhookView:
     return _view(row)
 
 
+class WebhookDeleted(BaseModel):
+    id: str
+    outcome: Literal["deleted", "switched_off"] = Field(
+        description="deleted: a subscription, with its delivery log; switched_off: a "
+        "webhook a plan named in its options (it stays listed, inactive)"
+    )
+
+
 @router.delete(
     "/{webhook_id}",
-    status_code=204,
+    response_model=WebhookDeleted,
     summary="Delete a webhook",
     description="A subscription is deleted with its delivery log; a webhook a plan named "
     "in its options is switched off (active: false) and its pending deliveries dropped.",
     responses={**responses(401, 403, 422, 503), 404: {"model": ErrorBody}},
 )
-async def delete_webhook(webhook_id: IdDep, services: ServicesDep, principal: ActorDep) -> Response:
+async def delete_webhook(
+    webhook_id: IdDep, services: ServicesDep, principal: ActorDep
+) -> WebhookDeleted:
     done = await services.store.run(
         lambda s: store_webhooks.delete_webhook(s, webhook_id), write=True
     )
-    if not done:
+    if done is None:
         raise _unknown(webhook_id)
-    log.info("webhook %s deleted by %s", webhook_id, principal.owner or "api")
-    return Response(status_code=204)
+    log.info("webhook %s %s by %s", webhook_id, done.replace("_", " "), principal.owner or "api")
+    return WebhookDeleted(id=webhook_id, outcome="deleted" if done == "deleted" else "switched_off")
 
 
 @router.get(

@@ -78,15 +78,17 @@ def get_webhook(session: Session, webhook_id: str) -> WebhookRecord | None:
     return session.get(WebhookRecord, webhook_id)
 
 
-def delete_webhook(session: Session, webhook_id: str) -> bool:
-    """Remove a subscription made through the API (its deliveries and log go with it).
-    A plan's own webhook is switched off instead (``active`` false): a later snapshot of
-    the plan would otherwise make it anew. False when there is no such webhook."""
+def delete_webhook(session: Session, webhook_id: str) -> str | None:
+    """Remove a subscription made through the API (its deliveries and log go with it):
+    ``"deleted"``. A plan's own webhook is switched off instead (``active`` false; a later
+    snapshot of the plan would otherwise make it anew): ``"switched_off"``. None when there
+    is no such webhook."""
     row = session.get(WebhookRecord, webhook_id)
     if row is None:
-        return False
+        return None
     if row.plan_id is None:
         session.execute(sa.delete(WebhookRecord).where(col(WebhookRecord.id) == webhook_id))
+        return "deleted"
     else:
         row.active = False
         session.add(row)
@@ -96,7 +98,7 @@ def delete_webhook(session: Session, webhook_id: str) -> bool:
             .where(col(WebhookDeliveryRecord.status) == "pending")
             .values(status="failed", last_error="the webhook was deleted")
         )
-    return True
+    return "switched_off"
 
 
 def _plan_webhooks(session: Session, snap: PlanSnapshot) -> None:
