@@ -33,7 +33,7 @@ from plans.models import PlanStatus, StepStatus
 from plans.run_state import StepRun, preview
 from plans.webhooks import secret_name
 from store.models import WebhookAttemptRecord, WebhookDeliveryRecord, WebhookRecord
-from store.upsert import count_rows, insert, utc
+from store.upsert import batches, count_rows, insert, utc
 
 DELIVERY_NAMESPACE = uuid.UUID("1f0d6c58-2f7e-4c53-9d33-6b8c3a1e7a10")
 FAILED_PLAN = frozenset(
@@ -265,14 +265,15 @@ def enqueue_snapshot_events(session: Session, snap: PlanSnapshot) -> int:
     if not rows:
         return 0
     stmt = insert(session, WebhookDeliveryRecord).on_conflict_do_nothing(index_elements=["id"])
-    session.execute(stmt, rows)
-    ids = [r["id"] for r in rows]
-    pending = session.execute(
-        sa.select(sa.func.count())
-        .select_from(WebhookDeliveryRecord)
-        .where(col(WebhookDeliveryRecord.id).in_(ids))
-        .where(col(WebhookDeliveryRecord.status) == "pending")
-    ).scalar_one()
+    pending = 0
+    for chunk in batches(rows):  # (a big plan's snapshot can carry thousands of events)
+        session.execute(stmt, list(chunk))
+        pending += session.execute(
+            sa.select(sa.func.count())
+            .select_from(WebhookDeliveryRecord)
+            .where(col(WebhookDeliveryRecord.id).in_([r["id"] for r in chunk]))
+            .where(col(WebhookDeliveryRecord.status) == "pending")
+        ).scalar_one()
     return int(pending)
 
 

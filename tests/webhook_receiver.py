@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,6 +40,7 @@ class Receiver:
         self.host = host
         self.received: list[Received] = []
         self.status = 200
+        self.delay_s = 0.0  # a slow receiver: it answers this much later
         self.port = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
@@ -54,16 +56,21 @@ class Receiver:
             def do_POST(self) -> None:
                 size = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(size)
+                if owner.delay_s:
+                    time.sleep(owner.delay_s)
                 with owner._lock:
                     owner.received.append(
                         Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                     )
                 answer = b'{"ok": true}'
-                self.send_response(owner.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                try:
+                    self.send_response(owner.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the sender gave up waiting (a slow receiver)
 
             def log_message(self, *args: Any) -> None:
                 pass

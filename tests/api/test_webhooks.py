@@ -346,3 +346,41 @@ async def test_a_plan_names_its_own_webhook_signed_with_a_worker_secret(
     assert {d["status"] for d in log} == {"delivered"}
     r = await http.post(f"/api/webhooks/{hook['id']}/deliveries/{log[0]['id']}/redeliver")
     assert r.status_code == 409 and "switched off" in r.json()["detail"], r.text
+
+
+async def test_a_slow_receiver_times_out_and_never_holds_the_plan(
+    start: Serve, receiver: Receiver
+) -> None:
+    http = await start(webhooks={"timeout_s": 0.5, "max_attempts": 2})
+    receiver.delay_s = 3.0  # answers long after the attempt's time is up
+    r = await http.post(
+        "/api/webhooks", json={"url": receiver.url, "events": ["step.started", "step.completed"]}
+    )
+    hook = r.json()
+    doc = {
+        "id": f"slow-{uuid.uuid4().hex[:8]}",
+        "options": {"require_approval": False},
+        "steps": [
+            {"id": "a", "tool": "wait", "params": {"seconds": 0}},
+            {"id": "b", "tool": "wait", "params": {"seconds": 0}, "depends_on": ["a"]},
+        ],
+    }
+    await run(http, doc)
+
+    async def completed() -> bool:
+        st = (await http.get(f"/api/plans/{doc['id']}/status")).json()
+        return st["status"] == "completed"
+
+    await until(completed, timeout=10)
+    log = (await http.get(f"/api/webhooks/{hook['id']}/deliveries")).json()["deliveries"]
+    assert log and not any(d["status"] == "delivered" for d in log)  # done before any answer
+
+    async def given_up() -> list[dict[str, Any]]:
+        got = (await http.get(f"/api/webhooks/{hook['id']}/deliveries")).json()["deliveries"]
+        return got if len(got) == 4 and all(d["status"] == "failed" for d in got) else []
+
+    for d in await until(given_up, timeout=30):
+        assert [a["error"] for a in d["attempt_log"]] == [
+            "no answer within 0.5s (PLANSMITH_WEBHOOK_TIMEOUT_S)"
+        ] * 2
+        assert all(a["duration_ms"] < 3000 for a in d["attempt_log"])
