@@ -84,16 +84,25 @@ class WebhookActivities:
             max_delay_s=cfg.max_retry_delay_s,
         )
 
-    def _claim(self, limit: int) -> Claimed:
-        lease = self.deps.settings.webhooks.timeout_s + 60
+    def _claim(self, limit: int | None, owner: str) -> Claimed:
+        cfg = self.deps.settings.webhooks
+        take = cfg.concurrency if limit is None else min(limit, cfg.concurrency)
         with session_scope(ensure_migrated(self.deps.engine), write=True) as session:
-            ids, nxt = webhooks.claim_due(session, limit=limit, lease_s=lease)
-        return Claimed(ids=ids, next_due=nxt, send_timeout_s=self.deps.settings.webhooks.timeout_s)
+            ids, nxt = webhooks.claim_due(
+                session, limit=take, lease_s=cfg.timeout_s + 60, owner=owner
+            )
+        return Claimed(
+            ids=ids, next_due=nxt, concurrency=cfg.concurrency, send_timeout_s=cfg.timeout_s
+        )
 
     @activity.defn(name=CLAIM_DELIVERIES)
     async def claim_deliveries(self, inp: ClaimInput) -> Claimed:
         """The deliveries to send now (leased), and when the next one falls due."""
-        return await in_store_thread(self._claim, self.deps.settings.webhooks.concurrency)
+        # the claim's own name: tried again (its answer lost, a worker stopping), it takes
+        # again what it leased the first time instead of waiting for the leases to end
+        info = activity.info()
+        owner = f"{info.workflow_run_id}/{info.activity_id}"
+        return await in_store_thread(self._claim, inp.limit, owner)
 
     def _read(self, did: str) -> webhooks.ToSend | None:
         with session_scope(ensure_migrated(self.deps.engine)) as session:

@@ -24,9 +24,7 @@ def dispatcher_id(task_queue: str) -> str:
 
 
 class DispatcherInput(BaseModel):
-    rounds_per_run: int = Field(
-        default=100, ge=1, description="claim rounds before it continues as new"
-    )
+    rounds_per_run: int = Field(default=100, ge=1, description="claims before it continues as new")
 
 
 class Kick(BaseModel):
@@ -34,15 +32,21 @@ class Kick(BaseModel):
 
 
 class ClaimInput(BaseModel):
-    """How many are claimed at once is the worker's ``PLANSMITH_WEBHOOK_CONCURRENCY``."""
-
     by: str = ""
+    limit: int | None = Field(
+        default=None,
+        ge=0,
+        description="at most this many (None: the worker's PLANSMITH_WEBHOOK_CONCURRENCY)",
+    )
 
 
 class Claimed(BaseModel):
     ids: list[str] = Field(default_factory=list, description="deliveries to send now")
     next_due: datetime | None = Field(
         default=None, description="when the next other pending delivery falls due (None: none)"
+    )
+    concurrency: int = Field(
+        default=16, description="PLANSMITH_WEBHOOK_CONCURRENCY: attempts in flight at most"
     )
     send_timeout_s: float = Field(
         default=10.0, description="PLANSMITH_WEBHOOK_TIMEOUT_S: how long one attempt may take"

@@ -415,6 +415,7 @@ class WebhookDeliveryRecord(SQLModel, table=True):
     round_started_at: datetime = _ts()
     next_attempt_at: datetime = _ts()
     lease_until: datetime | None = _ts(default=None)
+    lease_owner: str | None = Field(default=None, max_length=NAME)  # the claim that took it
     delivered_at: datetime | None = _ts(default=None)
     last_status_code: int | None = None
     last_error: str | None = Field(default=None, sa_type=sa.Text)

@@ -280,13 +280,20 @@ def enqueue_snapshot_events(session: Session, snap: PlanSnapshot) -> int:
 # --- the dispatcher's side --------------------------------------------------------------
 
 
-def claim_due(session: Session, *, limit: int, lease_s: float) -> tuple[list[str], datetime | None]:
-    """Up to ``limit`` pending deliveries whose time has come, leased for ``lease_s`` (a
-    dispatcher elsewhere does not take them meanwhile); and when the next pending one
-    not taken falls due (None: nothing pending at all)."""
+def claim_due(
+    session: Session, *, limit: int, lease_s: float, owner: str = ""
+) -> tuple[list[str], datetime | None]:
+    """Up to ``limit`` pending deliveries whose time has come, leased for ``lease_s`` to
+    ``owner`` (a dispatcher elsewhere does not take them meanwhile; the same ``owner`` --
+    a claim tried again after its answer was lost -- takes them again); and when the next
+    pending one not taken falls due (None: nothing pending at all)."""
     now = _now()
     d = WebhookDeliveryRecord
-    free = sa.or_(col(d.lease_until).is_(None), col(d.lease_until) < now)
+    free = sa.or_(
+        col(d.lease_until).is_(None),
+        col(d.lease_until) < now,
+        sa.and_(col(d.lease_owner).is_not(None), col(d.lease_owner) == owner),
+    )
     due = session.exec(
         select(d.id)
         .where(col(d.status) == "pending")
@@ -303,7 +310,7 @@ def claim_due(session: Session, *, limit: int, lease_s: float) -> tuple[list[str
             .where(col(d.id) == did)
             .where(col(d.status) == "pending")
             .where(free)
-            .values(lease_until=until)
+            .values(lease_until=until, lease_owner=owner or None)
         )
         if done.rowcount:  # type: ignore[attr-defined]
             taken.append(did)
@@ -411,6 +418,7 @@ def record_attempt(
     row.last_status_code = outcome.status_code
     row.last_error = outcome.error
     row.lease_until = None
+    row.lease_owner = None
     if outcome.ok:
         row.status = "delivered"
         row.delivered_at = now
@@ -472,6 +480,7 @@ def redeliver(session: Session, webhook_id: str, did: str) -> WebhookDeliveryRec
     row.round_started_at = now
     row.next_attempt_at = now
     row.lease_until = None
+    row.lease_owner = None
     row.redeliveries += 1
     session.add(row)
     return row

@@ -51,6 +51,7 @@ class WebhookDispatcher:
     @workflow.init
     def __init__(self, inp: DispatcherInput) -> None:
         self._kicked = False
+        self._room = True  # a free slot: a kick is worth waking for
 
     @workflow.signal(name=KICK)
     def kick(self, _: Kick) -> None:
@@ -58,46 +59,73 @@ class WebhookDispatcher:
 
     @workflow.run
     async def run(self, inp: DispatcherInput) -> int:
-        """Returns how many attempts this run made."""
+        """Returns how many attempts this run made.
+
+        A pipeline: up to the worker's ``PLANSMITH_WEBHOOK_CONCURRENCY`` attempts are in
+        flight; a slot that frees is filled by the next claim at once, so a slow receiver
+        holds one slot (up to ``PLANSMITH_WEBHOOK_TIMEOUT_S``), not the others."""
         sent = 0
-        for _ in range(inp.rounds_per_run):
-            self._kicked = False
-            try:
-                claimed = await workflow.execute_activity(
-                    CLAIM_DELIVERIES,
-                    ClaimInput(by=workflow.info().workflow_id),
-                    result_type=Claimed,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=STORE_RETRIES,
-                )
-            except ActivityError:
-                claimed = Claimed(next_due=workflow.now() + timedelta(seconds=30))
-            if claimed.ids:
-                await asyncio.gather(
-                    *(self._send(did, claimed.send_timeout_s) for did in claimed.ids),
-                    return_exceptions=True,
-                )
+        rounds = 0
+        in_flight: dict[str, asyncio.Task[SendResult | None]] = {}
+        slots: int | None = None  # the worker's concurrency, learnt from the first claim
+        next_due = None
+        while True:
+            ending = rounds >= inp.rounds_per_run or workflow.info().is_continue_as_new_suggested()
+            free = None if slots is None else slots - len(in_flight)
+            if not ending and (free is None or free > 0):
+                self._kicked = False
+                claimed = await self._claim(free)
+                rounds += 1
+                slots, next_due = claimed.concurrency, claimed.next_due
+                for did in claimed.ids:
+                    in_flight[did] = asyncio.create_task(self._send(did, claimed.send_timeout_s))
                 sent += len(claimed.ids)
-                if workflow.info().is_continue_as_new_suggested():
+                if claimed.ids:
+                    continue  # more may be due: fill the free slots first
+            if not in_flight:
+                if ending:
                     break
+                if next_due is None and not self._kicked:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    if not self._kicked:
+                        return sent  # nothing pending: the next kick starts a new run
+                    continue
+            if ending:
+                await asyncio.gather(*in_flight.values())  # drain, then continue as new
+                in_flight.clear()
                 continue
-            if claimed.next_due is None and not self._kicked:
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if not self._kicked:
-                    return sent  # nothing pending: the next kick starts a new run
-                continue
-            wait = IDLE_CHECK
-            if claimed.next_due is not None:
-                wait = min(max(claimed.next_due - workflow.now(), timedelta(0)), IDLE_CHECK)
-            if not self._kicked and wait > timedelta(0):
+            self._room = room = slots is None or len(in_flight) < slots
+            wait = None
+            if room:
+                wait = IDLE_CHECK
+                if next_due is not None:
+                    wait = min(max(next_due - workflow.now(), timedelta(0)), IDLE_CHECK)
+            if wait is None or wait > timedelta(0):
                 with contextlib.suppress(TimeoutError):
                     await workflow.wait_condition(
-                        lambda: self._kicked, timeout=wait, timeout_summary="next delivery due"
+                        lambda: (
+                            (self._room and self._kicked)
+                            or any(t.done() for t in in_flight.values())
+                        ),
+                        timeout=wait,
+                        timeout_summary="next delivery due",
                     )
-            if workflow.info().is_continue_as_new_suggested():
-                break
+            for did in [d for d, t in in_flight.items() if t.done()]:
+                del in_flight[did]
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(inp)
+
+    async def _claim(self, limit: int | None) -> Claimed:
+        try:
+            return await workflow.execute_activity(
+                CLAIM_DELIVERIES,
+                ClaimInput(by=workflow.info().workflow_id, limit=limit),
+                result_type=Claimed,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=STORE_RETRIES,
+            )
+        except ActivityError:  # the store is down: look again in a while
+            return Claimed(next_due=workflow.now() + timedelta(seconds=30))
 
     async def _send(self, did: str, timeout_s: float) -> SendResult | None:
         try:

@@ -187,6 +187,8 @@ async def test_deliveries_left_pending_go_out_from_the_next_worker(
         receiver.stop()
         async with worker_with(env.client, task_queue, settings=settings):
             await run_plan(http, plan_id)
+            # the run closes once its last snapshot (and so its deliveries) is stored
+            await env.client.get_workflow_handle(f"plan-{plan_id}").result()
         # no worker now: every delivery of the plan waits in the store
         log = (await http.get(f"/api/webhooks/{hook['id']}/deliveries")).json()
         assert len(log["deliveries"]) == len(expected())

@@ -88,11 +88,13 @@ def test_claims_lease_and_attempts_back_off_then_give_up(engine: Engine) -> None
     d.finish()
     write(engine, d.snap(1))
     with db.session_scope(engine, write=True) as s:
-        ids, nxt = webhooks.claim_due(s, limit=10, lease_s=60)
+        ids, nxt = webhooks.claim_due(s, limit=10, lease_s=60, owner="run-1/7")
     assert len(ids) == 1 and nxt is None
     with db.session_scope(engine, write=True) as s:
-        again, nxt = webhooks.claim_due(s, limit=10, lease_s=60)
+        again, nxt = webhooks.claim_due(s, limit=10, lease_s=60, owner="run-1/8")
     assert again == [] and nxt is not None  # leased: not claimed twice, due at the lease end
+    with db.session_scope(engine, write=True) as s:  # the same claim tried again
+        assert webhooks.claim_due(s, limit=10, lease_s=60, owner="run-1/7")[0] == ids
     did = ids[0]
     fail = webhooks.Outcome(ok=False, status_code=500, error="the receiver answered 500")
     for number in (1, 2):

@@ -4,6 +4,7 @@ and it keeps its history bounded (continue-as-new) while it delivers everything.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from tests.helpers import worker_with
 from tests.store.test_store import STEPS, Driver
 from tests.webhook_receiver import Receiver
 from workflows.webhook_dispatcher import WebhookDispatcher
+from workflows.webhook_kick import kick_dispatcher
 
 HISTORIES = Path(__file__).resolve().parents[1] / "histories" / "dispatcher"
 
@@ -102,3 +104,47 @@ async def test_it_continues_as_new_and_still_delivers_everything(
         receiver.stop()
     got = receiver.events("can")
     assert len(got) == 8 and len({r.payload["id"] for r in got}) == 8
+
+
+async def test_a_slow_receiver_holds_one_slot_not_the_others(
+    client: Client, task_queue: str, tmp_path: Path
+) -> None:
+    settings = get_settings().replace(
+        temporal={"task_queue": task_queue},
+        store={"database_url": f"sqlite:///{tmp_path / 'store.db'}"},
+        webhooks={"concurrency": 2, "timeout_s": 10.0},
+    )
+    slow, fast = Receiver().start(), Receiver().start()
+    slow.delay_s = 4.0
+    try:
+        engine = ensure_migrated(get_engine(settings.store.database_url))
+        d = Driver([{"id": "only", "tool": "noop"}], plan_id="slots")
+        d.control("approve")
+        d.finish()
+        with session_scope(engine, write=True) as s:
+            slow_id = store_webhooks.create_webhook(
+                s, url=slow.url, events=["plan.started"], secret=None, created_by="t"
+            ).id
+            store_webhooks.create_webhook(
+                s, url=fast.url, events=list(EVENTS), secret=None, created_by="t"
+            )
+            assert store_webhooks.enqueue_snapshot_events(s, d.snap(1)) == 5
+        async with worker_with(client, task_queue, settings=settings):
+            await kick_dispatcher(client, task_queue, "test")
+            deadline = time.monotonic() + 15
+            while len(fast.events("slots")) < 4:
+                assert time.monotonic() < deadline, [r.event for r in fast.events()]
+                await asyncio.sleep(0.05)
+            # every fast delivery arrived while the slow receiver still sat on its one
+            with session_scope(engine) as s:
+                slow_log = store_webhooks.list_deliveries(s, slow_id)
+            assert [(r.status, len(a)) for r, a in slow_log] == [("pending", 0)]
+            await asyncio.wait_for(
+                client.get_workflow_handle(dispatcher_id(task_queue)).result(), timeout=20
+            )
+        with session_scope(engine) as s:
+            slow_log = store_webhooks.list_deliveries(s, slow_id)
+        assert [r.status for r, _ in slow_log] == ["delivered"]
+    finally:
+        slow.stop()
+        fast.stop()

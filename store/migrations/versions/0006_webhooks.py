@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("round_started_at", TS, nullable=False),
         sa.Column("next_attempt_at", TS, nullable=False),
         sa.Column("lease_until", TS, nullable=True),
+        sa.Column("lease_owner", NAME, nullable=True),
         sa.Column("delivered_at", TS, nullable=True),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
