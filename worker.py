@@ -40,6 +40,7 @@ from activities.sandbox import SandboxActivities, SandboxUnavailable, isolation
 from activities.secrets import SecretActivities, redact_logs
 from activities.steps import StepActivities
 from activities.telemetry import instrument_http_clients, traced_deps
+from activities.webhooks import WebhookActivities, kick_dispatcher
 from config import SandboxSettings, Settings, get_settings
 from contracts.planning import GeneratedPlan, PlanRequest
 from workflows.client import connect
@@ -48,10 +49,11 @@ from workflows.plan_input import SEARCH_ATTRIBUTES
 from workflows.plan_workflow import PlanWorkflow
 from workflows.planner_workflow import GeneratePlanWorkflow
 from workflows.telemetry import enable_tracing, metrics_runtime
+from workflows.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger("plansmith.worker")
 
-WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow, LimiterWorkflow)
+WORKFLOWS: Sequence = (PlanWorkflow, GeneratePlanWorkflow, LimiterWorkflow, WebhookDispatcher)
 
 # The sandbox imports every module that is not passed through anew for each workflow run.
 # The workflows package's own modules (the pydantic models of PlanInput, the handlers, the
@@ -66,6 +68,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
     """The plans queue's activities, working with ``deps``."""
+    hooks = WebhookActivities(deps)
     return [
         StepActivities(deps).execute_step,
         SnapshotActivities(deps).record_snapshot,
@@ -75,6 +78,9 @@ def activities_for(deps: ActivityDeps) -> list[Callable[..., Any]]:
         SecretActivities(deps).check_secrets,
         LimiterActivities().request_plan_slot,
         LimiterActivities().check_plan_slots,
+        # webhooks (docs/webhooks.md): the dispatcher's activities
+        hooks.claim_deliveries,
+        hooks.send_delivery,
     ]
 
 
@@ -227,6 +233,11 @@ async def run_worker(settings: Settings | None = None, queue: str | None = None)
     if queue != sandbox_queue:
         await ensure_search_attributes(client, s.temporal.namespace)
         workers.append(build_worker(client, queue or s.temporal.task_queue, deps=deps))
+        # webhooks: deliveries left pending when every worker stopped go out again
+        try:
+            await kick_dispatcher(client, queue or s.temporal.task_queue, "worker start")
+        except RPCError as e:
+            log.warning("could not wake the webhook dispatcher: %s", e.message)
         log.info(
             "worker polling task queue %s at %s", queue or s.temporal.task_queue, s.temporal.address
         )

@@ -4,7 +4,8 @@ workflow history.
 * ``record_snapshot`` (activity, :class:`SnapshotActivities`): writes a
   :class:`contracts.snapshots.PlanSnapshot` through :func:`store.recording.record_snapshot`.
   Idempotent, so Temporal may retry it freely and snapshots may arrive twice or out of
-  order.
+  order. When the snapshot's events made webhook deliveries (in the same transaction), it
+  wakes the webhook dispatcher (:func:`activities.webhooks.kick_dispatcher`).
 * :func:`store_output` / :func:`load_output` / :func:`offload_output` (plain functions,
   for use *inside* activities such as ``execute_step``): an output bigger than the limit
   (``large_output_bytes`` in settings, default 256 KiB) is kept in the store's ``blobs``
@@ -71,6 +72,9 @@ T = TypeVar("T")
 STORE_TRIES = 6
 STORE_FIRST_DELAY_S = 0.5
 STORE_MAX_DELAY_S = 8.0
+# Tries of record_snapshot whose wake-up call to the webhook dispatcher failed before it
+# gives the wake-up up (the snapshot itself is written on the first).
+KICK_TRIES = 3
 
 
 # The worker's own threads for store writes: a hung database (connections open, nothing
@@ -112,7 +116,30 @@ class SnapshotActivities:
                 snapshot.logs_lost,
                 snapshot.audit_lost,
             )
-        return await in_store_thread(write_snapshot, snapshot, self.deps.engine)
+        result = await in_store_thread(write_snapshot, snapshot, self.deps.engine)
+        if result.deliveries:
+            # webhook deliveries wait in the store (written with the snapshot): wake the
+            # dispatcher. If that fails the activity is retried, which writes nothing new
+            # and wakes it again. The plan never waits for a delivery itself.
+            from activities.webhooks import kick_dispatcher
+
+            try:
+                await kick_dispatcher(
+                    activity.client(), activity.info().task_queue, f"plan {snapshot.plan_id}"
+                )
+            except Exception as e:
+                if activity.info().attempt < KICK_TRIES:
+                    raise
+                # never hold the plan longer: the deliveries wait in the store for the
+                # next kick (another snapshot, a worker's start, a redeliver)
+                activity.logger.warning(
+                    "plan %s: could not wake the webhook dispatcher (%s: %s); its "
+                    "deliveries wait in the store",
+                    snapshot.plan_id,
+                    type(e).__name__,
+                    e,
+                )
+        return result
 
 
 # --- large outputs --------------------------------------------------------------------

@@ -47,6 +47,7 @@ from api.routes_plan_controls import controls as controls_router
 from api.routes_plan_reads import reads as plan_reads_router
 from api.routes_plans import router as plans_router
 from api.routes_trust import router as trust_router
+from api.routes_webhooks import router as webhooks_router
 from api.schemas import Health
 from api.sse import EventHub
 from api.store_reads import PlanStore, StorePool
@@ -211,6 +212,7 @@ def create_app(
             {"name": "executions (nodes/edges)", "description": "run a {nodes, edges} definition"},
             {"name": "models", "description": "which models the planner and steps use"},
             {"name": "trust", "description": "risk of a plan, trust of an agent"},
+            {"name": "webhooks", "description": "plan and step events POSTed to your URLs"},
             {
                 "name": "metrics",
                 "description": "planning metrics from the store; Prometheus at /metrics",
@@ -246,6 +248,7 @@ def create_app(
         trust_router,
         metrics_router,
         limits_router,
+        webhooks_router,
     )
     document_guard(*api_routers)
     document_limits(*api_routers)

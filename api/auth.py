@@ -26,7 +26,9 @@ Roles:
 * ``operator`` (the default) — a person who steers plans: everything above, on any plan,
   but no configuration change.
 * ``admin`` — an operator who may also change the configuration: ``PUT`` and ``DELETE
-  /api/models/{name}`` (403 for the other roles).
+  /api/models/{name}``, and every ``/api/webhooks`` route, reads included (a webhook's
+  URL sends plan data out, and is often a credential itself) (403 for the other roles).
+  An agent key may not name webhooks in a plan's ``options.webhooks`` either (403).
 
 With keys configured, every route under ``/api`` needs ``Authorization: Bearer <key>``
 or ``X-API-Key: <key>`` (401 otherwise); ``/healthz``, ``/readyz`` (which then gives
@@ -198,6 +200,12 @@ class Principal:
                 f"plan it proposes (the API key of {self.owner!r} is an agent key); send "
                 'options.require_approval true or "auto", and on_approval_timeout / '
                 "on_step_approval_timeout reject (their default)"
+            )
+        if self.is_agent and plan.options.webhooks:
+            raise forbidden(
+                f"options.webhooks: an agent key may not name webhooks (the API key of "
+                f"{self.owner!r} is an agent key): they would send the plan's data where "
+                "the agent says; an admin subscribes webhooks (POST /api/webhooks)"
             )
         agent_id = self.agent_id_for(plan.agent_id)
         return plan if agent_id == plan.agent_id else plan.model_copy(update={"agent_id": agent_id})

@@ -9,9 +9,9 @@ API key's owner, or ``"api"``) and a step route takes ``step_id`` from its path.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from plans.controls import CONTROL_MODELS
 
@@ -87,7 +87,7 @@ def _body_model(control: str, name: str, drop: set[str]) -> type[BaseModel]:
     for fname, info in source.model_fields.items():
         if fname == "by" or fname in drop:
             continue
-        fields[fname] = (info.annotation, copy.deepcopy(info))
+        fields[fname] = (_strict_ints(info.annotation), copy.deepcopy(info))
     example = {k: v for k, v in EXAMPLES.get(control, {}).items() if k not in drop}
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         name,
@@ -96,6 +96,26 @@ def _body_model(control: str, name: str, drop: set[str]) -> type[BaseModel]:
         **fields,
     )
     return model
+
+
+def _refuse_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true or false")
+    return value
+
+
+IntNotBool = Annotated[int, BeforeValidator(_refuse_bool)]
+
+
+def _strict_ints(annotation: Any) -> Any:
+    """``int`` (or ``int | None``) refusing JSON ``true``/``false``, which pydantic would
+    take as 1/0 (``{"version": true}`` approved version 1); ``"1"`` from a console form
+    still counts."""
+    if annotation is int:
+        return IntNotBool
+    if annotation == int | None:
+        return IntNotBool | None
+    return annotation
 
 
 def _camel(control: str) -> str:

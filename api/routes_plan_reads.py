@@ -158,7 +158,7 @@ async def step_output(services: ApiServices, plan_id: str, step_id: str) -> Resp
     responses={
         200: {"content": {"application/json": {}}, "description": "the step's output"},
         **READ,
-        **responses(409),
+        **responses(409),  # a draft (not executed yet) has no outputs
     },
 )
 async def get_step_output(

@@ -52,6 +52,7 @@ policy.trust_half_life_days        ``PLANSMITH_TRUST_HALF_LIFE_DAYS``
 sandbox.*                          ``PLANSMITH_SANDBOX_*`` (see :class:`SandboxSettings`)
 http.*                             ``PLANSMITH_HTTP_*`` (see :class:`HttpSettings`)
 secrets.file                       ``PLANSMITH_SECRETS_FILE`` (and ``PLANSMITH_SECRET_<NAME>``)
+webhooks.*                         ``PLANSMITH_WEBHOOK_*`` (see :class:`WebhookSettings`)
 =================================  ===========================================================
 
 docs/operating.md explains each one for an operator. Tracing is configured by the
@@ -802,6 +803,41 @@ class SecretsSettings(_Section):
     )
 
 
+# --- webhooks (docs/webhooks.md) ------------------------------------------------------
+
+
+class WebhookSettings(_Section):
+    """How webhook deliveries are sent (docs/webhooks.md). Where they may go is the
+    ``http_request`` tool's URL policy (``PLANSMITH_HTTP_ALLOW``/``DENY``/...), and a
+    response is read up to ``PLANSMITH_HTTP_MAX_RESPONSE_BYTES``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLANSMITH_WEBHOOK_", env_file=ENV_FILE, extra="ignore", populate_by_name=True
+    )
+    env_prefix_: ClassVar[str] = "PLANSMITH_WEBHOOK_"
+
+    timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="how long one delivery attempt may take"
+    )
+    max_attempts: int = Field(
+        default=10, ge=1, le=100, description="attempts of one delivery before it is given up"
+    )
+    max_age_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="a delivery still failing this long after its event is given up",
+    )
+    retry_delay_s: float = Field(
+        default=2.0, gt=0, description="the wait after the first failed attempt (then doubled)"
+    )
+    max_retry_delay_s: float = Field(
+        default=600.0, gt=0, description="the longest wait between two attempts"
+    )
+    concurrency: int = Field(
+        default=16, ge=1, le=256, description="deliveries one dispatcher sends at once"
+    )
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "temporal": TemporalSettings,
     "store": StoreSettings,
@@ -811,6 +847,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "sandbox": SandboxSettings,
     "secrets": SecretsSettings,
     "http": HttpSettings,
+    "webhooks": WebhookSettings,
 }
 
 
@@ -825,6 +862,7 @@ class Settings(BaseModel):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     def replace(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some fields of some sections changed, validated like the environment:

@@ -157,6 +157,9 @@ class RecordResult(BaseModel):
     versions: int = 0  # version rows inserted or completed with their document
     logs: int = 0  # log entries inserted (not there yet)
     audit: int = 0
+    deliveries: int = Field(
+        default=0, description="webhook deliveries of this snapshot's events still to send"
+    )
 
 
 def _window(total: int, kept: int, sent_from: int) -> tuple[int, int, int]:

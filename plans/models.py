@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from plans.webhooks import MAX_WEBHOOKS_PER_PLAN, PlanWebhook
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ID_RE = re.compile(ID_PATTERN)
 
@@ -112,6 +114,8 @@ class PlanOptions(_Strict):
     correction_timeout_s: float | None = Field(default=None, gt=0)
     # on_error: replan -- at most this many proposals of the planner per run of the plan
     max_replans: int = Field(default=2, ge=0, le=10)
+    # This plan's own webhooks (docs/webhooks.md); they receive its events only.
+    webhooks: list[PlanWebhook] = Field(default_factory=list, max_length=MAX_WEBHOOKS_PER_PLAN)
 
     @property
     def parallel_limit(self) -> int:

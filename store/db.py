@@ -35,7 +35,7 @@ from config import get_settings
 from config.settings import StoreSettings
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
-HEAD_REVISION = "0007"  # the newest migration (tests check the database reaches it)
+HEAD_REVISION = "0008"  # the newest migration (tests check the database reaches it)
 MIGRATION_LOCK_ID = 0x706C616E736D6974  # "plansmit": pg_advisory_xact_lock key
 _BEGIN = "plansmith_sqlite_begin"
 

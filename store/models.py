@@ -370,3 +370,75 @@ class PlanGenerationRecord(SQLModel, table=True):
     input_tokens: int = 0
     output_tokens: int = 0
     latency_ms: float = 0.0
+
+
+# --- webhooks (docs/webhooks.md) -------------------------------------------------------
+
+
+class WebhookRecord(SQLModel, table=True):
+    """A subscription: made by ``POST /api/webhooks`` (``plan_id`` NULL: every plan's
+    events), or named by a plan in its options (``plan_id`` set: that plan's only).
+    ``secret`` is the value that signs deliveries (API subscriptions); ``secret_ref`` the
+    name of a worker secret (a plan's webhooks). Neither is ever shown."""
+
+    __tablename__ = "webhooks"
+
+    id: str = Field(primary_key=True, max_length=ID)
+    url: str = Field(sa_type=sa.Text)
+    events: list[str] = Field(default_factory=list, sa_type=JSONType)
+    secret: str | None = Field(default=None, sa_type=sa.Text)
+    secret_ref: str | None = Field(default=None, max_length=NAME)
+    plan_id: str | None = Field(default=None, max_length=ID, index=True)
+    active: bool = True
+    created_by: str | None = Field(default=None, max_length=NAME)
+    created_at: datetime = _ts()
+
+
+class WebhookDeliveryRecord(SQLModel, table=True):
+    """One event for one subscription: the exact body sent (signed as is), and where its
+    delivery stands. ``id`` is the delivery id, derived from the subscription and the
+    event, so recording the same snapshot twice makes no second delivery."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["webhook_id"], ["webhooks.id"], ondelete="CASCADE"),
+        sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_webhook_deliveries_webhook_id_created_at", "webhook_id", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=ID)
+    webhook_id: str = Field(max_length=ID)
+    event: str = Field(max_length=STATUS)
+    plan_id: str = Field(max_length=ID)
+    run_id: str = Field(max_length=ID)
+    body: str = Field(sa_type=sa.Text)
+    status: str = Field(default="pending", max_length=STATUS)  # pending|delivered|failed
+    attempts: int = 0
+    round_attempts: int = 0  # attempts since it was (re)queued
+    created_at: datetime = _ts()
+    round_started_at: datetime = _ts()
+    next_attempt_at: datetime = _ts()
+    lease_until: datetime | None = _ts(default=None)
+    lease_owner: str | None = Field(default=None, max_length=NAME)  # the claim that took it
+    delivered_at: datetime | None = _ts(default=None)
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    redeliveries: int = 0
+
+
+class WebhookAttemptRecord(SQLModel, table=True):
+    """One attempt to deliver: when, how long, what came back."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["delivery_id"], ["webhook_deliveries.id"], ondelete="CASCADE"),
+    )
+
+    delivery_id: str = Field(primary_key=True, max_length=ID)
+    number: int = Field(primary_key=True)
+    at: datetime = _ts()
+    duration_ms: float = 0.0
+    ok: bool = False
+    status_code: int | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    response: str | None = Field(default=None, sa_type=sa.Text)  # the start of the body

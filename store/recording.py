@@ -15,7 +15,9 @@ number, in one transaction that the caller commits (use
 Rows are written in one fixed order (plans, plan_versions, runs, step_results, logs,
 audit; each batch sorted by key), so concurrent writers queue on the plan row rather than
 deadlock. What people did to the plan also becomes lessons for the planner
-(:func:`store.knowledge.learn_from_snapshot`), in the same transaction.
+(:func:`store.knowledge.learn_from_snapshot`), and the events the snapshot shows become
+webhook deliveries (:func:`store.webhooks.enqueue_snapshot_events`), in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlmodel import Session, SQLModel
 
 from contracts.snapshots import PlanSnapshot, RecordResult, as_output_ref
 from plans.run_state import StepRun
-from store import knowledge
+from store import knowledge, webhooks
 from store.models import (
     AuditRecord,
     LogRecord,
@@ -239,6 +241,9 @@ def record_snapshot(session: Session, snap: PlanSnapshot) -> RecordResult:
     # what people did to the plan becomes lessons for the planner (store.knowledge)
     document = snap.plan or get_plan_document(session, snap.plan_id, snap.version)
     knowledge.learn_from_snapshot(session, snap, document)
+
+    # the events it shows become webhook deliveries, in this same transaction (the outbox)
+    result.deliveries = webhooks.enqueue_snapshot_events(session, snap)
     return result
 
 

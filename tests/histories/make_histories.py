@@ -35,11 +35,13 @@ from temporalio.testing import WorkflowEnvironment
 
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
 from contracts.limits import limiter_workflow_id
+from contracts.webhooks import dispatcher_id
 from plans.limits import ConcurrencyLimits
 from plans.models import Plan
 from plansmith.devserver import temporal_cli_path
 from tests.fast_crash import chain_plan, crash_mid_chain
 from tests.helpers import status, wait_for, worker_with
+from tests.webhook_receiver import Receiver
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
 from workflows.starter import resume_from_failure
@@ -54,6 +56,7 @@ log = logging.getLogger("make_histories")
 Handle = WorkflowHandle[PlanWorkflow, PlanResult]
 Scenario = Callable[[Client, str], Awaitable[Handle]]
 SCENARIOS: dict[str, tuple[str, Scenario]] = {}
+_RECEIVERS: dict[str, Receiver] = {}  # local webhook receivers the scenarios started
 
 
 def scenario(name: str, expect: str) -> Callable[[Scenario], Scenario]:
@@ -802,6 +805,37 @@ async def concurrency_limits(client: Client, tq: str) -> Handle:
     return handle
 
 
+@scenario("webhooks", expect="completed")
+async def webhooks(client: Client, tq: str) -> Handle:
+    """A plan that names its own webhook (``options.webhooks``): the plan's commands are
+    those of any plan (its events go out through the store and the webhook dispatcher,
+    never from the plan's workflow); the dispatcher's own history is recorded beside it
+    (:func:`record_dispatcher`)."""
+    receiver = _RECEIVERS.setdefault("webhooks", Receiver().start())
+    plan = plan_of(
+        "webhooks",
+        [
+            {"id": "a", "tool": "transform", "params": {"data": [1], "expression": "@"}},
+            count_step("b", "hist-webhooks", ["a"]),
+        ],
+        webhooks=[{"url": receiver.url, "events": ["step.completed", "plan.completed"]}],
+    )
+    return await start(client, plan, tq)
+
+
+async def record_dispatcher(client: Client, tq: str, out: Path) -> Path:
+    """The webhook dispatcher's history once it sent the ``webhooks`` plan's deliveries and
+    ended (nothing pending), to ``dispatcher/webhook_dispatcher.json``."""
+    handle = client.get_workflow_handle(dispatcher_id(tq))
+    await asyncio.wait_for(handle.result(), timeout=60)
+    history = await handle.fetch_history()
+    path = out / "dispatcher" / "webhook_dispatcher.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    log.info("webhook dispatcher: %d events -> %s", len(history.events), path)
+    return path
+
+
 # --- driver ------------------------------------------------------------------------------
 
 
@@ -842,6 +876,10 @@ async def main(names: list[str], out: Path) -> None:
         tq = TASK_QUEUE
         async with worker_with(env.client, tq):  # the offline model answers
             await asyncio.gather(*(run_one(env.client, tq, n, out) for n in names))
+            if "webhooks" in names:
+                await record_dispatcher(env.client, tq, out)
+    for receiver in _RECEIVERS.values():
+        receiver.stop()
 
 
 def cli() -> None:
