@@ -28,6 +28,7 @@ log = logging.getLogger("plansmith.llm")
 PLANNING = "planning"
 CODE = "code_generation"
 FAST = "fast"
+REASONING = "reasoning"
 GENERAL = "general"
 
 
@@ -105,6 +106,9 @@ class ModelSelector:
     def fast_model(self) -> ModelConfig:
         return self.model_for([FAST])
 
+    def reasoning_model(self) -> ModelConfig:
+        return self.model_for([REASONING])
+
     def default_model(self) -> ModelConfig:
         return self.model_for([GENERAL])
 
@@ -129,6 +133,7 @@ class ModelSelector:
             ("planning", PLANNING),
             ("code", CODE),
             ("fast", FAST),
+            ("reasoning", REASONING),
             ("default", GENERAL),
         ):
             found = self.find([capability])

@@ -21,7 +21,11 @@ from plans.run_state import PlanRun, SkipReason, StepRun, log, preview
 
 
 def _gated(step: Step, s: StepRun) -> bool:
-    """The step waits for a person before it runs (and nobody approved it yet)."""
+    """The step waits for a person before it runs (and nobody approved it yet). A code
+    step's gate comes after its code is written, so the person sees the code: the step
+    runner holds it (``StepRunner._code_gate``)."""
+    if step.kind == StepKind.CODE:
+        return False
     return (
         step.requires_approval
         or step.kind == StepKind.APPROVAL

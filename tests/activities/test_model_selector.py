@@ -53,6 +53,7 @@ def test_the_defaults_give_sonnet_for_planning_and_code_and_haiku_for_fast_work(
         "planning": SONNET,
         "code": SONNET,
         "fast": HAIKU,
+        "reasoning": SONNET,
         "default": SONNET,
     }
     assert {x.source for x in selector.models} == {"settings"}
@@ -290,7 +291,13 @@ async def test_put_and_delete_change_what_the_selector_picks(db_url: str):
         r = await http.put(f"/api/models/{SONNET}", json={"capabilities": [], "enabled": False})
         assert r.status_code == 201
         body = (await http.get("/api/models")).json()
-        assert body["choices"] == {"planning": None, "code": None, "fast": HAIKU, "default": HAIKU}
+        assert body["choices"] == {
+            "planning": None,
+            "code": None,
+            "fast": HAIKU,
+            "reasoning": None,
+            "default": HAIKU,
+        }
         sonnet = next(x for x in body["models"] if x["name"] == SONNET)
         assert sonnet["source"] == "store" and sonnet["enabled"] is False
 
