@@ -148,7 +148,7 @@ class StepRun(_Compact):
     # a code step that waits for a person to approve its code before it runs: why
     code_gate: str | None = None
     # every code written for the step in this run of it: {n, version, sha256, chars, code,
-    # status (written|waiting|running|failed|completed), error, model, at}
+    # status (written|waiting|running|failed|completed|not run), error, model, at}
     code_attempts: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -63,6 +63,10 @@ def mark_skipped(run: PlanRun, sid: str, reason: SkipReason, detail: str, now: d
     s.skip_detail = detail
     s.completed_at = now
     s.waiting_since = None
+    if s.code_unrun:  # a code step's written code will not run (rejected at its gate...)
+        s.code_unrun, s.code_gate = False, None
+        if s.code_attempts and s.code_attempts[-1].get("status") in ("written", "waiting"):
+            s.code_attempts[-1].update(status="not run", error=detail)
     log(run, now, f"step {sid} skipped: {detail}", "info", sid)
 
 
