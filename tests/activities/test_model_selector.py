@@ -259,6 +259,7 @@ async def test_get_models_lists_the_models_and_the_choices(db_url: str):
             "planning": SONNET,
             "code": SONNET,
             "fast": HAIKU,
+            "reasoning": SONNET,
             "default": SONNET,
         }
         assert body["offline"] is True  # no ANTHROPIC_API_KEY: the offline model answers
