@@ -135,6 +135,22 @@ async def test_offline_model_refuses_what_it_cannot_write_and_the_step_fails_bou
     assert [a["status"] for a in st.steps[0].code_attempts] == ["failed", "failed"]
 
 
+async def test_an_approval_timeout_never_runs_generated_code_nobody_saw(ts: Any) -> None:
+    env, tq = ts
+    plan = make_plan(
+        [{**code_step(), "description": "Sum of amount per region", "requires_approval": True}],
+        step_approval_timeout_s=900,
+        on_step_approval_timeout="approve",
+    )
+    handle = await start(env.client, plan, tq, search_attributes=False, persist=False)
+    await handle.result()
+    st = await status(handle)
+    assert st.steps[0].status == StepStatus.SKIPPED
+    assert "nobody approved this step's generated code" in (st.steps[0].skip_detail or "")
+    assert [a["status"] for a in st.steps[0].code_attempts] == ["not run"]
+    assert not [a for a in await audit_of(handle) if a.action == "run_code"]
+
+
 # --- a scripted model: repairs, the gate ---------------------------------------------
 
 
