@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deps import ActivityDeps
+from activities.llm.code_writer import write_code
 from activities.llm.selector import load_selector
 from activities.llm.steps import LLMStepResult, judge, run_decision, run_llm
 from activities.persist import OutputNotStored, fits_inline, offload_after_effect, resolve_refs
@@ -221,6 +222,8 @@ async def _dispatch(task: StepTask, attempt: int, deps: ActivityDeps) -> Any:
         return await run_llm(task.params, task.context, deps.chat_model, await _selector(deps))
     if task.kind == StepKind.DECISION:
         return await run_decision(task.params, task.context, deps.chat_model, await _selector(deps))
+    if task.kind == StepKind.CODE:  # the code model writes the code; the workflow runs it
+        return await write_code(task.params, task.context, deps.chat_model, await _selector(deps))
     raise ToolError(
         f"step kind {task.kind.value!r} has no work to do in an activity",
         retryable=False,

@@ -73,6 +73,9 @@ class ModelChoices(BaseModel):
     planning: str | None = Field(description='the model for "planning" (null: none fits)')
     code: str | None = Field(description='the model for "code_generation"')
     fast: str | None = Field(description='the model for "fast"')
+    reasoning: str | None = Field(
+        default=None, description='the model for "reasoning" (decisions, LLM judges)'
+    )
     default: str | None = Field(description='the model for "general", the default')
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger("plansmith.llm")
 PLANNING = "planning"
 CODE = "code_generation"
 FAST = "fast"
+REASONING = "reasoning"
 GENERAL = "general"
 
 # what a process needs to reach each provider
@@ -134,6 +135,9 @@ class ModelSelector:
     def fast_model(self) -> ModelConfig:
         return self.model_for([FAST])
 
+    def reasoning_model(self) -> ModelConfig:
+        return self.model_for([REASONING])
+
     def default_model(self) -> ModelConfig:
         return self.model_for([GENERAL])
 
@@ -158,6 +162,7 @@ class ModelSelector:
             ("planning", PLANNING),
             ("code", CODE),
             ("fast", FAST),
+            ("reasoning", REASONING),
             ("default", GENERAL),
         ):
             found = self.find([capability])

@@ -72,6 +72,10 @@ def _expire_step_approval(run: PlanRun, sid: str, now: datetime) -> str:
         # An unjudged validation never passes without a person.
         action = "reject"
         what += " (not applied: no model assessed this step's judge criteria, so it is rejected)"
+    elif action == "approve" and s.code_gate:
+        # Generated code runs only once a person saw it.
+        action = "reject"
+        what += " (not applied: nobody approved this step's generated code, so it is rejected)"
     s.timed_out = what
     if action == "approve":
         s.gate_approved_by = "system:timeout"

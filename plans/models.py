@@ -27,6 +27,8 @@ class StepKind(StrEnum):
     DECISION = "decision"
     VALIDATION = "validation"
     APPROVAL = "approval"
+    # the code model writes Python for the step; it runs in the sandbox (docs/plan-document.md)
+    CODE = "code"
 
 
 class OnError(StrEnum):

@@ -59,6 +59,7 @@ from pydantic import BaseModel, Field
 from config.policy import LEVELS, RiskLevel, RiskRules
 from plans.expressions import SECRET_REF_RE, TEMPLATE_RE, Budget, evaluate
 from plans.models import Plan, Step, StepKind, ToolSpec
+from plans.step_params import PYTHON_TOOL
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -461,6 +462,17 @@ def assess_step(
         for level, why in _tool_name_signals(step.tool or "", sig):
             add(level, why)
         scan = step.params
+    elif step.kind == StepKind.CODE:
+        # generated code runs like a python step: the python tool's risk, its name's signals,
+        # and the step's description and params scanned like a tool step's params
+        spec = catalog.get(PYTHON_TOOL)
+        add(
+            spec.risk if spec is not None else "medium",
+            f"the code model writes Python that runs in the sandbox ({PYTHON_TOOL} tool)",
+        )
+        for level, why in _tool_name_signals(PYTHON_TOOL, sig):
+            add(level, why)
+        scan = {"description": step.description, **step.params}
     elif step.kind == StepKind.LLM:
         offered = step.params.get("tools")
         acting = False

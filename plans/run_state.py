@@ -139,6 +139,17 @@ class StepRun(_Compact):
     # on_error: replan -- the step failed for good and the planner is to be asked for a fix
     # (the workflow clears it when it asks; the step awaits a decision meanwhile)
     replan_due: bool = False
+    # a code step (kind: code): the code its model wrote last, for which step version, and
+    # whether it waits to run (written before a gate: never written again after approval)
+    code: str | None = None
+    code_version: int = 0
+    code_unrun: bool = False
+    code_round: int = 0  # a retry or reset starts a new round of code_max_repairs repairs
+    # a code step that waits for a person to approve its code before it runs: why
+    code_gate: str | None = None
+    # every code written for the step in this run of it: {n, version, sha256, chars, code,
+    # status (written|waiting|running|failed|completed|not run), error, model, at}
+    code_attempts: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class RefusedCount(BaseModel):
@@ -271,6 +282,11 @@ class WaitingFor(BaseModel):
     )
     since: datetime | None = None
     who: str = "an operator"
+    code: str | None = Field(
+        default=None,
+        description="kind step_approval of a code step: the generated code the person "
+        "approves before it runs",
+    )
     proposal: ReplanProposal | None = Field(
         default=None,
         description="kind replan: the planner's proposal a person accepts or rejects "

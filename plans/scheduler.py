@@ -21,7 +21,11 @@ from plans.run_state import PlanRun, SkipReason, StepRun, log, preview
 
 
 def _gated(step: Step, s: StepRun) -> bool:
-    """The step waits for a person before it runs (and nobody approved it yet)."""
+    """The step waits for a person before it runs (and nobody approved it yet). A code
+    step's gate comes after its code is written, so the person sees the code: the step
+    runner holds it (``StepRunner._code_gate``)."""
+    if step.kind == StepKind.CODE:
+        return False
     return (
         step.requires_approval
         or step.kind == StepKind.APPROVAL
@@ -59,6 +63,10 @@ def mark_skipped(run: PlanRun, sid: str, reason: SkipReason, detail: str, now: d
     s.skip_detail = detail
     s.completed_at = now
     s.waiting_since = None
+    if s.code_unrun:  # a code step's written code will not run (rejected at its gate...)
+        s.code_unrun, s.code_gate = False, None
+        if s.code_attempts and s.code_attempts[-1].get("status") in ("written", "waiting"):
+            s.code_attempts[-1].update(status="not run", error=detail)
     log(run, now, f"step {sid} skipped: {detail}", "info", sid)
 
 

@@ -57,6 +57,9 @@ def make_pending(s: StepRun) -> None:
     s.skip_reason = s.skip_detail = s.error = None
     s.awaiting_decision = False
     s.completed_at = None
+    if s.code is not None:  # a code step runs again from new code, repairs counted anew
+        s.code_unrun, s.code_gate = False, None
+        s.code_round += 1
 
 
 def lift_failure_stop(run: PlanRun, now: datetime) -> None:

@@ -92,12 +92,44 @@ KIND_PARAMS: dict[StepKind, dict[str, Any]] = {
         },
     },
 }
+# A code step: the code model writes Python for the step's description (and ``prompt``),
+# its ``input`` and ``output_schema``; the code runs in the sandbox with the python tool's
+# limits (``timeout_s``, ``memory_mb``...), and a failure goes back to the model at most
+# ``max_code_repairs`` times (docs/plan-document.md).
+CODE_LIMIT_PARAMS: dict[str, Any] = {  # the python tool's (contracts.tools.LIMIT_PARAMS)
+    "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+    "cpu_s": {"type": "integer", "minimum": 1},
+    "memory_mb": {"type": "integer", "minimum": 32},
+    "file_size_mb": {"type": "integer", "minimum": 1},
+    "disk_mb": {"type": "integer", "minimum": 1},
+    "processes": {"type": "integer", "minimum": 1},
+    "open_files": {"type": "integer", "minimum": 16},
+}
+DEFAULT_MAX_CODE_REPAIRS = 2
+PYTHON_TOOL = "python"  # the tool a code step's code runs with (contracts.tools.PYTHON_TOOL)
+KIND_PARAMS[StepKind.CODE] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "prompt": {"type": "string"},
+        "input": {},
+        "output_schema": {"type": "object"},
+        "max_code_repairs": {"type": "integer", "minimum": 0, "maximum": 5},
+        **CODE_LIMIT_PARAMS,
+        **_MODEL_PARAMS,
+    },
+    "required": ["output_schema"],
+}
 KIND_MESSAGES: dict[tuple[StepKind, str], str] = {
     (StepKind.DECISION, ""): "a decision step needs a 'question' string and 'options': "
     "a list of at least two labels",
     (StepKind.DECISION, ".options"): "a decision step needs 'options': a list of at least "
     "two different labels",
     (StepKind.DECISION, ".question"): "a decision step needs a 'question' string",
+    (StepKind.CODE, ""): "a code step needs an 'output_schema' (a JSON Schema object) its "
+    "code's output must match",
+    (StepKind.CODE, ".output_schema"): "a code step needs an 'output_schema' (a JSON Schema "
+    "object) its code's output must match",
     (StepKind.LLM, ""): "an llm step needs a 'prompt' string",
     (StepKind.LLM, ".prompt"): "an llm step needs a 'prompt' string",
     (StepKind.VALIDATION, ".on_unassessed"): "on_unassessed is 'fail' (the default: a judge "
@@ -140,4 +172,15 @@ def params_errors(
         if err.validator == "additionalProperties":
             message = f"{message}; allowed: {', '.join(sorted(schema.get('properties', {})))}"
         out.append((path, message))
+    return out
+
+
+def output_problems(schema: Mapping[str, Any], value: Any) -> list[str]:
+    """How a code step's output (the JSON its code printed) fails its ``output_schema``,
+    as ``output.path: message`` (empty: it matches)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    out = []
+    for err in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+        out.append(f"output{path}: {err.message}")
     return out

@@ -40,6 +40,7 @@ from plans.secrets import ROOT as SECRETS_ROOT
 from plans.secrets import secret_problems
 from plans.step_params import KIND_MESSAGES as KIND_MESSAGES
 from plans.step_params import KIND_PARAMS as KIND_PARAMS
+from plans.step_params import PYTHON_TOOL
 from plans.step_params import params_errors as params_errors
 
 # A suggestion among many names costs a comparison with each: a document with thousands
@@ -224,6 +225,20 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
                 "on_unassessed says what happens to judge criteria no model assessed; "
                 "this step has no 'judge'",
             )
+    elif step.kind == StepKind.CODE:
+        if PYTHON_TOOL not in catalog:
+            add(
+                f"{where}.kind",
+                f"a code step runs its code with the {PYTHON_TOOL!r} tool (the sandbox), "
+                "which this catalog lacks",
+            )
+        if not step.description.strip() and not str(step.params.get("prompt", "")).strip():
+            add(
+                f"{where}.description",
+                "a code step needs a description (or params.prompt): the code model "
+                "writes the code for it",
+            )
+        _check_output_schema(step, where, add)
     elif step.kind == StepKind.LLM:
         tools = step.params.get("tools")
         for j, name in enumerate(tools if isinstance(tools, list) else []):
@@ -233,17 +248,21 @@ def _check_kind(step: Step, where: str, catalog: Mapping[str, ToolSpec], add: An
                     f"unknown tool {name!r}{_did_you_mean(name, catalog)}; "
                     f"known tools: {', '.join(sorted(catalog))}",
                 )
-        out = step.params.get("output_schema")
-        if isinstance(out, dict):
-            try:
-                jsonschema.Draft202012Validator.check_schema(out)
-            except jsonschema.SchemaError as e:
-                add(f"{where}.params.output_schema", f"not a valid JSON Schema: {e.message}")
+        _check_output_schema(step, where, add)
     if step.requires_clarification and not step.clarification_question:
         add(
             f"{where}.clarification_question",
             "requires_clarification needs a clarification_question",
         )
+
+
+def _check_output_schema(step: Step, where: str, add: Any) -> None:
+    out = step.params.get("output_schema")
+    if isinstance(out, dict):
+        try:
+            jsonschema.Draft202012Validator.check_schema(out)
+        except jsonschema.SchemaError as e:
+            add(f"{where}.params.output_schema", f"not a valid JSON Schema: {e.message}")
 
 
 _REQUIRED = re.compile(r"^'(\w+)' is a required property$")

@@ -44,6 +44,14 @@ class StepView(BaseModel):
     calls: list[dict[str, Any]] = Field(
         default_factory=list, description="an llm step's tool calls, each run as a child step"
     )
+    code: str | None = Field(
+        default=None, description="a code step: the code its model wrote (the last one)"
+    )
+    code_attempts: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="a code step: every code written and how its run ended "
+        "(failed attempts with their error)",
+    )
 
     @computed_field(description="milliseconds from its start to its end (None until it ended)")
     def duration_ms(self) -> int | None:
@@ -324,7 +332,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
             )
         elif s.status == StepStatus.WAITING_APPROVAL:
             question = step.description or None
-            for gate in (s.change_gate, s.policy_gate, s.judge_gate):
+            for gate in (s.change_gate, s.policy_gate, s.judge_gate, s.code_gate):
                 if gate:
                     question = f"{question}: {gate}" if question else gate
             ranked.append(
@@ -335,6 +343,7 @@ def waits(run: PlanRun) -> list[WaitingFor]:
                         step_id=sid,
                         question=question,
                         change=s.change_diff if s.change_gate else None,
+                        code=s.code if s.code_gate else None,
                         since=s.waiting_since,
                         who="an approver",
                     ),
@@ -371,6 +380,8 @@ def step_view(run: PlanRun, step: Step) -> StepView:
         skip_reason=s.skip_reason.value if s.skip_reason else None,
         skip_detail=s.skip_detail,
         calls=s.calls,
+        code=s.code,
+        code_attempts=s.code_attempts,
     )
 
 

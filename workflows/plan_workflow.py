@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from contracts.limits import GRANTED_SIGNAL
     from contracts.replan import PROPOSE_REPLAN, ReplanAnswer, ReplanRequest
     from contracts.secrets import CHECK_SECRETS, SecretCheck
-    from contracts.tools import catalog
+    from contracts.tools import PYTHON_TOOL, catalog
     from contracts.tools import shared as shared_specs
     from plans import approval_gate, deadlines, replan, run_index, run_state, scheduler
     from plans.limits import SlotGrant
@@ -266,6 +266,8 @@ class PlanWorkflow(PlanHandlers):
         for s in plan.steps:
             offered = s.params.get("tools") if s.kind == StepKind.LLM else None
             names |= {str(t) for t in offered} if isinstance(offered, list) else set()
+            if s.kind == StepKind.CODE:  # its code runs with the python tool (risk.py)
+                names.add(PYTHON_TOOL)
         tools = {n: self._catalog[n] for n in sorted(names) if n in self._catalog}
         try:
             decision = await workflow.execute_activity(

@@ -21,6 +21,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.exceptions import TimeoutError as StepTimeoutError
 
+from workflows.code_step import run_code_step
 from workflows.step_policy import (
     MAX_WORKER_LOSSES,
     RESPOND_TOOL,
@@ -135,6 +136,23 @@ class StepRunner:
             self._fast_breaks = workflow.patched(FAST_BREAK_PATCH)
         return self._fast_breaks
 
+    # --- what a code step's run (workflows.code_step) uses -----------------------------
+
+    @property
+    def run(self) -> PlanRun:
+        return self._run
+
+    @property
+    def catalog(self) -> dict[str, ToolSpec]:
+        return self._catalog
+
+    @property
+    def cancelled(self) -> set[str]:
+        return self._cancelled
+
+    def changed(self) -> None:
+        self._changed()
+
     @property
     def running(self) -> bool:
         """Whether any step's task is still running."""
@@ -199,6 +217,9 @@ class StepRunner:
         timeout = timedelta(seconds=step.timeout_s or opts.step_timeout_s)
         fast = self._fast(step, spec, task)
         try:
+            if step.kind == StepKind.CODE:  # write, (gate,) run, check, repair: code_step
+                await run_code_step(self, sid, task, policy, timeout, once, attempts)
+                return
             ran = await self._activity(sid, task, spec, policy, timeout, once, attempts, 0, fast)
             if ran is None:
                 return
@@ -548,3 +569,8 @@ class StepRunner:
     def _finish_task(self, sid: str) -> None:
         self._tasks.pop(sid, None)
         self._changed()
+
+    # a code step's run (workflows.code_step) starts activities and audits like the others
+    activity = _activity
+    start_activity = _start_activity
+    audit_sandbox = _audit_sandbox

@@ -65,7 +65,7 @@ rounds, default 2). default_max_retries (0), default_retry_delay_s (1), step_tim
 (300), total_timeout_s, allow_parallel (true), max_parallel_steps (4).
 - steps: a list; each step has
   - id: unique, matching [a-z0-9][a-z0-9_-]{0,63}
-  - kind: tool | llm | decision | validation | approval
+  - kind: tool | llm | decision | validation | approval | code
   - description: what the step does, for people
   - params: an object (see the kinds below)
   - depends_on: ids of the steps that must end first. No cycles. Steps without a \
@@ -94,6 +94,11 @@ earlier outputs); judge asks a model whether subject (usually a template such as
 "{{ steps.draft.output.text }}") meets each criterion. A failed check fails the step; \
 so does a criterion no model assessed, unless on_unassessed is "ask" (a person decides).
 - approval: a gate where a person approves before dependents run; params: {}.
+- code: the code model writes a Python program for the step's description, run in \
+the sandbox (no network, no secrets). params: {output_schema (required: a JSON Schema \
+the program's printed JSON must match), input? (JSON on its stdin), prompt?, \
+max_code_repairs?, timeout_s?, memory_mb?}. Output: {json, code, ...}. Use it for \
+computations over data that no tool does.
 
 # Templates and expressions
 - Any string in params may hold {{ inputs.<key> }} or {{ steps.<id>.output... }} (e.g. \

@@ -24,7 +24,7 @@ import jsonschema
 from activities.llm.base import ChatModel, LLMRequest, LLMResponse, ToolDef
 from activities.tools import ToolError, get_tool
 from contracts.errors import NoModelFits
-from contracts.models import ModelSelector
+from contracts.models import GENERAL, REASONING, ModelSelector
 from contracts.planning import Usage
 
 RESPOND = "respond"
@@ -117,6 +117,12 @@ def pick_model(
             return str(name), 4096, None  # a name the selector does not know: the API decides
         raise ToolError(str(e), retryable=False, kind="NoModelFits") from None
     return cfg.name, cfg.max_tokens, cfg.provider
+
+
+def decision_capability(selector: ModelSelector) -> str:
+    """Decisions go to the reasoning role (a model with ``reasoning``), or the general one
+    when no enabled model has it."""
+    return REASONING if selector.find([REASONING]) is not None else GENERAL
 
 
 def _system(base: str, params: dict[str, Any], context: dict[str, Any]) -> str:
@@ -283,7 +289,7 @@ async def run_decision(
 ) -> dict[str, Any]:
     """Choose one of ``params.options``; the output is ``{choice, reason, ...}``."""
     options = [str(o) for o in params["options"]]
-    name, limit, provider = pick_model(params, selector)
+    name, limit, provider = pick_model(params, selector, decision_capability(selector))
     tool = ToolDef(
         name=CHOOSE,
         description="Record the chosen option and why.",

@@ -75,6 +75,7 @@ class Item:
     trust: str | None = None
     offers: set[str] = field(default_factory=set)  # the actions the viewer may send
     proposal: ReplanProposal | None = None  # a replan's: the planner's proposal
+    code: str | None = None  # a code step's gate: the generated code to approve
     more: int = 0  # the plan's waits not listed after this one (MAX_WAITS_PER_PLAN)
 
     @property
@@ -207,6 +208,7 @@ async def _items(
                 risk_reasons=facts.risk_reasons,
                 trust=facts.trust,
                 proposal=w.proposal,
+                code=w.code,
             )
         )
     if out and len(waits) > MAX_WAITS_PER_PLAN:

@@ -55,6 +55,7 @@ def test_the_defaults_give_sonnet_for_planning_and_code_and_haiku_for_fast_work(
         "planning": SONNET,
         "code": SONNET,
         "fast": HAIKU,
+        "reasoning": SONNET,
         "default": SONNET,
     }
     assert {x.source for x in selector.models} == {"settings"}
@@ -267,6 +268,7 @@ async def test_get_models_lists_the_models_and_the_choices(db_url: str):
             "planning": SONNET,
             "code": SONNET,
             "fast": HAIKU,
+            "reasoning": SONNET,
             "default": SONNET,
         }
         assert body["offline"] is True  # no ANTHROPIC_API_KEY: the offline model answers
@@ -301,7 +303,13 @@ async def test_put_and_delete_change_what_the_selector_picks(db_url: str):
         r = await http.put(f"/api/models/{SONNET}", json={"capabilities": [], "enabled": False})
         assert r.status_code == 201
         body = (await http.get("/api/models")).json()
-        assert body["choices"] == {"planning": None, "code": None, "fast": HAIKU, "default": HAIKU}
+        assert body["choices"] == {
+            "planning": None,
+            "code": None,
+            "fast": HAIKU,
+            "reasoning": None,
+            "default": HAIKU,
+        }
         sonnet = next(x for x in body["models"] if x["name"] == SONNET)
         assert sonnet["source"] == "store" and sonnet["enabled"] is False
 
@@ -418,6 +426,7 @@ def test_with_ollama_and_no_anthropic_key_the_selector_picks_ollama_models_by_ca
         "planning": "qwen3:8b",
         "code": "qwen2.5-coder:7b",
         "fast": "llama3.2:3b",
+        "reasoning": "qwen3:8b",
         "default": "qwen3:8b",
     }
     assert selector.resolve(None, ["reasoning"]).provider == "ollama"
@@ -429,7 +438,13 @@ def test_with_ollama_and_no_anthropic_key_the_selector_picks_ollama_models_by_ca
 
 def test_with_both_providers_the_priority_decides_and_with_neither_every_model_is_offline():
     both = ModelSelector.load(with_providers("sk-ant-x", OLLAMA_URL))
-    assert both.roles() == {"planning": SONNET, "code": SONNET, "fast": HAIKU, "default": SONNET}
+    assert both.roles() == {
+        "planning": SONNET,
+        "code": SONNET,
+        "fast": HAIKU,
+        "reasoning": SONNET,
+        "default": SONNET,
+    }
     assert both.get("llama3.2:3b").provider == "ollama"  # by name, either provider
     anthropic_only = ModelSelector.load(with_providers("sk-ant-x", None))
     assert anthropic_only.roles()["fast"] == HAIKU
@@ -458,7 +473,13 @@ async def test_put_configures_an_ollama_model_that_the_listing_shows_and_the_cho
         body = (await http.get("/api/models")).json()
         assert body["providers"] == ["ollama"] and body["offline"] is False
         assert all(not x["reachable"] for x in body["models"])  # the Anthropic defaults
-        assert body["choices"] == {"planning": None, "code": None, "fast": None, "default": None}
+        assert body["choices"] == {
+            "planning": None,
+            "code": None,
+            "fast": None,
+            "reasoning": None,
+            "default": None,
+        }
 
         r = await http.put(
             "/api/models/llama3.1:8b",
@@ -480,6 +501,7 @@ async def test_put_configures_an_ollama_model_that_the_listing_shows_and_the_cho
             "planning": "llama3.1:8b",
             "code": None,
             "fast": "llama3.1:8b",
+            "reasoning": None,
             "default": "llama3.1:8b",
         }
         r = await http.put("/api/models/x", json={"capabilities": ["fast"], "provider": "openai"})

@@ -277,6 +277,7 @@ async def test_the_request_forces_submit_plan_with_a_stable_cached_prefix():
         "decision",
         "validation",
         "approval",
+        "code",
     ]
     assert schema["$defs"]["tool_http_request"]["properties"]["url"] == {
         "type": "string",

@@ -32,6 +32,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.client import WorkflowUpdateFailedError as UpdateFailed
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 import tests.tools_for_tests  # noqa: F401  registers count, flaky and boom
 from contracts.limits import limiter_workflow_id
@@ -40,8 +41,9 @@ from plans.limits import ConcurrencyLimits
 from plans.models import Plan
 from plansmith.devserver import temporal_cli_path
 from tests.fast_crash import chain_plan, crash_mid_chain
-from tests.helpers import status, wait_for, worker_with
+from tests.helpers import activity_deps, status, wait_for, worker_with
 from tests.webhook_receiver import Receiver
+from worker import sandbox_activities_for
 from workflows.plan_input import SEARCH_ATTRIBUTES, PlanInput, PlanResult
 from workflows.plan_workflow import PlanWorkflow
 from workflows.starter import resume_from_failure
@@ -834,6 +836,54 @@ async def record_dispatcher(client: Client, tq: str, out: Path) -> Path:
     path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
     log.info("webhook dispatcher: %d events -> %s", len(history.events), path)
     return path
+
+
+@scenario("code_steps", expect="partial")
+async def code_steps(client: Client, tq: str) -> Handle:
+    """Since the ``code-steps`` patch: a ``kind: code`` step with a gate (the offline model
+    writes its code, the step waits with the code shown, a person approves, the sandbox
+    runs it) and one the offline model cannot write code for (its failure goes back to the
+    model once, then the step fails; ``on_error: continue``). A sandbox worker of its own
+    hosts ``run_code`` until the plan ends."""
+    sandbox_queue = f"{TASK_QUEUE}-sandbox"
+    schema = {
+        "type": "object",
+        "properties": {"totals": {"type": "object"}, "grand_total": {"type": "number"}},
+        "required": ["totals", "grand_total"],
+    }
+    orders = [{"region": "eu", "amount": 2}, {"region": "us", "amount": 3}]
+    plan = plan_of(
+        "code_steps",
+        [
+            {
+                "id": "sum",
+                "kind": "code",
+                "description": "Sum of amount per region",
+                "requires_approval": True,
+                "params": {"input": orders, "output_schema": schema, "timeout_s": 10},
+            },
+            {
+                "id": "poem",
+                "kind": "code",
+                "description": "A poem about the orders",
+                "params": {"input": orders, "output_schema": schema, "max_code_repairs": 1},
+            },
+        ],
+        on_error="continue",
+    )
+    async with Worker(
+        client, task_queue=sandbox_queue, activities=sandbox_activities_for(activity_deps())
+    ):
+        handle = await client.start_workflow(
+            PlanWorkflow.run,
+            PlanInput(plan=plan, task_queues={"sandbox": sandbox_queue}),
+            id=plan.workflow_id,
+            task_queue=tq,
+        )
+        await wait_for(handle, step_is("sum", "waiting_approval"))
+        await handle.execute_update("approve_step", {"by": "ops", "step_id": "sum"})
+        await handle.result()
+    return handle
 
 
 # --- driver ------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ always gets the same answer, and every answer says it was produced offline
 - forced ``propose_replan`` (the replanner, ``on_error: replan``): more retries and a
   longer timeout when the error says it is transient, a parameter removed when the error
   names it as unexpected, else ``none`` (:mod:`activities.llm.offline.replan`).
+- forced ``write_code`` (a ``code`` step): a program for a sum or a count over the
+  input's records, per a field and filtered, shaped like the output schema; anything else
+  gets a program that stops with an error saying so (:mod:`activities.llm.offline.code`).
 - forced ``choose_option`` (a decision): the option sharing the most words with the rest
   of the request (the first one on a tie).
 - forced ``record_verdict`` (an LLM judge): a criterion passes when every quoted term in
@@ -40,6 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from activities.llm.base import LLMRequest, LLMResponse, ToolCall, ToolDef
+from activities.llm.offline.code import offline_code
 from activities.llm.offline.planner import offline_plan
 from activities.llm.offline.planning_brief import SUBMIT_PLAN
 from activities.llm.offline.reading import (
@@ -61,6 +65,7 @@ from contracts.replan import PROPOSE_REPLAN_TOOL
 CHOOSE_OPTION = "choose_option"
 RECORD_VERDICT = "record_verdict"
 RESPOND = "respond"
+WRITE_CODE = "write_code"  # activities.llm.code_writer.WRITE_CODE
 _QUOTED = re.compile(
     r"(?<!\w)'([^'\n]+?)'(?!\w)|\"([^\"\n]+?)\"|\u201c([^\u201d\n]+?)\u201d|\u2018([^\u2019\n]+?)\u2019"
 )
@@ -127,6 +132,9 @@ class OfflineModel:
         if tool.name == PROPOSE_REPLAN_TOOL:
             args = offline_replan(request)
             return args, f"replan proposal: {args.get('kind')}"
+        if tool.name == WRITE_CODE:
+            code, note = offline_code(request)
+            return {"code": code}, note
         if tool.name == CHOOSE_OPTION:
             args = choose_option(request, tool.input_schema)
             return args, f"chose {args.get('choice')!r}"
