@@ -21,6 +21,10 @@ ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 ID_RE = re.compile(ID_PATTERN)
 
 
+# the tool a code step's code runs with (contracts.tools.PYTHON_TOOL)
+PYTHON_TOOL = "python"
+
+
 class StepKind(StrEnum):
     TOOL = "tool"
     LLM = "llm"

@@ -58,8 +58,7 @@ from pydantic import BaseModel, Field
 
 from config.policy import LEVELS, RiskLevel, RiskRules
 from plans.expressions import SECRET_REF_RE, TEMPLATE_RE, Budget, evaluate
-from plans.models import Plan, Step, StepKind, ToolSpec
-from plans.step_params import PYTHON_TOOL
+from plans.models import PYTHON_TOOL, Plan, Step, StepKind, ToolSpec
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -106,7 +106,6 @@ CODE_LIMIT_PARAMS: dict[str, Any] = {  # the python tool's (contracts.tools.LIMI
     "open_files": {"type": "integer", "minimum": 16},
 }
 DEFAULT_MAX_CODE_REPAIRS = 2
-PYTHON_TOOL = "python"  # the tool a code step's code runs with (contracts.tools.PYTHON_TOOL)
 KIND_PARAMS[StepKind.CODE] = {
     "type": "object",
     "additionalProperties": False,

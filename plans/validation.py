@@ -30,7 +30,7 @@ from plans.expressions import (
     iter_templates,
     references,
 )
-from plans.models import Plan, Step, StepKind, ToolSpec
+from plans.models import PYTHON_TOOL, Plan, Step, StepKind, ToolSpec
 from plans.plan_loading import MAX_DOCUMENT_VALUES as MAX_DOCUMENT_VALUES
 from plans.plan_loading import PlanInvalid as PlanInvalid
 from plans.plan_loading import Problem as Problem
@@ -40,7 +40,6 @@ from plans.secrets import ROOT as SECRETS_ROOT
 from plans.secrets import secret_problems
 from plans.step_params import KIND_MESSAGES as KIND_MESSAGES
 from plans.step_params import KIND_PARAMS as KIND_PARAMS
-from plans.step_params import PYTHON_TOOL
 from plans.step_params import params_errors as params_errors
 
 # A suggestion among many names costs a comparison with each: a document with thousands

@@ -180,6 +180,8 @@ def get_status(session: Session, plan_id: str, run_id: str | None = None) -> Sta
                 skip_reason=r.skip_reason if r else None,
                 skip_detail=r.skip_detail if r else None,
                 calls=list(r.state.get("calls", [])) if r else [],
+                code=r.state.get("code") if r else None,
+                code_attempts=list(r.state.get("code_attempts", [])) if r else [],
             )
         )
     waiting = [WaitingFor.model_validate(w) for w in run.waiting]

@@ -16,7 +16,7 @@ from tests.api.test_console import (
     start_plan,
     wait_status,
 )
-from tests.api.test_plans_routes import make_app, plan_doc
+from tests.api.test_plans_routes import closed, make_app, plan_doc
 
 
 async def test_a_code_steps_gate_shows_its_generated_code_in_the_inbox_and_on_the_page(
@@ -55,6 +55,10 @@ async def test_a_code_steps_gate_shows_its_generated_code_in_the_inbox_and_on_th
         )
         assert r.status_code == 200, r.text
         # its only step rejected, the plan ends failed; the code never ran
-        st = await wait_status(http, plan_id, "failed")
+        await wait_status(http, plan_id, "failed")
+        # once the workflow has closed, the status comes from the store: the code too
+        await closed(env.client, plan_id)
+        st = (await api(http, "GET", f"/api/plans/{plan_id}/status")).json()
+        assert st["steps"][0]["code"] == code
         (attempt,) = st["steps"][0]["code_attempts"]
         assert attempt["status"] == "not run" and "not this code" in attempt["error"]
