@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Depends, Path, Query
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from api.deps import (
@@ -31,7 +31,7 @@ from api.deps import (
 from api.errors import ErrorBody, conflict, invalid, not_found, responses
 from config.http import HostDenied, literal_address
 from plans.plan_loading import Problem
-from plans.webhooks import EVENTS, EventName, events_problem, url_problem
+from plans.webhooks import EVENTS, EventName, WebhookTarget
 from store import webhooks as store_webhooks
 from store.models import WebhookAttemptRecord, WebhookDeliveryRecord, WebhookRecord
 from workflows.webhook_kick import kick_dispatcher
@@ -49,7 +49,7 @@ DELIVERY_ID = r"^[A-Za-z0-9-]{1,64}$"
 MAX_SECRET = 500
 
 
-class WebhookCreate(BaseModel):
+class WebhookCreate(WebhookTarget):
     """A subscription: every plan's events of the kinds named go to ``url``."""
 
     model_config = ConfigDict(
@@ -74,22 +74,6 @@ class WebhookCreate(BaseModel):
         description="signs every delivery (X-Plansmith-Signature: sha256=<hex HMAC-SHA256 "
         "of the body>); left out: deliveries are unsigned. Never shown again",
     )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        problem = url_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
-
-    @field_validator("events")
-    @classmethod
-    def _events(cls, v: list[str]) -> list[str]:
-        problem = events_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
 
 class WebhookView(BaseModel):

@@ -83,19 +83,12 @@ def secret_name(ref: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-class PlanWebhook(BaseModel):
-    """A webhook a plan names for itself (``options.webhooks``): it receives this plan's
-    events only."""
+class WebhookTarget(BaseModel):
+    """Where a webhook's events go: its ``url`` and ``events``, both checked (a
+    subscription of the API and a plan's own webhook share these)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(description="http(s) URL the events are POSTed to")
-    events: list[EventName] = Field(description="the events it receives (at least one)")
-    secret: str | None = Field(
-        default=None,
-        description="{{ secrets.NAME }}: the worker secret that signs the deliveries "
-        "(X-Plansmith-Signature); never the value itself. Without it deliveries are unsigned",
-    )
+    url: str
+    events: list[EventName]
 
     @field_validator("url")
     @classmethod
@@ -112,6 +105,21 @@ class PlanWebhook(BaseModel):
         if problem:
             raise ValueError(problem)
         return v
+
+
+class PlanWebhook(WebhookTarget):
+    """A webhook a plan names for itself (``options.webhooks``): it receives this plan's
+    events only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL the events are POSTed to")
+    events: list[EventName] = Field(description="the events it receives (at least one)")
+    secret: str | None = Field(
+        default=None,
+        description="{{ secrets.NAME }}: the worker secret that signs the deliveries "
+        "(X-Plansmith-Signature); never the value itself. Without it deliveries are unsigned",
+    )
 
     @field_validator("secret")
     @classmethod

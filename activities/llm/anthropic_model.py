@@ -30,7 +30,7 @@ import weakref
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from activities.llm.base import LLMRequest, LLMResponse, ToolCall
+from activities.llm.base import CLIENT_ERRORS, LLMRequest, LLMResponse, ToolCall
 from contracts.errors import LLMError
 from contracts.planning import Usage
 
@@ -207,26 +207,13 @@ def parse_message(message: Any, latency_ms: float = 0.0) -> LLMResponse:
     )
 
 
-# status -> (retryable, kind) for the 4xx statuses with a name of their own
-_CLIENT_ERRORS: dict[int, tuple[bool, str]] = {
-    400: (False, "LLMBadRequest"),
-    401: (False, "LLMAuthError"),
-    403: (False, "LLMAuthError"),
-    404: (False, "LLMNotFound"),
-    408: (True, "LLMTimeout"),
-    409: (True, "LLMConflict"),
-    413: (False, "LLMRequestTooLarge"),
-    429: (True, "LLMRateLimited"),
-}
-
-
 def to_llm_error(e: anthropic.APIError) -> LLMError:
     """An SDK error as an :class:`LLMError`: retryable or not, with a kind and the status."""
     sdk = _sdk()
     if isinstance(e, sdk.APIStatusError):
         status = e.status_code
-        if status in _CLIENT_ERRORS:
-            retryable, kind = _CLIENT_ERRORS[status]
+        if status in CLIENT_ERRORS:
+            retryable, kind = CLIENT_ERRORS[status]
         elif status == 529:
             retryable, kind = True, "LLMOverloaded"
         elif status >= 500:

@@ -28,6 +28,19 @@ from pydantic import BaseModel, Field
 
 from contracts.planning import Usage
 
+# an HTTP model API's 4xx status -> (retryable, the LLMError kind), for those with a name
+# of their own (every provider's client names them alike)
+CLIENT_ERRORS: dict[int, tuple[bool, str]] = {
+    400: (False, "LLMBadRequest"),
+    401: (False, "LLMAuthError"),
+    403: (False, "LLMAuthError"),
+    404: (False, "LLMNotFound"),
+    408: (True, "LLMTimeout"),
+    409: (True, "LLMConflict"),
+    413: (False, "LLMRequestTooLarge"),
+    429: (True, "LLMRateLimited"),
+}
+
 
 class ToolDef(BaseModel):
     """A tool offered to the model (Anthropic's tool definition)."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import jsonschema
 
-from activities.llm.base import LLMRequest, LLMResponse, ToolCall, ToolDef
+from activities.llm.base import CLIENT_ERRORS, LLMRequest, LLMResponse, ToolCall, ToolDef
 from contracts.errors import LLMError
 from contracts.planning import Usage
 
@@ -55,17 +55,6 @@ CONNECT_TIMEOUT_S = 10.0
 MAX_TOOL_CALLS = 16
 _SHORT = 300
 
-# status -> (retryable, kind), as the Anthropic client names them
-_CLIENT_ERRORS: dict[int, tuple[bool, str]] = {
-    400: (False, "LLMBadRequest"),
-    401: (False, "LLMAuthError"),
-    403: (False, "LLMAuthError"),
-    404: (False, "LLMNotFound"),
-    408: (True, "LLMTimeout"),
-    409: (True, "LLMConflict"),
-    413: (False, "LLMRequestTooLarge"),
-    429: (True, "LLMRateLimited"),
-}
 _NO_TOOLS = re.compile(r"does not support tools", re.IGNORECASE)
 _THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)  # a reasoning model's musings
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
@@ -319,8 +308,8 @@ class OllamaModel:
                 kind="LLMNotFound",
                 status=404,
             )
-        if status in _CLIENT_ERRORS:
-            retryable, kind = _CLIENT_ERRORS[status]
+        if status in CLIENT_ERRORS:
+            retryable, kind = CLIENT_ERRORS[status]
         elif status >= 500:
             retryable, kind = True, "LLMServerError"
         else:
