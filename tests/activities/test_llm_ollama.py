@@ -538,7 +538,7 @@ async def test_a_server_that_never_finishes_is_cut_off_by_the_timeout(server: re
 
 
 async def test_a_redirect_is_not_followed(server: respx.Router, model: OllamaModel):
-    server.post("/api/chat").respond(307, headers={"location": "http://169.254.169.254/"})
+    server.post("/api/chat").respond(307, headers={"location": "http://127.0.0.2/latest/meta-data"})
     with pytest.raises(LLMError, match="redirects are not followed") as raised:
         await model.complete(LLMRequest(model=MODEL, messages=[{"role": "user", "content": "hi"}]))
     assert not raised.value.retryable
