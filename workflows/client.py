@@ -239,13 +239,20 @@ class PlanClient:
         )
 
     async def ping(self) -> None:
-        """Ask Temporal for its system info (TemporalUnavailable when it cannot answer)."""
-        await self._call(
-            (await self.client()).workflow_service.get_system_info(
-                GetSystemInfoRequest(), timeout=self.rpc_timeout
-            ),
-            "a health check",
-        )
+        """Ask Temporal for its system info (TemporalUnavailable when it cannot answer,
+        naming the address asked however it failed: a refusal, a timeout, a deadline)."""
+        address = self.settings.temporal.address
+        try:
+            await self._call(
+                (await self.client()).workflow_service.get_system_info(
+                    GetSystemInfoRequest(), timeout=self.rpc_timeout
+                ),
+                "a health check",
+            )
+        except TemporalUnavailable as e:
+            if address in str(e):
+                raise
+            raise TemporalUnavailable(f"{e} (asked at {address})") from None
 
     async def limiter_queue(self) -> LimiterView | None:
         """The task queue's limiter as its ``queue`` query answers (who executes, who

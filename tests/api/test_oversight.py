@@ -13,6 +13,7 @@ caller when Temporal or the database is down. And the CLI: ``plansmith api --hos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -485,9 +486,15 @@ async def test_readyz_and_errors_tell_an_anonymous_caller_no_address(
         monkeypatch, PLANSMITH_API_KEYS=KEYS, TEMPORAL_ADDRESS=temporal_address, DATABASE_URL=dsn
     ).replace(temporal={"task_queue": task_queue}, api={"rpc_timeout_s": 2.0})
     app = create_app(settings=settings, connect=dead_temporal, database_url=dsn)
+    # the API's logger stops propagating once an app configures it (its own handler):
+    # listen on it directly, whichever test of the process configured it first
+    api_log = logging.getLogger("plansmith.api")
+    api_log.addHandler(caplog.handler)
     caplog.set_level(logging.WARNING, logger="plansmith.api")
     leaks = (temporal_address, str(temporal_port), password, str(db_port), dsn)
-    async with serve(app) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(api_log.removeHandler, caplog.handler)
+        http = await stack.enter_async_context(serve(app))
         r = await http.get("/readyz")
         assert r.status_code == 503
         assert r.json() == {
@@ -518,6 +525,36 @@ async def test_readyz_and_errors_tell_an_anonymous_caller_no_address(
             assert leak not in text, (leak, text)
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     assert temporal_address in logged  # the operator finds why in the log
+
+
+async def test_a_key_holder_learns_which_address_did_not_answer_a_health_check_in_time(
+    task_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A Temporal that accepts the connection but lets the health check run out its
+    deadline (a loaded or wedged frontend) is named to an operator like a refused one is."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    class WedgedService:
+        async def get_system_info(self, *_: Any, **__: Any) -> Any:
+            raise RPCError("Deadline Exceeded", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+
+    class Wedged:
+        workflow_service = WedgedService()
+
+    async def wedged(settings: Settings) -> Any:
+        return Wedged()
+
+    address = f"127.0.0.1:{free_port()}"
+    settings = settings_from_env(
+        monkeypatch, PLANSMITH_API_KEYS=KEYS, TEMPORAL_ADDRESS=address
+    ).replace(temporal={"task_queue": task_queue})
+    async with serve(create_app(settings=settings, connect=wedged)) as http:
+        anonymous = await http.get("/readyz")
+        operator = await http.get("/readyz", headers=ALICE)
+    assert anonymous.status_code == operator.status_code == 503
+    assert anonymous.json()["temporal"] == "unreachable"
+    assert address in operator.json()["temporal"], operator.json()
+    assert "Deadline Exceeded" in operator.json()["temporal"]
 
 
 def test_the_redaction_net_catches_configured_secrets():
