@@ -635,6 +635,8 @@ def cli() -> None:
         code = asyncio.run(main())
     except KeyboardInterrupt:
         code = 130
+    except SystemExit as e:  # --help, or argparse refusing an option (it printed why)
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     except BaseException:
         traceback.print_exc()
         code = 1
